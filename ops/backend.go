@@ -1,0 +1,129 @@
+package ops
+
+import (
+	"fmt"
+	"sync"
+
+	"gorgonia.org/tensor"
+)
+
+// Backend is the kernel set behind the op types: every op validates shapes and dtypes, allocates its
+// output with New and calls exactly one Backend method. The CPU backend (CPU()) is the reference; a GPU
+// backend (package cudaops, build tag expertrt_cuda) implements the same interface over device memory and
+// registers itself with Register. Ops pick the backend that owns their inputs (see BackendFor).
+//
+// Conventions for every kernel method:
+//   - Inputs were validated by the op (shapes, dtypes, k <= E); kernels still return errors for
+//     data-dependent faults (out-of-range expert indices, NaN logits on the CPU).
+//   - out is preallocated with the right shape and dtype; the kernel overwrites all of it.
+//   - Float tensors are float32 or float64 (all float inputs of one call share the dtype); idx and plan are int32.
+//   - T, K and E are implied by shapes: x/y [T,H], packed [T*K,H], w [T,K], idx [T,K], plan [PlanLen(T,K,E)].
+//   - Results are deterministic: no atomics on floats, fixed summation orders.
+type Backend interface {
+	// Name is a short identifier ("cpu", "cuda").
+	Name() string
+	// Owns reports whether t's memory belongs to this backend.
+	Owns(t tensor.Tensor) bool
+	// New allocates a zero-filled tensor in this backend's memory.
+	New(dt tensor.Dtype, shape ...int) (*tensor.Dense, error)
+	// FromHost copies a host tensor into a new tensor owned by this backend.
+	FromHost(t *tensor.Dense) (*tensor.Dense, error)
+	// ToHost copies a tensor owned by this backend into a new host tensor.
+	ToHost(t *tensor.Dense) (*tensor.Dense, error)
+
+	// RouteIndices writes idx[t,:] = the K experts of token t in decreasing score order, ties to the
+	// lower expert index. logits [T,E] float, idx [T,K] int32.
+	RouteIndices(logits *tensor.Dense, cfg RouteConfig, idx *tensor.Dense) error
+	// RouteWeights writes w[t,j] = the routing weight of expert idx[t,j] (see Scoring). w [T,K].
+	RouteWeights(logits, idx *tensor.Dense, cfg RouteConfig, w *tensor.Dense) error
+	// RouteWeightsGrad writes dlogits[T,E] = d(sum dw*w)/dlogits.
+	RouteWeightsGrad(logits, idx, dw *tensor.Dense, cfg RouteConfig, dlogits *tensor.Dense) error
+	// Plan builds the routing plan (layout in plan_layout.go) of idx [T,K] over E experts.
+	Plan(idx *tensor.Dense, numExperts int, plan *tensor.Dense) error
+
+	// Dispatch writes out[r] = scale(s) * x[s/K] for every expert-major row r, s = slotOf[r], where
+	// scale(s) = w[s] (w [T,K]) or 1 when w is nil. x [T,H], out [T*K,H].
+	// With w == nil this is the dispatch forward; with w it is the combine backward w.r.t. expert outputs.
+	Dispatch(x, w, plan *tensor.Dense, out *tensor.Dense) error
+	// Combine writes out[t] = sum_{j=0..K-1} scale(t,j) * ye[rowOf[t*K+j]], summed in increasing j,
+	// where scale = w[t,j] or 1 when w is nil. ye [T*K,H], out [T,H].
+	// With w it is the combine forward; with w == nil it is the dispatch backward.
+	Combine(ye, w, plan *tensor.Dense, out *tensor.Dense) error
+	// CombineGradWeights writes dw[t,j] = <dy[t], ye[rowOf[t*K+j]]>. dy [T,H], ye [T*K,H], dw [T,K].
+	CombineGradWeights(dy, ye, plan *tensor.Dense, dw *tensor.Dense) error
+
+	// GroupedMatMul writes out[r] = x[r] · W[e] (or W[e]^T when transposeW) for every row r of expert e's
+	// segment [offsets[e], offsets[e+1]). x [N,In], W [E,In,Out] (or [E,Out,In] transposed), out [N,Out].
+	GroupedMatMul(x, w, plan *tensor.Dense, transposeW bool, out *tensor.Dense) error
+	// GroupedMatMulGradW writes dW[e] = x_e^T · dy_e over expert e's segment. x [N,In], dy [N,Out], dW [E,In,Out].
+	GroupedMatMulGradW(x, dy, plan *tensor.Dense, dW *tensor.Dense) error
+
+	// LoadBalancingLoss returns E * sum_e (counts[e]/T) * mean_t softmax(logits)[t,e] (HF Mixtral /
+	// Switch convention, unscaled). logits [T,E].
+	LoadBalancingLoss(logits, plan *tensor.Dense) (float64, error)
+	// LoadBalancingLossGrad writes dlogits = scale * d(LoadBalancingLoss)/dlogits.
+	LoadBalancingLossGrad(logits, plan *tensor.Dense, scale float64, dlogits *tensor.Dense) error
+	// ZLoss returns mean_t logsumexp(logits[t,:])^2 (unscaled).
+	ZLoss(logits *tensor.Dense) (float64, error)
+	// ZLossGrad writes dlogits = scale * d(ZLoss)/dlogits.
+	ZLossGrad(logits *tensor.Dense, scale float64, dlogits *tensor.Dense) error
+}
+
+// The kernel registry is the only package-level mutable state: GPU backends add themselves at init.
+var registry struct {
+	mu       sync.RWMutex
+	backends []Backend
+}
+
+// Register adds a non-CPU backend. Ops use the first registered backend that owns all their inputs.
+func Register(b Backend) {
+	registry.mu.Lock()
+	defer registry.mu.Unlock()
+	for _, have := range registry.backends {
+		if have.Name() == b.Name() {
+			return
+		}
+	}
+	registry.backends = append(registry.backends, b)
+}
+
+// Backends lists the registered backends, CPU first.
+func Backends() []Backend {
+	registry.mu.RLock()
+	defer registry.mu.RUnlock()
+	return append([]Backend{CPU()}, registry.backends...)
+}
+
+// BackendFor returns the backend that owns every tensor in ts. Host tensors belong to the CPU backend.
+// Tensors of different backends in one call are an error: copies between devices are explicit.
+func BackendFor(ts ...tensor.Tensor) (Backend, error) {
+	registry.mu.RLock()
+	defer registry.mu.RUnlock()
+	for _, b := range registry.backends {
+		owned := 0
+		for _, t := range ts {
+			if t != nil && b.Owns(t) {
+				owned++
+			}
+		}
+		switch {
+		case owned == 0:
+			continue
+		case owned != countNonNil(ts):
+			return nil, fmt.Errorf("ops: inputs mix %s tensors with tensors of another backend; copy them explicitly", b.Name())
+		default:
+			return b, nil
+		}
+	}
+	return CPU(), nil
+}
+
+func countNonNil(ts []tensor.Tensor) int {
+	n := 0
+	for _, t := range ts {
+		if t != nil {
+			n++
+		}
+	}
+	return n
+}
