@@ -22,7 +22,10 @@ import (
 type Backend interface {
 	// Name is a short identifier ("cpu", "cuda").
 	Name() string
-	// Owns reports whether t's memory belongs to this backend.
+	// Owns reports whether t's memory belongs to this backend. It must not rely on t.Engine() alone:
+	// Gorgonia's TapeMachine relabels every op result with the machine's engine (setEngine in
+	// vm_tape_nocuda.go; G.WithEngine sets it), so identify device memory by address (e.g. the
+	// allocator's ranges) or by both.
 	Owns(t tensor.Tensor) bool
 	// New allocates a zero-filled tensor in this backend's memory.
 	New(dt tensor.Dtype, shape ...int) (*tensor.Dense, error)

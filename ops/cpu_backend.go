@@ -1,0 +1,141 @@
+package ops
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+
+	"gorgonia.org/tensor"
+)
+
+// float is the element constraint of every float kernel.
+type float interface{ ~float32 | ~float64 }
+
+// cpuBackend is the reference kernel set: plain Go over host memory, parallel over rows.
+type cpuBackend struct{}
+
+// CPU returns the host kernel set. It owns every tensor that no registered GPU backend owns.
+func CPU() Backend { return cpuBackend{} }
+
+func (cpuBackend) Name() string { return "cpu" }
+
+func (cpuBackend) Owns(t tensor.Tensor) bool {
+	d, ok := t.(*tensor.Dense)
+	return ok && d.IsNativelyAccessible()
+}
+
+func (cpuBackend) New(dt tensor.Dtype, shape ...int) (*tensor.Dense, error) {
+	if len(shape) == 0 {
+		return nil, fmt.Errorf("ops: cpu: New needs a shape")
+	}
+	for _, s := range shape {
+		if s < 0 {
+			return nil, fmt.Errorf("ops: cpu: negative dimension in shape %v", shape)
+		}
+	}
+	return tensor.New(tensor.Of(dt), tensor.WithShape(shape...)), nil
+}
+
+func (cpuBackend) FromHost(t *tensor.Dense) (*tensor.Dense, error) {
+	if t == nil {
+		return nil, fmt.Errorf("ops: cpu: FromHost of nil tensor")
+	}
+	return t.Clone().(*tensor.Dense), nil
+}
+
+func (cpuBackend) ToHost(t *tensor.Dense) (*tensor.Dense, error) {
+	if t == nil {
+		return nil, fmt.Errorf("ops: cpu: ToHost of nil tensor")
+	}
+	return t.Clone().(*tensor.Dense), nil
+}
+
+// parallelRows splits [0, n) into contiguous chunks, one per worker, and runs fn on each.
+// Chunks are fixed by n and the worker count, never by scheduling, so results are deterministic.
+// Below minPerWorker rows per worker the work runs on fewer goroutines (down to the caller's).
+func parallelRows(n, minPerWorker int, fn func(lo, hi int)) {
+	if n <= 0 {
+		return
+	}
+	workers := runtime.GOMAXPROCS(0)
+	if minPerWorker < 1 {
+		minPerWorker = 1
+	}
+	if w := n / minPerWorker; w < workers {
+		workers = w
+	}
+	if workers <= 1 {
+		fn(0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	chunk := (n + workers - 1) / workers
+	for lo := chunk; lo < n; lo += chunk {
+		hi := min(lo+chunk, n)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(lo, hi)
+		}()
+	}
+	fn(0, min(chunk, n))
+	wg.Wait()
+}
+
+// rowsFor picks a minimum rows-per-goroutine so each goroutine gets at least ~32K elements.
+func rowsFor(width int) int {
+	if width < 1 {
+		width = 1
+	}
+	return max(1, (32<<10)/width)
+}
+
+func int32s(t *tensor.Dense) ([]int32, error) {
+	d, ok := t.Data().([]int32)
+	if !ok {
+		return nil, fmt.Errorf("ops: want int32 data, got %v", t.Dtype())
+	}
+	return d, nil
+}
+
+// floats returns the data of t as []T, or an error when t holds another dtype.
+func floats[T float](t *tensor.Dense) ([]T, error) {
+	d, ok := t.Data().([]T)
+	if !ok {
+		var z T
+		return nil, fmt.Errorf("ops: want %T data, got %v", z, t.Dtype())
+	}
+	return d, nil
+}
+
+// optFloats is floats for an optional tensor (nil gives nil).
+func optFloats[T float](t *tensor.Dense) ([]T, error) {
+	if t == nil {
+		return nil, nil
+	}
+	return floats[T](t)
+}
+
+// byDtype runs the float32 or float64 instantiation of a kernel.
+func byDtype(dt tensor.Dtype, f32, f64 func() error) error {
+	switch dt {
+	case tensor.Float32:
+		return f32()
+	case tensor.Float64:
+		return f64()
+	}
+	return fmt.Errorf("ops: unsupported dtype %v (want float32 or float64)", dt)
+}
+
+// planOf splits a host plan tensor given T and K.
+func planOf(plan *tensor.Dense, t, k int) (PlanView, error) {
+	p, err := int32s(plan)
+	if err != nil {
+		return PlanView{}, fmt.Errorf("ops: plan: %w", err)
+	}
+	e := (len(p) - 1 - 2*t*k) / 2
+	if e < 1 {
+		return PlanView{}, fmt.Errorf("ops: plan of %d elements is too short for T=%d, K=%d", len(p), t, k)
+	}
+	return NewPlanView(p, t, k, e)
+}
