@@ -1,0 +1,201 @@
+package ops
+
+import (
+	"fmt"
+	"hash"
+
+	"github.com/chewxy/hm"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+// GroupedMatMul multiplies every row of x [T*K,In] (expert-major, as Dispatch produces) by its expert's
+// matrix: out[r] = x[r] · w[e] for r in expert e's segment, w [E,In,Out], out [T*K,Out]. Segments come
+// from the plan's offsets at run time. Differentiable w.r.t. x and w; an expert without rows gets a zero
+// weight gradient.
+func GroupedMatMul(x, w *G.Node, r *Routing) (*G.Node, error) {
+	if err := checkRouting("grouped matmul", r); err != nil {
+		return nil, err
+	}
+	if err := nodeCheck("grouped matmul", "x", x, 2, anyFloat); err != nil {
+		return nil, err
+	}
+	if err := nodeCheck("grouped matmul", "w", w, 3, x.Dtype()); err != nil {
+		return nil, err
+	}
+	if x.Shape()[0] != r.T*r.K() {
+		return nil, fmt.Errorf("ops: grouped matmul: x has %d rows, want T*K = %d", x.Shape()[0], r.T*r.K())
+	}
+	if w.Shape()[0] != r.E || w.Shape()[1] != x.Shape()[1] {
+		return nil, fmt.Errorf("ops: grouped matmul: w shape %v, want [E=%d, In=%d, Out]", w.Shape(), r.E, x.Shape()[1])
+	}
+	return G.ApplyOp(&groupedMatMulOp{k: r.K(), e: r.E}, x, w, r.Plan)
+}
+
+// groupedMatMulOp: (x [N,In], w [E,In,Out] or [E,Out,In] when transposed, plan) -> [N,Out].
+type groupedMatMulOp struct {
+	opBase
+	transposeW bool
+	k, e       int
+}
+
+func (op *groupedMatMulOp) Arity() int { return 3 }
+func (op *groupedMatMulOp) Type() hm.Type {
+	return hm.NewFnType(floatT(2), floatT(3), int32T(1), floatT(2))
+}
+func (op *groupedMatMulOp) String() string {
+	return fmt.Sprintf("GroupedMatMul{transposeW=%t,K=%d,E=%d}", op.transposeW, op.k, op.e)
+}
+func (op *groupedMatMulOp) WriteHash(h hash.Hash) { writeHash(op, h) }
+func (op *groupedMatMulOp) Hashcode() uint32     { return hashOf(op) }
+func (op *groupedMatMulOp) DiffWRT(int) []bool   { return []bool{true, true, false} }
+
+// SymDiff: dx = g · w^T (the same op with the transpose flipped); dw[e] = x_e^T g_e, or g_e^T x_e when
+// w is stored transposed.
+func (op *groupedMatMulOp) SymDiff(in G.Nodes, _, g *G.Node) (G.Nodes, error) {
+	if len(in) != 3 {
+		return nil, fmt.Errorf("ops: %v: want 3 inputs, got %d", op, len(in))
+	}
+	x, w, plan := in[0], in[1], in[2]
+	dx, err := G.ApplyOp(&groupedMatMulOp{transposeW: !op.transposeW, k: op.k, e: op.e}, g, w, plan)
+	if err != nil {
+		return nil, err
+	}
+	gw := &groupedMatMulGradWOp{k: op.k, e: op.e}
+	var dw *G.Node
+	if op.transposeW {
+		dw, err = G.ApplyOp(gw, g, x, plan)
+	} else {
+		dw, err = G.ApplyOp(gw, x, g, plan)
+	}
+	return G.Nodes{dx, dw, nil}, err
+}
+
+func (op *groupedMatMulOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
+	x, err := shapeArg(ds, 0)
+	if err != nil {
+		return nil, err
+	}
+	w, err := shapeArg(ds, 1)
+	if err != nil {
+		return nil, err
+	}
+	if len(x) != 2 || len(w) != 3 || w[0] != op.e {
+		return nil, fmt.Errorf("ops: %v: x %v and w %v, want [N,In] and [%d,In,Out]", op, x, w, op.e)
+	}
+	in, out := w[1], w[2]
+	if op.transposeW {
+		in, out = w[2], w[1]
+	}
+	if x[1] != in {
+		return nil, fmt.Errorf("ops: %v: x %v does not match w %v", op, x, w)
+	}
+	return tensor.Shape{x[0], out}, nil
+}
+
+func (op *groupedMatMulOp) Do(vs ...G.Value) (G.Value, error) { return op.UsePreallocDo(nil, vs...) }
+
+func (op *groupedMatMulOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error) {
+	if len(vs) != 3 {
+		return nil, fmt.Errorf("ops: %v: want 3 inputs, got %d", op, len(vs))
+	}
+	x, err := arg("grouped matmul", "x", vs[0], anyFloat, -1, -1)
+	if err != nil {
+		return nil, err
+	}
+	n, in := x.Shape()[0], x.Shape()[1]
+	wshape := []int{op.e, in, -1}
+	if op.transposeW {
+		wshape = []int{op.e, -1, in}
+	}
+	w, err := arg("grouped matmul", "w", vs[1], x.Dtype(), wshape...)
+	if err != nil {
+		return nil, err
+	}
+	out := w.Shape()[2]
+	if op.transposeW {
+		out = w.Shape()[1]
+	}
+	if n%op.k != 0 {
+		return nil, fmt.Errorf("ops: grouped matmul: %d rows is not a multiple of K=%d", n, op.k)
+	}
+	plan, err := arg("grouped matmul", "plan", vs[2], tensor.Int32, PlanLen(n/op.k, op.k, op.e))
+	if err != nil {
+		return nil, err
+	}
+	b, err := backendOf(x, w, plan)
+	if err != nil {
+		return nil, err
+	}
+	res, err := output(b, prealloc, x.Dtype(), n, out)
+	if err != nil {
+		return nil, err
+	}
+	return res, b.GroupedMatMul(x, w, plan, op.transposeW, res)
+}
+
+// groupedMatMulGradWOp: (a [N,P], b [N,Q], plan) -> [E,P,Q] with out[e] = a_e^T b_e.
+type groupedMatMulGradWOp struct {
+	opBase
+	k, e int
+}
+
+func (op *groupedMatMulGradWOp) Arity() int { return 3 }
+func (op *groupedMatMulGradWOp) Type() hm.Type {
+	return hm.NewFnType(floatT(2), floatT(2), int32T(1), floatT(3))
+}
+func (op *groupedMatMulGradWOp) String() string {
+	return fmt.Sprintf("GroupedMatMulGradW{K=%d,E=%d}", op.k, op.e)
+}
+func (op *groupedMatMulGradWOp) WriteHash(h hash.Hash) { writeHash(op, h) }
+func (op *groupedMatMulGradWOp) Hashcode() uint32     { return hashOf(op) }
+
+func (op *groupedMatMulGradWOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
+	a, err := shapeArg(ds, 0)
+	if err != nil {
+		return nil, err
+	}
+	b, err := shapeArg(ds, 1)
+	if err != nil {
+		return nil, err
+	}
+	if len(a) != 2 || len(b) != 2 || a[0] != b[0] {
+		return nil, fmt.Errorf("ops: %v: inputs %v and %v must be matrices with equal rows", op, a, b)
+	}
+	return tensor.Shape{op.e, a[1], b[1]}, nil
+}
+
+func (op *groupedMatMulGradWOp) Do(vs ...G.Value) (G.Value, error) {
+	return op.UsePreallocDo(nil, vs...)
+}
+
+func (op *groupedMatMulGradWOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error) {
+	if len(vs) != 3 {
+		return nil, fmt.Errorf("ops: %v: want 3 inputs, got %d", op, len(vs))
+	}
+	a, err := arg("grouped matmul grad", "x", vs[0], anyFloat, -1, -1)
+	if err != nil {
+		return nil, err
+	}
+	n := a.Shape()[0]
+	g, err := arg("grouped matmul grad", "gradient", vs[1], a.Dtype(), n, -1)
+	if err != nil {
+		return nil, err
+	}
+	if n%op.k != 0 {
+		return nil, fmt.Errorf("ops: grouped matmul grad: %d rows is not a multiple of K=%d", n, op.k)
+	}
+	plan, err := arg("grouped matmul grad", "plan", vs[2], tensor.Int32, PlanLen(n/op.k, op.k, op.e))
+	if err != nil {
+		return nil, err
+	}
+	b, err := backendOf(a, g, plan)
+	if err != nil {
+		return nil, err
+	}
+	res, err := output(b, prealloc, a.Dtype(), op.e, a.Shape()[1], g.Shape()[1])
+	if err != nil {
+		return nil, err
+	}
+	return res, b.GroupedMatMulGradW(a, g, plan, res)
+}

@@ -1,0 +1,154 @@
+package ops
+
+import (
+	"fmt"
+	"hash"
+	"hash/fnv"
+
+	"github.com/chewxy/hm"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+// opBase carries the Op methods every op of this package answers the same way. The embedding op's
+// String() must spell out every parameter: it is the hash, and the compiler merges equal hashes.
+type opBase struct{}
+
+// ReturnsPtr is false and CallsExtern is false: with both true Gorgonia's compiler would insert a host
+// allocation for the output, which a device backend cannot use. Ops allocate through their backend.
+func (opBase) ReturnsPtr() bool     { return false }
+func (opBase) CallsExtern() bool    { return false }
+func (opBase) OverwritesInput() int { return -1 }
+
+type stringer interface{ String() string }
+
+func writeHash(op stringer, h hash.Hash) { fmt.Fprint(h, op.String()) }
+
+func hashOf(op stringer) uint32 {
+	h := fnv.New32a()
+	writeHash(op, h)
+	return h.Sum32()
+}
+
+// Types are built afresh on every call: Gorgonia's type system recycles the types it is given.
+func floatT(dims int) hm.Type { return G.TensorType{Dims: dims, Of: hm.TypeVariable('a')} }
+func int32T(dims int) hm.Type { return G.TensorType{Dims: dims, Of: tensor.Int32} }
+func scalarT() hm.Type        { return hm.TypeVariable('a') }
+
+// arg checks that v is a *tensor.Dense of the given dtype (anyFloat: float32 or float64) and shape.
+// A shape entry of -1 matches any size.
+func arg(op, name string, v G.Value, dt tensor.Dtype, shape ...int) (*tensor.Dense, error) {
+	d, ok := v.(*tensor.Dense)
+	if !ok {
+		return nil, fmt.Errorf("ops: %s: %s must be a *tensor.Dense, got %T", op, name, v)
+	}
+	switch {
+	case dt.Type == nil && d.Dtype() != tensor.Float32 && d.Dtype() != tensor.Float64:
+		return nil, fmt.Errorf("ops: %s: %s must be float32 or float64, got %v", op, name, d.Dtype())
+	case dt.Type != nil && d.Dtype() != dt:
+		return nil, fmt.Errorf("ops: %s: %s must be %v, got %v", op, name, dt, d.Dtype())
+	}
+	s := d.Shape()
+	if len(s) != len(shape) {
+		return nil, fmt.Errorf("ops: %s: %s must have rank %d, got shape %v", op, name, len(shape), s)
+	}
+	for i, want := range shape {
+		if want >= 0 && s[i] != want {
+			return nil, fmt.Errorf("ops: %s: %s has shape %v, want %v (-1: any)", op, name, s, shape)
+		}
+	}
+	return d, nil
+}
+
+// sameDtype checks that every float argument shares the first one's dtype.
+func sameDtype(op string, ts ...*tensor.Dense) error {
+	for _, t := range ts[1:] {
+		if t != nil && t.Dtype() != ts[0].Dtype() {
+			return fmt.Errorf("ops: %s: mixed dtypes %v and %v", op, ts[0].Dtype(), t.Dtype())
+		}
+	}
+	return nil
+}
+
+// backendOf picks the backend that owns all given (non-nil) tensors.
+func backendOf(ts ...*tensor.Dense) (Backend, error) {
+	var in []tensor.Tensor
+	for _, t := range ts {
+		if t != nil {
+			in = append(in, t)
+		}
+	}
+	return BackendFor(in...)
+}
+
+// output returns prealloc when it is a tensor of the right dtype and shape owned by b, else a new one.
+func output(b Backend, prealloc G.Value, dt tensor.Dtype, shape ...int) (*tensor.Dense, error) {
+	if p, ok := prealloc.(*tensor.Dense); ok && p.Dtype() == dt && p.Shape().Eq(tensor.Shape(shape)) && b.Owns(p) {
+		return p, nil
+	}
+	return b.New(dt, shape...)
+}
+
+// scalarOf reads a scalar value (a Gorgonia scalar or a one-element host tensor).
+func scalarOf(v G.Value) (float64, error) {
+	switch s := v.(type) {
+	case *G.F64:
+		return float64(*s), nil
+	case *G.F32:
+		return float64(*s), nil
+	case *tensor.Dense:
+		if s.Shape().TotalSize() == 1 && s.IsNativelyAccessible() {
+			switch d := s.Data().(type) {
+			case []float64:
+				return d[0], nil
+			case []float32:
+				return float64(d[0]), nil
+			case float64:
+				return d, nil
+			case float32:
+				return float64(d), nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("ops: want a scalar gradient, got %T", v)
+}
+
+func scalarValue(dt tensor.Dtype, v float64) G.Value {
+	if dt == tensor.Float32 {
+		return G.NewF32(float32(v))
+	}
+	return G.NewF64(v)
+}
+
+// nodeCheck validates a node's rank and dtype at graph-build time (nil dtype: float32 or float64).
+func nodeCheck(op, name string, n *G.Node, rank int, dt tensor.Dtype) error {
+	if n == nil {
+		return fmt.Errorf("ops: %s: %s is nil", op, name)
+	}
+	if got := n.Shape().Dims(); got != rank {
+		return fmt.Errorf("ops: %s: %s must have rank %d, got shape %v", op, name, rank, n.Shape())
+	}
+	ndt := n.Dtype()
+	switch {
+	case dt.Type == nil && ndt != tensor.Float32 && ndt != tensor.Float64:
+		return fmt.Errorf("ops: %s: %s must be float32 or float64, got %v", op, name, ndt)
+	case dt.Type != nil && ndt != dt:
+		return fmt.Errorf("ops: %s: %s must be %v, got %v", op, name, dt, ndt)
+	}
+	return nil
+}
+
+// shapeArg reads input i of InferShape as a tensor.Shape.
+func shapeArg(ds []G.DimSizer, i int) (tensor.Shape, error) {
+	if i >= len(ds) {
+		return nil, fmt.Errorf("ops: InferShape needs %d inputs, got %d", i+1, len(ds))
+	}
+	s, ok := ds[i].(tensor.Shape)
+	if !ok {
+		return nil, fmt.Errorf("ops: InferShape input %d is %T, not a tensor.Shape", i, ds[i])
+	}
+	return s, nil
+}
+
+// anyFloat, as a dtype argument, accepts float32 and float64.
+var anyFloat = tensor.Dtype{}

@@ -1,0 +1,249 @@
+package ops
+
+import (
+	"fmt"
+	"hash"
+
+	"github.com/chewxy/hm"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+// Routing groups the nodes of one routing decision. Gorgonia ops have one output each, so routing is
+// several nodes with data dependencies: Logits -> Indices -> Plan, and (Logits, Indices) -> Weights.
+type Routing struct {
+	Logits  *G.Node // [T,E] float router logits (nil when built by NewRouting)
+	Indices *G.Node // [T,K] int32 chosen experts, decreasing score, ties to the lower index
+	Weights *G.Node // [T,K] float routing weights, differentiable w.r.t. Logits
+	Plan    *G.Node // [PlanLen(T,K,E)] int32 routing plan (layout: plan_layout.go)
+	Config  RouteConfig
+	T, E    int
+}
+
+// K is the number of experts per token.
+func (r *Routing) K() int { return r.Config.K }
+
+// Route builds the routing nodes of logits [T,E] (float32 or float64).
+//
+// Selection takes the K largest logits of each token (softmax is monotonic, so these are the K largest
+// probabilities); equal logits go to the lower expert index. Weights follow cfg.Scoring (see Scoring);
+// they are differentiable w.r.t. logits, indices and plan are not. NaN logits make the route op fail at
+// run time with an error naming the token and expert.
+//
+// Example (Mixtral):
+//
+//	r, err := ops.Route(logits, ops.RouteConfig{K: 2, Scoring: ops.SoftmaxTopK, Renormalize: true})
+func Route(logits *G.Node, cfg RouteConfig) (*Routing, error) {
+	if err := nodeCheck("route", "logits", logits, 2, anyFloat); err != nil {
+		return nil, err
+	}
+	nT, nE := logits.Shape()[0], logits.Shape()[1]
+	if err := cfg.Validate(nE); err != nil {
+		return nil, err
+	}
+	idx, err := G.ApplyOp(&routeIndicesOp{cfg: cfg, e: nE}, logits)
+	if err != nil {
+		return nil, fmt.Errorf("ops: route: indices: %w", err)
+	}
+	w, err := G.ApplyOp(&routeWeightsOp{cfg: cfg, e: nE}, logits, idx)
+	if err != nil {
+		return nil, fmt.Errorf("ops: route: weights: %w", err)
+	}
+	plan, err := PlanOf(idx, nE)
+	if err != nil {
+		return nil, err
+	}
+	return &Routing{Logits: logits, Indices: idx, Weights: w, Plan: plan, Config: cfg, T: nT, E: nE}, nil
+}
+
+// NewRouting builds a Routing from given expert indices [T,K] int32 and weights [T,K] (for example a
+// fixed assignment in a test, or routing computed elsewhere). It adds the plan node. Indices must lie in
+// [0, numExperts) (checked at run time); repeated experts within a token are allowed.
+func NewRouting(indices, weights *G.Node, numExperts int) (*Routing, error) {
+	if err := nodeCheck("routing", "indices", indices, 2, tensor.Int32); err != nil {
+		return nil, err
+	}
+	if err := nodeCheck("routing", "weights", weights, 2, anyFloat); err != nil {
+		return nil, err
+	}
+	if !indices.Shape().Eq(weights.Shape()) {
+		return nil, fmt.Errorf("ops: routing: indices %v and weights %v must have the same shape", indices.Shape(), weights.Shape())
+	}
+	nT, k := indices.Shape()[0], indices.Shape()[1]
+	if numExperts < 1 || k < 1 {
+		return nil, fmt.Errorf("ops: routing: need E >= 1 and K >= 1, got E=%d, K=%d", numExperts, k)
+	}
+	plan, err := PlanOf(indices, numExperts)
+	if err != nil {
+		return nil, err
+	}
+	return &Routing{Indices: indices, Weights: weights, Plan: plan, Config: RouteConfig{K: k}, T: nT, E: numExperts}, nil
+}
+
+// routeIndicesOp: logits [T,E] -> indices [T,K] int32. Not differentiable.
+type routeIndicesOp struct {
+	opBase
+	cfg RouteConfig
+	e   int
+}
+
+func (op *routeIndicesOp) Arity() int           { return 1 }
+func (op *routeIndicesOp) Type() hm.Type        { return hm.NewFnType(floatT(2), int32T(2)) }
+func (op *routeIndicesOp) String() string       { return fmt.Sprintf("RouteIndices{%v,E=%d}", op.cfg, op.e) }
+func (op *routeIndicesOp) WriteHash(h hash.Hash) { writeHash(op, h) }
+func (op *routeIndicesOp) Hashcode() uint32     { return hashOf(op) }
+func (op *routeIndicesOp) DiffWRT(int) []bool   { return []bool{false} }
+func (op *routeIndicesOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
+	return nil, fmt.Errorf("ops: %v is not differentiable", op)
+}
+
+func (op *routeIndicesOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
+	s, err := shapeArg(ds, 0)
+	if err != nil {
+		return nil, err
+	}
+	if len(s) != 2 || s[1] != op.e {
+		return nil, fmt.Errorf("ops: route: logits shape %v, want [T,%d]", s, op.e)
+	}
+	return tensor.Shape{s[0], op.cfg.K}, nil
+}
+
+func (op *routeIndicesOp) Do(vs ...G.Value) (G.Value, error) { return op.UsePreallocDo(nil, vs...) }
+
+func (op *routeIndicesOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error) {
+	if len(vs) != 1 {
+		return nil, fmt.Errorf("ops: %v: want 1 input, got %d", op, len(vs))
+	}
+	logits, err := arg("route", "logits", vs[0], anyFloat, -1, op.e)
+	if err != nil {
+		return nil, err
+	}
+	b, err := backendOf(logits)
+	if err != nil {
+		return nil, err
+	}
+	out, err := output(b, prealloc, tensor.Int32, logits.Shape()[0], op.cfg.K)
+	if err != nil {
+		return nil, err
+	}
+	return out, b.RouteIndices(logits, op.cfg, out)
+}
+
+// routeWeightsOp: (logits [T,E], indices [T,K]) -> weights [T,K]; differentiable w.r.t. logits.
+type routeWeightsOp struct {
+	opBase
+	cfg RouteConfig
+	e   int
+}
+
+func (op *routeWeightsOp) Arity() int { return 2 }
+func (op *routeWeightsOp) Type() hm.Type {
+	return hm.NewFnType(floatT(2), int32T(2), floatT(2))
+}
+func (op *routeWeightsOp) String() string       { return fmt.Sprintf("RouteWeights{%v,E=%d}", op.cfg, op.e) }
+func (op *routeWeightsOp) WriteHash(h hash.Hash) { writeHash(op, h) }
+func (op *routeWeightsOp) Hashcode() uint32     { return hashOf(op) }
+func (op *routeWeightsOp) DiffWRT(int) []bool   { return []bool{true, false} }
+
+func (op *routeWeightsOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+	if len(in) != 2 {
+		return nil, fmt.Errorf("ops: %v: want 2 inputs, got %d", op, len(in))
+	}
+	d, err := G.ApplyOp(&routeWeightsGradOp{cfg: op.cfg, e: op.e}, in[0], in[1], grad)
+	return G.Nodes{d, nil}, err
+}
+
+func (op *routeWeightsOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
+	l, err := shapeArg(ds, 0)
+	if err != nil {
+		return nil, err
+	}
+	i, err := shapeArg(ds, 1)
+	if err != nil {
+		return nil, err
+	}
+	if len(l) != 2 || len(i) != 2 || l[1] != op.e || i[0] != l[0] || i[1] != op.cfg.K {
+		return nil, fmt.Errorf("ops: route weights: logits %v and indices %v, want [T,%d] and [T,%d]", l, i, op.e, op.cfg.K)
+	}
+	return i.Clone(), nil
+}
+
+func (op *routeWeightsOp) Do(vs ...G.Value) (G.Value, error) { return op.UsePreallocDo(nil, vs...) }
+
+func (op *routeWeightsOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error) {
+	if len(vs) != 2 {
+		return nil, fmt.Errorf("ops: %v: want 2 inputs, got %d", op, len(vs))
+	}
+	logits, err := arg("route weights", "logits", vs[0], anyFloat, -1, op.e)
+	if err != nil {
+		return nil, err
+	}
+	idx, err := arg("route weights", "indices", vs[1], tensor.Int32, logits.Shape()[0], op.cfg.K)
+	if err != nil {
+		return nil, err
+	}
+	b, err := backendOf(logits, idx)
+	if err != nil {
+		return nil, err
+	}
+	out, err := output(b, prealloc, logits.Dtype(), idx.Shape()...)
+	if err != nil {
+		return nil, err
+	}
+	return out, b.RouteWeights(logits, idx, op.cfg, out)
+}
+
+// routeWeightsGradOp: (logits [T,E], indices [T,K], dweights [T,K]) -> dlogits [T,E].
+type routeWeightsGradOp struct {
+	opBase
+	cfg RouteConfig
+	e   int
+}
+
+func (op *routeWeightsGradOp) Arity() int { return 3 }
+func (op *routeWeightsGradOp) Type() hm.Type {
+	return hm.NewFnType(floatT(2), int32T(2), floatT(2), floatT(2))
+}
+func (op *routeWeightsGradOp) String() string {
+	return fmt.Sprintf("RouteWeightsGrad{%v,E=%d}", op.cfg, op.e)
+}
+func (op *routeWeightsGradOp) WriteHash(h hash.Hash) { writeHash(op, h) }
+func (op *routeWeightsGradOp) Hashcode() uint32     { return hashOf(op) }
+
+func (op *routeWeightsGradOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
+	l, err := shapeArg(ds, 0)
+	if err != nil {
+		return nil, err
+	}
+	return l.Clone(), nil
+}
+
+func (op *routeWeightsGradOp) Do(vs ...G.Value) (G.Value, error) { return op.UsePreallocDo(nil, vs...) }
+
+func (op *routeWeightsGradOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error) {
+	if len(vs) != 3 {
+		return nil, fmt.Errorf("ops: %v: want 3 inputs, got %d", op, len(vs))
+	}
+	logits, err := arg("route weights grad", "logits", vs[0], anyFloat, -1, op.e)
+	if err != nil {
+		return nil, err
+	}
+	nT := logits.Shape()[0]
+	idx, err := arg("route weights grad", "indices", vs[1], tensor.Int32, nT, op.cfg.K)
+	if err != nil {
+		return nil, err
+	}
+	dw, err := arg("route weights grad", "gradient", vs[2], logits.Dtype(), nT, op.cfg.K)
+	if err != nil {
+		return nil, err
+	}
+	b, err := backendOf(logits, idx, dw)
+	if err != nil {
+		return nil, err
+	}
+	out, err := output(b, prealloc, logits.Dtype(), nT, op.e)
+	if err != nil {
+		return nil, err
+	}
+	return out, b.RouteWeightsGrad(logits, idx, dw, op.cfg, out)
+}
