@@ -47,8 +47,8 @@ func (op *groupedMatMulOp) String() string {
 	return fmt.Sprintf("GroupedMatMul{transposeW=%t,K=%d,E=%d}", op.transposeW, op.k, op.e)
 }
 func (op *groupedMatMulOp) WriteHash(h hash.Hash) { writeHash(op, h) }
-func (op *groupedMatMulOp) Hashcode() uint32     { return hashOf(op) }
-func (op *groupedMatMulOp) DiffWRT(int) []bool   { return []bool{true, true, false} }
+func (op *groupedMatMulOp) Hashcode() uint32      { return hashOf(op) }
+func (op *groupedMatMulOp) DiffWRT(int) []bool    { return []bool{true, true, false} }
 
 // SymDiff: dx = g · w^T (the same op with the transpose flipped); dw[e] = x_e^T g_e, or g_e^T x_e when
 // w is stored transposed.
@@ -148,7 +148,7 @@ func (op *groupedMatMulGradWOp) String() string {
 	return fmt.Sprintf("GroupedMatMulGradW{K=%d,E=%d}", op.k, op.e)
 }
 func (op *groupedMatMulGradWOp) WriteHash(h hash.Hash) { writeHash(op, h) }
-func (op *groupedMatMulGradWOp) Hashcode() uint32     { return hashOf(op) }
+func (op *groupedMatMulGradWOp) Hashcode() uint32      { return hashOf(op) }
 
 func (op *groupedMatMulGradWOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 	a, err := shapeArg(ds, 0)

@@ -83,7 +83,7 @@ func (op *lossOp) String() string {
 	return fmt.Sprintf("%s{coef=%v,K=%d,E=%d}", name, op.coef, op.k, op.e)
 }
 func (op *lossOp) WriteHash(h hash.Hash) { writeHash(op, h) }
-func (op *lossOp) Hashcode() uint32     { return hashOf(op) }
+func (op *lossOp) Hashcode() uint32      { return hashOf(op) }
 
 func (op *lossOp) DiffWRT(n int) []bool {
 	d := make([]bool, n)

@@ -67,9 +67,9 @@ func checkRouting(op string, r *Routing) error {
 type permuteKind int
 
 const (
-	dispatchKind      permuteKind = iota // (x[T,H] [, w[T,K]], plan) -> [T*K,H]
-	combineKind                          // (ye[T*K,H] [, w[T,K]], plan) -> [T,H]
-	combineGradWKind                     // (dy[T,H], ye[T*K,H], plan) -> dw[T,K]
+	dispatchKind     permuteKind = iota // (x[T,H] [, w[T,K]], plan) -> [T*K,H]
+	combineKind                         // (ye[T*K,H] [, w[T,K]], plan) -> [T,H]
+	combineGradWKind                    // (dy[T,H], ye[T*K,H], plan) -> dw[T,K]
 )
 
 func (k permuteKind) String() string {
@@ -109,7 +109,7 @@ func (op *permuteOp) String() string {
 	return fmt.Sprintf("%v{weighted=%t,K=%d,E=%d}", op.kind, op.weighted, op.k, op.e)
 }
 func (op *permuteOp) WriteHash(h hash.Hash) { writeHash(op, h) }
-func (op *permuteOp) Hashcode() uint32     { return hashOf(op) }
+func (op *permuteOp) Hashcode() uint32      { return hashOf(op) }
 
 func (op *permuteOp) DiffWRT(n int) []bool {
 	d := make([]bool, n)

@@ -28,12 +28,12 @@ type planOp struct {
 	k, e int
 }
 
-func (op *planOp) Arity() int           { return 1 }
-func (op *planOp) Type() hm.Type        { return hm.NewFnType(int32T(2), int32T(1)) }
-func (op *planOp) String() string       { return fmt.Sprintf("RoutingPlan{K=%d,E=%d}", op.k, op.e) }
+func (op *planOp) Arity() int            { return 1 }
+func (op *planOp) Type() hm.Type         { return hm.NewFnType(int32T(2), int32T(1)) }
+func (op *planOp) String() string        { return fmt.Sprintf("RoutingPlan{K=%d,E=%d}", op.k, op.e) }
 func (op *planOp) WriteHash(h hash.Hash) { writeHash(op, h) }
-func (op *planOp) Hashcode() uint32     { return hashOf(op) }
-func (op *planOp) DiffWRT(int) []bool   { return []bool{false} }
+func (op *planOp) Hashcode() uint32      { return hashOf(op) }
+func (op *planOp) DiffWRT(int) []bool    { return []bool{false} }
 func (op *planOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
 	return nil, fmt.Errorf("ops: %v is not differentiable", op)
 }

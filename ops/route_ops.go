@@ -87,12 +87,12 @@ type routeIndicesOp struct {
 	e   int
 }
 
-func (op *routeIndicesOp) Arity() int           { return 1 }
-func (op *routeIndicesOp) Type() hm.Type        { return hm.NewFnType(floatT(2), int32T(2)) }
-func (op *routeIndicesOp) String() string       { return fmt.Sprintf("RouteIndices{%v,E=%d}", op.cfg, op.e) }
+func (op *routeIndicesOp) Arity() int            { return 1 }
+func (op *routeIndicesOp) Type() hm.Type         { return hm.NewFnType(floatT(2), int32T(2)) }
+func (op *routeIndicesOp) String() string        { return fmt.Sprintf("RouteIndices{%v,E=%d}", op.cfg, op.e) }
 func (op *routeIndicesOp) WriteHash(h hash.Hash) { writeHash(op, h) }
-func (op *routeIndicesOp) Hashcode() uint32     { return hashOf(op) }
-func (op *routeIndicesOp) DiffWRT(int) []bool   { return []bool{false} }
+func (op *routeIndicesOp) Hashcode() uint32      { return hashOf(op) }
+func (op *routeIndicesOp) DiffWRT(int) []bool    { return []bool{false} }
 func (op *routeIndicesOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
 	return nil, fmt.Errorf("ops: %v is not differentiable", op)
 }
@@ -140,10 +140,10 @@ func (op *routeWeightsOp) Arity() int { return 2 }
 func (op *routeWeightsOp) Type() hm.Type {
 	return hm.NewFnType(floatT(2), int32T(2), floatT(2))
 }
-func (op *routeWeightsOp) String() string       { return fmt.Sprintf("RouteWeights{%v,E=%d}", op.cfg, op.e) }
+func (op *routeWeightsOp) String() string        { return fmt.Sprintf("RouteWeights{%v,E=%d}", op.cfg, op.e) }
 func (op *routeWeightsOp) WriteHash(h hash.Hash) { writeHash(op, h) }
-func (op *routeWeightsOp) Hashcode() uint32     { return hashOf(op) }
-func (op *routeWeightsOp) DiffWRT(int) []bool   { return []bool{true, false} }
+func (op *routeWeightsOp) Hashcode() uint32      { return hashOf(op) }
+func (op *routeWeightsOp) DiffWRT(int) []bool    { return []bool{true, false} }
 
 func (op *routeWeightsOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 	if len(in) != 2 {
@@ -208,7 +208,7 @@ func (op *routeWeightsGradOp) String() string {
 	return fmt.Sprintf("RouteWeightsGrad{%v,E=%d}", op.cfg, op.e)
 }
 func (op *routeWeightsGradOp) WriteHash(h hash.Hash) { writeHash(op, h) }
-func (op *routeWeightsGradOp) Hashcode() uint32     { return hashOf(op) }
+func (op *routeWeightsGradOp) Hashcode() uint32      { return hashOf(op) }
 
 func (op *routeWeightsGradOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 	l, err := shapeArg(ds, 0)
