@@ -1,0 +1,18 @@
+// Package moe builds Mixture-of-Experts layers from the routing ops of package ops inside a Gorgonia
+// expression graph.
+//
+// A Layer holds the router weight Router [E,H] (HF's gate.weight layout: logits = x · Router^T) and
+// SwiGLU expert weights W1, W3 [E,H,F] and W2 [E,F,H], stored input-major (y = x · W, the transpose of
+// HF's per-expert [out,in] matrices). Forward on x [T,H] computes
+//
+//	logits = x · Router^T                          [T,E]
+//	routing = ops.Route(logits, top-k, scoring)    indices, weights [T,K], plan
+//	p = ops.Dispatch(x)                            [T*K,H]  expert-major
+//	h = silu(p · W1[e]) * (p · W3[e])              [T*K,F]  per expert segment (ops.GroupedMatMul)
+//	o = h · W2[e]                                  [T*K,H]
+//	y = ops.Combine(o, weights)                    [T,H]
+//
+// plus the load-balancing aux loss and router z-loss as scalar nodes when their coefficients are > 0.
+// Every node is differentiable back to x, Router, W1, W2 and W3 with G.Grad; train with a TapeMachine
+// and any Gorgonia solver. Dtypes: float32 or float64 (Config.Dtype).
+package moe

@@ -1,0 +1,234 @@
+package moe
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+
+	"github.com/expertrt/expertrt-go/ops"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+// Layer is a Mixtral-style sparse MoE block with SwiGLU experts, as nodes of one graph.
+type Layer struct {
+	Config Config
+	Router *G.Node // [E,H]
+	W1     *G.Node // [E,H,F] gate projection
+	W3     *G.Node // [E,H,F] up projection
+	W2     *G.Node // [E,F,H] down projection
+}
+
+// Weights holds a layer's parameter values (host tensors) in the layer's layout.
+type Weights struct {
+	Router *tensor.Dense // [E,H]
+	W1     *tensor.Dense // [E,H,F]
+	W3     *tensor.Dense // [E,H,F]
+	W2     *tensor.Dense // [E,F,H]
+}
+
+// Output is what Forward returns.
+type Output struct {
+	Y       *G.Node      // [T,H] layer output
+	Logits  *G.Node      // [T,E] router logits
+	AuxLoss *G.Node      // scalar load-balancing loss (times its coefficient), nil when the coefficient is 0
+	ZLoss   *G.Node      // scalar router z-loss (times its coefficient), nil when the coefficient is 0
+	Routing *ops.Routing // indices, weights and plan, for diagnostics
+}
+
+// RouterLoss returns AuxLoss + ZLoss (either may be absent), or nil when both are.
+func (o *Output) RouterLoss() (*G.Node, error) {
+	switch {
+	case o.AuxLoss == nil:
+		return o.ZLoss, nil
+	case o.ZLoss == nil:
+		return o.AuxLoss, nil
+	}
+	return G.Add(o.AuxLoss, o.ZLoss)
+}
+
+// NewLayer adds a layer with freshly initialised weights to g: Router and W1/W3 uniform in
+// ±sqrt(3/H) (unit-variance activations for unit-variance inputs), W2 uniform in ±sqrt(3/F).
+// The same Config (Seed included) gives the same weights.
+func NewLayer(g *G.ExprGraph, cfg Config) (*Layer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	rng := rand.New(rand.NewPCG(cfg.Seed, 0x9e3779b97f4a7c15))
+	h, f, e := cfg.Hidden, cfg.FFN, cfg.Experts
+	w := Weights{
+		Router: uniform(rng, cfg.Dtype, math.Sqrt(3/float64(h)), e, h),
+		W1:     uniform(rng, cfg.Dtype, math.Sqrt(3/float64(h)), e, h, f),
+		W3:     uniform(rng, cfg.Dtype, math.Sqrt(3/float64(h)), e, h, f),
+		W2:     uniform(rng, cfg.Dtype, math.Sqrt(3/float64(f)), e, f, h),
+	}
+	return NewLayerWithWeights(g, cfg, w)
+}
+
+// NewLayerWithWeights adds a layer with the given weights to g. Hidden, FFN and Experts of cfg may be 0:
+// they are then read from the weight shapes; when set they must match. The weights' dtype must be
+// cfg.Dtype (or, when cfg.Dtype is unset, the Router's dtype is used). The tensors are bound as the nodes'
+// values (not copied): training updates them in place.
+func NewLayerWithWeights(g *G.ExprGraph, cfg Config, w Weights) (*Layer, error) {
+	if w.Router == nil || w.W1 == nil || w.W2 == nil || w.W3 == nil {
+		return nil, fmt.Errorf("moe: all four weights (Router, W1, W3, W2) are required")
+	}
+	rs := w.Router.Shape()
+	if len(rs) != 2 || w.W1.Dims() != 3 {
+		return nil, fmt.Errorf("moe: Router must be [E,H] and W1 [E,H,F], got %v and %v", rs, w.W1.Shape())
+	}
+	e, h, f := rs[0], rs[1], w.W1.Shape()[2]
+	for _, c := range []struct {
+		name      string
+		have, cfg int
+	}{{"hidden", h, cfg.Hidden}, {"ffn", f, cfg.FFN}, {"experts", e, cfg.Experts}} {
+		if c.cfg != 0 && c.cfg != c.have {
+			return nil, fmt.Errorf("moe: config %s=%d but the weights have %d", c.name, c.cfg, c.have)
+		}
+	}
+	cfg.Hidden, cfg.FFN, cfg.Experts = h, f, e
+	if cfg.Dtype == (tensor.Dtype{}) {
+		cfg.Dtype = w.Router.Dtype()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	for _, c := range []struct {
+		name  string
+		t     *tensor.Dense
+		shape tensor.Shape
+	}{{"Router", w.Router, tensor.Shape{e, h}}, {"W1", w.W1, tensor.Shape{e, h, f}},
+		{"W3", w.W3, tensor.Shape{e, h, f}}, {"W2", w.W2, tensor.Shape{e, f, h}}} {
+		if !c.t.Shape().Eq(c.shape) {
+			return nil, fmt.Errorf("moe: %s has shape %v, want %v", c.name, c.t.Shape(), c.shape)
+		}
+		if c.t.Dtype() != cfg.Dtype {
+			return nil, fmt.Errorf("moe: %s has dtype %v, want %v", c.name, c.t.Dtype(), cfg.Dtype)
+		}
+	}
+	l := &Layer{Config: cfg}
+	l.Router = G.NewMatrix(g, cfg.Dtype, G.WithShape(e, h), G.WithName(uniqueName(g, "moe.router")), G.WithValue(w.Router))
+	l.W1 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(e, h, f), G.WithName(uniqueName(g, "moe.w1")), G.WithValue(w.W1))
+	l.W3 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(e, h, f), G.WithName(uniqueName(g, "moe.w3")), G.WithValue(w.W3))
+	l.W2 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(e, f, h), G.WithName(uniqueName(g, "moe.w2")), G.WithValue(w.W2))
+	return l, nil
+}
+
+// Params lists the trainable nodes: Router, W1, W3, W2.
+func (l *Layer) Params() G.Nodes { return G.Nodes{l.Router, l.W1, l.W3, l.W2} }
+
+// Weights returns the current parameter values (the tensors bound to the nodes, not copies).
+func (l *Layer) Weights() Weights {
+	get := func(n *G.Node) *tensor.Dense {
+		d, _ := n.Value().(*tensor.Dense)
+		return d
+	}
+	return Weights{Router: get(l.Router), W1: get(l.W1), W3: get(l.W3), W2: get(l.W2)}
+}
+
+// Forward applies the layer to x [T,H] (the layer's dtype).
+func (l *Layer) Forward(x *G.Node) (*Output, error) {
+	c := l.Config
+	if x == nil || x.Shape().Dims() != 2 || x.Shape()[1] != c.Hidden {
+		return nil, fmt.Errorf("moe: input must be [T,%d], got %v", c.Hidden, shapeOf(x))
+	}
+	if x.Dtype() != c.Dtype {
+		return nil, fmt.Errorf("moe: input dtype %v, layer dtype %v", x.Dtype(), c.Dtype)
+	}
+	routerT, err := G.Transpose(l.Router)
+	if err != nil {
+		return nil, fmt.Errorf("moe: router transpose: %w", err)
+	}
+	logits, err := G.Mul(x, routerT)
+	if err != nil {
+		return nil, fmt.Errorf("moe: router logits: %w", err)
+	}
+	r, err := ops.Route(logits, c.Route())
+	if err != nil {
+		return nil, err
+	}
+	packed, err := ops.Dispatch(x, r)
+	if err != nil {
+		return nil, err
+	}
+	gate, err := ops.GroupedMatMul(packed, l.W1, r)
+	if err != nil {
+		return nil, err
+	}
+	up, err := ops.GroupedMatMul(packed, l.W3, r)
+	if err != nil {
+		return nil, err
+	}
+	act, err := silu(gate)
+	if err != nil {
+		return nil, err
+	}
+	hidden, err := G.HadamardProd(act, up)
+	if err != nil {
+		return nil, fmt.Errorf("moe: swiglu: %w", err)
+	}
+	down, err := ops.GroupedMatMul(hidden, l.W2, r)
+	if err != nil {
+		return nil, err
+	}
+	y, err := ops.Combine(down, r)
+	if err != nil {
+		return nil, err
+	}
+	out := &Output{Y: y, Logits: logits, Routing: r}
+	if c.AuxLossCoef > 0 {
+		if out.AuxLoss, err = ops.LoadBalancingLoss(r, c.AuxLossCoef); err != nil {
+			return nil, err
+		}
+	}
+	if c.ZLossCoef > 0 {
+		if out.ZLoss, err = ops.ZLoss(logits, c.ZLossCoef); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// silu(a) = a * sigmoid(a), from Gorgonia's built-in element-wise ops.
+func silu(a *G.Node) (*G.Node, error) {
+	s, err := G.Sigmoid(a)
+	if err != nil {
+		return nil, fmt.Errorf("moe: silu: %w", err)
+	}
+	return G.HadamardProd(a, s)
+}
+
+func uniform(rng *rand.Rand, dt tensor.Dtype, limit float64, shape ...int) *tensor.Dense {
+	n := tensor.Shape(shape).TotalSize()
+	if dt == tensor.Float32 {
+		d := make([]float32, n)
+		for i := range d {
+			d[i] = float32((2*rng.Float64() - 1) * limit)
+		}
+		return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(d))
+	}
+	d := make([]float64, n)
+	for i := range d {
+		d[i] = (2*rng.Float64() - 1) * limit
+	}
+	return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(d))
+}
+
+// uniqueName avoids Gorgonia's name collisions when several layers share a graph.
+func uniqueName(g *G.ExprGraph, base string) string {
+	if len(g.ByName(base)) == 0 {
+		return base
+	}
+	for i := 1; ; i++ {
+		if n := fmt.Sprintf("%s.%d", base, i); len(g.ByName(n)) == 0 {
+			return n
+		}
+	}
+}
+
+func shapeOf(n *G.Node) tensor.Shape {
+	if n == nil {
+		return nil
+	}
+	return n.Shape()
+}
