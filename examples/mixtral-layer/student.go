@@ -1,0 +1,180 @@
+package main
+
+import (
+	"fmt"
+	"math/rand/v2"
+
+	"github.com/expertrt/expertrt-go/moe"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+// teacher is a fixed MoE layer in a forward-only graph.
+type teacher struct {
+	x, y    *G.Node
+	machine G.VM
+}
+
+func newTeacher(cfg moe.Config, tokens int) (*teacher, error) {
+	cfg.Seed += 1000
+	cfg.AuxLossCoef, cfg.ZLossCoef = 0, 0
+	g := G.NewGraph()
+	x := G.NewMatrix(g, cfg.Dtype, G.WithShape(tokens, cfg.Hidden), G.WithName("x"))
+	layer, err := moe.NewLayer(g, cfg)
+	if err != nil {
+		return nil, err
+	}
+	out, err := layer.Forward(x)
+	if err != nil {
+		return nil, err
+	}
+	return &teacher{x: x, y: out.Y, machine: G.NewTapeMachine(g)}, nil
+}
+
+func (t *teacher) forward(x *tensor.Dense) (*tensor.Dense, error) {
+	defer t.machine.Reset()
+	if err := G.Let(t.x, x); err != nil {
+		return nil, err
+	}
+	if err := t.machine.RunAll(); err != nil {
+		return nil, fmt.Errorf("teacher: %w", err)
+	}
+	return t.y.Value().(*tensor.Dense).Clone().(*tensor.Dense), nil
+}
+
+// student is the trained layer with its loss, gradients and read-outs in one graph.
+type student struct {
+	layer             *moe.Layer
+	x, target         *G.Node
+	lossV, auxV, plan G.Value
+	experts, slots    int
+	machine           G.VM
+}
+
+type metrics struct {
+	loss, aux float64
+	load      []float64 // share of routed slots per expert
+}
+
+func newStudent(cfg moe.Config, tokens int) (*student, error) {
+	g := G.NewGraph()
+	s := &student{experts: cfg.Experts, slots: tokens * cfg.TopK}
+	s.x = G.NewMatrix(g, cfg.Dtype, G.WithShape(tokens, cfg.Hidden), G.WithName("x"))
+	s.target = G.NewMatrix(g, cfg.Dtype, G.WithShape(tokens, cfg.Hidden), G.WithName("target"))
+	var err error
+	if s.layer, err = moe.NewLayer(g, cfg); err != nil {
+		return nil, err
+	}
+	out, err := s.layer.Forward(s.x)
+	if err != nil {
+		return nil, err
+	}
+	diff, err := G.Sub(out.Y, s.target)
+	if err != nil {
+		return nil, err
+	}
+	sq, err := G.Square(diff)
+	if err != nil {
+		return nil, err
+	}
+	mse, err := G.Mean(sq)
+	if err != nil {
+		return nil, err
+	}
+	cost := mse
+	routerLoss, err := out.RouterLoss()
+	if err != nil {
+		return nil, err
+	}
+	if routerLoss != nil {
+		if cost, err = G.Add(mse, routerLoss); err != nil {
+			return nil, err
+		}
+		G.Read(routerLoss, &s.auxV)
+	}
+	// read the task loss and plan in the forward pass: backward may reuse intermediate buffers
+	G.Read(mse, &s.lossV)
+	G.Read(out.Routing.Plan, &s.plan)
+	if _, err := G.Grad(cost, s.layer.Params()...); err != nil {
+		return nil, fmt.Errorf("grad: %w", err)
+	}
+	s.machine = G.NewTapeMachine(g, G.BindDualValues(s.layer.Params()...))
+	return s, nil
+}
+
+// step runs forward and backward on one batch; the caller applies the solver.
+func (s *student) step(x, y *tensor.Dense) (metrics, error) {
+	s.machine.Reset()
+	if err := G.Let(s.x, x); err != nil {
+		return metrics{}, err
+	}
+	if err := G.Let(s.target, y); err != nil {
+		return metrics{}, err
+	}
+	if err := s.machine.RunAll(); err != nil {
+		return metrics{}, err
+	}
+	return s.metrics()
+}
+
+// evaluate runs the graph on a batch without updating the weights.
+func (s *student) evaluate(x, y *tensor.Dense) (metrics, error) { return s.step(x, y) }
+
+func (s *student) metrics() (metrics, error) {
+	var m metrics
+	var err error
+	if m.loss, err = scalar(s.lossV); err != nil {
+		return m, err
+	}
+	if s.auxV != nil {
+		if m.aux, err = scalar(s.auxV); err != nil {
+			return m, err
+		}
+	}
+	plan, ok := s.plan.Data().([]int32)
+	if !ok {
+		return m, fmt.Errorf("plan has %T data", s.plan.Data())
+	}
+	m.load = make([]float64, s.experts)
+	for e := range m.load {
+		m.load[e] = float64(plan[e]) / float64(s.slots)
+	}
+	return m, nil
+}
+
+func scalar(v G.Value) (float64, error) {
+	switch s := v.(type) {
+	case *G.F64:
+		return float64(*s), nil
+	case *G.F32:
+		return float64(*s), nil
+	case tensor.Tensor:
+		switch d := s.Data().(type) {
+		case float64:
+			return d, nil
+		case float32:
+			return float64(d), nil
+		case []float64:
+			return d[0], nil
+		case []float32:
+			return float64(d[0]), nil
+		}
+	}
+	return 0, fmt.Errorf("not a scalar: %T", v)
+}
+
+func randomBatch(rng *rand.Rand, dt tensor.Dtype, rows, cols int) *tensor.Dense {
+	n := rows * cols
+	if dt == tensor.Float32 {
+		d := make([]float32, n)
+		for i := range d {
+			d[i] = float32(rng.NormFloat64())
+		}
+		return tensor.New(tensor.WithShape(rows, cols), tensor.WithBacking(d))
+	}
+	d := make([]float64, n)
+	for i := range d {
+		d[i] = rng.NormFloat64()
+	}
+	return tensor.New(tensor.WithShape(rows, cols), tensor.WithBacking(d))
+}

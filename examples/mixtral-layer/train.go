@@ -1,0 +1,169 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/expertrt/expertrt-go/moe"
+	"github.com/expertrt/expertrt-go/ops"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+type trainFlags struct {
+	tokens, hidden, ffn, experts, topK int
+	steps, every                       int
+	lr, aux, z                         float64
+	seed                               uint64
+	scoring, dtype, plot               string
+	asJSON                             bool
+}
+
+// trainSummary is what -json prints.
+type trainSummary struct {
+	InitialLoss float64   `json:"initial_loss"`
+	FinalLoss   float64   `json:"final_loss"`
+	FinalAux    float64   `json:"final_aux_loss"`
+	Steps       int       `json:"steps"`
+	ExpertLoad  []float64 `json:"expert_load"`
+	Seconds     float64   `json:"seconds"`
+	Config      any       `json:"config"`
+}
+
+func runTrain(args []string) error {
+	var f trainFlags
+	fs := flag.NewFlagSet("mixtral-layer", flag.ContinueOnError)
+	fs.IntVar(&f.tokens, "tokens", 256, "tokens per batch (T)")
+	fs.IntVar(&f.hidden, "hidden", 32, "hidden size (H)")
+	fs.IntVar(&f.ffn, "ffn", 64, "expert FFN size (F)")
+	fs.IntVar(&f.experts, "experts", 8, "number of experts (E)")
+	fs.IntVar(&f.topK, "top-k", 2, "experts per token (K)")
+	fs.IntVar(&f.steps, "steps", 600, "training steps")
+	fs.IntVar(&f.every, "every", 50, "print progress every N steps")
+	fs.Float64Var(&f.lr, "lr", 0.01, "Adam learning rate")
+	fs.Float64Var(&f.aux, "aux-coef", 0.01, "load-balancing loss coefficient")
+	fs.Float64Var(&f.z, "z-coef", 0.001, "router z-loss coefficient")
+	fs.Uint64Var(&f.seed, "seed", 1, "seed for data, teacher and student")
+	fs.StringVar(&f.scoring, "scoring", "softmax-topk", "softmax-topk (Mixtral, renormalised) or topk-softmax")
+	fs.StringVar(&f.dtype, "dtype", "float32", "float32 or float64")
+	fs.StringVar(&f.plot, "plot", "", "write a PNG of loss and per-expert load to this path")
+	fs.BoolVar(&f.asJSON, "json", false, "print one JSON summary at the end instead of progress lines")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if f.steps < 1 || f.tokens < 1 || f.every < 1 {
+		return fmt.Errorf("steps, tokens and every must be >= 1")
+	}
+	scoring, err := ops.ParseScoring(f.scoring)
+	if err != nil {
+		return err
+	}
+	dt := tensor.Float32
+	switch f.dtype {
+	case "float32":
+	case "float64":
+		dt = tensor.Float64
+	default:
+		return fmt.Errorf("unknown -dtype %q (want float32 or float64)", f.dtype)
+	}
+	cfg := moe.Config{Hidden: f.hidden, FFN: f.ffn, Experts: f.experts, TopK: f.topK, Scoring: scoring,
+		Renormalize: true, AuxLossCoef: f.aux, ZLossCoef: f.z, Seed: f.seed, Dtype: dt}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	return train(f, cfg)
+}
+
+func train(f trainFlags, cfg moe.Config) error {
+	start := time.Now()
+	teacher, err := newTeacher(cfg, f.tokens)
+	if err != nil {
+		return err
+	}
+	st, err := newStudent(cfg, f.tokens)
+	if err != nil {
+		return err
+	}
+	defer st.machine.Close()
+	defer teacher.machine.Close()
+	solver := G.NewAdamSolver(G.WithLearnRate(f.lr))
+
+	rng := rand.New(rand.NewPCG(f.seed, 7))
+	evalX := randomBatch(rng, cfg.Dtype, f.tokens, cfg.Hidden)
+	evalY, err := teacher.forward(evalX)
+	if err != nil {
+		return err
+	}
+	initial, err := st.evaluate(evalX, evalY)
+	if err != nil {
+		return err
+	}
+
+	var prog *progress
+	if !f.asJSON {
+		fmt.Printf("training a %d-expert top-%d MoE layer (H=%d, F=%d, T=%d, %v) to match a teacher layer; eval loss %.5f\n",
+			cfg.Experts, cfg.TopK, cfg.Hidden, cfg.FFN, f.tokens, cfg.Dtype, initial.loss)
+		prog = newProgress(os.Stdout, f.steps)
+	}
+	losses := make([]float64, 0, f.steps)
+	auxes := make([]float64, 0, f.steps)
+	loads := make([][]float64, 0, f.steps)
+	for step := 1; step <= f.steps; step++ {
+		x := randomBatch(rng, cfg.Dtype, f.tokens, cfg.Hidden)
+		y, err := teacher.forward(x)
+		if err != nil {
+			return err
+		}
+		m, err := st.step(x, y)
+		if err != nil {
+			return fmt.Errorf("step %d: %w", step, err)
+		}
+		if err := solver.Step(G.NodesToValueGrads(st.layer.Params())); err != nil {
+			return fmt.Errorf("step %d: solver: %w", step, err)
+		}
+		losses, auxes, loads = append(losses, m.loss), append(auxes, m.aux), append(loads, m.load)
+		if prog != nil && (step%f.every == 0 || step == 1 || step == f.steps) {
+			prog.Update(step, fmt.Sprintf("loss %.5f aux %.4f load %s", m.loss, m.aux, fmtLoad(m.load)))
+		}
+	}
+	if prog != nil {
+		prog.Finish()
+	}
+	final, err := st.evaluate(evalX, evalY)
+	if err != nil {
+		return err
+	}
+	if f.plot != "" {
+		if err := writeTrainingPlot(f.plot, losses, auxes, loads); err != nil {
+			return err
+		}
+	}
+	sum := trainSummary{InitialLoss: initial.loss, FinalLoss: final.loss, FinalAux: final.aux, Steps: f.steps,
+		ExpertLoad: final.load, Seconds: time.Since(start).Seconds(), Config: map[string]any{
+			"tokens": f.tokens, "hidden": cfg.Hidden, "ffn": cfg.FFN, "experts": cfg.Experts, "top_k": cfg.TopK,
+			"scoring": cfg.Scoring.String(), "dtype": cfg.Dtype.String(), "lr": f.lr, "aux_coef": cfg.AuxLossCoef,
+			"z_coef": cfg.ZLossCoef, "seed": f.seed}}
+	if f.asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		return enc.Encode(sum)
+	}
+	fmt.Printf("eval loss %.5f -> %.5f (%.1f%% of initial) in %d steps, %.1fs; expert load %s\n",
+		initial.loss, final.loss, 100*final.loss/initial.loss, f.steps, sum.Seconds, fmtLoad(final.load))
+	if f.plot != "" {
+		fmt.Printf("plot written to %s\n", f.plot)
+	}
+	return nil
+}
+
+func fmtLoad(load []float64) string {
+	parts := make([]string, len(load))
+	for i, v := range load {
+		parts[i] = fmt.Sprintf("%.2f", v)
+	}
+	return "[" + strings.Join(parts, " ") + "]"
+}
