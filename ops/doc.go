@@ -1,0 +1,43 @@
+// Package ops makes Mixture-of-Experts routing first-class Gorgonia operations: route, routing plan,
+// dispatch, combine, grouped expert matmul and the router losses, each an Op with symbolic gradients
+// (SDOp) so a whole MoE layer trains with G.Grad and a TapeMachine.
+//
+// # Shapes and dtypes
+//
+// T tokens, H hidden size, E experts, K experts per token (1 <= K <= E). Floats are float32 or float64
+// (all float inputs of one op share the dtype); indices and plans are int32.
+//
+//	Route(logits [T,E])                -> Routing{Indices [T,K] int32, Weights [T,K], Plan [2E+1+2TK] int32}
+//	PlanOf(indices [T,K], E)           -> plan (layout: counts[E] | offsets[E+1] | rowOf[TK] | slotOf[TK])
+//	Dispatch(x [T,H], r)               -> [T*K,H] expert-major, dropless, stable (token order per expert)
+//	GroupedMatMul(x [T*K,In], w [E,In,Out], r) -> [T*K,Out]
+//	Combine(ye [T*K,H], r)             -> [T,H] = sum_j w[t,j] * ye[rowOf(t,j)]
+//	LoadBalancingLoss(r, coef), ZLoss(logits, coef) -> scalars
+//
+// # Routing rules
+//
+// Selection takes the K largest logits per token in decreasing order; equal logits go to the lower
+// expert index (vLLM / TensorRT-LLM behaviour). Weights: SoftmaxTopK takes softmax over all E then the
+// selected K probabilities, optionally renormalised to sum 1 (Mixtral); TopKSoftmax takes softmax over
+// the K selected logits (equal to SoftmaxTopK with renormalisation). Indices and the plan carry no
+// gradient; weights are differentiable w.r.t. the logits.
+//
+// # Errors
+//
+// Node builders check ranks, dtypes, K and E and return errors; ops check the values they are given at
+// run time (shapes, dtypes, plan length) and kernels report data faults: expert indices outside [0,E)
+// (from NewRouting) and, on the CPU, NaN logits in Route ("logits[t,e] is NaN"). Nothing panics inside
+// Do. Infinite logits are allowed (+Inf selects the expert; a row with two +Inf gives NaN weights as
+// softmax does).
+//
+// # Determinism
+//
+// Every kernel sums in a fixed order (combine: increasing j per token; dot products: fixed partial
+// sums) and splits work by row ranges fixed by the sizes: the same inputs give bitwise-identical
+// outputs and gradients on a backend.
+//
+// # Backends
+//
+// Ops call a Backend (backend.go): CPU() is the reference; the CUDA backend in package cudaops (build
+// tag expertrt_cuda) registers itself and is chosen when the op's inputs live in device memory.
+package ops
