@@ -1,0 +1,554 @@
+package main
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+
+	"github.com/expertrt/expertrt-go/ops"
+	"gorgonia.org/tensor"
+)
+
+// shape is the problem size of one benchmark.
+type shape struct {
+	Tokens, Hidden, Experts, TopK int
+	FFN                           int // grouped matmul output width (0: Hidden)
+	Dtype                         tensor.Dtype
+	Scoring                       ops.Scoring
+	Renormalize                   bool
+	Seed                          uint64
+}
+
+func (s shape) validate() error {
+	switch {
+	case s.Tokens < 1 || s.Hidden < 1 || s.Experts < 1:
+		return fmt.Errorf("tokens, hidden and experts must be >= 1 (got %d, %d, %d)", s.Tokens, s.Hidden, s.Experts)
+	case s.TopK < 1 || s.TopK > s.Experts:
+		return fmt.Errorf("top-k must satisfy 1 <= k <= experts (got k=%d, E=%d)", s.TopK, s.Experts)
+	case s.FFN < 0:
+		return fmt.Errorf("ffn must be >= 0 (got %d)", s.FFN)
+	case s.Dtype != tensor.Float32 && s.Dtype != tensor.Float64:
+		return fmt.Errorf("dtype must be float32 or float64 (got %v)", s.Dtype)
+	}
+	return nil
+}
+
+func (s shape) ffn() int {
+	if s.FFN > 0 {
+		return s.FFN
+	}
+	return s.Hidden
+}
+
+func (s shape) route() ops.RouteConfig {
+	return ops.RouteConfig{K: s.TopK, Scoring: s.Scoring, Renormalize: s.Renormalize}
+}
+
+// workload is one prepared benchmark: a call to time and the bytes it must move at the least.
+type workload struct {
+	run func() error
+	// read and written are the minimal byte counts of ../shared/notes/moe-routing.md (every input
+	// element read once, every output element written once; plan and index reads are not counted for
+	// dispatch/combine, as in the note).
+	read, written int64
+	// flops is the floating-point work of a matmul (0 for memory-bound ops).
+	flops int64
+	// copyRows and copyMinRows shape the copy baseline like the op's main output: copyRows rows,
+	// split over goroutines as the kernel splits them (copyMinRows = the kernel's minimum rows per
+	// goroutine). The baseline copies `written` bytes in total, or copyBytes when set (reductions,
+	// whose output is too small to give a meaningful copy).
+	copyRows, copyMinRows int
+	copyBytes             int64
+}
+
+// opSpec describes one -op value.
+type opSpec struct {
+	name, help string
+	prepare    func(e *env) (*workload, error)
+}
+
+// opSpecs is every op the CLI and the testing.B benchmarks know, by -op name.
+var opSpecs = map[string]opSpec{}
+
+func addOp(name, help string, prepare func(e *env) (*workload, error)) {
+	opSpecs[name] = opSpec{name: name, help: help, prepare: prepare}
+}
+
+// opNames lists the ops, sorted.
+func opNames() []string {
+	names := make([]string, 0, len(opSpecs))
+	for n := range opSpecs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// lookupOp resolves an op name; backward selects its "-bwd" variant.
+func lookupOp(name string, backward bool) (opSpec, error) {
+	if backward && !strings.HasSuffix(name, "-bwd") {
+		name += "-bwd"
+	}
+	s, ok := opSpecs[name]
+	if !ok {
+		return opSpec{}, fmt.Errorf("unknown op %q (have %s)", name, strings.Join(opNames(), ", "))
+	}
+	return s, nil
+}
+
+// minRowsPerWorker mirrors the CPU kernels' split: a goroutine gets at least ~32K elements.
+func minRowsPerWorker(width int) int { return max(1, (32<<10)/max(width, 1)) }
+
+func init() {
+	addOp("route", "router logits [T,E] -> top-k indices [T,k] int32 and weights [T,k]", prepareRoute)
+	addOp("route-bwd", "routing weight gradient [T,k] -> logits gradient [T,E]", prepareRouteBwd)
+	addOp("plan", "indices [T,k] -> routing plan (counts, offsets, row maps)", preparePlan)
+	addOp("dispatch", "x [T,H] -> expert-major packed [T*k,H]", prepareDispatch)
+	addOp("dispatch-bwd", "packed gradient [T*k,H] -> dx [T,H] (unweighted combine)", prepareDispatchBwd)
+	addOp("combine", "expert outputs [T*k,H] and weights [T,k] -> y [T,H]", prepareCombine)
+	addOp("combine-bwd", "dy [T,H] -> d expert outputs [T*k,H] and d weights [T,k] (both kernels)", prepareCombineBwd)
+	addOp("combine-bwd-x", "dy [T,H] -> d expert outputs [T*k,H] only (weighted dispatch)", prepareCombineBwdX)
+	addOp("combine-bwd-w", "dy [T,H], expert outputs [T*k,H] -> d weights [T,k] only", prepareCombineBwdW)
+	addOp("groupedmm", "packed [T*k,H] x W [E,H,F] -> [T*k,F]", prepareGroupedMM)
+	addOp("groupedmm-bwd", "d out [T*k,F] -> d packed [T*k,H] and dW [E,H,F]", prepareGroupedMMBwd)
+	addOp("e2e", "route + plan + dispatch + combine (identity experts)", prepareE2E)
+	addOp("e2e-bwd", "combine-bwd + route-bwd + dispatch-bwd (identity experts)", prepareE2EBwd)
+}
+
+// env holds the inputs of one shape on one device; tensors are made on first use and shared by
+// the ops prepared from it. Float inputs are uniform in [-1, 1) (logits: [-4, 4)); the routing is
+// the real one computed from the logits by the device's own kernels.
+type env struct {
+	s   shape
+	dev device
+	b   ops.Backend
+	rng *rand.Rand
+
+	logits, idx, w, plan *tensor.Dense
+	tensors              map[string]*tensor.Dense
+}
+
+func newEnv(dev device, s shape) (*env, error) {
+	if err := s.validate(); err != nil {
+		return nil, err
+	}
+	return &env{s: s, dev: dev, b: dev.Backend(), rng: rand.New(rand.NewPCG(s.Seed, 0x5eed)),
+		tensors: map[string]*tensor.Dense{}}, nil
+}
+
+// es is the element size of the float dtype in bytes.
+func (e *env) es() int64 { return int64(e.s.Dtype.Size()) }
+
+// random returns a device tensor of the env's dtype filled with uniform values in [-scale, scale).
+func (e *env) random(scale float64, shape ...int) (*tensor.Dense, error) {
+	n := 1
+	for _, d := range shape {
+		n *= d
+	}
+	var host *tensor.Dense
+	switch e.s.Dtype {
+	case tensor.Float32:
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(scale * (2*e.rng.Float64() - 1))
+		}
+		host = tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v))
+	default:
+		v := make([]float64, n)
+		for i := range v {
+			v[i] = scale * (2*e.rng.Float64() - 1)
+		}
+		host = tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v))
+	}
+	return e.b.FromHost(host)
+}
+
+// named returns the random tensor called name, creating it with the given shape on first use.
+func (e *env) named(name string, shape ...int) (*tensor.Dense, error) {
+	if t, ok := e.tensors[name]; ok {
+		return t, nil
+	}
+	t, err := e.random(1, shape...)
+	if err != nil {
+		return nil, fmt.Errorf("input %s: %w", name, err)
+	}
+	e.tensors[name] = t
+	return t, nil
+}
+
+// routing computes logits, indices, weights and plan once with the device's kernels.
+func (e *env) routing() error {
+	if e.plan != nil {
+		return nil
+	}
+	s := e.s
+	var err error
+	if e.logits, err = e.random(4, s.Tokens, s.Experts); err != nil {
+		return fmt.Errorf("logits: %w", err)
+	}
+	if e.idx, err = e.b.New(tensor.Int32, s.Tokens, s.TopK); err != nil {
+		return err
+	}
+	if e.w, err = e.b.New(s.Dtype, s.Tokens, s.TopK); err != nil {
+		return err
+	}
+	if e.plan, err = e.b.New(tensor.Int32, ops.PlanLen(s.Tokens, s.TopK, s.Experts)); err != nil {
+		return err
+	}
+	if err := e.b.RouteIndices(e.logits, s.route(), e.idx); err != nil {
+		return fmt.Errorf("route indices: %w", err)
+	}
+	if err := e.b.RouteWeights(e.logits, e.idx, s.route(), e.w); err != nil {
+		return fmt.Errorf("route weights: %w", err)
+	}
+	if err := e.b.Plan(e.idx, s.Experts, e.plan); err != nil {
+		return fmt.Errorf("plan: %w", err)
+	}
+	return nil
+}
+
+// out allocates an output tensor of the env's float dtype.
+func (e *env) out(shape ...int) (*tensor.Dense, error) { return e.b.New(e.s.Dtype, shape...) }
+
+func prepareRoute(e *env) (*workload, error) {
+	if err := e.routing(); err != nil {
+		return nil, err
+	}
+	s, cfg := e.s, e.s.route()
+	idx, err := e.b.New(tensor.Int32, s.Tokens, s.TopK)
+	if err != nil {
+		return nil, err
+	}
+	w, err := e.out(s.Tokens, s.TopK)
+	if err != nil {
+		return nil, err
+	}
+	wl := routeCost(e)
+	wl.run = func() error {
+		if err := e.b.RouteIndices(e.logits, cfg, idx); err != nil {
+			return err
+		}
+		return e.b.RouteWeights(e.logits, idx, cfg, w)
+	}
+	return wl, nil
+}
+
+func prepareRouteBwd(e *env) (*workload, error) {
+	if err := e.routing(); err != nil {
+		return nil, err
+	}
+	s, cfg := e.s, e.s.route()
+	dw, err := e.named("dw", s.Tokens, s.TopK)
+	if err != nil {
+		return nil, err
+	}
+	dlogits, err := e.out(s.Tokens, s.Experts)
+	if err != nil {
+		return nil, err
+	}
+	wl := routeBwdCost(e)
+	wl.run = func() error { return e.b.RouteWeightsGrad(e.logits, e.idx, dw, cfg, dlogits) }
+	return wl, nil
+}
+
+func preparePlan(e *env) (*workload, error) {
+	if err := e.routing(); err != nil {
+		return nil, err
+	}
+	s := e.s
+	plan, err := e.b.New(tensor.Int32, ops.PlanLen(s.Tokens, s.TopK, s.Experts))
+	if err != nil {
+		return nil, err
+	}
+	wl := planCost(e)
+	wl.run = func() error { return e.b.Plan(e.idx, s.Experts, plan) }
+	return wl, nil
+}
+
+func prepareDispatch(e *env) (*workload, error) {
+	if err := e.routing(); err != nil {
+		return nil, err
+	}
+	s := e.s
+	x, err := e.named("x", s.Tokens, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	packed, err := e.out(s.Tokens*s.TopK, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	wl := dispatchCost(e)
+	wl.run = func() error { return e.b.Dispatch(x, nil, e.plan, packed) }
+	return wl, nil
+}
+
+func prepareDispatchBwd(e *env) (*workload, error) {
+	if err := e.routing(); err != nil {
+		return nil, err
+	}
+	s := e.s
+	dpacked, err := e.named("dpacked", s.Tokens*s.TopK, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	dx, err := e.out(s.Tokens, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	wl := dispatchBwdCost(e)
+	wl.run = func() error { return e.b.Combine(dpacked, nil, e.plan, dx) }
+	return wl, nil
+}
+
+func prepareCombine(e *env) (*workload, error) {
+	if err := e.routing(); err != nil {
+		return nil, err
+	}
+	s := e.s
+	ye, err := e.named("ye", s.Tokens*s.TopK, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	y, err := e.out(s.Tokens, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	wl := combineCost(e)
+	wl.run = func() error { return e.b.Combine(ye, e.w, e.plan, y) }
+	return wl, nil
+}
+
+// combineBwdParts prepares the two kernels of the combine backward on shared inputs.
+func combineBwdParts(e *env) (dxRun, dwRun func() error, err error) {
+	if err := e.routing(); err != nil {
+		return nil, nil, err
+	}
+	s := e.s
+	dy, err := e.named("dy", s.Tokens, s.Hidden)
+	if err != nil {
+		return nil, nil, err
+	}
+	ye, err := e.named("ye", s.Tokens*s.TopK, s.Hidden)
+	if err != nil {
+		return nil, nil, err
+	}
+	dye, err := e.out(s.Tokens*s.TopK, s.Hidden)
+	if err != nil {
+		return nil, nil, err
+	}
+	dw, err := e.out(s.Tokens, s.TopK)
+	if err != nil {
+		return nil, nil, err
+	}
+	dxRun = func() error { return e.b.Dispatch(dy, e.w, e.plan, dye) }
+	dwRun = func() error { return e.b.CombineGradWeights(dy, ye, e.plan, dw) }
+	return dxRun, dwRun, nil
+}
+
+func prepareCombineBwd(e *env) (*workload, error) {
+	dxRun, dwRun, err := combineBwdParts(e)
+	if err != nil {
+		return nil, err
+	}
+	wl := combineBwdCost(e)
+	wl.run = func() error {
+		if err := dxRun(); err != nil {
+			return err
+		}
+		return dwRun()
+	}
+	return wl, nil
+}
+
+func prepareCombineBwdX(e *env) (*workload, error) {
+	dxRun, _, err := combineBwdParts(e)
+	if err != nil {
+		return nil, err
+	}
+	wl := combineBwdXCost(e)
+	wl.run = dxRun
+	return wl, nil
+}
+
+func prepareCombineBwdW(e *env) (*workload, error) {
+	_, dwRun, err := combineBwdParts(e)
+	if err != nil {
+		return nil, err
+	}
+	wl := combineBwdWCost(e)
+	wl.run = dwRun
+	return wl, nil
+}
+
+func prepareGroupedMM(e *env) (*workload, error) {
+	if err := e.routing(); err != nil {
+		return nil, err
+	}
+	s, f := e.s, e.s.ffn()
+	n := s.Tokens * s.TopK
+	xp, err := e.named("packed", n, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	w, err := e.named("W", s.Experts, s.Hidden, f)
+	if err != nil {
+		return nil, err
+	}
+	out, err := e.out(n, f)
+	if err != nil {
+		return nil, err
+	}
+	wl := groupedMMCost(e)
+	wl.run = func() error { return e.b.GroupedMatMul(xp, w, e.plan, false, out) }
+	return wl, nil
+}
+
+func prepareGroupedMMBwd(e *env) (*workload, error) {
+	if err := e.routing(); err != nil {
+		return nil, err
+	}
+	s, f := e.s, e.s.ffn()
+	n := s.Tokens * s.TopK
+	xp, err := e.named("packed", n, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	w, err := e.named("W", s.Experts, s.Hidden, f)
+	if err != nil {
+		return nil, err
+	}
+	dout, err := e.named("dout", n, f)
+	if err != nil {
+		return nil, err
+	}
+	dxp, err := e.out(n, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	dW, err := e.out(s.Experts, s.Hidden, f)
+	if err != nil {
+		return nil, err
+	}
+	wl := groupedMMBwdCost(e)
+	wl.run = func() error {
+		if err := e.b.GroupedMatMul(dout, w, e.plan, true, dxp); err != nil {
+			return err
+		}
+		return e.b.GroupedMatMulGradW(xp, dout, e.plan, dW)
+	}
+	return wl, nil
+}
+
+// sequence runs several prepared workloads as one and adds up their byte counts. The copy baseline
+// takes the shape of the part that writes the most.
+func sequence(parts ...*workload) *workload {
+	total := &workload{}
+	var biggest int64 = -1
+	for _, p := range parts {
+		total.read += p.read
+		total.written += p.written
+		total.flops += p.flops
+		if p.written > biggest {
+			biggest = p.written
+			total.copyRows, total.copyMinRows = p.copyRows, p.copyMinRows
+		}
+	}
+	total.run = func() error {
+		for _, p := range parts {
+			if err := p.run(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return total
+}
+
+// prepareE2E chains route, plan, dispatch and combine through fresh intermediates, so every call
+// recomputes the routing it uses (the experts are the identity: combine reads the dispatch output).
+func prepareE2E(e *env) (*workload, error) {
+	if err := e.routing(); err != nil {
+		return nil, err
+	}
+	s, cfg := e.s, e.s.route()
+	x, err := e.named("x", s.Tokens, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	idx, err := e.b.New(tensor.Int32, s.Tokens, s.TopK)
+	if err != nil {
+		return nil, err
+	}
+	w, err := e.out(s.Tokens, s.TopK)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := e.b.New(tensor.Int32, ops.PlanLen(s.Tokens, s.TopK, s.Experts))
+	if err != nil {
+		return nil, err
+	}
+	packed, err := e.out(s.Tokens*s.TopK, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	y, err := e.out(s.Tokens, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	route, pl, disp, comb := routeCost(e), planCost(e), dispatchCost(e), combineCost(e)
+	route.run = func() error {
+		if err := e.b.RouteIndices(e.logits, cfg, idx); err != nil {
+			return err
+		}
+		return e.b.RouteWeights(e.logits, idx, cfg, w)
+	}
+	pl.run = func() error { return e.b.Plan(idx, s.Experts, plan) }
+	disp.run = func() error { return e.b.Dispatch(x, nil, plan, packed) }
+	comb.run = func() error { return e.b.Combine(packed, w, plan, y) }
+	return sequence(route, pl, disp, comb), nil
+}
+
+// prepareE2EBwd is the backward of e2e with identity experts: combine backward (d expert outputs
+// and d weights), route backward from d weights, dispatch backward from d expert outputs.
+func prepareE2EBwd(e *env) (*workload, error) {
+	if err := e.routing(); err != nil {
+		return nil, err
+	}
+	s, cfg := e.s, e.s.route()
+	cb, rb, db := combineBwdCost(e), routeBwdCost(e), dispatchBwdCost(e)
+	dy, err := e.named("dy", s.Tokens, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	ye, err := e.named("ye", s.Tokens*s.TopK, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	dye, err := e.out(s.Tokens*s.TopK, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	dw, err := e.out(s.Tokens, s.TopK)
+	if err != nil {
+		return nil, err
+	}
+	dlogits, err := e.out(s.Tokens, s.Experts)
+	if err != nil {
+		return nil, err
+	}
+	dx, err := e.out(s.Tokens, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	cb.run = func() error {
+		if err := e.b.Dispatch(dy, e.w, e.plan, dye); err != nil {
+			return err
+		}
+		return e.b.CombineGradWeights(dy, ye, e.plan, dw)
+	}
+	rb.run = func() error { return e.b.RouteWeightsGrad(e.logits, e.idx, dw, cfg, dlogits) }
+	db.run = func() error { return e.b.Combine(dye, nil, e.plan, dx) }
+	return sequence(cb, rb, db), nil
+}

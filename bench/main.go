@@ -1,0 +1,174 @@
+// Command bench times the MoE routing kernels of one ops.Backend and compares their bandwidth with a
+// plain copy measured in the same run:
+//
+//	go run ./bench -op dispatch -tokens 4096 -hidden 4096 -experts 16 -top-k 2 [-json]
+//
+// See bench/README.md for the ops, the byte counts and the copy baseline.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+
+	"github.com/expertrt/expertrt-go/ops"
+	"gorgonia.org/tensor"
+)
+
+// config is the parsed command line.
+type config struct {
+	ops            []string
+	backward       bool
+	shape          shape
+	deviceName     string
+	reps, warmup   int
+	threads        int
+	jsonOut        bool
+	rowCopy        bool
+	cpuProfile     string
+	dtype, scoring string
+}
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c := &config{}
+	var opList string
+	fs.StringVar(&opList, "op", "dispatch", "op(s) to time, comma-separated: "+strings.Join(opNames(), ", "))
+	fs.BoolVar(&c.backward, "backward", false, "time the backward variant (-bwd) of each op")
+	fs.IntVar(&c.shape.Tokens, "tokens", 4096, "tokens T")
+	fs.IntVar(&c.shape.Hidden, "hidden", 4096, "hidden size H")
+	fs.IntVar(&c.shape.Experts, "experts", 16, "experts E")
+	fs.IntVar(&c.shape.TopK, "top-k", 2, "experts per token k")
+	fs.IntVar(&c.shape.FFN, "ffn", 0, "grouped matmul output width F (0: same as -hidden)")
+	fs.StringVar(&c.dtype, "dtype", "float32", "float32 or float64")
+	fs.StringVar(&c.scoring, "scoring", "softmax-topk", "routing: softmax-topk or topk-softmax")
+	fs.BoolVar(&c.shape.Renormalize, "renormalize", true, "softmax-topk: renormalise the k weights (Mixtral)")
+	fs.Uint64Var(&c.shape.Seed, "seed", 1, "seed of the random inputs")
+	fs.StringVar(&c.deviceName, "device", "cpu", "device: "+strings.Join(deviceNames(), ", "))
+	fs.IntVar(&c.reps, "reps", 20, "timed repetitions (the median is reported)")
+	fs.IntVar(&c.warmup, "warmup", 3, "untimed repetitions first")
+	fs.IntVar(&c.threads, "threads", 0, "GOMAXPROCS for the CPU kernels and the copy (0: leave as is)")
+	fs.BoolVar(&c.jsonOut, "json", false, "print one JSON object")
+	fs.BoolVar(&c.rowCopy, "rowcopy", false, "also time a row-by-row copy (diagnostic, CPU)")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the timed repetitions to this file")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	for _, name := range strings.Split(opList, ",") {
+		if name = strings.TrimSpace(name); name != "" {
+			c.ops = append(c.ops, name)
+		}
+	}
+	if len(c.ops) == 0 {
+		return nil, fmt.Errorf("-op is empty")
+	}
+	switch c.dtype {
+	case "float32":
+		c.shape.Dtype = tensor.Float32
+	case "float64":
+		c.shape.Dtype = tensor.Float64
+	default:
+		return nil, fmt.Errorf("-dtype must be float32 or float64, got %q", c.dtype)
+	}
+	var err error
+	if c.shape.Scoring, err = ops.ParseScoring(c.scoring); err != nil {
+		return nil, err
+	}
+	if c.reps < 1 || c.warmup < 0 || c.threads < 0 {
+		return nil, fmt.Errorf("need -reps >= 1, -warmup >= 0, -threads >= 0")
+	}
+	return c, c.shape.validate()
+}
+
+// run executes the benchmarks of c and writes their report to stdout.
+func run(c *config, stdout io.Writer) error {
+	if c.threads > 0 {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(c.threads))
+	}
+	specs := make([]opSpec, 0, len(c.ops))
+	for _, name := range c.ops {
+		spec, err := lookupOp(name, c.backward)
+		if err != nil {
+			return err
+		}
+		specs = append(specs, spec)
+	}
+	dev, err := openDevice(c.deviceName)
+	if err != nil {
+		return err
+	}
+	e, err := newEnv(dev, c.shape)
+	if err != nil {
+		return err
+	}
+	var results []result
+	for _, spec := range specs {
+		wl, err := spec.prepare(e)
+		if err != nil {
+			return fmt.Errorf("%s: prepare: %w", spec.name, err)
+		}
+		runtime.GC()
+		stop, err := startProfile(c.cpuProfile, spec.name, len(specs) > 1)
+		if err != nil {
+			return err
+		}
+		t, err := measure(dev, wl, c.warmup, c.reps, c.rowCopy)
+		stop()
+		if err != nil {
+			return fmt.Errorf("%s: %w", spec.name, err)
+		}
+		r := newResult(spec.name, dev, c.shape, wl, t, c.warmup)
+		results = append(results, r)
+		if !c.jsonOut {
+			printText(stdout, r)
+		}
+	}
+	if c.jsonOut {
+		return printJSON(stdout, results)
+	}
+	return nil
+}
+
+// startProfile starts a CPU profile into path (path.<op> when several ops run) and returns its stop.
+func startProfile(path, op string, several bool) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	if several {
+		path += "." + op
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
+func main() {
+	c, err := parseFlags(os.Args[1:], os.Stderr)
+	if err == flag.ErrHelp {
+		os.Exit(0)
+	}
+	if err == nil {
+		err = run(c, os.Stdout)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
