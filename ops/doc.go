@@ -27,8 +27,8 @@
 // Node builders check ranks, dtypes, K and E and return errors; ops check the values they are given at
 // run time (shapes, dtypes, plan length) and kernels report data faults: expert indices outside [0,E)
 // (from NewRouting) and, on the CPU, NaN logits in Route ("logits[t,e] is NaN"). Nothing panics inside
-// Do. Infinite logits are allowed (+Inf selects the expert; a row with two +Inf gives NaN weights as
-// softmax does).
+// Do. Infinite logits are not rejected: -Inf never wins a tie against a finite logit, and a +Inf logit
+// gives NaN weights, exactly as softmax does in PyTorch.
 //
 // # Determinism
 //
