@@ -272,4 +272,3 @@ func minTopKGap(logits []float64, T, E, K int) float64 {
 	}
 	return gap
 }
-
