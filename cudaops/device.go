@@ -1,0 +1,205 @@
+//go:build expertrt_cuda
+
+package cudaops
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+	"unsafe"
+
+	"gorgonia.org/cu"
+)
+
+// Device is one CUDA device with its primary context, one stream, the loaded kernel modules and a
+// caching allocator. All driver calls go through do, which serialises them (one mutex) and runs them on
+// a thread with the context current (runtime.LockOSThread + cuCtxSetCurrent), so a Device may be used
+// from any goroutine.
+//
+// Every kernel and every copy is issued on the one stream, in call order: a kernel sees the results of
+// the kernels issued before it, and memory returned to the allocator can be reused by the next kernel
+// without waiting. Only copies to the host (and Synchronize) wait for the device.
+type Device struct {
+	mu     sync.Mutex
+	ord    int
+	dev    cu.Device
+	ctx    cu.CUContext
+	stream cu.Stream
+
+	name       string
+	sms        int // multiprocessors
+	maxSmem    int // shared memory per block, bytes
+	ccMajor    int
+	ccMinor    int
+	totalBytes int64
+
+	fns   map[string]cu.Function
+	alloc *allocator
+	fault cu.DevicePtr // one uint32 the kernels OR fault codes into
+	slots []uint64     // kernel parameter scratch (under mu)
+
+	closed bool
+}
+
+var (
+	defaultOnce sync.Once
+	defaultDev  *Device
+	defaultErr  error
+)
+
+// Default opens device 0 once per process and returns it.
+func Default() (*Device, error) {
+	defaultOnce.Do(func() { defaultDev, defaultErr = Open(0) })
+	return defaultDev, defaultErr
+}
+
+// Open retains the primary context of device ordinal, creates the stream, loads the embedded PTX
+// modules and sets up the allocator.
+func Open(ordinal int) (*Device, error) {
+	n, err := cu.NumDevices()
+	if err != nil {
+		return nil, fmt.Errorf("cudaops: counting devices: %w", err)
+	}
+	if ordinal < 0 || ordinal >= n {
+		return nil, fmt.Errorf("cudaops: device %d requested, %d present", ordinal, n)
+	}
+	d := &Device{ord: ordinal}
+	if d.dev, err = cu.GetDevice(ordinal); err != nil {
+		return nil, fmt.Errorf("cudaops: device %d: %w", ordinal, err)
+	}
+	if d.ctx, err = d.dev.RetainPrimaryCtx(); err != nil {
+		return nil, fmt.Errorf("cudaops: device %d: retaining primary context: %w", ordinal, err)
+	}
+	d.alloc = newAllocator(d)
+	err = d.do(func() error {
+		var err error
+		if d.name, err = d.dev.Name(); err != nil {
+			return fmt.Errorf("name: %w", err)
+		}
+		attrs := []struct {
+			a   cu.DeviceAttribute
+			dst *int
+		}{
+			{cu.MultiprocessorCount, &d.sms},
+			{cu.MaxSharedMemoryPerBlock, &d.maxSmem},
+			{cu.ComputeCapabilityMajor, &d.ccMajor},
+			{cu.ComputeCapabilityMinor, &d.ccMinor},
+		}
+		for _, a := range attrs {
+			if *a.dst, err = d.dev.Attribute(a.a); err != nil {
+				return fmt.Errorf("attribute %v: %w", a.a, err)
+			}
+		}
+		if d.totalBytes, err = d.dev.TotalMem(); err != nil {
+			return fmt.Errorf("total memory: %w", err)
+		}
+		if d.stream, err = cu.MakeStream(cu.DefaultStream); err != nil {
+			return fmt.Errorf("creating stream: %w", err)
+		}
+		if d.fns, err = loadModules(); err != nil {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cudaops: opening device %d: %w", ordinal, err)
+	}
+	if d.fault, err = d.alloc.get(256); err != nil {
+		return nil, fmt.Errorf("cudaops: opening device %d: fault word: %w", ordinal, err)
+	}
+	if err := d.do(func() error { return cu.MemsetD32Async(d.fault, 0, 1, d.stream) }); err != nil {
+		return nil, fmt.Errorf("cudaops: opening device %d: clearing fault word: %w", ordinal, err)
+	}
+	return d, nil
+}
+
+// do runs fn with the device's context current on a locked OS thread, one call at a time.
+func (d *Device) do(fn func() error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.doLocked(fn)
+}
+
+func (d *Device) doLocked(fn func() error) error {
+	if d.closed {
+		return fmt.Errorf("cudaops: device %d is closed", d.ord)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := cu.SetCurrentContext(d.ctx); err != nil {
+		return fmt.Errorf("setting context current: %w", err)
+	}
+	return fn()
+}
+
+// Name is the GPU's marketing name ("NVIDIA H100 80GB HBM3").
+func (d *Device) Name() string { return d.name }
+
+// Multiprocessors is the number of SMs.
+func (d *Device) Multiprocessors() int { return d.sms }
+
+// ComputeCapability returns major, minor.
+func (d *Device) ComputeCapability() (int, int) { return d.ccMajor, d.ccMinor }
+
+// TotalMemory is the device memory in bytes.
+func (d *Device) TotalMemory() int64 { return d.totalBytes }
+
+// Synchronize waits for all work issued so far and reports device faults raised by kernels since the
+// last check (for example out-of-range expert indices in Plan or RouteWeights).
+func (d *Device) Synchronize() error {
+	return d.do(func() error {
+		if err := d.stream.Synchronize(); err != nil {
+			return fmt.Errorf("cudaops: synchronize: %w", err)
+		}
+		return d.checkFaultLocked()
+	})
+}
+
+// checkFaultLocked reads and clears the fault word; the caller holds the context and has synchronised.
+func (d *Device) checkFaultLocked() error {
+	var f uint32
+	if err := cu.MemcpyDtoH(unsafe.Pointer(&f), d.fault, 4); err != nil {
+		return fmt.Errorf("cudaops: reading fault word: %w", err)
+	}
+	if f == 0 {
+		return nil
+	}
+	if err := cu.MemsetD32(d.fault, 0, 1); err != nil {
+		return fmt.Errorf("cudaops: clearing fault word: %w", err)
+	}
+	var msg string
+	if f&faultExpertRange != 0 {
+		msg = "an expert index outside [0, E) reached a kernel (Plan, RouteWeights or RouteWeightsGrad); the indices were clamped and the results are invalid"
+	} else {
+		msg = fmt.Sprintf("unknown fault code %#x", f)
+	}
+	return fmt.Errorf("cudaops: device fault: %s", msg)
+}
+
+// faultExpertRange mirrors FAULT_EXPERT_RANGE in common.cuh.
+const faultExpertRange = 1
+
+// Close frees every cached and live block, destroys the stream and releases the primary context.
+// Tensors of this device must not be used afterwards.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	err := d.doLocked(func() error {
+		if err := d.stream.Synchronize(); err != nil {
+			return err
+		}
+		d.alloc.releaseAllLocked()
+		return d.stream.Destroy()
+	})
+	d.closed = true
+	if rerr := d.dev.ReleasePrimaryCtx(); err == nil && rerr != nil {
+		err = rerr
+	}
+	if err != nil {
+		return fmt.Errorf("cudaops: closing device %d: %w", d.ord, err)
+	}
+	return nil
+}

@@ -1,0 +1,20 @@
+// Package cudaops is the CUDA backend of ExpertRT-Go: a small runtime on the CUDA driver API
+// (gorgonia.org/cu), the route, plan, dispatch/combine, grouped-matmul and loss kernels as PTX embedded
+// in the binary, a tensor.Engine over device memory, and an ops.Backend that runs the op types on
+// device tensors.
+//
+// Everything that touches the driver is behind the build tag expertrt_cuda:
+//
+//	go build -tags expertrt_cuda ./...
+//
+// Without the tag this package is empty (this file only), so `go vet ./...` and binaries built without
+// the tag need no CUDA driver. Building with the tag needs cuda.h and libcuda.so (install-toolchain.sh);
+// running needs an NVIDIA driver and GPU; nvcc is needed only to regenerate the PTX (go generate).
+//
+// Kernel sources are the .cu files of this directory (one per kernel family); `go generate ./cudaops`
+// compiles them with nvcc to ptx/*.ptx (compute_80, JIT-compiled by the driver for the GPU at hand), and
+// the generated PTX is committed, so users need no nvcc. ci-check.sh fails when the committed PTX
+// differs from a fresh compilation.
+package cudaops
+
+//go:generate ./gen-ptx.sh

@@ -1,0 +1,396 @@
+//go:build expertrt_cuda
+
+package cudaops
+
+import (
+	"fmt"
+	"unsafe"
+
+	"gorgonia.org/cu"
+	"gorgonia.org/tensor"
+)
+
+// Typed launchers over raw device addresses. Each checks its sizes and picks the kernel variant (dtype,
+// 16-byte vector or scalar) before launching; all launch on the device's stream without waiting.
+// Tensor-level validation (ownership, dtypes, shapes) is done by the Backend before these are called.
+
+func suffix(dt tensor.Dtype) (string, error) {
+	switch dt {
+	case tensor.Float32:
+		return "f32", nil
+	case tensor.Float64:
+		return "f64", nil
+	}
+	return "", fmt.Errorf("cudaops: unsupported dtype %v (want float32 or float64)", dt)
+}
+
+func offsetPtr(p cu.DevicePtr, bytes int64) cu.DevicePtr { return cu.DevicePtr(uintptr(p) + uintptr(bytes)) }
+
+// rowKernel picks the vector variant of a row kernel when every row starts 16-byte aligned: returns
+// the kernel name and the row length in vectors.
+func rowKernel(base string, dt tensor.Dtype, h int, ptrs ...cu.DevicePtr) (string, int, error) {
+	suf, err := suffix(dt)
+	if err != nil {
+		return "", 0, err
+	}
+	vw := 16 / int(dt.Size())
+	aligned := h%vw == 0
+	for _, p := range ptrs {
+		if p != 0 && uintptr(p)%16 != 0 {
+			aligned = false
+		}
+	}
+	if !aligned {
+		return base + "_" + suf, h, nil
+	}
+	if dt == tensor.Float32 {
+		return base + "_f32_v4", h / 4, nil
+	}
+	return base + "_f64_v2", h / 2, nil
+}
+
+func checkDims(what string, dims ...int) error {
+	for _, v := range dims {
+		if v <= 0 || v > 1<<31-1 {
+			return fmt.Errorf("cudaops: %s: dimensions must be in [1, 2^31), got %v", what, dims)
+		}
+	}
+	return nil
+}
+
+// Route runs the fused router on logits [T,E]: idx [T,K] (int32) gets the K best experts (ties to the
+// lower index); w [T,K] (may be 0) gets their weights. full selects the softmax over all E experts
+// (SoftmaxTopK without renormalisation) instead of the softmax over the K selected logits.
+func (d *Device) Route(dt tensor.Dtype, logits, idx, w cu.DevicePtr, T, E, K int, full bool) error {
+	if err := checkDims("route", T, E, K); err != nil {
+		return err
+	}
+	if K > E {
+		return fmt.Errorf("cudaops: route: K=%d > E=%d", K, E)
+	}
+	suf, err := suffix(dt)
+	if err != nil {
+		return err
+	}
+	return d.launch("route_"+suf, d.warpGrid(T), ptrArg(logits), ptrArg(idx), ptrArg(w), i32(T), i32(E), i32(K), i32(b2i(full)))
+}
+
+// RouteWeights writes w [T,K] for given experts idx [T,K] (validated on the device: see Synchronize).
+func (d *Device) RouteWeights(dt tensor.Dtype, logits, idx, w cu.DevicePtr, T, E, K int, full bool) error {
+	if err := checkDims("route weights", T, E, K); err != nil {
+		return err
+	}
+	suf, err := suffix(dt)
+	if err != nil {
+		return err
+	}
+	cfg := d.warpGrid(T)
+	cfg.smem = cfg.block / 32 * K * 4
+	return d.launch("route_weights_"+suf, cfg, ptrArg(logits), ptrArg(idx), ptrArg(w), i32(T), i32(E), i32(K), i32(b2i(full)), ptrArg(d.fault))
+}
+
+// RouteWeightsGrad writes dlogits [T,E] = d(sum dw*w)/dlogits.
+func (d *Device) RouteWeightsGrad(dt tensor.Dtype, logits, idx, dw, dlogits cu.DevicePtr, T, E, K int, full bool) error {
+	if err := checkDims("route weights grad", T, E, K); err != nil {
+		return err
+	}
+	suf, err := suffix(dt)
+	if err != nil {
+		return err
+	}
+	cfg := d.warpGrid(T)
+	warps := cfg.block / 32
+	cfg.smem = (warps*K+1)&^1*4 + warps*K*int(dt.Size())
+	return d.launch("route_weights_grad_"+suf, cfg, ptrArg(logits), ptrArg(idx), ptrArg(dw), ptrArg(dlogits), i32(T), i32(E), i32(K), i32(b2i(full)), ptrArg(d.fault))
+}
+
+// PlanSections returns the device addresses of the plan's sections (ops/plan_layout.go).
+func PlanSections(plan cu.DevicePtr, T, K, E int) (counts, offsets, rowOf, slotOf cu.DevicePtr) {
+	counts = plan
+	offsets = offsetPtr(plan, int64(E)*4)
+	rowOf = offsetPtr(plan, int64(2*E+1)*4)
+	slotOf = offsetPtr(rowOf, int64(T)*int64(K)*4)
+	return
+}
+
+// Plan builds the routing plan of idx [T,K] over E experts into plan [2E+1+2TK] (int32), on the device
+// with no host synchronisation (three launches; scratch memory from the caching allocator).
+func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
+	if err := checkDims("plan", T, K, E); err != nil {
+		return err
+	}
+	n := T * K
+	if int64(T)*int64(K) > 1<<30 {
+		return fmt.Errorf("cudaops: plan: T*K=%d too large", int64(T)*int64(K))
+	}
+	wpb := 8
+	for wpb > 1 && wpb*E*4 > 48*1024 {
+		wpb /= 2
+	}
+	if E*4 > 48*1024 {
+		return fmt.Errorf("cudaops: plan: E=%d experts exceed the shared-memory counters (max %d)", E, 48*1024/4)
+	}
+	chunk := (n + 63) / 64
+	chunk = (chunk + 31) / 32 * 32
+	if chunk < 512 {
+		chunk = 512
+	}
+	chunks := (n + chunk - 1) / chunk
+	scratch, err := d.alloc.get(int64(chunks) * int64(E) * 4)
+	if err != nil {
+		return fmt.Errorf("cudaops: plan scratch: %w", err)
+	}
+	defer d.alloc.put(scratch)
+	counts, offsets, rowOf, slotOf := PlanSections(plan, T, K, E)
+	grid := launchCfg{grid: (chunks + wpb - 1) / wpb, block: wpb * 32, smem: wpb * E * 4}
+	if err := d.launch("plan_count", grid, ptrArg(idx), i32(n), i32(E), i32(chunk), i32(chunks), ptrArg(scratch), ptrArg(d.fault)); err != nil {
+		return err
+	}
+	if err := d.launch("plan_scan", launchCfg{grid: 1, block: 1024}, ptrArg(scratch), i32(chunks), i32(E), i32(n), ptrArg(counts), ptrArg(offsets)); err != nil {
+		return err
+	}
+	return d.launch("plan_scatter", grid, ptrArg(idx), i32(n), i32(E), i32(chunk), i32(chunks), ptrArg(scratch), ptrArg(rowOf), ptrArg(slotOf))
+}
+
+// Dispatch writes out[rowOf[t*K+j]] = scale * x[t] (x [T,H], out [T*K,H]); scale = w[t,j] or 1 (w == 0).
+func (d *Device) Dispatch(dt tensor.Dtype, x, w, rowOf, out cu.DevicePtr, T, K, H int) error {
+	if err := checkDims("dispatch", T, K, H); err != nil {
+		return err
+	}
+	name, nv, err := rowKernel("dispatch", dt, H, x, out)
+	if err != nil {
+		return err
+	}
+	return d.launch(name, d.warpGrid(T), ptrArg(x), ptrArg(w), ptrArg(rowOf), ptrArg(out), i32(T), i32(K), i32(nv))
+}
+
+// Combine writes out[t] = sum_j scale * ye[rowOf[t*K+j]] in increasing j (ye [T*K,H], out [T,H]).
+func (d *Device) Combine(dt tensor.Dtype, ye, w, rowOf, out cu.DevicePtr, T, K, H int) error {
+	if err := checkDims("combine", T, K, H); err != nil {
+		return err
+	}
+	name, nv, err := rowKernel("combine", dt, H, ye, out)
+	if err != nil {
+		return err
+	}
+	return d.launch(name, d.warpGrid(T), ptrArg(ye), ptrArg(w), ptrArg(rowOf), ptrArg(out), i32(T), i32(K), i32(nv))
+}
+
+// CombineBackward writes dw[t,j] = <dy[t], ye[rowOf[t*K+j]]> and, when dye != 0, also
+// dye[rowOf[t*K+j]] = w[t,j] * dy[t] in the same pass (the fused combine backward).
+func (d *Device) CombineBackward(dt tensor.Dtype, dy, ye, w, rowOf, dw, dye cu.DevicePtr, T, K, H int) error {
+	if err := checkDims("combine backward", T, K, H); err != nil {
+		return err
+	}
+	if dye != 0 && w == 0 {
+		return fmt.Errorf("cudaops: combine backward: dye needs the weights w")
+	}
+	name, nv, err := rowKernel("combine_bwd", dt, H, dy, ye, dye)
+	if err != nil {
+		return err
+	}
+	return d.launch(name, d.warpGrid(T), ptrArg(dy), ptrArg(ye), ptrArg(w), ptrArg(rowOf), ptrArg(dw), ptrArg(dye), i32(T), i32(K), i32(nv))
+}
+
+// GroupedMatMul: out[r] = x[r] · W[e] over each expert's segment (x [N,In], W [E,In,Out] or
+// [E,Out,In] when transposeW, out [N,Out]); offsets has E+1 entries.
+func (d *Device) GroupedMatMul(dt tensor.Dtype, x, w, offsets, out cu.DevicePtr, E, N, In, Out int, transposeW bool) error {
+	if err := checkDims("grouped matmul", E, N, In, Out); err != nil {
+		return err
+	}
+	suf, err := suffix(dt)
+	if err != nil {
+		return err
+	}
+	gx := (Out + 31) / 32
+	gy := (N + 7) / 8
+	if gy > 65535 {
+		gy = 65535
+	}
+	return d.launch2D("gmm_"+suf, gx, gy, 32, 8, ptrArg(x), ptrArg(w), ptrArg(offsets), i32(E), i32(N), i32(In), i32(Out), i32(b2i(transposeW)), ptrArg(out))
+}
+
+// GroupedMatMulGradW: dW[e] = x_e^T · dy_e (x [N,In], dy [N,Out], dW [E,In,Out]).
+func (d *Device) GroupedMatMulGradW(dt tensor.Dtype, x, dy, offsets, dW cu.DevicePtr, E, In, Out int) error {
+	if err := checkDims("grouped matmul grad", E, In, Out); err != nil {
+		return err
+	}
+	suf, err := suffix(dt)
+	if err != nil {
+		return err
+	}
+	return d.launch("gmm_gradw_"+suf, d.flatGrid(int64(E)*int64(In)*int64(Out)), ptrArg(x), ptrArg(dy), ptrArg(offsets), i32(E), i32(In), i32(Out), ptrArg(dW))
+}
+
+// LoadBalancingLoss returns E * sum_e (counts[e]/T) * mean_t softmax(logits)[t,e] (synchronises).
+func (d *Device) LoadBalancingLoss(dt tensor.Dtype, logits, counts cu.DevicePtr, T, E int) (float64, error) {
+	if err := checkDims("load-balancing loss", T, E); err != nil {
+		return 0, err
+	}
+	suf, err := suffix(dt)
+	if err != nil {
+		return 0, err
+	}
+	stats, err := d.alloc.get(2 * int64(T) * int64(dt.Size()))
+	if err != nil {
+		return 0, err
+	}
+	defer d.alloc.put(stats)
+	pe, err := d.alloc.get(int64(E)*8 + 8)
+	if err != nil {
+		return 0, err
+	}
+	defer d.alloc.put(pe)
+	m, s := stats, offsetPtr(stats, int64(T)*int64(dt.Size()))
+	out := offsetPtr(pe, int64(E)*8)
+	if err := d.launch("softmax_stats_"+suf, d.warpGrid(T), ptrArg(logits), i32(T), i32(E), ptrArg(m), ptrArg(s)); err != nil {
+		return 0, err
+	}
+	grid := E
+	if grid > d.sms*8 {
+		grid = d.sms * 8
+	}
+	if err := d.launch("col_mean_prob_"+suf, launchCfg{grid: grid, block: 256}, ptrArg(logits), ptrArg(m), ptrArg(s), i32(T), i32(E), ptrArg(pe)); err != nil {
+		return 0, err
+	}
+	if err := d.launch("lbl_finish", launchCfg{grid: 1, block: 32}, ptrArg(pe), ptrArg(counts), i32(T), i32(E), ptrArg(out)); err != nil {
+		return 0, err
+	}
+	return d.readF64(out)
+}
+
+// LoadBalancingLossGrad writes dlogits = scale * d(LoadBalancingLoss)/dlogits.
+func (d *Device) LoadBalancingLossGrad(dt tensor.Dtype, logits, counts, dlogits cu.DevicePtr, T, E int, scale float64) error {
+	if err := checkDims("load-balancing loss grad", T, E); err != nil {
+		return err
+	}
+	suf, err := suffix(dt)
+	if err != nil {
+		return err
+	}
+	return d.launch("lbl_grad_"+suf, d.warpGrid(T), ptrArg(logits), ptrArg(counts), i32(T), i32(E), f64(scale), ptrArg(dlogits))
+}
+
+// ZLoss returns mean_t logsumexp(logits[t,:])^2 (synchronises).
+func (d *Device) ZLoss(dt tensor.Dtype, logits cu.DevicePtr, T, E int) (float64, error) {
+	if err := checkDims("z-loss", T, E); err != nil {
+		return 0, err
+	}
+	suf, err := suffix(dt)
+	if err != nil {
+		return 0, err
+	}
+	sq, err := d.alloc.get(int64(T)*8 + 8)
+	if err != nil {
+		return 0, err
+	}
+	defer d.alloc.put(sq)
+	out := offsetPtr(sq, int64(T)*8)
+	if err := d.launch("zloss_rows_"+suf, d.warpGrid(T), ptrArg(logits), i32(T), i32(E), ptrArg(sq)); err != nil {
+		return 0, err
+	}
+	if err := d.launch("mean_f64", launchCfg{grid: 1, block: 256}, ptrArg(sq), i64(int64(T)), ptrArg(out)); err != nil {
+		return 0, err
+	}
+	return d.readF64(out)
+}
+
+// ZLossGrad writes dlogits = scale * d(ZLoss)/dlogits.
+func (d *Device) ZLossGrad(dt tensor.Dtype, logits, dlogits cu.DevicePtr, T, E int, scale float64) error {
+	if err := checkDims("z-loss grad", T, E); err != nil {
+		return err
+	}
+	suf, err := suffix(dt)
+	if err != nil {
+		return err
+	}
+	return d.launch("zloss_grad_"+suf, d.warpGrid(T), ptrArg(logits), i32(T), i32(E), f64(scale), ptrArg(dlogits))
+}
+
+// readF64 copies one float64 to the host (synchronising) and reports pending device faults.
+func (d *Device) readF64(p cu.DevicePtr) (float64, error) {
+	var v float64
+	err := d.copyDtoH(unsafe.Pointer(&v), p, 8)
+	return v, err
+}
+
+// fill writes n values of width bytes (1, 2, 4 or 8) with the given bit pattern.
+func (d *Device) fill(p cu.DevicePtr, n, width int64, bits uint64) error {
+	if n == 0 {
+		return nil
+	}
+	switch width {
+	case 1:
+		return d.do(func() error { return cu.MemsetD8Async(p, byte(bits), n, d.stream) })
+	case 2:
+		return d.do(func() error { return cu.MemsetD16Async(p, uint16(bits), n, d.stream) })
+	case 4:
+		return d.do(func() error { return cu.MemsetD32Async(p, uint(uint32(bits)), n, d.stream) })
+	case 8:
+		return d.launch("fill_u64", d.flatGrid(n), ptrArg(p), i64(n), arg(bits))
+	}
+	return fmt.Errorf("cudaops: fill: unsupported width %d", width)
+}
+
+// add computes out = a + b (+ out when incr) for float device tensors of one shape.
+func (d *Device) add(a, b, out *tensor.Dense, incr bool) error {
+	suf, err := suffix(a.Dtype())
+	if err != nil {
+		return err
+	}
+	n := int64(a.Shape().TotalSize())
+	return d.launch("add_"+suf, d.flatGrid(n), ptrArg(cu.DevicePtr(a.Uintptr())), ptrArg(cu.DevicePtr(b.Uintptr())), ptrArg(cu.DevicePtr(out.Uintptr())), i64(n), i32(b2i(incr)))
+}
+
+func (d *Device) copyHtoD(dst cu.DevicePtr, src unsafe.Pointer, n int64) error {
+	if n == 0 {
+		return nil
+	}
+	return d.do(func() error {
+		if err := cu.MemcpyHtoDAsync(dst, src, n, d.stream); err != nil {
+			return fmt.Errorf("cudaops: copy %d bytes host->device: %w", n, err)
+		}
+		// Pageable source: wait so that the Go memory may change as soon as we return.
+		if err := d.stream.Synchronize(); err != nil {
+			return fmt.Errorf("cudaops: copy %d bytes host->device: %w", n, err)
+		}
+		return nil
+	})
+}
+
+// copyDtoH waits for the stream (all earlier kernels), copies, and reports pending device faults.
+func (d *Device) copyDtoH(dst unsafe.Pointer, src cu.DevicePtr, n int64) error {
+	return d.do(func() error {
+		if n > 0 {
+			if err := cu.MemcpyDtoHAsync(dst, src, n, d.stream); err != nil {
+				return fmt.Errorf("cudaops: copy %d bytes device->host: %w", n, err)
+			}
+		}
+		if err := d.stream.Synchronize(); err != nil {
+			return fmt.Errorf("cudaops: copy %d bytes device->host: %w", n, err)
+		}
+		return d.checkFaultLocked()
+	})
+}
+
+func (d *Device) copyDtoD(dst, src cu.DevicePtr, n int64) error {
+	if n == 0 {
+		return nil
+	}
+	return d.do(func() error {
+		if err := cu.MemcpyDtoDAsync(dst, src, n, d.stream); err != nil {
+			return fmt.Errorf("cudaops: copy %d bytes device->device: %w", n, err)
+		}
+		return nil
+	})
+}
+
+// CopyDtoD issues a device-to-device copy of n bytes on the stream (the bandwidth baseline).
+func (d *Device) CopyDtoD(dst, src cu.DevicePtr, n int64) error { return d.copyDtoD(dst, src, n) }
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,89 @@
+//go:build expertrt_cuda
+
+package cudaops
+
+import (
+	"fmt"
+	"math"
+	"unsafe"
+
+	"gorgonia.org/cu"
+)
+
+// arg is one kernel parameter, stored in an 8-byte slot (pointers, int64 and double use all of it;
+// int32, uint32 and float use the low 4 bytes, which is where a little-endian device reads them).
+type arg uint64
+
+func ptrArg(p cu.DevicePtr) arg { return arg(p) }
+func i32(v int) arg             { return arg(uint64(uint32(int32(v)))) }
+func i64(v int64) arg           { return arg(uint64(v)) }
+func u32(v uint32) arg          { return arg(uint64(v)) }
+func f64(v float64) arg         { return arg(math.Float64bits(v)) }
+
+// launchCfg is a 1-D launch.
+type launchCfg struct {
+	grid, block, smem int
+}
+
+// launch issues kernel name on the device's stream. Argument validation happens in the typed launchers
+// (kernels.go) before this is called.
+func (d *Device) launch(name string, cfg launchCfg, args ...arg) error {
+	return d.do(func() error { return d.launchLocked(name, cfg.grid, 1, cfg.block, 1, cfg.smem, args...) })
+}
+
+func (d *Device) launch2D(name string, gx, gy, bx, by int, args ...arg) error {
+	return d.do(func() error { return d.launchLocked(name, gx, gy, bx, by, 0, args...) })
+}
+
+func (d *Device) launchLocked(name string, gx, gy, bx, by, smem int, args ...arg) error {
+	fn, ok := d.fns[name]
+	if !ok {
+		return fmt.Errorf("cudaops: kernel %s is not in the embedded PTX", name)
+	}
+	if gx <= 0 || gy <= 0 || bx <= 0 || by <= 0 {
+		return fmt.Errorf("cudaops: kernel %s: empty launch grid=(%d,%d) block=(%d,%d)", name, gx, gy, bx, by)
+	}
+	if smem > d.maxSmem {
+		return fmt.Errorf("cudaops: kernel %s needs %d bytes of shared memory, the device allows %d per block", name, smem, d.maxSmem)
+	}
+	if cap(d.slots) < len(args) {
+		d.slots = make([]uint64, len(args))
+	}
+	slots := d.slots[:len(args)]
+	params := make([]unsafe.Pointer, len(args))
+	for i, a := range args {
+		slots[i] = uint64(a)
+		params[i] = unsafe.Pointer(&slots[i])
+	}
+	if err := fn.Launch(gx, gy, 1, bx, by, 1, smem, d.stream, params); err != nil {
+		return fmt.Errorf("cudaops: launching %s grid=(%d,%d) block=(%d,%d) smem=%d: %w", name, gx, gy, bx, by, smem, err)
+	}
+	return nil
+}
+
+// warpGrid sizes a grid-striding launch of one warp per item: blocks of 256 threads (8 warps), enough
+// blocks for every item up to 8 resident blocks per multiprocessor.
+func (d *Device) warpGrid(items int) launchCfg {
+	const block = 256
+	blocks := (items + 7) / 8
+	if maxBlocks := d.sms * 8; blocks > maxBlocks {
+		blocks = maxBlocks
+	}
+	if blocks < 1 {
+		blocks = 1
+	}
+	return launchCfg{grid: blocks, block: block}
+}
+
+// flatGrid sizes a grid-striding elementwise launch over n items.
+func (d *Device) flatGrid(n int64) launchCfg {
+	const block = 256
+	blocks := (n + block - 1) / block
+	if maxBlocks := int64(d.sms * 8); blocks > maxBlocks {
+		blocks = maxBlocks
+	}
+	if blocks < 1 {
+		blocks = 1
+	}
+	return launchCfg{grid: int(blocks), block: block}
+}

@@ -1,0 +1,111 @@
+// Routing plan on the device, without host synchronisation, in three launches:
+//   plan_count:   the N = T*K slots are cut into chunks of `chunk` slots, one warp per chunk; each warp
+//                 counts its chunk's slots per expert into scratch[chunk][e].
+//   plan_scan:    one block turns scratch into each chunk's first row per expert (exclusive scan over the
+//                 chunks, plus the expert's offset) and writes counts and offsets.
+//   plan_scatter: each warp walks its chunk again 32 slots at a time, in slot order; lanes holding the same
+//                 expert find each other with __match_any_sync and take consecutive rows in lane order.
+// Rows of one expert are therefore in increasing slot order (stable), and the result depends only on idx:
+// integer arithmetic, no atomics on the layout. Out-of-range expert indices set the fault word and are
+// clamped into [0, E) so that no write leaves the plan.
+//
+// Plan layout (ops/plan_layout.go): counts [E] | offsets [E+1] | rowOf [N] | slotOf [N].
+#include "common.cuh"
+
+__device__ __forceinline__ unsigned int lanemask_lt() { return (1u << lane_id()) - 1u; }
+
+// Dynamic shared memory: warpsPerBlock * E ints.
+extern "C" __global__ void plan_count(const int* __restrict__ idx, int N, int E, int chunk, int numChunks,
+                                      int* __restrict__ scratch, unsigned int* fault) {
+    extern __shared__ int cnt_all[];
+    const int lane = lane_id();
+    int* cnt = cnt_all + (threadIdx.x >> 5) * E;
+    const long long c = global_warp();
+    if (c >= numChunks) return;  // whole warps exit together
+    for (int e = lane; e < E; e += 32) cnt[e] = 0;
+    __syncwarp();
+    const long long begin = c * chunk;
+    const long long end = begin + chunk < N ? begin + chunk : N;
+    for (long long base = begin; base < end; base += 32) {
+        const long long s = base + lane;
+        const int e = s < end ? checked_expert(idx[s], E, fault) : -1;
+        const unsigned int peers = __match_any_sync(FULL_MASK, e);
+        if (e >= 0 && lane == __ffs(peers) - 1) cnt[e] += __popc(peers);
+        __syncwarp();
+    }
+    for (int e = lane; e < E; e += 32) scratch[c * E + e] = cnt[e];
+}
+
+// One block. counts[e] = sum_c scratch[c][e]; offsets = exclusive scan of counts (offsets[E] = N);
+// scratch[c][e] becomes offsets[e] + sum_{c' < c} scratch[c'][e].
+extern "C" __global__ void plan_scan(int* __restrict__ scratch, int numChunks, int E, int N, int* __restrict__ counts,
+                                     int* __restrict__ offsets) {
+    __shared__ int part[1024];
+    const int tid = threadIdx.x;
+    const int nt = blockDim.x;
+    // Per-expert exclusive scan over chunks (threads over experts).
+    for (int e = tid; e < E; e += nt) {
+        int run = 0;
+        for (int c = 0; c < numChunks; c++) {
+            const int v = scratch[(long long)c * E + e];
+            scratch[(long long)c * E + e] = run;
+            run += v;
+        }
+        counts[e] = run;
+    }
+    __syncthreads();
+    // Exclusive scan of counts over experts: each thread owns a contiguous run of experts.
+    const int per = (E + nt - 1) / nt;
+    const int lo = tid * per < E ? tid * per : E;
+    const int hi = lo + per < E ? lo + per : E;
+    int local = 0;
+    for (int e = lo; e < hi; e++) local += counts[e];
+    part[tid] = local;
+    __syncthreads();
+    for (int o = 1; o < nt; o <<= 1) {
+        const int v = tid >= o ? part[tid - o] : 0;
+        __syncthreads();
+        part[tid] += v;
+        __syncthreads();
+    }
+    int run = part[tid] - local;
+    for (int e = lo; e < hi; e++) {
+        offsets[e] = run;
+        run += counts[e];
+    }
+    if (tid == 0) offsets[E] = N;
+    __syncthreads();
+    for (int e = tid; e < E; e += nt) {
+        const int off = offsets[e];
+        for (int c = 0; c < numChunks; c++) scratch[(long long)c * E + e] += off;
+    }
+}
+
+// Dynamic shared memory: warpsPerBlock * E ints.
+extern "C" __global__ void plan_scatter(const int* __restrict__ idx, int N, int E, int chunk, int numChunks,
+                                        const int* __restrict__ scratch, int* __restrict__ rowOf,
+                                        int* __restrict__ slotOf) {
+    extern __shared__ int next_all[];
+    const int lane = lane_id();
+    int* next = next_all + (threadIdx.x >> 5) * E;
+    const long long c = global_warp();
+    if (c >= numChunks) return;
+    for (int e = lane; e < E; e += 32) next[e] = scratch[c * E + e];
+    __syncwarp();
+    const long long begin = c * chunk;
+    const long long end = begin + chunk < N ? begin + chunk : N;
+    for (long long base = begin; base < end; base += 32) {
+        const long long s = base + lane;
+        const int e = s < end ? checked_expert(idx[s], E, nullptr) : -1;
+        const unsigned int peers = __match_any_sync(FULL_MASK, e);
+        int r = 0;
+        if (e >= 0) r = next[e] + __popc(peers & lanemask_lt());
+        __syncwarp();
+        if (e >= 0) {
+            rowOf[s] = r;
+            slotOf[r] = (int)s;
+            if (lane == __ffs(peers) - 1) next[e] += __popc(peers);
+        }
+        __syncwarp();
+    }
+}
