@@ -28,6 +28,9 @@ func Dispatch(x *G.Node, r *Routing) (*G.Node, error) {
 // y[t] = sum_j w[t,j] * expertOut[rowOf(t,j)], summed in increasing j (deterministic, no atomics).
 // Gradients flow to expertOut (a weighted dispatch) and to the weights (row dot products).
 func Combine(expertOut *G.Node, r *Routing) (*G.Node, error) {
+	if err := checkRouting("combine", r); err != nil {
+		return nil, err
+	}
 	return CombineWeighted(expertOut, r.Weights, r)
 }
 
