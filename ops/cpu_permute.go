@@ -30,18 +30,24 @@ func dispatchCPU[T float](x, w, plan *tensor.Dense, out *tensor.Dense) error {
 	if err != nil {
 		return err
 	}
-	parallelRows(n, rowsFor(h), func(lo, hi int) {
-		for r := lo; r < hi; r++ {
-			s := int(pv.SlotOf[r])
-			src := xs[(s/k)*h : (s/k+1)*h]
-			dst := os[r*h : (r+1)*h]
-			if ws == nil {
-				copy(dst, src)
-				continue
-			}
-			scale := ws[s]
-			for i, v := range src {
-				dst[i] = scale * v
+	// Walk tokens, not rows: each x row is read from memory once and written to its K rows while it is
+	// still in cache (row order would read every x row K times). Every out row is written exactly once.
+	parallelRows(nT, rowsFor(h*k), func(lo, hi int) {
+		for t := lo; t < hi; t++ {
+			src := xs[t*h : (t+1)*h]
+			for j := 0; j < k; j++ {
+				s := t*k + j
+				r := int(pv.RowOf[s])
+				dst := os[r*h : (r+1)*h]
+				if ws == nil {
+					copy(dst, src)
+					continue
+				}
+				scale := ws[s]
+				dst = dst[:len(src)]
+				for i, v := range src {
+					dst[i] = scale * v
+				}
 			}
 		}
 	})
@@ -76,32 +82,57 @@ func combineCPU[T float](ye, w, plan *tensor.Dense, out *tensor.Dense) error {
 	}
 	parallelRows(nT, rowsFor(h*k), func(lo, hi int) {
 		for t := lo; t < hi; t++ {
-			dst := os[t*h : (t+1)*h]
-			for j := 0; j < k; j++ {
-				r := int(pv.RowOf[t*k+j])
-				src := ys[r*h : (r+1)*h]
-				switch {
-				case ws == nil && j == 0:
-					copy(dst, src)
-				case ws == nil:
-					for i, v := range src {
-						dst[i] += v
-					}
-				case j == 0:
-					scale := ws[t*k]
-					for i, v := range src {
-						dst[i] = scale * v
-					}
-				default:
-					scale := ws[t*k+j]
-					for i, v := range src {
-						dst[i] += scale * v
-					}
-				}
-			}
+			combineRow(os[t*h:(t+1)*h], ys, ws, pv.RowOf[t*k:(t+1)*k], t*k)
 		}
 	})
 	return nil
+}
+
+// combineRow writes dst = sum_j scale_j * ye[rows[j]] with scale_j = w[slot0+j] (1 when w is nil).
+// It reads two rows per pass over dst (one memory pass instead of K), yet every element is still
+// summed in increasing j: ((s0*a0 + s1*a1) + s2*a2) + s3*a3 ..., the same order for every schedule.
+func combineRow[T float](dst, ys, w []T, rows []int32, slot0 int) {
+	h := len(dst)
+	row := func(j int) []T {
+		r := int(rows[j])
+		return ys[r*h : (r+1)*h : (r+1)*h]
+	}
+	scale := func(j int) T {
+		if w == nil {
+			return 1 // 1*v == v exactly, so the unweighted sum is unchanged
+		}
+		return w[slot0+j]
+	}
+	k := len(rows)
+	a, sa := row(0), scale(0)
+	dst = dst[:len(a)] // a and b have len(dst) elements: lets the compiler drop bounds checks
+	if k == 1 {
+		for i, v := range a {
+			dst[i] = sa * v
+		}
+		return
+	}
+	b, sb := row(1), scale(1)
+	b = b[:len(a)]
+	for i := range a {
+		dst[i] = sa*a[i] + sb*b[i]
+	}
+	j := 2
+	for ; j+1 < k; j += 2 {
+		a, sa = row(j), scale(j)
+		b, sb = row(j+1), scale(j+1)
+		a, b = a[:len(dst)], b[:len(dst)]
+		for i := range dst {
+			dst[i] = (dst[i] + sa*a[i]) + sb*b[i]
+		}
+	}
+	if j < k {
+		a, sa = row(j), scale(j)
+		a = a[:len(dst)]
+		for i := range dst {
+			dst[i] += sa * a[i]
+		}
+	}
 }
 
 func (cpuBackend) CombineGradWeights(dy, ye, plan *tensor.Dense, dw *tensor.Dense) error {
