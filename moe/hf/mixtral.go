@@ -245,11 +245,14 @@ func missingGateError(c *Checkpoint, prefix string) error {
 	sort.Strings(found)
 	for i, p := range found {
 		found[i] = strconv.Quote(p)
+		if p == "" {
+			found[i] = `"" (no prefix)`
+		}
 	}
 	if len(found) > 4 {
 		found = append(found[:4], fmt.Sprintf("... (%d in all)", len(found)))
 	}
-	return fmt.Errorf("%s; MoE layers exist under prefixes %s: set -prefix", msg, strings.Join(found, ", "))
+	return fmt.Errorf("%s; MoE layers exist under the prefixes %s: set -prefix to one of them", msg, strings.Join(found, ", "))
 }
 
 // MixtralTensors converts w to per-expert HF tensors named under prefix (gate as is; w1, w3, w2
