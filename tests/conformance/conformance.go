@@ -118,7 +118,7 @@ func HostGuard(dt tensor.Dtype, shape ...int) (*tensor.Dense, func() error, erro
 		for i := range big {
 			big[i] = math.NaN()
 		}
-		out := tensor.New(tensor.WithShape(shape...), tensor.WithBacking(big[margin:margin+n:margin+n]))
+		out := tensor.New(tensor.WithShape(shape...), tensor.WithBacking(big[margin:margin+n]))
 		return out, func() error {
 			for i, v := range big {
 				if (i < margin || i >= margin+n) && !math.IsNaN(v) {
@@ -132,7 +132,7 @@ func HostGuard(dt tensor.Dtype, shape ...int) (*tensor.Dense, func() error, erro
 		for i := range big {
 			big[i] = float32(math.NaN())
 		}
-		out := tensor.New(tensor.WithShape(shape...), tensor.WithBacking(big[margin:margin+n:margin+n]))
+		out := tensor.New(tensor.WithShape(shape...), tensor.WithBacking(big[margin:margin+n]))
 		return out, func() error {
 			for i, v := range big {
 				if (i < margin || i >= margin+n) && v == v {
@@ -146,7 +146,7 @@ func HostGuard(dt tensor.Dtype, shape ...int) (*tensor.Dense, func() error, erro
 		for i := range big {
 			big[i] = SentinelInt32
 		}
-		out := tensor.New(tensor.WithShape(shape...), tensor.WithBacking(big[margin:margin+n:margin+n]))
+		out := tensor.New(tensor.WithShape(shape...), tensor.WithBacking(big[margin:margin+n]))
 		return out, func() error {
 			for i, v := range big {
 				if (i < margin || i >= margin+n) && v != SentinelInt32 {

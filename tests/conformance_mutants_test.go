@@ -1,0 +1,352 @@
+package tests
+
+import (
+	"math"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"unsafe"
+
+	"github.com/expertrt/expertrt-go/ops"
+	"github.com/expertrt/expertrt-go/tests/conformance"
+	"gorgonia.org/tensor"
+)
+
+// The conformance suite tests itself: each mutant wraps the CPU backend and injects one realistic bug
+// (wrong tie rule, unstable plan, unwritten or accumulated output, out-of-bounds write, clobbered input,
+// nondeterminism, a wrong gradient, a missing error, ...). The suite is run against each mutant in a
+// subprocess and must fail.
+
+const mutantEnv = "EXPERTRT_CONFORMANCE_MUTANT"
+
+var mutants = []string{
+	"tie-high", "plan-unstable", "dispatch-unwritten", "dispatch-ignores-weights", "combine-accumulates",
+	"gradw-skips-empty-experts", "route-grad-ignores-renorm", "lbl-divides-by-tk", "gmm-writes-past-end",
+	"cgw-clobbers-dy", "combine-nondeterministic", "plan-clamps-bad-indices", "route-accepts-nan",
+	"zloss-grad-sign", "route-weights-accept-bad-indices", "combine-drops-kth-term", "plan-unsorted-within-expert",
+}
+
+func TestConformanceCatchesMutants(t *testing.T) {
+	if os.Getenv(mutantEnv) != "" {
+		t.Skip("inside a mutant run")
+	}
+	if testing.Short() {
+		t.Skip("short")
+	}
+	for _, m := range mutants {
+		t.Run(m, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestMutantConformance$", "-test.count=1")
+			cmd.Env = append(os.Environ(), mutantEnv+"="+m)
+			out, err := cmd.CombinedOutput()
+			if err == nil {
+				t.Errorf("the conformance suite passed a backend with the %q bug", m)
+				return
+			}
+			if !strings.Contains(string(out), "--- FAIL") {
+				t.Errorf("mutant %q: subprocess failed without a test failure:\n%s", m, out)
+			}
+		})
+	}
+}
+
+// TestMutantConformance is the subprocess half of TestConformanceCatchesMutants.
+func TestMutantConformance(t *testing.T) {
+	kind := os.Getenv(mutantEnv)
+	if kind == "" {
+		t.Skip("run by TestConformanceCatchesMutants")
+	}
+	conformance.Run(t, &mutant{Backend: ops.CPU(), kind: kind}, conformance.Options{
+		NaNLogitsError: true, Short: true, Guard: conformance.HostGuard,
+	})
+}
+
+type mutant struct {
+	ops.Backend
+	kind  string
+	calls atomic.Int64
+}
+
+// ---- host helpers (the CPU backend owns host tensors) ----
+
+func toF64(d *tensor.Dense) []float64 {
+	switch v := d.Data().(type) {
+	case []float64:
+		return append([]float64(nil), v...)
+	case []float32:
+		o := make([]float64, len(v))
+		for i, x := range v {
+			o[i] = float64(x)
+		}
+		return o
+	}
+	panic("toF64: not a float tensor")
+}
+
+func setF64(d *tensor.Dense, i int, x float64) {
+	switch v := d.Data().(type) {
+	case []float64:
+		v[i] = x
+	case []float32:
+		v[i] = float32(x)
+	}
+}
+
+func fromF64(dt tensor.Dtype, vals []float64, shape tensor.Shape) *tensor.Dense {
+	if dt == tensor.Float32 {
+		o := make([]float32, len(vals))
+		for i, x := range vals {
+			o[i] = float32(x)
+		}
+		return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(o))
+	}
+	return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(append([]float64(nil), vals...)))
+}
+
+func (m *mutant) temp(like *tensor.Dense) *tensor.Dense {
+	d, err := m.Backend.New(like.Dtype(), like.Shape()...)
+	if err != nil {
+		panic(err)
+	}
+	return d
+}
+
+// ---- the bugs ----
+
+func (m *mutant) RouteIndices(logits *tensor.Dense, cfg ops.RouteConfig, idx *tensor.Dense) error {
+	switch m.kind {
+	case "tie-high": // ties go to the higher expert index
+		T, E := logits.Shape()[0], logits.Shape()[1]
+		v := toF64(logits)
+		rev := make([]float64, len(v))
+		for t := 0; t < T; t++ {
+			for e := 0; e < E; e++ {
+				rev[t*E+e] = v[t*E+E-1-e]
+			}
+		}
+		if err := m.Backend.RouteIndices(fromF64(logits.Dtype(), rev, logits.Shape()), cfg, idx); err != nil {
+			return err
+		}
+		d := idx.Data().([]int32)
+		for i := range d {
+			d[i] = int32(E-1) - d[i]
+		}
+		return nil
+	case "route-accepts-nan": // NaN silently treated as a very small logit
+		v := toF64(logits)
+		for i := range v {
+			if math.IsNaN(v[i]) {
+				v[i] = -1e30
+			}
+		}
+		return m.Backend.RouteIndices(fromF64(logits.Dtype(), v, logits.Shape()), cfg, idx)
+	}
+	return m.Backend.RouteIndices(logits, cfg, idx)
+}
+
+func clampIdx(idx *tensor.Dense, E int) *tensor.Dense {
+	v := append([]int32(nil), idx.Data().([]int32)...)
+	for i := range v {
+		v[i] = min(max(v[i], 0), int32(E-1))
+	}
+	return tensor.New(tensor.WithShape(idx.Shape()...), tensor.WithBacking(v))
+}
+
+func (m *mutant) RouteWeights(logits, idx *tensor.Dense, cfg ops.RouteConfig, w *tensor.Dense) error {
+	if m.kind == "route-weights-accept-bad-indices" {
+		idx = clampIdx(idx, logits.Shape()[1])
+	}
+	return m.Backend.RouteWeights(logits, idx, cfg, w)
+}
+
+func (m *mutant) RouteWeightsGrad(logits, idx, dw *tensor.Dense, cfg ops.RouteConfig, dlogits *tensor.Dense) error {
+	if m.kind == "route-grad-ignores-renorm" && cfg.Scoring == ops.SoftmaxTopK {
+		cfg.Renormalize = false
+	}
+	if m.kind == "route-weights-accept-bad-indices" {
+		idx = clampIdx(idx, logits.Shape()[1])
+	}
+	return m.Backend.RouteWeightsGrad(logits, idx, dw, cfg, dlogits)
+}
+
+func (m *mutant) Plan(idx *tensor.Dense, numExperts int, plan *tensor.Dense) error {
+	if m.kind == "plan-clamps-bad-indices" {
+		idx = clampIdx(idx, numExperts)
+	}
+	if err := m.Backend.Plan(idx, numExperts, plan); err != nil {
+		return err
+	}
+	T, K := idx.Shape()[0], idx.Shape()[1]
+	pv, err := ops.NewPlanView(plan.Data().([]int32), T, K, numExperts)
+	if err != nil {
+		return err
+	}
+	switch m.kind {
+	case "plan-unstable", "plan-unsorted-within-expert":
+		// reverse (or rotate) the rows of every expert with more than one row
+		for e := 0; e < numExperts; e++ {
+			seg := pv.SlotOf[pv.Offsets[e]:pv.Offsets[e+1]]
+			if len(seg) < 2 {
+				continue
+			}
+			if m.kind == "plan-unstable" {
+				for i, j := 0, len(seg)-1; i < j; i, j = i+1, j-1 {
+					seg[i], seg[j] = seg[j], seg[i]
+				}
+			} else {
+				first := seg[0]
+				copy(seg, seg[1:])
+				seg[len(seg)-1] = first
+			}
+		}
+		for r, s := range pv.SlotOf {
+			pv.RowOf[s] = int32(r)
+		}
+	}
+	return nil
+}
+
+func (m *mutant) Dispatch(x, w, plan *tensor.Dense, out *tensor.Dense) error {
+	switch m.kind {
+	case "dispatch-ignores-weights":
+		w = nil
+	case "dispatch-unwritten": // the last element is never written
+		tmp := m.temp(out)
+		if err := m.Backend.Dispatch(x, w, plan, tmp); err != nil {
+			return err
+		}
+		v := toF64(tmp)
+		for i := 0; i < len(v)-1; i++ {
+			setF64(out, i, v[i])
+		}
+		return nil
+	}
+	return m.Backend.Dispatch(x, w, plan, out)
+}
+
+func (m *mutant) Combine(ye, w, plan *tensor.Dense, out *tensor.Dense) error {
+	switch m.kind {
+	case "combine-accumulates": // out += result instead of out = result
+		tmp := m.temp(out)
+		if err := m.Backend.Combine(ye, w, plan, tmp); err != nil {
+			return err
+		}
+		prev, v := toF64(out), toF64(tmp)
+		for i := range v {
+			setF64(out, i, prev[i]+v[i])
+		}
+		return nil
+	case "combine-nondeterministic": // every other call perturbs one element by one ulp
+		if err := m.Backend.Combine(ye, w, plan, out); err != nil {
+			return err
+		}
+		if m.calls.Add(1)%2 == 0 {
+			v := toF64(out)
+			if out.Dtype() == tensor.Float32 {
+				setF64(out, 0, float64(math.Nextafter32(float32(v[0]), float32(math.Inf(1)))))
+			} else {
+				setF64(out, 0, math.Nextafter(v[0], math.Inf(1)))
+			}
+		}
+		return nil
+	case "combine-drops-kth-term": // drops the last term of every token when K >= 3
+
+		if err := m.Backend.Combine(ye, w, plan, out); err != nil {
+			return err
+		}
+		T, H := out.Shape()[0], out.Shape()[1]
+		K := ye.Shape()[0] / T
+		if K < 3 {
+			return nil
+		}
+		pv, err := ops.NewPlanView(plan.Data().([]int32), T, K, (plan.Shape().TotalSize()-1-2*T*K)/2)
+		if err != nil {
+			return err
+		}
+		o, y := toF64(out), toF64(ye)
+		var wv []float64
+		if w != nil {
+			wv = toF64(w)
+		}
+		for t := 0; t < T; t++ {
+			s := t*K + K - 1
+			scale := 1.0
+			if wv != nil {
+				scale = wv[s]
+			}
+			for h := 0; h < H; h++ {
+				setF64(out, t*H+h, o[t*H+h]-scale*y[int(pv.RowOf[s])*H+h])
+			}
+		}
+		return nil
+	}
+	return m.Backend.Combine(ye, w, plan, out)
+}
+
+func (m *mutant) CombineGradWeights(dy, ye, plan *tensor.Dense, dw *tensor.Dense) error {
+	if err := m.Backend.CombineGradWeights(dy, ye, plan, dw); err != nil {
+		return err
+	}
+	if m.kind == "cgw-clobbers-dy" { // uses dy as scratch space
+		setF64(dy, 0, 12345)
+	}
+	return nil
+}
+
+func (m *mutant) GroupedMatMul(x, w, plan *tensor.Dense, transposeW bool, out *tensor.Dense) error {
+	if err := m.Backend.GroupedMatMul(x, w, plan, transposeW, out); err != nil {
+		return err
+	}
+	if m.kind == "gmm-writes-past-end" {
+		// One element beyond the output, as an unchecked device kernel would. The mutant runs only
+		// with conformance.HostGuard outputs, so that memory is the guard band, not someone else's.
+		switch v := out.Data().(type) {
+		case []float64:
+			*(*float64)(unsafe.Add(unsafe.Pointer(&v[0]), len(v)*8)) = 0
+		case []float32:
+			*(*float32)(unsafe.Add(unsafe.Pointer(&v[0]), len(v)*4)) = 0
+		}
+	}
+	return nil
+}
+
+func (m *mutant) GroupedMatMulGradW(x, dy, plan *tensor.Dense, dW *tensor.Dense) error {
+	if m.kind != "gradw-skips-empty-experts" {
+		return m.Backend.GroupedMatMulGradW(x, dy, plan, dW)
+	}
+	tmp := m.temp(dW)
+	if err := m.Backend.GroupedMatMulGradW(x, dy, plan, tmp); err != nil {
+		return err
+	}
+	E := dW.Shape()[0]
+	per := dW.Shape().TotalSize() / E
+	counts := plan.Data().([]int32)[:E]
+	v := toF64(tmp)
+	for e := 0; e < E; e++ {
+		if counts[e] == 0 {
+			continue
+		}
+		for i := e * per; i < (e+1)*per; i++ {
+			setF64(dW, i, v[i])
+		}
+	}
+	return nil
+}
+
+func (m *mutant) LoadBalancingLoss(logits, plan *tensor.Dense) (float64, error) {
+	l, err := m.Backend.LoadBalancingLoss(logits, plan)
+	if m.kind == "lbl-divides-by-tk" && err == nil {
+		T, E := logits.Shape()[0], logits.Shape()[1]
+		K := (plan.Shape().TotalSize() - 1 - 2*E) / (2 * T)
+		l /= float64(K)
+	}
+	return l, err
+}
+
+func (m *mutant) ZLossGrad(logits *tensor.Dense, scale float64, dlogits *tensor.Dense) error {
+	if m.kind == "zloss-grad-sign" {
+		scale = -scale
+	}
+	return m.Backend.ZLossGrad(logits, scale, dlogits)
+}
