@@ -292,6 +292,24 @@ func (e *env) testRandom(t *testing.T) {
 	}
 }
 
+// testLargeLogits: logits of large magnitude and offset (a softmax without max subtraction overflows).
+func (e *env) testLargeLogits(t *testing.T) {
+	for _, dt := range e.o.Dtypes {
+		for ci, cfg := range allConfigs(2) {
+			for _, shift := range []float64{3000, -3000} {
+				rng := rand.New(rand.NewSource(int64(ci)))
+				const T, E = 5, 8
+				l := gappedLogits(rng, T, E)
+				for i := range l {
+					l[i] = 200*l[i] + shift
+				}
+				sc := scenario{T: T, E: E, K: 2, H: 3, Out: 2, dt: dt, cfg: cfg, logits: l, seed: int64(ci)}
+				t.Run(fmt.Sprintf("shift=%v/%v", shift, sc), func(t *testing.T) { e.runScenario(t, sc) })
+			}
+		}
+	}
+}
+
 // testPlanPatterns: plans of given index patterns (not produced by routing): everything on one expert,
 // empty experts, E=1, repeated experts inside one token, unsorted indices, huge E with few tokens.
 func (e *env) testPlanPatterns(t *testing.T) {

@@ -90,6 +90,7 @@ func Run(t *testing.T, b ops.Backend, opts Options) {
 	t.Run("KnownAnswers", e.testKnown)
 	t.Run("Ties", e.testTies)
 	t.Run("Random", e.testRandom)
+	t.Run("LargeLogits", e.testLargeLogits)
 	t.Run("PlanPatterns", e.testPlanPatterns)
 	t.Run("FiniteDifferences", e.testFiniteDifferences)
 	t.Run("BadInputs", e.testBadInputs)
