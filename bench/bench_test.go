@@ -115,8 +115,7 @@ func BenchmarkCopy(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	rows := s.Tokens * s.TopK
-	c, err := dev.NewCopy(rows, s.Hidden*4, minRowsPerWorker(s.Hidden))
+	c, err := dev.NewCopy(s.Tokens, s.TopK*s.Hidden*4, minRowsPerWorker(s.TopK*s.Hidden))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -127,6 +127,7 @@ type env struct {
 
 	logits, idx, w, plan *tensor.Dense
 	tensors              map[string]*tensor.Dense
+	owned                []*tensor.Dense // everything allocated, for Close
 }
 
 func newEnv(dev device, s shape) (*env, error) {
@@ -161,7 +162,39 @@ func (e *env) random(scale float64, shape ...int) (*tensor.Dense, error) {
 		}
 		host = tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v))
 	}
-	return e.b.FromHost(host)
+	t, err := e.b.FromHost(host)
+	if err == nil {
+		e.owned = append(e.owned, t)
+	}
+	return t, err
+}
+
+// alloc is Backend.New, remembering the tensor for Close.
+func (e *env) alloc(dt tensor.Dtype, shape ...int) (*tensor.Dense, error) {
+	t, err := e.b.New(dt, shape...)
+	if err == nil {
+		e.owned = append(e.owned, t)
+	}
+	return t, err
+}
+
+// freer is implemented by backends whose memory is returned explicitly (the CUDA backend's Free).
+type freer interface{ Free(t *tensor.Dense) error }
+
+// Close returns every tensor the env made to its backend when the backend frees explicitly; host
+// tensors are left to the garbage collector.
+func (e *env) Close() error {
+	f, ok := e.b.(freer)
+	var first error
+	for _, t := range e.owned {
+		if ok {
+			if err := f.Free(t); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	e.owned, e.tensors, e.logits, e.idx, e.w, e.plan = nil, map[string]*tensor.Dense{}, nil, nil, nil, nil
+	return first
 }
 
 // named returns the random tensor called name, creating it with the given shape on first use.
@@ -187,20 +220,17 @@ func (e *env) routing() error {
 	if e.logits, err = e.random(4, s.Tokens, s.Experts); err != nil {
 		return fmt.Errorf("logits: %w", err)
 	}
-	if e.idx, err = e.b.New(tensor.Int32, s.Tokens, s.TopK); err != nil {
+	if e.idx, err = e.alloc(tensor.Int32, s.Tokens, s.TopK); err != nil {
 		return err
 	}
-	if e.w, err = e.b.New(s.Dtype, s.Tokens, s.TopK); err != nil {
+	if e.w, err = e.alloc(s.Dtype, s.Tokens, s.TopK); err != nil {
 		return err
 	}
-	if e.plan, err = e.b.New(tensor.Int32, ops.PlanLen(s.Tokens, s.TopK, s.Experts)); err != nil {
+	if e.plan, err = e.alloc(tensor.Int32, ops.PlanLen(s.Tokens, s.TopK, s.Experts)); err != nil {
 		return err
 	}
-	if err := e.b.RouteIndices(e.logits, s.route(), e.idx); err != nil {
-		return fmt.Errorf("route indices: %w", err)
-	}
-	if err := e.b.RouteWeights(e.logits, e.idx, s.route(), e.w); err != nil {
-		return fmt.Errorf("route weights: %w", err)
+	if err := e.route(e.logits, e.idx, e.w); err != nil {
+		return fmt.Errorf("route: %w", err)
 	}
 	if err := e.b.Plan(e.idx, s.Experts, e.plan); err != nil {
 		return fmt.Errorf("plan: %w", err)
@@ -208,15 +238,33 @@ func (e *env) routing() error {
 	return nil
 }
 
+// fusedRouter is implemented by backends that compute indices and weights in one kernel (the CUDA
+// backend's Route). The route workloads use it when present, RouteIndices + RouteWeights otherwise.
+type fusedRouter interface {
+	Route(logits *tensor.Dense, cfg ops.RouteConfig, idx, w *tensor.Dense) error
+}
+
+// route writes indices and weights of logits with the backend's fastest path.
+func (e *env) route(logits, idx, w *tensor.Dense) error {
+	cfg := e.s.route()
+	if f, ok := e.b.(fusedRouter); ok {
+		return f.Route(logits, cfg, idx, w)
+	}
+	if err := e.b.RouteIndices(logits, cfg, idx); err != nil {
+		return err
+	}
+	return e.b.RouteWeights(logits, idx, cfg, w)
+}
+
 // out allocates an output tensor of the env's float dtype.
-func (e *env) out(shape ...int) (*tensor.Dense, error) { return e.b.New(e.s.Dtype, shape...) }
+func (e *env) out(shape ...int) (*tensor.Dense, error) { return e.alloc(e.s.Dtype, shape...) }
 
 func prepareRoute(e *env) (*workload, error) {
 	if err := e.routing(); err != nil {
 		return nil, err
 	}
-	s, cfg := e.s, e.s.route()
-	idx, err := e.b.New(tensor.Int32, s.Tokens, s.TopK)
+	s := e.s
+	idx, err := e.alloc(tensor.Int32, s.Tokens, s.TopK)
 	if err != nil {
 		return nil, err
 	}
@@ -225,12 +273,7 @@ func prepareRoute(e *env) (*workload, error) {
 		return nil, err
 	}
 	wl := routeCost(e)
-	wl.run = func() error {
-		if err := e.b.RouteIndices(e.logits, cfg, idx); err != nil {
-			return err
-		}
-		return e.b.RouteWeights(e.logits, idx, cfg, w)
-	}
+	wl.run = func() error { return e.route(e.logits, idx, w) }
 	return wl, nil
 }
 
@@ -257,7 +300,7 @@ func preparePlan(e *env) (*workload, error) {
 		return nil, err
 	}
 	s := e.s
-	plan, err := e.b.New(tensor.Int32, ops.PlanLen(s.Tokens, s.TopK, s.Experts))
+	plan, err := e.alloc(tensor.Int32, ops.PlanLen(s.Tokens, s.TopK, s.Experts))
 	if err != nil {
 		return nil, err
 	}
@@ -472,12 +515,12 @@ func prepareE2E(e *env) (*workload, error) {
 	if err := e.routing(); err != nil {
 		return nil, err
 	}
-	s, cfg := e.s, e.s.route()
+	s := e.s
 	x, err := e.named("x", s.Tokens, s.Hidden)
 	if err != nil {
 		return nil, err
 	}
-	idx, err := e.b.New(tensor.Int32, s.Tokens, s.TopK)
+	idx, err := e.alloc(tensor.Int32, s.Tokens, s.TopK)
 	if err != nil {
 		return nil, err
 	}
@@ -485,7 +528,7 @@ func prepareE2E(e *env) (*workload, error) {
 	if err != nil {
 		return nil, err
 	}
-	plan, err := e.b.New(tensor.Int32, ops.PlanLen(s.Tokens, s.TopK, s.Experts))
+	plan, err := e.alloc(tensor.Int32, ops.PlanLen(s.Tokens, s.TopK, s.Experts))
 	if err != nil {
 		return nil, err
 	}
@@ -498,12 +541,7 @@ func prepareE2E(e *env) (*workload, error) {
 		return nil, err
 	}
 	route, pl, disp, comb := routeCost(e), planCost(e), dispatchCost(e), combineCost(e)
-	route.run = func() error {
-		if err := e.b.RouteIndices(e.logits, cfg, idx); err != nil {
-			return err
-		}
-		return e.b.RouteWeights(e.logits, idx, cfg, w)
-	}
+	route.run = func() error { return e.route(e.logits, idx, w) }
 	pl.run = func() error { return e.b.Plan(idx, s.Experts, plan) }
 	disp.run = func() error { return e.b.Dispatch(x, nil, plan, packed) }
 	comb.run = func() error { return e.b.Combine(packed, w, plan, y) }

@@ -5,7 +5,8 @@ import "github.com/expertrt/expertrt-go/ops"
 // Minimal byte counts (../shared/notes/moe-routing.md): every input element read once and every
 // output element written once; T*K index/plan reads of dispatch and combine are not counted. The
 // copy baseline copies `written` bytes, shaped like the op's main output (rows, and the kernel's
-// minimum rows per goroutine, so the CPU copy is split over goroutines exactly as the kernel is).
+// minimum rows per goroutine, so the CPU copy is split over goroutines exactly as the kernel is: the
+// CPU dispatch and combine kernels split tokens, so their copies split T rows of K*H or H elements).
 // e.es() is the float element size; int32 indices count 4 bytes.
 
 // sizes returns T*H, T*K, T*E as int64 for byte arithmetic.
@@ -42,7 +43,7 @@ func dispatchCost(e *env) *workload {
 	th, _, _ := e.sizes()
 	k := int64(e.s.TopK)
 	return &workload{read: th * e.es(), written: th * k * e.es(),
-		copyRows: e.s.Tokens * e.s.TopK, copyMinRows: minRowsPerWorker(e.s.Hidden)}
+		copyRows: e.s.Tokens, copyMinRows: minRowsPerWorker(e.s.Hidden * e.s.TopK)}
 }
 
 // dispatchBwdCost (unweighted combine): read d packed [T*K,H]; write dx [T,H].
@@ -67,7 +68,7 @@ func combineBwdCost(e *env) *workload {
 	th, tk, _ := e.sizes()
 	k := int64(e.s.TopK)
 	return &workload{read: (th + tk + th*k) * e.es(), written: (th*k + tk) * e.es(),
-		copyRows: e.s.Tokens * e.s.TopK, copyMinRows: minRowsPerWorker(e.s.Hidden)}
+		copyRows: e.s.Tokens, copyMinRows: minRowsPerWorker(e.s.Hidden * e.s.TopK)}
 }
 
 // combineBwdXCost (weighted dispatch): read dy [T,H] and weights [T,K]; write d expert outputs [T*K,H].
@@ -75,7 +76,7 @@ func combineBwdXCost(e *env) *workload {
 	th, tk, _ := e.sizes()
 	k := int64(e.s.TopK)
 	return &workload{read: (th + tk) * e.es(), written: th * k * e.es(),
-		copyRows: e.s.Tokens * e.s.TopK, copyMinRows: minRowsPerWorker(e.s.Hidden)}
+		copyRows: e.s.Tokens, copyMinRows: minRowsPerWorker(e.s.Hidden * e.s.TopK)}
 }
 
 // combineBwdWCost: read dy [T,H] and expert outputs [T*K,H]; write d weights [T,K]. Its output is

@@ -109,6 +109,7 @@ func run(c *config, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	defer e.Close()
 	var results []result
 	for _, spec := range specs {
 		wl, err := spec.prepare(e)

@@ -1,0 +1,123 @@
+//go:build expertrt_cuda
+
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/expertrt/expertrt-go/cudaops"
+	"github.com/expertrt/expertrt-go/ops"
+	"gorgonia.org/cu"
+)
+
+// The CUDA device (-device cuda): the kernels of the registered cudaops backend on device 0, timed with
+// CUDA events on its stream, against a device-to-device copy (cuMemcpyDtoDAsync) on the same stream.
+
+func init() {
+	registerDevice("cuda", newCUDADevice)
+	addOp("combine-bwd-fused", "dy [T,H] -> d expert outputs [T*k,H] and d weights [T,k] in one kernel (CUDA)", prepareCombineBwdFused)
+}
+
+// timingSpin is how long the GPU busy-waits before each timed region, so that the launches of the
+// region are queued before it starts and host launch latency stays out of the numbers.
+const timingSpin = 200 * time.Microsecond
+
+type cudaDevice struct {
+	b *cudaops.Backend
+	d *cudaops.Device
+}
+
+func newCUDADevice() (device, error) {
+	b := cudaops.Registered()
+	d, err := b.Device()
+	if err != nil {
+		return nil, err
+	}
+	return cudaDevice{b: b, d: d}, nil
+}
+
+func (cudaDevice) Name() string { return "cuda" }
+
+func (c cudaDevice) Describe() string {
+	maj, min := c.d.ComputeCapability()
+	return fmt.Sprintf("%s (%d SMs, compute capability %d.%d, %.0f GiB), CUDA driver %d",
+		c.d.Name(), c.d.Multiprocessors(), maj, min, float64(c.d.TotalMemory())/(1<<30), cu.Version())
+}
+
+func (c cudaDevice) Backend() ops.Backend { return c.b }
+
+func (cudaDevice) Workers() int { return 0 }
+
+// TimeOnce records CUDA events around fn's launches (after a spin kernel) and waits for them.
+func (c cudaDevice) TimeOnce(fn func() error) (time.Duration, error) { return c.d.Time(timingSpin, fn) }
+
+func (c cudaDevice) NewCopy(rows, rowBytes, _ int) (copier, error) {
+	n := int64(rows) * int64(rowBytes)
+	if n < 1 {
+		return nil, fmt.Errorf("copy baseline needs a positive size")
+	}
+	src, err := c.d.AllocBytes(n)
+	if err != nil {
+		return nil, err
+	}
+	dst, err := c.d.AllocBytes(n)
+	if err != nil {
+		c.d.FreeBytes(src)
+		return nil, err
+	}
+	return &cudaCopier{d: c.d, src: src, dst: dst, n: n}, nil
+}
+
+// cudaCopier copies n bytes device to device with one cuMemcpyDtoDAsync on the backend's stream.
+type cudaCopier struct {
+	d        *cudaops.Device
+	src, dst cu.DevicePtr
+	n        int64
+}
+
+func (c *cudaCopier) Copy() error  { return c.d.CopyDtoD(c.dst, c.src, c.n) }
+func (c *cudaCopier) Bytes() int64 { return c.n }
+func (c *cudaCopier) Close() error {
+	err1 := c.d.FreeBytes(c.src)
+	err2 := c.d.FreeBytes(c.dst)
+	if err1 != nil {
+		return err1
+	}
+	return err2
+}
+
+// prepareCombineBwdFused times the CUDA backend's fused combine backward (same bytes as combine-bwd
+// minus the second read of dy).
+func prepareCombineBwdFused(e *env) (*workload, error) {
+	cb, ok := e.b.(*cudaops.Backend)
+	if !ok {
+		return nil, fmt.Errorf("combine-bwd-fused needs -device cuda")
+	}
+	if err := e.routing(); err != nil {
+		return nil, err
+	}
+	s := e.s
+	dy, err := e.named("dy", s.Tokens, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	ye, err := e.named("ye", s.Tokens*s.TopK, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	dye, err := e.out(s.Tokens*s.TopK, s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	dw, err := e.out(s.Tokens, s.TopK)
+	if err != nil {
+		return nil, err
+	}
+	th, tk, _ := e.sizes()
+	k := int64(s.TopK)
+	wl := &workload{read: (th + th*k + tk) * e.es(), written: (th*k + tk) * e.es(),
+		copyRows: s.Tokens * s.TopK, copyMinRows: 1}
+	wl.run = func() error { return cb.CombineBackward(dy, ye, e.w, e.plan, dye, dw) }
+	return wl, nil
+}
