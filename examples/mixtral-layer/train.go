@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/expertrt/expertrt-go/moe"
+	"github.com/expertrt/expertrt-go/moe/hf"
 	"github.com/expertrt/expertrt-go/ops"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -20,7 +21,7 @@ type trainFlags struct {
 	steps, every                       int
 	lr, aux, z                         float64
 	seed                               uint64
-	scoring, dtype, plot               string
+	scoring, dtype, plot, save         string
 	asJSON                             bool
 }
 
@@ -52,6 +53,7 @@ func runTrain(args []string) error {
 	fs.StringVar(&f.scoring, "scoring", "softmax-topk", "softmax-topk (Mixtral, renormalised) or topk-softmax")
 	fs.StringVar(&f.dtype, "dtype", "float32", "float32 or float64")
 	fs.StringVar(&f.plot, "plot", "", "write a PNG of loss and per-expert load to this path")
+	fs.StringVar(&f.save, "save", "", "write the trained weights to this safetensors file (Hugging Face Mixtral names, F32)")
 	fs.BoolVar(&f.asJSON, "json", false, "print one JSON summary at the end instead of progress lines")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -143,6 +145,12 @@ func train(f trainFlags, cfg moe.Config) error {
 			return err
 		}
 	}
+	if f.save != "" {
+		w := st.layer.Weights()
+		if err := hf.SaveMixtral(f.save, hf.LayerWeights{Router: w.Router, W1: w.W1, W3: w.W3, W2: w.W2}, "", hf.F32); err != nil {
+			return fmt.Errorf("save weights: %w", err)
+		}
+	}
 	sum := trainSummary{InitialLoss: initial.loss, FinalLoss: final.loss, FinalAux: final.aux, Steps: f.steps,
 		ExpertLoad: final.load, Seconds: time.Since(start).Seconds(), Config: map[string]any{
 			"tokens": f.tokens, "hidden": cfg.Hidden, "ffn": cfg.FFN, "experts": cfg.Experts, "top_k": cfg.TopK,
@@ -156,6 +164,9 @@ func train(f trainFlags, cfg moe.Config) error {
 		initial.loss, final.loss, 100*final.loss/initial.loss, f.steps, sum.Seconds, fmtLoad(final.load))
 	if f.plot != "" {
 		fmt.Printf("plot written to %s\n", f.plot)
+	}
+	if f.save != "" {
+		fmt.Printf("weights written to %s (load them with: mixtral-layer forward -weights %s ...)\n", f.save, f.save)
 	}
 	return nil
 }
