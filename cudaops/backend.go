@@ -75,20 +75,19 @@ func (b *Backend) Synchronize() error {
 
 func (b *Backend) Name() string { return "cuda" }
 
-// Owns reports whether t is a dense tensor whose memory lies in a live block of this device.
+// Owns reports whether t is a dense tensor whose memory lies in a live block of this device. It goes by
+// address, not by engine: Gorgonia's VMs relabel every value with the machine's engine, so a device
+// tensor may carry another engine by the time an op sees it (device and host addresses never overlap:
+// CUDA uses one virtual address space with the process).
 func (b *Backend) Owns(t tensor.Tensor) bool {
 	if b.dev == nil {
 		return false // nothing can live on a device that was never opened
 	}
 	d, ok := t.(*tensor.Dense)
-	if !ok || d == nil {
+	if !ok || d == nil || d.IsNativelyAccessible() {
 		return false
 	}
-	e, ok := d.Engine().(*Engine)
-	if !ok || e.d != b.dev {
-		return false
-	}
-	return e.IsDevice(d.Uintptr())
+	return b.eng.IsDevice(d.Uintptr())
 }
 
 // New allocates a zero-filled device tensor.

@@ -144,7 +144,9 @@ func (e *Engine) Accessible(mem tensor.Memory) (tensor.Memory, error) {
 }
 
 // WorksWith reports whether the kernels can use data in this order: row-major, contiguous.
-func (e *Engine) WorksWith(order tensor.DataOrder) bool { return order.IsRowMajor() && order.IsContiguous() }
+func (e *Engine) WorksWith(order tensor.DataOrder) bool {
+	return order.IsRowMajor() && order.IsContiguous()
+}
 
 // IsDevice reports whether address p lies in a live block of this engine's device.
 func (e *Engine) IsDevice(p uintptr) bool {
@@ -245,3 +247,14 @@ func (e *Engine) AddScalar(a tensor.Tensor, b interface{}, leftTensor bool, opts
 
 var _ tensor.Engine = (*Engine)(nil)
 var _ tensor.Adder = (*Engine)(nil)
+
+// View returns a tensor of the given shape over base's memory starting at element offset (no copy, no
+// ownership): it must not outlive base.
+func (e *Engine) View(base *tensor.Dense, offset int, shape ...int) *tensor.Dense {
+	n := 1
+	for _, s := range shape {
+		n *= s
+	}
+	sz := uintptr(base.Dtype().Size())
+	return e.wrap(base.Dtype(), shape, base.Uintptr()+uintptr(offset)*sz, uintptr(n)*sz)
+}

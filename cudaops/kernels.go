@@ -24,7 +24,9 @@ func suffix(dt tensor.Dtype) (string, error) {
 	return "", fmt.Errorf("cudaops: unsupported dtype %v (want float32 or float64)", dt)
 }
 
-func offsetPtr(p cu.DevicePtr, bytes int64) cu.DevicePtr { return cu.DevicePtr(uintptr(p) + uintptr(bytes)) }
+func offsetPtr(p cu.DevicePtr, bytes int64) cu.DevicePtr {
+	return cu.DevicePtr(uintptr(p) + uintptr(bytes))
+}
 
 // rowKernel picks the vector variant of a row kernel when every row starts 16-byte aligned: returns
 // the kernel name and the row length in vectors.

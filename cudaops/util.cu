@@ -21,3 +21,13 @@ extern "C" __global__ void fill_u64(unsigned long long* p, long long n, unsigned
 
 DEFINE_ADD(f32, float)
 DEFINE_ADD(f64, double)
+
+// Busy-waits for ns nanoseconds of the GPU's global timer (used before timed regions: the GPU stays
+// busy while the host issues the launches being timed, so launch latency is not measured).
+extern "C" __global__ void spin_ns(unsigned long long ns) {
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    } while (now - start < ns);
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs the GPU checks and benchmarks on a machine with an NVIDIA GPU, from prebuilt binaries:
+#   go test -c -tags expertrt_cuda -o .devbin/tests.test ./tests
+#   go build -tags expertrt_cuda -o .devbin/bench ./bench
+# Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck bench torch ncu.
+# Logs go to $OUT (default ./gpu-out), at most one file per stage.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu-out}"
+mkdir -p "$OUT"
+T=.devbin/tests.test
+B=.devbin/bench
+export PATH=/usr/local/cuda/bin:$PATH
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+for stage in "$@"; do
+  echo "=== $stage"
+  case $stage in
+    tests)
+      timeout 300 $T -test.run 'TestCUDA' -test.v -test.count=1 2>&1 | tee "$OUT/tests.log" | grep -E '^(=== RUN|--- FAIL|--- PASS: TestCUDA[A-Za-z]* |FAIL|ok|PASS)|cuda_|panic' | grep -v '=== RUN' | tail -40
+      ;;
+    oracle)
+      rm -rf /tmp/oracle && mkdir -p /tmp/oracle
+      (EXPERTRT_ORACLE_DIR=/tmp/oracle timeout 120 $T -test.run 'TestCUDAWriteOracle' -test.v &&
+        timeout 300 python3 tests/pytorch/oracle.py /tmp/oracle) 2>&1 | tee "$OUT/oracle.log" | tail -8
+      ;;
+    memcheck)
+      timeout 400 compute-sanitizer --tool memcheck --leak-check no $T -test.run 'TestCUDAConformance$|TestCUDAFused' -test.short 2>&1 | tee "$OUT/memcheck.log" | grep -E 'ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -10
+      ;;
+    racecheck)
+      timeout 400 compute-sanitizer --tool racecheck $T -test.run 'TestCUDAConformance$/(Random|PlanPatterns|KnownAnswers)|TestCUDAFused' -test.short 2>&1 | tee "$OUT/racecheck.log" | grep -E 'RACECHECK SUMMARY|ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -10
+      timeout 300 compute-sanitizer --tool synccheck $T -test.run 'TestCUDAConformance$/(Random|PlanPatterns)' -test.short 2>&1 | tee -a "$OUT/racecheck.log" | grep -E 'SUMMARY|^(ok|PASS|FAIL)' | tail -5
+      ;;
+    bench)
+      : > "$OUT/bench.jsonl"
+      for shp in "4096 16" "4096 64" "16384 16" "16384 64"; do
+        set -- $shp
+        timeout 120 $B -device cuda -op dispatch,dispatch-bwd,combine,combine-bwd,combine-bwd-fused,combine-bwd-x,combine-bwd-w,plan,e2e,e2e-bwd -tokens $1 -hidden 4096 -experts $2 -top-k 2 -reps 50 -warmup 5 -json >> "$OUT/bench.jsonl" || echo "bench failed for $shp"
+      done
+      timeout 60 $B -device cuda -op route,route-bwd,plan -tokens 8192 -hidden 4096 -experts 32 -top-k 2 -reps 100 -warmup 10 -json >> "$OUT/bench.jsonl"
+      python3 - "$OUT/bench.jsonl" <<'PY'
+import json, sys
+txt = open(sys.argv[1]).read()
+dec = json.JSONDecoder(); i = 0; rows = []
+while i < len(txt):
+    while i < len(txt) and txt[i].isspace(): i += 1
+    if i >= len(txt): break
+    o, i = dec.raw_decode(txt, i); rows += o if isinstance(o, list) else [o]
+for r in rows:
+    print(f"ours {r['op']:18s} T={r['tokens']:6d} E={r['experts']:3d}  {r['median_ms']*1e3:9.1f} us  {r['gb_per_s']:7.1f} GB/s  copy {r['copy_gb_per_s']:7.1f} GB/s  ratio {r['ratio_to_copy']:.3f}")
+PY
+      ;;
+    torch)
+      timeout 300 python3 bench/pytorch_baseline.py --json "$OUT/torch.json" 2>&1 | tee "$OUT/torch.log"
+      ;;
+    ncu)
+      timeout 300 ncu --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,dram__bytes_write.sum \
+        -k 'regex:^(dispatch|combine|route|plan)' --launch-skip 0 --launch-count 40 \
+        $B -device cuda -op route,plan,dispatch,dispatch-bwd,combine,combine-bwd-fused,combine-bwd-x,combine-bwd-w -tokens 4096 -hidden 4096 -experts 16 -top-k 2 -reps 2 -warmup 0 > "$OUT/ncu.log" 2>&1
+      grep -E '^\s+(dispatch|combine|route|plan)[a-z_0-9]*|gpu__time_duration|dram__throughput|dram__bytes' "$OUT/ncu.log" | head -120
+      ;;
+  esac
+done

@@ -1,0 +1,366 @@
+//go:build expertrt_cuda
+
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/expertrt/expertrt-go/ops"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+// pipeline holds the device inputs and outputs of one forward+backward pass of route, plan, dispatch,
+// combine and their gradients.
+type pipeline struct {
+	T, E, K, H int
+	dt         tensor.Dtype
+	cfg        ops.RouteConfig
+	in         map[string]*tensor.Dense // host inputs
+}
+
+func randHost(rng *rand.Rand, dt tensor.Dtype, scale float64, shape ...int) *tensor.Dense {
+	n := 1
+	for _, s := range shape {
+		n *= s
+	}
+	if dt == tensor.Float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(scale * (2*rng.Float64() - 1))
+		}
+		return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v))
+	}
+	v := make([]float64, n)
+	for i := range v {
+		v[i] = scale * (2*rng.Float64() - 1)
+	}
+	return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v))
+}
+
+func newPipeline(seed int64, T, E, K, H int, dt tensor.Dtype) *pipeline {
+	rng := rand.New(rand.NewSource(seed))
+	p := &pipeline{T: T, E: E, K: K, H: H, dt: dt, cfg: ops.RouteConfig{K: K, Scoring: ops.SoftmaxTopK, Renormalize: true}}
+	p.in = map[string]*tensor.Dense{
+		"logits": randHost(rng, dt, 3, T, E),
+		"x":      randHost(rng, dt, 1, T, H),
+		"ye":     randHost(rng, dt, 1, T*K, H),
+		"dy":     randHost(rng, dt, 1, T, H),
+		"dxe":    randHost(rng, dt, 1, T*K, H),
+	}
+	return p
+}
+
+// run executes the pass on backend b and returns every output copied to the host, by name.
+func (p *pipeline) run(t testing.TB, b ops.Backend) map[string]*tensor.Dense {
+	t.Helper()
+	must := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s on %s: %v", what, b.Name(), err)
+		}
+	}
+	dev := map[string]*tensor.Dense{}
+	for k, v := range p.in {
+		d, err := b.FromHost(v)
+		must("FromHost "+k, err)
+		dev[k] = d
+	}
+	newT := func(name string, dt tensor.Dtype, shape ...int) *tensor.Dense {
+		d, err := b.New(dt, shape...)
+		must("New "+name, err)
+		dev[name] = d
+		return d
+	}
+	T, E, K, H := p.T, p.E, p.K, p.H
+	idx := newT("idx", tensor.Int32, T, K)
+	w := newT("w", p.dt, T, K)
+	plan := newT("plan", tensor.Int32, ops.PlanLen(T, K, E))
+	xe := newT("xe", p.dt, T*K, H)
+	y := newT("y", p.dt, T, H)
+	dye := newT("dye", p.dt, T*K, H)
+	dw := newT("dw", p.dt, T, K)
+	dlogits := newT("dlogits", p.dt, T, E)
+	dx := newT("dx", p.dt, T, H)
+	must("RouteIndices", b.RouteIndices(dev["logits"], p.cfg, idx))
+	must("RouteWeights", b.RouteWeights(dev["logits"], idx, p.cfg, w))
+	must("Plan", b.Plan(idx, E, plan))
+	must("Dispatch", b.Dispatch(dev["x"], nil, plan, xe))
+	must("Combine", b.Combine(dev["ye"], w, plan, y))
+	must("Dispatch (combine backward)", b.Dispatch(dev["dy"], w, plan, dye))
+	must("CombineGradWeights", b.CombineGradWeights(dev["dy"], dev["ye"], plan, dw))
+	must("RouteWeightsGrad", b.RouteWeightsGrad(dev["logits"], idx, dw, p.cfg, dlogits))
+	must("Combine (dispatch backward)", b.Combine(dev["dxe"], nil, plan, dx))
+	out := map[string]*tensor.Dense{}
+	for _, k := range []string{"idx", "w", "plan", "xe", "y", "dye", "dw", "dlogits", "dx"} {
+		h, err := b.ToHost(dev[k])
+		must("ToHost "+k, err)
+		out[k] = h
+	}
+	return out
+}
+
+func rawBytes(d *tensor.Dense) []byte { return append([]byte(nil), d.Raw...) }
+
+// TestCUDADeterminism runs the whole pass five times at a training-sized shape and requires bitwise
+// identical outputs, then compares with the CPU backend (indices and plan exactly, floats within 2e-5
+// relative to max(1, |ref|)).
+func TestCUDADeterminism(t *testing.T) {
+	b := cudaBackend(t)
+	T, E, K, H := 4096, 64, 2, 1024
+	if testing.Short() {
+		T, H = 512, 256
+	}
+	for _, dt := range []tensor.Dtype{tensor.Float32, tensor.Float64} {
+		t.Run(dt.String(), func(t *testing.T) {
+			p := newPipeline(11, T, E, K, H, dt)
+			first := p.run(t, b)
+			for rep := 1; rep < 5; rep++ {
+				again := p.run(t, b)
+				for k, v := range first {
+					if string(rawBytes(v)) != string(rawBytes(again[k])) {
+						t.Fatalf("run %d: %s differs bitwise from run 0", rep, k)
+					}
+				}
+			}
+			ref := p.run(t, ops.CPU())
+			for _, k := range []string{"idx", "plan"} {
+				if string(rawBytes(first[k])) != string(rawBytes(ref[k])) {
+					t.Errorf("%s differs from the CPU backend", k)
+				}
+			}
+			for _, k := range []string{"w", "xe", "y", "dye", "dw", "dlogits", "dx"} {
+				if e := maxRelErr(first[k], ref[k]); e > 2e-5 {
+					t.Errorf("%s: max error %.3g vs CPU (tolerance 2e-5)", k, e)
+				} else {
+					t.Logf("%s: max error vs CPU %.3g", k, e)
+				}
+			}
+		})
+	}
+}
+
+func cudaFloats(d *tensor.Dense) []float64 {
+	switch v := d.Data().(type) {
+	case []float32:
+		out := make([]float64, len(v))
+		for i, x := range v {
+			out[i] = float64(x)
+		}
+		return out
+	case []float64:
+		return v
+	}
+	return nil
+}
+
+// maxRelErr is max_i |a-b| / max(1, |b|).
+func maxRelErr(a, b *tensor.Dense) float64 {
+	av, bv := cudaFloats(a), cudaFloats(b)
+	m := 0.0
+	for i := range av {
+		e := math.Abs(av[i]-bv[i]) / math.Max(1, math.Abs(bv[i]))
+		if e != e {
+			return math.Inf(1)
+		}
+		m = math.Max(m, e)
+	}
+	return m
+}
+
+// TestCUDAAllocatorSteadyState: after the first pass, repeating it (with every tensor freed) makes no
+// driver allocation.
+func TestCUDAAllocatorSteadyState(t *testing.T) {
+	b := cudaBackend(t)
+	d, _ := b.Device()
+	p := newPipeline(3, 1024, 16, 2, 256, tensor.Float32)
+	step := func() {
+		dev := []*tensor.Dense{}
+		for _, k := range []string{"logits", "x", "ye", "dy"} {
+			x, err := b.FromHost(p.in[k])
+			if err != nil {
+				t.Fatal(err)
+			}
+			dev = append(dev, x)
+		}
+		idx, _ := b.New(tensor.Int32, 1024, 2)
+		w, _ := b.New(tensor.Float32, 1024, 2)
+		plan, _ := b.New(tensor.Int32, ops.PlanLen(1024, 2, 16))
+		xe, _ := b.New(tensor.Float32, 2048, 256)
+		if err := b.Route(dev[0], p.cfg, idx, w); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Plan(idx, 16, plan); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Dispatch(dev[1], nil, plan, xe); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.LoadBalancingLoss(dev[0], plan); err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range append(dev, idx, w, plan, xe) {
+			if err := b.Free(x); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	step()
+	before := d.AllocStats()
+	for i := 0; i < 5; i++ {
+		step()
+	}
+	after := d.AllocStats()
+	t.Logf("allocator: %+v -> %+v", before, after)
+	if after.DriverAllocs != before.DriverAllocs {
+		t.Errorf("steady state made %d driver allocations", after.DriverAllocs-before.DriverAllocs)
+	}
+}
+
+// TestCUDAFusedMatchesSeparate: the fused route equals RouteIndices+RouteWeights, and the fused combine
+// backward equals Dispatch(dy, w) + CombineGradWeights, bitwise.
+func TestCUDAFusedMatchesSeparate(t *testing.T) {
+	b := cudaBackend(t)
+	p := newPipeline(5, 2048, 32, 4, 520, tensor.Float32) // H % 4 == 0 but also try the scalar path below
+	sep := p.run(t, b)
+	lg, _ := b.FromHost(p.in["logits"])
+	idx, _ := b.New(tensor.Int32, p.T, p.K)
+	w, _ := b.New(tensor.Float32, p.T, p.K)
+	if err := b.Route(lg, p.cfg, idx, w); err != nil {
+		t.Fatal(err)
+	}
+	hi, _ := b.ToHost(idx)
+	hw, _ := b.ToHost(w)
+	if string(hi.Raw) != string(sep["idx"].Raw) || string(hw.Raw) != string(sep["w"].Raw) {
+		t.Errorf("fused route differs from RouteIndices + RouteWeights")
+	}
+	plan, _ := b.FromHost(sep["plan"])
+	dy, _ := b.FromHost(p.in["dy"])
+	ye, _ := b.FromHost(p.in["ye"])
+	dye, _ := b.New(tensor.Float32, p.T*p.K, p.H)
+	dw, _ := b.New(tensor.Float32, p.T, p.K)
+	if err := b.CombineBackward(dy, ye, w, plan, dye, dw); err != nil {
+		t.Fatal(err)
+	}
+	hdye, _ := b.ToHost(dye)
+	hdw, _ := b.ToHost(dw)
+	if string(hdye.Raw) != string(sep["dye"].Raw) || string(hdw.Raw) != string(sep["dw"].Raw) {
+		t.Errorf("fused combine backward differs from Dispatch(dy,w) + CombineGradWeights")
+	}
+	// Odd H exercises the scalar kernels; compare with the CPU.
+	q := newPipeline(6, 300, 8, 3, 37, tensor.Float32)
+	got, ref := q.run(t, b), q.run(t, ops.CPU())
+	for _, k := range []string{"xe", "y", "dye", "dw", "dlogits", "dx"} {
+		if e := maxRelErr(got[k], ref[k]); e > 2e-5 {
+			t.Errorf("scalar path %s: max error %.3g vs CPU", k, e)
+		}
+	}
+}
+
+// TestCUDAGraph runs route -> dispatch -> combine as a Gorgonia graph whose inputs are device tensors
+// (the op types pick the CUDA backend by ownership) and compares with the same graph on host tensors.
+func TestCUDAGraph(t *testing.T) {
+	b := cudaBackend(t)
+	p := newPipeline(9, 256, 8, 2, 64, tensor.Float64)
+	run := func(logits, x *tensor.Dense) *tensor.Dense {
+		g := G.NewGraph()
+		l := G.NewMatrix(g, tensor.Float64, G.WithShape(p.T, p.E), G.WithName("logits"), G.WithValue(logits))
+		xn := G.NewMatrix(g, tensor.Float64, G.WithShape(p.T, p.H), G.WithName("x"), G.WithValue(x))
+		r, err := ops.Route(l, p.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		xe, err := ops.Dispatch(xn, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		y, err := ops.Combine(xe, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var yv G.Value
+		G.Read(y, &yv)
+		m := G.NewTapeMachine(g)
+		defer m.Close()
+		if err := m.RunAll(); err != nil {
+			t.Fatalf("RunAll: %v", err)
+		}
+		return yv.(*tensor.Dense)
+	}
+	want := run(p.in["logits"], p.in["x"])
+	lD, _ := b.FromHost(p.in["logits"])
+	xD, _ := b.FromHost(p.in["x"])
+	gotD := run(lD, xD)
+	if !b.Owns(gotD) {
+		t.Fatalf("graph output is not a device tensor")
+	}
+	got, err := b.ToHost(gotD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := maxRelErr(got, want); e > 1e-12 {
+		t.Errorf("device graph differs from host graph: %.3g", e)
+	}
+}
+
+// TestCUDAWriteOracle writes inputs and GPU outputs of the pass for the PyTorch oracle
+// (tests/pytorch/oracle.py) into $EXPERTRT_ORACLE_DIR; skipped when the variable is unset.
+func TestCUDAWriteOracle(t *testing.T) {
+	dir := os.Getenv("EXPERTRT_ORACLE_DIR")
+	if dir == "" {
+		t.Skip("EXPERTRT_ORACLE_DIR not set")
+	}
+	b := cudaBackend(t)
+	type meta struct {
+		Name           string
+		T, E, K, H     int
+		Dtype, Scoring string
+		Renormalize    bool
+		Files          map[string][]int
+	}
+	var metas []meta
+	cases := []struct {
+		name       string
+		T, E, K, H int
+		dt         tensor.Dtype
+		scoring    ops.Scoring
+		renorm     bool
+	}{
+		{"f32_mixtral", 512, 8, 2, 256, tensor.Float32, ops.SoftmaxTopK, true},
+		{"f32_norenorm", 384, 64, 4, 128, tensor.Float32, ops.SoftmaxTopK, false},
+		{"f32_topksoftmax", 256, 32, 2, 96, tensor.Float32, ops.TopKSoftmax, false},
+		{"f64_mixtral", 256, 16, 2, 64, tensor.Float64, ops.SoftmaxTopK, true},
+		{"f64_norenorm", 200, 1024, 8, 40, tensor.Float64, ops.SoftmaxTopK, false},
+	}
+	for i, c := range cases {
+		p := newPipeline(int64(100+i), c.T, c.E, c.K, c.H, c.dt)
+		p.cfg = ops.RouteConfig{K: c.K, Scoring: c.scoring, Renormalize: c.renorm}
+		out := p.run(t, b)
+		m := meta{Name: c.name, T: c.T, E: c.E, K: c.K, H: c.H, Dtype: c.dt.String(), Scoring: c.scoring.String(), Renormalize: c.renorm, Files: map[string][]int{}}
+		write := func(k string, d *tensor.Dense) {
+			f := filepath.Join(dir, c.name+"."+k+".bin")
+			if err := os.WriteFile(f, d.Raw, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			m.Files[k] = d.Shape().Clone()
+		}
+		for k, v := range p.in {
+			write("in_"+k, v)
+		}
+		for k, v := range out {
+			write("out_"+k, v)
+		}
+		metas = append(metas, m)
+	}
+	js, _ := json.MarshalIndent(metas, "", "  ")
+	if err := os.WriteFile(filepath.Join(dir, "cases.json"), js, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(os.Stderr, "oracle cases written to %s\n", dir)
+}
