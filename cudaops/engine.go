@@ -248,13 +248,16 @@ func (e *Engine) AddScalar(a tensor.Tensor, b interface{}, leftTensor bool, opts
 var _ tensor.Engine = (*Engine)(nil)
 var _ tensor.Adder = (*Engine)(nil)
 
-// View returns a tensor of the given shape over base's memory starting at element offset (no copy, no
-// ownership): it must not outlive base.
+// View returns a tensor of the given shape over base's memory starting at element offset (no copy).
+// The view keeps base alive.
 func (e *Engine) View(base *tensor.Dense, offset int, shape ...int) *tensor.Dense {
 	n := 1
 	for _, s := range shape {
 		n *= s
 	}
 	sz := uintptr(base.Dtype().Size())
-	return e.wrap(base.Dtype(), shape, base.Uintptr()+uintptr(offset)*sz, uintptr(n)*sz)
+	v := e.wrap(base.Dtype(), shape, base.Uintptr()+uintptr(offset)*sz, uintptr(n)*sz)
+	// The pending cleanup holds base, so base (and its memory) stays alive as long as the view does.
+	runtime.AddCleanup(v, func(*tensor.Dense) {}, base)
+	return v
 }

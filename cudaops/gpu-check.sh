@@ -27,8 +27,8 @@ for stage in "$@"; do
       timeout 400 compute-sanitizer --tool memcheck --leak-check no $T -test.run 'TestCUDAConformance$|TestCUDAFused' -test.short 2>&1 | tee "$OUT/memcheck.log" | grep -E 'ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -10
       ;;
     racecheck)
-      timeout 400 compute-sanitizer --tool racecheck $T -test.run 'TestCUDAConformance$/(Random|PlanPatterns|KnownAnswers)|TestCUDAFused' -test.short 2>&1 | tee "$OUT/racecheck.log" | grep -E 'RACECHECK SUMMARY|ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -10
-      timeout 300 compute-sanitizer --tool synccheck $T -test.run 'TestCUDAConformance$/(Random|PlanPatterns)' -test.short 2>&1 | tee -a "$OUT/racecheck.log" | grep -E 'SUMMARY|^(ok|PASS|FAIL)' | tail -5
+      timeout 180 compute-sanitizer --tool racecheck $T -test.run 'TestCUDAConformance$/(Random|PlanPatterns|KnownAnswers)|TestCUDAFused' -test.short 2>&1 | tee "$OUT/racecheck.log" | grep -E 'RACECHECK SUMMARY|ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -10
+      timeout 90 compute-sanitizer --tool synccheck $T -test.run 'TestCUDAConformance$/(Random|PlanPatterns)' -test.short 2>&1 | tee -a "$OUT/racecheck.log" | grep -E 'SUMMARY|^(ok|PASS|FAIL)' | tail -5
       ;;
     bench)
       : > "$OUT/bench.jsonl"
@@ -44,7 +44,7 @@ dec = json.JSONDecoder(); i = 0; rows = []
 while i < len(txt):
     while i < len(txt) and txt[i].isspace(): i += 1
     if i >= len(txt): break
-    o, i = dec.raw_decode(txt, i); rows += o if isinstance(o, list) else [o]
+    o, i = dec.raw_decode(txt, i); rows += o["results"] if isinstance(o, dict) else o
 for r in rows:
     print(f"ours {r['op']:18s} T={r['tokens']:6d} E={r['experts']:3d}  {r['median_ms']*1e3:9.1f} us  {r['gb_per_s']:7.1f} GB/s  copy {r['copy_gb_per_s']:7.1f} GB/s  ratio {r['ratio_to_copy']:.3f}")
 PY

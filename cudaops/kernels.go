@@ -132,11 +132,11 @@ func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 	if E*4 > 48*1024 {
 		return fmt.Errorf("cudaops: plan: E=%d experts exceed the shared-memory counters (max %d)", E, 48*1024/4)
 	}
-	chunk := (n + 63) / 64
-	chunk = (chunk + 31) / 32 * 32
-	if chunk < 512 {
-		chunk = 512
-	}
+	// Chunks of whole rounds (32 lanes * 8 slots, see plan.cu), at most ~128 of them so that the scan
+	// over chunks stays short.
+	const round = 32 * 8
+	rounds := (n + round - 1) / round
+	chunk := (rounds + 127) / 128 * round
 	chunks := (n + chunk - 1) / chunk
 	scratch, err := d.alloc.get(int64(chunks) * int64(E) * 4)
 	if err != nil {

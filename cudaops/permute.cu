@@ -72,11 +72,13 @@ __device__ void combine_body(const V* __restrict__ ye, const T* __restrict__ w, 
     }
 }
 
-#define JGROUP 8
+#define JGROUP 4
+#define CUNROLL 2
 
 // dw[t,j] = <dy[t], ye[rowOf[t*K+j]]>; when dye is non-null also dye[rowOf[t*K+j]] = w[t,j] * dy[t]
-// (the fused combine backward). The dot product is a per-lane sum over the lane's vectors in increasing
-// order, then a butterfly warp sum: the same order on every run.
+// (the fused combine backward). The experts of a token are taken JGROUP at a time (dy is re-read once
+// per group, from L1/L2), with CUNROLL vectors per lane in flight. The dot product is a per-lane sum over
+// the lane's vectors in increasing order, then a butterfly warp sum: the same order on every run.
 template <typename T, typename V>
 __device__ void combine_bwd_body(const V* __restrict__ dy, const V* __restrict__ ye, const T* __restrict__ w,
                                  const int* __restrict__ rowOf, T* __restrict__ dw, V* __restrict__ dye,
@@ -99,13 +101,33 @@ __device__ void combine_bwd_body(const V* __restrict__ dy, const V* __restrict__
                 dst[j] = dye ? dye + r * nv : nullptr;
                 sc[j] = (dye && w) ? w[s] : T(1);
             }
-            for (int c = lane; c < nv; c += 32) {
-                const V gv = load_stream(g + c);
+            for (int c0 = lane; c0 < nv; c0 += 32 * CUNROLL) {
+                V gv[CUNROLL];
+                V yv[JGROUP][CUNROLL];
+#pragma unroll
+                for (int u = 0; u < CUNROLL; u++) {
+                    const int c = c0 + 32 * u;
+                    gv[u] = c < nv ? load_stream(g + c) : vzero<V>();
+                }
+#pragma unroll
+                for (int j = 0; j < JGROUP; j++) {
+#pragma unroll
+                    for (int u = 0; u < CUNROLL; u++) {
+                        const int c = c0 + 32 * u;
+                        yv[j][u] = (j < nj && c < nv) ? load_stream(src[j] + c) : vzero<V>();
+                    }
+                }
 #pragma unroll
                 for (int j = 0; j < JGROUP; j++) {
                     if (j < nj) {
-                        acc[j] += vdot(gv, load_stream(src[j] + c));
-                        if (dye) store_stream(dst[j] + c, vscale(sc[j], gv));
+#pragma unroll
+                        for (int u = 0; u < CUNROLL; u++) {
+                            const int c = c0 + 32 * u;
+                            if (c < nv) {
+                                acc[j] += vdot(gv[u], yv[j][u]);
+                                if (dye) store_stream(dst[j] + c, vscale(sc[j], gv[u]));
+                            }
+                        }
                     }
                 }
             }

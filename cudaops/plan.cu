@@ -3,7 +3,7 @@
 //                 counts its chunk's slots per expert into scratch[chunk][e].
 //   plan_scan:    one block turns scratch into each chunk's first row per expert (exclusive scan over the
 //                 chunks, plus the expert's offset) and writes counts and offsets.
-//   plan_scatter: each warp walks its chunk again 32 slots at a time, in slot order; lanes holding the same
+//   plan_scatter: each warp walks its chunk again 32 slots at a time (8 such rounds loaded ahead), in slot order; lanes holding the same
 //                 expert find each other with __match_any_sync and take consecutive rows in lane order.
 // Rows of one expert are therefore in increasing slot order (stable), and the result depends only on idx:
 // integer arithmetic, no atomics on the layout. Out-of-range expert indices set the fault word and are
@@ -14,7 +14,20 @@
 
 __device__ __forceinline__ unsigned int lanemask_lt() { return (1u << lane_id()) - 1u; }
 
-// Dynamic shared memory: warpsPerBlock * E ints.
+#define PLAN_ITERS 8  // idx values each lane loads ahead (one round = 32 * PLAN_ITERS slots)
+
+// Loads one round of a chunk: lane's slots base + 32*i + lane, clamped experts, -1 past the end.
+__device__ __forceinline__ void load_round(const int* __restrict__ idx, long long base, long long end, int E,
+                                           unsigned int* fault, int (&ev)[PLAN_ITERS]) {
+    const int lane = lane_id();
+#pragma unroll
+    for (int i = 0; i < PLAN_ITERS; i++) {
+        const long long s = base + 32 * i + lane;
+        ev[i] = s < end ? checked_expert(idx[s], E, fault) : -1;
+    }
+}
+
+// Dynamic shared memory: warpsPerBlock * E ints. chunk is a multiple of 32 * PLAN_ITERS.
 extern "C" __global__ void plan_count(const int* __restrict__ idx, int N, int E, int chunk, int numChunks,
                                       int* __restrict__ scratch, unsigned int* fault) {
     extern __shared__ int cnt_all[];
@@ -26,12 +39,15 @@ extern "C" __global__ void plan_count(const int* __restrict__ idx, int N, int E,
     __syncwarp();
     const long long begin = c * chunk;
     const long long end = begin + chunk < N ? begin + chunk : N;
-    for (long long base = begin; base < end; base += 32) {
-        const long long s = base + lane;
-        const int e = s < end ? checked_expert(idx[s], E, fault) : -1;
-        const unsigned int peers = __match_any_sync(FULL_MASK, e);
-        if (e >= 0 && lane == __ffs(peers) - 1) cnt[e] += __popc(peers);
-        __syncwarp();
+    for (long long base = begin; base < end; base += 32 * PLAN_ITERS) {
+        int ev[PLAN_ITERS];
+        load_round(idx, base, end, E, fault, ev);
+#pragma unroll
+        for (int i = 0; i < PLAN_ITERS; i++) {
+            const unsigned int peers = __match_any_sync(FULL_MASK, ev[i]);
+            if (ev[i] >= 0 && lane == __ffs(peers) - 1) cnt[ev[i]] += __popc(peers);
+            __syncwarp();
+        }
     }
     for (int e = lane; e < E; e += 32) scratch[c * E + e] = cnt[e];
 }
@@ -44,12 +60,18 @@ extern "C" __global__ void plan_scan(int* __restrict__ scratch, int numChunks, i
     const int tid = threadIdx.x;
     const int nt = blockDim.x;
     // Per-expert exclusive scan over chunks (threads over experts).
+    // Loads are batched 8 at a time so that they are in flight together.
     for (int e = tid; e < E; e += nt) {
         int run = 0;
-        for (int c = 0; c < numChunks; c++) {
-            const int v = scratch[(long long)c * E + e];
-            scratch[(long long)c * E + e] = run;
-            run += v;
+        for (int c0 = 0; c0 < numChunks; c0 += 8) {
+            int v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) v[u] = c0 + u < numChunks ? scratch[(long long)(c0 + u) * E + e] : 0;
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                if (c0 + u < numChunks) scratch[(long long)(c0 + u) * E + e] = run;
+                run += v[u];
+            }
         }
         counts[e] = run;
     }
@@ -77,7 +99,14 @@ extern "C" __global__ void plan_scan(int* __restrict__ scratch, int numChunks, i
     __syncthreads();
     for (int e = tid; e < E; e += nt) {
         const int off = offsets[e];
-        for (int c = 0; c < numChunks; c++) scratch[(long long)c * E + e] += off;
+        for (int c0 = 0; c0 < numChunks; c0 += 8) {
+            int v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) v[u] = c0 + u < numChunks ? scratch[(long long)(c0 + u) * E + e] : 0;
+#pragma unroll
+            for (int u = 0; u < 8; u++)
+                if (c0 + u < numChunks) scratch[(long long)(c0 + u) * E + e] = v[u] + off;
+        }
     }
 }
 
@@ -94,18 +123,23 @@ extern "C" __global__ void plan_scatter(const int* __restrict__ idx, int N, int 
     __syncwarp();
     const long long begin = c * chunk;
     const long long end = begin + chunk < N ? begin + chunk : N;
-    for (long long base = begin; base < end; base += 32) {
-        const long long s = base + lane;
-        const int e = s < end ? checked_expert(idx[s], E, nullptr) : -1;
-        const unsigned int peers = __match_any_sync(FULL_MASK, e);
-        int r = 0;
-        if (e >= 0) r = next[e] + __popc(peers & lanemask_lt());
-        __syncwarp();
-        if (e >= 0) {
-            rowOf[s] = r;
-            slotOf[r] = (int)s;
-            if (lane == __ffs(peers) - 1) next[e] += __popc(peers);
+    for (long long base = begin; base < end; base += 32 * PLAN_ITERS) {
+        int ev[PLAN_ITERS];
+        load_round(idx, base, end, E, nullptr, ev);
+#pragma unroll
+        for (int i = 0; i < PLAN_ITERS; i++) {
+            const int e = ev[i];
+            const long long s = base + 32 * i + lane;
+            const unsigned int peers = __match_any_sync(FULL_MASK, e);
+            int r = 0;
+            if (e >= 0) r = next[e] + __popc(peers & lanemask_lt());
+            __syncwarp();
+            if (e >= 0) {
+                rowOf[s] = r;
+                slotOf[r] = (int)s;
+                if (lane == __ffs(peers) - 1) next[e] += __popc(peers);
+            }
+            __syncwarp();
         }
-        __syncwarp();
     }
 }

@@ -294,8 +294,14 @@ func TestCUDAGraph(t *testing.T) {
 		return yv.(*tensor.Dense)
 	}
 	want := run(p.in["logits"], p.in["x"])
-	lD, _ := b.FromHost(p.in["logits"])
-	xD, _ := b.FromHost(p.in["x"])
+	lD, err := b.FromHost(p.in["logits"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	xD, err := b.FromHost(p.in["x"])
+	if err != nil {
+		t.Fatal(err)
+	}
 	gotD := run(lD, xD)
 	if !b.Owns(gotD) {
 		t.Fatalf("graph output is not a device tensor")
