@@ -176,9 +176,17 @@ func combineGradWeightsCPU[T float](dy, ye, plan *tensor.Dense, dw *tensor.Dense
 	parallelRows(nT, rowsFor(h*k), func(lo, hi int) {
 		for t := lo; t < hi; t++ {
 			gt := g[t*h : (t+1)*h]
-			for j := 0; j < k; j++ {
+			row := func(j int) []T {
 				r := int(pv.RowOf[t*k+j])
-				out[t*k+j] = dot(gt, ys[r*h:(r+1)*h])
+				return ys[r*h : (r+1)*h]
+			}
+			// Two rows per pass over dy (dot2 gives bitwise the same sums as two dot calls).
+			j := 0
+			for ; j+1 < k; j += 2 {
+				out[t*k+j], out[t*k+j+1] = dot2(gt, row(j), row(j+1))
+			}
+			if j < k {
+				out[t*k+j] = dot(gt, row(j))
 			}
 		}
 	})
@@ -199,4 +207,27 @@ func dot[T float](a, b []T) T {
 		s0 += float64(a[i]) * float64(b[i])
 	}
 	return T((s0 + s1) + (s2 + s3))
+}
+
+// dot2 returns dot(g, a) and dot(g, b) in one pass over g, each summed exactly as dot sums it.
+func dot2[T float](g, a, b []T) (T, T) {
+	a, b = a[:len(g)], b[:len(g)]
+	var a0, a1, a2, a3, b0, b1, b2, b3 float64
+	i := 0
+	for ; i+4 <= len(g); i += 4 {
+		g0, g1, g2, g3 := float64(g[i]), float64(g[i+1]), float64(g[i+2]), float64(g[i+3])
+		a0 += g0 * float64(a[i])
+		a1 += g1 * float64(a[i+1])
+		a2 += g2 * float64(a[i+2])
+		a3 += g3 * float64(a[i+3])
+		b0 += g0 * float64(b[i])
+		b1 += g1 * float64(b[i+1])
+		b2 += g2 * float64(b[i+2])
+		b3 += g3 * float64(b[i+3])
+	}
+	for ; i < len(g); i++ {
+		a0 += float64(g[i]) * float64(a[i])
+		b0 += float64(g[i]) * float64(b[i])
+	}
+	return T((a0 + a1) + (a2 + a3)), T((b0 + b1) + (b2 + b3))
 }
