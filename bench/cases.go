@@ -68,8 +68,14 @@ type opSpec struct {
 	prepare    func(e *env) (*workload, error)
 }
 
-// opSpecs is every op the CLI and the testing.B benchmarks know, by -op name.
+// opSpecs is every op the CLI and the testing.B benchmarks know, by -op name. Device files may add
+// device-only ops from their init functions.
 var opSpecs = map[string]opSpec{}
+
+// portableOps are the ops registered by this file, which every backend runs. It is filled at the end
+// of this file's init, which runs before the init of device_*.go files (Go runs a package's init
+// functions in file name order).
+var portableOps []string
 
 func addOp(name, help string, prepare func(e *env) (*workload, error)) {
 	opSpecs[name] = opSpec{name: name, help: help, prepare: prepare}
@@ -101,6 +107,11 @@ func lookupOp(name string, backward bool) (opSpec, error) {
 func minRowsPerWorker(width int) int { return max(1, (32<<10)/max(width, 1)) }
 
 func init() {
+	defer func() {
+		for _, n := range opNames() {
+			portableOps = append(portableOps, n)
+		}
+	}()
 	addOp("route", "router logits [T,E] -> top-k indices [T,k] int32 and weights [T,k]", prepareRoute)
 	addOp("route-bwd", "routing weight gradient [T,k] -> logits gradient [T,E]", prepareRouteBwd)
 	addOp("plan", "indices [T,k] -> routing plan (counts, offsets, row maps)", preparePlan)
