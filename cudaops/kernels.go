@@ -116,7 +116,8 @@ func PlanSections(plan cu.DevicePtr, T, K, E int) (counts, offsets, rowOf, slotO
 }
 
 // Plan builds the routing plan of idx [T,K] over E experts into plan [2E+1+2TK] (int32), on the device
-// with no host synchronisation (three launches; scratch memory from the caching allocator).
+// with no host synchronisation: one launch when E <= 256 and T*K <= 65536 (plan_small), else three
+// launches with scratch memory from the caching allocator.
 func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 	if err := checkDims("plan", T, K, E); err != nil {
 		return err
@@ -132,9 +133,16 @@ func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 	if E*4 > 48*1024 {
 		return fmt.Errorf("cudaops: plan: E=%d experts exceed the shared-memory counters (max %d)", E, 48*1024/4)
 	}
+	counts, offsets, rowOf, slotOf := PlanSections(plan, T, K, E)
+	const round = 32 * 8
+	if E <= 256 && n <= 32*8*round {
+		// One launch: 32 warps, each a chunk of whole rounds (plan_small in plan.cu).
+		chunk := ((n+31)/32 + round - 1) / round * round
+		return d.launch("plan_small", launchCfg{grid: 1, block: 1024, smem: 32 * E * 4}, ptrArg(idx), i32(n), i32(E), i32(chunk),
+			ptrArg(counts), ptrArg(offsets), ptrArg(rowOf), ptrArg(slotOf), ptrArg(d.fault))
+	}
 	// Chunks of whole rounds (32 lanes * 8 slots, see plan.cu), at most ~128 of them so that the scan
 	// over chunks stays short.
-	const round = 32 * 8
 	rounds := (n + round - 1) / round
 	chunk := (rounds + 127) / 128 * round
 	chunks := (n + chunk - 1) / chunk
@@ -143,7 +151,6 @@ func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 		return fmt.Errorf("cudaops: plan scratch: %w", err)
 	}
 	defer d.alloc.put(scratch)
-	counts, offsets, rowOf, slotOf := PlanSections(plan, T, K, E)
 	grid := launchCfg{grid: (chunks + wpb - 1) / wpb, block: wpb * 32, smem: wpb * E * 4}
 	if err := d.launch("plan_count", grid, ptrArg(idx), i32(n), i32(E), i32(chunk), i32(chunks), ptrArg(scratch), ptrArg(d.fault)); err != nil {
 		return err

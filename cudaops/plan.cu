@@ -143,3 +143,78 @@ extern "C" __global__ void plan_scatter(const int* __restrict__ idx, int N, int 
         }
     }
 }
+
+// Single-launch plan for small problems (one block of 32 warps; E <= 256, so that 32 per-warp counter
+// rows fit in shared memory). Warp w owns slots [w*chunk, (w+1)*chunk), chunk a multiple of
+// 32 * PLAN_ITERS. Same result as plan_count + plan_scan + plan_scatter, without the global scratch.
+// Dynamic shared memory: 32 * E ints.
+extern "C" __global__ void __launch_bounds__(1024) plan_small(const int* __restrict__ idx, int N, int E, int chunk,
+                                                              int* __restrict__ counts, int* __restrict__ offsets,
+                                                              int* __restrict__ rowOf, int* __restrict__ slotOf,
+                                                              unsigned int* fault) {
+    extern __shared__ int cnt_all[];
+    __shared__ int part[1024];
+    const int tid = threadIdx.x;
+    const int lane = lane_id();
+    const int w = tid >> 5;
+    int* cnt = cnt_all + w * E;
+    for (int e = lane; e < E; e += 32) cnt[e] = 0;
+    __syncwarp();
+    const long long begin = (long long)w * chunk;
+    const long long end = begin + chunk < N ? begin + chunk : N;
+    for (long long base = begin; base < end; base += 32 * PLAN_ITERS) {
+        int ev[PLAN_ITERS];
+        load_round(idx, base, end, E, fault, ev);
+#pragma unroll
+        for (int i = 0; i < PLAN_ITERS; i++) {
+            const unsigned int peers = __match_any_sync(FULL_MASK, ev[i]);
+            if (ev[i] >= 0 && lane == __ffs(peers) - 1) cnt[ev[i]] += __popc(peers);
+            __syncwarp();
+        }
+    }
+    __syncthreads();
+    // Thread e: exclusive scan of expert e's counts over the warps, then the scan over experts.
+    int total = 0;
+    if (tid < E) {
+        for (int v = 0; v < 32; v++) {
+            const int c = cnt_all[v * E + tid];
+            cnt_all[v * E + tid] = total;
+            total += c;
+        }
+        counts[tid] = total;
+    }
+    part[tid] = total;
+    __syncthreads();
+    for (int o = 1; o < 1024; o <<= 1) {
+        const int v = tid >= o ? part[tid - o] : 0;
+        __syncthreads();
+        part[tid] += v;
+        __syncthreads();
+    }
+    if (tid < E) {
+        const int off = part[tid] - total;
+        offsets[tid] = off;
+        for (int v = 0; v < 32; v++) cnt_all[v * E + tid] += off;
+    }
+    if (tid == 0) offsets[E] = N;
+    __syncthreads();
+    for (long long base = begin; base < end; base += 32 * PLAN_ITERS) {
+        int ev[PLAN_ITERS];
+        load_round(idx, base, end, E, nullptr, ev);
+#pragma unroll
+        for (int i = 0; i < PLAN_ITERS; i++) {
+            const int e = ev[i];
+            const long long s = base + 32 * i + lane;
+            const unsigned int peers = __match_any_sync(FULL_MASK, e);
+            int r = 0;
+            if (e >= 0) r = cnt[e] + __popc(peers & lanemask_lt());
+            __syncwarp();
+            if (e >= 0) {
+                rowOf[s] = r;
+                slotOf[r] = (int)s;
+                if (lane == __ffs(peers) - 1) cnt[e] += __popc(peers);
+            }
+            __syncwarp();
+        }
+    }
+}

@@ -268,7 +268,11 @@ func TestCUDAFusedMatchesSeparate(t *testing.T) {
 func TestCUDAGraph(t *testing.T) {
 	b := cudaBackend(t)
 	p := newPipeline(9, 256, 8, 2, 64, tensor.Float64)
-	run := func(logits, x *tensor.Dense) *tensor.Dense {
+	eng, err := b.Engine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(logits, x *tensor.Dense, opts ...G.VMOpt) *tensor.Dense {
 		g := G.NewGraph()
 		l := G.NewMatrix(g, tensor.Float64, G.WithShape(p.T, p.E), G.WithName("logits"), G.WithValue(logits))
 		xn := G.NewMatrix(g, tensor.Float64, G.WithShape(p.T, p.H), G.WithName("x"), G.WithValue(x))
@@ -284,14 +288,14 @@ func TestCUDAGraph(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var yv G.Value
-		G.Read(y, &yv)
-		m := G.NewTapeMachine(g)
+		// G.Read would clone the value through the machine's engine (a host memmove for the default
+		// engine); the output node's value is read directly instead.
+		m := G.NewTapeMachine(g, opts...)
 		defer m.Close()
 		if err := m.RunAll(); err != nil {
 			t.Fatalf("RunAll: %v", err)
 		}
-		return yv.(*tensor.Dense)
+		return y.Value().(*tensor.Dense)
 	}
 	want := run(p.in["logits"], p.in["x"])
 	lD, err := b.FromHost(p.in["logits"])
@@ -302,7 +306,7 @@ func TestCUDAGraph(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gotD := run(lD, xD)
+	gotD := run(lD, xD, G.WithEngine(eng))
 	if !b.Owns(gotD) {
 		t.Fatalf("graph output is not a device tensor")
 	}
@@ -312,6 +316,19 @@ func TestCUDAGraph(t *testing.T) {
 	}
 	if e := maxRelErr(got, want); e > 1e-12 {
 		t.Errorf("device graph differs from host graph: %.3g", e)
+	}
+	// With the default engine the VM relabels device values as host-engine values; ownership goes by
+	// address, so the ops still run on the GPU.
+	got2D := run(lD, xD)
+	if !b.Owns(got2D) {
+		t.Fatalf("graph output (default engine) is not a device tensor")
+	}
+	got2, err := b.ToHost(got2D)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := maxRelErr(got2, want); e > 1e-12 {
+		t.Errorf("device graph (default engine) differs from host graph: %.3g", e)
 	}
 }
 
@@ -369,4 +386,44 @@ func TestCUDAWriteOracle(t *testing.T) {
 		t.Fatal(err)
 	}
 	fmt.Fprintf(os.Stderr, "oracle cases written to %s\n", dir)
+}
+
+// TestCUDAPlanPaths compares the plan with the CPU backend on both device paths: the single-launch
+// plan (E <= 256, T*K <= 65536) and the three-launch plan (larger), with skewed expert loads.
+func TestCUDAPlanPaths(t *testing.T) {
+	b := cudaBackend(t)
+	for _, c := range []struct{ T, K, E int }{{4096, 2, 16}, {100, 3, 256}, {50000, 2, 64}, {3000, 4, 300}, {40000, 8, 1024}} {
+		rng := rand.New(rand.NewSource(int64(c.T + c.E)))
+		v := make([]int32, c.T*c.K)
+		for i := range v {
+			e := rng.Intn(c.E)
+			if rng.Intn(3) == 0 {
+				e = rng.Intn(min(4, c.E)) // skew: a few hot experts
+			}
+			v[i] = int32(e)
+		}
+		host := tensor.New(tensor.WithShape(c.T, c.K), tensor.WithBacking(v))
+		want := tensor.New(tensor.Of(tensor.Int32), tensor.WithShape(ops.PlanLen(c.T, c.K, c.E)))
+		if err := ops.CPU().Plan(host, c.E, want); err != nil {
+			t.Fatal(err)
+		}
+		idx, err := b.FromHost(host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plan, err := b.New(tensor.Int32, ops.PlanLen(c.T, c.K, c.E))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Plan(idx, c.E, plan); err != nil {
+			t.Fatal(err)
+		}
+		got, err := b.ToHost(plan)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got.Raw) != string(want.Raw) {
+			t.Errorf("T=%d K=%d E=%d: plan differs from the CPU backend", c.T, c.K, c.E)
+		}
+	}
 }
