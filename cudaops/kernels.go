@@ -116,7 +116,7 @@ func PlanSections(plan cu.DevicePtr, T, K, E int) (counts, offsets, rowOf, slotO
 }
 
 // Plan builds the routing plan of idx [T,K] over E experts into plan [2E+1+2TK] (int32), on the device
-// with no host synchronisation: one launch when E <= 256 and T*K <= 65536 (plan_small), else three
+// with no host synchronisation: one launch when E <= 256 and T*K <= 16384 (plan_small), else three
 // launches with scratch memory from the caching allocator.
 func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 	if err := checkDims("plan", T, K, E); err != nil {
@@ -135,7 +135,7 @@ func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 	}
 	counts, offsets, rowOf, slotOf := PlanSections(plan, T, K, E)
 	const round = 32 * 8
-	if E <= 256 && n <= 32*8*round {
+	if E <= 256 && n <= 16384 {
 		// One launch: 32 warps, each a chunk of whole rounds (plan_small in plan.cu).
 		chunk := ((n+31)/32 + round - 1) / round * round
 		return d.launch("plan_small", launchCfg{grid: 1, block: 1024, smem: 32 * E * 4}, ptrArg(idx), i32(n), i32(E), i32(chunk),

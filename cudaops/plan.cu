@@ -4,7 +4,7 @@
 //   plan_scan:    one block turns scratch into each chunk's first row per expert (exclusive scan over the
 //                 chunks, plus the expert's offset) and writes counts and offsets.
 //   plan_scatter: each warp walks its chunk again 32 slots at a time (8 such rounds loaded ahead), in slot order; lanes holding the same
-//                 expert find each other with __match_any_sync and take consecutive rows in lane order.
+//                 expert find each other (one warp ballot per bit of the expert index) and take consecutive rows in lane order.
 // Rows of one expert are therefore in increasing slot order (stable), and the result depends only on idx:
 // integer arithmetic, no atomics on the layout. Out-of-range expert indices set the fault word and are
 // clamped into [0, E) so that no write leaves the plan.
@@ -13,6 +13,19 @@
 #include "common.cuh"
 
 __device__ __forceinline__ unsigned int lanemask_lt() { return (1u << lane_id()) - 1u; }
+
+// Lanes whose expert equals this lane's (the mask __match_any_sync would give), from one ballot per bit
+// of the expert index: much cheaper than match.any for the few bits of an expert index. v is -1 for
+// lanes without a slot; bits = bit length of E.
+__device__ __forceinline__ unsigned int peers_of(int v, int bits) {
+    const unsigned int u = (unsigned int)(v + 1);
+    unsigned int m = FULL_MASK;
+    for (int b = 0; b < bits; b++) {
+        const unsigned int bb = __ballot_sync(FULL_MASK, (u >> b) & 1u);
+        m &= ((u >> b) & 1u) ? bb : ~bb;
+    }
+    return m;
+}
 
 #define PLAN_ITERS 8  // idx values each lane loads ahead (one round = 32 * PLAN_ITERS slots)
 
@@ -32,6 +45,7 @@ extern "C" __global__ void plan_count(const int* __restrict__ idx, int N, int E,
                                       int* __restrict__ scratch, unsigned int* fault) {
     extern __shared__ int cnt_all[];
     const int lane = lane_id();
+    const int bits = 32 - __clz(E);
     int* cnt = cnt_all + (threadIdx.x >> 5) * E;
     const long long c = global_warp();
     if (c >= numChunks) return;  // whole warps exit together
@@ -44,7 +58,7 @@ extern "C" __global__ void plan_count(const int* __restrict__ idx, int N, int E,
         load_round(idx, base, end, E, fault, ev);
 #pragma unroll
         for (int i = 0; i < PLAN_ITERS; i++) {
-            const unsigned int peers = __match_any_sync(FULL_MASK, ev[i]);
+            const unsigned int peers = peers_of(ev[i], bits);
             if (ev[i] >= 0 && lane == __ffs(peers) - 1) cnt[ev[i]] += __popc(peers);
             __syncwarp();
         }
@@ -116,6 +130,7 @@ extern "C" __global__ void plan_scatter(const int* __restrict__ idx, int N, int 
                                         int* __restrict__ slotOf) {
     extern __shared__ int next_all[];
     const int lane = lane_id();
+    const int bits = 32 - __clz(E);
     int* next = next_all + (threadIdx.x >> 5) * E;
     const long long c = global_warp();
     if (c >= numChunks) return;
@@ -130,7 +145,7 @@ extern "C" __global__ void plan_scatter(const int* __restrict__ idx, int N, int 
         for (int i = 0; i < PLAN_ITERS; i++) {
             const int e = ev[i];
             const long long s = base + 32 * i + lane;
-            const unsigned int peers = __match_any_sync(FULL_MASK, e);
+            const unsigned int peers = peers_of(e, bits);
             int r = 0;
             if (e >= 0) r = next[e] + __popc(peers & lanemask_lt());
             __syncwarp();
@@ -156,6 +171,7 @@ extern "C" __global__ void __launch_bounds__(1024) plan_small(const int* __restr
     __shared__ int part[1024];
     const int tid = threadIdx.x;
     const int lane = lane_id();
+    const int bits = 32 - __clz(E);
     const int w = tid >> 5;
     int* cnt = cnt_all + w * E;
     for (int e = lane; e < E; e += 32) cnt[e] = 0;
@@ -167,7 +183,7 @@ extern "C" __global__ void __launch_bounds__(1024) plan_small(const int* __restr
         load_round(idx, base, end, E, fault, ev);
 #pragma unroll
         for (int i = 0; i < PLAN_ITERS; i++) {
-            const unsigned int peers = __match_any_sync(FULL_MASK, ev[i]);
+            const unsigned int peers = peers_of(ev[i], bits);
             if (ev[i] >= 0 && lane == __ffs(peers) - 1) cnt[ev[i]] += __popc(peers);
             __syncwarp();
         }
@@ -205,7 +221,7 @@ extern "C" __global__ void __launch_bounds__(1024) plan_small(const int* __restr
         for (int i = 0; i < PLAN_ITERS; i++) {
             const int e = ev[i];
             const long long s = base + 32 * i + lane;
-            const unsigned int peers = __match_any_sync(FULL_MASK, e);
+            const unsigned int peers = peers_of(e, bits);
             int r = 0;
             if (e >= 0) r = cnt[e] + __popc(peers & lanemask_lt());
             __syncwarp();

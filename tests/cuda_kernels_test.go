@@ -389,7 +389,7 @@ func TestCUDAWriteOracle(t *testing.T) {
 }
 
 // TestCUDAPlanPaths compares the plan with the CPU backend on both device paths: the single-launch
-// plan (E <= 256, T*K <= 65536) and the three-launch plan (larger), with skewed expert loads.
+// plan (E <= 256, T*K <= 16384) and the three-launch plan (larger), with skewed expert loads.
 func TestCUDAPlanPaths(t *testing.T) {
 	b := cudaBackend(t)
 	for _, c := range []struct{ T, K, E int }{{4096, 2, 16}, {100, 3, 256}, {50000, 2, 64}, {3000, 4, 300}, {40000, 8, 1024}} {
