@@ -375,24 +375,27 @@ func prepareCombine(e *env) (*workload, error) {
 }
 
 // combineBwdParts prepares the two kernels of the combine backward on shared inputs.
-func combineBwdParts(e *env) (dxRun, dwRun func() error, err error) {
+// combineBwdBufs makes the combine-backward operands: dy, expert outputs, and the two gradients.
+func combineBwdBufs(e *env) (dy, ye, dye, dw *tensor.Dense, err error) {
 	if err := e.routing(); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	s := e.s
-	dy, err := e.named("dy", s.Tokens, s.Hidden)
-	if err != nil {
-		return nil, nil, err
+	if dy, err = e.named("dy", s.Tokens, s.Hidden); err != nil {
+		return
 	}
-	ye, err := e.named("ye", s.Tokens*s.TopK, s.Hidden)
-	if err != nil {
-		return nil, nil, err
+	if ye, err = e.named("ye", s.Tokens*s.TopK, s.Hidden); err != nil {
+		return
 	}
-	dye, err := e.out(s.Tokens*s.TopK, s.Hidden)
-	if err != nil {
-		return nil, nil, err
+	if dye, err = e.out(s.Tokens*s.TopK, s.Hidden); err != nil {
+		return
 	}
-	dw, err := e.out(s.Tokens, s.TopK)
+	dw, err = e.out(s.Tokens, s.TopK)
+	return
+}
+
+func combineBwdParts(e *env) (dxRun, dwRun func() error, err error) {
+	dy, ye, dye, dw, err := combineBwdBufs(e)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -401,19 +404,29 @@ func combineBwdParts(e *env) (dxRun, dwRun func() error, err error) {
 	return dxRun, dwRun, nil
 }
 
+// prepareCombineBwd times what the graph's combine gradient runs: the backend's fused kernel when it
+// has one (ops.CombineBackwarder), else the two separate kernels.
 func prepareCombineBwd(e *env) (*workload, error) {
-	dxRun, dwRun, err := combineBwdParts(e)
+	dy, ye, dye, dw, err := combineBwdBufs(e)
 	if err != nil {
 		return nil, err
 	}
 	wl := combineBwdCost(e)
-	wl.run = func() error {
-		if err := dxRun(); err != nil {
+	wl.run = combineBackward(e, dy, ye, dye, dw)
+	return wl, nil
+}
+
+// combineBackward runs the fused kernel when the backend has one, else both parts in sequence.
+func combineBackward(e *env, dy, ye, dye, dw *tensor.Dense) func() error {
+	if fused, ok := e.b.(ops.CombineBackwarder); ok {
+		return func() error { return fused.CombineBackward(dy, ye, e.w, e.plan, dye, dw) }
+	}
+	return func() error {
+		if err := e.b.Dispatch(dy, e.w, e.plan, dye); err != nil {
 			return err
 		}
-		return dwRun()
+		return e.b.CombineGradWeights(dy, ye, e.plan, dw)
 	}
-	return wl, nil
 }
 
 func prepareCombineBwdX(e *env) (*workload, error) {
@@ -591,12 +604,7 @@ func prepareE2EBwd(e *env) (*workload, error) {
 	if err != nil {
 		return nil, err
 	}
-	cb.run = func() error {
-		if err := e.b.Dispatch(dy, e.w, e.plan, dye); err != nil {
-			return err
-		}
-		return e.b.CombineGradWeights(dy, ye, e.plan, dw)
-	}
+	cb.run = combineBackward(e, dy, ye, dye, dw)
 	rb.run = func() error { return e.b.RouteWeightsGrad(e.logits, e.idx, dw, cfg, dlogits) }
 	db.run = func() error { return e.b.Combine(dye, nil, e.plan, dx) }
 	return sequence(cb, rb, db), nil

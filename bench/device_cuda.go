@@ -16,7 +16,6 @@ import (
 
 func init() {
 	registerDevice("cuda", newCUDADevice)
-	addOp("combine-bwd-fused", "dy [T,H] -> d expert outputs [T*k,H] and d weights [T,k] in one kernel (CUDA)", prepareCombineBwdFused)
 }
 
 // timingSpin is how long the GPU busy-waits before each timed region, so that the launches of the
@@ -85,39 +84,4 @@ func (c *cudaCopier) Close() error {
 		return err1
 	}
 	return err2
-}
-
-// prepareCombineBwdFused times the CUDA backend's fused combine backward (same bytes as combine-bwd
-// minus the second read of dy).
-func prepareCombineBwdFused(e *env) (*workload, error) {
-	cb, ok := e.b.(*cudaops.Backend)
-	if !ok {
-		return nil, fmt.Errorf("combine-bwd-fused needs -device cuda")
-	}
-	if err := e.routing(); err != nil {
-		return nil, err
-	}
-	s := e.s
-	dy, err := e.named("dy", s.Tokens, s.Hidden)
-	if err != nil {
-		return nil, err
-	}
-	ye, err := e.named("ye", s.Tokens*s.TopK, s.Hidden)
-	if err != nil {
-		return nil, err
-	}
-	dye, err := e.out(s.Tokens*s.TopK, s.Hidden)
-	if err != nil {
-		return nil, err
-	}
-	dw, err := e.out(s.Tokens, s.TopK)
-	if err != nil {
-		return nil, err
-	}
-	th, tk, _ := e.sizes()
-	k := int64(s.TopK)
-	wl := &workload{read: (th + th*k + tk) * e.es(), written: (th*k + tk) * e.es(),
-		copyRows: s.Tokens * s.TopK, copyMinRows: 1}
-	wl.run = func() error { return cb.CombineBackward(dy, ye, e.w, e.plan, dye, dw) }
-	return wl, nil
 }

@@ -112,6 +112,19 @@ func (b *Backend) Free(t *tensor.Dense) error {
 	return b.eng.Free(devMem{t.Uintptr(), 0}, 0)
 }
 
+// View returns a device tensor of the given shape over t's memory from element offset on (no copy).
+// The view keeps t's memory alive.
+func (b *Backend) View(t *tensor.Dense, offset int, shape ...int) (*tensor.Dense, error) {
+	if t == nil || !b.Owns(t) {
+		return nil, fmt.Errorf("cudaops: View: tensor is not a device tensor of %s", b.Name())
+	}
+	n := tensor.Shape(shape).TotalSize()
+	if offset < 0 || n < 0 || offset+n > t.Shape().TotalSize() {
+		return nil, fmt.Errorf("cudaops: View: elements [%d, %d) out of range of shape %v", offset, offset+n, t.Shape())
+	}
+	return b.eng.View(t, offset, shape...), nil
+}
+
 // FromHost copies a contiguous host tensor to a new device tensor (synchronous).
 func (b *Backend) FromHost(t *tensor.Dense) (*tensor.Dense, error) {
 	if err := b.open(); err != nil {

@@ -34,7 +34,7 @@ for stage in "$@"; do
       : > "$OUT/bench.jsonl"
       for shp in "4096 16" "4096 64" "16384 16" "16384 64"; do
         set -- $shp
-        timeout 120 $B -device cuda -op dispatch,dispatch-bwd,combine,combine-bwd,combine-bwd-fused,combine-bwd-x,combine-bwd-w,plan,e2e,e2e-bwd -tokens $1 -hidden 4096 -experts $2 -top-k 2 -reps 50 -warmup 5 -json >> "$OUT/bench.jsonl" || echo "bench failed for $shp"
+        timeout 120 $B -device cuda -op dispatch,dispatch-bwd,combine,combine-bwd,combine-bwd-x,combine-bwd-w,plan,e2e,e2e-bwd -tokens $1 -hidden 4096 -experts $2 -top-k 2 -reps 50 -warmup 5 -json >> "$OUT/bench.jsonl" || echo "bench failed for $shp"
       done
       timeout 60 $B -device cuda -op route,route-bwd,plan -tokens 8192 -hidden 4096 -experts 32 -top-k 2 -reps 100 -warmup 10 -json >> "$OUT/bench.jsonl"
       python3 - "$OUT/bench.jsonl" <<'PY'
@@ -55,7 +55,7 @@ PY
     ncu)
       timeout 300 ncu --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,dram__bytes_write.sum \
         -k 'regex:^(dispatch|combine|route|plan)' --launch-skip 0 --launch-count 40 \
-        $B -device cuda -op route,plan,dispatch,dispatch-bwd,combine,combine-bwd-fused,combine-bwd-x,combine-bwd-w -tokens 4096 -hidden 4096 -experts 16 -top-k 2 -reps 2 -warmup 0 > "$OUT/ncu.log" 2>&1
+        $B -device cuda -op route,plan,dispatch,dispatch-bwd,combine,combine-bwd,combine-bwd-x,combine-bwd-w -tokens 4096 -hidden 4096 -experts 16 -top-k 2 -reps 2 -warmup 0 > "$OUT/ncu.log" 2>&1
       grep -E '^\s+(dispatch|combine|route|plan)[a-z_0-9]*|gpu__time_duration|dram__throughput|dram__bytes' "$OUT/ncu.log" | head -120
       ;;
   esac

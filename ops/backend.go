@@ -33,6 +33,9 @@ type Backend interface {
 	FromHost(t *tensor.Dense) (*tensor.Dense, error)
 	// ToHost copies a tensor owned by this backend into a new host tensor.
 	ToHost(t *tensor.Dense) (*tensor.Dense, error)
+	// View returns a tensor of the given shape over t's memory from element offset on (no copy); the
+	// view keeps t's memory alive. offset + prod(shape) must not exceed t's size.
+	View(t *tensor.Dense, offset int, shape ...int) (*tensor.Dense, error)
 
 	// RouteIndices writes idx[t,:] = the K experts of token t in decreasing score order, ties to the
 	// lower expert index. logits [T,E] float, idx [T,K] int32.
@@ -70,6 +73,19 @@ type Backend interface {
 	ZLoss(logits *tensor.Dense) (float64, error)
 	// ZLossGrad writes dlogits = scale * d(ZLoss)/dlogits.
 	ZLossGrad(logits *tensor.Dense, scale float64, dlogits *tensor.Dense) error
+}
+
+// CombineBackwarder is an optional fused kernel: one pass over dy writes both gradients of the weighted
+// combine, dye = Dispatch(dy, w, plan) and dw = CombineGradWeights(dy, ye, plan). Backends without it
+// get the two separate kernels (dy is then read twice).
+type CombineBackwarder interface {
+	CombineBackward(dy, ye, w, plan *tensor.Dense, dye, dw *tensor.Dense) error
+}
+
+// Synchronizer is implemented by asynchronous backends: Synchronize waits for all queued work and
+// reports device faults raised since the last check (e.g. out-of-range expert indices on a GPU).
+type Synchronizer interface {
+	Synchronize() error
 }
 
 // The kernel registry is the only package-level mutable state: GPU backends add themselves at init.

@@ -50,6 +50,32 @@ func (cpuBackend) ToHost(t *tensor.Dense) (*tensor.Dense, error) {
 	return t.Clone().(*tensor.Dense), nil
 }
 
+func (cpuBackend) View(t *tensor.Dense, offset int, shape ...int) (*tensor.Dense, error) {
+	n := tensor.Shape(shape).TotalSize()
+	if t == nil || offset < 0 || n < 0 || offset+n > t.Shape().TotalSize() {
+		return nil, fmt.Errorf("ops: cpu: view [%d, %d+%v) out of range of a tensor of shape %v", offset, offset, shape, shapeOrNil(t))
+	}
+	var backing any
+	switch d := t.Data().(type) {
+	case []float32:
+		backing = d[offset : offset+n : offset+n]
+	case []float64:
+		backing = d[offset : offset+n : offset+n]
+	case []int32:
+		backing = d[offset : offset+n : offset+n]
+	default:
+		return nil, fmt.Errorf("ops: cpu: view of %v tensors is not supported", t.Dtype())
+	}
+	return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(backing)), nil
+}
+
+func shapeOrNil(t *tensor.Dense) tensor.Shape {
+	if t == nil {
+		return nil
+	}
+	return t.Shape()
+}
+
 // parallelRows splits [0, n) into contiguous chunks, one per worker, and runs fn on each.
 // Chunks are fixed by n and the worker count, never by scheduling, so results are deterministic.
 // Below minPerWorker rows per worker the work runs on fewer goroutines (down to the caller's).

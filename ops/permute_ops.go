@@ -80,10 +80,11 @@ func (k permuteKind) String() string {
 }
 
 // permuteOp is the family of row permutations around the plan. The three kinds are each other's
-// gradients, so the family is closed under differentiation (second derivatives work too):
+// gradients:
 //
 //	dispatch(x, w):   dx = combine(g, w)      dw = combineGradW(x, g)
-//	combine(ye, w):   dye = dispatch(g, w)    dw = combineGradW(g, ye)
+//	combine(ye):      dye = dispatch(g)
+//	combine(ye, w):   dye = dispatch(g, w)    dw = combineGradW(g, ye)   (one fused node, combineBackward)
 //	combineGradW(dy, ye) with gradient G [T,K]:  d dy = combine(ye, G)   d ye = dispatch(dy, G)
 type permuteOp struct {
 	opBase
@@ -148,8 +149,10 @@ func (op *permuteOp) SymDiff(in G.Nodes, _, g *G.Node) (G.Nodes, error) {
 			out[1], err = apply(combineGradWKind, in[0], g)
 		}
 	case combineKind:
-		if out[0], err = apply(dispatchKind, g, w); err == nil && op.weighted {
-			out[1], err = apply(combineGradWKind, g, in[0])
+		if op.weighted {
+			out[0], out[1], err = combineBackward(g, in[0], w, plan, op.k, op.e)
+		} else {
+			out[0], err = apply(dispatchKind, g, nil)
 		}
 	case combineGradWKind:
 		if out[0], err = apply(combineKind, in[1], g); err == nil {

@@ -94,6 +94,7 @@ func Run(t *testing.T, b ops.Backend, opts Options) {
 	t.Run("PlanPatterns", e.testPlanPatterns)
 	t.Run("FiniteDifferences", e.testFiniteDifferences)
 	t.Run("BadInputs", e.testBadInputs)
+	t.Run("Views", e.testViews)
 	if !opts.NoGOMAXPROCS && !opts.Short {
 		t.Run("Scheduling", e.testScheduling)
 	}
