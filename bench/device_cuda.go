@@ -4,6 +4,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/expertrt/expertrt-go/cudaops"
@@ -23,25 +25,41 @@ func init() {
 const timingSpin = 200 * time.Microsecond
 
 type cudaDevice struct {
-	b *cudaops.Backend
-	d *cudaops.Device
+	b     *cudaops.Backend
+	d     *cudaops.Device
+	notes []string // comparison switches in effect
 }
 
+// Comparison switches (environment, default off): EXPERTRT_CUDA_PLAN=multi forces the three-launch
+// plan; EXPERTRT_CUDA_STREAM_DISPATCH=1 makes dispatch write with streaming (evict-first) stores.
 func newCUDADevice() (device, error) {
 	b := cudaops.Registered()
 	d, err := b.Device()
 	if err != nil {
 		return nil, err
 	}
-	return cudaDevice{b: b, d: d}, nil
+	c := cudaDevice{b: b, d: d}
+	if os.Getenv("EXPERTRT_CUDA_PLAN") == "multi" {
+		d.SetPlanMode(cudaops.PlanMultiLaunch)
+		c.notes = append(c.notes, "three-launch plan")
+	}
+	if os.Getenv("EXPERTRT_CUDA_STREAM_DISPATCH") == "1" {
+		d.SetStreamingDispatchStores(true)
+		c.notes = append(c.notes, "streaming dispatch stores")
+	}
+	return c, nil
 }
 
 func (cudaDevice) Name() string { return "cuda" }
 
 func (c cudaDevice) Describe() string {
 	maj, min := c.d.ComputeCapability()
-	return fmt.Sprintf("%s (%d SMs, compute capability %d.%d, %.0f GiB), CUDA driver %d",
+	s := fmt.Sprintf("%s (%d SMs, compute capability %d.%d, %.0f GiB), CUDA driver %d",
 		c.d.Name(), c.d.Multiprocessors(), maj, min, float64(c.d.TotalMemory())/(1<<30), cu.Version())
+	if len(c.notes) > 0 {
+		s += " [" + strings.Join(c.notes, ", ") + "]"
+	}
+	return s
 }
 
 func (c cudaDevice) Backend() ops.Backend { return c.b }

@@ -35,8 +35,12 @@ type Device struct {
 
 	fns   map[string]cu.Function
 	alloc *allocator
-	fault cu.DevicePtr // one uint32 the kernels OR fault codes into
+	fault cu.DevicePtr // 256 bytes: the uint32 fault word the kernels OR fault codes into, then barrier state
 	slots []uint64     // kernel parameter scratch (under mu)
+
+	occ            map[occKey]int // occupancy per kernel configuration (under mu)
+	planMode       PlanMode
+	streamDispatch bool
 
 	closed bool
 }
@@ -107,7 +111,7 @@ func Open(ordinal int) (*Device, error) {
 	if d.fault, err = d.alloc.get(256); err != nil {
 		return nil, fmt.Errorf("cudaops: opening device %d: fault word: %w", ordinal, err)
 	}
-	if err := d.do(func() error { return cu.MemsetD32Async(d.fault, 0, 1, d.stream) }); err != nil {
+	if err := d.do(func() error { return cu.MemsetD32Async(d.fault, 0, 64, d.stream) }); err != nil {
 		return nil, fmt.Errorf("cudaops: opening device %d: clearing fault word: %w", ordinal, err)
 	}
 	return d, nil
@@ -168,16 +172,26 @@ func (d *Device) checkFaultLocked() error {
 		return fmt.Errorf("cudaops: clearing fault word: %w", err)
 	}
 	var msg string
-	if f&faultExpertRange != 0 {
+	switch {
+	case f&faultExpertRange != 0:
 		msg = "an expert index outside [0, E) reached a kernel (Plan, RouteWeights or RouteWeightsGrad); the indices were clamped and the results are invalid"
-	} else {
+	case f&faultGridBarrier != 0:
+		msg = "a grid barrier of the one-pass plan timed out (its blocks were not all resident); the plan is invalid (SetPlanMode(PlanMultiLaunch) avoids it)"
+	default:
 		msg = fmt.Sprintf("unknown fault code %#x", f)
 	}
 	return fmt.Errorf("cudaops: device fault: %s", msg)
 }
 
-// faultExpertRange mirrors FAULT_EXPERT_RANGE in common.cuh.
-const faultExpertRange = 1
+// Fault codes, mirroring FAULT_* in common.cuh.
+const (
+	faultExpertRange = 1
+	faultGridBarrier = 2
+)
+
+// barrier returns the grid-barrier state of the one-pass kernels (two uint32, count and generation),
+// 128 bytes into the fault block, zeroed at Open and left zeroed by every completed launch.
+func (d *Device) barrier() cu.DevicePtr { return offsetPtr(d.fault, 128) }
 
 // Close frees every cached and live block, destroys the stream and releases the primary context.
 // Tensors of this device must not be used afterwards.

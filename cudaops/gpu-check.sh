@@ -16,7 +16,7 @@ for stage in "$@"; do
   echo "=== $stage"
   case $stage in
     tests)
-      timeout 300 $T -test.run 'TestCUDA' -test.v -test.count=1 2>&1 | tee "$OUT/tests.log" | grep -E '^(=== RUN|--- FAIL|--- PASS: TestCUDA[A-Za-z]* |FAIL|ok|PASS)|cuda_|panic' | grep -v '=== RUN' | tail -40
+      timeout 300 $T -test.run 'TestCUDA' -test.v -test.count=1 2>&1 | tee "$OUT/tests.log" | grep -E '^(=== RUN|--- FAIL|--- PASS: TestCUDA[A-Za-z]* |FAIL|ok|PASS)|cuda_|panic|plan-timing' | grep -v '=== RUN' | tail -40
       ;;
     oracle)
       rm -rf /tmp/oracle && mkdir -p /tmp/oracle
@@ -24,11 +24,11 @@ for stage in "$@"; do
         timeout 300 python3 tests/pytorch/oracle.py /tmp/oracle) 2>&1 | tee "$OUT/oracle.log" | tail -8
       ;;
     memcheck)
-      timeout 400 compute-sanitizer --tool memcheck --leak-check no $T -test.run 'TestCUDAConformance$|TestCUDAFused' -test.short 2>&1 | tee "$OUT/memcheck.log" | grep -E 'ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -10
+      timeout 400 compute-sanitizer --tool memcheck --leak-check no $T -test.run 'TestCUDAConformance$|TestCUDAFused|TestCUDAPlanPaths|TestCUDAGraphGradient' -test.short 2>&1 | tee "$OUT/memcheck.log" | grep -E 'ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -10
       ;;
     racecheck)
-      timeout 180 compute-sanitizer --tool racecheck $T -test.run 'TestCUDAConformance$/(Random|PlanPatterns|KnownAnswers)|TestCUDAFused' -test.short 2>&1 | tee "$OUT/racecheck.log" | grep -E 'RACECHECK SUMMARY|ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -10
-      timeout 90 compute-sanitizer --tool synccheck $T -test.run 'TestCUDAConformance$/(Random|PlanPatterns)' -test.short 2>&1 | tee -a "$OUT/racecheck.log" | grep -E 'SUMMARY|^(ok|PASS|FAIL)' | tail -5
+      timeout 180 compute-sanitizer --tool racecheck $T -test.run 'TestCUDAConformance$/(Random|PlanPatterns|KnownAnswers)|TestCUDAFused|TestCUDAPlanPaths' -test.short 2>&1 | tee "$OUT/racecheck.log" | grep -E 'RACECHECK SUMMARY|ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -10
+      timeout 90 compute-sanitizer --tool synccheck $T -test.run 'TestCUDAConformance$/(Random|PlanPatterns)|TestCUDAPlanPaths' -test.short 2>&1 | tee -a "$OUT/racecheck.log" | grep -E 'SUMMARY|^(ok|PASS|FAIL)' | tail -5
       ;;
     bench)
       : > "$OUT/bench.jsonl"
@@ -37,16 +37,23 @@ for stage in "$@"; do
         timeout 120 $B -device cuda -op dispatch,dispatch-bwd,combine,combine-bwd,combine-bwd-x,combine-bwd-w,plan,e2e,e2e-bwd -tokens $1 -hidden 4096 -experts $2 -top-k 2 -reps 50 -warmup 5 -json >> "$OUT/bench.jsonl" || echo "bench failed for $shp"
       done
       timeout 60 $B -device cuda -op route,route-bwd,plan -tokens 8192 -hidden 4096 -experts 32 -top-k 2 -reps 100 -warmup 10 -json >> "$OUT/bench.jsonl"
-      python3 - "$OUT/bench.jsonl" <<'PY'
+      # Comparisons (device_desc names the switch): the three-launch plan, streaming dispatch stores.
+      : > "$OUT/bench-variants.jsonl"
+      EXPERTRT_CUDA_PLAN=multi timeout 60 $B -device cuda -op plan,e2e -tokens 4096 -hidden 4096 -experts 16 -top-k 2 -reps 50 -warmup 5 -json >> "$OUT/bench-variants.jsonl"
+      EXPERTRT_CUDA_PLAN=multi timeout 60 $B -device cuda -op plan -tokens 8192 -hidden 4096 -experts 32 -top-k 2 -reps 100 -warmup 10 -json >> "$OUT/bench-variants.jsonl"
+      EXPERTRT_CUDA_STREAM_DISPATCH=1 timeout 60 $B -device cuda -op dispatch,e2e -tokens 4096 -hidden 4096 -experts 16 -top-k 2 -reps 50 -warmup 5 -json >> "$OUT/bench-variants.jsonl"
+      python3 - "$OUT/bench.jsonl" "$OUT/bench-variants.jsonl" <<'PY'
 import json, sys
-txt = open(sys.argv[1]).read()
+txt = open(sys.argv[1]).read() + open(sys.argv[2]).read()
 dec = json.JSONDecoder(); i = 0; rows = []
 while i < len(txt):
     while i < len(txt) and txt[i].isspace(): i += 1
     if i >= len(txt): break
     o, i = dec.raw_decode(txt, i); rows += o["results"] if isinstance(o, dict) else o
 for r in rows:
-    print(f"ours {r['op']:18s} T={r['tokens']:6d} E={r['experts']:3d}  {r['median_ms']*1e3:9.1f} us  {r['gb_per_s']:7.1f} GB/s  copy {r['copy_gb_per_s']:7.1f} GB/s  ratio {r['ratio_to_copy']:.3f}")
+    tag = "variant" if "[" in r.get("device_desc", "") else "ours"
+    note = r.get("device_desc", "").partition("[")[2].rstrip("]")
+    print(f"{tag} {r['op']:18s} T={r['tokens']:6d} E={r['experts']:3d}  {r['median_ms']*1e3:9.1f} us  {r['gb_per_s']:7.1f} GB/s  copy {r['copy_gb_per_s']:7.1f} GB/s  ratio {r['ratio_to_copy']:.3f}  {note}")
 PY
       ;;
     torch)

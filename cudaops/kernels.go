@@ -116,8 +116,9 @@ func PlanSections(plan cu.DevicePtr, T, K, E int) (counts, offsets, rowOf, slotO
 }
 
 // Plan builds the routing plan of idx [T,K] over E experts into plan [2E+1+2TK] (int32), on the device
-// with no host synchronisation: one launch when E <= 256 and T*K <= 16384 (plan_small), else three
-// launches with scratch memory from the caching allocator.
+// with no host synchronisation: one launch (plan_onepass) when a grid for it fits on the device at once
+// (onePassPlan), else three launches (plan_count, plan_scan, plan_scatter). Scratch memory comes from
+// the caching allocator. Both paths give the same plan.
 func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 	if err := checkDims("plan", T, K, E); err != nil {
 		return err
@@ -126,23 +127,32 @@ func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 	if int64(T)*int64(K) > 1<<30 {
 		return fmt.Errorf("cudaops: plan: T*K=%d too large", int64(T)*int64(K))
 	}
-	wpb := 8
-	for wpb > 1 && wpb*E*4 > 48*1024 {
-		wpb /= 2
-	}
 	if E*4 > 48*1024 {
 		return fmt.Errorf("cudaops: plan: E=%d experts exceed the shared-memory counters (max %d)", E, 48*1024/4)
 	}
 	counts, offsets, rowOf, slotOf := PlanSections(plan, T, K, E)
-	const round = 32 * 8
-	if E <= 256 && n <= 16384 {
-		// One launch: 32 warps, each a chunk of whole rounds (plan_small in plan.cu).
-		chunk := ((n+31)/32 + round - 1) / round * round
-		return d.launch("plan_small", launchCfg{grid: 1, block: 1024, smem: 32 * E * 4}, ptrArg(idx), i32(n), i32(E), i32(chunk),
-			ptrArg(counts), ptrArg(offsets), ptrArg(rowOf), ptrArg(slotOf), ptrArg(d.fault))
+	if d.planMode != PlanMultiLaunch {
+		cfg, rounds, ok, err := d.onePassPlan(n, E)
+		if err != nil {
+			return err
+		}
+		if ok {
+			scratch, err := d.alloc.get(int64(cfg.grid) * int64(E) * 4)
+			if err != nil {
+				return fmt.Errorf("cudaops: plan scratch: %w", err)
+			}
+			defer d.alloc.put(scratch)
+			return d.launch("plan_onepass", cfg, ptrArg(idx), i32(n), i32(E), i32(rounds), ptrArg(scratch),
+				ptrArg(counts), ptrArg(offsets), ptrArg(rowOf), ptrArg(slotOf), ptrArg(d.fault), ptrArg(d.barrier()))
+		}
+	}
+	wpb := 8
+	for wpb > 1 && wpb*E*4 > 48*1024 {
+		wpb /= 2
 	}
 	// Chunks of whole rounds (32 lanes * 8 slots, see plan.cu), at most ~128 of them so that the scan
 	// over chunks stays short.
+	const round = 32 * 8
 	rounds := (n + round - 1) / round
 	chunk := (rounds + 127) / 128 * round
 	chunks := (n + chunk - 1) / chunk
@@ -161,7 +171,104 @@ func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 	return d.launch("plan_scatter", grid, ptrArg(idx), i32(n), i32(E), i32(chunk), i32(chunks), ptrArg(scratch), ptrArg(rowOf), ptrArg(slotOf))
 }
 
+// PlanMode selects the plan kernels (SetPlanMode).
+type PlanMode int
+
+const (
+	// PlanAuto (the default) uses the one-launch plan where it fits, else the three-launch plan.
+	PlanAuto PlanMode = iota
+	// PlanMultiLaunch always uses the three-launch plan (for tests and comparisons).
+	PlanMultiLaunch
+)
+
+// SetPlanMode selects the plan kernels for later Plan calls. Both modes produce the same plan.
+func (d *Device) SetPlanMode(m PlanMode) { d.planMode = m }
+
+// One-pass plan limits: warps per block at most onePassMaxWarps (fewer when E is large), tiles of 32 *
+// rounds slots with rounds <= onePassMaxRounds (ONEPASS_MAX_ROUNDS in plan.cu), preferably at most
+// onePassPreferBlocks blocks (fewer arrivals at the barrier, less to read after it), never more blocks
+// than are resident at once, and at most onePassMaxCells per-block counts to read after the barrier.
+const (
+	onePassMaxWarps     = 16
+	onePassMaxRounds    = 8
+	onePassPreferBlocks = 64
+	onePassMaxCells     = 8192
+)
+
+// onePassPlan sizes the one-pass plan for n slots and E experts: the launch, the rounds per warp tile,
+// and whether it applies (every block of the grid must be resident at once for its grid barrier: the
+// grid is at most the multiprocessors times the blocks the occupancy calculator allows per
+// multiprocessor).
+func (d *Device) onePassPlan(n, E int) (launchCfg, int, bool, error) {
+	const static = 128 // plan_onepass's own shared memory (block_exclusive_scan)
+	w := onePassMaxWarps
+	for w > 4 && (w+2)*E*4+static > 48*1024 {
+		w /= 2
+	}
+	smem := (w + 2) * E * 4
+	if smem+static > 48*1024 || smem+static > d.maxSmem {
+		return launchCfg{}, 0, false, nil
+	}
+	perSM, err := d.occupancy("plan_onepass", w*32, smem)
+	if err != nil {
+		return launchCfg{}, 0, false, err
+	}
+	maxBlocks := perSM * d.sms
+	pick := func(limit int) (int, int) {
+		for r := 1; r <= onePassMaxRounds; r++ {
+			g := (n + w*32*r - 1) / (w * 32 * r)
+			if g <= limit && g <= maxBlocks && int64(g)*int64(E) <= onePassMaxCells {
+				return g, r
+			}
+		}
+		return 0, 0
+	}
+	g, r := pick(onePassPreferBlocks)
+	if g == 0 {
+		g, r = pick(maxBlocks)
+	}
+	if g == 0 {
+		return launchCfg{}, 0, false, nil
+	}
+	return launchCfg{grid: g, block: w * 32, smem: smem}, r, true, nil
+}
+
+// occupancy returns how many blocks of kernel name (block threads, smem dynamic shared bytes) fit on
+// one multiprocessor at once, cached per configuration.
+func (d *Device) occupancy(name string, block, smem int) (int, error) {
+	key := occKey{name, block, smem}
+	var n int
+	err := d.do(func() error {
+		if v, ok := d.occ[key]; ok {
+			n = v
+			return nil
+		}
+		fn, ok := d.fns[name]
+		if !ok {
+			return fmt.Errorf("cudaops: kernel %s is not in the embedded PTX", name)
+		}
+		v, err := fn.MaxActiveBlocksPerMultiProcessor(block, int64(smem))
+		if err != nil {
+			return fmt.Errorf("cudaops: occupancy of %s: %w", name, err)
+		}
+		if d.occ == nil {
+			d.occ = map[occKey]int{}
+		}
+		d.occ[key] = v
+		n = v
+		return nil
+	})
+	return n, err
+}
+
+type occKey struct {
+	name        string
+	block, smem int
+}
+
 // Dispatch writes out[rowOf[t*K+j]] = scale * x[t] (x [T,H], out [T*K,H]); scale = w[t,j] or 1 (w == 0).
+// The output rows are written with plain stores (they stay in L2 for the next kernel) unless
+// SetStreamingDispatchStores(true).
 func (d *Device) Dispatch(dt tensor.Dtype, x, w, rowOf, out cu.DevicePtr, T, K, H int) error {
 	if err := checkDims("dispatch", T, K, H); err != nil {
 		return err
@@ -170,8 +277,13 @@ func (d *Device) Dispatch(dt tensor.Dtype, x, w, rowOf, out cu.DevicePtr, T, K, 
 	if err != nil {
 		return err
 	}
-	return d.launch(name, d.warpGrid(T), ptrArg(x), ptrArg(w), ptrArg(rowOf), ptrArg(out), i32(T), i32(K), i32(nv))
+	return d.launch(name, d.warpGrid(T), ptrArg(x), ptrArg(w), ptrArg(rowOf), ptrArg(out), i32(T), i32(K), i32(nv), i32(b2i(!d.streamDispatch)))
 }
+
+// SetStreamingDispatchStores makes Dispatch write its output with streaming (evict-first) stores
+// instead of plain ones (for comparisons: plain stores let the consumer of the packed rows find part of
+// them in L2).
+func (d *Device) SetStreamingDispatchStores(on bool) { d.streamDispatch = on }
 
 // Combine writes out[t] = sum_j scale * ye[rowOf[t*K+j]] in increasing j (ye [T*K,H], out [T,H]).
 func (d *Device) Combine(dt tensor.Dtype, ye, w, rowOf, out cu.DevicePtr, T, K, H int) error {

@@ -12,7 +12,9 @@
 #define UNROLL 4
 
 // out[rowOf[t*K+j]] = scale(t,j) * x[t] for every j; scale = w[t*K+j], or 1 when w is null.
-template <typename T, typename V>
+// KEEP: plain stores, so that the rows stay in L2 for the kernel that reads them next (expert GEMM or
+// combine); otherwise streaming (evict-first) stores.
+template <typename T, typename V, bool KEEP>
 __device__ void dispatch_body(const V* __restrict__ x, const T* __restrict__ w, const int* __restrict__ rowOf,
                               V* __restrict__ out, int numTokens, int K, int nv) {
     const int lane = lane_id();
@@ -32,7 +34,13 @@ __device__ void dispatch_body(const V* __restrict__ x, const T* __restrict__ w, 
 #pragma unroll
                 for (int u = 0; u < UNROLL; u++) {
                     int c = c0 + 32 * u;
-                    if (c < nv) store_stream(dst + c, w ? vscale(sc, v[u]) : v[u]);
+                    if (c < nv) {
+                        const V o = w ? vscale(sc, v[u]) : v[u];
+                        if (KEEP)
+                            dst[c] = o;
+                        else
+                            store_stream(dst + c, o);
+                    }
                 }
             }
         }
@@ -144,8 +152,11 @@ __device__ void combine_bwd_body(const V* __restrict__ dy, const V* __restrict__
 
 #define DEFINE_PERMUTE(SUF, T, V)                                                                            \
     extern "C" __global__ void dispatch_##SUF(const V* x, const T* w, const int* rowOf, V* out, int numTokens, \
-                                              int K, int nv) {                                              \
-        dispatch_body<T, V>(x, w, rowOf, out, numTokens, K, nv);                                             \
+                                              int K, int nv, int keep) {                                    \
+        if (keep)                                                                                            \
+            dispatch_body<T, V, true>(x, w, rowOf, out, numTokens, K, nv);                                   \
+        else                                                                                                 \
+            dispatch_body<T, V, false>(x, w, rowOf, out, numTokens, K, nv);                                  \
     }                                                                                                        \
     extern "C" __global__ void combine_##SUF(const V* ye, const T* w, const int* rowOf, V* out, int numTokens, \
                                              int K, int nv) {                                               \

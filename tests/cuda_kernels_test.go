@@ -9,8 +9,11 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"sort"
 	"testing"
+	"time"
 
+	"github.com/expertrt/expertrt-go/cudaops"
 	"github.com/expertrt/expertrt-go/ops"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -388,17 +391,46 @@ func TestCUDAWriteOracle(t *testing.T) {
 	fmt.Fprintf(os.Stderr, "oracle cases written to %s\n", dir)
 }
 
-// TestCUDAPlanPaths compares the plan with the CPU backend on both device paths: the single-launch
-// plan (E <= 256, T*K <= 16384) and the three-launch plan (larger), with skewed expert loads.
+// TestCUDAPlanPaths compares the plan with the CPU backend on both device paths, the one-launch plan
+// (plan_onepass, where its grid fits) and the three-launch plan (forced with PlanMultiLaunch, and what
+// the automatic mode takes for large problems), with skewed, single-expert and sparse expert loads.
 func TestCUDAPlanPaths(t *testing.T) {
 	b := cudaBackend(t)
-	for _, c := range []struct{ T, K, E int }{{4096, 2, 16}, {100, 3, 256}, {50000, 2, 64}, {3000, 4, 300}, {40000, 8, 1024}} {
+	d, err := b.Device()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.SetPlanMode(cudaops.PlanAuto)
+	cases := []struct {
+		T, K, E int
+		pattern string
+	}{
+		{4096, 2, 16, "skew"}, {8192, 2, 32, "skew"}, {1, 1, 1, "skew"}, {7, 2, 3, "skew"}, {100, 3, 256, "skew"},
+		{3000, 4, 300, "skew"}, {2048, 2, 1024, "skew"}, {16384, 2, 64, "skew"}, {33000, 2, 16, "skew"},
+		{50000, 2, 64, "skew"}, {40000, 8, 1024, "skew"}, {4096, 2, 16, "one"}, {5000, 2, 2000, "sparse"},
+		{8192, 2, 32, "one"}, {300000, 2, 8, "skew"},
+	}
+	reps := 3 // repeated launches reuse the grid barrier state
+	if testing.Short() {
+		reps = 1 // (sanitizer runs)
+	}
+	for _, c := range cases {
+		if testing.Short() && c.T*c.K > 100000 {
+			continue
+		}
 		rng := rand.New(rand.NewSource(int64(c.T + c.E)))
 		v := make([]int32, c.T*c.K)
 		for i := range v {
 			e := rng.Intn(c.E)
-			if rng.Intn(3) == 0 {
-				e = rng.Intn(min(4, c.E)) // skew: a few hot experts
+			switch c.pattern {
+			case "skew":
+				if rng.Intn(3) == 0 {
+					e = rng.Intn(min(4, c.E)) // a few hot experts
+				}
+			case "one":
+				e = c.E - 1
+			case "sparse":
+				e = (e % 7) * (c.E / 7) // most experts empty
 			}
 			v[i] = int32(e)
 		}
@@ -411,19 +443,166 @@ func TestCUDAPlanPaths(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		plan, err := b.New(tensor.Int32, ops.PlanLen(c.T, c.K, c.E))
+		for _, mode := range []cudaops.PlanMode{cudaops.PlanAuto, cudaops.PlanMultiLaunch} {
+			d.SetPlanMode(mode)
+			for rep := 0; rep < reps; rep++ {
+				plan, err := b.New(tensor.Int32, ops.PlanLen(c.T, c.K, c.E))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := b.Plan(idx, c.E, plan); err != nil {
+					t.Fatal(err)
+				}
+				got, err := b.ToHost(plan)
+				if err != nil {
+					t.Fatalf("T=%d K=%d E=%d %s mode %d: %v", c.T, c.K, c.E, c.pattern, mode, err)
+				}
+				if string(got.Raw) != string(want.Raw) {
+					t.Errorf("T=%d K=%d E=%d %s mode %d rep %d: plan differs from the CPU backend", c.T, c.K, c.E, c.pattern, mode, rep)
+				}
+				if err := b.Free(plan); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+}
+
+// TestCUDAPlanTiming logs device times (CUDA events, median of 50) of both plan paths and of route at
+// the benchmark shapes; a diagnostic (skipped with -short), it fails only on errors.
+func TestCUDAPlanTiming(t *testing.T) {
+	if testing.Short() {
+		t.Skip("timing diagnostic")
+	}
+	b := cudaBackend(t)
+	d, err := b.Device()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.SetPlanMode(cudaops.PlanAuto)
+	for _, c := range []struct{ T, K, E int }{{4096, 2, 16}, {4096, 2, 64}, {8192, 2, 32}, {16384, 2, 16}, {16384, 2, 64}, {65536, 2, 64}} {
+		p := newPipeline(1, c.T, c.E, c.K, 8, tensor.Float32)
+		p.cfg = ops.RouteConfig{K: c.K, Scoring: ops.SoftmaxTopK, Renormalize: true}
+		logits, err := b.FromHost(p.in["logits"])
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := b.Plan(idx, c.E, plan); err != nil {
-			t.Fatal(err)
+		idx, _ := b.New(tensor.Int32, c.T, c.K)
+		w, _ := b.New(tensor.Float32, c.T, c.K)
+		plan, _ := b.New(tensor.Int32, ops.PlanLen(c.T, c.K, c.E))
+		median := func(fn func() error) time.Duration {
+			var ds []time.Duration
+			for i := 0; i < 55; i++ {
+				dt, err := d.Time(200*time.Microsecond, fn)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if i >= 5 {
+					ds = append(ds, dt)
+				}
+			}
+			sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+			return ds[len(ds)/2]
 		}
-		got, err := b.ToHost(plan)
-		if err != nil {
-			t.Fatal(err)
+		route := median(func() error { return b.Route(logits, p.cfg, idx, w) })
+		d.SetPlanMode(cudaops.PlanAuto)
+		auto := median(func() error { return b.Plan(idx, c.E, plan) })
+		both := median(func() error {
+			if err := b.Route(logits, p.cfg, idx, w); err != nil {
+				return err
+			}
+			return b.Plan(idx, c.E, plan)
+		})
+		d.SetPlanMode(cudaops.PlanMultiLaunch)
+		multi := median(func() error { return b.Plan(idx, c.E, plan) })
+		t.Logf("plan-timing T=%d K=%d E=%d: route %.1f us, plan auto %.1f us, multi-launch %.1f us, route+plan %.1f us",
+			c.T, c.K, c.E, us(route), us(auto), us(multi), us(both))
+		for _, x := range []*tensor.Dense{logits, idx, w, plan} {
+			_ = b.Free(x)
 		}
-		if string(got.Raw) != string(want.Raw) {
-			t.Errorf("T=%d K=%d E=%d: plan differs from the CPU backend", c.T, c.K, c.E)
+	}
+}
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// TestCUDAGraphGradient builds route -> dispatch -> combine on device tensors, backpropagates a given
+// output gradient R (a device tensor node) to x and the logits with G.Backpropagate, runs the graph
+// on a TapeMachine with the CUDA engine and with the default engine, and compares dx and dlogits with
+// the same graph on host tensors. This runs the fused combine backward and its two view nodes on the
+// GPU. Values are read from the nodes directly.
+func TestCUDAGraphGradient(t *testing.T) {
+	b := cudaBackend(t)
+	eng, err := b.Engine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		T, E, K, H int
+		dt         tensor.Dtype
+		tol        float64
+	}{
+		{256, 8, 2, 64, tensor.Float64, 1e-12},
+		{300, 16, 4, 36, tensor.Float32, 2e-5},
+	} {
+		p := newPipeline(21, c.T, c.E, c.K, c.H, c.dt)
+		run := func(logits, x, r *tensor.Dense, opts ...G.VMOpt) (dx, dl *tensor.Dense) {
+			g := G.NewGraph()
+			l := G.NewMatrix(g, c.dt, G.WithShape(c.T, c.E), G.WithName("logits"), G.WithValue(logits))
+			xn := G.NewMatrix(g, c.dt, G.WithShape(c.T, c.H), G.WithName("x"), G.WithValue(x))
+			rn := G.NewMatrix(g, c.dt, G.WithShape(c.T, c.H), G.WithName("R"), G.WithValue(r))
+			rt, err := ops.Route(l, p.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			xe, err := ops.Dispatch(xn, rt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			y, err := ops.Combine(xe, rt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			grads, err := G.Backpropagate(G.Nodes{y}, G.Nodes{rn}, G.Nodes{xn, l})
+			if err != nil {
+				t.Fatalf("Backpropagate: %v", err)
+			}
+			m := G.NewTapeMachine(g, opts...)
+			defer m.Close()
+			if err := m.RunAll(); err != nil {
+				t.Fatalf("RunAll: %v", err)
+			}
+			return grads[0].Value().(*tensor.Dense), grads[1].Value().(*tensor.Dense)
+		}
+		rHost := p.in["dy"]
+		wantDx, wantDl := run(p.in["logits"], p.in["x"], rHost)
+		toDev := func(h *tensor.Dense) *tensor.Dense {
+			d, err := b.FromHost(h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}
+		lD, xD, rD := toDev(p.in["logits"]), toDev(p.in["x"]), toDev(rHost)
+		for _, eng := range []struct {
+			name string
+			opts []G.VMOpt
+		}{{"cuda engine", []G.VMOpt{G.WithEngine(eng)}}, {"default engine", nil}} {
+			dxD, dlD := run(lD, xD, rD, eng.opts...)
+			for _, v := range []struct {
+				name      string
+				got, want *tensor.Dense
+			}{{"dx", dxD, wantDx}, {"dlogits", dlD, wantDl}} {
+				if !b.Owns(v.got) {
+					t.Fatalf("%v %s: %s is not a device tensor", c.dt, eng.name, v.name)
+				}
+				h, err := b.ToHost(v.got)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if e := maxRelErr(h, v.want); e > c.tol {
+					t.Errorf("%v %s: %s differs from the host graph by %.3g (tolerance %g)", c.dt, eng.name, v.name, e, c.tol)
+				}
+			}
 		}
 	}
 }
