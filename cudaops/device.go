@@ -40,6 +40,7 @@ type Device struct {
 
 	occ            map[occKey]int // occupancy per kernel configuration (under mu)
 	planMode       PlanMode
+	planBlocks     int
 	streamDispatch bool
 
 	closed bool

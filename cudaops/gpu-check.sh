@@ -49,7 +49,8 @@ dec = json.JSONDecoder(); i = 0; rows = []
 while i < len(txt):
     while i < len(txt) and txt[i].isspace(): i += 1
     if i >= len(txt): break
-    o, i = dec.raw_decode(txt, i); rows += o["results"] if isinstance(o, dict) else o
+    o, i = dec.raw_decode(txt, i)
+    rows += o if isinstance(o, list) else o.get("results", [o])
 for r in rows:
     tag = "variant" if "[" in r.get("device_desc", "") else "ours"
     note = r.get("device_desc", "").partition("[")[2].rstrip("]")

@@ -184,6 +184,10 @@ const (
 // SetPlanMode selects the plan kernels for later Plan calls. Both modes produce the same plan.
 func (d *Device) SetPlanMode(m PlanMode) { d.planMode = m }
 
+// SetPlanBlocks sets the block count the one-pass plan prefers (0: the default, onePassPreferBlocks):
+// its tiles grow until the grid has at most that many blocks. For tuning; the plan is the same.
+func (d *Device) SetPlanBlocks(n int) { d.planBlocks = n }
+
 // One-pass plan limits: warps per block at most onePassMaxWarps (fewer when E is large), tiles of 32 *
 // rounds slots with rounds <= onePassMaxRounds (ONEPASS_MAX_ROUNDS in plan.cu), preferably at most
 // onePassPreferBlocks blocks (fewer arrivals at the barrier, less to read after it), never more blocks
@@ -223,7 +227,11 @@ func (d *Device) onePassPlan(n, E int) (launchCfg, int, bool, error) {
 		}
 		return 0, 0
 	}
-	g, r := pick(onePassPreferBlocks)
+	prefer := onePassPreferBlocks
+	if d.planBlocks > 0 {
+		prefer = d.planBlocks
+	}
+	g, r := pick(prefer)
 	if g == 0 {
 		g, r = pick(maxBlocks)
 	}

@@ -179,15 +179,20 @@ __device__ __forceinline__ unsigned long long global_timer_ns() {
     return t;
 }
 
-// Barrier over all blocks of the launch, which must all be resident at once (the host sizes the grid
-// with the occupancy calculator). bar[0] counts arrivals, bar[1] is the generation: each block reads
-// the generation before it arrives; the last block to arrive resets the count and bumps the generation,
-// so the barrier is ready for the next launch without any host work. Memory written before the barrier
-// is visible to every block after it (fences on both sides; readers use L1-bypassing loads). A block
-// that waits longer than BARRIER_TIMEOUT_NS raises FAULT_GRID_BARRIER and goes on: a wrong result that
-// the host reports, never a hang.
-__device__ void grid_barrier(unsigned int* bar, unsigned int* fault) {
+// Barrier over all blocks of the launch, in two halves so that a block can work between arriving and
+// waiting. All blocks must be resident at once (the host sizes the grid with the occupancy
+// calculator). bar[0] counts arrivals, bar[1] is the generation: each block reads the generation before
+// it arrives; the last block to arrive resets the count and bumps the generation, so the barrier is
+// ready for the next launch without any host work. Memory written before grid_arrive is visible to
+// every block after grid_wait (fences on both sides; readers use L1-bypassing loads). A block that
+// waits longer than BARRIER_TIMEOUT_NS raises FAULT_GRID_BARRIER and goes on: a wrong result that the
+// host reports, never a hang.
+//
+// grid_arrive: call from every thread; returns, in thread 0, the generation to wait on, or ~0u when
+// this block arrived last (nothing to wait for).
+__device__ unsigned int grid_arrive(unsigned int* bar) {
     __syncthreads();
+    unsigned int wait = ~0u;
     if (threadIdx.x == 0) {
         volatile unsigned int* gen = bar + 1;
         const unsigned int g = *gen;
@@ -197,8 +202,19 @@ __device__ void grid_barrier(unsigned int* bar, unsigned int* fault) {
             __threadfence();
             atomicAdd(bar + 1, 1u);
         } else {
+            wait = g;
+        }
+    }
+    return wait;
+}
+
+// grid_wait: call from every thread with grid_arrive's result.
+__device__ void grid_wait(unsigned int* bar, unsigned int wait, unsigned int* fault) {
+    if (threadIdx.x == 0) {
+        if (wait != ~0u) {
+            volatile unsigned int* gen = bar + 1;
             const unsigned long long t0 = global_timer_ns();
-            while (*gen == g) {
+            while (*gen == wait) {
                 if (global_timer_ns() - t0 > BARRIER_TIMEOUT_NS) {
                     atomicOr(fault, FAULT_GRID_BARRIER);
                     break;
@@ -253,7 +269,7 @@ __device__ void block_exclusive_scan(int* a, int n) {
 //   1. each warp counts its tile per expert (peer masks from ballots, kept for phase 3) into its row of
 //      wc[W][E]; the rows become exclusive prefixes over the warps, and the block's totals go to
 //      scratch[b][e];
-//   2. grid barrier; every block sums scratch over all blocks (tot[e]) and over the blocks before it
+//   2. grid barrier (the warp rows become prefixes while it waits); every block sums scratch over all blocks (tot[e]) and over the blocks before it
 //      (base[e]); offsets = exclusive scan of tot (block 0 writes counts and offsets);
 //   3. each warp ranks its slots in slot order: row = offsets[e] + base[e] + wc[w][e] + (earlier lanes
 //      of the same expert in this round), the warp's counter advancing round by round.
@@ -294,31 +310,38 @@ extern "C" __global__ void __launch_bounds__(512, 1) plan_onepass(const int* __r
     __syncthreads();
     for (int e = tid; e < E; e += nt) {
         int run = 0;
+        for (int v = 0; v < W; v++) run += wc[v * E + e];
+        __stcg(scratch + blockIdx.x * E + e, run);
+    }
+
+    // Phase 2 (the host keeps G * E <= onePassMaxCells, so 32-bit cell indices). While the other
+    // blocks arrive, the warp rows become exclusive prefixes over the warps.
+    const unsigned int wait = grid_arrive(bar);
+    for (int e = tid; e < E; e += nt) {
+        int run = 0;
         for (int v = 0; v < W; v++) {
             const int c = wc[v * E + e];
             wc[v * E + e] = run;
             run += c;
         }
-        __stcg(scratch + (long long)blockIdx.x * E + e, run);
     }
-
-    // Phase 2.
-    grid_barrier(bar, fault);
-    const long long cells = (long long)gridDim.x * E;
-    for (long long j0 = tid; j0 < cells; j0 += 8LL * nt) {
+    grid_wait(bar, wait, fault);
+    const int cells = gridDim.x * E;
+    for (int j0 = tid; j0 < cells; j0 += 8 * nt) {
         int v[8];
 #pragma unroll
         for (int u = 0; u < 8; u++) {
-            const long long j = j0 + (long long)u * nt;
+            const int j = j0 + u * nt;
             v[u] = j < cells ? __ldcg(scratch + j) : 0;
         }
 #pragma unroll
         for (int u = 0; u < 8; u++) {
-            const long long j = j0 + (long long)u * nt;
+            const int j = j0 + u * nt;
             if (j < cells && v[u] != 0) {
-                const int e = (int)(j % E);
+                const int b = j / E;
+                const int e = j - b * E;
                 atomicAdd(&tot[e], v[u]);
-                if (j / E < blockIdx.x) atomicAdd(&base[e], v[u]);
+                if (b < (int)blockIdx.x) atomicAdd(&base[e], v[u]);
             }
         }
     }

@@ -400,7 +400,7 @@ func TestCUDAPlanPaths(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.SetPlanMode(cudaops.PlanAuto)
+	defer func() { d.SetPlanMode(cudaops.PlanAuto); d.SetPlanBlocks(0) }()
 	cases := []struct {
 		T, K, E int
 		pattern string
@@ -443,8 +443,15 @@ func TestCUDAPlanPaths(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, mode := range []cudaops.PlanMode{cudaops.PlanAuto, cudaops.PlanMultiLaunch} {
-			d.SetPlanMode(mode)
+		for mode := 0; mode < 3; mode++ { // one-pass (default tiles), one-pass (4 blocks), three-launch
+			d.SetPlanMode(cudaops.PlanAuto)
+			d.SetPlanBlocks(0)
+			switch mode {
+			case 1:
+				d.SetPlanBlocks(4)
+			case 2:
+				d.SetPlanMode(cudaops.PlanMultiLaunch)
+			}
 			for rep := 0; rep < reps; rep++ {
 				plan, err := b.New(tensor.Int32, ops.PlanLen(c.T, c.K, c.E))
 				if err != nil {
@@ -506,6 +513,12 @@ func TestCUDAPlanTiming(t *testing.T) {
 		}
 		route := median(func() error { return b.Route(logits, p.cfg, idx, w) })
 		d.SetPlanMode(cudaops.PlanAuto)
+		var byBlocks string
+		for _, nb := range []int{4, 8, 32} {
+			d.SetPlanBlocks(nb)
+			byBlocks += fmt.Sprintf(" %d:%.1f", nb, us(median(func() error { return b.Plan(idx, c.E, plan) })))
+		}
+		d.SetPlanBlocks(0)
 		auto := median(func() error { return b.Plan(idx, c.E, plan) })
 		both := median(func() error {
 			if err := b.Route(logits, p.cfg, idx, w); err != nil {
@@ -515,8 +528,8 @@ func TestCUDAPlanTiming(t *testing.T) {
 		})
 		d.SetPlanMode(cudaops.PlanMultiLaunch)
 		multi := median(func() error { return b.Plan(idx, c.E, plan) })
-		t.Logf("plan-timing T=%d K=%d E=%d: route %.1f us, plan auto %.1f us, multi-launch %.1f us, route+plan %.1f us",
-			c.T, c.K, c.E, us(route), us(auto), us(multi), us(both))
+		t.Logf("plan-timing T=%d K=%d E=%d: route %.1f us, plan auto %.1f us, multi-launch %.1f us, route+plan %.1f us, one-pass by preferred blocks%s us",
+			c.T, c.K, c.E, us(route), us(auto), us(multi), us(both), byBlocks)
 		for _, x := range []*tensor.Dense{logits, idx, w, plan} {
 			_ = b.Free(x)
 		}
