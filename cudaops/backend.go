@@ -278,25 +278,27 @@ func (b *Backend) Route(logits *tensor.Dense, cfg ops.RouteConfig, idx, w *tenso
 	return b.dev.Route(dt, pl, pi, pw, T, E, cfg.K, !cfg.EffectiveRenormalize())
 }
 
+// logitsIdxArgs validates the logits [T,E] and indices [T,K] operands shared by the route-weight kernels.
+func (b *Backend) logitsIdxArgs(what string, logits, idx *tensor.Dense) (dt tensor.Dtype, pl, pi cu.DevicePtr, T, E, K int, err error) {
+	if dt, err = floatDtype(what, logits); err != nil {
+		return
+	}
+	if T, E, err = dims2(what, "logits", logits); err != nil {
+		return
+	}
+	if _, K, err = dims2(what, "idx", idx); err != nil {
+		return
+	}
+	if pl, err = b.buf(what, "logits", logits, dt, T, E); err != nil {
+		return
+	}
+	pi, err = b.buf(what, "idx", idx, tensor.Int32, T, K)
+	return
+}
+
 func (b *Backend) RouteWeights(logits, idx *tensor.Dense, cfg ops.RouteConfig, w *tensor.Dense) error {
 	const what = "route weights"
-	dt, err := floatDtype(what, logits)
-	if err != nil {
-		return err
-	}
-	T, E, err := dims2(what, "logits", logits)
-	if err != nil {
-		return err
-	}
-	_, K, err := dims2(what, "idx", idx)
-	if err != nil {
-		return err
-	}
-	pl, err := b.buf(what, "logits", logits, dt, T, E)
-	if err != nil {
-		return err
-	}
-	pi, err := b.buf(what, "idx", idx, tensor.Int32, T, K)
+	dt, pl, pi, T, E, K, err := b.logitsIdxArgs(what, logits, idx)
 	if err != nil {
 		return err
 	}
@@ -312,23 +314,7 @@ func (b *Backend) RouteWeights(logits, idx *tensor.Dense, cfg ops.RouteConfig, w
 
 func (b *Backend) RouteWeightsGrad(logits, idx, dw *tensor.Dense, cfg ops.RouteConfig, dlogits *tensor.Dense) error {
 	const what = "route weights grad"
-	dt, err := floatDtype(what, logits)
-	if err != nil {
-		return err
-	}
-	T, E, err := dims2(what, "logits", logits)
-	if err != nil {
-		return err
-	}
-	_, K, err := dims2(what, "idx", idx)
-	if err != nil {
-		return err
-	}
-	pl, err := b.buf(what, "logits", logits, dt, T, E)
-	if err != nil {
-		return err
-	}
-	pi, err := b.buf(what, "idx", idx, tensor.Int32, T, K)
+	dt, pl, pi, T, E, K, err := b.logitsIdxArgs(what, logits, idx)
 	if err != nil {
 		return err
 	}
