@@ -374,7 +374,6 @@ func prepareCombine(e *env) (*workload, error) {
 	return wl, nil
 }
 
-// combineBwdParts prepares the two kernels of the combine backward on shared inputs.
 // combineBwdBufs makes the combine-backward operands: dy, expert outputs, and the two gradients.
 func combineBwdBufs(e *env) (dy, ye, dye, dw *tensor.Dense, err error) {
 	if err := e.routing(); err != nil {
@@ -394,6 +393,7 @@ func combineBwdBufs(e *env) (dy, ye, dye, dw *tensor.Dense, err error) {
 	return
 }
 
+// combineBwdParts prepares the two kernels of the combine backward on shared inputs.
 func combineBwdParts(e *env) (dxRun, dwRun func() error, err error) {
 	dy, ye, dye, dw, err := combineBwdBufs(e)
 	if err != nil {
