@@ -560,18 +560,34 @@ func (b *Backend) lossArgs(what string, logits, plan *tensor.Dense) (tensor.Dtyp
 	return dt, pl, pc, T, E, nil
 }
 
-func (b *Backend) LoadBalancingLoss(logits, plan *tensor.Dense) (float64, error) {
-	dt, pl, pc, T, E, err := b.lossArgs("load-balancing loss", logits, plan)
-	if err != nil {
-		return 0, err
+// scalarArgs validates a one-element output or upstream-gradient tensor of dtype dt (g may be nil).
+func (b *Backend) scalarArg(what, name string, t *tensor.Dense, dt tensor.Dtype, optional bool) (cu.DevicePtr, error) {
+	if t == nil && optional {
+		return 0, nil
 	}
-	if plan == nil {
-		return 0, fmt.Errorf("cudaops: load-balancing loss: plan is nil")
+	if t == nil || t.Shape().TotalSize() != 1 {
+		return 0, fmt.Errorf("cudaops: %s: %s must be a one-element tensor: %w", what, name, ops.ErrShape)
 	}
-	return b.dev.LoadBalancingLoss(dt, pl, pc, T, E)
+	return b.buf(what, name, t, dt)
 }
 
-func (b *Backend) LoadBalancingLossGrad(logits, plan *tensor.Dense, scale float64, dlogits *tensor.Dense) error {
+func (b *Backend) LoadBalancingLoss(logits, plan *tensor.Dense, coef float64, loss *tensor.Dense) error {
+	const what = "load-balancing loss"
+	dt, pl, pc, T, E, err := b.lossArgs(what, logits, plan)
+	if err != nil {
+		return err
+	}
+	if plan == nil {
+		return fmt.Errorf("cudaops: %s: plan is nil", what)
+	}
+	po, err := b.scalarArg(what, "loss", loss, dt, false)
+	if err != nil {
+		return err
+	}
+	return b.dev.LoadBalancingLoss(dt, pl, pc, po, T, E, coef)
+}
+
+func (b *Backend) LoadBalancingLossGrad(logits, plan *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error {
 	const what = "load-balancing loss grad"
 	dt, pl, pc, T, E, err := b.lossArgs(what, logits, plan)
 	if err != nil {
@@ -580,32 +596,45 @@ func (b *Backend) LoadBalancingLossGrad(logits, plan *tensor.Dense, scale float6
 	if plan == nil {
 		return fmt.Errorf("cudaops: %s: plan is nil", what)
 	}
+	pg, err := b.scalarArg(what, "upstream gradient", g, dt, true)
+	if err != nil {
+		return err
+	}
 	pd, err := b.buf(what, "dlogits", dlogits, dt, T, E)
 	if err != nil {
 		return err
 	}
-	return b.dev.LoadBalancingLossGrad(dt, pl, pc, pd, T, E, scale)
+	return b.dev.LoadBalancingLossGrad(dt, pl, pc, pg, pd, T, E, scale)
 }
 
-func (b *Backend) ZLoss(logits *tensor.Dense) (float64, error) {
-	dt, pl, _, T, E, err := b.lossArgs("z-loss", logits, nil)
+func (b *Backend) ZLoss(logits *tensor.Dense, coef float64, loss *tensor.Dense) error {
+	const what = "z-loss"
+	dt, pl, _, T, E, err := b.lossArgs(what, logits, nil)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	return b.dev.ZLoss(dt, pl, T, E)
+	po, err := b.scalarArg(what, "loss", loss, dt, false)
+	if err != nil {
+		return err
+	}
+	return b.dev.ZLoss(dt, pl, po, T, E, coef)
 }
 
-func (b *Backend) ZLossGrad(logits *tensor.Dense, scale float64, dlogits *tensor.Dense) error {
+func (b *Backend) ZLossGrad(logits *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error {
 	const what = "z-loss grad"
 	dt, pl, _, T, E, err := b.lossArgs(what, logits, nil)
 	if err != nil {
 		return err
 	}
+	pg, err := b.scalarArg(what, "upstream gradient", g, dt, true)
+	if err != nil {
+		return err
+	}
 	pd, err := b.buf(what, "dlogits", dlogits, dt, T, E)
 	if err != nil {
 		return err
 	}
-	return b.dev.ZLossGrad(dt, pl, pd, T, E, scale)
+	return b.dev.ZLossGrad(dt, pl, pg, pd, T, E, scale)
 }
 
 var _ ops.Backend = (*Backend)(nil)

@@ -351,45 +351,42 @@ func (d *Device) GroupedMatMulGradW(dt tensor.Dtype, x, dy, offsets, dW cu.Devic
 	return d.launch("gmm_gradw_"+suf, d.flatGrid(int64(E)*int64(In)*int64(Out)), ptrArg(x), ptrArg(dy), ptrArg(offsets), i32(E), i32(In), i32(Out), ptrArg(dW))
 }
 
-// LoadBalancingLoss returns E * sum_e (counts[e]/T) * mean_t softmax(logits)[t,e] (synchronises).
-func (d *Device) LoadBalancingLoss(dt tensor.Dtype, logits, counts cu.DevicePtr, T, E int) (float64, error) {
+// LoadBalancingLoss writes loss[0] = coef * E * sum_e (counts[e]/T) * mean_t softmax(logits)[t,e] in the
+// logits' dtype (no synchronisation).
+func (d *Device) LoadBalancingLoss(dt tensor.Dtype, logits, counts, loss cu.DevicePtr, T, E int, coef float64) error {
 	if err := checkDims("load-balancing loss", T, E); err != nil {
-		return 0, err
+		return err
 	}
 	suf, err := suffix(dt)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	stats, err := d.alloc.get(2 * int64(T) * int64(dt.Size()))
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer d.alloc.put(stats)
-	pe, err := d.alloc.get(int64(E)*8 + 8)
+	pe, err := d.alloc.get(int64(E) * 8)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer d.alloc.put(pe)
 	m, s := stats, offsetPtr(stats, int64(T)*int64(dt.Size()))
-	out := offsetPtr(pe, int64(E)*8)
 	if err := d.launch("softmax_stats_"+suf, d.warpGrid(T), ptrArg(logits), i32(T), i32(E), ptrArg(m), ptrArg(s)); err != nil {
-		return 0, err
+		return err
 	}
 	grid := E
 	if grid > d.sms*8 {
 		grid = d.sms * 8
 	}
 	if err := d.launch("col_mean_prob_"+suf, launchCfg{grid: grid, block: 256}, ptrArg(logits), ptrArg(m), ptrArg(s), i32(T), i32(E), ptrArg(pe)); err != nil {
-		return 0, err
+		return err
 	}
-	if err := d.launch("lbl_finish", launchCfg{grid: 1, block: 32}, ptrArg(pe), ptrArg(counts), i32(T), i32(E), ptrArg(out)); err != nil {
-		return 0, err
-	}
-	return d.readF64(out)
+	return d.launch("lbl_finish_"+suf, launchCfg{grid: 1, block: 32}, ptrArg(pe), ptrArg(counts), i32(T), i32(E), f64(coef), ptrArg(loss))
 }
 
-// LoadBalancingLossGrad writes dlogits = scale * d(LoadBalancingLoss)/dlogits.
-func (d *Device) LoadBalancingLossGrad(dt tensor.Dtype, logits, counts, dlogits cu.DevicePtr, T, E int, scale float64) error {
+// LoadBalancingLossGrad writes dlogits = scale * g[0] * d(LoadBalancingLoss)/dlogits (g == 0: g[0] = 1).
+func (d *Device) LoadBalancingLossGrad(dt tensor.Dtype, logits, counts, g, dlogits cu.DevicePtr, T, E int, scale float64) error {
 	if err := checkDims("load-balancing loss grad", T, E); err != nil {
 		return err
 	}
@@ -397,35 +394,31 @@ func (d *Device) LoadBalancingLossGrad(dt tensor.Dtype, logits, counts, dlogits 
 	if err != nil {
 		return err
 	}
-	return d.launch("lbl_grad_"+suf, d.warpGrid(T), ptrArg(logits), ptrArg(counts), i32(T), i32(E), f64(scale), ptrArg(dlogits))
+	return d.launch("lbl_grad_"+suf, d.warpGrid(T), ptrArg(logits), ptrArg(counts), i32(T), i32(E), f64(scale), ptrArg(g), ptrArg(dlogits))
 }
 
-// ZLoss returns mean_t logsumexp(logits[t,:])^2 (synchronises).
-func (d *Device) ZLoss(dt tensor.Dtype, logits cu.DevicePtr, T, E int) (float64, error) {
+// ZLoss writes loss[0] = coef * mean_t logsumexp(logits[t,:])^2 in the logits' dtype (no synchronisation).
+func (d *Device) ZLoss(dt tensor.Dtype, logits, loss cu.DevicePtr, T, E int, coef float64) error {
 	if err := checkDims("z-loss", T, E); err != nil {
-		return 0, err
+		return err
 	}
 	suf, err := suffix(dt)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	sq, err := d.alloc.get(int64(T)*8 + 8)
+	sq, err := d.alloc.get(int64(T) * 8)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer d.alloc.put(sq)
-	out := offsetPtr(sq, int64(T)*8)
 	if err := d.launch("zloss_rows_"+suf, d.warpGrid(T), ptrArg(logits), i32(T), i32(E), ptrArg(sq)); err != nil {
-		return 0, err
+		return err
 	}
-	if err := d.launch("mean_f64", launchCfg{grid: 1, block: 256}, ptrArg(sq), i64(int64(T)), ptrArg(out)); err != nil {
-		return 0, err
-	}
-	return d.readF64(out)
+	return d.launch("scaled_mean_"+suf, launchCfg{grid: 1, block: 256}, ptrArg(sq), i64(int64(T)), f64(coef), ptrArg(loss))
 }
 
-// ZLossGrad writes dlogits = scale * d(ZLoss)/dlogits.
-func (d *Device) ZLossGrad(dt tensor.Dtype, logits, dlogits cu.DevicePtr, T, E int, scale float64) error {
+// ZLossGrad writes dlogits = scale * g[0] * d(ZLoss)/dlogits (g == 0: g[0] = 1).
+func (d *Device) ZLossGrad(dt tensor.Dtype, logits, g, dlogits cu.DevicePtr, T, E int, scale float64) error {
 	if err := checkDims("z-loss grad", T, E); err != nil {
 		return err
 	}
@@ -433,7 +426,7 @@ func (d *Device) ZLossGrad(dt tensor.Dtype, logits, dlogits cu.DevicePtr, T, E i
 	if err != nil {
 		return err
 	}
-	return d.launch("zloss_grad_"+suf, d.warpGrid(T), ptrArg(logits), i32(T), i32(E), f64(scale), ptrArg(dlogits))
+	return d.launch("zloss_grad_"+suf, d.warpGrid(T), ptrArg(logits), i32(T), i32(E), f64(scale), ptrArg(g), ptrArg(dlogits))
 }
 
 // readF64 copies one float64 to the host (synchronising) and reports pending device faults.

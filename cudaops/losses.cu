@@ -56,21 +56,26 @@ __device__ void col_mean_prob_body(const T* __restrict__ logits, const T* __rest
     }
 }
 
-// out[0] = E * sum_e (counts[e] / T) * P[e], one thread, increasing e.
-extern "C" __global__ void lbl_finish(const double* P, const int* counts, int numTokens, int E, double* out) {
+// out[0] = coef * E * sum_e (counts[e] / T) * P[e], one thread, increasing e; stored in the loss dtype.
+template <typename T>
+__device__ void lbl_finish_body(const double* P, const int* counts, int numTokens, int E, double coef, T* out) {
     if (threadIdx.x == 0 && blockIdx.x == 0) {
         double acc = 0.0;
         for (int e = 0; e < E; e++) acc += ((double)counts[e] / (double)numTokens) * P[e];
-        out[0] = (double)E * acc;
+        out[0] = (T)(coef * (double)E * acc);
     }
 }
+
+// The upstream gradient of a scalar loss: g[0] when the gradient lives on the device, else 1.
+template <typename T> __device__ __forceinline__ double upstream(const T* g) { return g ? (double)g[0] : 1.0; }
 
 // dlogits[t,e] = scale * E/T * p[t,e] * (f_e - sum_e' f_e' p[t,e']).
 template <typename T>
 __device__ void lbl_grad_body(const T* __restrict__ logits, const int* __restrict__ counts, int numTokens, int E,
-                              double scale, T* __restrict__ dlogits) {
+                              double scale, const T* __restrict__ g, T* __restrict__ dlogits) {
     const int lane = lane_id();
     const double invT = 1.0 / (double)numTokens;
+    scale *= upstream(g);
     for (long long t = global_warp(); t < numTokens; t += num_warps()) {
         const T* l = logits + t * E;
         T m, s;
@@ -99,19 +104,21 @@ __device__ void zloss_rows_body(const T* __restrict__ logits, int numTokens, int
     }
 }
 
-// out[0] = sum_i in[i] / n; one block of 256 threads, fixed order.
-extern "C" __global__ void mean_f64(const double* in, long long n, double* out) {
+// out[0] = coef * sum_i in[i] / n in the loss dtype; one block of 256 threads, fixed order.
+template <typename T>
+__device__ void scaled_mean_body(const double* in, long long n, double coef, T* out) {
     double acc = 0.0;
     for (long long i = threadIdx.x; i < n; i += blockDim.x) acc += in[i];
     acc = block_sum_256(acc);
-    if (threadIdx.x == 0) out[0] = acc / (double)n;
+    if (threadIdx.x == 0) out[0] = (T)(coef * acc / (double)n);
 }
 
 // dlogits[t,e] = scale * 2/T * lse_t * softmax(logits[t,:])[e].
 template <typename T>
 __device__ void zloss_grad_body(const T* __restrict__ logits, int numTokens, int E, double scale,
-                                T* __restrict__ dlogits) {
+                                const T* __restrict__ g, T* __restrict__ dlogits) {
     const int lane = lane_id();
+    scale *= upstream(g);
     for (long long t = global_warp(); t < numTokens; t += num_warps()) {
         const T* l = logits + t * E;
         T m, s;
@@ -130,16 +137,23 @@ __device__ void zloss_grad_body(const T* __restrict__ logits, int numTokens, int
                                                    int E, double* P) {                                        \
         col_mean_prob_body<T>(logits, m, s, numTokens, E, P);                                                  \
     }                                                                                                          \
+    extern "C" __global__ void lbl_finish_##SUF(const double* P, const int* counts, int numTokens, int E,      \
+                                                double coef, T* out) {                                         \
+        lbl_finish_body<T>(P, counts, numTokens, E, coef, out);                                                \
+    }                                                                                                          \
     extern "C" __global__ void lbl_grad_##SUF(const T* logits, const int* counts, int numTokens, int E,        \
-                                              double scale, T* dlogits) {                                      \
-        lbl_grad_body<T>(logits, counts, numTokens, E, scale, dlogits);                                        \
+                                              double scale, const T* g, T* dlogits) {                          \
+        lbl_grad_body<T>(logits, counts, numTokens, E, scale, g, dlogits);                                     \
+    }                                                                                                          \
+    extern "C" __global__ void scaled_mean_##SUF(const double* in, long long n, double coef, T* out) {         \
+        scaled_mean_body<T>(in, n, coef, out);                                                                 \
     }                                                                                                          \
     extern "C" __global__ void zloss_rows_##SUF(const T* logits, int numTokens, int E, double* sq) {           \
         zloss_rows_body<T>(logits, numTokens, E, sq);                                                          \
     }                                                                                                          \
     extern "C" __global__ void zloss_grad_##SUF(const T* logits, int numTokens, int E, double scale,           \
-                                                T* dlogits) {                                                  \
-        zloss_grad_body<T>(logits, numTokens, E, scale, dlogits);                                              \
+                                                const T* g, T* dlogits) {                                      \
+        zloss_grad_body<T>(logits, numTokens, E, scale, g, dlogits);                                           \
     }
 
 DEFINE_LOSSES(f32, float)

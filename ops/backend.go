@@ -64,15 +64,19 @@ type Backend interface {
 	// GroupedMatMulGradW writes dW[e] = x_e^T · dy_e over expert e's segment. x [N,In], dy [N,Out], dW [E,In,Out].
 	GroupedMatMulGradW(x, dy, plan *tensor.Dense, dW *tensor.Dense) error
 
-	// LoadBalancingLoss returns E * sum_e (counts[e]/T) * mean_t softmax(logits)[t,e] (HF Mixtral /
-	// Switch convention, unscaled). logits [T,E].
-	LoadBalancingLoss(logits, plan *tensor.Dense) (float64, error)
-	// LoadBalancingLossGrad writes dlogits = scale * d(LoadBalancingLoss)/dlogits.
-	LoadBalancingLossGrad(logits, plan *tensor.Dense, scale float64, dlogits *tensor.Dense) error
-	// ZLoss returns mean_t logsumexp(logits[t,:])^2 (unscaled).
-	ZLoss(logits *tensor.Dense) (float64, error)
-	// ZLossGrad writes dlogits = scale * d(ZLoss)/dlogits.
-	ZLossGrad(logits *tensor.Dense, scale float64, dlogits *tensor.Dense) error
+	// LoadBalancingLoss writes loss = coef * E * sum_e (counts[e]/T) * mean_t softmax(logits)[t,e] (HF
+	// Mixtral / Switch convention) into loss, a one-element tensor of logits' dtype owned by this backend.
+	// Asynchronous backends do not synchronise: the value stays on the device until someone reads it.
+	LoadBalancingLoss(logits, plan *tensor.Dense, coef float64, loss *tensor.Dense) error
+	// LoadBalancingLossGrad writes dlogits = scale * g * d(LoadBalancingLoss with coef 1)/dlogits, where g
+	// is the upstream gradient: g[0] when g is a one-element tensor of this backend, 1 when g is nil.
+	LoadBalancingLossGrad(logits, plan *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error
+	// ZLoss writes loss = coef * mean_t logsumexp(logits[t,:])^2 into the one-element tensor loss.
+	ZLoss(logits *tensor.Dense, coef float64, loss *tensor.Dense) error
+	// ZLossGrad writes dlogits = scale * g * d(ZLoss with coef 1)/dlogits (g as in LoadBalancingLossGrad).
+	ZLossGrad(logits *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error
+
+	TrainingBackend
 }
 
 // CombineBackwarder is an optional fused kernel: one pass over dy writes both gradients of the weighted

@@ -6,20 +6,58 @@ import (
 	"gorgonia.org/tensor"
 )
 
-// LoadBalancingLoss: E * sum_e f_e * P_e with f_e = counts[e]/T and P_e = mean_t softmax(logits)[t,e].
+// LoadBalancingLoss: coef * E * sum_e f_e * P_e with f_e = counts[e]/T and P_e = mean_t softmax(logits)[t,e].
 // Sums run in float64 in token order (deterministic).
-func (cpuBackend) LoadBalancingLoss(logits, plan *tensor.Dense) (float64, error) {
-	var loss float64
-	err := byDtype(logits.Dtype(),
-		func() (err error) { loss, err = loadBalancingCPU[float32](logits, plan, 0, nil); return },
-		func() (err error) { loss, err = loadBalancingCPU[float64](logits, plan, 0, nil); return })
-	return loss, err
+func (cpuBackend) LoadBalancingLoss(logits, plan *tensor.Dense, coef float64, loss *tensor.Dense) error {
+	return byDtype(logits.Dtype(),
+		func() error {
+			l, err := loadBalancingCPU[float32](logits, plan, 0, nil)
+			return setScalar(loss, coef*l, err)
+		},
+		func() error {
+			l, err := loadBalancingCPU[float64](logits, plan, 0, nil)
+			return setScalar(loss, coef*l, err)
+		})
 }
 
-func (cpuBackend) LoadBalancingLossGrad(logits, plan *tensor.Dense, scale float64, dlogits *tensor.Dense) error {
+func (cpuBackend) LoadBalancingLossGrad(logits, plan *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error {
+	scale, err := hostGrad(scale, g)
+	if err != nil {
+		return err
+	}
 	return byDtype(logits.Dtype(),
 		func() error { _, err := loadBalancingCPU[float32](logits, plan, scale, dlogits); return err },
 		func() error { _, err := loadBalancingCPU[float64](logits, plan, scale, dlogits); return err })
+}
+
+// setScalar stores v into the one-element tensor dst (unless err is set).
+func setScalar(dst *tensor.Dense, v float64, err error) error {
+	if err != nil {
+		return err
+	}
+	if dst == nil || dst.Shape().TotalSize() != 1 {
+		return errorf("a scalar result needs a one-element tensor: %w", ErrShape)
+	}
+	switch d := dst.Data().(type) {
+	case []float32:
+		d[0] = float32(v)
+	case []float64:
+		d[0] = v
+	case float32, float64:
+		return dst.SetAt(any(v), 0)
+	default:
+		return errorf("scalar result of dtype %v: %w", dst.Dtype(), ErrDtype)
+	}
+	return nil
+}
+
+// hostGrad folds an upstream gradient tensor (one element, host memory) into scale.
+func hostGrad(scale float64, g *tensor.Dense) (float64, error) {
+	if g == nil {
+		return scale, nil
+	}
+	v, err := scalarOf(g)
+	return scale * v, err
 }
 
 // loadBalancingCPU returns the loss, and when dlogits is given writes scale * dloss/dlogits:
@@ -79,16 +117,18 @@ func loadBalancingCPU[T float](logits, plan *tensor.Dense, scale float64, dlogit
 	return 0, nil
 }
 
-// ZLoss: mean_t logsumexp(logits[t,:])^2.
-func (cpuBackend) ZLoss(logits *tensor.Dense) (float64, error) {
-	var loss float64
-	err := byDtype(logits.Dtype(),
-		func() (err error) { loss, err = zLossCPU[float32](logits, 0, nil); return },
-		func() (err error) { loss, err = zLossCPU[float64](logits, 0, nil); return })
-	return loss, err
+// ZLoss: coef * mean_t logsumexp(logits[t,:])^2.
+func (cpuBackend) ZLoss(logits *tensor.Dense, coef float64, loss *tensor.Dense) error {
+	return byDtype(logits.Dtype(),
+		func() error { l, err := zLossCPU[float32](logits, 0, nil); return setScalar(loss, coef*l, err) },
+		func() error { l, err := zLossCPU[float64](logits, 0, nil); return setScalar(loss, coef*l, err) })
 }
 
-func (cpuBackend) ZLossGrad(logits *tensor.Dense, scale float64, dlogits *tensor.Dense) error {
+func (cpuBackend) ZLossGrad(logits *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error {
+	scale, err := hostGrad(scale, g)
+	if err != nil {
+		return err
+	}
 	return byDtype(logits.Dtype(),
 		func() error { _, err := zLossCPU[float32](logits, scale, dlogits); return err },
 		func() error { _, err := zLossCPU[float64](logits, scale, dlogits); return err })

@@ -137,15 +137,21 @@ func (op *lossOp) Do(vs ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	if !op.grad {
-		var v float64
-		if op.kind == balanceLoss {
-			v, err = b.LoadBalancingLoss(logits, plan)
-		} else {
-			v, err = b.ZLoss(logits)
+		loss, err := b.New(logits.Dtype(), 1)
+		if err != nil {
+			return nil, err
 		}
-		return scalarValue(logits.Dtype(), op.coef*v), err
+		if op.kind == balanceLoss {
+			err = b.LoadBalancingLoss(logits, plan, op.coef, loss)
+		} else {
+			err = b.ZLoss(logits, op.coef, loss)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return scalarResult(b, loss)
 	}
-	g, err := scalarOf(vs[len(vs)-1])
+	scale, g, err := upstreamGrad(b, vs[len(vs)-1])
 	if err != nil {
 		return nil, err
 	}
@@ -154,7 +160,7 @@ func (op *lossOp) Do(vs ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	if op.kind == balanceLoss {
-		return out, b.LoadBalancingLossGrad(logits, plan, op.coef*g, out)
+		return out, b.LoadBalancingLossGrad(logits, plan, op.coef*scale, g, out)
 	}
-	return out, b.ZLossGrad(logits, op.coef*g, out)
+	return out, b.ZLossGrad(logits, op.coef*scale, g, out)
 }

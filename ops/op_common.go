@@ -89,6 +89,33 @@ func output(b Backend, prealloc G.Value, dt tensor.Dtype, shape ...int) (*tensor
 	return b.New(dt, shape...)
 }
 
+// scalarResult turns a one-element loss tensor into the op's value: a Gorgonia scalar (*G.F32 / *G.F64)
+// on the CPU, the one-element tensor itself on a device backend (reading it would synchronise).
+func scalarResult(b Backend, loss *tensor.Dense) (G.Value, error) {
+	if b.Name() != CPU().Name() {
+		return loss, nil
+	}
+	v, err := scalarOf(loss)
+	if err != nil {
+		return nil, err
+	}
+	return scalarValue(loss.Dtype(), v), nil
+}
+
+// upstreamGrad splits the gradient value a scalar-output op receives into a host factor and, when the
+// gradient lives on b's device, the one-element tensor holding it: host scalars give (g, nil), device
+// scalars give (1, g).
+func upstreamGrad(b Backend, v G.Value) (float64, *tensor.Dense, error) {
+	if d, ok := v.(*tensor.Dense); ok && !d.IsNativelyAccessible() {
+		if d.Shape().TotalSize() != 1 || !b.Owns(d) {
+			return 0, nil, errorf("want a one-element %s gradient, got a %v tensor of another backend: %w", b.Name(), d.Shape(), ErrMixedBackends)
+		}
+		return 1, d, nil
+	}
+	g, err := scalarOf(v)
+	return g, nil, err
+}
+
 // scalarOf reads a scalar value (a Gorgonia scalar or a one-element host tensor).
 func scalarOf(v G.Value) (float64, error) {
 	switch s := v.(type) {
@@ -111,13 +138,6 @@ func scalarOf(v G.Value) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("ops: want a scalar gradient, got %T", v)
-}
-
-func scalarValue(dt tensor.Dtype, v float64) G.Value {
-	if dt == tensor.Float32 {
-		return G.NewF32(float32(v))
-	}
-	return G.NewF64(v)
 }
 
 // nodeCheck validates a node's rank and dtype at graph-build time (nil dtype: float32 or float64).
@@ -152,3 +172,10 @@ func shapeArg(ds []G.DimSizer, i int) (tensor.Shape, error) {
 
 // anyFloat, as a dtype argument, accepts float32 and float64.
 var anyFloat = tensor.Dtype{}
+
+func scalarValue(dt tensor.Dtype, v float64) G.Value {
+	if dt == tensor.Float32 {
+		return G.NewF32(float32(v))
+	}
+	return G.NewF64(v)
+}

@@ -334,19 +334,18 @@ func (m *mutant) GroupedMatMulGradW(x, dy, plan *tensor.Dense, dW *tensor.Dense)
 	return nil
 }
 
-func (m *mutant) LoadBalancingLoss(logits, plan *tensor.Dense) (float64, error) {
-	l, err := m.Backend.LoadBalancingLoss(logits, plan)
-	if m.kind == "lbl-divides-by-tk" && err == nil {
+func (m *mutant) LoadBalancingLoss(logits, plan *tensor.Dense, coef float64, loss *tensor.Dense) error {
+	if m.kind == "lbl-divides-by-tk" {
 		T, E := logits.Shape()[0], logits.Shape()[1]
 		K := (plan.Shape().TotalSize() - 1 - 2*E) / (2 * T)
-		l /= float64(K)
+		coef /= float64(K)
 	}
-	return l, err
+	return m.Backend.LoadBalancingLoss(logits, plan, coef, loss)
 }
 
-func (m *mutant) ZLossGrad(logits *tensor.Dense, scale float64, dlogits *tensor.Dense) error {
+func (m *mutant) ZLossGrad(logits *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error {
 	if m.kind == "zloss-grad-sign" {
 		scale = -scale
 	}
-	return m.Backend.ZLossGrad(logits, scale, dlogits)
+	return m.Backend.ZLossGrad(logits, scale, g, dlogits)
 }

@@ -205,10 +205,11 @@ func TestCUDAAllocatorSteadyState(t *testing.T) {
 		if err := b.Dispatch(dev[1], nil, plan, xe); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := b.LoadBalancingLoss(dev[0], plan); err != nil {
+		loss, _ := b.New(tensor.Float32, 1)
+		if err := b.LoadBalancingLoss(dev[0], plan, 1, loss); err != nil {
 			t.Fatal(err)
 		}
-		for _, x := range append(dev, idx, w, plan, xe) {
+		for _, x := range append(dev, idx, w, plan, xe, loss) {
 			if err := b.Free(x); err != nil {
 				t.Fatal(err)
 			}

@@ -197,9 +197,15 @@ func (e *env) testKnown(t *testing.T) {
 			closeTo(t, "GroupedMatMulGradW", e.readF(t, gwWD.d), wantDW, 0, nil)
 
 			var lbl, z float64
-			mustCall(t, "LoadBalancingLoss", func() (err error) { lbl, err = e.b.LoadBalancingLoss(lD, planD.d); return err })
+			mustCall(t, "LoadBalancingLoss", func() (err error) {
+				lbl, err = e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(lD, planD.d, 1, l) })
+				return err
+			})
 			closeTo(t, "LoadBalancingLoss", []float64{lbl}, []float64{wantLBL}, tol, nil)
-			mustCall(t, "ZLoss", func() (err error) { z, err = e.b.ZLoss(lD); return err })
+			mustCall(t, "ZLoss", func() (err error) {
+				z, err = e.lossValue(dt, func(l *tensor.Dense) error { return e.b.ZLoss(lD, 1, l) })
+				return err
+			})
 			closeTo(t, "ZLoss", []float64{z}, []float64{wantZ}, tol, nil)
 		})
 	}
@@ -434,12 +440,18 @@ func (e *env) testScheduling(t *testing.T) {
 				gw := o(dt, E, H, Out)
 				mustCall(t, "GroupedMatMulGradW", func() error { return e.b.GroupedMatMulGradW(yeD, dypD, plan, gw) })
 				lg := o(dt, T, E)
-				mustCall(t, "LoadBalancingLossGrad", func() error { return e.b.LoadBalancingLossGrad(lD, plan, 0.3, lg) })
+				mustCall(t, "LoadBalancingLossGrad", func() error { return e.b.LoadBalancingLossGrad(lD, plan, 0.3, nil, lg) })
 				zg := o(dt, T, E)
-				mustCall(t, "ZLossGrad", func() error { return e.b.ZLossGrad(lD, 0.3, zg) })
+				mustCall(t, "ZLossGrad", func() error { return e.b.ZLossGrad(lD, 0.3, nil, zg) })
 				var lbl, z float64
-				mustCall(t, "LoadBalancingLoss", func() (err error) { lbl, err = e.b.LoadBalancingLoss(lD, plan); return err })
-				mustCall(t, "ZLoss", func() (err error) { z, err = e.b.ZLoss(lD); return err })
+				mustCall(t, "LoadBalancingLoss", func() (err error) {
+					lbl, err = e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(lD, plan, 1, l) })
+					return err
+				})
+				mustCall(t, "ZLoss", func() (err error) {
+					z, err = e.lossValue(dt, func(l *tensor.Dense) error { return e.b.ZLoss(lD, 1, l) })
+					return err
+				})
 				for _, d := range []*tensor.Dense{idx, w, dl, plan, d, c, cw, g, gw, lg, zg} {
 					res = append(res, e.bits(t, d))
 				}

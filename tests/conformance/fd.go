@@ -157,18 +157,24 @@ func (e *env) testFiniteDifferences(t *testing.T) {
 			// Losses (the plan's counts are constants).
 			lD := e.devF(t, dt, logits, T, E)
 			for _, scale := range []float64{1, 0.37} {
-				g = forward([]int{T, E}, func(out *tensor.Dense) error { return e.b.LoadBalancingLossGrad(lD, planD, scale, out) })
+				g = forward([]int{T, E}, func(out *tensor.Dense) error { return e.b.LoadBalancingLossGrad(lD, planD, scale, nil, out) })
 				fd = fdGrad(logits, func(v []float64) float64 {
 					var l float64
-					mustCall(t, "LoadBalancingLoss", func() (err error) { l, err = e.b.LoadBalancingLoss(e.devF(t, dt, v, T, E), planD); return err })
+					mustCall(t, "LoadBalancingLoss", func() (err error) {
+						l, err = e.lossValue(dt, func(o *tensor.Dense) error { return e.b.LoadBalancingLoss(e.devF(t, dt, v, T, E), planD, 1, o) })
+						return err
+					})
 					return scale * l
 				})
 				fdClose(t, fmt.Sprintf("LoadBalancingLossGrad(scale=%v)", scale), g, fd, e.o.FDTol)
 
-				g = forward([]int{T, E}, func(out *tensor.Dense) error { return e.b.ZLossGrad(lD, scale, out) })
+				g = forward([]int{T, E}, func(out *tensor.Dense) error { return e.b.ZLossGrad(lD, scale, nil, out) })
 				fd = fdGrad(logits, func(v []float64) float64 {
 					var l float64
-					mustCall(t, "ZLoss", func() (err error) { l, err = e.b.ZLoss(e.devF(t, dt, v, T, E)); return err })
+					mustCall(t, "ZLoss", func() (err error) {
+						l, err = e.lossValue(dt, func(o *tensor.Dense) error { return e.b.ZLoss(e.devF(t, dt, v, T, E), 1, o) })
+						return err
+					})
 					return scale * l
 				})
 				fdClose(t, fmt.Sprintf("ZLossGrad(scale=%v)", scale), g, fd, e.o.FDTol)

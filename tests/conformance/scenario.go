@@ -63,6 +63,28 @@ func (e *env) kernel(t testing.TB, what string, dt tensor.Dtype, shape []int, in
 	return o1.d
 }
 
+// lossValue runs a loss kernel that writes a one-element tensor of dtype dt and reads the value back.
+func (e *env) lossValue(dt tensor.Dtype, f func(loss *tensor.Dense) error) (float64, error) {
+	loss, err := e.b.New(dt, 1)
+	if err != nil {
+		return 0, err
+	}
+	if err := f(loss); err != nil {
+		return 0, err
+	}
+	h, err := e.b.ToHost(loss)
+	if err != nil {
+		return 0, err
+	}
+	switch v := h.Data().(type) {
+	case []float32:
+		return float64(v[0]), nil
+	case []float64:
+		return v[0], nil
+	}
+	return 0, fmt.Errorf("loss of dtype %v", h.Dtype())
+}
+
 // scalar runs a scalar-valued kernel twice and checks both runs agree bitwise and inputs are unchanged.
 func (e *env) scalar(t testing.TB, what string, ins []input, f func() (float64, error)) float64 {
 	t.Helper()
@@ -235,22 +257,41 @@ func (e *env) runScenario(t *testing.T, sc scenario) {
 
 	// ---- losses ----
 	lbl := e.scalar(t, "LoadBalancingLoss", []input{inLogits, inPlan}, func() (float64, error) {
-		return e.b.LoadBalancingLoss(logitsD, planD)
+		return e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(logitsD, planD, 1, l) })
 	})
 	closeTo(t, "LoadBalancingLoss", []float64{lbl}, []float64{refLoadBalancingLoss(logits, pv.Counts, T, E)}, tol, nil)
 	const lblScale = 0.37
 	lblG := e.kernel(t, "LoadBalancingLossGrad", dt, []int{T, E}, []input{inLogits, inPlan}, func(out *tensor.Dense) error {
-		return e.b.LoadBalancingLossGrad(logitsD, planD, lblScale, out)
+		return e.b.LoadBalancingLossGrad(logitsD, planD, lblScale, nil, out)
 	})
 	closeTo(t, "LoadBalancingLossGrad", e.readF(t, lblG), refLoadBalancingLossGrad(logits, pv.Counts, T, E, lblScale), tol, nil)
+	// The upstream gradient as a one-element tensor of the backend (a device scalar on a GPU).
+	const upstream = 0.5
+	gD := e.devF(t, dt, []float64{upstream}, 1)
+	lblGg := e.kernel(t, "LoadBalancingLossGrad(g)", dt, []int{T, E}, []input{inLogits, inPlan}, func(out *tensor.Dense) error {
+		return e.b.LoadBalancingLossGrad(logitsD, planD, lblScale, gD, out)
+	})
+	closeTo(t, "LoadBalancingLossGrad(g)", e.readF(t, lblGg), refLoadBalancingLossGrad(logits, pv.Counts, T, E, lblScale*upstream), tol, nil)
+	// Losses scale by their coefficient.
+	const coef = 0.25
+	lblc := e.scalar(t, "LoadBalancingLoss(coef)", []input{inLogits, inPlan}, func() (float64, error) {
+		return e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(logitsD, planD, coef, l) })
+	})
+	closeTo(t, "LoadBalancingLoss(coef)", []float64{lblc}, []float64{coef * refLoadBalancingLoss(logits, pv.Counts, T, E)}, tol, nil)
 
-	z := e.scalar(t, "ZLoss", []input{inLogits}, func() (float64, error) { return e.b.ZLoss(logitsD) })
+	z := e.scalar(t, "ZLoss", []input{inLogits}, func() (float64, error) {
+		return e.lossValue(dt, func(l *tensor.Dense) error { return e.b.ZLoss(logitsD, 1, l) })
+	})
 	closeTo(t, "ZLoss", []float64{z}, []float64{refZLoss(logits, T, E)}, tol, nil)
 	const zScale = 1.7
 	zG := e.kernel(t, "ZLossGrad", dt, []int{T, E}, []input{inLogits}, func(out *tensor.Dense) error {
-		return e.b.ZLossGrad(logitsD, zScale, out)
+		return e.b.ZLossGrad(logitsD, zScale, nil, out)
 	})
 	closeTo(t, "ZLossGrad", e.readF(t, zG), refZLossGrad(logits, T, E, zScale), tol, nil)
+	zGg := e.kernel(t, "ZLossGrad(g)", dt, []int{T, E}, []input{inLogits}, func(out *tensor.Dense) error {
+		return e.b.ZLossGrad(logitsD, zScale, gD, out)
+	})
+	closeTo(t, "ZLossGrad(g)", e.readF(t, zGg), refZLossGrad(logits, T, E, zScale*upstream), tol, nil)
 }
 
 // checkPlanInvariants checks the structural properties of a plan without the reference.
