@@ -62,3 +62,25 @@ type SGDParams struct {
 	LR, Momentum, WeightDecay float64
 	Nesterov                  bool
 }
+
+// TensorEngineProvider is implemented by device backends: TensorEngine returns the gorgonia.org/tensor
+// engine over the backend's memory, which implements tensor's arithmetic interfaces (Adder, Muler, ...)
+// for device tensors. A Gorgonia machine running a device graph must use it
+// (G.NewTapeMachine(g, G.WithEngine(e))) so that Gorgonia's built-in elementwise ops and the gradient sums
+// that Grad inserts run on the device.
+type TensorEngineProvider interface {
+	TensorEngine() (tensor.Engine, error)
+}
+
+// StepScoper is implemented by device backends whose memory is released explicitly per training step:
+// Gorgonia and the tensor package allocate every step's intermediate values through the engine and never
+// free them. Memory allocated between BeginStep and EndStep (by ops, the tensor engine, Gorgonia) belongs
+// to the step and goes back to the allocator at EndStep, except tensors passed to Persist. Tensors of a
+// finished step must not be used: reading one is an error, never stale data.
+type StepScoper interface {
+	BeginStep() error
+	EndStep() error
+	// Persist moves t (allocated in the current step) out of the step, e.g. optimizer state created lazily
+	// or a value the caller reads after EndStep.
+	Persist(t *tensor.Dense) error
+}
