@@ -25,7 +25,7 @@
 //	layer, _ := moe.NewLayer(g, cfg)       // weights made on the host, copied to dev
 //	out, _ := layer.Forward(x)
 //	mse, _ := ops.MSELoss(out.Y, target)
-//	cost, _ := G.Add(mse, out.AuxLoss)
+//	cost, _ := ops.AddLosses(mse, out.AuxLoss)
 //	adam, _ := ops.NewAdam(ops.DefaultAdam(1e-3))
 //	tr, _ := ops.NewTrainer(cost, layer.Params(), adam, dev)
 //	loss, err := tr.StepLoss(ops.Feeds{x: xb, target: yb}) // host batches, copied to dev

@@ -36,15 +36,13 @@ type Output struct {
 	Routing *ops.Routing // indices, weights and plan, for diagnostics
 }
 
-// RouterLoss returns AuxLoss + ZLoss (either may be absent), or nil when both are.
+// RouterLoss returns AuxLoss + ZLoss (either may be absent; ops.AddLosses, so it works on every backend),
+// or nil when both are.
 func (o *Output) RouterLoss() (*G.Node, error) {
-	switch {
-	case o.AuxLoss == nil:
-		return o.ZLoss, nil
-	case o.ZLoss == nil:
-		return o.AuxLoss, nil
+	if o.AuxLoss == nil && o.ZLoss == nil {
+		return nil, nil
 	}
-	return G.Add(o.AuxLoss, o.ZLoss)
+	return ops.AddLosses(o.AuxLoss, o.ZLoss)
 }
 
 // NewLayer adds a layer with freshly initialised weights to g: Router and W1/W3 uniform in

@@ -28,6 +28,9 @@ import (
 //   - input nodes bound to dual values (G.BindDualValues): Gorgonia zeroes those gradients with host
 //     loops. Read gradients with Node.Grad() instead (the solvers of this package do).
 //
+//   - Gorgonia's scalar arithmetic (G.Add, G.Mul, ... of two scalar nodes) on the scalar output of a
+//     project op (a loss): on a device that is a one-element device tensor. Use AddLosses.
+//
 // Accepted: elementwise arithmetic and the unary functions that the device's tensor engine implements
 // (Add, Sub, HadamardProd, HadamardDiv, scalar variants, Exp, Log, Neg, Square, Sqrt, Tanh, Sigmoid,
 // ...), Transpose, Reshape, Slice and Concat along axis 0, Read, constants, and the ops of this package.
@@ -92,8 +95,12 @@ func deviceProblem(n *G.Node) string {
 		return ""
 	}
 	switch t.Name() {
-	case "elemBinOp", "elemUnaryOp", "transposeOp", "reshapeOp", "letOp", "readOp", "constantScalar",
-		"constantTensor", "sizeOp":
+	case "elemBinOp":
+		if c := deviceScalarChild(n); c != nil {
+			return fmt.Sprintf("%v uses the scalar %q, a one-element device tensor that Gorgonia's scalar arithmetic cannot take; add losses with ops.AddLosses", op, c.Name())
+		}
+		return ""
+	case "elemUnaryOp", "transposeOp", "reshapeOp", "letOp", "readOp", "constantScalar", "constantTensor", "sizeOp":
 		return ""
 	case "sumOp":
 		if n.Deriv() != nil {
@@ -120,6 +127,26 @@ func deviceProblem(n *G.Node) string {
 		return ""
 	}
 	return fmt.Sprintf("op %v (%s) is not known to work on device memory", op, t.Name())
+}
+
+// deviceScalarChild returns an operand of n that is a scalar node computed by an op outside package
+// gorgonia (on a device, such ops return one-element device tensors), or nil.
+func deviceScalarChild(n *G.Node) *G.Node {
+	it := n.Graph().From(n.ID())
+	for it.Next() {
+		c, ok := it.Node().(*G.Node)
+		if !ok || !c.IsScalar() || c.Op() == nil {
+			continue
+		}
+		t := reflect.TypeOf(c.Op())
+		if t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if t.PkgPath() != gorgoniaPkg {
+			return c
+		}
+	}
+	return nil
 }
 
 // intField reads an int field of a struct value (unexported fields included; reflection may read them).
