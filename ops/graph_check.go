@@ -16,15 +16,20 @@ import (
 //
 //   - matrix products of Gorgonia (Mul, BatchedMatMul, OuterProd, MatVecMul, Tensordot): the compiler
 //     gives them a host output buffer. Use MatMul.
+//
 //   - Repeat, which every Broadcast* op and the gradient of Sum and Mean insert, and any Sum whose
 //     gradient is taken: host loops over the data. Use MSELoss / SoftmaxCrossEntropy for a loss, or a
 //     project op; a Sum only read in the forward pass (a metric) is accepted.
+//
 //   - SoftMax and LogSoftMax and their gradients: they allocate host memory.
+//
 //   - Slice along an axis other than 0 and Concat off axis 0 (silently zero on device memory), and the
 //     gradient of any Slice (a silently zero gradient).
+//
 //   - every other op of package gorgonia that is not known to work on a device engine (Max, At, ByIndices,
 //     dropout, convolutions, pooling, norms, ...), and any op of another package that has Gorgonia's
 //     compiler allocate its output on the host (CallsExtern and ReturnsPtr both true).
+//
 //   - input nodes bound to dual values (G.BindDualValues): Gorgonia zeroes those gradients with host
 //     loops. Read gradients with Node.Grad() instead (the solvers of this package do).
 //

@@ -76,7 +76,9 @@ func (op *addLossesOp) SymDiff(in G.Nodes, _, g *G.Node) (G.Nodes, error) {
 	return out, nil
 }
 
-func (op *addLossesOp) InferShape(...G.DimSizer) (tensor.Shape, error) { return tensor.ScalarShape(), nil }
+func (op *addLossesOp) InferShape(...G.DimSizer) (tensor.Shape, error) {
+	return tensor.ScalarShape(), nil
+}
 
 func (op *addLossesOp) Do(vs ...G.Value) (G.Value, error) {
 	if err := arity(op, op.n, vs); err != nil {
