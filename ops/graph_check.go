@@ -9,8 +9,8 @@ import (
 )
 
 // CheckDeviceGraph reports, before a graph is compiled for a device backend, every node that cannot run
-// on device memory or would give a silently wrong result there (Gorgonia v0.9.18; evidence in
-// docs/gpu-training.md). It returns nil or one error wrapping ErrUnsupported that names each offending
+// on device memory or would give a silently wrong result there (Gorgonia v0.9.18, read from its
+// sources). It returns nil or one error wrapping ErrUnsupported that names each offending
 // node and says what to use instead. Call it after G.Grad, so that the backward nodes are checked too.
 // Rejected:
 //
@@ -62,16 +62,43 @@ func CheckDeviceGraph(g *G.ExprGraph) error {
 
 // CheckDeviceVM rejects machines that cannot run a device graph: anything but Gorgonia's TapeMachine
 // (the LispMachine runs Do twice with host preallocation and its DoDiff path is broken for some
-// built-ins). Create the machine with G.NewTapeMachine(g, G.WithEngine(engine)), where engine comes
-// from the backend's TensorEngineProvider, and without G.BindDualValues.
+// built-ins), and TapeMachines made with options that read or zero values with host loops:
+// G.BindDualValues, G.WithNaNWatch, G.WithInfWatch, G.TraceExec, G.WithWatchlist. Create the machine
+// with G.NewTapeMachine(g, G.WithEngine(engine)), where engine comes from the backend's
+// TensorEngineProvider (Runner does this).
 func CheckDeviceVM(vm G.VM) error {
 	if vm == nil {
 		return errorf("device machine: nil machine: %w", ErrConfig)
 	}
-	if t := reflect.TypeOf(vm); t.String() != "*gorgonia.tapeMachine" {
+	t := reflect.TypeOf(vm)
+	if t.String() != "*gorgonia.tapeMachine" {
 		return errorf("device machine: %v cannot run a device graph; use G.NewTapeMachine(g, G.WithEngine(engine)): %w", t, ErrUnsupported)
 	}
+	// Gorgonia v0.9.18 keeps these options as bits of tapeMachine.runFlags (vm.go).
+	flags, ok := uintField(reflect.ValueOf(vm).Elem(), "runFlags")
+	if !ok {
+		return nil
+	}
+	for _, f := range []struct {
+		bit  uint
+		name string
+	}{{2, "G.WithNaNWatch"}, {3, "G.WithInfWatch"}, {6, "G.TraceExec"}, {7, "G.BindDualValues"}, {8, "G.WithWatchlist"}} {
+		if flags>>f.bit&1 == 1 {
+			return errorf("device machine: made with %s, which reads or zeroes values with host loops: %w", f.name, ErrUnsupported)
+		}
+	}
 	return nil
+}
+
+func uintField(v reflect.Value, name string) (uint64, bool) {
+	if v.Kind() != reflect.Struct {
+		return 0, false
+	}
+	f := v.FieldByName(name)
+	if !f.IsValid() || f.Kind() < reflect.Uint || f.Kind() > reflect.Uint64 {
+		return 0, false
+	}
+	return f.Uint(), true
 }
 
 const gorgoniaPkg = "gorgonia.org/gorgonia"

@@ -61,6 +61,12 @@ func NewRunner(g *G.ExprGraph, b Backend) (*Runner, error) {
 		r.scoper, _ = b.(StepScoper)
 	}
 	r.vm = G.NewTapeMachine(g, opts...)
+	if len(opts) > 0 {
+		if err := CheckDeviceVM(r.vm); err != nil {
+			r.vm.Close()
+			return nil, err
+		}
+	}
 	return r, nil
 }
 
