@@ -45,6 +45,17 @@ func matMulDims(a, b *tensor.Dense, transA, transB bool, out *tensor.Dense) (m, 
 }
 
 func matMulCPU[T float](a, b *tensor.Dense, transA, transB bool, out *tensor.Dense, m, k, n int) error {
+	if m == 0 || n == 0 { // nothing to write (and tensor's Data() cannot be taken of an empty tensor)
+		return nil
+	}
+	os, err := floats[T](out)
+	if err != nil {
+		return err
+	}
+	if k == 0 { // an empty sum; gonum rejects a leading dimension of 0
+		clear(os[:m*n])
+		return nil
+	}
 	as, err := floats[T](a)
 	if err != nil {
 		return err
@@ -52,17 +63,6 @@ func matMulCPU[T float](a, b *tensor.Dense, transA, transB bool, out *tensor.Den
 	bs, err := floats[T](b)
 	if err != nil {
 		return err
-	}
-	os, err := floats[T](out)
-	if err != nil {
-		return err
-	}
-	if m == 0 || n == 0 {
-		return nil
-	}
-	if k == 0 { // an empty sum; gonum rejects a leading dimension of 0
-		clear(os[:m*n])
-		return nil
 	}
 	tA, tB := blas.NoTrans, blas.NoTrans
 	if transA {
