@@ -500,8 +500,8 @@ func (e *env) testSGD(t *testing.T) {
 		closeTo(t, "SGDStep momentum known answer: buf", e.readF(t, buf), []float64{0.95}, tol, nil)
 
 		cases := []struct {
-			name               string
-			lr, mom, wd, clip  float64
+			name              string
+			lr, mom, wd, clip float64
 			nesterov, withBuf bool
 		}{
 			{"plain", 0.1, 0, 0, 0, false, false},
