@@ -99,7 +99,7 @@ func (r *Runner) run(feeds Feeds, update, read func() error) (err error) {
 		}
 	}
 	if err := r.vm.RunAll(); err != nil {
-		return err
+		return MachineError(err)
 	}
 	if update != nil {
 		if err := update(); err != nil {
