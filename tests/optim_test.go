@@ -18,9 +18,9 @@ type param struct {
 	v, g *tensor.Dense
 }
 
-func (p *param) Value() G.Value          { return p.v }
-func (p *param) Grad() (G.Value, error)  { return p.g, nil }
-func (p *param) Name() string            { return p.name }
+func (p *param) Value() G.Value         { return p.v }
+func (p *param) Grad() (G.Value, error) { return p.g, nil }
+func (p *param) Name() string           { return p.name }
 func vgs(ps ...*param) (out []G.ValueGrad) {
 	for _, p := range ps {
 		out = append(out, p)
