@@ -85,4 +85,3 @@ func maxRelDiff(a, b []float64) float64 {
 	}
 	return worst
 }
-
