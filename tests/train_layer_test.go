@@ -303,3 +303,103 @@ func mustFromHost(t *testing.T, b ops.Backend, h *tensor.Dense) *tensor.Dense {
 	}
 	return d
 }
+
+// TestTrainerClassifier trains a softmax classifier (MatMul + SoftmaxCrossEntropy, labels with ignored
+// rows) with SGD + Nesterov momentum on the CPU and on the host-device double: the same losses, and a
+// label out of range fails the step with ErrLabel (through the machine's error) without an update.
+func TestTrainerClassifier(t *testing.T) {
+	const n, in, classes = 32, 5, 4
+	rng := rand.New(rand.NewSource(12))
+	xs := make([][]float64, 20)
+	ys := make([][]int32, 20)
+	for b := range xs {
+		xs[b] = randVals(rng, n*in)
+		ys[b] = make([]int32, n)
+		for r := range ys[b] {
+			best, bv := 0, math.Inf(-1)
+			for c := 0; c < classes; c++ {
+				if v := xs[b][r*in+c%in] * float64(c+1); v > bv {
+					best, bv = c, v
+				}
+			}
+			ys[b][r] = int32(best)
+			if r%7 == 3 {
+				ys[b][r] = ops.IgnoreLabel
+			}
+		}
+	}
+	run := func(b ops.Backend) ([]float64, *ops.Trainer, *G.Node, *G.Node, *G.Node) {
+		g := G.NewGraph()
+		x := G.NewMatrix(g, tensor.Float64, G.WithShape(n, in), G.WithName("x"))
+		y := G.NewVector(g, tensor.Int32, G.WithShape(n), G.WithName("y"))
+		w0 := tensor.New(tensor.WithShape(in, classes), tensor.Of(tensor.Float64))
+		if b.Name() != ops.CPU().Name() {
+			w0 = mustFromHost(t, b, w0)
+		}
+		w := G.NewMatrix(g, tensor.Float64, G.WithShape(in, classes), G.WithName("w"), G.WithValue(w0))
+		logits, err := ops.MatMul(x, w, false, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		loss, err := ops.SoftmaxCrossEntropy(logits, y)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sgd, err := ops.NewSGD(ops.SGDConfig{LR: 0.5, Momentum: 0.9, Nesterov: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, err := ops.NewTrainer(loss, G.Nodes{w}, sgd, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tr.Close() })
+		var losses []float64
+		for i := range xs {
+			l, err := tr.StepLoss(ops.Feeds{x: fromF64(tensor.Float64, xs[i], tensor.Shape{n, in}),
+				y: tensor.New(tensor.WithShape(n), tensor.WithBacking(append([]int32(nil), ys[i]...)))})
+			if err != nil {
+				t.Fatalf("%s step %d: %v", b.Name(), i, err)
+			}
+			losses = append(losses, l)
+		}
+		return losses, tr, x, y, w
+	}
+	cpu, _, _, _, _ := run(ops.CPU())
+	dev, tr, x, y, w := run(theHostDev())
+	if !(cpu[len(cpu)-1] < 0.5*cpu[0]) {
+		t.Errorf("classifier loss %v -> %v: not learning", cpu[0], cpu[len(cpu)-1])
+	}
+	for i := range cpu {
+		if math.Float64bits(cpu[i]) != math.Float64bits(dev[i]) {
+			t.Fatalf("step %d: CPU loss %v, device %v", i, cpu[i], dev[i])
+		}
+	}
+	before := denseFloats(plainCopy(t, w.Value().(*tensor.Dense)))
+	bad := append([]int32(nil), ys[0]...)
+	bad[5] = classes
+	err := tr.Step(ops.Feeds{x: fromF64(tensor.Float64, xs[0], tensor.Shape{n, in}), y: tensor.New(tensor.WithShape(n), tensor.WithBacking(bad))})
+	if !errors.Is(err, ops.ErrLabel) {
+		t.Errorf("a step with label %d of %d classes: %v, want ErrLabel", classes, classes, err)
+	}
+	after := denseFloats(plainCopy(t, w.Value().(*tensor.Dense)))
+	for i := range before {
+		if before[i] != after[i] {
+			t.Fatalf("the failed step changed w[%d]: %v -> %v", i, before[i], after[i])
+		}
+	}
+}
+
+// plainCopy reads a tensor of any registered backend into host memory.
+func plainCopy(t *testing.T, d *tensor.Dense) *tensor.Dense {
+	t.Helper()
+	b, err := ops.BackendFor(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := b.ToHost(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
