@@ -19,6 +19,11 @@ type Config struct {
 	ZLossCoef   float64     // router z-loss coefficient; 0 leaves the node out
 	Seed        uint64      // weight initialisation seed
 	Dtype       tensor.Dtype
+	// Backend holds the layer's parameters: nil or ops.CPU() keeps them in host memory; a device backend
+	// (e.g. the one named "cuda" in ops.Backends()) gets copies of the host weights (FromHost) when the
+	// layer is created. The layer's ops run on the backend that owns their inputs, so feed the layer
+	// inputs of the same backend (ops.Runner and ops.Trainer copy host feeds there).
+	Backend ops.Backend
 }
 
 // MixtralConfig returns a Mixtral-style configuration (softmax, top-2, renormalised, aux coef 0.02 as

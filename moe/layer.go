@@ -36,15 +36,13 @@ type Output struct {
 	Routing *ops.Routing // indices, weights and plan, for diagnostics
 }
 
-// RouterLoss returns AuxLoss + ZLoss (either may be absent), or nil when both are.
+// RouterLoss returns AuxLoss + ZLoss (either may be absent; ops.AddLosses, so it works on every backend),
+// or nil when both are.
 func (o *Output) RouterLoss() (*G.Node, error) {
-	switch {
-	case o.AuxLoss == nil:
-		return o.ZLoss, nil
-	case o.ZLoss == nil:
-		return o.AuxLoss, nil
+	if o.AuxLoss == nil && o.ZLoss == nil {
+		return nil, nil
 	}
-	return G.Add(o.AuxLoss, o.ZLoss)
+	return ops.AddLosses(o.AuxLoss, o.ZLoss)
 }
 
 // NewLayer adds a layer with freshly initialised weights to g: Router and W1/W3 uniform in
@@ -67,8 +65,10 @@ func NewLayer(g *G.ExprGraph, cfg Config) (*Layer, error) {
 
 // NewLayerWithWeights adds a layer with the given weights to g. Hidden, FFN and Experts of cfg may be 0:
 // they are then read from the weight shapes; when set they must match. The weights' dtype must be
-// cfg.Dtype (or, when cfg.Dtype is unset, the Router's dtype is used). The tensors are bound as the nodes'
-// values (not copied): training updates them in place.
+// cfg.Dtype (or, when cfg.Dtype is unset, the Router's dtype is used). On the CPU the tensors are bound as
+// the nodes' values (not copied): training updates them in place. With a device cfg.Backend, host weights
+// are copied to the device (weights it already owns are bound as they are); read them back with
+// HostWeights.
 func NewLayerWithWeights(g *G.ExprGraph, cfg Config, w Weights) (*Layer, error) {
 	if w.Router == nil || w.W1 == nil || w.W2 == nil || w.W3 == nil {
 		return nil, fmt.Errorf("moe: all four weights (Router, W1, W3, W2) are required")
@@ -106,6 +106,18 @@ func NewLayerWithWeights(g *G.ExprGraph, cfg Config, w Weights) (*Layer, error) 
 			return nil, fmt.Errorf("moe: %s has dtype %v, want %v", c.name, c.t.Dtype(), cfg.Dtype)
 		}
 	}
+	if b := cfg.Backend; b != nil && b.Name() != ops.CPU().Name() {
+		for _, t := range []**tensor.Dense{&w.Router, &w.W1, &w.W3, &w.W2} {
+			if b.Owns(*t) {
+				continue
+			}
+			d, err := b.FromHost(*t)
+			if err != nil {
+				return nil, fmt.Errorf("moe: placing the weights on %s: %w", b.Name(), err)
+			}
+			*t = d
+		}
+	}
 	l := &Layer{Config: cfg}
 	l.Router = G.NewMatrix(g, cfg.Dtype, G.WithShape(e, h), G.WithName(uniqueName(g, "moe.router")), G.WithValue(w.Router))
 	l.W1 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(e, h, f), G.WithName(uniqueName(g, "moe.w1")), G.WithValue(w.W1))
@@ -117,13 +129,38 @@ func NewLayerWithWeights(g *G.ExprGraph, cfg Config, w Weights) (*Layer, error) 
 // Params lists the trainable nodes: Router, W1, W3, W2.
 func (l *Layer) Params() G.Nodes { return G.Nodes{l.Router, l.W1, l.W3, l.W2} }
 
-// Weights returns the current parameter values (the tensors bound to the nodes, not copies).
+// Weights returns the current parameter values (the tensors bound to the nodes, not copies; device
+// tensors when the layer lives on a device).
 func (l *Layer) Weights() Weights {
 	get := func(n *G.Node) *tensor.Dense {
 		d, _ := n.Value().(*tensor.Dense)
 		return d
 	}
 	return Weights{Router: get(l.Router), W1: get(l.W1), W3: get(l.W3), W2: get(l.W2)}
+}
+
+// HostWeights returns host copies of the current parameter values, read through the backend that owns
+// them (a device read synchronises).
+func (l *Layer) HostWeights() (Weights, error) {
+	w := l.Weights()
+	var out Weights
+	for _, c := range []struct {
+		name string
+		src  *tensor.Dense
+		dst  **tensor.Dense
+	}{{"Router", w.Router, &out.Router}, {"W1", w.W1, &out.W1}, {"W3", w.W3, &out.W3}, {"W2", w.W2, &out.W2}} {
+		if c.src == nil {
+			return Weights{}, fmt.Errorf("moe: %s has no tensor value", c.name)
+		}
+		b, err := ops.BackendFor(c.src)
+		if err != nil {
+			return Weights{}, fmt.Errorf("moe: %s: %w", c.name, err)
+		}
+		if *c.dst, err = b.ToHost(c.src); err != nil {
+			return Weights{}, fmt.Errorf("moe: reading %s from %s: %w", c.name, b.Name(), err)
+		}
+	}
+	return out, nil
 }
 
 // Forward applies the layer to x [T,H] (the layer's dtype).
@@ -135,11 +172,7 @@ func (l *Layer) Forward(x *G.Node) (*Output, error) {
 	if x.Dtype() != c.Dtype {
 		return nil, fmt.Errorf("moe: input dtype %v, layer dtype %v", x.Dtype(), c.Dtype)
 	}
-	routerT, err := G.Transpose(l.Router)
-	if err != nil {
-		return nil, fmt.Errorf("moe: router transpose: %w", err)
-	}
-	logits, err := G.Mul(x, routerT)
+	logits, err := ops.MatMul(x, l.Router, false, true)
 	if err != nil {
 		return nil, fmt.Errorf("moe: router logits: %w", err)
 	}
@@ -159,11 +192,7 @@ func (l *Layer) Forward(x *G.Node) (*Output, error) {
 	if err != nil {
 		return nil, err
 	}
-	act, err := silu(gate)
-	if err != nil {
-		return nil, err
-	}
-	hidden, err := G.HadamardProd(act, up)
+	hidden, err := ops.SwiGLU(gate, up)
 	if err != nil {
 		return nil, fmt.Errorf("moe: swiglu: %w", err)
 	}
@@ -187,15 +216,6 @@ func (l *Layer) Forward(x *G.Node) (*Output, error) {
 		}
 	}
 	return out, nil
-}
-
-// silu(a) = a * sigmoid(a), from Gorgonia's built-in element-wise ops.
-func silu(a *G.Node) (*G.Node, error) {
-	s, err := G.Sigmoid(a)
-	if err != nil {
-		return nil, fmt.Errorf("moe: silu: %w", err)
-	}
-	return G.HadamardProd(a, s)
 }
 
 func uniform(rng *rand.Rand, dt tensor.Dtype, limit float64, shape ...int) *tensor.Dense {

@@ -15,7 +15,8 @@ type TrainingBackend interface {
 	// transA), b [K,N] ([N,K] when transB), out [M,N]. K may be 0 (out is then zero).
 	MatMul(a, b *tensor.Dense, transA, transB bool, out *tensor.Dense) error
 
-	// MSELoss writes loss = mean over all n elements of (pred - target)^2. pred and target share a shape.
+	// MSELoss writes loss = mean over all n >= 1 elements of (pred - target)^2. pred and target share a
+	// shape.
 	MSELoss(pred, target *tensor.Dense, loss *tensor.Dense) error
 	// MSELossGrad writes dpred = scale * g * 2 (pred - target) / n.
 	MSELossGrad(pred, target *tensor.Dense, scale float64, g, dpred *tensor.Dense) error
@@ -35,18 +36,25 @@ type TrainingBackend interface {
 
 	// GradNormScale writes scale = min(1, maxNorm / (sqrt(sum over all grads of g^2) + 1e-6)) into the
 	// one-element float64 tensor scale: the global-norm gradient clipping factor, computed on the backend
-	// (summed in float64 in a fixed order). It also reports non-finite gradients: ErrNaN (at the next
-	// synchronisation on asynchronous backends).
+	// (summed in float64 in a fixed order). maxNorm > 0; maxNorm = +Inf gives 1 (the solvers' check for
+	// non-finite gradients without clipping). Non-finite gradients (or a sum of squares that overflows
+	// float64) write NaN into scale and are reported as ErrNaN: by the call on the CPU, at the next
+	// synchronisation on asynchronous backends. grads may mix float32 and float64 tensors.
 	GradNormScale(grads []*tensor.Dense, maxNorm float64, scale *tensor.Dense) error
 	// AdamStep updates one parameter in place (one fused pass): with gr = clip * g (clip = clipScale[0], or 1
 	// when clipScale is nil), gr += WeightDecay * p unless DecoupledWeightDecay,
 	// m = Beta1 m + (1-Beta1) gr, v = Beta2 v + (1-Beta2) gr^2,
 	// p -= LR * ( (m / (1-Beta1^Step)) / (sqrt(v / (1-Beta2^Step)) + Eps) + (DecoupledWeightDecay ? WeightDecay p : 0) ).
 	// p, g, m, v share dtype and shape; m and v are this backend's state (zero before the first step).
+	// clipScale is nil or a one-element float64 tensor; when it holds NaN or ±Inf (GradNormScale saw a
+	// non-finite gradient) the call leaves p, m and v unchanged, so a bad gradient never reaches the
+	// weights even before the error surfaces. Arithmetic in float64 per element, stored in p's dtype
+	// (CPU; a device may use float32 for float32 parameters).
 	AdamStep(p, g, m, v *tensor.Dense, hp AdamParams, clipScale *tensor.Dense) error
 	// SGDStep updates one parameter in place: gr = clip * g + WeightDecay * p; with Momentum > 0,
 	// buf = Momentum * buf + gr (buf zero before the first step) and gr = buf (or gr + Momentum*buf when
-	// Nesterov); p -= LR * gr. buf may be nil when Momentum is 0.
+	// Nesterov); p -= LR * gr. buf may be nil when Momentum is 0. A non-finite clipScale leaves p and buf
+	// unchanged (as in AdamStep).
 	SGDStep(p, g, buf *tensor.Dense, hp SGDParams, clipScale *tensor.Dense) error
 }
 
@@ -81,6 +89,8 @@ type StepScoper interface {
 	BeginStep() error
 	EndStep() error
 	// Persist moves t (allocated in the current step) out of the step, e.g. optimizer state created lazily
-	// or a value the caller reads after EndStep.
+	// or a value the caller reads after EndStep. Persisting a tensor that belongs to no step (allocated
+	// outside BeginStep/EndStep, or persisted before) is a no-op: the solvers persist their state without
+	// knowing whether a step is open.
 	Persist(t *tensor.Dense) error
 }

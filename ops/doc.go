@@ -36,6 +36,22 @@
 // sums) and splits work by row ranges fixed by the sizes: the same inputs give bitwise-identical
 // outputs and gradients on a backend.
 //
+// # Training
+//
+// The ops a whole training step needs besides routing, each working on every backend:
+//
+//	MatMul(a [M,K], b [K,N], transA, transB) -> [M,N]   dense product (router logits: MatMul(x, router, false, true))
+//	SwiGLU(gate, up)          -> silu(gate) ⊙ up          fused, with one fused backward node
+//	MSELoss(pred, target)     -> scalar mean((pred-target)^2)
+//	SoftmaxCrossEntropy(logits [N,C], labels [N] int32, -1 ignored) -> scalar mean cross-entropy
+//	AddLosses(l1, l2, ...)    -> scalar sum of losses (G.Add cannot add device scalars)
+//
+// Loss nodes hold a host scalar on the CPU and a one-element tensor on a device (read either with
+// Float). Adam (AdamW, global-norm clipping) and SGD (momentum, Nesterov) are gorgonia Solvers that update
+// each parameter with one fused kernel on its backend and refuse non-finite gradients (ErrNaN).
+// CheckDeviceGraph and CheckDeviceVM reject what cannot run on device memory; Runner and Trainer run a
+// graph step by step on any backend (tensor engine, host feeds copied in, per-step memory release).
+//
 // # Backends
 //
 // Ops call a Backend (backend.go): CPU() is the reference; the CUDA backend in package cudaops (build

@@ -26,6 +26,13 @@ var mutants = []string{
 	"gradw-skips-empty-experts", "route-grad-ignores-renorm", "lbl-divides-by-tk", "gmm-writes-past-end",
 	"cgw-clobbers-dy", "combine-nondeterministic", "plan-clamps-bad-indices", "route-accepts-nan",
 	"zloss-grad-sign", "route-weights-accept-bad-indices", "combine-drops-kth-term", "plan-unsorted-within-expert",
+	// training kernels
+	"matmul-k0-unwritten", "matmul-accumulates", "matmul-ignores-transb", "mse-grad-missing-2", "mse-sums",
+	"mse-grad-ignores-upstream", "ce-divides-by-rows", "ce-accepts-bad-labels", "ce-ignored-rows-unwritten",
+	"ce-grad-no-onehot", "swiglu-grad-drops-sigmoid-term", "swiglu-up-grad-unwritten", "gradnorm-skips-last-grad",
+	"gradnorm-accepts-nan", "gradnorm-no-eps", "adam-no-bias-correction", "adam-decoupled-as-l2",
+	"adam-steps-on-nan-scale", "adam-ignores-clip", "sgd-nesterov-ignored", "sgd-momentum-dampened",
+	"sgd-steps-on-nan-scale",
 }
 
 func TestConformanceCatchesMutants(t *testing.T) {
@@ -348,4 +355,226 @@ func (m *mutant) ZLossGrad(logits *tensor.Dense, scale float64, g, dlogits *tens
 		scale = -scale
 	}
 	return m.Backend.ZLossGrad(logits, scale, g, dlogits)
+}
+
+// ---- bugs in the training kernels ----
+
+func (m *mutant) MatMul(a, b *tensor.Dense, transA, transB bool, out *tensor.Dense) error {
+	switch m.kind {
+	case "matmul-k0-unwritten": // an empty inner dimension leaves the output as it was
+		k := a.Shape()[1]
+		if transA {
+			k = a.Shape()[0]
+		}
+		if k == 0 {
+			return nil
+		}
+	case "matmul-accumulates": // out += a·b
+		tmp := m.temp(out)
+		if err := m.Backend.MatMul(a, b, transA, transB, tmp); err != nil {
+			return err
+		}
+		prev, v := toF64(out), toF64(tmp)
+		for i := range v {
+			setF64(out, i, prev[i]+v[i])
+		}
+		return nil
+	case "matmul-ignores-transb": // reads a transposed b as if it were [K,N] (only square b has the right shape)
+		if transB && b.Shape()[0] == b.Shape()[1] {
+			transB = false
+		}
+	}
+	return m.Backend.MatMul(a, b, transA, transB, out)
+}
+
+func (m *mutant) MSELoss(pred, target *tensor.Dense, loss *tensor.Dense) error {
+	if err := m.Backend.MSELoss(pred, target, loss); err != nil {
+		return err
+	}
+	if m.kind == "mse-sums" { // forgets the mean
+		setF64(loss, 0, toF64(loss)[0]*float64(pred.Shape().TotalSize()))
+	}
+	return nil
+}
+
+func (m *mutant) MSELossGrad(pred, target *tensor.Dense, scale float64, g, dpred *tensor.Dense) error {
+	switch m.kind {
+	case "mse-grad-missing-2":
+		scale /= 2
+	case "mse-grad-ignores-upstream":
+		g = nil
+	}
+	return m.Backend.MSELossGrad(pred, target, scale, g, dpred)
+}
+
+func (m *mutant) SoftmaxCrossEntropy(logits, labels *tensor.Dense, loss *tensor.Dense) error {
+	if m.kind == "ce-accepts-bad-labels" {
+		labels = ignoreBadLabels(labels, logits.Shape()[1])
+	}
+	if err := m.Backend.SoftmaxCrossEntropy(logits, labels, loss); err != nil {
+		return err
+	}
+	if m.kind == "ce-divides-by-rows" { // mean over all rows instead of the counted ones
+		lab := labels.Data().([]int32)
+		counted := 0
+		for _, l := range lab {
+			if l >= 0 {
+				counted++
+			}
+		}
+		setF64(loss, 0, toF64(loss)[0]*float64(counted)/float64(len(lab)))
+	}
+	return nil
+}
+
+func (m *mutant) SoftmaxCrossEntropyGrad(logits, labels *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error {
+	if m.kind == "ce-accepts-bad-labels" {
+		labels = ignoreBadLabels(labels, logits.Shape()[1])
+	}
+	if m.kind == "ce-ignored-rows-unwritten" { // computes into a temporary and copies counted rows only
+		tmp := m.temp(dlogits)
+		if err := m.Backend.SoftmaxCrossEntropyGrad(logits, labels, scale, g, tmp); err != nil {
+			return err
+		}
+		c := logits.Shape()[1]
+		v := toF64(tmp)
+		for r, l := range labels.Data().([]int32) {
+			if l < 0 {
+				continue
+			}
+			for j := 0; j < c; j++ {
+				setF64(dlogits, r*c+j, v[r*c+j])
+			}
+		}
+		return nil
+	}
+	if err := m.Backend.SoftmaxCrossEntropyGrad(logits, labels, scale, g, dlogits); err != nil {
+		return err
+	}
+	if m.kind == "ce-grad-no-onehot" { // forgets to subtract the one-hot label
+		up := scale
+		if g != nil {
+			up *= toF64(g)[0]
+		}
+		lab := labels.Data().([]int32)
+		counted := 0
+		for _, l := range lab {
+			if l >= 0 {
+				counted++
+			}
+		}
+		c := logits.Shape()[1]
+		v := toF64(dlogits)
+		for r, l := range lab {
+			if l >= 0 {
+				setF64(dlogits, r*c+int(l), v[r*c+int(l)]+up/float64(counted))
+			}
+		}
+	}
+	return nil
+}
+
+// ignoreBadLabels turns labels outside [0,c) into -1 (a kernel that skips what it should reject).
+func ignoreBadLabels(labels *tensor.Dense, c int) *tensor.Dense {
+	v := append([]int32(nil), labels.Data().([]int32)...)
+	for i := range v {
+		if v[i] < -1 || v[i] >= int32(c) {
+			v[i] = -1
+		}
+	}
+	return tensor.New(tensor.WithShape(labels.Shape()...), tensor.WithBacking(v))
+}
+
+func (m *mutant) SwiGLUGrad(gate, up, dout *tensor.Dense, dgate, dup *tensor.Dense) error {
+	switch m.kind {
+	case "swiglu-grad-drops-sigmoid-term": // dgate = dout * up * sigmoid(gate), forgetting a*s*(1-s)
+		if err := m.Backend.SwiGLUGrad(gate, up, dout, dgate, dup); err != nil {
+			return err
+		}
+		gv, uv, dv := toF64(gate), toF64(up), toF64(dout)
+		for i, a := range gv {
+			setF64(dgate, i, dv[i]*uv[i]/(1+math.Exp(-a)))
+		}
+		return nil
+	case "swiglu-up-grad-unwritten":
+		return m.Backend.SwiGLUGrad(gate, up, dout, dgate, m.temp(dup))
+	}
+	return m.Backend.SwiGLUGrad(gate, up, dout, dgate, dup)
+}
+
+func (m *mutant) GradNormScale(grads []*tensor.Dense, maxNorm float64, scale *tensor.Dense) error {
+	switch m.kind {
+	case "gradnorm-skips-last-grad":
+		if len(grads) > 1 {
+			grads = grads[:len(grads)-1]
+		}
+	case "gradnorm-accepts-nan": // treats non-finite values as zero
+		clean := make([]*tensor.Dense, len(grads))
+		for i, g := range grads {
+			v := toF64(g)
+			for j := range v {
+				if math.IsNaN(v[j]) || math.IsInf(v[j], 0) {
+					v[j] = 0
+				}
+			}
+			clean[i] = fromF64(g.Dtype(), v, g.Shape())
+		}
+		grads = clean
+	case "gradnorm-no-eps": // maxNorm / norm: exact for nonzero norms, but the documented +1e-6 is missing
+		s := 0.0
+		for _, g := range grads {
+			for _, v := range toF64(g) {
+				s += v * v
+			}
+		}
+		if err := m.Backend.GradNormScale(grads, maxNorm, scale); err != nil {
+			return err
+		}
+		setF64(scale, 0, math.Min(1, maxNorm/math.Sqrt(s)))
+		return nil
+	}
+	return m.Backend.GradNormScale(grads, maxNorm, scale)
+}
+
+func (m *mutant) AdamStep(p, g, mm, v *tensor.Dense, hp ops.AdamParams, clipScale *tensor.Dense) error {
+	switch m.kind {
+	case "adam-no-bias-correction": // as if every step were late in training
+		hp.Step = 1 << 20
+	case "adam-decoupled-as-l2":
+		hp.DecoupledWeightDecay = false
+	case "adam-ignores-clip":
+		if clipScale != nil && !math.IsNaN(toF64(clipScale)[0]) {
+			clipScale = nil
+		}
+	case "adam-steps-on-nan-scale":
+		if clipScale != nil && math.IsNaN(toF64(clipScale)[0]) {
+			clipScale = nil
+			hp.LR *= 1.5
+		}
+	}
+	return m.Backend.AdamStep(p, g, mm, v, hp, clipScale)
+}
+
+func (m *mutant) SGDStep(p, g, buf *tensor.Dense, hp ops.SGDParams, clipScale *tensor.Dense) error {
+	switch m.kind {
+	case "sgd-nesterov-ignored":
+		hp.Nesterov = false
+	case "sgd-momentum-dampened": // buf = momentum*buf + (1-momentum)*g
+		if hp.Momentum > 0 {
+			scaled := fromF64(g.Dtype(), scaleF64(toF64(g), 1-hp.Momentum), g.Shape())
+			return m.Backend.SGDStep(p, scaled, buf, hp, clipScale)
+		}
+	case "sgd-steps-on-nan-scale":
+		if clipScale != nil && math.IsNaN(toF64(clipScale)[0]) {
+			clipScale = nil
+		}
+	}
+	return m.Backend.SGDStep(p, g, buf, hp, clipScale)
+}
+
+func scaleF64(v []float64, c float64) []float64 {
+	for i := range v {
+		v[i] *= c
+	}
+	return v
 }

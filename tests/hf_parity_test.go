@@ -43,9 +43,14 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// mixtralLayerBin builds ./examples/mixtral-layer once per test binary.
+// mixtralLayerBin builds ./examples/mixtral-layer once per test binary, or returns the prebuilt command
+// named by $EXPERTRT_MIXTRAL_LAYER_BIN (for hosts without a Go toolchain, e.g. a GPU host running a
+// cross-built test binary).
 func mixtralLayerBin(t *testing.T) string {
 	t.Helper()
+	if p := os.Getenv("EXPERTRT_MIXTRAL_LAYER_BIN"); p != "" {
+		return p
+	}
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "mixtral-layer-bin")
 		if err != nil {
@@ -144,7 +149,17 @@ func compare(t *testing.T, label string, got, want map[string][]float64, names [
 	t.Logf("%s: worst error %.3g of the tolerance (%s)", label, worst, worstName)
 }
 
+// parityDevice is the -device the parity test passes to the command: $EXPERTRT_PARITY_DEVICE, default cpu
+// (on a GPU host: cuda, with a command built with -tags expertrt_cuda).
+func parityDevice() string {
+	if d := os.Getenv("EXPERTRT_PARITY_DEVICE"); d != "" {
+		return d
+	}
+	return "cpu"
+}
+
 func TestHFParityForwardAndGrad(t *testing.T) {
+	t.Logf("-device %s", parityDevice())
 	for _, fc := range fixtureCases {
 		t.Run(filepath.Base(fc.dir), func(t *testing.T) {
 			exact := readAll(t, filepath.Join(fc.dir, "expected_exact.safetensors"))
@@ -155,7 +170,7 @@ func TestHFParityForwardAndGrad(t *testing.T) {
 					path := filepath.Join(out, cmd+"-"+dtype+".safetensors")
 					err, stderr := runLayer(t, cmd, "-weights", filepath.Join(fc.dir, "weights.safetensors"),
 						"-input", filepath.Join(fc.dir, "input.safetensors"), "-out", path,
-						"-prefix", fc.prefix, "-top-k", fc.topK, "-dtype", dtype)
+						"-prefix", fc.prefix, "-top-k", fc.topK, "-dtype", dtype, "-device", parityDevice())
 					if err != nil {
 						t.Fatalf("%s %s: %v\n%s", cmd, dtype, err, stderr)
 					}

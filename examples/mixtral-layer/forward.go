@@ -22,12 +22,13 @@ type hfOptions struct {
 	topK                        int
 	dtype                       tensor.Dtype // compute dtype
 	outDtype                    hf.DType     // stored dtype of the results
+	backend                     ops.Backend  // where the layer runs (-device)
 }
 
 // parseHFFlags parses the flags of the forward and grad subcommands (name is the subcommand).
 func parseHFFlags(name string, args []string, stderr io.Writer) (*hfOptions, error) {
 	var o hfOptions
-	var dtype, outDtype string
+	var dtype, outDtype, device string
 	fs := flag.NewFlagSet("mixtral-layer "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.weights, "weights", "", "weights: a .safetensors file, a sharded checkpoint's model.safetensors.index.json, or a folder holding either (Hugging Face Mixtral names; F32, F64, F16 or BF16)")
@@ -37,6 +38,7 @@ func parseHFFlags(name string, args []string, stderr io.Writer) (*hfOptions, err
 	fs.IntVar(&o.topK, "top-k", 2, "experts per token (Mixtral: 2)")
 	fs.StringVar(&dtype, "dtype", "float32", "compute dtype: float32 or float64")
 	fs.StringVar(&outDtype, "out-dtype", "", "stored dtype of the results: float32, float64 or bfloat16 (default: the compute dtype)")
+	fs.StringVar(&device, "device", "cpu", "where the layer runs: cpu, or cuda (a binary built with -tags "+cudaTag+")")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: mixtral-layer %s -weights W.safetensors -input X.safetensors -out Y.safetensors [-prefix P] [-top-k 2] [-dtype float32|float64]\n", name)
 		fs.PrintDefaults()
@@ -70,6 +72,11 @@ func parseHFFlags(name string, args []string, stderr io.Writer) (*hfOptions, err
 	if o.topK < 1 {
 		return nil, fmt.Errorf("%s: -top-k must be >= 1, got %d", name, o.topK)
 	}
+	b, err := backendNamed(device)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	o.backend = b
 	return &o, nil
 }
 
@@ -83,12 +90,13 @@ type hfResult struct {
 }
 
 // runHFLayer runs one Mixtral MoE layer with weights w on hidden states x ([T,H] or [B,S,H], the
-// weights' dtype) through a Gorgonia graph and a TapeMachine: router logits = x·Routerᵀ, softmax over
-// all E experts, top-k (ties to the lower index), renormalised weights, SwiGLU experts. When gradOut is
-// non-nil (same shape as x) it also computes, with G.Grad, the gradients of sum(output * gradOut) — no
-// auxiliary loss — w.r.t. x and every weight. This is the code path of both subcommands and of the
-// parity tests.
-func runHFLayer(w hf.LayerWeights, x, gradOut *tensor.Dense, topK int) (*hfResult, error) {
+// weights' dtype) through a Gorgonia graph and a TapeMachine on backend b (nil: the CPU; weights and
+// inputs are copied there): router logits = x·Routerᵀ, softmax over all E experts, top-k (ties to the
+// lower index), renormalised weights, SwiGLU experts. When gradOut is non-nil (same shape as x) it also
+// computes the gradients of sum(output * gradOut) — no auxiliary loss — w.r.t. x and every weight, by
+// back-propagating gradOut from the output (G.Backpropagate, which needs no Sum node and so runs on a
+// device). This is the code path of both subcommands and of the parity tests.
+func runHFLayer(w hf.LayerWeights, x, gradOut *tensor.Dense, topK int, b ops.Backend) (*hfResult, error) {
 	E, H, _, err := w.Dims()
 	if err != nil {
 		return nil, err
@@ -117,57 +125,58 @@ func runHFLayer(w hf.LayerWeights, x, gradOut *tensor.Dense, topK int) (*hfResul
 	}
 
 	g := G.NewGraph()
-	cfg := moe.Config{TopK: topK, Scoring: ops.SoftmaxTopK, Renormalize: true, Dtype: dt}
+	cfg := moe.Config{TopK: topK, Scoring: ops.SoftmaxTopK, Renormalize: true, Dtype: dt, Backend: b}
 	layer, err := moe.NewLayerWithWeights(g, cfg, moe.Weights{Router: w.Router, W1: w.W1, W3: w.W3, W2: w.W2})
 	if err != nil {
 		return nil, err
 	}
-	xn := G.NewMatrix(g, dt, G.WithShape(T, H), G.WithName("hidden_states"), G.WithValue(x2))
+	xn := G.NewMatrix(g, dt, G.WithShape(T, H), G.WithName("hidden_states"))
+	feeds := ops.Feeds{xn: x2}
 	out, err := layer.Forward(xn)
 	if err != nil {
 		return nil, err
 	}
 	var gradNodes G.Nodes
 	if gout2 != nil {
-		gn := G.NewMatrix(g, dt, G.WithShape(T, H), G.WithName("grad_output"), G.WithValue(gout2))
-		prod, err := G.HadamardProd(out.Y, gn)
-		if err != nil {
-			return nil, err
-		}
-		cost, err := G.Sum(prod)
-		if err != nil {
-			return nil, err
-		}
+		gn := G.NewMatrix(g, dt, G.WithShape(T, H), G.WithName("grad_output"))
+		feeds[gn] = gout2
 		wrt := G.Nodes{xn, layer.Router, layer.W1, layer.W3, layer.W2}
-		if gradNodes, err = G.Grad(cost, wrt...); err != nil {
+		if gradNodes, err = G.Backpropagate(G.Nodes{out.Y}, G.Nodes{gn}, wrt); err != nil {
 			return nil, fmt.Errorf("building gradients: %w", err)
 		}
 	}
-	vm := G.NewTapeMachine(g)
-	defer vm.Close()
-	if err := vm.RunAll(); err != nil {
-		return nil, fmt.Errorf("running the layer: %w", err)
+	runner, err := ops.NewRunner(g, b)
+	if err != nil {
+		return nil, err
 	}
+	defer runner.Close()
 	res := &hfResult{}
-	if res.Output, err = cloneValue(out.Y, xs...); err != nil {
-		return nil, fmt.Errorf("output: %w", err)
-	}
-	if res.Logits, err = cloneValue(out.Logits, T, E); err != nil {
-		return nil, fmt.Errorf("router_logits: %w", err)
-	}
-	if gradNodes != nil {
-		vals := make([]*tensor.Dense, len(gradNodes))
-		for i, n := range gradNodes {
-			shape := n.Shape().Clone()
-			if i == 0 {
-				shape = xs
-			}
-			if vals[i], err = cloneValue(n, shape...); err != nil {
-				return nil, fmt.Errorf("gradient %d: %w", i, err)
-			}
+	err = runner.Run(feeds, func() error {
+		var err error
+		if res.Output, err = cloneValue(out.Y, xs...); err != nil {
+			return fmt.Errorf("output: %w", err)
 		}
-		res.GradX = vals[0]
-		res.Grads = &hf.LayerWeights{Router: vals[1], W1: vals[2], W3: vals[3], W2: vals[4]}
+		if res.Logits, err = cloneValue(out.Logits, T, E); err != nil {
+			return fmt.Errorf("router_logits: %w", err)
+		}
+		if gradNodes != nil {
+			vals := make([]*tensor.Dense, len(gradNodes))
+			for i, n := range gradNodes {
+				shape := n.Shape().Clone()
+				if i == 0 {
+					shape = xs
+				}
+				if vals[i], err = cloneValue(n, shape...); err != nil {
+					return fmt.Errorf("gradient %d: %w", i, err)
+				}
+			}
+			res.GradX = vals[0]
+			res.Grads = &hf.LayerWeights{Router: vals[1], W1: vals[2], W3: vals[3], W2: vals[4]}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("running the layer: %w", err)
 	}
 	return res, nil
 }
@@ -199,11 +208,19 @@ func asMatrix(x *tensor.Dense, dt tensor.Dtype, T, H int) (*tensor.Dense, error)
 	return tensor.New(tensor.WithShape(T, H), tensor.WithBacking(d)), nil
 }
 
-// cloneValue copies a node's value into a new contiguous tensor of the given shape.
+// cloneValue copies a node's value (host or device memory) into a new contiguous host tensor of the
+// given shape.
 func cloneValue(n *G.Node, shape ...int) (*tensor.Dense, error) {
 	d, ok := n.Value().(*tensor.Dense)
 	if !ok || d == nil {
 		return nil, fmt.Errorf("node %s has no tensor value (%T)", n.Name(), n.Value())
+	}
+	if b, err := ops.BackendFor(d); err != nil {
+		return nil, err
+	} else if b.Name() != ops.CPU().Name() {
+		if d, err = b.ToHost(d); err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name(), err)
+		}
 	}
 	if d.RequiresIterator() {
 		d = d.Materialize().(*tensor.Dense)
@@ -295,7 +312,7 @@ func runForward(args []string) error {
 	if err != nil {
 		return err
 	}
-	res, err := runHFLayer(w, in[0], nil, o.topK)
+	res, err := runHFLayer(w, in[0], nil, o.topK, o.backend)
 	if err != nil {
 		return err
 	}

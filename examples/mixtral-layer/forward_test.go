@@ -47,7 +47,7 @@ func TestRunHFLayerBatchedInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	flat, err := runHFLayer(w, in[0], in[1], 2)
+	flat, err := runHFLayer(w, in[0], in[1], 2, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func TestRunHFLayerBatchedInput(t *testing.T) {
 	if err := g3.Reshape(1, T, H); err != nil {
 		t.Fatal(err)
 	}
-	batched, err := runHFLayer(w, x3, g3, 2)
+	batched, err := runHFLayer(w, x3, g3, 2, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestRunHFLayerBatchedInput(t *testing.T) {
 		}
 	}
 	// Forward only leaves the gradients out, and the forward values agree with the grad run's.
-	fwd, err := runHFLayer(w, in[0], nil, 2)
+	fwd, err := runHFLayer(w, in[0], nil, 2, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

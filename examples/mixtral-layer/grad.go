@@ -12,7 +12,7 @@ import (
 // runGrad implements `mixtral-layer grad`: like forward, and X must also hold grad_output (the shape
 // of hidden_states). The -out file gets output, router_logits, grad_hidden_states and grad.<name> for
 // every weight name (prefix included): the gradients of sum(output * grad_output), no auxiliary loss,
-// computed through the Gorgonia graph with G.Grad and a TapeMachine. Weight gradients are written in
+// computed through the Gorgonia graph by back-propagating grad_output on a TapeMachine. Weight gradients are written in
 // the Hugging Face layouts (gate [E,H], w1/w3 [F,H], w2 [H,F]).
 func runGrad(args []string) error {
 	o, err := parseHFFlags("grad", args, os.Stderr)
@@ -26,7 +26,7 @@ func runGrad(args []string) error {
 	if err != nil {
 		return err
 	}
-	res, err := runHFLayer(w, in[0], in[1], o.topK)
+	res, err := runHFLayer(w, in[0], in[1], o.topK, o.backend)
 	if err != nil {
 		return err
 	}

@@ -5,19 +5,22 @@ import (
 	"math/rand/v2"
 
 	"github.com/expertrt/expertrt-go/moe"
+	"github.com/expertrt/expertrt-go/ops"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 )
 
-// teacher is a fixed MoE layer in a forward-only graph.
+// teacher is a fixed MoE layer in a forward-only graph on the CPU: it generates the training data, so
+// runs on every device train on exactly the same targets.
 type teacher struct {
-	x, y    *G.Node
-	machine G.VM
+	x, y   *G.Node
+	runner *ops.Runner
 }
 
 func newTeacher(cfg moe.Config, tokens int) (*teacher, error) {
 	cfg.Seed += 1000
 	cfg.AuxLossCoef, cfg.ZLossCoef = 0, 0
+	cfg.Backend = nil
 	g := G.NewGraph()
 	x := G.NewMatrix(g, cfg.Dtype, G.WithShape(tokens, cfg.Hidden), G.WithName("x"))
 	layer, err := moe.NewLayer(g, cfg)
@@ -28,27 +31,33 @@ func newTeacher(cfg moe.Config, tokens int) (*teacher, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &teacher{x: x, y: out.Y, machine: G.NewTapeMachine(g)}, nil
+	r, err := ops.NewRunner(g, ops.CPU())
+	if err != nil {
+		return nil, err
+	}
+	return &teacher{x: x, y: out.Y, runner: r}, nil
 }
 
 func (t *teacher) forward(x *tensor.Dense) (*tensor.Dense, error) {
-	defer t.machine.Reset()
-	if err := G.Let(t.x, x); err != nil {
-		return nil, err
-	}
-	if err := t.machine.RunAll(); err != nil {
+	var y *tensor.Dense
+	err := t.runner.Run(ops.Feeds{t.x: x}, func() error {
+		y = t.y.Value().(*tensor.Dense).Clone().(*tensor.Dense)
+		return nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("teacher: %w", err)
 	}
-	return t.y.Value().(*tensor.Dense).Clone().(*tensor.Dense), nil
+	return y, nil
 }
 
-// student is the trained layer with its loss, gradients and read-outs in one graph.
+// student is the trained layer on its backend: loss (ops.MSELoss plus the router losses), gradients,
+// the ops Adam solver and read-outs, run by an ops.Trainer (one memory step per training step).
 type student struct {
 	layer             *moe.Layer
 	x, target         *G.Node
 	lossV, auxV, plan G.Value
 	experts, slots    int
-	machine           G.VM
+	trainer           *ops.Trainer
 }
 
 type metrics struct {
@@ -56,7 +65,7 @@ type metrics struct {
 	load      []float64 // share of routed slots per expert
 }
 
-func newStudent(cfg moe.Config, tokens int) (*student, error) {
+func newStudent(cfg moe.Config, tokens int, lr float64) (*student, error) {
 	g := G.NewGraph()
 	s := &student{experts: cfg.Experts, slots: tokens * cfg.TopK}
 	s.x = G.NewMatrix(g, cfg.Dtype, G.WithShape(tokens, cfg.Hidden), G.WithName("x"))
@@ -69,98 +78,85 @@ func newStudent(cfg moe.Config, tokens int) (*student, error) {
 	if err != nil {
 		return nil, err
 	}
-	diff, err := G.Sub(out.Y, s.target)
+	mse, err := ops.MSELoss(out.Y, s.target)
 	if err != nil {
 		return nil, err
 	}
-	sq, err := G.Square(diff)
-	if err != nil {
-		return nil, err
-	}
-	mse, err := G.Mean(sq)
-	if err != nil {
-		return nil, err
-	}
-	cost := mse
 	routerLoss, err := out.RouterLoss()
 	if err != nil {
 		return nil, err
 	}
+	cost, err := ops.AddLosses(mse, routerLoss)
+	if err != nil {
+		return nil, err
+	}
 	if routerLoss != nil {
-		if cost, err = G.Add(mse, routerLoss); err != nil {
-			return nil, err
-		}
 		G.Read(routerLoss, &s.auxV)
 	}
 	// read the task loss and plan in the forward pass: backward may reuse intermediate buffers
 	G.Read(mse, &s.lossV)
 	G.Read(out.Routing.Plan, &s.plan)
-	if _, err := G.Grad(cost, s.layer.Params()...); err != nil {
-		return nil, fmt.Errorf("grad: %w", err)
+	adam, err := ops.NewAdam(ops.DefaultAdam(lr))
+	if err != nil {
+		return nil, err
 	}
-	s.machine = G.NewTapeMachine(g, G.BindDualValues(s.layer.Params()...))
+	if s.trainer, err = ops.NewTrainer(cost, s.layer.Params(), adam, cfg.Backend); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
-// step runs forward and backward on one batch; the caller applies the solver.
-func (s *student) step(x, y *tensor.Dense) (metrics, error) {
-	s.machine.Reset()
-	if err := G.Let(s.x, x); err != nil {
-		return metrics{}, err
+// step runs forward, backward and the Adam update on one batch; with read it returns the batch's
+// metrics (a host read: on a device it waits for the step).
+func (s *student) step(x, y *tensor.Dense, read bool) (metrics, error) {
+	var m metrics
+	var readFn func() error
+	if read {
+		readFn = func() (err error) { m, err = s.metrics(); return err }
 	}
-	if err := G.Let(s.target, y); err != nil {
-		return metrics{}, err
-	}
-	if err := s.machine.RunAll(); err != nil {
-		return metrics{}, err
-	}
-	return s.metrics()
+	return m, s.trainer.StepThen(ops.Feeds{s.x: x, s.target: y}, readFn)
 }
 
 // evaluate runs the graph on a batch without updating the weights.
-func (s *student) evaluate(x, y *tensor.Dense) (metrics, error) { return s.step(x, y) }
+func (s *student) evaluate(x, y *tensor.Dense) (metrics, error) {
+	var m metrics
+	err := s.trainer.Run(ops.Feeds{s.x: x, s.target: y}, func() (err error) { m, err = s.metrics(); return err })
+	return m, err
+}
+
+func (s *student) close() error { return s.trainer.Close() }
 
 func (s *student) metrics() (metrics, error) {
 	var m metrics
 	var err error
-	if m.loss, err = scalar(s.lossV); err != nil {
+	if m.loss, err = ops.Float(s.lossV); err != nil {
 		return m, err
 	}
 	if s.auxV != nil {
-		if m.aux, err = scalar(s.auxV); err != nil {
+		if m.aux, err = ops.Float(s.auxV); err != nil {
 			return m, err
 		}
 	}
-	plan, ok := s.plan.Data().([]int32)
+	pd, ok := s.plan.(*tensor.Dense)
 	if !ok {
-		return m, fmt.Errorf("plan has %T data", s.plan.Data())
+		return m, fmt.Errorf("plan is %T", s.plan)
+	}
+	b, err := ops.BackendFor(pd)
+	if err != nil {
+		return m, err
+	}
+	if pd, err = b.ToHost(pd); err != nil {
+		return m, err
+	}
+	plan, ok := pd.Data().([]int32)
+	if !ok {
+		return m, fmt.Errorf("plan has %T data", pd.Data())
 	}
 	m.load = make([]float64, s.experts)
 	for e := range m.load {
 		m.load[e] = float64(plan[e]) / float64(s.slots)
 	}
 	return m, nil
-}
-
-func scalar(v G.Value) (float64, error) {
-	switch s := v.(type) {
-	case *G.F64:
-		return float64(*s), nil
-	case *G.F32:
-		return float64(*s), nil
-	case tensor.Tensor:
-		switch d := s.Data().(type) {
-		case float64:
-			return d, nil
-		case float32:
-			return float64(d), nil
-		case []float64:
-			return d[0], nil
-		case []float32:
-			return float64(d[0]), nil
-		}
-	}
-	return 0, fmt.Errorf("not a scalar: %T", v)
 }
 
 func randomBatch(rng *rand.Rand, dt tensor.Dtype, rows, cols int) *tensor.Dense {

@@ -12,7 +12,6 @@ import (
 	"github.com/expertrt/expertrt-go/moe"
 	"github.com/expertrt/expertrt-go/moe/hf"
 	"github.com/expertrt/expertrt-go/ops"
-	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 )
 
@@ -21,7 +20,7 @@ type trainFlags struct {
 	steps, every                       int
 	lr, aux, z                         float64
 	seed                               uint64
-	scoring, dtype, plot, save         string
+	scoring, dtype, plot, save, device string
 	asJSON                             bool
 }
 
@@ -55,6 +54,7 @@ func runTrain(args []string) error {
 	fs.StringVar(&f.plot, "plot", "", "write a PNG of loss and per-expert load to this path")
 	fs.StringVar(&f.save, "save", "", "write the trained weights to this safetensors file (Hugging Face Mixtral names, F32)")
 	fs.BoolVar(&f.asJSON, "json", false, "print one JSON summary at the end instead of progress lines")
+	fs.StringVar(&f.device, "device", "cpu", "where the layer trains: cpu, or cuda (a binary built with -tags "+cudaTag+")")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -73,8 +73,12 @@ func runTrain(args []string) error {
 	default:
 		return fmt.Errorf("unknown -dtype %q (want float32 or float64)", f.dtype)
 	}
+	backend, err := backendNamed(f.device)
+	if err != nil {
+		return err
+	}
 	cfg := moe.Config{Hidden: f.hidden, FFN: f.ffn, Experts: f.experts, TopK: f.topK, Scoring: scoring,
-		Renormalize: true, AuxLossCoef: f.aux, ZLossCoef: f.z, Seed: f.seed, Dtype: dt}
+		Renormalize: true, AuxLossCoef: f.aux, ZLossCoef: f.z, Seed: f.seed, Dtype: dt, Backend: backend}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -87,13 +91,12 @@ func train(f trainFlags, cfg moe.Config) error {
 	if err != nil {
 		return err
 	}
-	st, err := newStudent(cfg, f.tokens)
+	defer teacher.runner.Close()
+	st, err := newStudent(cfg, f.tokens, f.lr)
 	if err != nil {
 		return err
 	}
-	defer st.machine.Close()
-	defer teacher.machine.Close()
-	solver := G.NewAdamSolver(G.WithLearnRate(f.lr))
+	defer st.close()
 
 	rng := rand.New(rand.NewPCG(f.seed, 7))
 	evalX := randomBatch(rng, cfg.Dtype, f.tokens, cfg.Hidden)
@@ -121,15 +124,16 @@ func train(f trainFlags, cfg moe.Config) error {
 		if err != nil {
 			return err
 		}
-		m, err := st.step(x, y)
+		report := prog != nil && (step%f.every == 0 || step == 1 || step == f.steps)
+		// metrics are a host read (a device waits for the step): only when they are shown or plotted
+		m, err := st.step(x, y, report || f.plot != "")
 		if err != nil {
 			return fmt.Errorf("step %d: %w", step, err)
 		}
-		if err := solver.Step(G.NodesToValueGrads(st.layer.Params())); err != nil {
-			return fmt.Errorf("step %d: solver: %w", step, err)
+		if f.plot != "" {
+			losses, auxes, loads = append(losses, m.loss), append(auxes, m.aux), append(loads, m.load)
 		}
-		losses, auxes, loads = append(losses, m.loss), append(auxes, m.aux), append(loads, m.load)
-		if prog != nil && (step%f.every == 0 || step == 1 || step == f.steps) {
+		if report {
 			prog.Update(step, fmt.Sprintf("loss %.5f aux %.4f load %s", m.loss, m.aux, fmtLoad(m.load)))
 		}
 	}
@@ -146,7 +150,10 @@ func train(f trainFlags, cfg moe.Config) error {
 		}
 	}
 	if f.save != "" {
-		w := st.layer.Weights()
+		w, err := st.layer.HostWeights()
+		if err != nil {
+			return err
+		}
 		if err := hf.SaveMixtral(f.save, hf.LayerWeights{Router: w.Router, W1: w.W1, W3: w.W3, W2: w.W2}, "", hf.F32); err != nil {
 			return fmt.Errorf("save weights: %w", err)
 		}
@@ -155,7 +162,7 @@ func train(f trainFlags, cfg moe.Config) error {
 		ExpertLoad: final.load, Seconds: time.Since(start).Seconds(), Config: map[string]any{
 			"tokens": f.tokens, "hidden": cfg.Hidden, "ffn": cfg.FFN, "experts": cfg.Experts, "top_k": cfg.TopK,
 			"scoring": cfg.Scoring.String(), "dtype": cfg.Dtype.String(), "lr": f.lr, "aux_coef": cfg.AuxLossCoef,
-			"z_coef": cfg.ZLossCoef, "seed": f.seed}}
+			"z_coef": cfg.ZLossCoef, "seed": f.seed, "device": f.device}}
 	if f.asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		return enc.Encode(sum)

@@ -1,0 +1,219 @@
+package ops
+
+import (
+	"math"
+	"reflect"
+
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+// Feeds assigns the input tensors of one run: each node must be an input node (no op) of the graph,
+// each tensor of the node's dtype and shape, in host memory or already owned by the run's backend.
+type Feeds map[*G.Node]*tensor.Dense
+
+// Runner runs a graph on one backend, one step at a time, with what a device needs done around every
+// run: the graph is checked once (CheckDeviceGraph) and runs on a TapeMachine with the backend's tensor
+// engine; each run opens a memory step (StepScoper), copies host feeds to the backend (FromHost), runs
+// the machine, lets the caller read values, resets the machine and closes the step, which releases the
+// run's device memory. On the CPU backend it is a plain TapeMachine run.
+//
+// Values computed by a run live only until the run ends (on a device their memory is released): read
+// them inside the read callback, e.g. with Float or the backend's ToHost.
+type Runner struct {
+	g      *G.ExprGraph
+	b      Backend
+	vm     G.VM
+	scoper StepScoper
+}
+
+// NewRunner prepares g for runs on b (nil: the CPU). On a device backend, g must pass
+// CheckDeviceGraph, b must provide a tensor engine (TensorEngineProvider), and every input node that
+// already holds a value (parameters) must hold a tensor of b.
+func NewRunner(g *G.ExprGraph, b Backend) (*Runner, error) {
+	if g == nil {
+		return nil, errorf("runner: nil graph: %w", ErrConfig)
+	}
+	if b == nil {
+		b = CPU()
+	}
+	r := &Runner{g: g, b: b}
+	var opts []G.VMOpt
+	if b.Name() != CPU().Name() {
+		if err := CheckDeviceGraph(g); err != nil {
+			return nil, err
+		}
+		for _, n := range g.Inputs() {
+			if d, ok := n.Value().(*tensor.Dense); ok && d != nil && !b.Owns(d) {
+				return nil, errorf("runner: input %q holds a tensor that is not in %s memory; place it with the backend's FromHost (moe layers: Config.Backend): %w",
+					n.Name(), b.Name(), ErrMixedBackends)
+			}
+		}
+		tp, ok := b.(TensorEngineProvider)
+		if !ok {
+			return nil, errorf("runner: backend %s provides no tensor engine for Gorgonia's built-in ops: %w", b.Name(), ErrUnsupported)
+		}
+		eng, err := tp.TensorEngine()
+		if err != nil {
+			return nil, errorf("runner: %s tensor engine: %w", b.Name(), err)
+		}
+		opts = append(opts, G.WithEngine(eng))
+		r.scoper, _ = b.(StepScoper)
+	}
+	r.vm = G.NewTapeMachine(g, opts...)
+	if len(opts) > 0 {
+		if err := CheckDeviceVM(r.vm); err != nil {
+			r.vm.Close()
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// Backend returns the backend the runner runs on.
+func (r *Runner) Backend() Backend { return r.b }
+
+// Run runs the whole graph once with feeds bound to their nodes, then calls read (when non-nil) while
+// the run's values are still alive.
+func (r *Runner) Run(feeds Feeds, read func() error) error { return r.run(feeds, nil, read) }
+
+// Close releases the machine.
+func (r *Runner) Close() error { return r.vm.Close() }
+
+func (r *Runner) run(feeds Feeds, update, read func() error) (err error) {
+	if r.scoper != nil {
+		if err := r.scoper.BeginStep(); err != nil {
+			return errorf("runner: begin step: %w", err)
+		}
+		defer func() {
+			if e := r.scoper.EndStep(); e != nil && err == nil {
+				err = errorf("runner: end step: %w", e)
+			}
+		}()
+	}
+	r.vm.Reset()
+	defer r.vm.Reset() // drop the registers before the step's memory goes
+	for n, v := range feeds {
+		if err := r.feed(n, v); err != nil {
+			return err
+		}
+	}
+	if err := r.vm.RunAll(); err != nil {
+		return MachineError(err)
+	}
+	if update != nil {
+		if err := update(); err != nil {
+			return err
+		}
+	}
+	if read != nil {
+		return read()
+	}
+	return nil
+}
+
+// feed checks one feed and binds it, copied to the backend when it is a host tensor.
+func (r *Runner) feed(n *G.Node, v *tensor.Dense) error {
+	switch {
+	case n == nil || v == nil:
+		return errorf("runner: nil node or tensor in feeds: %w", ErrConfig)
+	case n.Graph() != r.g || n.Op() != nil:
+		return errorf("runner: feed %q is not an input node of the runner's graph: %w", n.Name(), ErrConfig)
+	case v.Dtype() != n.Dtype():
+		return errorf("runner: feed %q: tensor dtype %v, node %v: %w", n.Name(), v.Dtype(), n.Dtype(), ErrDtype)
+	case !v.Shape().Eq(n.Shape()):
+		return errorf("runner: feed %q: tensor shape %v, node %v: %w", n.Name(), v.Shape(), n.Shape(), ErrShape)
+	}
+	if r.b.Name() != CPU().Name() && !r.b.Owns(v) {
+		d, err := r.b.FromHost(v)
+		if err != nil {
+			return errorf("runner: feed %q: copy to %s: %w", n.Name(), r.b.Name(), err)
+		}
+		v = d
+	}
+	return G.Let(n, v)
+}
+
+// Trainer runs training steps: forward, backward and the solver's update, with the Runner's handling
+// of device memory. A step synchronises with the host only when a value is read (StepLoss, StepThen).
+//
+//	adam, _ := ops.NewAdam(ops.DefaultAdam(1e-3))
+//	tr, _ := ops.NewTrainer(loss, params, adam, backend)
+//	for step := 0; step < n; step++ {
+//		l, err := tr.StepLoss(ops.Feeds{x: xs[step], y: ys[step]})
+//		...
+//	}
+type Trainer struct {
+	*Runner
+	cost   *G.Node
+	params G.Nodes
+	solver G.Solver
+	costV  G.Value
+}
+
+// NewTrainer takes the gradient of the scalar cost w.r.t. params (G.Grad: do not call it yourself on this
+// graph) and prepares the graph for training on b (nil: the CPU; see NewRunner). On a device backend the
+// solver must be one of this package's (Adam, SGD): Gorgonia's solvers loop over host memory.
+func NewTrainer(cost *G.Node, params G.Nodes, solver G.Solver, b Backend) (*Trainer, error) {
+	switch {
+	case cost == nil:
+		return nil, errorf("trainer: nil cost: %w", ErrConfig)
+	case !cost.IsScalar():
+		return nil, errorf("trainer: the cost must be a scalar node, got shape %v: %w", cost.Shape(), ErrShape)
+	case len(params) == 0:
+		return nil, errorf("trainer: no parameters: %w", ErrConfig)
+	case solver == nil:
+		return nil, errorf("trainer: nil solver: %w", ErrConfig)
+	}
+	for _, p := range params {
+		if p == nil || p.Graph() != cost.Graph() {
+			return nil, errorf("trainer: a parameter is nil or in another graph: %w", ErrConfig)
+		}
+		if p.Deriv() != nil {
+			return nil, errorf("trainer: %q already has a gradient node; let NewTrainer call G.Grad once for the graph: %w", p.Name(), ErrConfig)
+		}
+	}
+	if b != nil && b.Name() != CPU().Name() {
+		if t := reflect.TypeOf(solver); t.Kind() == reflect.Pointer && t.Elem().PkgPath() == gorgoniaPkg {
+			return nil, errorf("trainer: %v updates weights with host loops; use ops.NewAdam or ops.NewSGD on %s: %w", t, b.Name(), ErrUnsupported)
+		}
+	}
+	t := &Trainer{cost: cost, params: params, solver: solver}
+	if _, err := G.Grad(cost, params...); err != nil {
+		return nil, errorf("trainer: gradient: %w", err)
+	}
+	G.Read(cost, &t.costV) // the cost's own register may be reused by the backward pass
+	r, err := NewRunner(cost.Graph(), b)
+	if err != nil {
+		return nil, err
+	}
+	t.Runner = r
+	return t, nil
+}
+
+// Step runs one training step without reading anything back.
+func (t *Trainer) Step(feeds Feeds) error { return t.run(feeds, t.update, nil) }
+
+// StepLoss runs one training step and returns the cost before the update (a host read: it waits for the
+// step on an asynchronous device and reports its faults).
+func (t *Trainer) StepLoss(feeds Feeds) (float64, error) {
+	loss := math.NaN()
+	err := t.run(feeds, t.update, func() (err error) {
+		loss, err = Float(t.costV)
+		return err
+	})
+	return loss, err
+}
+
+// StepThen runs one training step and then read (when non-nil), before the step's values are released.
+func (t *Trainer) StepThen(feeds Feeds, read func() error) error { return t.run(feeds, t.update, read) }
+
+// Loss reads the cost of the current run; call it inside a read callback.
+func (t *Trainer) Loss() (float64, error) { return Float(t.costV) }
+
+func (t *Trainer) update() error {
+	if err := t.solver.Step(G.NodesToValueGrads(t.params)); err != nil {
+		return errorf("trainer: solver: %w", err)
+	}
+	return nil
+}
