@@ -34,9 +34,11 @@ type countsOp struct {
 	tr     Transport
 }
 
-func (op *countsOp) Arity() int            { return 1 }
-func (op *countsOp) Type() hm.Type         { return hm.NewFnType(int32T(1), int32T(2)) }
-func (op *countsOp) String() string        { return fmt.Sprintf("ep.Counts{%v,H=%d,%v}", op.s, op.hidden, op.dt) }
+func (op *countsOp) Arity() int    { return 1 }
+func (op *countsOp) Type() hm.Type { return hm.NewFnType(int32T(1), int32T(2)) }
+func (op *countsOp) String() string {
+	return fmt.Sprintf("ep.Counts{%v,H=%d,%v}", op.s, op.hidden, op.dt)
+}
 func (op *countsOp) WriteHash(h hash.Hash) { hashString(op.String(), h) }
 func (op *countsOp) Hashcode() uint32      { return hash32(op.String()) }
 func (op *countsOp) DiffWRT(int) []bool    { return []bool{false} }
