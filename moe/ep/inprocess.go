@@ -2,6 +2,7 @@ package ep
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -128,7 +129,7 @@ func (t *inProcess) Close() error {
 	}
 	g.mu.Unlock()
 	if waiting {
-		g.fail(fmt.Errorf("ep: rank %d closed its transport while other ranks wait for it in a collective: %w", t.rank, ErrTransport))
+		g.fail(fmt.Errorf("ep: rank %d left the group (closed its transport) while other ranks wait for it in a collective: %w", t.rank, ErrTransport))
 	}
 	return nil
 }
@@ -160,7 +161,7 @@ func (g *Group) missing(seq int, what string) string {
 		}
 	}
 	if what == "arrive" {
-		return fmt.Sprintf("ranks %v never entered it (dead, stuck, or running a different program)", absent)
+		return fmt.Sprintf("%s never entered it (dead, stuck, or running a different program)", rankList(absent))
 	}
 	return "a rank did not finish reading (stuck inside the collective)"
 }
@@ -196,7 +197,7 @@ func (t *inProcess) run(c *call, read func(r *round) error, write func() error) 
 	}
 	g.mu.Unlock()
 	if len(gone) > 0 {
-		g.fail(fmt.Errorf("ep: collective %d (%v) cannot complete: ranks %v closed their transports: %w", seq, c.kind, gone, ErrTransport))
+		g.fail(fmt.Errorf("ep: collective %d (%v) cannot complete: %s left the group (closed the transport): %w", seq, c.kind, rankList(gone), ErrTransport))
 		return g.failure()
 	}
 	if err := t.wait(r.ready, "arrive", seq); err != nil {
@@ -211,8 +212,8 @@ func (t *inProcess) run(c *call, read func(r *round) error, write func() error) 
 		}
 	}
 	if err := read(r); err != nil {
-		err = fmt.Errorf("ep: rank %d, collective %d (%v): %w", t.rank, seq, c.kind, err)
-		g.fail(fmt.Errorf("%w (%w)", err, ErrTransport))
+		err = fmt.Errorf("ep: rank %d, collective %d (%v): %w (%w)", t.rank, seq, c.kind, err, ErrTransport)
+		g.fail(err)
 		return err
 	}
 	g.mu.Lock()
@@ -232,8 +233,8 @@ func (t *inProcess) run(c *call, read func(r *round) error, write func() error) 
 	g.mu.Unlock()
 	if write != nil {
 		if err := write(); err != nil {
-			err = fmt.Errorf("ep: rank %d, collective %d (%v): %w", t.rank, seq, c.kind, err)
-			g.fail(fmt.Errorf("%w (%w)", err, ErrTransport))
+			err = fmt.Errorf("ep: rank %d, collective %d (%v): %w (%w)", t.rank, seq, c.kind, err, ErrTransport)
+			g.fail(err)
 			return err
 		}
 	}
@@ -365,4 +366,16 @@ func (t *inProcess) AllReduceSum(x *tensor.Dense) error {
 	}, func() error {
 		return copyElems(x, 0, sum, 0, x.Shape().TotalSize())
 	})
+}
+
+// rankList names ranks: "rank 2" or "ranks 1, 3".
+func rankList(ids []int) string {
+	if len(ids) == 1 {
+		return fmt.Sprintf("rank %d", ids[0])
+	}
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = fmt.Sprint(id)
+	}
+	return "ranks " + strings.Join(s, ", ")
 }
