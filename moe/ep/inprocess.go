@@ -282,6 +282,9 @@ func (t *inProcess) AllToAllV(send *tensor.Dense, sends []Segment, recv *tensor.
 		// Pull: the i-th segment this rank receives from p is the i-th segment p sends to this rank.
 		next := make([]int, t.g.world)
 		for _, rs := range recvs {
+			if rs.Rows == 0 {
+				continue
+			}
 			src := r.calls[rs.Peer]
 			if src.send.Dtype() != recv.Dtype() || src.send.Shape()[1] != h {
 				return fmt.Errorf("rank %d sends %v rows of width %d, this rank receives %v rows of width %d: %w",
@@ -310,10 +313,10 @@ func (t *inProcess) AllToAllV(send *tensor.Dense, sends []Segment, recv *tensor.
 	}, nil)
 }
 
-// nthTo returns the n-th segment addressed to peer.
+// nthTo returns the n-th non-empty segment addressed to peer.
 func nthTo(segs []Segment, peer, n int) (Segment, bool) {
 	for _, s := range segs {
-		if s.Peer == peer {
+		if s.Peer == peer && s.Rows > 0 {
 			if n == 0 {
 				return s, true
 			}
@@ -326,7 +329,7 @@ func nthTo(segs []Segment, peer, n int) (Segment, bool) {
 func countTo(segs []Segment, peer int) int {
 	n := 0
 	for _, s := range segs {
-		if s.Peer == peer {
+		if s.Peer == peer && s.Rows > 0 {
 			n++
 		}
 	}

@@ -212,11 +212,7 @@ func (l *Layer) Transport() Transport { return l.tr }
 
 // RecvRows is the number of rows of the receive buffers for T tokens per rank.
 func (l *Layer) RecvRows(tokens int) int {
-	worst := l.World * tokens * min(l.Config.TopK, l.LocalExperts())
-	if l.opts.RecvRows > 0 && l.opts.RecvRows < worst {
-		return l.opts.RecvRows
-	}
-	return worst
+	return RecvRows(l.World, tokens, l.Config.TopK, l.Config.Experts, l.opts.RecvRows)
 }
 
 // LossScale is the factor (1/W) for a per-rank mean loss so that the sum of the ranks' losses is the
@@ -264,8 +260,6 @@ func (l *Layer) Forward(x *G.Node) (*Output, error) {
 	if x.Dtype() != c.Dtype {
 		return nil, fmt.Errorf("ep: input dtype %v, layer dtype %v: %w", x.Dtype(), c.Dtype, ops.ErrDtype)
 	}
-	T := x.Shape()[0]
-	s := setup{world: l.World, rank: l.Rank, experts: c.Experts, tokens: T, topK: c.TopK, recvRows: l.RecvRows(T)}
 	logits, err := moe.RouterLogits(x, l.Router)
 	if err != nil {
 		return nil, err
@@ -278,47 +272,34 @@ func (l *Layer) Forward(x *G.Node) (*Output, error) {
 	if err != nil {
 		return nil, err
 	}
-	counts, err := G.ApplyOp(&countsOp{s: s, hidden: c.Hidden, dt: c.Dtype, tr: l.tr}, r.Plan)
-	if err != nil {
-		return nil, fmt.Errorf("ep: counts: %w", err)
-	}
-	recv, err := G.ApplyOp(&exchangeOp{s: s, dir: toExperts, tr: l.tr}, packed, counts)
-	if err != nil {
-		return nil, fmt.Errorf("ep: exchange to experts: %w", err)
-	}
-	lplan, err := G.ApplyOp(&planOp{s: s, kind: localPlan}, counts, r.Plan)
-	if err != nil {
-		return nil, fmt.Errorf("ep: local plan: %w", err)
-	}
-	mm := func(a, w *G.Node) (*G.Node, error) {
-		n, err := G.ApplyOp(&gmmOp{s: s}, a, w, lplan, counts)
-		if err != nil {
-			return nil, fmt.Errorf("ep: local grouped matmul: %w", err)
-		}
-		return n, nil
-	}
-	expertOut, err := moe.ExpertFFN(recv, l.W1, l.W3, l.W2, mm)
+	ex, err := NewExchange(r, c.Hidden, c.Dtype, l.tr, l.opts.RecvRows)
 	if err != nil {
 		return nil, err
 	}
-	back, err := G.ApplyOp(&exchangeOp{s: s, dir: fromExperts, tr: l.tr}, expertOut, counts)
+	recv, err := ex.ToExperts(packed)
 	if err != nil {
-		return nil, fmt.Errorf("ep: exchange from experts: %w", err)
+		return nil, err
+	}
+	expertOut, err := moe.ExpertFFN(recv, l.W1, l.W3, l.W2, ex.GroupedMatMul)
+	if err != nil {
+		return nil, err
+	}
+	back, err := ex.FromExperts(expertOut)
+	if err != nil {
+		return nil, err
 	}
 	y, err := ops.Combine(back, r)
 	if err != nil {
 		return nil, err
 	}
-	out := &Output{Y: y, Logits: logits, Routing: r, Counts: counts, Received: recv}
+	out := &Output{Y: y, Logits: logits, Routing: r, Counts: ex.Counts, Received: recv}
 	w := float64(l.World)
 	if c.AuxLossCoef > 0 {
-		gplan, err := G.ApplyOp(&planOp{s: s, kind: globalPlan}, counts, r.Plan)
+		rg, err := ex.GlobalRouting()
 		if err != nil {
-			return nil, fmt.Errorf("ep: global counts: %w", err)
+			return nil, err
 		}
-		rg := *r
-		rg.Plan = gplan
-		if out.AuxLoss, err = ops.LoadBalancingLoss(&rg, c.AuxLossCoef/(w*w)); err != nil {
+		if out.AuxLoss, err = ops.LoadBalancingLoss(rg, c.AuxLossCoef/(w*w)); err != nil {
 			return nil, err
 		}
 	}

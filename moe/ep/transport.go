@@ -26,8 +26,8 @@ type Transport interface {
 	AllGather(send, recv *tensor.Dense) error
 	// AllToAllV sends rows of send [N,H] and receives rows into recv [M,H] (one dtype and H on every
 	// rank). The segments this rank sends to peer q and those q receives from this rank are matched in
-	// list order and must have equal row counts; a rank may send to itself. Rows of recv outside every
-	// receive segment are left unchanged.
+	// list order and must have equal row counts (segments of zero rows are ignored); a rank may send to
+	// itself. Rows of recv outside every receive segment are left unchanged.
 	AllToAllV(send *tensor.Dense, sends []Segment, recv *tensor.Dense, recvs []Segment) error
 	// AllReduceSum replaces t (float) by the elementwise sum over ranks of t. Every rank gets the same
 	// bits.
