@@ -268,14 +268,8 @@ func (t *inProcess) AllGather(send, recv *tensor.Dense) error {
 }
 
 func (t *inProcess) AllToAllV(send *tensor.Dense, sends []Segment, recv *tensor.Dense, recvs []Segment) error {
-	h, err := checkRows(send, recv)
+	h, err := CheckAllToAllV(send, sends, recv, recvs, t.g.world)
 	if err != nil {
-		return err
-	}
-	if err := checkSegments("send", sends, send.Shape()[0], t.g.world); err != nil {
-		return err
-	}
-	if err := checkSegments("receive", recvs, recv.Shape()[0], t.g.world); err != nil {
 		return err
 	}
 	return t.run(&call{kind: kindAllToAllV, send: send, sends: sends}, func(r *round) error {

@@ -98,3 +98,19 @@ func Cause(err error) error {
 	}
 	return err
 }
+
+// CheckAllToAllV validates the arguments of Transport.AllToAllV for implementations: two matrices of
+// one dtype and width H (returned), segments inside the buffers and peers inside [0, world).
+func CheckAllToAllV(send *tensor.Dense, sends []Segment, recv *tensor.Dense, recvs []Segment, world int) (int, error) {
+	h, err := checkRows(send, recv)
+	if err != nil {
+		return 0, err
+	}
+	if err := checkSegments("send", sends, send.Shape()[0], world); err != nil {
+		return 0, err
+	}
+	if err := checkSegments("receive", recvs, recv.Shape()[0], world); err != nil {
+		return 0, err
+	}
+	return h, nil
+}
