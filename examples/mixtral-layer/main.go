@@ -29,6 +29,8 @@ func main() {
 		err = runTrain(args[1:])
 	case len(args) > 0 && args[0] == "ep":
 		err = runEP(args[1:])
+	case len(args) > 0 && args[0] == "ep-bench":
+		err = runEPBench(args[1:])
 	case epRequested(args):
 		err = runEP(args)
 	default:
