@@ -537,8 +537,7 @@ func TestCUDAEPMultiGPU(t *testing.T) {
 	}
 }
 
-// TestCUDAEPDeadRank: the last rank exits right after joining the communicator; the others' next
-// collective fails with a transport error within the timeout (10 s) instead of hanging.
+// TestCUDAEPDeadRank: the last rank exits right after a first barrier; the others' next collective fails with a transport error within the timeout (10 s) instead of hanging.
 func TestCUDAEPDeadRank(t *testing.T) {
 	gpus := epGPUs(t)
 	if len(gpus) < 2 {
@@ -580,7 +579,12 @@ func TestCUDAEPChild(t *testing.T) {
 			t.Fatal(err)
 		}
 	case "dead":
+		// Every rank has joined once the barrier returns; then the last one dies.
+		if err := tr.Barrier(); err != nil {
+			t.Fatal(err)
+		}
 		if opts.Rank == opts.World-1 {
+			time.Sleep(500 * time.Millisecond)
 			fmt.Println("rank exits without leaving the communicator")
 			os.Exit(0)
 		}
