@@ -145,11 +145,16 @@ const (
 //	fromExperts: (y [R,H],   counts [W,E]) -> [T*K,H]
 //
 // Pure data movement: every received row is bitwise the row that was sent.
+//
+// A gradient exchange (built by SymDiff) takes the forward exchange's output as a third input that it
+// does not read: the dependency orders it after the forward exchange on every rank, so the ranks'
+// collectives meet in the same order whatever order the machine picks for independent nodes.
 type exchangeOp struct {
 	opBase
-	s   setup
-	dir exchangeDir
-	tr  Transport
+	s       setup
+	dir     exchangeDir
+	tr      Transport
+	ordered bool // a third, unread input orders this exchange after another
 }
 
 func (op *exchangeOp) rows() (in, out int) {
@@ -160,22 +165,42 @@ func (op *exchangeOp) rows() (in, out int) {
 	return op.s.recvRows, tk
 }
 
-func (op *exchangeOp) Arity() int    { return 2 }
-func (op *exchangeOp) Type() hm.Type { return hm.NewFnType(floatT(2), int32T(2), floatT(2)) }
+func (op *exchangeOp) Arity() int {
+	if op.ordered {
+		return 3
+	}
+	return 2
+}
+
+func (op *exchangeOp) Type() hm.Type {
+	if op.ordered {
+		return hm.NewFnType(floatT(2), int32T(2), floatT(2), floatT(2))
+	}
+	return hm.NewFnType(floatT(2), int32T(2), floatT(2))
+}
+
 func (op *exchangeOp) String() string {
-	return fmt.Sprintf("ep.Exchange{%s,%v}", [...]string{"to-experts", "from-experts"}[op.dir], op.s)
+	return fmt.Sprintf("ep.Exchange{%s,ordered=%t,%v}", [...]string{"to-experts", "from-experts"}[op.dir], op.ordered, op.s)
 }
 func (op *exchangeOp) WriteHash(h hash.Hash) { hashString(op.String(), h) }
 func (op *exchangeOp) Hashcode() uint32      { return hash32(op.String()) }
-func (op *exchangeOp) DiffWRT(int) []bool    { return []bool{true, false} }
+func (op *exchangeOp) DiffWRT(n int) []bool {
+	d := make([]bool, n)
+	d[0] = !op.ordered
+	return d
+}
 
-// SymDiff: the gradient of an exchange is the exchange in the other direction over the same counts.
-func (op *exchangeOp) SymDiff(in G.Nodes, _, g *G.Node) (G.Nodes, error) {
+// SymDiff: the gradient of an exchange is the exchange in the other direction over the same counts,
+// ordered after this exchange (its output is the third input).
+func (op *exchangeOp) SymDiff(in G.Nodes, out, g *G.Node) (G.Nodes, error) {
+	if op.ordered {
+		return nil, fmt.Errorf("ep: %v: second derivatives are not supported", op)
+	}
 	if len(in) != 2 {
 		return nil, fmt.Errorf("ep: %v: want 2 inputs, got %d", op, len(in))
 	}
-	back := &exchangeOp{s: op.s, dir: 1 - op.dir, tr: op.tr}
-	d, err := G.ApplyOp(back, g, in[1])
+	back := &exchangeOp{s: op.s, dir: 1 - op.dir, tr: op.tr, ordered: true}
+	d, err := G.ApplyOp(back, g, in[1], out)
 	return G.Nodes{d, nil}, err
 }
 
@@ -192,8 +217,8 @@ func (op *exchangeOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 }
 
 func (op *exchangeOp) Do(vs ...G.Value) (G.Value, error) {
-	if len(vs) != 2 {
-		return nil, fmt.Errorf("ep: %v: want 2 inputs, got %d: %w", op, len(vs), ops.ErrShape)
+	if len(vs) != op.Arity() {
+		return nil, fmt.Errorf("ep: %v: want %d inputs, got %d: %w", op, op.Arity(), len(vs), ops.ErrShape)
 	}
 	in, out := op.rows()
 	x, err := dense("exchange", "rows", vs[0], tensor.Dtype{}, in, -1)
