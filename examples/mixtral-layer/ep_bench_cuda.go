@@ -45,6 +45,9 @@ func runEPBench(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if err := epcuda.ExecOnLocalGPU(); err != nil {
+		return err
+	}
 	opts, ok, err := epcuda.OptionsFromEnv()
 	if err != nil {
 		return err

@@ -13,9 +13,13 @@ import (
 )
 
 // runEPLaunched is one rank of a group launched once per GPU: the ranks exchange rows through NCCL on
-// device 0 of this process (CUDA_VISIBLE_DEVICES selects the GPU). The layer computes on the host
+// device 0 of this process (CUDA_VISIBLE_DEVICES selects the GPU; when the launcher left several
+// visible, the process restarts itself on the LOCAL_RANK-th). The layer computes on the host
 // until the device layer lands; its rows are staged through the GPU for NCCL.
 func runEPLaunched(f epFlags, cfg moe.Config, l ep.Launch) error {
+	if err := epcuda.ExecOnLocalGPU(); err != nil { // returns only when this process already has one GPU
+		return err
+	}
 	opts, _, err := epcuda.OptionsFromEnv()
 	if err != nil {
 		return err
