@@ -163,24 +163,35 @@ func (t *Transport) failure() error {
 	return t.failed
 }
 
-// fail records the transport's first failure and aborts the communicator (once), from this goroutine
-// and without the device lock, which a blocked NCCL call may hold: ncclCommAbort is meant to be called
-// from another thread to stop hung operations.
+// fail records the transport's first failure and aborts the communicator (once), without the device
+// lock, which a blocked NCCL call may hold: ncclCommAbort is meant to be called from another thread to
+// stop hung operations. t.mu serialises it with asyncError (an aborted communicator is freed).
 func (t *Transport) fail(err error) error {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.failed == nil {
 		t.failed = err
 	}
-	abort := !t.aborted && t.comm != nil
-	t.aborted = true
-	first := t.failed
-	t.mu.Unlock()
-	if abort {
+	if !t.aborted && t.comm != nil {
+		t.aborted = true
 		runtime.LockOSThread()
 		_ = t.comm.Abort()
 		runtime.UnlockOSThread()
 	}
-	return first
+	return t.failed
+}
+
+// asyncError polls NCCL's background error state of a communicator that is still alive.
+func (t *Transport) asyncError() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.aborted {
+		if t.failed != nil {
+			return t.failed
+		}
+		return fmt.Errorf("epcuda: rank %d: the communicator was aborted: %w", t.opts.Rank, ep.ErrTransport)
+	}
+	return t.comm.AsyncError()
 }
 
 // Abort fails the transport and aborts the communicator; the other ranks' next collectives time out.
@@ -245,7 +256,7 @@ func (t *Transport) run(name string, issue func(stream uintptr) error) error {
 		if err != nil {
 			return t.fail(fmt.Errorf("%s: %w (%w)", what, err, ep.ErrTransport))
 		}
-		if aerr := t.comm.AsyncError(); aerr != nil {
+		if aerr := t.asyncError(); aerr != nil {
 			return t.fail(fmt.Errorf("%s: %w (%w)", what, aerr, ep.ErrTransport))
 		}
 		if idle {
