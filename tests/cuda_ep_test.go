@@ -84,6 +84,44 @@ func TestCUDAEPWorldOneDevice(t *testing.T) {
 	}
 }
 
+// TestCUDAEPInProcessDevice: 2 and 4 in-process ranks sharing GPU 0 (the in-process transport copying
+// device rows) run the device pass through the exchanges; each rank equals the single-GPU pass over all
+// ranks' tokens.
+func TestCUDAEPInProcessDevice(t *testing.T) {
+	b := cudaops.Registered()
+	if _, err := b.Device(); err != nil {
+		epSkipOrFail(t, "no CUDA device: %v", err)
+	}
+	for _, world := range []int{2, 4} {
+		grp, err := ep.NewGroup(world, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		errs := make([]error, world)
+		var wg sync.WaitGroup
+		for r := 0; r < world; r++ {
+			tr, err := grp.Rank(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer tr.Close()
+				if errs[r] = epCheckDevice(t, tr, 48, false); errs[r] != nil {
+					tr.Abort(errs[r])
+				}
+			}()
+		}
+		wg.Wait()
+		for r, err := range errs {
+			if err != nil {
+				t.Fatalf("world %d, rank %d: %v", world, r, err)
+			}
+		}
+	}
+}
+
 // TestCUDAEPWorldOneErrors: buffers NCCL cannot take give clear errors, not crashes.
 func TestCUDAEPWorldOneErrors(t *testing.T) {
 	tr := epWorldOne(t)
