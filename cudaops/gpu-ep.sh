@@ -3,7 +3,7 @@
 #   go test -c -tags expertrt_cuda -o .devbin/tests.test ./tests
 #   go build -tags expertrt_cuda -o .devbin/mixtral-layer ./examples/mixtral-layer
 # Usage: cudaops/gpu-ep.sh STAGE... with stages:
-#   world1  NCCL with a world of one rank on GPU 0 (tests TestCUDAEPWorldOne*)            ~20 s
+#   world1  NCCL with a world of one rank on GPU 0, in-process ranks sharing it           ~30 s
 #   multi   2/4/8 ranks equal the single-GPU layer, a dying rank is detected (>= 2 GPUs)  ~1-2 min
 #   train   training launched once per GPU, loss curve checked against the single-rank run ~1 min
 #   bench   all-to-all bandwidth: our NCCL transport vs torch all_to_all_single, same bytes ~1 min
@@ -49,7 +49,7 @@ for stage in "$@"; do
   echo "=== $stage"
   case $stage in
     world1)
-      timeout 300 $T -test.run 'TestCUDAEPWorldOne' -test.v -test.count=1 2>&1 | tee "$OUT/ep-world1.log" | grep -E '^(--- |ok|FAIL|PASS)|NCCL|bitwise|panic' | head -40
+      timeout 300 $T -test.run 'TestCUDAEPWorldOne|TestCUDAEPInProcessDevice' -test.v -test.count=1 2>&1 | tee "$OUT/ep-world1.log" | grep -E '^(--- |ok|FAIL|PASS)|NCCL|bitwise|panic' | head -40
       ;;
     multi)
       if [ "$NGPU" -lt 2 ]; then echo "multi: $NGPU GPU(s): needs 2 or more (not run)"; continue; fi
