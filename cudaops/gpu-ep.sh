@@ -60,7 +60,13 @@ for stage in "$@"; do
         [ "$w" -gt "$NGPU" ] && break
         launch $w "$OUT/ep-train-w$w.log" $M ep -steps 100 -tokens 256 -hidden 64 -ffn 128 -experts 8 -check -json
         rc=$?
-        echo "world $w: rc=$rc $(tail -1 "$OUT/ep-train-w$w.log.rank0" | cut -c1-400)"
+        echo "world $w: rc=$rc $(tail -1 "$OUT/ep-train-w$w.log.rank0" | python3 -c 'import json,sys
+try:
+    d = json.loads(sys.stdin.read())
+    print("loss %.5f -> %.5f, rank load %s, max rel diff to single rank %s, %.1fs" % (d["initial_loss"], d["final_loss"], [round(x, 3) for x in d["rank_load"]], d.get("check_max_rel_diff"), d["seconds"]))
+except Exception as e:
+    print("no summary:", e)')"
+        [ $rc -ne 0 ] && tail -5 "$OUT"/ep-train-w$w.log.rank*
       done
       ;;
     bench)
