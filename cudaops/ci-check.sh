@@ -9,6 +9,8 @@ echo "== go vet -tags expertrt_cuda ./..."
 go vet -tags expertrt_cuda ./...
 echo "== go build -tags expertrt_cuda ./..."
 go build -tags expertrt_cuda ./...
+echo "== go test -tags expertrt_cuda ./cudaops/nccl (NCCL binding: runs without a GPU or NCCL)"
+go test -tags expertrt_cuda ./cudaops/nccl
 echo "== go test -c -tags expertrt_cuda ./tests ./bench (compile only)"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

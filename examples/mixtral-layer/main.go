@@ -7,6 +7,7 @@
 //
 //	go run ./examples/mixtral-layer                     # train with defaults (< 1 min on 2 cores)
 //	go run ./examples/mixtral-layer -steps 500 -json    # one JSON summary at the end
+//	go run ./examples/mixtral-layer -expert-parallel 4  # experts split over 4 in-process ranks (ep.go)
 //	go run ./examples/mixtral-layer forward -weights W.safetensors -input X.safetensors -out Y.safetensors
 //	go run ./examples/mixtral-layer grad    -weights W.safetensors -input X.safetensors -out Y.safetensors
 package main
@@ -26,6 +27,12 @@ func main() {
 		err = runGrad(args[1:])
 	case len(args) > 0 && args[0] == "train":
 		err = runTrain(args[1:])
+	case len(args) > 0 && args[0] == "ep":
+		err = runEP(args[1:])
+	case len(args) > 0 && args[0] == "ep-bench":
+		err = runEPBench(args[1:])
+	case epRequested(args):
+		err = runEP(args)
 	default:
 		err = runTrain(args)
 	}

@@ -1,0 +1,54 @@
+package moe
+
+import (
+	"fmt"
+
+	G "gorgonia.org/gorgonia"
+)
+
+// The two halves of Forward as building blocks for layers that place the router and the experts
+// differently (expert parallelism, package moe/ep): the router projection, and the SwiGLU experts over
+// expert-major rows with the grouped product supplied by the caller.
+
+// GroupedMatMulFunc multiplies expert-major rows x [N,In] by their experts' matrices w [E,In,Out] over
+// segments the function knows (ops.GroupedMatMul over a routing plan, or a rank's local plan).
+type GroupedMatMulFunc func(x, w *G.Node) (*G.Node, error)
+
+// RouterLogits returns x · router^T: x [T,H], router [E,H] (HF's gate.weight layout) -> logits [T,E].
+func RouterLogits(x, router *G.Node) (*G.Node, error) {
+	routerT, err := G.Transpose(router)
+	if err != nil {
+		return nil, fmt.Errorf("moe: router transpose: %w", err)
+	}
+	logits, err := G.Mul(x, routerT)
+	if err != nil {
+		return nil, fmt.Errorf("moe: router logits: %w", err)
+	}
+	return logits, nil
+}
+
+// ExpertFFN applies SwiGLU experts to expert-major rows x [N,H]:
+//
+//	silu(mm(x, w1)) * mm(x, w3)  [N,F],  then  mm(·, w2)  [N,H]
+//
+// with w1, w3 [E,H,F] and w2 [E,F,H] (input-major) and mm the grouped product over the caller's
+// segments. Forward computes the same with mm = ops.GroupedMatMul over the layer's routing.
+func ExpertFFN(x, w1, w3, w2 *G.Node, mm GroupedMatMulFunc) (*G.Node, error) {
+	gate, err := mm(x, w1)
+	if err != nil {
+		return nil, err
+	}
+	up, err := mm(x, w3)
+	if err != nil {
+		return nil, err
+	}
+	act, err := silu(gate)
+	if err != nil {
+		return nil, err
+	}
+	hidden, err := G.HadamardProd(act, up)
+	if err != nil {
+		return nil, fmt.Errorf("moe: swiglu: %w", err)
+	}
+	return mm(hidden, w2)
+}
