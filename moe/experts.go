@@ -3,6 +3,7 @@ package moe
 import (
 	"fmt"
 
+	"github.com/expertrt/expertrt-go/ops"
 	G "gorgonia.org/gorgonia"
 )
 
@@ -14,13 +15,10 @@ import (
 // segments the function knows (ops.GroupedMatMul over a routing plan, or a rank's local plan).
 type GroupedMatMulFunc func(x, w *G.Node) (*G.Node, error)
 
-// RouterLogits returns x · router^T: x [T,H], router [E,H] (HF's gate.weight layout) -> logits [T,E].
+// RouterLogits returns x · routerᵀ: x [T,H], router [E,H] (HF's gate.weight layout) -> logits [T,E],
+// through ops.MatMul (runs on every backend).
 func RouterLogits(x, router *G.Node) (*G.Node, error) {
-	routerT, err := G.Transpose(router)
-	if err != nil {
-		return nil, fmt.Errorf("moe: router transpose: %w", err)
-	}
-	logits, err := G.Mul(x, routerT)
+	logits, err := ops.MatMul(x, router, false, true)
 	if err != nil {
 		return nil, fmt.Errorf("moe: router logits: %w", err)
 	}
@@ -29,10 +27,10 @@ func RouterLogits(x, router *G.Node) (*G.Node, error) {
 
 // ExpertFFN applies SwiGLU experts to expert-major rows x [N,H]:
 //
-//	silu(mm(x, w1)) * mm(x, w3)  [N,F],  then  mm(·, w2)  [N,H]
+//	silu(mm(x, w1)) * mm(x, w3)  [N,F] (ops.SwiGLU, fused),  then  mm(·, w2)  [N,H]
 //
 // with w1, w3 [E,H,F] and w2 [E,F,H] (input-major) and mm the grouped product over the caller's
-// segments. Forward computes the same with mm = ops.GroupedMatMul over the layer's routing.
+// segments. Forward uses it with mm = ops.GroupedMatMul over the layer's routing.
 func ExpertFFN(x, w1, w3, w2 *G.Node, mm GroupedMatMulFunc) (*G.Node, error) {
 	gate, err := mm(x, w1)
 	if err != nil {
@@ -42,11 +40,7 @@ func ExpertFFN(x, w1, w3, w2 *G.Node, mm GroupedMatMulFunc) (*G.Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	act, err := silu(gate)
-	if err != nil {
-		return nil, err
-	}
-	hidden, err := G.HadamardProd(act, up)
+	hidden, err := ops.SwiGLU(gate, up)
 	if err != nil {
 		return nil, fmt.Errorf("moe: swiglu: %w", err)
 	}

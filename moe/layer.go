@@ -172,9 +172,9 @@ func (l *Layer) Forward(x *G.Node) (*Output, error) {
 	if x.Dtype() != c.Dtype {
 		return nil, fmt.Errorf("moe: input dtype %v, layer dtype %v", x.Dtype(), c.Dtype)
 	}
-	logits, err := ops.MatMul(x, l.Router, false, true)
+	logits, err := RouterLogits(x, l.Router)
 	if err != nil {
-		return nil, fmt.Errorf("moe: router logits: %w", err)
+		return nil, err
 	}
 	r, err := ops.Route(logits, c.Route())
 	if err != nil {
@@ -184,19 +184,7 @@ func (l *Layer) Forward(x *G.Node) (*Output, error) {
 	if err != nil {
 		return nil, err
 	}
-	gate, err := ops.GroupedMatMul(packed, l.W1, r)
-	if err != nil {
-		return nil, err
-	}
-	up, err := ops.GroupedMatMul(packed, l.W3, r)
-	if err != nil {
-		return nil, err
-	}
-	hidden, err := ops.SwiGLU(gate, up)
-	if err != nil {
-		return nil, fmt.Errorf("moe: swiglu: %w", err)
-	}
-	down, err := ops.GroupedMatMul(hidden, l.W2, r)
+	down, err := ExpertFFN(packed, l.W1, l.W3, l.W2, func(x, w *G.Node) (*G.Node, error) { return ops.GroupedMatMul(x, w, r) })
 	if err != nil {
 		return nil, err
 	}

@@ -218,8 +218,10 @@ func newEPRank(cfg moe.Config, tokens int, tr ep.Transport, opts ep.Options, lr 
 	if _, err := G.Grad(cost, rk.layer.Params()...); err != nil {
 		return nil, fmt.Errorf("grad: %w", err)
 	}
-	rk.machine = G.NewTapeMachine(g, G.BindDualValues(rk.layer.Params()...))
-	rk.solver = G.NewAdamSolver(G.WithLearnRate(lr))
+	rk.machine = G.NewTapeMachine(g)
+	if rk.solver, err = ops.NewAdam(ops.DefaultAdam(lr)); err != nil {
+		return nil, err
+	}
 	return rk, nil
 }
 
@@ -253,16 +255,14 @@ func (rk *epRank) step(x, y *tensor.Dense, train bool) (epMetrics, error) {
 		if err := rk.solver.Step(G.NodesToValueGrads(rk.layer.Params())); err != nil {
 			return epMetrics{}, fmt.Errorf("solver: %w", err)
 		}
-	} else if err := zeroGrads(rk.layer.Params()); err != nil {
-		return epMetrics{}, err
 	}
-	loss, err := scalar(rk.lossV)
+	loss, err := ops.Float(rk.lossV)
 	if err != nil {
 		return epMetrics{}, err
 	}
 	var aux float64
 	if rk.auxV != nil {
-		if aux, err = scalar(rk.auxV); err != nil {
+		if aux, err = ops.Float(rk.auxV); err != nil {
 			return epMetrics{}, err
 		}
 	}
@@ -283,23 +283,6 @@ func (rk *epRank) step(x, y *tensor.Dense, train bool) (epMetrics, error) {
 		m.load[q] = float64(n) / float64(rk.slots)
 	}
 	return m, nil
-}
-
-// zeroGrads clears the gradients an evaluation pass left in the bound dual values: the TapeMachine adds
-// each pass's gradients to them, and only the solver's step clears them.
-func zeroGrads(params G.Nodes) error {
-	for _, n := range params {
-		gv, err := n.Grad()
-		if err != nil {
-			return err
-		}
-		d, ok := gv.(*tensor.Dense)
-		if !ok {
-			return fmt.Errorf("gradient of %v is %T", n, gv)
-		}
-		d.Zero()
-	}
-	return nil
 }
 
 // epSlice returns rank r's rows of a global batch of world ranks.
@@ -323,15 +306,13 @@ func epTrain(f epFlags, cfg moe.Config, world int, transport string, step func(x
 	if err != nil {
 		return err
 	}
-	defer teacher.machine.Close()
+	defer teacher.runner.Close()
 	var ref *student
-	var refSolver G.Solver
 	if f.check && report {
-		if ref, err = newStudent(cfg, global); err != nil {
+		if ref, err = newStudent(cfg, global, f.lr); err != nil {
 			return err
 		}
-		defer ref.machine.Close()
-		refSolver = G.NewAdamSolver(G.WithLearnRate(f.lr))
+		defer ref.close()
 	}
 	rng := rand.New(rand.NewPCG(f.seed, 7))
 	evalX := randomBatch(rng, cfg.Dtype, global, cfg.Hidden)
@@ -365,12 +346,9 @@ func epTrain(f epFlags, cfg moe.Config, world int, transport string, step func(x
 		losses = append(losses, m.loss)
 		line := fmt.Sprintf("step %4d  loss %.6f  aux %.4f  rank load %s", s, m.loss, m.aux, fmtLoad(m.load))
 		if ref != nil {
-			rm, err := ref.step(x, y)
+			rm, err := ref.step(x, y, true)
 			if err != nil {
 				return fmt.Errorf("single-rank step %d: %w", s, err)
-			}
-			if err := refSolver.Step(G.NodesToValueGrads(ref.layer.Params())); err != nil {
-				return fmt.Errorf("single-rank step %d: solver: %w", s, err)
 			}
 			d := math.Abs(m.loss-rm.loss) / math.Max(math.Abs(rm.loss), 1e-30)
 			worst = math.Max(worst, d)
