@@ -334,13 +334,13 @@ func (m *mutant) GroupedMatMulGradW(x, dy, plan *tensor.Dense, dW *tensor.Dense)
 	return nil
 }
 
-func (m *mutant) LoadBalancingLoss(logits, plan *tensor.Dense, coef float64, loss *tensor.Dense) error {
+func (m *mutant) LoadBalancingLoss(logits, plan, mask *tensor.Dense, coef float64, loss *tensor.Dense) error {
 	if m.kind == "lbl-divides-by-tk" {
 		T, E := logits.Shape()[0], logits.Shape()[1]
 		K := (plan.Shape().TotalSize() - 1 - 2*E) / (2 * T)
 		coef /= float64(K)
 	}
-	return m.Backend.LoadBalancingLoss(logits, plan, coef, loss)
+	return m.Backend.LoadBalancingLoss(logits, plan, mask, coef, loss)
 }
 
 func (m *mutant) ZLossGrad(logits *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error {

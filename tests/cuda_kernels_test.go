@@ -206,7 +206,7 @@ func TestCUDAAllocatorSteadyState(t *testing.T) {
 			t.Fatal(err)
 		}
 		loss, _ := b.New(tensor.Float32, 1)
-		if err := b.LoadBalancingLoss(dev[0], plan, 1, loss); err != nil {
+		if err := b.LoadBalancingLoss(dev[0], plan, nil, 1, loss); err != nil {
 			t.Fatal(err)
 		}
 		for _, x := range append(dev, idx, w, plan, xe, loss) {

@@ -198,7 +198,7 @@ func (e *env) testKnown(t *testing.T) {
 
 			var lbl, z float64
 			mustCall(t, "LoadBalancingLoss", func() (err error) {
-				lbl, err = e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(lD, planD.d, 1, l) })
+				lbl, err = e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(lD, planD.d, nil, 1, l) })
 				return err
 			})
 			closeTo(t, "LoadBalancingLoss", []float64{lbl}, []float64{wantLBL}, tol, nil)
@@ -440,12 +440,12 @@ func (e *env) testScheduling(t *testing.T) {
 				gw := o(dt, E, H, Out)
 				mustCall(t, "GroupedMatMulGradW", func() error { return e.b.GroupedMatMulGradW(yeD, dypD, plan, gw) })
 				lg := o(dt, T, E)
-				mustCall(t, "LoadBalancingLossGrad", func() error { return e.b.LoadBalancingLossGrad(lD, plan, 0.3, nil, lg) })
+				mustCall(t, "LoadBalancingLossGrad", func() error { return e.b.LoadBalancingLossGrad(lD, plan, nil, 0.3, nil, lg) })
 				zg := o(dt, T, E)
 				mustCall(t, "ZLossGrad", func() error { return e.b.ZLossGrad(lD, 0.3, nil, zg) })
 				var lbl, z float64
 				mustCall(t, "LoadBalancingLoss", func() (err error) {
-					lbl, err = e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(lD, plan, 1, l) })
+					lbl, err = e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(lD, plan, nil, 1, l) })
 					return err
 				})
 				mustCall(t, "ZLoss", func() (err error) {

@@ -257,25 +257,25 @@ func (e *env) runScenario(t *testing.T, sc scenario) {
 
 	// ---- losses ----
 	lbl := e.scalar(t, "LoadBalancingLoss", []input{inLogits, inPlan}, func() (float64, error) {
-		return e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(logitsD, planD, 1, l) })
+		return e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(logitsD, planD, nil, 1, l) })
 	})
 	closeTo(t, "LoadBalancingLoss", []float64{lbl}, []float64{refLoadBalancingLoss(logits, pv.Counts, T, E)}, tol, nil)
 	const lblScale = 0.37
 	lblG := e.kernel(t, "LoadBalancingLossGrad", dt, []int{T, E}, []input{inLogits, inPlan}, func(out *tensor.Dense) error {
-		return e.b.LoadBalancingLossGrad(logitsD, planD, lblScale, nil, out)
+		return e.b.LoadBalancingLossGrad(logitsD, planD, nil, lblScale, nil, out)
 	})
 	closeTo(t, "LoadBalancingLossGrad", e.readF(t, lblG), refLoadBalancingLossGrad(logits, pv.Counts, T, E, lblScale), tol, nil)
 	// The upstream gradient as a one-element tensor of the backend (a device scalar on a GPU).
 	const upstream = 0.5
 	gD := e.devF(t, dt, []float64{upstream}, 1)
 	lblGg := e.kernel(t, "LoadBalancingLossGrad(g)", dt, []int{T, E}, []input{inLogits, inPlan}, func(out *tensor.Dense) error {
-		return e.b.LoadBalancingLossGrad(logitsD, planD, lblScale, gD, out)
+		return e.b.LoadBalancingLossGrad(logitsD, planD, nil, lblScale, gD, out)
 	})
 	closeTo(t, "LoadBalancingLossGrad(g)", e.readF(t, lblGg), refLoadBalancingLossGrad(logits, pv.Counts, T, E, lblScale*upstream), tol, nil)
 	// Losses scale by their coefficient.
 	const coef = 0.25
 	lblc := e.scalar(t, "LoadBalancingLoss(coef)", []input{inLogits, inPlan}, func() (float64, error) {
-		return e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(logitsD, planD, coef, l) })
+		return e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(logitsD, planD, nil, coef, l) })
 	})
 	closeTo(t, "LoadBalancingLoss(coef)", []float64{lblc}, []float64{coef * refLoadBalancingLoss(logits, pv.Counts, T, E)}, tol, nil)
 
