@@ -66,26 +66,13 @@ func newLayerStep(cfg moe.Config, tokens int) (*layerStep, error) {
 	if err != nil {
 		return nil, err
 	}
-	diff, err := G.Sub(out.Y, target)
+	mse, err := moe.MSE(out.Y, target)
 	if err != nil {
 		return nil, err
 	}
-	sq, err := G.Square(diff)
+	cost, err := out.Cost(mse)
 	if err != nil {
 		return nil, err
-	}
-	cost, err := G.Mean(sq)
-	if err != nil {
-		return nil, err
-	}
-	routerLoss, err := out.RouterLoss()
-	if err != nil {
-		return nil, err
-	}
-	if routerLoss != nil {
-		if cost, err = G.Add(cost, routerLoss); err != nil {
-			return nil, err
-		}
 	}
 	if _, err := G.Grad(cost, layer.Params()...); err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"fmt"
 	"math"
 	"os"
 	"os/exec"
@@ -26,6 +27,7 @@ var mutants = []string{
 	"gradw-skips-empty-experts", "route-grad-ignores-renorm", "lbl-divides-by-tk", "gmm-writes-past-end",
 	"cgw-clobbers-dy", "combine-nondeterministic", "plan-clamps-bad-indices", "route-accepts-nan",
 	"zloss-grad-sign", "route-weights-accept-bad-indices", "combine-drops-kth-term", "plan-unsorted-within-expert",
+	"route-accepts-inf", "lbl-ignores-mask", "plan-wrong-sentinel",
 }
 
 func TestConformanceCatchesMutants(t *testing.T) {
@@ -58,7 +60,7 @@ func TestMutantConformance(t *testing.T) {
 		t.Skip("run by TestConformanceCatchesMutants")
 	}
 	conformance.Run(t, &mutant{Backend: ops.CPU(), kind: kind}, conformance.Options{
-		NaNLogitsError: true, Short: true, Guard: conformance.HostGuard,
+		Short: true, Guard: conformance.HostGuard,
 	})
 }
 
@@ -133,6 +135,14 @@ func (m *mutant) RouteIndices(logits *tensor.Dense, cfg ops.RouteConfig, idx *te
 			d[i] = int32(E-1) - d[i]
 		}
 		return nil
+	case "route-accepts-inf": // +Inf silently clamped to a large finite logit
+		v := toF64(logits)
+		for i := range v {
+			if math.IsInf(v[i], 1) {
+				v[i] = 1e30
+			}
+		}
+		return m.Backend.RouteIndices(fromF64(logits.Dtype(), v, logits.Shape()), cfg, idx)
 	case "route-accepts-nan": // NaN silently treated as a very small logit
 		v := toF64(logits)
 		for i := range v {
@@ -175,6 +185,9 @@ func (m *mutant) Plan(idx *tensor.Dense, numExperts int, plan *tensor.Dense) err
 		idx = clampIdx(idx, numExperts)
 	}
 	if err := m.Backend.Plan(idx, numExperts, plan); err != nil {
+		if m.kind == "plan-wrong-sentinel" { // the right condition reported with the wrong sentinel
+			return fmt.Errorf("plan: %v: %w", err, ops.ErrShape)
+		}
 		return err
 	}
 	T, K := idx.Shape()[0], idx.Shape()[1]
@@ -339,6 +352,9 @@ func (m *mutant) LoadBalancingLoss(logits, plan, mask *tensor.Dense, coef float6
 		T, E := logits.Shape()[0], logits.Shape()[1]
 		K := (plan.Shape().TotalSize() - 1 - 2*E) / (2 * T)
 		coef /= float64(K)
+	}
+	if m.kind == "lbl-ignores-mask" {
+		mask = nil
 	}
 	return m.Backend.LoadBalancingLoss(logits, plan, mask, coef, loss)
 }

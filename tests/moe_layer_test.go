@@ -18,28 +18,12 @@ func layerLoss(l *moe.Layer, x, target *G.Node) (*G.Node, *moe.Output, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	diff, err := G.Sub(out.Y, target)
+	mse, err := moe.MSE(out.Y, target)
 	if err != nil {
 		return nil, nil, err
 	}
-	sq, err := G.Square(diff)
-	if err != nil {
-		return nil, nil, err
-	}
-	cost, err := G.Mean(sq)
-	if err != nil {
-		return nil, nil, err
-	}
-	rl, err := out.RouterLoss()
-	if err != nil {
-		return nil, nil, err
-	}
-	if rl != nil {
-		if cost, err = G.Add(cost, rl); err != nil {
-			return nil, nil, err
-		}
-	}
-	return cost, out, nil
+	cost, err := out.Cost(mse)
+	return cost, out, err
 }
 
 func denseFloats(d *tensor.Dense) []float64 {

@@ -44,21 +44,25 @@ func (t *teacher) forward(x *tensor.Dense) (*tensor.Dense, error) {
 
 // student is the trained layer with its loss, gradients and read-outs in one graph.
 type student struct {
-	layer             *moe.Layer
-	x, target         *G.Node
-	lossV, auxV, plan G.Value
-	experts, slots    int
-	machine           G.VM
+	layer        *moe.Layer
+	x, target    *G.Node
+	lossV, auxV  G.Value
+	zV           G.Value
+	read         *moe.Readout
+	machine      G.VM
+	hasAux, hasZ bool
 }
 
 type metrics struct {
-	loss, aux float64
-	load      []float64 // share of routed slots per expert
+	loss float64   // task loss (MSE)
+	aux  float64   // load-balancing loss times its coefficient (0 when the coefficient is 0)
+	z    float64   // router z-loss times its coefficient (0 when the coefficient is 0)
+	load []float64 // share of routed slots per expert
 }
 
 func newStudent(cfg moe.Config, tokens int) (*student, error) {
 	g := G.NewGraph()
-	s := &student{experts: cfg.Experts, slots: tokens * cfg.TopK}
+	s := &student{}
 	s.x = G.NewMatrix(g, cfg.Dtype, G.WithShape(tokens, cfg.Hidden), G.WithName("x"))
 	s.target = G.NewMatrix(g, cfg.Dtype, G.WithShape(tokens, cfg.Hidden), G.WithName("target"))
 	var err error
@@ -69,32 +73,23 @@ func newStudent(cfg moe.Config, tokens int) (*student, error) {
 	if err != nil {
 		return nil, err
 	}
-	diff, err := G.Sub(out.Y, s.target)
+	mse, err := moe.MSE(out.Y, s.target)
 	if err != nil {
 		return nil, err
 	}
-	sq, err := G.Square(diff)
+	cost, err := out.Cost(mse)
 	if err != nil {
 		return nil, err
 	}
-	mse, err := G.Mean(sq)
-	if err != nil {
-		return nil, err
-	}
-	cost := mse
-	routerLoss, err := out.RouterLoss()
-	if err != nil {
-		return nil, err
-	}
-	if routerLoss != nil {
-		if cost, err = G.Add(mse, routerLoss); err != nil {
-			return nil, err
-		}
-		G.Read(routerLoss, &s.auxV)
-	}
-	// read the task loss and plan in the forward pass: backward may reuse intermediate buffers
+	// read the losses and the plan in the forward pass: backward reuses forward buffers for gradients
 	G.Read(mse, &s.lossV)
-	G.Read(out.Routing.Plan, &s.plan)
+	if s.hasAux = out.AuxLoss != nil; s.hasAux {
+		G.Read(out.AuxLoss, &s.auxV)
+	}
+	if s.hasZ = out.ZLoss != nil; s.hasZ {
+		G.Read(out.ZLoss, &s.zV)
+	}
+	s.read = out.Read()
 	if _, err := G.Grad(cost, s.layer.Params()...); err != nil {
 		return nil, fmt.Errorf("grad: %w", err)
 	}
@@ -126,20 +121,18 @@ func (s *student) metrics() (metrics, error) {
 	if m.loss, err = scalar(s.lossV); err != nil {
 		return m, err
 	}
-	if s.auxV != nil {
+	if s.hasAux {
 		if m.aux, err = scalar(s.auxV); err != nil {
 			return m, err
 		}
 	}
-	plan, ok := s.plan.Data().([]int32)
-	if !ok {
-		return m, fmt.Errorf("plan has %T data", s.plan.Data())
+	if s.hasZ {
+		if m.z, err = scalar(s.zV); err != nil {
+			return m, err
+		}
 	}
-	m.load = make([]float64, s.experts)
-	for e := range m.load {
-		m.load[e] = float64(plan[e]) / float64(s.slots)
-	}
-	return m, nil
+	m.load, err = s.read.ExpertLoad()
+	return m, err
 }
 
 func scalar(v G.Value) (float64, error) {

@@ -44,9 +44,6 @@ type Options struct {
 	// FDTol is the tolerance of gradient kernels against central finite differences of the forward
 	// kernels (float64, h = 1e-6): |g - fd| <= FDTol * max(1, |g|). Default 1e-6.
 	FDTol float64
-	// NaNLogitsError asserts that RouteIndices returns an error for logits containing NaN. Set it only
-	// for backends that document this check (the CPU backend does).
-	NaNLogitsError bool
 	// Short skips the largest cases (E = 1024, H = 130, the scheduling-determinism sizes).
 	Short bool
 	// Dtypes are the float dtypes to test; default float64 and float32.
