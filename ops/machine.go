@@ -48,9 +48,11 @@ func NewLispMachine(g *G.ExprGraph, opts ...G.VMOpt) (G.VM, error) {
 	return G.NewLispMachine(g, opts...), nil
 }
 
-// CheckLispGraph reports why G.NewLispMachine(g) with backpropagation would give wrong or no gradients:
-// symbolic gradient nodes made by G.Grad (the LispMachine differentiates on its own), or ops without
-// DoDiff whose inputs carry gradients (the LispMachine skips them, leaving zeros behind them).
+// CheckLispGraph reports why G.NewLispMachine(g) with backpropagation would give wrong gradients or fail
+// (ErrUnsupported, saying what to do): symbolic gradient nodes made by G.Grad (the LispMachine
+// differentiates on its own); differentiable ops without DoDiff (the LispMachine skips them, leaving
+// zero gradients behind them); unused non-scalar nodes, e.g. the plan of a routing that only feeds
+// weights (the LispMachine backpropagates from every node nothing consumes and refuses non-scalar ones).
 func CheckLispGraph(g *G.ExprGraph) error {
 	if g == nil {
 		return failf(ErrConfig, "LispMachine: graph is nil")
@@ -62,6 +64,13 @@ func CheckLispGraph(g *G.ExprGraph) error {
 				"or run this graph (with G.Grad) on a TapeMachine", n, of[0])
 		}
 	}
+	for _, n := range g.Roots() {
+		if op := n.Op(); op != nil && op.Arity() > 0 && !n.IsScalar() {
+			return failf(ErrUnsupported, "LispMachine: node %v is used by nothing (but G.Read), and the LispMachine backpropagates from every "+
+				"such node, which must then be a scalar: make it part of the cost or leave it out (after RunAll, Node.Value() holds "+
+				"forward values and Node.Grad() gradients)", n)
+		}
+	}
 	for _, n := range g.AllNodes() {
 		op := n.Op()
 		if op == nil || op.Arity() == 0 { // inputs, constants, statements (G.Read)
@@ -70,12 +79,18 @@ func CheckLispGraph(g *G.ExprGraph) error {
 		if _, ok := op.(G.ADOp); ok {
 			continue
 		}
+		sd, ok := op.(G.SDOp)
+		if !ok {
+			continue // not differentiable on any machine
+		}
+		var children []*G.Node
 		for it := g.From(n.ID()); it != nil && it.Next(); {
-			c, ok := it.Node().(*G.Node)
-			if !ok {
-				continue
+			if c, ok := it.Node().(*G.Node); ok {
+				children = append(children, c)
 			}
-			if dt := c.Dtype(); dt == tensor.Float32 || dt == tensor.Float64 {
+		}
+		for i, d := range sd.DiffWRT(len(children)) {
+			if dt := children[i].Dtype(); d && (dt == tensor.Float32 || dt == tensor.Float64) {
 				return failf(ErrUnsupported, "LispMachine: op %v (node %v) has no DoDiff, so the LispMachine would skip it and leave a zero gradient "+
 					"for everything before it; use a TapeMachine with G.Grad", op, n)
 			}
