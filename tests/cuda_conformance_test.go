@@ -12,11 +12,15 @@ import (
 	"gorgonia.org/tensor"
 )
 
-// cudaBackend returns the registered CUDA backend (device 0), skipping the test when no GPU opens.
+// cudaBackend returns the registered CUDA backend (device 0), skipping the test when no GPU opens, or
+// failing it when EXPERTRT_REQUIRE_GPU=1 (on the GPU host a missing device must not pass as a skip).
 func cudaBackend(t testing.TB) *cudaops.Backend {
 	t.Helper()
 	b := cudaops.Registered()
 	if _, err := b.Device(); err != nil {
+		if requireGPU() {
+			t.Fatalf("no CUDA device, and EXPERTRT_REQUIRE_GPU=1: %v", err)
+		}
 		t.Skipf("no CUDA device: %v", err)
 	}
 	return b
