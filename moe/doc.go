@@ -14,5 +14,11 @@
 //
 // plus the load-balancing aux loss and router z-loss as scalar nodes when their coefficients are > 0.
 // Every node is differentiable back to x, Router, W1, W2 and W3 with G.Grad; train with a TapeMachine
-// and any Gorgonia solver. Dtypes: float32 or float64 (Config.Dtype).
+// and any Gorgonia solver (or on a LispMachine made by ops.NewLispMachine, without G.Grad). Dtypes:
+// float32 or float64 (Config.Dtype; unset means float32).
+//
+// x may also be [B,S,H]: the layer routes the B*S tokens and Y has x's shape. ForwardMasked takes a token
+// mask that leaves padding out of the load-balancing loss. Output.Cost(task) adds the router losses to a
+// task loss such as MSE(Y, target); Output.Read keeps the forward values of Y and the routing plan for
+// reading after a run with a backward pass (which reuses forward buffers for gradients).
 package moe
