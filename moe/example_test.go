@@ -36,8 +36,8 @@ func Example_train() {
 		log.Fatal(err)
 	}
 	var loss G.Value
-	G.Read(mse, &loss) // read forward values before G.Grad: the backward pass reuses their buffers
-	read := out.Read() // the layer output and the routing plan, as of the forward pass
+	G.Read(mse, &loss)                                         // read forward values before G.Grad: the backward pass reuses their buffers
+	read := out.Read()                                         // the layer output and the routing plan, as of the forward pass
 	if _, err := G.Grad(cost, layer.Params()...); err != nil { // once per graph
 		log.Fatal(err)
 	}
