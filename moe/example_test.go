@@ -36,9 +36,11 @@ func Example_train() {
 		log.Fatal(err)
 	}
 	var loss G.Value
-	G.Read(mse, &loss)                                         // read forward values before G.Grad: the backward pass reuses their buffers
-	read := out.Read()                                         // the layer output and the routing plan, as of the forward pass
-	if _, err := G.Grad(cost, layer.Params()...); err != nil { // once per graph
+	G.Read(mse, &loss) // read forward values before G.Grad: the backward pass reuses their buffers
+	read := out.Read() // the layer output and the routing plan, as of the forward pass
+
+	// G.Grad once per graph, with every loss in the one cost
+	if _, err := G.Grad(cost, layer.Params()...); err != nil {
 		log.Fatal(err)
 	}
 

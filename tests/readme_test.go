@@ -34,7 +34,7 @@ func TestReadmeCodeIsCompiled(t *testing.T) {
 		}
 		i := 0
 		for _, line := range strings.Split(code, "\n") {
-			line = strings.TrimSpace(line)
+			line = squash(line)
 			if line == "" {
 				continue
 			}
@@ -50,7 +50,7 @@ func TestReadmeCodeIsCompiled(t *testing.T) {
 	}
 }
 
-// funcBody returns the trimmed lines of func name in src (nil when absent).
+// funcBody returns the squashed lines of func name in src (nil when absent).
 func funcBody(src, name string) []string {
 	start := strings.Index(src, "\nfunc "+name+"() {\n")
 	if start < 0 {
@@ -63,7 +63,10 @@ func funcBody(src, name string) []string {
 	}
 	var lines []string
 	for _, l := range strings.Split(rest[:end], "\n") {
-		lines = append(lines, strings.TrimSpace(l))
+		lines = append(lines, squash(l))
 	}
 	return lines
 }
+
+// squash trims a line and collapses runs of blanks (gofmt aligns trailing comments).
+func squash(s string) string { return strings.Join(strings.Fields(s), " ") }
