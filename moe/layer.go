@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"github.com/expertrt/expertrt-go/ops"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -297,19 +298,11 @@ func silu(a *G.Node) (*G.Node, error) {
 }
 
 func uniform(rng *rand.Rand, dt tensor.Dtype, limit float64, shape ...int) *tensor.Dense {
-	n := tensor.Shape(shape).TotalSize()
-	if dt == tensor.Float32 {
-		d := make([]float32, n)
-		for i := range d {
-			d[i] = float32((2*rng.Float64() - 1) * limit)
-		}
-		return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(d))
-	}
-	d := make([]float64, n)
+	d := make([]float64, tensor.Shape(shape).TotalSize())
 	for i := range d {
 		d[i] = (2*rng.Float64() - 1) * limit
 	}
-	return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(d))
+	return floats.Dense(dt, d, shape...)
 }
 
 // layerIndex is the number of layers NewLayer/NewLayerWithWeights added to g before (their router

@@ -2,6 +2,7 @@ package moe
 
 import (
 	"errors"
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"math"
 	"math/rand/v2"
 	"strings"
@@ -120,31 +121,20 @@ func equal32(a, b []float32) bool {
 }
 
 func randMatrix(rng *rand.Rand, dt tensor.Dtype, shape ...int) *tensor.Dense {
-	n := tensor.Shape(shape).TotalSize()
-	if dt == tensor.Float32 {
-		v := make([]float32, n)
-		for i := range v {
-			v[i] = float32(rng.NormFloat64())
-		}
-		return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v))
-	}
-	v := make([]float64, n)
+	v := make([]float64, tensor.Shape(shape).TotalSize())
 	for i := range v {
 		v[i] = rng.NormFloat64()
 	}
-	return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v))
+	return floats.Dense(dt, v, shape...)
 }
 
 func scalarOf(t *testing.T, v G.Value) float64 {
 	t.Helper()
-	switch s := v.(type) {
-	case *G.F64:
-		return float64(*s)
-	case *G.F32:
-		return float64(*s)
+	s, err := floats.Scalar(v)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("not a scalar: %T", v)
-	return 0
+	return s
 }
 
 // TestRouterLossEveryConfig: the documented pattern cost = task + RouterLoss works with every pair of

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"fmt"
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"math"
 	"os"
 	"os/exec"
@@ -73,17 +74,11 @@ type mutant struct {
 // ---- host helpers (the CPU backend owns host tensors) ----
 
 func toF64(d *tensor.Dense) []float64 {
-	switch v := d.Data().(type) {
-	case []float64:
-		return append([]float64(nil), v...)
-	case []float32:
-		o := make([]float64, len(v))
-		for i, x := range v {
-			o[i] = float64(x)
-		}
-		return o
+	v, err := floats.Of(d)
+	if err != nil {
+		panic(err)
 	}
-	panic("toF64: not a float tensor")
+	return v
 }
 
 func setF64(d *tensor.Dense, i int, x float64) {
@@ -96,14 +91,7 @@ func setF64(d *tensor.Dense, i int, x float64) {
 }
 
 func fromF64(dt tensor.Dtype, vals []float64, shape tensor.Shape) *tensor.Dense {
-	if dt == tensor.Float32 {
-		o := make([]float32, len(vals))
-		for i, x := range vals {
-			o[i] = float32(x)
-		}
-		return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(o))
-	}
-	return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(append([]float64(nil), vals...)))
+	return floats.Dense(dt, vals, shape...)
 }
 
 func (m *mutant) temp(like *tensor.Dense) *tensor.Dense {

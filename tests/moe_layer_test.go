@@ -2,6 +2,7 @@ package tests
 
 import (
 	"fmt"
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"math"
 	"math/rand"
 	"testing"
@@ -27,17 +28,8 @@ func layerLoss(l *moe.Layer, x, target *G.Node) (*G.Node, *moe.Output, error) {
 }
 
 func denseFloats(d *tensor.Dense) []float64 {
-	switch v := d.Data().(type) {
-	case []float64:
-		return append([]float64(nil), v...)
-	case []float32:
-		out := make([]float64, len(v))
-		for i, f := range v {
-			out[i] = float64(f)
-		}
-		return out
-	}
-	return nil
+	v, _ := floats.Of(d)
+	return v
 }
 
 // TestGradMoELayer checks the gradient of a whole MoE layer's loss (MSE + aux + z) w.r.t. the router, all

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"github.com/expertrt/expertrt-go/moe"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -135,39 +136,12 @@ func (s *student) metrics() (metrics, error) {
 	return m, err
 }
 
-func scalar(v G.Value) (float64, error) {
-	switch s := v.(type) {
-	case *G.F64:
-		return float64(*s), nil
-	case *G.F32:
-		return float64(*s), nil
-	case tensor.Tensor:
-		switch d := s.Data().(type) {
-		case float64:
-			return d, nil
-		case float32:
-			return float64(d), nil
-		case []float64:
-			return d[0], nil
-		case []float32:
-			return float64(d[0]), nil
-		}
-	}
-	return 0, fmt.Errorf("not a scalar: %T", v)
-}
+func scalar(v G.Value) (float64, error) { return floats.Scalar(v) }
 
 func randomBatch(rng *rand.Rand, dt tensor.Dtype, rows, cols int) *tensor.Dense {
-	n := rows * cols
-	if dt == tensor.Float32 {
-		d := make([]float32, n)
-		for i := range d {
-			d[i] = float32(rng.NormFloat64())
-		}
-		return tensor.New(tensor.WithShape(rows, cols), tensor.WithBacking(d))
-	}
-	d := make([]float64, n)
+	d := make([]float64, rows*cols)
 	for i := range d {
 		d[i] = rng.NormFloat64()
 	}
-	return tensor.New(tensor.WithShape(rows, cols), tensor.WithBacking(d))
+	return floats.Dense(dt, d, rows, cols)
 }
