@@ -93,9 +93,13 @@ func (b *Backend) Owns(t tensor.Tensor) bool {
 	return b.eng.IsDevice(d.Uintptr())
 }
 
-// New allocates a zero-filled device tensor.
+// New allocates a zero-filled device tensor. A shape whose byte count overflows is refused
+// (ops.ErrShape) before anything is allocated.
 func (b *Backend) New(dt tensor.Dtype, shape ...int) (*tensor.Dense, error) {
 	if err := b.open(); err != nil {
+		return nil, err
+	}
+	if err := checkBytes(dt, shape); err != nil {
 		return nil, err
 	}
 	t, err := b.eng.NewDense(dt, shape...)

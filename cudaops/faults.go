@@ -2,9 +2,11 @@ package cudaops
 
 import (
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/expertrt/expertrt-go/ops"
+	"gorgonia.org/tensor"
 )
 
 // Device faults: kernels OR fault codes into a device word that the host reads at the next
@@ -46,4 +48,20 @@ func newFaultError(f uint32) error {
 		msgs = append(msgs, fmt.Sprintf("unknown fault code %#x", rest))
 	}
 	return &faultError{msg: "cudaops: device fault: " + strings.Join(msgs, "; "), errs: errs}
+}
+
+// checkBytes refuses shapes with a negative dimension or whose byte count overflows an int64
+// (ops.ErrShape), before any allocation.
+func checkBytes(dt tensor.Dtype, shape []int) error {
+	n := int64(max(int(dt.Size()), 1))
+	for _, d := range shape {
+		if d < 0 {
+			return fmt.Errorf("cudaops: negative dimension in shape %v: %w", shape, ops.ErrShape)
+		}
+		if d != 0 && n > math.MaxInt64/int64(d) {
+			return fmt.Errorf("cudaops: shape %v of %v overflows a byte count: %w", shape, dt, ops.ErrShape)
+		}
+		n *= int64(d)
+	}
+	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/expertrt/expertrt-go/ops"
+	"gorgonia.org/tensor"
 )
 
 // TestFaultErrorSentinels: a device fault unwraps to the same ops sentinel the CPU backend returns for
@@ -68,6 +69,27 @@ func TestFaultCodesMatchKernels(t *testing.T) {
 	for name := range want {
 		if !found[name] {
 			t.Errorf("%s is not defined in common.cuh", name)
+		}
+	}
+}
+
+// TestCheckBytes: shapes whose byte count overflows are refused before any allocation.
+func TestCheckBytes(t *testing.T) {
+	for _, c := range []struct {
+		shape []int
+		ok    bool
+	}{
+		{[]int{4096, 4096}, true},
+		{[]int{0, 1 << 62}, true},
+		{[]int{1 << 30, 1 << 30}, true},     // 2^62 bytes
+		{[]int{1 << 30, 1 << 30, 2}, false}, // 2^63 bytes
+		{[]int{1 << 31, 1 << 31}, false},
+		{[]int{1 << 62, 2}, false},
+		{[]int{3, -1}, false},
+	} {
+		err := checkBytes(tensor.Float32, c.shape)
+		if c.ok != (err == nil) || (err != nil && !errors.Is(err, ops.ErrShape)) {
+			t.Errorf("checkBytes(float32, %v) = %v", c.shape, err)
 		}
 	}
 }
