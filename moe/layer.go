@@ -44,9 +44,9 @@ func (o *Output) RouterLoss() (*G.Node, error) {
 	switch {
 	case o.AuxLoss == nil && o.ZLoss == nil:
 		if o.Logits.Dtype() == tensor.Float32 {
-			return G.NewConstant(float32(0), G.WithName(uniqueName(o.Logits.Graph(), "moe.router_loss.zero"))), nil
+			return G.NewConstant(float32(0)), nil
 		}
-		return G.NewConstant(float64(0), G.WithName(uniqueName(o.Logits.Graph(), "moe.router_loss.zero"))), nil
+		return G.NewConstant(float64(0)), nil
 	case o.AuxLoss == nil:
 		return o.ZLoss, nil
 	case o.ZLoss == nil:
