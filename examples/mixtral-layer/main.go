@@ -24,10 +24,10 @@ import (
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 // subcommands lists what run accepts as the first argument (train is the default).
-const subcommands = `usage: mixtral-layer [train] [flags]     train a layer to match a teacher layer (the default)
-       mixtral-layer forward -weights W -input X -out Y [flags]   run a Hugging Face Mixtral MoE layer
+const subcommands = `usage: mixtral-layer [train] [flags]                             train a layer to match a teacher layer (default)
+       mixtral-layer forward -weights W -input X -out Y [flags]   run one MoE layer of a Hugging Face Mixtral checkpoint
        mixtral-layer grad    -weights W -input X -out Y [flags]   ... and its gradients
-       mixtral-layer help                                       this text
+       mixtral-layer help                                         this text
 Run "mixtral-layer <subcommand> -h" for the flags of a subcommand.
 `
 
