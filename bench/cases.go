@@ -107,11 +107,7 @@ func lookupOp(name string, backward bool) (opSpec, error) {
 func minRowsPerWorker(width int) int { return max(1, (32<<10)/max(width, 1)) }
 
 func init() {
-	defer func() {
-		for _, n := range opNames() {
-			portableOps = append(portableOps, n)
-		}
-	}()
+	defer func() { portableOps = append(portableOps, opNames()...) }()
 	addOp("route", "router logits [T,E] -> top-k indices [T,k] int32 and weights [T,k]", prepareRoute)
 	addOp("route-bwd", "routing weight gradient [T,k] -> logits gradient [T,E]", prepareRouteBwd)
 	addOp("plan", "indices [T,k] -> routing plan (counts, offsets, row maps)", preparePlan)

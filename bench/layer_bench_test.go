@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"math/rand/v2"
 	"testing"
 
@@ -66,26 +67,13 @@ func newLayerStep(cfg moe.Config, tokens int) (*layerStep, error) {
 	if err != nil {
 		return nil, err
 	}
-	diff, err := G.Sub(out.Y, target)
+	mse, err := moe.MSE(out.Y, target)
 	if err != nil {
 		return nil, err
 	}
-	sq, err := G.Square(diff)
+	cost, err := out.Cost(mse)
 	if err != nil {
 		return nil, err
-	}
-	cost, err := G.Mean(sq)
-	if err != nil {
-		return nil, err
-	}
-	routerLoss, err := out.RouterLoss()
-	if err != nil {
-		return nil, err
-	}
-	if routerLoss != nil {
-		if cost, err = G.Add(cost, routerLoss); err != nil {
-			return nil, err
-		}
 	}
 	if _, err := G.Grad(cost, layer.Params()...); err != nil {
 		return nil, err
@@ -102,16 +90,9 @@ func (s *layerStep) Close() error { return s.m.Close() }
 
 // randomDense is a host tensor of normal values scaled by 0.5.
 func randomDense(rng *rand.Rand, dt tensor.Dtype, rows, cols int) *tensor.Dense {
-	if dt == tensor.Float32 {
-		v := make([]float32, rows*cols)
-		for i := range v {
-			v[i] = float32(0.5 * rng.NormFloat64())
-		}
-		return tensor.New(tensor.WithShape(rows, cols), tensor.WithBacking(v))
-	}
 	v := make([]float64, rows*cols)
 	for i := range v {
 		v[i] = 0.5 * rng.NormFloat64()
 	}
-	return tensor.New(tensor.WithShape(rows, cols), tensor.WithBacking(v))
+	return floats.Dense(dt, v, rows, cols)
 }

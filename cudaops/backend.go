@@ -14,10 +14,12 @@ import (
 )
 
 // Backend implements ops.Backend over device tensors of one Device: every kernel method checks that its
-// tensors live on this device with the documented dtypes and shapes, then launches its kernels on the
-// device's stream and returns without waiting. Errors that depend on data (an expert index outside
-// [0, E)) are raised on the device and reported by the next ToHost, loss value or Synchronize, unless
-// SetSyncChecks(true) makes the kernels that validate indices wait and report at once.
+// tensors live on this device with the documented dtypes and shapes (errors wrap ops.ErrShape,
+// ops.ErrDtype, ops.ErrMixedBackends), then launches its kernels on the device's stream and returns
+// without waiting. Errors that depend on data (an expert index outside [0, E): ops.ErrExpertIndex; a
+// logits row with a NaN or +Inf, or all -Inf: ops.ErrNaN) are raised on the device and reported by the
+// next ToHost, loss value or Synchronize, unless SetSyncChecks(true) makes the kernels that validate
+// data wait and report at once.
 //
 // The backend registered with ops.Register (name "cuda") opens device 0 on first use.
 type Backend struct {
@@ -60,9 +62,10 @@ func (b *Backend) Device() (*Device, error) { return b.dev, b.open() }
 // Engine opens (on first use) and returns the tensor engine of the backend's device.
 func (b *Backend) Engine() (*Engine, error) { return b.eng, b.open() }
 
-// SetSyncChecks makes Plan, RouteWeights and RouteWeightsGrad synchronise and return device faults
-// (out-of-range expert indices) from the call itself. Off by default: the plan is then built without
-// any host synchronisation and faults surface at the next synchronising call.
+// SetSyncChecks makes the kernels that validate data (Route, RouteIndices, RouteWeights,
+// RouteWeightsGrad, Plan and the router losses) synchronise and return device faults (out-of-range
+// expert indices, non-finite logits) from the call itself. Off by default: the plan is then built
+// without any host synchronisation and faults surface at the next synchronising call.
 func (b *Backend) SetSyncChecks(on bool) { b.syncChecks = on }
 
 // Synchronize waits for the device and reports pending device faults.
@@ -90,9 +93,13 @@ func (b *Backend) Owns(t tensor.Tensor) bool {
 	return b.eng.IsDevice(d.Uintptr())
 }
 
-// New allocates a zero-filled device tensor.
+// New allocates a zero-filled device tensor. A shape whose byte count overflows is refused
+// (ops.ErrShape) before anything is allocated.
 func (b *Backend) New(dt tensor.Dtype, shape ...int) (*tensor.Dense, error) {
 	if err := b.open(); err != nil {
+		return nil, err
+	}
+	if err := checkBytes(dt, shape); err != nil {
 		return nil, err
 	}
 	t, err := b.eng.NewDense(dt, shape...)
@@ -107,7 +114,7 @@ func (b *Backend) New(dt tensor.Dtype, shape ...int) (*tensor.Dense, error) {
 // the tensor is garbage-collected). t must not be used afterwards.
 func (b *Backend) Free(t *tensor.Dense) error {
 	if !b.Owns(t) {
-		return fmt.Errorf("cudaops: Free: tensor is not a device tensor of %s", b.Name())
+		return fmt.Errorf("cudaops: Free: tensor is not a device tensor of %s: %w", b.Name(), ops.ErrMixedBackends)
 	}
 	return b.eng.Free(devMem{t.Uintptr(), 0}, 0)
 }
@@ -116,11 +123,11 @@ func (b *Backend) Free(t *tensor.Dense) error {
 // The view keeps t's memory alive.
 func (b *Backend) View(t *tensor.Dense, offset int, shape ...int) (*tensor.Dense, error) {
 	if t == nil || !b.Owns(t) {
-		return nil, fmt.Errorf("cudaops: View: tensor is not a device tensor of %s", b.Name())
+		return nil, fmt.Errorf("cudaops: View: tensor is not a device tensor of %s: %w", b.Name(), ops.ErrMixedBackends)
 	}
 	n := tensor.Shape(shape).TotalSize()
 	if offset < 0 || n < 0 || offset+n > t.Shape().TotalSize() {
-		return nil, fmt.Errorf("cudaops: View: elements [%d, %d) out of range of shape %v", offset, offset+n, t.Shape())
+		return nil, fmt.Errorf("cudaops: View: elements [%d, %d) out of range of shape %v: %w", offset, offset+n, t.Shape(), ops.ErrShape)
 	}
 	return b.eng.View(t, offset, shape...), nil
 }
@@ -131,10 +138,10 @@ func (b *Backend) FromHost(t *tensor.Dense) (*tensor.Dense, error) {
 		return nil, err
 	}
 	if t == nil {
-		return nil, fmt.Errorf("cudaops: FromHost of nil tensor")
+		return nil, fmt.Errorf("cudaops: FromHost of nil tensor: %w", ops.ErrShape)
 	}
 	if !t.IsNativelyAccessible() {
-		return nil, fmt.Errorf("cudaops: FromHost: source is not host memory")
+		return nil, fmt.Errorf("cudaops: FromHost: source is not host memory: %w", ops.ErrMixedBackends)
 	}
 	if t.IsMaterializable() {
 		t = t.Materialize().(*tensor.Dense)
@@ -150,7 +157,7 @@ func (b *Backend) FromHost(t *tensor.Dense) (*tensor.Dense, error) {
 	n := int64(shape.TotalSize() * int(t.Dtype().Size()))
 	if n > 0 {
 		if int64(len(t.Raw)) < n {
-			return nil, fmt.Errorf("cudaops: FromHost: source holds %d bytes, shape %v needs %d", len(t.Raw), shape, n)
+			return nil, fmt.Errorf("cudaops: FromHost: source holds %d bytes, shape %v needs %d: %w", len(t.Raw), shape, n, ops.ErrShape)
 		}
 		err = b.dev.copyHtoD(cu.DevicePtr(out.Uintptr()), unsafe.Pointer(&t.Raw[0]), n)
 		runtime.KeepAlive(t)
@@ -181,19 +188,19 @@ func (b *Backend) ToHost(t *tensor.Dense) (*tensor.Dense, error) {
 // when dt is the zero Dtype and the dtype is checked elsewhere) and, when given, exactly this shape.
 func (b *Backend) buf(what, name string, t *tensor.Dense, dt tensor.Dtype, shape ...int) (cu.DevicePtr, error) {
 	if t == nil {
-		return 0, fmt.Errorf("cudaops: %s: %s is nil", what, name)
+		return 0, fmt.Errorf("cudaops: %s: %s is nil: %w", what, name, ops.ErrShape)
 	}
 	if !b.Owns(t) {
-		return 0, fmt.Errorf("cudaops: %s: %s is not a tensor of device %d (copy it with FromHost)", what, name, b.ord)
+		return 0, fmt.Errorf("cudaops: %s: %s is not a tensor of device %d (copy it with FromHost): %w", what, name, b.ord, ops.ErrMixedBackends)
 	}
 	if (dt != tensor.Dtype{}) && t.Dtype() != dt {
-		return 0, fmt.Errorf("cudaops: %s: %s has dtype %v, want %v", what, name, t.Dtype(), dt)
+		return 0, fmt.Errorf("cudaops: %s: %s has dtype %v, want %v: %w", what, name, t.Dtype(), dt, ops.ErrDtype)
 	}
 	if len(shape) > 0 && !t.Shape().Eq(tensor.Shape(shape)) {
-		return 0, fmt.Errorf("cudaops: %s: %s has shape %v, want %v", what, name, t.Shape(), shape)
+		return 0, fmt.Errorf("cudaops: %s: %s has shape %v, want %v: %w", what, name, t.Shape(), shape, ops.ErrShape)
 	}
 	if t.IsMaterializable() {
-		return 0, fmt.Errorf("cudaops: %s: %s is a non-contiguous view", what, name)
+		return 0, fmt.Errorf("cudaops: %s: %s is a non-contiguous view: %w", what, name, ops.ErrUnsupported)
 	}
 	p := t.Uintptr()
 	bytes := uintptr(t.Shape().TotalSize() * int(t.Dtype().Size()))
@@ -201,36 +208,36 @@ func (b *Backend) buf(what, name string, t *tensor.Dense, dt tensor.Dtype, shape
 	base, size, ok := b.dev.alloc.block(p)
 	b.dev.mu.Unlock()
 	if !ok || p+bytes > uintptr(base)+uintptr(size) {
-		return 0, fmt.Errorf("cudaops: %s: %s (%d bytes at %#x) is not inside a live device block", what, name, bytes, p)
+		return 0, fmt.Errorf("cudaops: %s: %s (%d bytes at %#x) is not inside a live device block: %w", what, name, bytes, p, ops.ErrMixedBackends)
 	}
 	return cu.DevicePtr(p), nil
 }
 
 func floatDtype(what string, t *tensor.Dense) (tensor.Dtype, error) {
 	if t == nil {
-		return tensor.Dtype{}, fmt.Errorf("cudaops: %s: nil tensor", what)
+		return tensor.Dtype{}, fmt.Errorf("cudaops: %s: nil tensor: %w", what, ops.ErrShape)
 	}
 	if dt := t.Dtype(); dt == tensor.Float32 || dt == tensor.Float64 {
 		return dt, nil
 	}
-	return tensor.Dtype{}, fmt.Errorf("cudaops: %s: dtype %v, want float32 or float64", what, t.Dtype())
+	return tensor.Dtype{}, fmt.Errorf("cudaops: %s: dtype %v, want float32 or float64: %w", what, t.Dtype(), ops.ErrDtype)
 }
 
 func dims2(what, name string, t *tensor.Dense) (int, int, error) {
 	if t == nil || t.Shape().Dims() != 2 {
-		return 0, 0, fmt.Errorf("cudaops: %s: %s must be a matrix", what, name)
+		return 0, 0, fmt.Errorf("cudaops: %s: %s must be a matrix: %w", what, name, ops.ErrShape)
 	}
 	return t.Shape()[0], t.Shape()[1], nil
 }
 
-// planDims returns E from the plan length for T tokens and K experts per token.
+// planExperts returns E from the plan length for T tokens and K experts per token.
 func planExperts(what string, plan *tensor.Dense, T, K int) (int, error) {
 	if plan == nil || plan.Shape().Dims() != 1 {
-		return 0, fmt.Errorf("cudaops: %s: plan must be a vector", what)
+		return 0, fmt.Errorf("cudaops: %s: plan must be a vector: %w", what, ops.ErrShape)
 	}
 	rest := plan.Shape()[0] - 1 - 2*T*K
 	if rest < 2 || rest%2 != 0 {
-		return 0, fmt.Errorf("cudaops: %s: plan has %d elements, not 2E+1+2TK for T=%d, K=%d", what, plan.Shape()[0], T, K)
+		return 0, fmt.Errorf("cudaops: %s: plan has %d elements, not 2E+1+2TK for T=%d, K=%d: %w", what, plan.Shape()[0], T, K, ops.ErrShape)
 	}
 	return rest / 2, nil
 }
@@ -275,7 +282,10 @@ func (b *Backend) Route(logits *tensor.Dense, cfg ops.RouteConfig, idx, w *tenso
 			return err
 		}
 	}
-	return b.dev.Route(dt, pl, pi, pw, T, E, cfg.K, !cfg.EffectiveRenormalize())
+	if err := b.dev.Route(dt, pl, pi, pw, T, E, cfg.K, !cfg.EffectiveRenormalize()); err != nil {
+		return err
+	}
+	return b.faultCheck()
 }
 
 // logitsIdxArgs validates the logits [T,E] and indices [T,K] operands shared by the route-weight kernels.
@@ -339,7 +349,7 @@ func (b *Backend) Plan(idx *tensor.Dense, numExperts int, plan *tensor.Dense) er
 		return err
 	}
 	if numExperts < 1 {
-		return fmt.Errorf("cudaops: plan: number of experts must be >= 1, got %d", numExperts)
+		return fmt.Errorf("cudaops: plan: number of experts must be >= 1, got %d: %w", numExperts, ops.ErrConfig)
 	}
 	pi, err := b.buf(what, "idx", idx, tensor.Int32, T, K)
 	if err != nil {
@@ -369,7 +379,7 @@ func (b *Backend) permuteArgs(what string, tokens, packed, w, plan *tensor.Dense
 		return
 	}
 	if H2 != H || T == 0 || N%T != 0 {
-		err = fmt.Errorf("cudaops: %s: shapes %v and %v are not [T,H] and [T*K,H]", what, tokens.Shape(), packed.Shape())
+		err = fmt.Errorf("cudaops: %s: shapes %v and %v are not [T,H] and [T*K,H]: %w", what, tokens.Shape(), packed.Shape(), ops.ErrShape)
 		return
 	}
 	K = N / T
@@ -433,7 +443,7 @@ func (b *Backend) CombineBackward(dy, ye, w, plan *tensor.Dense, dye, dw *tensor
 		return err
 	}
 	if w == nil {
-		return fmt.Errorf("cudaops: %s: w is nil", what)
+		return fmt.Errorf("cudaops: %s: w is nil: %w", what, ops.ErrShape)
 	}
 	pdw, err := b.buf(what, "dw", dw, dt, T, K)
 	if err != nil {
@@ -457,7 +467,7 @@ func (b *Backend) GroupedMatMul(x, w, plan *tensor.Dense, transposeW bool, out *
 		return err
 	}
 	if w == nil || w.Shape().Dims() != 3 {
-		return fmt.Errorf("cudaops: %s: W must be [E,In,Out]", what)
+		return fmt.Errorf("cudaops: %s: W must be [E,In,Out]: %w", what, ops.ErrShape)
 	}
 	E := w.Shape()[0]
 	Out := w.Shape()[2]
@@ -466,7 +476,7 @@ func (b *Backend) GroupedMatMul(x, w, plan *tensor.Dense, transposeW bool, out *
 		Out, wIn = w.Shape()[1], w.Shape()[2]
 	}
 	if wIn != In {
-		return fmt.Errorf("cudaops: %s: x %v and W %v (transposeW=%t) disagree on In", what, x.Shape(), w.Shape(), transposeW)
+		return fmt.Errorf("cudaops: %s: x %v and W %v (transposeW=%t) disagree on In: %w", what, x.Shape(), w.Shape(), transposeW, ops.ErrShape)
 	}
 	px, err := b.buf(what, "x", x, dt, N, In)
 	if err != nil {
@@ -511,7 +521,7 @@ func (b *Backend) GroupedMatMulGradW(x, dy, plan *tensor.Dense, dW *tensor.Dense
 		return err
 	}
 	if dW == nil || dW.Shape().Dims() != 3 {
-		return fmt.Errorf("cudaops: %s: dW must be [E,In,Out]", what)
+		return fmt.Errorf("cudaops: %s: dW must be [E,In,Out]: %w", what, ops.ErrShape)
 	}
 	E := dW.Shape()[0]
 	px, err := b.buf(what, "x", x, dt, N, In)
@@ -533,34 +543,36 @@ func (b *Backend) GroupedMatMulGradW(x, dy, plan *tensor.Dense, dW *tensor.Dense
 	return b.dev.GroupedMatMulGradW(dt, px, pdy, offsets, pdW, E, In, Out)
 }
 
-// lossArgs validates logits [T,E] and a plan whose counts section is read (plan length 2E+1+2TK for
-// some K >= 1).
-func (b *Backend) lossArgs(what string, logits, plan *tensor.Dense) (tensor.Dtype, cu.DevicePtr, cu.DevicePtr, int, int, error) {
-	dt, err := floatDtype(what, logits)
-	if err != nil {
-		return dt, 0, 0, 0, 0, err
+// lossArgs validates logits [T,E], and (when plan is non-nil) a plan of T tokens over E experts with
+// K >= 1 experts per token and an optional token mask [T] int32.
+func (b *Backend) lossArgs(what string, logits, plan, mask *tensor.Dense) (dt tensor.Dtype, pl, pp, pm cu.DevicePtr, T, K, E int, err error) {
+	if dt, err = floatDtype(what, logits); err != nil {
+		return
 	}
-	T, E, err := dims2(what, "logits", logits)
-	if err != nil {
-		return dt, 0, 0, 0, 0, err
+	if T, E, err = dims2(what, "logits", logits); err != nil {
+		return
 	}
-	pl, err := b.buf(what, "logits", logits, dt, T, E)
-	if err != nil {
-		return dt, 0, 0, 0, 0, err
+	if pl, err = b.buf(what, "logits", logits, dt, T, E); err != nil {
+		return
 	}
-	var pc cu.DevicePtr
-	if plan != nil {
-		if plan.Shape().Dims() != 1 || plan.Shape()[0] < 2*E+1 || (plan.Shape()[0]-2*E-1)%(2*T) != 0 {
-			return dt, 0, 0, 0, 0, fmt.Errorf("cudaops: %s: plan of shape %v is not a plan for T=%d, E=%d", what, plan.Shape(), T, E)
-		}
-		if pc, err = b.buf(what, "plan", plan, tensor.Int32); err != nil {
-			return dt, 0, 0, 0, 0, err
-		}
+	if plan == nil {
+		return
 	}
-	return dt, pl, pc, T, E, nil
+	if plan.Shape().Dims() != 1 || plan.Shape()[0] < 2*E+1 || (plan.Shape()[0]-2*E-1)%(2*T) != 0 || plan.Shape()[0] == 2*E+1 {
+		err = fmt.Errorf("cudaops: %s: plan of shape %v is not a plan for T=%d, E=%d: %w", what, plan.Shape(), T, E, ops.ErrShape)
+		return
+	}
+	K = (plan.Shape()[0] - 2*E - 1) / (2 * T)
+	if pp, err = b.buf(what, "plan", plan, tensor.Int32); err != nil {
+		return
+	}
+	if mask != nil {
+		pm, err = b.buf(what, "mask", mask, tensor.Int32, T)
+	}
+	return
 }
 
-// scalarArgs validates a one-element output or upstream-gradient tensor of dtype dt (g may be nil).
+// scalarArg validates a one-element output or upstream-gradient tensor of dtype dt (g may be nil).
 func (b *Backend) scalarArg(what, name string, t *tensor.Dense, dt tensor.Dtype, optional bool) (cu.DevicePtr, error) {
 	if t == nil && optional {
 		return 0, nil
@@ -571,30 +583,33 @@ func (b *Backend) scalarArg(what, name string, t *tensor.Dense, dt tensor.Dtype,
 	return b.buf(what, name, t, dt)
 }
 
-func (b *Backend) LoadBalancingLoss(logits, plan *tensor.Dense, coef float64, loss *tensor.Dense) error {
+func (b *Backend) LoadBalancingLoss(logits, plan, mask *tensor.Dense, coef float64, loss *tensor.Dense) error {
 	const what = "load-balancing loss"
-	dt, pl, pc, T, E, err := b.lossArgs(what, logits, plan)
+	if plan == nil {
+		return fmt.Errorf("cudaops: %s: plan is nil: %w", what, ops.ErrShape)
+	}
+	dt, pl, pp, pm, T, K, E, err := b.lossArgs(what, logits, plan, mask)
 	if err != nil {
 		return err
-	}
-	if plan == nil {
-		return fmt.Errorf("cudaops: %s: plan is nil", what)
 	}
 	po, err := b.scalarArg(what, "loss", loss, dt, false)
 	if err != nil {
 		return err
 	}
-	return b.dev.LoadBalancingLoss(dt, pl, pc, po, T, E, coef)
-}
-
-func (b *Backend) LoadBalancingLossGrad(logits, plan *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error {
-	const what = "load-balancing loss grad"
-	dt, pl, pc, T, E, err := b.lossArgs(what, logits, plan)
-	if err != nil {
+	if err := b.dev.LoadBalancingLoss(dt, pl, pp, pm, po, T, K, E, coef); err != nil {
 		return err
 	}
+	return b.faultCheck()
+}
+
+func (b *Backend) LoadBalancingLossGrad(logits, plan, mask *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error {
+	const what = "load-balancing loss grad"
 	if plan == nil {
-		return fmt.Errorf("cudaops: %s: plan is nil", what)
+		return fmt.Errorf("cudaops: %s: plan is nil: %w", what, ops.ErrShape)
+	}
+	dt, pl, pp, pm, T, K, E, err := b.lossArgs(what, logits, plan, mask)
+	if err != nil {
+		return err
 	}
 	pg, err := b.scalarArg(what, "upstream gradient", g, dt, true)
 	if err != nil {
@@ -604,12 +619,15 @@ func (b *Backend) LoadBalancingLossGrad(logits, plan *tensor.Dense, scale float6
 	if err != nil {
 		return err
 	}
-	return b.dev.LoadBalancingLossGrad(dt, pl, pc, pg, pd, T, E, scale)
+	if err := b.dev.LoadBalancingLossGrad(dt, pl, pp, pm, pg, pd, T, K, E, scale); err != nil {
+		return err
+	}
+	return b.faultCheck()
 }
 
 func (b *Backend) ZLoss(logits *tensor.Dense, coef float64, loss *tensor.Dense) error {
 	const what = "z-loss"
-	dt, pl, _, T, E, err := b.lossArgs(what, logits, nil)
+	dt, pl, _, _, T, _, E, err := b.lossArgs(what, logits, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -617,12 +635,15 @@ func (b *Backend) ZLoss(logits *tensor.Dense, coef float64, loss *tensor.Dense) 
 	if err != nil {
 		return err
 	}
-	return b.dev.ZLoss(dt, pl, po, T, E, coef)
+	if err := b.dev.ZLoss(dt, pl, po, T, E, coef); err != nil {
+		return err
+	}
+	return b.faultCheck()
 }
 
 func (b *Backend) ZLossGrad(logits *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error {
 	const what = "z-loss grad"
-	dt, pl, _, T, E, err := b.lossArgs(what, logits, nil)
+	dt, pl, _, _, T, _, E, err := b.lossArgs(what, logits, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -634,7 +655,10 @@ func (b *Backend) ZLossGrad(logits *tensor.Dense, scale float64, g, dlogits *ten
 	if err != nil {
 		return err
 	}
-	return b.dev.ZLossGrad(dt, pl, pg, pd, T, E, scale)
+	if err := b.dev.ZLossGrad(dt, pl, pg, pd, T, E, scale); err != nil {
+		return err
+	}
+	return b.faultCheck()
 }
 
 var _ ops.Backend = (*Backend)(nil)

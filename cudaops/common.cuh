@@ -8,6 +8,7 @@
 // Fault codes that kernels OR into the device fault word; the host reads it at the next synchronisation.
 #define FAULT_EXPERT_RANGE 1u  // an expert index outside [0, E)
 #define FAULT_GRID_BARRIER 2u  // a grid barrier timed out (not all blocks of a launch were resident)
+#define FAULT_NONFINITE 4u     // a logits row with a NaN or +inf, or all -inf (its softmax is undefined)
 
 __device__ __forceinline__ int lane_id() { return threadIdx.x & 31; }
 __device__ __forceinline__ long long global_warp() { return ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; }
@@ -17,6 +18,10 @@ __device__ __forceinline__ long long num_warps() { return ((long long)gridDim.x 
 template <typename T> __device__ __forceinline__ T neg_inf();
 template <> __device__ __forceinline__ float neg_inf<float>() { return __int_as_float(0xff800000); }
 template <> __device__ __forceinline__ double neg_inf<double>() { return __longlong_as_double(0xfff0000000000000ULL); }
+template <typename T> __device__ __forceinline__ T pos_inf() { return -neg_inf<T>(); }
+
+// NaN ranks as -inf wherever values are compared, so that a faulty row still gives in-range indices.
+template <typename T> __device__ __forceinline__ T sanitize(T v) { return v != v ? neg_inf<T>() : v; }
 
 __device__ __forceinline__ float dev_exp(float x) { return expf(x); }
 __device__ __forceinline__ double dev_exp(double x) { return exp(x); }
@@ -36,6 +41,48 @@ template <typename T> __device__ __forceinline__ T warp_max(T v) {
         v = u > v ? u : v;
     }
     return v;
+}
+
+// Softmax statistics of one row l[0..E-1], shared by every softmax of the kernels: m = max_e l[e] and
+// s = sum_e exp(l[e] - m), reduced over the warp in a fixed order (every lane gets both). The result is
+// false, on every lane, when the row holds a NaN or +inf or is all -inf (the softmax is undefined);
+// NaN then counts as -inf so that the values stay defined. Reports FAULT_NONFINITE into fault (when
+// non-null) for such rows.
+template <typename T>
+__device__ __forceinline__ bool row_stats(const T* __restrict__ l, int E, T& m, T& s, unsigned int* fault) {
+    const int lane = lane_id();
+    bool bad = false;
+    m = neg_inf<T>();
+    for (int e = lane; e < E; e += 32) {
+        const T v = l[e];
+        bad |= v != v || v == pos_inf<T>();
+        const T c = sanitize(v);
+        m = c > m ? c : m;
+    }
+    m = warp_max(m);
+    s = T(0);
+    for (int e = lane; e < E; e += 32) s += dev_exp(sanitize(l[e]) - m);
+    s = warp_sum(s);
+    const bool ok = !__any_sync(FULL_MASK, bad) && m != neg_inf<T>();
+    if (!ok && fault && lane == 0) atomicOr(fault, FAULT_NONFINITE);
+    return ok;
+}
+
+// row_check is row_stats' validity test alone (no exponentials): false, on every lane, for a row with a
+// NaN or +inf or all -inf, reported as FAULT_NONFINITE into fault (when non-null).
+template <typename T> __device__ __forceinline__ bool row_check(const T* __restrict__ l, int E, unsigned int* fault) {
+    const int lane = lane_id();
+    bool bad = false;
+    T m = neg_inf<T>();
+    for (int e = lane; e < E; e += 32) {
+        const T v = l[e];
+        bad |= v != v || v == pos_inf<T>();
+        m = v > m ? v : m;
+    }
+    m = warp_max(m);
+    const bool ok = !__any_sync(FULL_MASK, bad) && m != neg_inf<T>();
+    if (!ok && fault && lane == 0) atomicOr(fault, FAULT_NONFINITE);
+    return ok;
 }
 
 // 16-byte vectors: float4 (4 floats) and double2 (2 doubles); the scalar forms are the fallback path.

@@ -172,23 +172,8 @@ func (d *Device) checkFaultLocked() error {
 	if err := cu.MemsetD32(d.fault, 0, 1); err != nil {
 		return fmt.Errorf("cudaops: clearing fault word: %w", err)
 	}
-	var msg string
-	switch {
-	case f&faultExpertRange != 0:
-		msg = "an expert index outside [0, E) reached a kernel (Plan, RouteWeights or RouteWeightsGrad); the indices were clamped and the results are invalid"
-	case f&faultGridBarrier != 0:
-		msg = "a grid barrier of the one-pass plan timed out (its blocks were not all resident); the plan is invalid (SetPlanMode(PlanMultiLaunch) avoids it)"
-	default:
-		msg = fmt.Sprintf("unknown fault code %#x", f)
-	}
-	return fmt.Errorf("cudaops: device fault: %s", msg)
+	return newFaultError(f)
 }
-
-// Fault codes, mirroring FAULT_* in common.cuh.
-const (
-	faultExpertRange = 1
-	faultGridBarrier = 2
-)
 
 // barrier returns the grid-barrier state of the one-pass kernels (two uint32, count and generation),
 // 128 bytes into the fault block, zeroed at Open and left zeroed by every completed launch.

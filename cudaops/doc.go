@@ -7,8 +7,9 @@
 //
 //	go build -tags expertrt_cuda ./...
 //
-// Without the tag this package is empty (this file only), so `go vet ./...` and binaries built without
-// the tag need no CUDA driver. Building with the tag needs cuda.h and libcuda.so (install-toolchain.sh);
+// Without the tag this package holds only logic that needs no driver (the mapping of device faults to
+// the ops sentinel errors), so `go vet ./...`, `go test ./...` and binaries built without the tag need no
+// CUDA driver. Building with the tag needs cuda.h and libcuda.so (install-toolchain.sh);
 // running needs an NVIDIA driver and GPU; nvcc is needed only to regenerate the PTX (go generate).
 //
 // Kernel sources are the .cu files of this directory (one per kernel family); `go generate ./cudaops`

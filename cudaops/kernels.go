@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"unsafe"
 
+	"github.com/expertrt/expertrt-go/ops"
 	"gorgonia.org/cu"
 	"gorgonia.org/tensor"
 )
@@ -21,7 +22,7 @@ func suffix(dt tensor.Dtype) (string, error) {
 	case tensor.Float64:
 		return "f64", nil
 	}
-	return "", fmt.Errorf("cudaops: unsupported dtype %v (want float32 or float64)", dt)
+	return "", fmt.Errorf("cudaops: unsupported dtype %v (want float32 or float64): %w", dt, ops.ErrDtype)
 }
 
 func offsetPtr(p cu.DevicePtr, bytes int64) cu.DevicePtr {
@@ -54,7 +55,7 @@ func rowKernel(base string, dt tensor.Dtype, h int, ptrs ...cu.DevicePtr) (strin
 func checkDims(what string, dims ...int) error {
 	for _, v := range dims {
 		if v <= 0 || v > 1<<31-1 {
-			return fmt.Errorf("cudaops: %s: dimensions must be in [1, 2^31), got %v", what, dims)
+			return fmt.Errorf("cudaops: %s: dimensions must be in [1, 2^31), got %v: %w", what, dims, ops.ErrShape)
 		}
 	}
 	return nil
@@ -62,19 +63,20 @@ func checkDims(what string, dims ...int) error {
 
 // Route runs the fused router on logits [T,E]: idx [T,K] (int32) gets the K best experts (ties to the
 // lower index); w [T,K] (may be 0) gets their weights. full selects the softmax over all E experts
-// (SoftmaxTopK without renormalisation) instead of the softmax over the K selected logits.
+// (SoftmaxTopK without renormalisation) instead of the softmax over the K selected logits. Rows with a
+// NaN or +Inf logit, or all -Inf, raise a device fault (ops.ErrNaN at the next synchronisation).
 func (d *Device) Route(dt tensor.Dtype, logits, idx, w cu.DevicePtr, T, E, K int, full bool) error {
 	if err := checkDims("route", T, E, K); err != nil {
 		return err
 	}
 	if K > E {
-		return fmt.Errorf("cudaops: route: K=%d > E=%d", K, E)
+		return fmt.Errorf("cudaops: route: K=%d > E=%d: %w", K, E, ops.ErrConfig)
 	}
 	suf, err := suffix(dt)
 	if err != nil {
 		return err
 	}
-	return d.launch("route_"+suf, d.warpGrid(T), ptrArg(logits), ptrArg(idx), ptrArg(w), i32(T), i32(E), i32(K), i32(b2i(full)))
+	return d.launch("route_"+suf, d.warpGrid(T), ptrArg(logits), ptrArg(idx), ptrArg(w), i32(T), i32(E), i32(K), i32(b2i(full)), ptrArg(d.fault))
 }
 
 // RouteWeights writes w [T,K] for given experts idx [T,K] (validated on the device: see Synchronize).
@@ -125,10 +127,10 @@ func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 	}
 	n := T * K
 	if int64(T)*int64(K) > 1<<30 {
-		return fmt.Errorf("cudaops: plan: T*K=%d too large", int64(T)*int64(K))
+		return fmt.Errorf("cudaops: plan: T*K=%d too large (at most 2^30 on the GPU): %w", int64(T)*int64(K), ops.ErrShape)
 	}
 	if E*4 > 48*1024 {
-		return fmt.Errorf("cudaops: plan: E=%d experts exceed the shared-memory counters (max %d)", E, 48*1024/4)
+		return fmt.Errorf("cudaops: plan: E=%d experts exceed the shared-memory counters (max %d): %w", E, 48*1024/4, ops.ErrUnsupported)
 	}
 	counts, offsets, rowOf, slotOf := PlanSections(plan, T, K, E)
 	if d.planMode != PlanMultiLaunch {
@@ -351,16 +353,39 @@ func (d *Device) GroupedMatMulGradW(dt tensor.Dtype, x, dy, offsets, dW cu.Devic
 	return d.launch("gmm_gradw_"+suf, d.flatGrid(int64(E)*int64(In)*int64(Out)), ptrArg(x), ptrArg(dy), ptrArg(offsets), i32(E), i32(In), i32(Out), ptrArg(dW))
 }
 
-// LoadBalancingLoss writes loss[0] = coef * E * sum_e (counts[e]/T) * mean_t softmax(logits)[t,e] in the
-// logits' dtype (no synchronisation).
-func (d *Device) LoadBalancingLoss(dt tensor.Dtype, logits, counts, loss cu.DevicePtr, T, E int, coef float64) error {
-	if err := checkDims("load-balancing loss", T, E); err != nil {
+// lblCounts writes C [E+1] int32: C[e] = slots of counted tokens routed to expert e, C[E] = the number
+// of counted tokens (all T when mask == 0, else those with mask[t] != 0), from the plan of T tokens,
+// K experts per token and E experts. C comes from the allocator; the caller puts it back.
+func (d *Device) lblCounts(plan, mask cu.DevicePtr, T, K, E int) (cu.DevicePtr, error) {
+	c, err := d.alloc.get(int64(E+1) * 4)
+	if err != nil {
+		return 0, err
+	}
+	counts, offsets, _, slotOf := PlanSections(plan, T, K, E)
+	grid := min(E, d.sms*8)
+	if err := d.launch("lbl_counts", launchCfg{grid: grid, block: 256}, ptrArg(counts), ptrArg(offsets), ptrArg(slotOf), ptrArg(mask), i32(T), i32(K), i32(E), ptrArg(c)); err != nil {
+		d.alloc.put(c)
+		return 0, err
+	}
+	return c, nil
+}
+
+// LoadBalancingLoss writes loss[0] = coef * E * sum_e (C_e/n) * (sum over counted t of softmax(logits)[t,e])/n
+// in the logits' dtype (no synchronisation), over the tokens the mask [T] int32 counts (mask == 0: all;
+// see lblCounts). plan is the routing plan of T tokens, K experts per token, E experts.
+func (d *Device) LoadBalancingLoss(dt tensor.Dtype, logits, plan, mask, loss cu.DevicePtr, T, K, E int, coef float64) error {
+	if err := checkDims("load-balancing loss", T, K, E); err != nil {
 		return err
 	}
 	suf, err := suffix(dt)
 	if err != nil {
 		return err
 	}
+	c, err := d.lblCounts(plan, mask, T, K, E)
+	if err != nil {
+		return err
+	}
+	defer d.alloc.put(c)
 	stats, err := d.alloc.get(2 * int64(T) * int64(dt.Size()))
 	if err != nil {
 		return err
@@ -372,29 +397,32 @@ func (d *Device) LoadBalancingLoss(dt tensor.Dtype, logits, counts, loss cu.Devi
 	}
 	defer d.alloc.put(pe)
 	m, s := stats, offsetPtr(stats, int64(T)*int64(dt.Size()))
-	if err := d.launch("softmax_stats_"+suf, d.warpGrid(T), ptrArg(logits), i32(T), i32(E), ptrArg(m), ptrArg(s)); err != nil {
+	if err := d.launch("softmax_stats_"+suf, d.warpGrid(T), ptrArg(logits), ptrArg(mask), i32(T), i32(E), ptrArg(m), ptrArg(s), ptrArg(d.fault)); err != nil {
 		return err
 	}
-	grid := E
-	if grid > d.sms*8 {
-		grid = d.sms * 8
-	}
-	if err := d.launch("col_mean_prob_"+suf, launchCfg{grid: grid, block: 256}, ptrArg(logits), ptrArg(m), ptrArg(s), i32(T), i32(E), ptrArg(pe)); err != nil {
+	grid := min(E, d.sms*8)
+	if err := d.launch("col_prob_sum_"+suf, launchCfg{grid: grid, block: 256}, ptrArg(logits), ptrArg(m), ptrArg(s), ptrArg(mask), i32(T), i32(E), ptrArg(pe)); err != nil {
 		return err
 	}
-	return d.launch("lbl_finish_"+suf, launchCfg{grid: 1, block: 32}, ptrArg(pe), ptrArg(counts), i32(T), i32(E), f64(coef), ptrArg(loss))
+	return d.launch("lbl_finish_"+suf, launchCfg{grid: 1, block: 32}, ptrArg(pe), ptrArg(c), i32(E), f64(coef), ptrArg(loss))
 }
 
-// LoadBalancingLossGrad writes dlogits = scale * g[0] * d(LoadBalancingLoss)/dlogits (g == 0: g[0] = 1).
-func (d *Device) LoadBalancingLossGrad(dt tensor.Dtype, logits, counts, g, dlogits cu.DevicePtr, T, E int, scale float64) error {
-	if err := checkDims("load-balancing loss grad", T, E); err != nil {
+// LoadBalancingLossGrad writes dlogits = scale * g[0] * d(LoadBalancingLoss)/dlogits (g == 0: g[0] = 1);
+// rows of tokens the mask leaves out get 0.
+func (d *Device) LoadBalancingLossGrad(dt tensor.Dtype, logits, plan, mask, g, dlogits cu.DevicePtr, T, K, E int, scale float64) error {
+	if err := checkDims("load-balancing loss grad", T, K, E); err != nil {
 		return err
 	}
 	suf, err := suffix(dt)
 	if err != nil {
 		return err
 	}
-	return d.launch("lbl_grad_"+suf, d.warpGrid(T), ptrArg(logits), ptrArg(counts), i32(T), i32(E), f64(scale), ptrArg(g), ptrArg(dlogits))
+	c, err := d.lblCounts(plan, mask, T, K, E)
+	if err != nil {
+		return err
+	}
+	defer d.alloc.put(c)
+	return d.launch("lbl_grad_"+suf, d.warpGrid(T), ptrArg(logits), ptrArg(c), ptrArg(mask), i32(T), i32(E), f64(scale), ptrArg(g), ptrArg(dlogits), ptrArg(d.fault))
 }
 
 // ZLoss writes loss[0] = coef * mean_t logsumexp(logits[t,:])^2 in the logits' dtype (no synchronisation).
@@ -411,7 +439,7 @@ func (d *Device) ZLoss(dt tensor.Dtype, logits, loss cu.DevicePtr, T, E int, coe
 		return err
 	}
 	defer d.alloc.put(sq)
-	if err := d.launch("zloss_rows_"+suf, d.warpGrid(T), ptrArg(logits), i32(T), i32(E), ptrArg(sq)); err != nil {
+	if err := d.launch("zloss_rows_"+suf, d.warpGrid(T), ptrArg(logits), i32(T), i32(E), ptrArg(sq), ptrArg(d.fault)); err != nil {
 		return err
 	}
 	return d.launch("scaled_mean_"+suf, launchCfg{grid: 1, block: 256}, ptrArg(sq), i64(int64(T)), f64(coef), ptrArg(loss))
@@ -426,14 +454,7 @@ func (d *Device) ZLossGrad(dt tensor.Dtype, logits, g, dlogits cu.DevicePtr, T, 
 	if err != nil {
 		return err
 	}
-	return d.launch("zloss_grad_"+suf, d.warpGrid(T), ptrArg(logits), i32(T), i32(E), f64(scale), ptrArg(g), ptrArg(dlogits))
-}
-
-// readF64 copies one float64 to the host (synchronising) and reports pending device faults.
-func (d *Device) readF64(p cu.DevicePtr) (float64, error) {
-	var v float64
-	err := d.copyDtoH(unsafe.Pointer(&v), p, 8)
-	return v, err
+	return d.launch("zloss_grad_"+suf, d.warpGrid(T), ptrArg(logits), i32(T), i32(E), f64(scale), ptrArg(g), ptrArg(dlogits), ptrArg(d.fault))
 }
 
 // fill writes n values of width bytes (1, 2, 4 or 8) with the given bit pattern.

@@ -17,7 +17,6 @@ type arg uint64
 func ptrArg(p cu.DevicePtr) arg { return arg(p) }
 func i32(v int) arg             { return arg(uint64(uint32(int32(v)))) }
 func i64(v int64) arg           { return arg(uint64(v)) }
-func u32(v uint32) arg          { return arg(uint64(v)) }
 func f64(v float64) arg         { return arg(math.Float64bits(v)) }
 
 // launchCfg is a 1-D launch.

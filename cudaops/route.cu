@@ -4,8 +4,11 @@
 //
 // Selection runs on the logits: softmax is monotonic, so the k largest probabilities are the k largest
 // logits. Ties go to the lower expert index: the order is (value descending, index ascending), and round
-// j of the k rounds picks the best element strictly after pick j-1 in that order. NaN logits are treated
-// as -inf for selection.
+// j of the k rounds picks the best element strictly after pick j-1 in that order.
+//
+// A token whose logits hold a NaN or +inf, or are all -inf, has no defined softmax: every kernel here
+// reports FAULT_NONFINITE for it (ops.ErrNaN on the host, as the CPU backend's error) and still writes
+// in-range indices (NaN ranks as -inf), so nothing reads outside its rows. Single -inf logits are valid.
 //
 // Scoring (ops.Scoring): 0 = SoftmaxTopK, 1 = TopKSoftmax. Weights:
 //   SoftmaxTopK without renormalisation: w_j = exp(l[i_j] - m) / sum_e exp(l[e] - m), m = max_e l[e];
@@ -13,23 +16,16 @@
 //   the softmax over the k selected logits (equal to p_j / sum_j' p_j').
 #include "common.cuh"
 
-template <typename T> __device__ __forceinline__ T sanitize(T v) { return v != v ? neg_inf<T>() : v; }
-
 // Weights of the K experts idx[0..K-1] of one token with logits l[0..E-1]; every lane gets the same
-// denominators; lanes write w[j] for j = lane, lane+32, ...
+// denominators; lanes write w[j] for j = lane, lane+32, ... Full softmax statistics come from row_stats
+// (which also reports invalid rows into fault); the k-softmax reads only the selected logits.
 template <typename T>
-__device__ void token_weights(const T* __restrict__ l, const int* idx, int E, int K, bool fullSoftmax, T* w) {
+__device__ void token_weights(const T* __restrict__ l, const int* idx, int E, int K, bool fullSoftmax, T* w,
+                              unsigned int* fault) {
     const int lane = lane_id();
     if (fullSoftmax) {
-        T m = neg_inf<T>();
-        for (int e = lane; e < E; e += 32) {
-            T v = sanitize(l[e]);
-            m = v > m ? v : m;
-        }
-        m = warp_max(m);
-        T s = T(0);
-        for (int e = lane; e < E; e += 32) s += dev_exp(sanitize(l[e]) - m);
-        s = warp_sum(s);
+        T m, s;
+        row_stats(l, E, m, s, fault);
         for (int j = lane; j < K; j += 32) w[j] = dev_exp(sanitize(l[idx[j]]) - m) / s;
     } else {
         T m = neg_inf<T>();
@@ -43,21 +39,25 @@ __device__ void token_weights(const T* __restrict__ l, const int* idx, int E, in
     }
 }
 
-// idx[t,:] = the K best experts of token t; w[t,:] their weights when w is non-null.
+// idx[t,:] = the K best experts of token t; w[t,:] their weights when w is non-null. The first selection
+// round sees every logit, so it also checks the row (a NaN or +inf, or a best value of -inf).
 template <typename T>
 __device__ void route_body(const T* __restrict__ logits, int* __restrict__ idx, T* __restrict__ w, int numTokens,
-                           int E, int K, bool fullSoftmax) {
+                           int E, int K, bool fullSoftmax, unsigned int* fault) {
     const int lane = lane_id();
     for (long long t = global_warp(); t < numTokens; t += num_warps()) {
         const T* l = logits + t * E;
         int* it = idx + t * K;
         T pv = T(0);
         int pi = -1;
+        bool bad = false;
         for (int j = 0; j < K; j++) {
             T bv = neg_inf<T>();
             int bi = 0x7fffffff;
             for (int e = lane; e < E; e += 32) {
-                const T v = sanitize(l[e]);
+                const T raw = l[e];
+                if (j == 0) bad |= raw != raw || raw == pos_inf<T>();
+                const T v = sanitize(raw);
                 const bool after = pi < 0 || v < pv || (v == pv && e > pi);
                 if (after && (v > bv || (v == bv && e < bi))) {
                     bv = v;
@@ -73,18 +73,20 @@ __device__ void route_body(const T* __restrict__ logits, int* __restrict__ idx, 
                     bi = oi;
                 }
             }
+            if (j == 0 && (__any_sync(FULL_MASK, bad) || bv == neg_inf<T>()) && lane == 0 && fault)
+                atomicOr(fault, FAULT_NONFINITE);
             if (lane == 0) it[j] = bi;
             pv = bv;
             pi = bi;
         }
         __syncwarp();
-        if (w) token_weights(l, it, E, K, fullSoftmax, w + t * K);
+        if (w) token_weights(l, it, E, K, fullSoftmax, w + t * K, (unsigned int*)0);
         __syncwarp();
     }
 }
 
 // w[t,:] = weights of the given experts idx[t,:] (validated: out-of-range indices raise the fault word
-// and are clamped so that no access leaves the row).
+// and are clamped so that no access leaves the row; invalid logit rows raise FAULT_NONFINITE).
 template <typename T>
 __device__ void route_weights_body(const T* __restrict__ logits, const int* __restrict__ idx, T* __restrict__ w,
                                    int numTokens, int E, int K, bool fullSoftmax, unsigned int* fault) {
@@ -92,9 +94,11 @@ __device__ void route_weights_body(const T* __restrict__ logits, const int* __re
     const int lane = lane_id();
     int* my = sidx + (threadIdx.x >> 5) * K;
     for (long long t = global_warp(); t < numTokens; t += num_warps()) {
+        const T* l = logits + t * E;
         for (int j = lane; j < K; j += 32) my[j] = checked_expert(idx[t * K + j], E, fault);
         __syncwarp();
-        token_weights(logits + t * E, my, E, K, fullSoftmax, w + t * K);
+        if (!fullSoftmax) row_check(l, E, fault);  // the full softmax checks in row_stats
+        token_weights(l, my, E, K, fullSoftmax, w + t * K, fault);
         __syncwarp();
     }
 }
@@ -116,21 +120,19 @@ __device__ void route_weights_grad_body(const T* __restrict__ logits, const int*
         const T* l = logits + t * E;
         for (int j = lane; j < K; j += 32) my[j] = checked_expert(idx[t * K + j], E, fault);
         __syncwarp();
-        token_weights(l, my, E, K, fullSoftmax, myw);
+        T m = T(0), s = T(1);  // the full softmax's statistics, computed once for weights and gradient
+        if (fullSoftmax) {
+            row_stats(l, E, m, s, fault);
+            for (int j = lane; j < K; j += 32) myw[j] = dev_exp(sanitize(l[my[j]]) - m) / s;
+        } else {
+            row_check(l, E, fault);
+            token_weights(l, my, E, K, false, myw, (unsigned int*)0);
+        }
         __syncwarp();
         T dot = T(0);
         for (int j = 0; j < K; j++) dot += dw[t * K + j] * myw[j];
         T* out = dlogits + t * E;
         if (fullSoftmax) {
-            T m = neg_inf<T>();
-            for (int e = lane; e < E; e += 32) {
-                T v = sanitize(l[e]);
-                m = v > m ? v : m;
-            }
-            m = warp_max(m);
-            T s = T(0);
-            for (int e = lane; e < E; e += 32) s += dev_exp(sanitize(l[e]) - m);
-            s = warp_sum(s);
             for (int e = lane; e < E; e += 32) {
                 T g = T(0);
                 for (int j = 0; j < K; j++)
@@ -152,8 +154,8 @@ __device__ void route_weights_grad_body(const T* __restrict__ logits, const int*
 
 #define DEFINE_ROUTE(SUF, T)                                                                                  \
     extern "C" __global__ void route_##SUF(const T* logits, int* idx, T* w, int numTokens, int E, int K,       \
-                                           int fullSoftmax) {                                                 \
-        route_body<T>(logits, idx, w, numTokens, E, K, fullSoftmax != 0);                                     \
+                                           int fullSoftmax, unsigned int* fault) {                            \
+        route_body<T>(logits, idx, w, numTokens, E, K, fullSoftmax != 0, fault);                              \
     }                                                                                                         \
     extern "C" __global__ void route_weights_##SUF(const T* logits, const int* idx, T* w, int numTokens, int E, \
                                                    int K, int fullSoftmax, unsigned int* fault) {            \

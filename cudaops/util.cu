@@ -1,10 +1,6 @@
 // Small utility kernels behind the tensor engine: fills and elementwise addition.
 #include "common.cuh"
 
-extern "C" __global__ void fill_u32(unsigned int* p, long long n, unsigned int v) {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) p[i] = v;
-}
-
 extern "C" __global__ void fill_u64(unsigned long long* p, long long n, unsigned long long v) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) p[i] = v;
 }

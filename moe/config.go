@@ -2,6 +2,7 @@ package moe
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/expertrt/expertrt-go/ops"
 	"gorgonia.org/tensor"
@@ -15,10 +16,15 @@ type Config struct {
 	TopK        int         // K, experts per token, 1 <= K <= E
 	Scoring     ops.Scoring // ops.SoftmaxTopK (Mixtral) or ops.TopKSoftmax
 	Renormalize bool        // SoftmaxTopK: renormalise the K weights (Mixtral: true)
-	AuxLossCoef float64     // load-balancing loss coefficient; 0 leaves the node out
-	ZLossCoef   float64     // router z-loss coefficient; 0 leaves the node out
-	Seed        uint64      // weight initialisation seed
-	Dtype       tensor.Dtype
+	AuxLossCoef float64     // load-balancing loss coefficient, finite and >= 0; 0 leaves the node out
+	ZLossCoef   float64     // router z-loss coefficient, finite and >= 0; 0 leaves the node out
+	// Seed of the weight initialisation (NewLayer). 0: every layer added to a graph draws from its own
+	// stream (the graph's n-th layer from stream n), so two layers of one graph differ while the same
+	// program gives the same weights on every run. Non-zero: exactly this seed, so the same Config gives
+	// the same weights in any graph.
+	Seed uint64
+	// Dtype is tensor.Float32 or tensor.Float64; the zero value means float32.
+	Dtype tensor.Dtype
 	// Backend holds the layer's parameters: nil or ops.CPU() keeps them in host memory; a device backend
 	// (e.g. the one named "cuda" in ops.Backends()) gets copies of the host weights (FromHost) when the
 	// layer is created. The layer's ops run on the backend that owns their inputs, so feed the layer
@@ -27,10 +33,10 @@ type Config struct {
 }
 
 // MixtralConfig returns a Mixtral-style configuration (softmax, top-2, renormalised, aux coef 0.02 as
-// in Mixtral's router_aux_loss_coef) in float32.
+// in Mixtral's router_aux_loss_coef) in float32, with per-layer weight streams (Seed 0).
 func MixtralConfig(hidden, ffn, experts int) Config {
 	return Config{Hidden: hidden, FFN: ffn, Experts: experts, TopK: 2, Scoring: ops.SoftmaxTopK,
-		Renormalize: true, AuxLossCoef: 0.02, Seed: 1, Dtype: tensor.Float32}
+		Renormalize: true, AuxLossCoef: 0.02, Dtype: tensor.Float32}
 }
 
 // Route returns the routing configuration of the layer.
@@ -38,16 +44,39 @@ func (c Config) Route() ops.RouteConfig {
 	return ops.RouteConfig{K: c.TopK, Scoring: c.Scoring, Renormalize: c.Renormalize}
 }
 
-// Validate checks sizes, dtype and routing parameters.
+// withDefaults fills the zero Dtype with float32.
+func (c Config) withDefaults() Config {
+	if c.Dtype == (tensor.Dtype{}) {
+		c.Dtype = tensor.Float32
+	}
+	return c
+}
+
+// Validate checks sizes, dtype (unset means float32), loss coefficients and routing parameters. Errors
+// wrap ops.ErrConfig (ops.ErrDtype for the dtype).
 func (c Config) Validate() error {
+	c = c.withDefaults()
 	if c.Hidden < 1 || c.FFN < 1 || c.Experts < 1 {
-		return fmt.Errorf("moe: sizes must be >= 1, got hidden=%d ffn=%d experts=%d", c.Hidden, c.FFN, c.Experts)
+		return fmt.Errorf("moe: sizes must be >= 1, got hidden=%d ffn=%d experts=%d: %w", c.Hidden, c.FFN, c.Experts, ops.ErrConfig)
 	}
 	if c.Dtype != tensor.Float32 && c.Dtype != tensor.Float64 {
-		return fmt.Errorf("moe: dtype must be float32 or float64, got %v", c.Dtype)
+		return fmt.Errorf("moe: dtype must be float32 or float64, got %s: %w", dtypeName(c.Dtype), ops.ErrDtype)
 	}
-	if c.AuxLossCoef < 0 || c.ZLossCoef < 0 {
-		return fmt.Errorf("moe: loss coefficients must be >= 0, got aux=%v z=%v", c.AuxLossCoef, c.ZLossCoef)
+	for _, coef := range []struct {
+		name string
+		v    float64
+	}{{"AuxLossCoef", c.AuxLossCoef}, {"ZLossCoef", c.ZLossCoef}} {
+		if !(coef.v >= 0) || math.IsInf(coef.v, 1) {
+			return fmt.Errorf("moe: %s must be finite and >= 0, got %v: %w", coef.name, coef.v, ops.ErrConfig)
+		}
 	}
 	return c.Route().Validate(c.Experts)
+}
+
+// dtypeName prints a dtype, including the zero Dtype (whose String method panics).
+func dtypeName(dt tensor.Dtype) string {
+	if dt.Type == nil {
+		return "<unset>"
+	}
+	return dt.String()
 }

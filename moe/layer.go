@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"github.com/expertrt/expertrt-go/ops"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -29,30 +30,62 @@ type Weights struct {
 
 // Output is what Forward returns.
 type Output struct {
-	Y       *G.Node      // [T,H] layer output
-	Logits  *G.Node      // [T,E] router logits
+	Y       *G.Node      // layer output, the input's shape ([T,H] or [B,S,H])
+	Logits  *G.Node      // [T,E] router logits (T = all tokens, B*S for a [B,S,H] input)
 	AuxLoss *G.Node      // scalar load-balancing loss (times its coefficient), nil when the coefficient is 0
 	ZLoss   *G.Node      // scalar router z-loss (times its coefficient), nil when the coefficient is 0
 	Routing *ops.Routing // indices, weights and plan, for diagnostics
 }
 
-// RouterLoss returns AuxLoss + ZLoss (either may be absent; ops.AddLosses, so it works on every backend),
-// or nil when both are.
+// RouterLoss returns AuxLoss + ZLoss, the terms that are present; when both coefficients are 0 it is a
+// constant scalar 0 of the layer's dtype, so G.Add(task, RouterLoss) works for every configuration on the
+// CPU. Cost adds them to a task loss without the constant, on every backend (ops.AddLosses).
 func (o *Output) RouterLoss() (*G.Node, error) {
-	if o.AuxLoss == nil && o.ZLoss == nil {
-		return nil, nil
+	switch {
+	case o.AuxLoss == nil && o.ZLoss == nil:
+		if o.Logits.Dtype() == tensor.Float32 {
+			return G.NewConstant(float32(0)), nil
+		}
+		return G.NewConstant(float64(0)), nil
+	case o.AuxLoss == nil:
+		return o.ZLoss, nil
+	case o.ZLoss == nil:
+		return o.AuxLoss, nil
 	}
 	return ops.AddLosses(o.AuxLoss, o.ZLoss)
 }
 
+// Cost returns task + AuxLoss + ZLoss (the router terms that are present; task itself when there are
+// none): the one scalar to differentiate with G.Grad. task is a scalar node of the layer's dtype, e.g.
+// MSE(out.Y, target).
+func (o *Output) Cost(task *G.Node) (*G.Node, error) {
+	if task == nil || !task.IsScalar() {
+		return nil, fmt.Errorf("moe: the task loss must be a scalar node, got %v: %w", shapeOf(task), ops.ErrShape)
+	}
+	cost, err := ops.AddLosses(task, o.AuxLoss, o.ZLoss)
+	if err != nil {
+		return nil, fmt.Errorf("moe: adding the router losses to the task loss: %w", err)
+	}
+	return cost, nil
+}
+
 // NewLayer adds a layer with freshly initialised weights to g: Router and W1/W3 uniform in
-// ±sqrt(3/H) (unit-variance activations for unit-variance inputs), W2 uniform in ±sqrt(3/F).
-// The same Config (Seed included) gives the same weights.
+// ±sqrt(3/H) (unit-variance activations for unit-variance inputs), W2 uniform in ±sqrt(3/F). With a
+// non-zero Seed the same Config gives the same weights; with Seed 0 the n-th layer added to a graph
+// draws from stream n, so the layers of one graph differ (see Config.Seed). An unset Dtype is float32.
 func NewLayer(g *G.ExprGraph, cfg Config) (*Layer, error) {
+	if g == nil {
+		return nil, fmt.Errorf("moe: NewLayer: graph is nil: %w", ops.ErrConfig)
+	}
+	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	rng := rand.New(rand.NewPCG(cfg.Seed, 0x9e3779b97f4a7c15))
+	src := rand.NewPCG(cfg.Seed, 0x9e3779b97f4a7c15)
+	if cfg.Seed == 0 {
+		src = rand.NewPCG(uint64(layerIndex(g)), 0x5851f42d4c957f2d) // other stream than any explicit seed
+	}
+	rng := rand.New(src)
 	h, f, e := cfg.Hidden, cfg.FFN, cfg.Experts
 	w := Weights{
 		Router: uniform(rng, cfg.Dtype, math.Sqrt(3/float64(h)), e, h),
@@ -70,12 +103,15 @@ func NewLayer(g *G.ExprGraph, cfg Config) (*Layer, error) {
 // are copied to the device (weights it already owns are bound as they are); read them back with
 // HostWeights.
 func NewLayerWithWeights(g *G.ExprGraph, cfg Config, w Weights) (*Layer, error) {
+	if g == nil {
+		return nil, fmt.Errorf("moe: NewLayerWithWeights: graph is nil: %w", ops.ErrConfig)
+	}
 	if w.Router == nil || w.W1 == nil || w.W2 == nil || w.W3 == nil {
-		return nil, fmt.Errorf("moe: all four weights (Router, W1, W3, W2) are required")
+		return nil, fmt.Errorf("moe: all four weights (Router, W1, W3, W2) are required: %w", ops.ErrConfig)
 	}
 	rs := w.Router.Shape()
 	if len(rs) != 2 || w.W1.Dims() != 3 {
-		return nil, fmt.Errorf("moe: Router must be [E,H] and W1 [E,H,F], got %v and %v", rs, w.W1.Shape())
+		return nil, fmt.Errorf("moe: Router must be [E,H] and W1 [E,H,F], got %v and %v: %w", rs, w.W1.Shape(), ops.ErrShape)
 	}
 	e, h, f := rs[0], rs[1], w.W1.Shape()[2]
 	for _, c := range []struct {
@@ -83,7 +119,7 @@ func NewLayerWithWeights(g *G.ExprGraph, cfg Config, w Weights) (*Layer, error) 
 		have, cfg int
 	}{{"hidden", h, cfg.Hidden}, {"ffn", f, cfg.FFN}, {"experts", e, cfg.Experts}} {
 		if c.cfg != 0 && c.cfg != c.have {
-			return nil, fmt.Errorf("moe: config %s=%d but the weights have %d", c.name, c.cfg, c.have)
+			return nil, fmt.Errorf("moe: config %s=%d but the weights have %d: %w", c.name, c.cfg, c.have, ops.ErrShape)
 		}
 	}
 	cfg.Hidden, cfg.FFN, cfg.Experts = h, f, e
@@ -100,10 +136,10 @@ func NewLayerWithWeights(g *G.ExprGraph, cfg Config, w Weights) (*Layer, error) 
 	}{{"Router", w.Router, tensor.Shape{e, h}}, {"W1", w.W1, tensor.Shape{e, h, f}},
 		{"W3", w.W3, tensor.Shape{e, h, f}}, {"W2", w.W2, tensor.Shape{e, f, h}}} {
 		if !c.t.Shape().Eq(c.shape) {
-			return nil, fmt.Errorf("moe: %s has shape %v, want %v", c.name, c.t.Shape(), c.shape)
+			return nil, fmt.Errorf("moe: %s has shape %v, want %v: %w", c.name, c.t.Shape(), c.shape, ops.ErrShape)
 		}
 		if c.t.Dtype() != cfg.Dtype {
-			return nil, fmt.Errorf("moe: %s has dtype %v, want %v", c.name, c.t.Dtype(), cfg.Dtype)
+			return nil, fmt.Errorf("moe: %s has dtype %v, the layer %v: %w", c.name, c.t.Dtype(), cfg.Dtype, ops.ErrDtype)
 		}
 	}
 	if b := cfg.Backend; b != nil && b.Name() != ops.CPU().Name() {
@@ -163,14 +199,28 @@ func (l *Layer) HostWeights() (Weights, error) {
 	return out, nil
 }
 
-// Forward applies the layer to x [T,H] (the layer's dtype).
-func (l *Layer) Forward(x *G.Node) (*Output, error) {
+// Forward applies the layer to x [T,H] or [B,S,H] (the layer's dtype); Y has x's shape, the routing
+// and Logits are over the T = B*S tokens in row-major order. Same as ForwardMasked(x, nil).
+func (l *Layer) Forward(x *G.Node) (*Output, error) { return l.ForwardMasked(x, nil) }
+
+// ForwardMasked is Forward with a token mask for the load-balancing loss: mask (int32, [T], or [B,S]
+// for a [B,S,H] input; 0 marks padding) leaves padding tokens out of the loss, as transformers'
+// load_balancing_loss_func does with an attention mask. Padding tokens are still routed and computed
+// (their outputs are whatever the layer gives them); only the aux loss ignores them. A nil mask
+// counts every token.
+func (l *Layer) ForwardMasked(x, mask *G.Node) (*Output, error) {
 	c := l.Config
-	if x == nil || x.Shape().Dims() != 2 || x.Shape()[1] != c.Hidden {
-		return nil, fmt.Errorf("moe: input must be [T,%d], got %v", c.Hidden, shapeOf(x))
+	lead, err := l.checkInput(x)
+	if err != nil {
+		return nil, err
 	}
-	if x.Dtype() != c.Dtype {
-		return nil, fmt.Errorf("moe: input dtype %v, layer dtype %v", x.Dtype(), c.Dtype)
+	if mask, err = tokenMask(mask, lead); err != nil {
+		return nil, err
+	}
+	if len(lead) > 1 { // [B,S,H] -> [T,H]: a view, differentiable
+		if x, err = G.Reshape(x, tensor.Shape{lead.TotalSize(), c.Hidden}); err != nil {
+			return nil, fmt.Errorf("moe: flattening the input to [T,H]: %w", err)
+		}
 	}
 	logits, err := RouterLogits(x, l.Router)
 	if err != nil {
@@ -192,9 +242,14 @@ func (l *Layer) Forward(x *G.Node) (*Output, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(lead) > 1 {
+		if y, err = G.Reshape(y, append(lead.Clone(), c.Hidden)); err != nil {
+			return nil, fmt.Errorf("moe: reshaping the output to %v: %w", append(lead.Clone(), c.Hidden), err)
+		}
+	}
 	out := &Output{Y: y, Logits: logits, Routing: r}
 	if c.AuxLossCoef > 0 {
-		if out.AuxLoss, err = ops.LoadBalancingLoss(r, c.AuxLossCoef); err != nil {
+		if out.AuxLoss, err = ops.LoadBalancingLossMasked(r, mask, c.AuxLossCoef); err != nil {
 			return nil, err
 		}
 	}
@@ -206,20 +261,65 @@ func (l *Layer) Forward(x *G.Node) (*Output, error) {
 	return out, nil
 }
 
-func uniform(rng *rand.Rand, dt tensor.Dtype, limit float64, shape ...int) *tensor.Dense {
-	n := tensor.Shape(shape).TotalSize()
-	if dt == tensor.Float32 {
-		d := make([]float32, n)
-		for i := range d {
-			d[i] = float32((2*rng.Float64() - 1) * limit)
-		}
-		return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(d))
+// checkInput validates x ([T,H] or [B,S,H] of the layer's dtype) and returns its leading shape.
+func (l *Layer) checkInput(x *G.Node) (tensor.Shape, error) {
+	c := l.Config
+	if x == nil || (x.Shape().Dims() != 2 && x.Shape().Dims() != 3) || x.Shape()[x.Shape().Dims()-1] != c.Hidden {
+		return nil, fmt.Errorf("moe: input must be [T,%d] or [B,S,%d], got %v: %w", c.Hidden, c.Hidden, shapeOf(x), ops.ErrShape)
 	}
-	d := make([]float64, n)
+	if x.Dtype() != c.Dtype {
+		return nil, fmt.Errorf("moe: input %q is %v, the layer's weights are %v: %w", x.Name(), x.Dtype(), c.Dtype, ops.ErrDtype)
+	}
+	s := x.Shape()
+	lead := s[:len(s)-1].Clone()
+	if lead.TotalSize() < 1 {
+		return nil, fmt.Errorf("moe: input %v has no tokens: %w", s, ops.ErrShape)
+	}
+	return lead, nil
+}
+
+// tokenMask validates a token mask against the input's leading shape and returns it as [T] (nil stays nil).
+func tokenMask(mask *G.Node, lead tensor.Shape) (*G.Node, error) {
+	if mask == nil {
+		return nil, nil
+	}
+	if mask.Dtype() != tensor.Int32 {
+		return nil, fmt.Errorf("moe: the token mask must be int32 (0: padding), got %v: %w", mask.Dtype(), ops.ErrDtype)
+	}
+	ms := mask.Shape()
+	if !ms.Eq(lead) && !(ms.Dims() == 1 && ms[0] == lead.TotalSize()) {
+		return nil, fmt.Errorf("moe: token mask of shape %v for an input with leading shape %v, want %v or [%d]: %w",
+			ms, lead, lead, lead.TotalSize(), ops.ErrShape)
+	}
+	if ms.Dims() == 1 {
+		return mask, nil
+	}
+	m, err := G.Reshape(mask, tensor.Shape{lead.TotalSize()})
+	if err != nil {
+		return nil, fmt.Errorf("moe: flattening the token mask: %w", err)
+	}
+	return m, nil
+}
+
+func uniform(rng *rand.Rand, dt tensor.Dtype, limit float64, shape ...int) *tensor.Dense {
+	d := make([]float64, tensor.Shape(shape).TotalSize())
 	for i := range d {
 		d[i] = (2*rng.Float64() - 1) * limit
 	}
-	return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(d))
+	return floats.Dense(dt, d, shape...)
+}
+
+// layerIndex is the number of layers NewLayer/NewLayerWithWeights added to g before (their router
+// nodes are named moe.router, moe.router.1, ... by uniqueName).
+func layerIndex(g *G.ExprGraph) int {
+	if len(g.ByName("moe.router")) == 0 {
+		return 0
+	}
+	i := 1
+	for len(g.ByName(fmt.Sprintf("moe.router.%d", i))) > 0 {
+		i++
+	}
+	return i
 }
 
 // uniqueName avoids Gorgonia's name collisions when several layers share a graph.

@@ -1,7 +1,6 @@
 package ops
 
 import (
-	"fmt"
 	"sync"
 
 	"gorgonia.org/tensor"
@@ -14,7 +13,9 @@ import (
 //
 // Conventions for every kernel method:
 //   - Inputs were validated by the op (shapes, dtypes, k <= E); kernels still return errors for
-//     data-dependent faults (out-of-range expert indices, NaN logits on the CPU).
+//     data-dependent faults, with the same sentinel on every backend: expert indices outside [0,E)
+//     (ErrExpertIndex), router logit rows that hold a NaN or +Inf or are all -Inf (ErrNaN).
+//     Asynchronous backends report them at the next synchronisation (Synchronizer).
 //   - out is preallocated with the right shape and dtype; the kernel overwrites all of it.
 //   - Float tensors are float32 or float64 (all float inputs of one call share the dtype); idx and plan are int32.
 //   - T, K and E are implied by shapes: x/y [T,H], packed [T*K,H], w [T,K], idx [T,K], plan [PlanLen(T,K,E)].
@@ -38,7 +39,9 @@ type Backend interface {
 	View(t *tensor.Dense, offset int, shape ...int) (*tensor.Dense, error)
 
 	// RouteIndices writes idx[t,:] = the K experts of token t in decreasing score order, ties to the
-	// lower expert index. logits [T,E] float, idx [T,K] int32.
+	// lower expert index. logits [T,E] float, idx [T,K] int32. A row with a NaN or +Inf logit, or whose
+	// logits are all -Inf, is an error (ErrNaN); -Inf logits are otherwise allowed (never selected before
+	// a finite one).
 	RouteIndices(logits *tensor.Dense, cfg RouteConfig, idx *tensor.Dense) error
 	// RouteWeights writes w[t,j] = the routing weight of expert idx[t,j] (see Scoring). w [T,K].
 	RouteWeights(logits, idx *tensor.Dense, cfg RouteConfig, w *tensor.Dense) error
@@ -64,14 +67,21 @@ type Backend interface {
 	// GroupedMatMulGradW writes dW[e] = x_e^T · dy_e over expert e's segment. x [N,In], dy [N,Out], dW [E,In,Out].
 	GroupedMatMulGradW(x, dy, plan *tensor.Dense, dW *tensor.Dense) error
 
-	// LoadBalancingLoss writes loss = coef * E * sum_e (counts[e]/T) * mean_t softmax(logits)[t,e] (HF
-	// Mixtral / Switch convention) into loss, a one-element tensor of logits' dtype owned by this backend.
-	// Asynchronous backends do not synchronise: the value stays on the device until someone reads it.
-	LoadBalancingLoss(logits, plan *tensor.Dense, coef float64, loss *tensor.Dense) error
-	// LoadBalancingLossGrad writes dlogits = scale * g * d(LoadBalancingLoss with coef 1)/dlogits, where g
-	// is the upstream gradient: g[0] when g is a one-element tensor of this backend, 1 when g is nil.
-	LoadBalancingLossGrad(logits, plan *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error
+	// LoadBalancingLoss writes loss = coef * E * sum_e f_e * P_e (HF Mixtral / Switch convention) into
+	// loss, a one-element tensor of logits' dtype owned by this backend. Without a mask (mask nil),
+	// f_e = counts[e]/T and P_e = mean_t softmax(logits)[t,e]. With a token mask [T] int32 (0: padding,
+	// excluded; anything else: counted, as transformers' attention_mask), f_e and P_e count only the
+	// n >= 0 counted tokens: f_e = (slots of counted tokens routed to e)/n, P_e = (sum over counted t of
+	// softmax(logits)[t,e])/n; no counted token gives loss 0. Logits of a counted token that are NaN,
+	// +Inf or all -Inf are an error (ErrNaN; reported at the next synchronisation on asynchronous
+	// backends). Asynchronous backends do not synchronise: the value stays on the device until read.
+	LoadBalancingLoss(logits, plan, mask *tensor.Dense, coef float64, loss *tensor.Dense) error
+	// LoadBalancingLossGrad writes dlogits = scale * g * d(LoadBalancingLoss with coef 1)/dlogits (0 for
+	// rows of padding tokens), where g is the upstream gradient: g[0] when g is a one-element tensor of
+	// this backend, 1 when g is nil.
+	LoadBalancingLossGrad(logits, plan, mask *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error
 	// ZLoss writes loss = coef * mean_t logsumexp(logits[t,:])^2 into the one-element tensor loss.
+	// Non-finite logit rows (NaN, +Inf, all -Inf) are an error (ErrNaN) as in LoadBalancingLoss.
 	ZLoss(logits *tensor.Dense, coef float64, loss *tensor.Dense) error
 	// ZLossGrad writes dlogits = scale * g * d(ZLoss with coef 1)/dlogits (g as in LoadBalancingLossGrad).
 	ZLossGrad(logits *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error
@@ -133,7 +143,7 @@ func BackendFor(ts ...tensor.Tensor) (Backend, error) {
 		case owned == 0:
 			continue
 		case owned != countNonNil(ts):
-			return nil, fmt.Errorf("ops: inputs mix %s tensors with tensors of another backend; copy them explicitly", b.Name())
+			return nil, failf(ErrMixedBackends, "inputs mix %s tensors with tensors of another backend; copy them explicitly (Backend.FromHost / ToHost)", b.Name())
 		default:
 			return b, nil
 		}

@@ -42,10 +42,15 @@ func (op *combineBackwardOp) String() string {
 func (op *combineBackwardOp) WriteHash(h hash.Hash) { writeHash(op, h) }
 func (op *combineBackwardOp) Hashcode() uint32      { return hashOf(op) }
 
-// Second derivatives through the fused node are not provided (first-order training needs none).
-func (op *combineBackwardOp) DiffWRT(n int) []bool { return make([]bool, n) }
+// Second derivatives through the fused node are not provided (first-order training needs none). The
+// float inputs are marked differentiable so that G.Grad of a gradient reaches SymDiff, whose error names
+// the op (otherwise Gorgonia reports only "Non Differentiable WRTs").
+func (op *combineBackwardOp) DiffWRT(n int) []bool { return []bool{true, true, true, false}[:n] }
 func (op *combineBackwardOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
-	return nil, fmt.Errorf("ops: %v has no second derivative", op)
+	return nil, noSecondOrder(op, "Combine")
+}
+func (op *combineBackwardOp) DoDiff(G.ExecutionContext, G.Nodes, *G.Node) error {
+	return noSecondOrder(op, "Combine")
 }
 
 func (op *combineBackwardOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
@@ -54,7 +59,7 @@ func (op *combineBackwardOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) 
 		return nil, err
 	}
 	if len(dy) != 2 {
-		return nil, fmt.Errorf("ops: %v: dy must be a matrix, got %v", op, dy)
+		return nil, failf(ErrShape, "%v: dy must be a matrix, got %v", op, dy)
 	}
 	return tensor.Shape{dy[0]*op.k*dy[1] + dy[0]*op.k}, nil
 }
@@ -63,8 +68,8 @@ func (op *combineBackwardOp) Do(vs ...G.Value) (G.Value, error) { return op.UseP
 
 func (op *combineBackwardOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error) {
 	const name = "combine backward"
-	if len(vs) != 4 {
-		return nil, fmt.Errorf("ops: %v: want 4 inputs, got %d", op, len(vs))
+	if err := arity(op, 4, vs); err != nil {
+		return nil, err
 	}
 	dy, err := arg(name, "dy", vs[0], anyFloat, -1, -1)
 	if err != nil {
@@ -128,9 +133,14 @@ func (op *viewOp) String() string {
 }
 func (op *viewOp) WriteHash(h hash.Hash) { writeHash(op, h) }
 func (op *viewOp) Hashcode() uint32      { return hashOf(op) }
-func (op *viewOp) DiffWRT(n int) []bool  { return make([]bool, n) }
+func (op *viewOp) DiffWRT(n int) []bool  { return allTrue(n) }
+
+// The views expose the weighted Combine's fused gradient (their only use): see combineBackwardOp.
 func (op *viewOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
-	return nil, fmt.Errorf("ops: %v has no derivative", op)
+	return nil, noSecondOrder(op, "Combine")
+}
+func (op *viewOp) DoDiff(G.ExecutionContext, G.Nodes, *G.Node) error {
+	return noSecondOrder(op, "Combine")
 }
 
 func (op *viewOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
@@ -139,14 +149,14 @@ func (op *viewOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 		return nil, err
 	}
 	if op.offset+op.shape.TotalSize() > s.TotalSize() {
-		return nil, fmt.Errorf("ops: %v: input of shape %v is too small", op, s)
+		return nil, failf(ErrShape, "%v: input of shape %v is too small", op, s)
 	}
 	return op.shape.Clone(), nil
 }
 
 func (op *viewOp) Do(vs ...G.Value) (G.Value, error) {
-	if len(vs) != 1 {
-		return nil, fmt.Errorf("ops: %v: want 1 input, got %d", op, len(vs))
+	if err := arity(op, 1, vs); err != nil {
+		return nil, err
 	}
 	t, err := arg("view", "input", vs[0], anyFloat, -1)
 	if err != nil {

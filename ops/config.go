@@ -33,7 +33,7 @@ func ParseScoring(s string) (Scoring, error) {
 	case "topk-softmax":
 		return TopKSoftmax, nil
 	}
-	return 0, fmt.Errorf("ops: unknown scoring %q (want softmax-topk or topk-softmax)", s)
+	return 0, failf(ErrConfig, "unknown scoring %q (want softmax-topk or topk-softmax)", s)
 }
 
 // RouteConfig parameterises routing.
@@ -43,16 +43,16 @@ type RouteConfig struct {
 	Renormalize bool    // SoftmaxTopK only: divide the k weights by their sum
 }
 
-// Validate checks the configuration against the number of experts.
+// Validate checks the configuration against the number of experts (errors wrap ErrConfig).
 func (c RouteConfig) Validate(numExperts int) error {
 	if numExperts < 1 {
-		return fmt.Errorf("ops: route: number of experts must be >= 1, got %d", numExperts)
+		return failf(ErrConfig, "route: number of experts must be >= 1, got %d", numExperts)
 	}
 	if c.K < 1 || c.K > numExperts {
-		return fmt.Errorf("ops: route: top-k must satisfy 1 <= k <= E, got k=%d, E=%d", c.K, numExperts)
+		return failf(ErrConfig, "route: top-k must satisfy 1 <= k <= E, got k=%d, E=%d", c.K, numExperts)
 	}
 	if c.Scoring != SoftmaxTopK && c.Scoring != TopKSoftmax {
-		return fmt.Errorf("ops: route: unknown scoring %d", int(c.Scoring))
+		return failf(ErrConfig, "route: unknown scoring %d", int(c.Scoring))
 	}
 	return nil
 }

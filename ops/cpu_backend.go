@@ -1,7 +1,6 @@
 package ops
 
 import (
-	"fmt"
 	"runtime"
 	"sync"
 
@@ -26,26 +25,31 @@ func (cpuBackend) Owns(t tensor.Tensor) bool {
 
 func (cpuBackend) New(dt tensor.Dtype, shape ...int) (*tensor.Dense, error) {
 	if len(shape) == 0 {
-		return nil, fmt.Errorf("ops: cpu: New needs a shape")
+		return nil, failf(ErrShape, "cpu: New needs a shape")
 	}
+	n := 1
 	for _, s := range shape {
-		if s < 0 {
-			return nil, fmt.Errorf("ops: cpu: negative dimension in shape %v", shape)
+		var ok bool
+		if n, ok = mulInt(n, s); s < 0 || !ok {
+			return nil, failf(ErrShape, "cpu: shape %v is negative or overflows", shape)
 		}
+	}
+	if _, ok := mulInt(n, int(dt.Size())); !ok {
+		return nil, failf(ErrShape, "cpu: %v elements of %v overflow a byte count", shape, dt)
 	}
 	return tensor.New(tensor.Of(dt), tensor.WithShape(shape...)), nil
 }
 
 func (cpuBackend) FromHost(t *tensor.Dense) (*tensor.Dense, error) {
 	if t == nil {
-		return nil, fmt.Errorf("ops: cpu: FromHost of nil tensor")
+		return nil, failf(ErrShape, "cpu: FromHost of nil tensor")
 	}
 	return t.Clone().(*tensor.Dense), nil
 }
 
 func (cpuBackend) ToHost(t *tensor.Dense) (*tensor.Dense, error) {
 	if t == nil {
-		return nil, fmt.Errorf("ops: cpu: ToHost of nil tensor")
+		return nil, failf(ErrShape, "cpu: ToHost of nil tensor")
 	}
 	return t.Clone().(*tensor.Dense), nil
 }
@@ -53,7 +57,7 @@ func (cpuBackend) ToHost(t *tensor.Dense) (*tensor.Dense, error) {
 func (cpuBackend) View(t *tensor.Dense, offset int, shape ...int) (*tensor.Dense, error) {
 	n := tensor.Shape(shape).TotalSize()
 	if t == nil || offset < 0 || n < 0 || offset+n > t.Shape().TotalSize() {
-		return nil, fmt.Errorf("ops: cpu: view [%d, %d+%v) out of range of a tensor of shape %v", offset, offset, shape, shapeOrNil(t))
+		return nil, failf(ErrShape, "cpu: view [%d, %d+%v) out of range of a tensor of shape %v", offset, offset, shape, shapeOrNil(t))
 	}
 	var backing any
 	switch d := t.Data().(type) {
@@ -64,7 +68,7 @@ func (cpuBackend) View(t *tensor.Dense, offset int, shape ...int) (*tensor.Dense
 	case []int32:
 		backing = d[offset : offset+n : offset+n]
 	default:
-		return nil, fmt.Errorf("ops: cpu: view of %v tensors is not supported", t.Dtype())
+		return nil, failf(ErrDtype, "cpu: view of %v tensors is not supported", t.Dtype())
 	}
 	return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(backing)), nil
 }
@@ -119,7 +123,7 @@ func rowsFor(width int) int {
 func int32s(t *tensor.Dense) ([]int32, error) {
 	d, ok := t.Data().([]int32)
 	if !ok {
-		return nil, fmt.Errorf("ops: want int32 data, got %v", t.Dtype())
+		return nil, failf(ErrDtype, "want int32 data, got %v", t.Dtype())
 	}
 	return d, nil
 }
@@ -129,7 +133,7 @@ func floats[T float](t *tensor.Dense) ([]T, error) {
 	d, ok := t.Data().([]T)
 	if !ok {
 		var z T
-		return nil, fmt.Errorf("ops: want %T data, got %v", z, t.Dtype())
+		return nil, failf(ErrDtype, "want %T data, got %v", z, t.Dtype())
 	}
 	return d, nil
 }
@@ -150,18 +154,18 @@ func byDtype(dt tensor.Dtype, f32, f64 func() error) error {
 	case tensor.Float64:
 		return f64()
 	}
-	return fmt.Errorf("ops: unsupported dtype %v (want float32 or float64)", dt)
+	return failf(ErrDtype, "unsupported dtype %v (want float32 or float64)", dt)
 }
 
 // planOf splits a host plan tensor given T and K.
 func planOf(plan *tensor.Dense, t, k int) (PlanView, error) {
 	p, err := int32s(plan)
 	if err != nil {
-		return PlanView{}, fmt.Errorf("ops: plan: %w", err)
+		return PlanView{}, err
 	}
 	e := (len(p) - 1 - 2*t*k) / 2
 	if e < 1 {
-		return PlanView{}, fmt.Errorf("ops: plan of %d elements is too short for T=%d, K=%d", len(p), t, k)
+		return PlanView{}, failf(ErrShape, "plan of %d elements is too short for T=%d, K=%d", len(p), t, k)
 	}
 	return NewPlanView(p, t, k, e)
 }

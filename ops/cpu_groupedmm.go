@@ -119,15 +119,15 @@ func segmentOffsets(plan *tensor.Dense, numExperts, rows int) ([]int32, error) {
 		return nil, err
 	}
 	if len(p) < 2*numExperts+1 {
-		return nil, errorf("grouped matmul: plan of %d elements is too short for E=%d", len(p), numExperts)
+		return nil, failf(ErrShape, "grouped matmul: plan of %d elements is too short for E=%d", len(p), numExperts)
 	}
 	off := p[numExperts : 2*numExperts+1]
 	if off[0] != 0 || int(off[numExperts]) != rows {
-		return nil, errorf("grouped matmul: plan offsets span [%d,%d), want [0,%d)", off[0], off[numExperts], rows)
+		return nil, failf(ErrShape, "grouped matmul: plan offsets span [%d,%d), want [0,%d)", off[0], off[numExperts], rows)
 	}
 	for e := 0; e < numExperts; e++ {
 		if off[e+1] < off[e] {
-			return nil, errorf("grouped matmul: plan offsets decrease at expert %d", e)
+			return nil, failf(ErrShape, "grouped matmul: plan offsets decrease at expert %d", e)
 		}
 	}
 	return off, nil

@@ -18,12 +18,15 @@ func (cpuBackend) Plan(idx *tensor.Dense, numExperts int, plan *tensor.Dense) er
 		return fmt.Errorf("ops: plan: %w", err)
 	}
 	nT, k := idx.Shape()[0], idx.Shape()[1]
+	if err := checkSizes("plan", nT, k, numExperts, 1); err != nil {
+		return err
+	}
 	v, err := NewPlanView(p, nT, k, numExperts)
 	if err != nil {
 		return err
 	}
-	if err := checkIndices(sel, numExperts); err != nil {
-		return fmt.Errorf("ops: plan: %w", err)
+	if err := checkIndices("plan", sel, numExperts); err != nil {
+		return err
 	}
 	clear(v.Counts)
 	for _, e := range sel {

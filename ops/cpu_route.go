@@ -1,7 +1,6 @@
 package ops
 
 import (
-	"fmt"
 	"math"
 	"sync"
 
@@ -27,36 +26,43 @@ func routeIndicesCPU[T float](logits *tensor.Dense, cfg RouteConfig, idx *tensor
 	}
 	nT, nE := logits.Shape()[0], logits.Shape()[1]
 	k := cfg.K
-	var mu sync.Mutex
-	var firstErr error
-	errAt := -1
+	var rows rowErrors
 	parallelRows(nT, rowsFor(nE*k), func(lo, hi int) {
 		vals := make([]T, k) // one scratch per goroutine
 		for t := lo; t < hi; t++ {
 			row := l[t*nE : (t+1)*nE]
-			sel := out[t*k : (t+1)*k]
-			if e := topK(row, vals, sel); e >= 0 {
-				mu.Lock()
-				if errAt < 0 || t < errAt { // the lowest bad row wins, whatever the scheduling
-					errAt = t
-					firstErr = fmt.Errorf("ops: route: logits[%d,%d] is NaN", t, e)
-				}
-				mu.Unlock()
+			if bad := topK(row, vals, out[t*k:(t+1)*k]); bad >= 0 {
+				rows.report(t, func() error { return badRow("route", t, row, bad) })
 				return
 			}
 		}
 	})
-	return firstErr
+	return rows.err
+}
+
+// rowErrors keeps the error of the lowest failing row, whatever the scheduling of parallelRows.
+type rowErrors struct {
+	mu  sync.Mutex
+	at  int
+	err error
+}
+
+func (r *rowErrors) report(row int, mk func() error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err == nil || row < r.at {
+		r.at, r.err = row, mk()
+	}
 }
 
 // topK writes into sel the indices of the len(sel) largest values of row in decreasing order; equal
-// values keep increasing index order (ties to the lower expert index). It returns the index of a NaN
-// in row, or -1.
+// values keep increasing index order (ties to the lower expert index). It returns -1, or, when the
+// row's softmax is undefined, the index of its first NaN or +Inf (len(row) when all values are -Inf).
 func topK[T float](row []T, vals []T, sel []int32) int {
 	k := len(sel)
 	n := 0
 	for e, v := range row {
-		if v != v {
+		if v != v || math.IsInf(float64(v), 1) {
 			return e
 		}
 		if n == k && v <= vals[k-1] {
@@ -78,7 +84,54 @@ func topK[T float](row []T, vals []T, sel []int32) int {
 			n++
 		}
 	}
+	if n > 0 && math.IsInf(float64(vals[0]), -1) {
+		return len(row)
+	}
 	return -1
+}
+
+// softmaxStats returns m = max(row) and z = sum_e exp(row[e] - m), summed in float64 in index order (the
+// statistics of every softmax and logsumexp of this backend), and bad: -1, or the index of the row's
+// first NaN or +Inf, or len(row) when every value is -Inf (softmax and logsumexp are then undefined).
+func softmaxStats[T float](row []T) (m, z float64, bad int) {
+	m = math.Inf(-1)
+	for e, v := range row {
+		x := float64(v)
+		if x != x || math.IsInf(x, 1) {
+			return 0, 0, e
+		}
+		m = math.Max(m, x)
+	}
+	if math.IsInf(m, -1) {
+		return 0, 0, len(row)
+	}
+	for _, v := range row {
+		z += math.Exp(float64(v) - m)
+	}
+	return m, z, -1
+}
+
+// badRow is the ErrNaN error for token t's logits row with the problem softmaxStats or topK found at bad.
+func badRow[T float](what string, t int, row []T, bad int) error {
+	if bad >= len(row) {
+		return failf(ErrNaN, "%s: the logits of token %d are all -Inf (softmax undefined)", what, t)
+	}
+	return failf(ErrNaN, "%s: logits[%d,%d] is %v", what, t, bad, row[bad])
+}
+
+// checkRows reports the first row of l [T,E] whose softmax is undefined (ErrNaN), skipping rows where
+// counted (when non-nil) is 0.
+func checkRows[T float](what string, l []T, nT, nE int, counted []int32) error {
+	for t := 0; t < nT; t++ {
+		if counted != nil && counted[t] == 0 {
+			continue
+		}
+		row := l[t*nE : (t+1)*nE]
+		if _, _, bad := softmaxStats(row); bad >= 0 {
+			return badRow(what, t, row, bad)
+		}
+	}
+	return nil
 }
 
 func (cpuBackend) RouteWeights(logits, idx *tensor.Dense, cfg RouteConfig, w *tensor.Dense) error {
@@ -102,45 +155,36 @@ func routeWeightsCPU[T float](logits, idx *tensor.Dense, cfg RouteConfig, w *ten
 	}
 	nT, nE := logits.Shape()[0], logits.Shape()[1]
 	k := idx.Shape()[1]
-	if err := checkIndices(sel, nE); err != nil {
-		return fmt.Errorf("ops: route weights: %w", err)
+	if err := checkIndices("route weights", sel, nE); err != nil {
+		return err
+	}
+	if err := checkRows("route weights", l, nT, nE, nil); err != nil {
+		return err
 	}
 	renorm := cfg.EffectiveRenormalize()
 	parallelRows(nT, rowsFor(nE), func(lo, hi int) {
 		for t := lo; t < hi; t++ {
-			row := l[t*nE : (t+1)*nE]
-			s := sel[t*k : (t+1)*k]
-			o := out[t*k : (t+1)*k]
-			routeRowWeights(row, s, renorm, o)
+			routeRowWeights(l[t*nE:(t+1)*nE], sel[t*k:(t+1)*k], renorm, out[t*k:(t+1)*k])
 		}
 	})
 	return nil
 }
 
-// routeRowWeights computes one token's k weights in float64 and stores them as T.
-// Renormalised weights are a softmax over the selected logits only (identical to dividing the selected
-// probabilities by their sum, without the rounding of the full softmax).
+// routeRowWeights computes one token's k weights in float64 and stores them as T (the row is valid:
+// checkRows). Renormalised weights are a softmax over the selected logits only (identical to dividing
+// the selected probabilities by their sum, without the rounding of the full softmax).
 func routeRowWeights[T float](row []T, sel []int32, renorm bool, out []T) {
-	m := math.Inf(-1)
+	var m, z float64
 	if renorm {
+		m = math.Inf(-1)
 		for _, e := range sel {
 			m = math.Max(m, float64(row[e]))
 		}
-		z := 0.0
 		for _, e := range sel {
 			z += math.Exp(float64(row[e]) - m)
 		}
-		for j, e := range sel {
-			out[j] = T(math.Exp(float64(row[e])-m) / z)
-		}
-		return
-	}
-	for _, v := range row {
-		m = math.Max(m, float64(v))
-	}
-	z := 0.0
-	for _, v := range row {
-		z += math.Exp(float64(v) - m)
+	} else {
+		m, z, _ = softmaxStats(row)
 	}
 	for j, e := range sel {
 		out[j] = T(math.Exp(float64(row[e])-m) / z)
@@ -175,8 +219,11 @@ func routeWeightsGradCPU[T float](logits, idx, dw *tensor.Dense, cfg RouteConfig
 	}
 	nT, nE := logits.Shape()[0], logits.Shape()[1]
 	k := idx.Shape()[1]
-	if err := checkIndices(sel, nE); err != nil {
-		return fmt.Errorf("ops: route weights grad: %w", err)
+	if err := checkIndices("route weights grad", sel, nE); err != nil {
+		return err
+	}
+	if err := checkRows("route weights grad", l, nT, nE, nil); err != nil {
+		return err
 	}
 	renorm := cfg.EffectiveRenormalize()
 	parallelRows(nT, rowsFor(nE), func(lo, hi int) {
@@ -198,14 +245,7 @@ func routeWeightsGradCPU[T float](logits, idx, dw *tensor.Dense, cfg RouteConfig
 				}
 				continue
 			}
-			m := math.Inf(-1)
-			for _, v := range row {
-				m = math.Max(m, float64(v))
-			}
-			z := 0.0
-			for _, v := range row {
-				z += math.Exp(float64(v) - m)
-			}
+			m, z, _ := softmaxStats(row)
 			for e, v := range row {
 				o[e] = T(-math.Exp(float64(v)-m) / z * dot)
 			}
@@ -217,11 +257,11 @@ func routeWeightsGradCPU[T float](logits, idx, dw *tensor.Dense, cfg RouteConfig
 	return nil
 }
 
-// checkIndices reports the first expert index outside [0, numExperts).
-func checkIndices(idx []int32, numExperts int) error {
+// checkIndices reports the first expert index outside [0, numExperts) (ErrExpertIndex).
+func checkIndices(what string, idx []int32, numExperts int) error {
 	for i, e := range idx {
 		if e < 0 || int(e) >= numExperts {
-			return fmt.Errorf("expert index %d at position %d is outside [0, %d)", e, i, numExperts)
+			return failf(ErrExpertIndex, "%s: expert index %d at position %d is outside [0, %d)", what, e, i, numExperts)
 		}
 	}
 	return nil

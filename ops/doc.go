@@ -12,7 +12,7 @@
 //	Dispatch(x [T,H], r)               -> [T*K,H] expert-major, dropless, stable (token order per expert)
 //	GroupedMatMul(x [T*K,In], w [E,In,Out], r) -> [T*K,Out]
 //	Combine(ye [T*K,H], r)             -> [T,H] = sum_j w[t,j] * ye[rowOf(t,j)]
-//	LoadBalancingLoss(r, coef), ZLoss(logits, coef) -> scalars
+//	LoadBalancingLoss(r, coef), LoadBalancingLossMasked(r, mask [T] int32, coef), ZLoss(logits, coef) -> scalars
 //
 // # Routing rules
 //
@@ -24,11 +24,28 @@
 //
 // # Errors
 //
-// Node builders check ranks, dtypes, K and E and return errors; ops check the values they are given at
-// run time (shapes, dtypes, plan length) and kernels report data faults: expert indices outside [0,E)
-// (from NewRouting) and, on the CPU, NaN logits in Route ("logits[t,e] is NaN"). Nothing panics inside
-// Do. Infinite logits are not rejected: -Inf never wins a tie against a finite logit, and a +Inf logit
-// gives NaN weights, exactly as softmax does in PyTorch.
+// Every error for a bad input wraps one of the sentinel errors (errors.go) — ErrShape, ErrDtype,
+// ErrExpertIndex, ErrNaN, ErrConfig, ErrMixedBackends, ErrUnsupported — with the same sentinel on every
+// backend. Node builders check ranks, dtypes (naming the inputs as the user made them), K, E, loss
+// coefficients (finite, >= 0) and sizes (T*K must fit the int32 plan: T*K < 2^31) when the graph is
+// built. Ops check the values they are given at run time and kernels report data faults: expert indices
+// outside [0,E) (ErrExpertIndex) and router logit rows that hold a NaN or +Inf or are all -Inf (ErrNaN:
+// their softmax is undefined). A single -Inf logit is valid: it is never chosen before a finite one and
+// gets weight 0. Nothing panics inside Do. Gorgonia's machines hide an op's error from errors.Is; run them
+// with RunAll (or pass their error through MachineError).
+//
+// # Machines
+//
+// The TapeMachine with G.Grad is the primary machine. Every op also implements DoDiff, so the
+// LispMachine's gradients equal the TapeMachine's on the CPU; create it with NewLispMachine, which refuses
+// graphs the LispMachine would get wrong (G.Grad nodes, differentiable ops without DoDiff, unused
+// non-scalar nodes). Second derivatives are not supported through the gradients of Combine,
+// GroupedMatMul (weights), the route weights and the router losses: G.Grad fails naming the op.
+//
+// # Concurrency
+//
+// The backend registry is the only package-level mutable state (locked). Ops and backends may be used
+// from several goroutines; a Gorgonia graph and its machine belong to one goroutine at a time.
 //
 // # Determinism
 //

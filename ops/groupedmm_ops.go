@@ -12,7 +12,7 @@ import (
 // GroupedMatMul multiplies every row of x [T*K,In] (expert-major, as Dispatch produces) by its expert's
 // matrix: out[r] = x[r] · w[e] for r in expert e's segment, w [E,In,Out], out [T*K,Out]. Segments come
 // from the plan's offsets at run time. Differentiable w.r.t. x and w; an expert without rows gets a zero
-// weight gradient.
+// weight gradient. Errors: ErrShape, ErrDtype (x and w share a dtype).
 func GroupedMatMul(x, w *G.Node, r *Routing) (*G.Node, error) {
 	if err := checkRouting("grouped matmul", r); err != nil {
 		return nil, err
@@ -20,14 +20,20 @@ func GroupedMatMul(x, w *G.Node, r *Routing) (*G.Node, error) {
 	if err := nodeCheck("grouped matmul", "x", x, 2, anyFloat); err != nil {
 		return nil, err
 	}
-	if err := nodeCheck("grouped matmul", "w", w, 3, x.Dtype()); err != nil {
+	if err := nodeCheck("grouped matmul", "w", w, 3, anyFloat); err != nil {
+		return nil, err
+	}
+	if err := sameDtype("grouped matmul", "rows x", x, "expert weights w", w); err != nil {
 		return nil, err
 	}
 	if x.Shape()[0] != r.T*r.K() {
-		return nil, fmt.Errorf("ops: grouped matmul: x has %d rows, want T*K = %d", x.Shape()[0], r.T*r.K())
+		return nil, failf(ErrShape, "grouped matmul: x %s has %d rows, want T*K = %d", nodeName(x), x.Shape()[0], r.T*r.K())
 	}
 	if w.Shape()[0] != r.E || w.Shape()[1] != x.Shape()[1] {
-		return nil, fmt.Errorf("ops: grouped matmul: w shape %v, want [E=%d, In=%d, Out]", w.Shape(), r.E, x.Shape()[1])
+		return nil, failf(ErrShape, "grouped matmul: w %s has shape %v, want [E=%d, In=%d, Out]", nodeName(w), w.Shape(), r.E, x.Shape()[1])
+	}
+	if err := checkSizes("grouped matmul", r.T, r.K(), r.E, max(x.Shape()[1], w.Shape()[2])); err != nil {
+		return nil, err
 	}
 	return G.ApplyOp(&groupedMatMulOp{k: r.K(), e: r.E}, x, w, r.Plan)
 }
@@ -54,7 +60,7 @@ func (op *groupedMatMulOp) DiffWRT(int) []bool    { return []bool{true, true, fa
 // w is stored transposed.
 func (op *groupedMatMulOp) SymDiff(in G.Nodes, _, g *G.Node) (G.Nodes, error) {
 	if len(in) != 3 {
-		return nil, fmt.Errorf("ops: %v: want 3 inputs, got %d", op, len(in))
+		return nil, failf(ErrShape, "%v: want 3 inputs, got %d", op, len(in))
 	}
 	x, w, plan := in[0], in[1], in[2]
 	dx, err := G.ApplyOp(&groupedMatMulOp{transposeW: !op.transposeW, k: op.k, e: op.e}, g, w, plan)
@@ -71,6 +77,25 @@ func (op *groupedMatMulOp) SymDiff(in G.Nodes, _, g *G.Node) (G.Nodes, error) {
 	return G.Nodes{dx, dw, nil}, err
 }
 
+// DoDiff (LispMachine) runs the kernels of the nodes SymDiff builds, on values.
+func (op *groupedMatMulOp) DoDiff(_ G.ExecutionContext, inputs G.Nodes, output *G.Node) error {
+	return lispDiff(op, inputs, output, func(in []G.Value, g G.Value) ([]G.Value, error) {
+		x, w, plan := in[0], in[1], in[2]
+		dx, err := (&groupedMatMulOp{transposeW: !op.transposeW, k: op.k, e: op.e}).Do(g, w, plan)
+		if err != nil {
+			return nil, err
+		}
+		gw := &groupedMatMulGradWOp{k: op.k, e: op.e}
+		var dw G.Value
+		if op.transposeW {
+			dw, err = gw.Do(g, x, plan)
+		} else {
+			dw, err = gw.Do(x, g, plan)
+		}
+		return []G.Value{dx, dw, nil}, err
+	})
+}
+
 func (op *groupedMatMulOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 	x, err := shapeArg(ds, 0)
 	if err != nil {
@@ -81,14 +106,14 @@ func (op *groupedMatMulOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 		return nil, err
 	}
 	if len(x) != 2 || len(w) != 3 || w[0] != op.e {
-		return nil, fmt.Errorf("ops: %v: x %v and w %v, want [N,In] and [%d,In,Out]", op, x, w, op.e)
+		return nil, failf(ErrShape, "%v: x %v and w %v, want [N,In] and [%d,In,Out]", op, x, w, op.e)
 	}
 	in, out := w[1], w[2]
 	if op.transposeW {
 		in, out = w[2], w[1]
 	}
 	if x[1] != in {
-		return nil, fmt.Errorf("ops: %v: x %v does not match w %v", op, x, w)
+		return nil, failf(ErrShape, "%v: x %v does not match w %v", op, x, w)
 	}
 	return tensor.Shape{x[0], out}, nil
 }
@@ -96,8 +121,8 @@ func (op *groupedMatMulOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 func (op *groupedMatMulOp) Do(vs ...G.Value) (G.Value, error) { return op.UsePreallocDo(nil, vs...) }
 
 func (op *groupedMatMulOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error) {
-	if len(vs) != 3 {
-		return nil, fmt.Errorf("ops: %v: want 3 inputs, got %d", op, len(vs))
+	if err := arity(op, 3, vs); err != nil {
+		return nil, err
 	}
 	x, err := arg("grouped matmul", "x", vs[0], anyFloat, -1, -1)
 	if err != nil {
@@ -117,7 +142,10 @@ func (op *groupedMatMulOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Val
 		out = w.Shape()[1]
 	}
 	if n%op.k != 0 {
-		return nil, fmt.Errorf("ops: grouped matmul: %d rows is not a multiple of K=%d", n, op.k)
+		return nil, failf(ErrShape, "grouped matmul: %d rows is not a multiple of K=%d", n, op.k)
+	}
+	if err := checkSizes("grouped matmul", n/op.k, op.k, op.e, max(in, out)); err != nil {
+		return nil, err
 	}
 	plan, err := arg("grouped matmul", "plan", vs[2], tensor.Int32, PlanLen(n/op.k, op.k, op.e))
 	if err != nil {
@@ -150,6 +178,15 @@ func (op *groupedMatMulGradWOp) String() string {
 func (op *groupedMatMulGradWOp) WriteHash(h hash.Hash) { writeHash(op, h) }
 func (op *groupedMatMulGradWOp) Hashcode() uint32      { return hashOf(op) }
 
+// DiffWRT marks the float inputs so that a second derivative reaches SymDiff, which names this op.
+func (op *groupedMatMulGradWOp) DiffWRT(int) []bool { return []bool{true, true, false} }
+func (op *groupedMatMulGradWOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
+	return nil, noSecondOrder(op, "GroupedMatMul")
+}
+func (op *groupedMatMulGradWOp) DoDiff(G.ExecutionContext, G.Nodes, *G.Node) error {
+	return noSecondOrder(op, "GroupedMatMul")
+}
+
 func (op *groupedMatMulGradWOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 	a, err := shapeArg(ds, 0)
 	if err != nil {
@@ -160,7 +197,7 @@ func (op *groupedMatMulGradWOp) InferShape(ds ...G.DimSizer) (tensor.Shape, erro
 		return nil, err
 	}
 	if len(a) != 2 || len(b) != 2 || a[0] != b[0] {
-		return nil, fmt.Errorf("ops: %v: inputs %v and %v must be matrices with equal rows", op, a, b)
+		return nil, failf(ErrShape, "%v: inputs %v and %v must be matrices with equal rows", op, a, b)
 	}
 	return tensor.Shape{op.e, a[1], b[1]}, nil
 }
@@ -170,8 +207,8 @@ func (op *groupedMatMulGradWOp) Do(vs ...G.Value) (G.Value, error) {
 }
 
 func (op *groupedMatMulGradWOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error) {
-	if len(vs) != 3 {
-		return nil, fmt.Errorf("ops: %v: want 3 inputs, got %d", op, len(vs))
+	if err := arity(op, 3, vs); err != nil {
+		return nil, err
 	}
 	a, err := arg("grouped matmul grad", "x", vs[0], anyFloat, -1, -1)
 	if err != nil {
@@ -183,7 +220,10 @@ func (op *groupedMatMulGradWOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (
 		return nil, err
 	}
 	if n%op.k != 0 {
-		return nil, fmt.Errorf("ops: grouped matmul grad: %d rows is not a multiple of K=%d", n, op.k)
+		return nil, failf(ErrShape, "grouped matmul grad: %d rows is not a multiple of K=%d", n, op.k)
+	}
+	if err := checkSizes("grouped matmul grad", n/op.k, op.k, op.e, max(a.Shape()[1], g.Shape()[1])); err != nil {
+		return nil, err
 	}
 	plan, err := arg("grouped matmul grad", "plan", vs[2], tensor.Int32, PlanLen(n/op.k, op.k, op.e))
 	if err != nil {

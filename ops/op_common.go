@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash"
 	"hash/fnv"
+	"math"
 
 	"github.com/chewxy/hm"
 	G "gorgonia.org/gorgonia"
@@ -30,6 +31,12 @@ func hashOf(op stringer) uint32 {
 	return h.Sum32()
 }
 
+// failf returns an error prefixed "ops: " that wraps sentinel (one of the Err* values), so that
+// errors.Is(err, sentinel) holds: failf(ErrShape, "dispatch: x has %d rows", n).
+func failf(sentinel error, format string, args ...any) error {
+	return fmt.Errorf("ops: "+format+": %w", append(args, sentinel)...)
+}
+
 // Types are built afresh on every call: Gorgonia's type system recycles the types it is given.
 func floatT(dims int) hm.Type { return G.TensorType{Dims: dims, Of: hm.TypeVariable('a')} }
 func int32T(dims int) hm.Type { return G.TensorType{Dims: dims, Of: tensor.Int32} }
@@ -40,32 +47,30 @@ func scalarT() hm.Type        { return hm.TypeVariable('a') }
 func arg(op, name string, v G.Value, dt tensor.Dtype, shape ...int) (*tensor.Dense, error) {
 	d, ok := v.(*tensor.Dense)
 	if !ok {
-		return nil, fmt.Errorf("ops: %s: %s must be a *tensor.Dense, got %T", op, name, v)
+		return nil, failf(ErrUnsupported, "%s: %s must be a *tensor.Dense, got %T", op, name, v)
 	}
 	switch {
 	case dt.Type == nil && d.Dtype() != tensor.Float32 && d.Dtype() != tensor.Float64:
-		return nil, fmt.Errorf("ops: %s: %s must be float32 or float64, got %v", op, name, d.Dtype())
+		return nil, failf(ErrDtype, "%s: %s must be float32 or float64, got %v", op, name, d.Dtype())
 	case dt.Type != nil && d.Dtype() != dt:
-		return nil, fmt.Errorf("ops: %s: %s must be %v, got %v", op, name, dt, d.Dtype())
+		return nil, failf(ErrDtype, "%s: %s must be %v, got %v", op, name, dt, d.Dtype())
 	}
 	s := d.Shape()
 	if len(s) != len(shape) {
-		return nil, fmt.Errorf("ops: %s: %s must have rank %d, got shape %v", op, name, len(shape), s)
+		return nil, failf(ErrShape, "%s: %s must have rank %d, got shape %v", op, name, len(shape), s)
 	}
 	for i, want := range shape {
 		if want >= 0 && s[i] != want {
-			return nil, fmt.Errorf("ops: %s: %s has shape %v, want %v (-1: any)", op, name, s, shape)
+			return nil, failf(ErrShape, "%s: %s has shape %v, want %v (-1: any)", op, name, s, shape)
 		}
 	}
 	return d, nil
 }
 
-// sameDtype checks that every float argument shares the first one's dtype.
-func sameDtype(op string, ts ...*tensor.Dense) error {
-	for _, t := range ts[1:] {
-		if t != nil && t.Dtype() != ts[0].Dtype() {
-			return fmt.Errorf("ops: %s: mixed dtypes %v and %v", op, ts[0].Dtype(), t.Dtype())
-		}
+// arity checks the number of values an op's Do received.
+func arity(op stringer, want int, vs []G.Value) error {
+	if len(vs) != want {
+		return failf(ErrShape, "%v: want %d inputs, got %d", op, want, len(vs))
 	}
 	return nil
 }
@@ -108,7 +113,7 @@ func scalarResult(b Backend, loss *tensor.Dense) (G.Value, error) {
 func upstreamGrad(b Backend, v G.Value) (float64, *tensor.Dense, error) {
 	if d, ok := v.(*tensor.Dense); ok && !d.IsNativelyAccessible() {
 		if d.Shape().TotalSize() != 1 || !b.Owns(d) {
-			return 0, nil, errorf("want a one-element %s gradient, got a %v tensor of another backend: %w", b.Name(), d.Shape(), ErrMixedBackends)
+			return 0, nil, failf(ErrMixedBackends, "want a one-element %s gradient, got a %v tensor of another backend", b.Name(), d.Shape())
 		}
 		return 1, d, nil
 	}
@@ -125,47 +130,77 @@ func scalarOf(v G.Value) (float64, error) {
 		return float64(*s), nil
 	case *tensor.Dense:
 		if s.Shape().TotalSize() == 1 && s.IsNativelyAccessible() {
-			switch d := s.Data().(type) {
-			case []float64:
-				return d[0], nil
-			case []float32:
-				return float64(d[0]), nil
-			case float64:
-				return d, nil
-			case float32:
-				return float64(d), nil
+			if x, ok := firstFloat(s.Data()); ok {
+				return x, nil
 			}
 		}
 	}
-	return 0, fmt.Errorf("ops: want a scalar gradient, got %T", v)
+	return 0, failf(ErrShape, "want a scalar gradient, got %T", v)
+}
+
+// firstFloat returns the first element of float data (a []float32/[]float64 slice or a scalar).
+func firstFloat(data any) (float64, bool) {
+	switch d := data.(type) {
+	case []float64:
+		if len(d) > 0 {
+			return d[0], true
+		}
+	case []float32:
+		if len(d) > 0 {
+			return float64(d[0]), true
+		}
+	case float64:
+		return d, true
+	case float32:
+		return float64(d), true
+	}
+	return 0, false
 }
 
 // nodeCheck validates a node's rank and dtype at graph-build time (nil dtype: float32 or float64).
 func nodeCheck(op, name string, n *G.Node, rank int, dt tensor.Dtype) error {
 	if n == nil {
-		return fmt.Errorf("ops: %s: %s is nil", op, name)
+		return failf(ErrShape, "%s: %s is nil", op, name)
 	}
 	if got := n.Shape().Dims(); got != rank {
-		return fmt.Errorf("ops: %s: %s must have rank %d, got shape %v", op, name, rank, n.Shape())
+		return failf(ErrShape, "%s: %s %s must have rank %d, got shape %v", op, name, nodeName(n), rank, n.Shape())
 	}
 	ndt := n.Dtype()
 	switch {
 	case dt.Type == nil && ndt != tensor.Float32 && ndt != tensor.Float64:
-		return fmt.Errorf("ops: %s: %s must be float32 or float64, got %v", op, name, ndt)
+		return failf(ErrDtype, "%s: %s %s must be float32 or float64, got %v", op, name, nodeName(n), ndt)
 	case dt.Type != nil && ndt != dt:
-		return fmt.Errorf("ops: %s: %s must be %v, got %v", op, name, dt, ndt)
+		return failf(ErrDtype, "%s: %s %s must be %v, got %v", op, name, nodeName(n), dt, ndt)
 	}
 	return nil
+}
+
+// sameDtype checks at build time that two float inputs of one op share their dtype, naming both the
+// way the caller knows them (aDesc/bDesc, e.g. "expert outputs" and "routing weights (...)").
+func sameDtype(op, aDesc string, a *G.Node, bDesc string, b *G.Node) error {
+	if a.Dtype() != b.Dtype() {
+		return failf(ErrDtype, "%s: %s %s are %v but %s %s are %v; all float inputs of one op share a dtype",
+			op, aDesc, nodeName(a), a.Dtype(), bDesc, nodeName(b), b.Dtype())
+	}
+	return nil
+}
+
+// nodeName quotes a node's name for messages ("" for unnamed nodes).
+func nodeName(n *G.Node) string {
+	if n == nil || n.Name() == "" {
+		return ""
+	}
+	return fmt.Sprintf("%q", n.Name())
 }
 
 // shapeArg reads input i of InferShape as a tensor.Shape.
 func shapeArg(ds []G.DimSizer, i int) (tensor.Shape, error) {
 	if i >= len(ds) {
-		return nil, fmt.Errorf("ops: InferShape needs %d inputs, got %d", i+1, len(ds))
+		return nil, failf(ErrShape, "InferShape needs %d inputs, got %d", i+1, len(ds))
 	}
 	s, ok := ds[i].(tensor.Shape)
 	if !ok {
-		return nil, fmt.Errorf("ops: InferShape input %d is %T, not a tensor.Shape", i, ds[i])
+		return nil, failf(ErrShape, "InferShape input %d is %T, not a tensor.Shape", i, ds[i])
 	}
 	return s, nil
 }
@@ -178,4 +213,33 @@ func scalarValue(dt tensor.Dtype, v float64) G.Value {
 		return G.NewF32(float32(v))
 	}
 	return G.NewF64(v)
+}
+
+// maxSlots bounds T*K: plans, expert-major row numbers and the kernels' slot indices are int32.
+const maxSlots = math.MaxInt32
+
+// checkSizes refuses routing sizes whose slot count T*K does not fit the int32 plan (T*K >= 2^31), or
+// whose largest buffer (T*K rows of width elements of 8 bytes) overflows a byte count. It runs when
+// graphs are built and before kernels allocate, so an oversized request fails before any allocation.
+func checkSizes(op string, t, k, e, width int) error {
+	if t < 0 || k < 0 || e < 0 || width < 0 {
+		return failf(ErrShape, "%s: negative size T=%d K=%d E=%d width=%d", op, t, k, e, width)
+	}
+	slots, ok := mulInt(t, k)
+	if !ok || slots >= maxSlots || e >= maxSlots {
+		return failf(ErrShape, "%s: T*K = %d*%d slots (E=%d) do not fit the int32 routing plan (T*K and E must be < 2^31)", op, t, k, e)
+	}
+	if bytes, ok := mulInt(slots, max(width, 1)); !ok || bytes > math.MaxInt64/8 {
+		return failf(ErrShape, "%s: T*K*%d = %d*%d*%d elements overflow a byte count", op, width, t, k, width)
+	}
+	return nil
+}
+
+// mulInt returns a*b for non-negative a, b and whether it did not overflow.
+func mulInt(a, b int) (int, bool) {
+	if a == 0 || b == 0 {
+		return 0, true
+	}
+	p := a * b
+	return p, p/b == a && p >= 0
 }

@@ -11,6 +11,7 @@ import (
 
 // Dispatch packs token rows x [T,H] into the expert-major buffer [T*K,H] of r's plan (dropless): row
 // offsets[e]+i holds the i-th slot routed to expert e, in token order. Gradient: the unweighted combine.
+// Errors: ErrShape (ranks, T, sizes past int32 plans), ErrDtype.
 func Dispatch(x *G.Node, r *Routing) (*G.Node, error) {
 	if err := checkRouting("dispatch", r); err != nil {
 		return nil, err
@@ -19,50 +20,89 @@ func Dispatch(x *G.Node, r *Routing) (*G.Node, error) {
 		return nil, err
 	}
 	if x.Shape()[0] != r.T {
-		return nil, fmt.Errorf("ops: dispatch: x has %d rows, routing has T=%d", x.Shape()[0], r.T)
+		return nil, failf(ErrShape, "dispatch: x %s has %d rows, routing has T=%d", nodeName(x), x.Shape()[0], r.T)
+	}
+	if err := checkSizes("dispatch", r.T, r.K(), r.E, x.Shape()[1]); err != nil {
+		return nil, err
 	}
 	return G.ApplyOp(&permuteOp{kind: dispatchKind, k: r.K(), e: r.E}, x, r.Plan)
 }
 
 // Combine un-permutes expert outputs [T*K,H] back to token order, weighting them by r.Weights:
 // y[t] = sum_j w[t,j] * expertOut[rowOf(t,j)], summed in increasing j (deterministic, no atomics).
-// Gradients flow to expertOut (a weighted dispatch) and to the weights (row dot products).
+// Gradients flow to expertOut (a weighted dispatch) and to the weights (row dot products); second
+// derivatives are not supported (ErrUnsupported from G.Grad). A routing without weights is an error
+// (ErrConfig): CombineUnweighted sums without weights. Expert outputs and weights share a dtype (ErrDtype).
 func Combine(expertOut *G.Node, r *Routing) (*G.Node, error) {
 	if err := checkRouting("combine", r); err != nil {
 		return nil, err
 	}
+	if r.Weights == nil {
+		return nil, failf(ErrConfig, "combine: the routing has no weights; CombineUnweighted sums the K rows without weights")
+	}
 	return CombineWeighted(expertOut, r.Weights, r)
 }
 
-// CombineWeighted is Combine with explicit weights [T,K] (nil: unit weights, the dispatch backward).
+// CombineWeighted is Combine with explicit weights [T,K] instead of r.Weights (nil is an error).
 func CombineWeighted(expertOut, weights *G.Node, r *Routing) (*G.Node, error) {
-	if err := checkRouting("combine", r); err != nil {
+	if err := checkCombine(expertOut, r); err != nil {
 		return nil, err
-	}
-	if err := nodeCheck("combine", "expert outputs", expertOut, 2, anyFloat); err != nil {
-		return nil, err
-	}
-	if expertOut.Shape()[0] != r.T*r.K() {
-		return nil, fmt.Errorf("ops: combine: expert outputs have %d rows, want T*K = %d", expertOut.Shape()[0], r.T*r.K())
 	}
 	if weights == nil {
-		return G.ApplyOp(&permuteOp{kind: combineKind, k: r.K(), e: r.E}, expertOut, r.Plan)
+		return nil, failf(ErrConfig, "combine: weights are nil; CombineUnweighted sums the K rows without weights")
 	}
-	if err := nodeCheck("combine", "weights", weights, 2, expertOut.Dtype()); err != nil {
+	if err := nodeCheck("combine", "weights", weights, 2, anyFloat); err != nil {
+		return nil, err
+	}
+	if err := sameDtype("combine", "expert outputs", expertOut, r.weightsDesc(weights), weights); err != nil {
 		return nil, err
 	}
 	if weights.Shape()[0] != r.T || weights.Shape()[1] != r.K() {
-		return nil, fmt.Errorf("ops: combine: weights shape %v, want [%d,%d]", weights.Shape(), r.T, r.K())
+		return nil, failf(ErrShape, "combine: weights %s have shape %v, want [%d,%d]", nodeName(weights), weights.Shape(), r.T, r.K())
 	}
 	return G.ApplyOp(&permuteOp{kind: combineKind, weighted: true, k: r.K(), e: r.E}, expertOut, weights, r.Plan)
 }
 
+// CombineUnweighted sums each token's K expert-output rows without weights: y[t] = sum_j
+// expertOut[rowOf(t,j)] (the gradient of Dispatch, and Dispatch's adjoint).
+func CombineUnweighted(expertOut *G.Node, r *Routing) (*G.Node, error) {
+	if err := checkCombine(expertOut, r); err != nil {
+		return nil, err
+	}
+	return G.ApplyOp(&permuteOp{kind: combineKind, k: r.K(), e: r.E}, expertOut, r.Plan)
+}
+
+func checkCombine(expertOut *G.Node, r *Routing) error {
+	if err := checkRouting("combine", r); err != nil {
+		return err
+	}
+	if err := nodeCheck("combine", "expert outputs", expertOut, 2, anyFloat); err != nil {
+		return err
+	}
+	if expertOut.Shape()[0] != r.T*r.K() {
+		return failf(ErrShape, "combine: expert outputs %s have %d rows, want T*K = %d", nodeName(expertOut), expertOut.Shape()[0], r.T*r.K())
+	}
+	return checkSizes("combine", r.T, r.K(), r.E, expertOut.Shape()[1])
+}
+
+// weightsDesc names weights the way the user knows them: r.Weights came from Route over the user's
+// logits (or from NewRouting); other weights were passed explicitly.
+func (r *Routing) weightsDesc(w *G.Node) string {
+	switch {
+	case w == r.Weights && r.Logits != nil:
+		return fmt.Sprintf("routing weights (made by Route from the %v logits %s)", r.Logits.Dtype(), nodeName(r.Logits))
+	case w == r.Weights:
+		return "routing weights"
+	}
+	return "weights"
+}
+
 func checkRouting(op string, r *Routing) error {
 	if r == nil || r.Plan == nil {
-		return fmt.Errorf("ops: %s: routing (with a plan) is required", op)
+		return failf(ErrConfig, "%s: routing (with a plan) is required", op)
 	}
 	if r.K() < 1 || r.E < 1 || r.T < 1 {
-		return fmt.Errorf("ops: %s: routing has T=%d, K=%d, E=%d; all must be >= 1", op, r.T, r.K(), r.E)
+		return failf(ErrConfig, "%s: routing has T=%d, K=%d, E=%d; all must be >= 1", op, r.T, r.K(), r.E)
 	}
 	return nil
 }
@@ -125,7 +165,7 @@ func (op *permuteOp) DiffWRT(n int) []bool {
 
 func (op *permuteOp) SymDiff(in G.Nodes, _, g *G.Node) (G.Nodes, error) {
 	if len(in) != op.Arity() {
-		return nil, fmt.Errorf("ops: %v: want %d inputs, got %d", op, op.Arity(), len(in))
+		return nil, failf(ErrShape, "%v: want %d inputs, got %d", op, op.Arity(), len(in))
 	}
 	plan := in[len(in)-1]
 	apply := func(kind permuteKind, a, w *G.Node) (*G.Node, error) {
@@ -162,20 +202,60 @@ func (op *permuteOp) SymDiff(in G.Nodes, _, g *G.Node) (G.Nodes, error) {
 	return out, err
 }
 
+// DoDiff (LispMachine) runs the kernels of the nodes SymDiff builds, on values.
+func (op *permuteOp) DoDiff(_ G.ExecutionContext, inputs G.Nodes, output *G.Node) error {
+	return lispDiff(op, inputs, output, op.gradValues)
+}
+
+// gradValues mirrors SymDiff on values: in are the op's input values, g its output gradient.
+func (op *permuteOp) gradValues(in []G.Value, g G.Value) ([]G.Value, error) {
+	if err := arity(op, op.Arity(), in); err != nil {
+		return nil, err
+	}
+	plan := in[len(in)-1]
+	do := func(kind permuteKind, a, w G.Value) (G.Value, error) {
+		if w == nil {
+			return (&permuteOp{kind: kind, k: op.k, e: op.e}).Do(a, plan)
+		}
+		return (&permuteOp{kind: kind, weighted: kind != combineGradWKind, k: op.k, e: op.e}).Do(a, w, plan)
+	}
+	var w G.Value
+	if op.weighted {
+		w = in[1]
+	}
+	out := make([]G.Value, len(in))
+	var err error
+	switch op.kind {
+	case dispatchKind:
+		if out[0], err = do(combineKind, g, w); err == nil && op.weighted {
+			out[1], err = do(combineGradWKind, in[0], g)
+		}
+	case combineKind:
+		if out[0], err = do(dispatchKind, g, w); err == nil && op.weighted {
+			out[1], err = do(combineGradWKind, g, in[0])
+		}
+	case combineGradWKind:
+		if out[0], err = do(combineKind, in[1], g); err == nil {
+			out[1], err = do(dispatchKind, in[0], g)
+		}
+	}
+	return out, err
+}
+
 func (op *permuteOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 	a, err := shapeArg(ds, 0)
 	if err != nil {
 		return nil, err
 	}
 	if len(a) != 2 {
-		return nil, fmt.Errorf("ops: %v: first input must be a matrix, got shape %v", op, a)
+		return nil, failf(ErrShape, "%v: first input must be a matrix, got shape %v", op, a)
 	}
 	switch op.kind {
 	case dispatchKind:
 		return tensor.Shape{a[0] * op.k, a[1]}, nil
 	case combineKind:
 		if a[0]%op.k != 0 {
-			return nil, fmt.Errorf("ops: %v: %d rows is not a multiple of K=%d", op, a[0], op.k)
+			return nil, failf(ErrShape, "%v: %d rows is not a multiple of K=%d", op, a[0], op.k)
 		}
 		return tensor.Shape{a[0] / op.k, a[1]}, nil
 	default:
@@ -187,8 +267,8 @@ func (op *permuteOp) Do(vs ...G.Value) (G.Value, error) { return op.UsePreallocD
 
 func (op *permuteOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error) {
 	name := op.kind.String()
-	if len(vs) != op.Arity() {
-		return nil, fmt.Errorf("ops: %v: want %d inputs, got %d", op, op.Arity(), len(vs))
+	if err := arity(op, op.Arity(), vs); err != nil {
+		return nil, err
 	}
 	a, err := arg(name, "input", vs[0], anyFloat, -1, -1)
 	if err != nil {
@@ -197,9 +277,12 @@ func (op *permuteOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, er
 	nT, h := a.Shape()[0], a.Shape()[1]
 	if op.kind == combineKind {
 		if nT%op.k != 0 {
-			return nil, fmt.Errorf("ops: %s: %d rows is not a multiple of K=%d", name, nT, op.k)
+			return nil, failf(ErrShape, "%s: %d rows is not a multiple of K=%d", name, nT, op.k)
 		}
 		nT /= op.k
+	}
+	if err := checkSizes(name, nT, op.k, op.e, h); err != nil {
+		return nil, err
 	}
 	var second *tensor.Dense
 	switch {

@@ -1,7 +1,5 @@
 package ops
 
-import "fmt"
-
 // The routing plan is one flat int32 vector of PlanLen(T, K, E) elements, laid out as four sections:
 //
 //	[0, E)                       counts[e]   rows routed to expert e
@@ -27,7 +25,7 @@ type PlanView struct {
 // NewPlanView splits a host plan vector into its sections.
 func NewPlanView(plan []int32, t, k, e int) (PlanView, error) {
 	if len(plan) != PlanLen(t, k, e) {
-		return PlanView{}, fmt.Errorf("ops: plan has %d elements, want 2E+1+2TK = %d for T=%d, K=%d, E=%d",
+		return PlanView{}, failf(ErrShape, "plan has %d elements, want 2E+1+2TK = %d for T=%d, K=%d, E=%d",
 			len(plan), PlanLen(t, k, e), t, k, e)
 	}
 	n := t * k

@@ -27,8 +27,10 @@ func (r *Routing) K() int { return r.Config.K }
 //
 // Selection takes the K largest logits of each token (softmax is monotonic, so these are the K largest
 // probabilities); equal logits go to the lower expert index. Weights follow cfg.Scoring (see Scoring);
-// they are differentiable w.r.t. logits, indices and plan are not. NaN logits make the route op fail at
-// run time with an error naming the token and expert.
+// they are differentiable w.r.t. logits, indices and plan are not. A token whose logits hold a NaN or
+// +Inf, or are all -Inf, makes the route op fail at run time (ErrNaN, naming the token); single -Inf
+// logits are allowed (a masked expert: selected only after every finite one, with weight 0).
+// Errors: ErrShape, ErrDtype (logits), ErrConfig (cfg), ErrShape for T*K >= 2^31.
 //
 // Example (Mixtral):
 //
@@ -39,6 +41,9 @@ func Route(logits *G.Node, cfg RouteConfig) (*Routing, error) {
 	}
 	nT, nE := logits.Shape()[0], logits.Shape()[1]
 	if err := cfg.Validate(nE); err != nil {
+		return nil, err
+	}
+	if err := checkSizes("route", nT, cfg.K, nE, 1); err != nil {
 		return nil, err
 	}
 	idx, err := G.ApplyOp(&routeIndicesOp{cfg: cfg, e: nE}, logits)
@@ -58,7 +63,7 @@ func Route(logits *G.Node, cfg RouteConfig) (*Routing, error) {
 
 // NewRouting builds a Routing from given expert indices [T,K] int32 and weights [T,K] (for example a
 // fixed assignment in a test, or routing computed elsewhere). It adds the plan node. Indices must lie in
-// [0, numExperts) (checked at run time); repeated experts within a token are allowed.
+// [0, numExperts) (checked at run time: ErrExpertIndex); repeated experts within a token are allowed.
 func NewRouting(indices, weights *G.Node, numExperts int) (*Routing, error) {
 	if err := nodeCheck("routing", "indices", indices, 2, tensor.Int32); err != nil {
 		return nil, err
@@ -67,11 +72,11 @@ func NewRouting(indices, weights *G.Node, numExperts int) (*Routing, error) {
 		return nil, err
 	}
 	if !indices.Shape().Eq(weights.Shape()) {
-		return nil, fmt.Errorf("ops: routing: indices %v and weights %v must have the same shape", indices.Shape(), weights.Shape())
+		return nil, failf(ErrShape, "routing: indices %v and weights %v must have the same shape", indices.Shape(), weights.Shape())
 	}
 	nT, k := indices.Shape()[0], indices.Shape()[1]
 	if numExperts < 1 || k < 1 {
-		return nil, fmt.Errorf("ops: routing: need E >= 1 and K >= 1, got E=%d, K=%d", numExperts, k)
+		return nil, failf(ErrConfig, "routing: need E >= 1 and K >= 1, got E=%d, K=%d", numExperts, k)
 	}
 	plan, err := PlanOf(indices, numExperts)
 	if err != nil {
@@ -94,8 +99,11 @@ func (op *routeIndicesOp) WriteHash(h hash.Hash) { writeHash(op, h) }
 func (op *routeIndicesOp) Hashcode() uint32      { return hashOf(op) }
 func (op *routeIndicesOp) DiffWRT(int) []bool    { return []bool{false} }
 func (op *routeIndicesOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
-	return nil, fmt.Errorf("ops: %v is not differentiable", op)
+	return nil, failf(ErrUnsupported, "%v is not differentiable", op)
 }
+
+// DoDiff: indices carry no gradient.
+func (op *routeIndicesOp) DoDiff(G.ExecutionContext, G.Nodes, *G.Node) error { return noDiff() }
 
 func (op *routeIndicesOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 	s, err := shapeArg(ds, 0)
@@ -103,7 +111,7 @@ func (op *routeIndicesOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 		return nil, err
 	}
 	if len(s) != 2 || s[1] != op.e {
-		return nil, fmt.Errorf("ops: route: logits shape %v, want [T,%d]", s, op.e)
+		return nil, failf(ErrShape, "route: logits shape %v, want [T,%d]", s, op.e)
 	}
 	return tensor.Shape{s[0], op.cfg.K}, nil
 }
@@ -111,8 +119,8 @@ func (op *routeIndicesOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 func (op *routeIndicesOp) Do(vs ...G.Value) (G.Value, error) { return op.UsePreallocDo(nil, vs...) }
 
 func (op *routeIndicesOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error) {
-	if len(vs) != 1 {
-		return nil, fmt.Errorf("ops: %v: want 1 input, got %d", op, len(vs))
+	if err := arity(op, 1, vs); err != nil {
+		return nil, err
 	}
 	logits, err := arg("route", "logits", vs[0], anyFloat, -1, op.e)
 	if err != nil {
@@ -147,10 +155,18 @@ func (op *routeWeightsOp) DiffWRT(int) []bool    { return []bool{true, false} }
 
 func (op *routeWeightsOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 	if len(in) != 2 {
-		return nil, fmt.Errorf("ops: %v: want 2 inputs, got %d", op, len(in))
+		return nil, failf(ErrShape, "%v: want 2 inputs, got %d", op, len(in))
 	}
 	d, err := G.ApplyOp(&routeWeightsGradOp{cfg: op.cfg, e: op.e}, in[0], in[1], grad)
 	return G.Nodes{d, nil}, err
+}
+
+// DoDiff (LispMachine) runs the same gradient kernel as SymDiff's node.
+func (op *routeWeightsOp) DoDiff(_ G.ExecutionContext, inputs G.Nodes, output *G.Node) error {
+	return lispDiff(op, inputs, output, func(in []G.Value, g G.Value) ([]G.Value, error) {
+		d, err := (&routeWeightsGradOp{cfg: op.cfg, e: op.e}).Do(in[0], in[1], g)
+		return []G.Value{d, nil}, err
+	})
 }
 
 func (op *routeWeightsOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
@@ -163,7 +179,7 @@ func (op *routeWeightsOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 		return nil, err
 	}
 	if len(l) != 2 || len(i) != 2 || l[1] != op.e || i[0] != l[0] || i[1] != op.cfg.K {
-		return nil, fmt.Errorf("ops: route weights: logits %v and indices %v, want [T,%d] and [T,%d]", l, i, op.e, op.cfg.K)
+		return nil, failf(ErrShape, "route weights: logits %v and indices %v, want [T,%d] and [T,%d]", l, i, op.e, op.cfg.K)
 	}
 	return i.Clone(), nil
 }
@@ -171,8 +187,8 @@ func (op *routeWeightsOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 func (op *routeWeightsOp) Do(vs ...G.Value) (G.Value, error) { return op.UsePreallocDo(nil, vs...) }
 
 func (op *routeWeightsOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error) {
-	if len(vs) != 2 {
-		return nil, fmt.Errorf("ops: %v: want 2 inputs, got %d", op, len(vs))
+	if err := arity(op, 2, vs); err != nil {
+		return nil, err
 	}
 	logits, err := arg("route weights", "logits", vs[0], anyFloat, -1, op.e)
 	if err != nil {
@@ -210,6 +226,15 @@ func (op *routeWeightsGradOp) String() string {
 func (op *routeWeightsGradOp) WriteHash(h hash.Hash) { writeHash(op, h) }
 func (op *routeWeightsGradOp) Hashcode() uint32      { return hashOf(op) }
 
+// DiffWRT marks the float inputs so that a second derivative reaches SymDiff, which names this op.
+func (op *routeWeightsGradOp) DiffWRT(int) []bool { return []bool{true, false, true} }
+func (op *routeWeightsGradOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
+	return nil, noSecondOrder(op, "the routing weights")
+}
+func (op *routeWeightsGradOp) DoDiff(G.ExecutionContext, G.Nodes, *G.Node) error {
+	return noSecondOrder(op, "the routing weights")
+}
+
 func (op *routeWeightsGradOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 	l, err := shapeArg(ds, 0)
 	if err != nil {
@@ -221,8 +246,8 @@ func (op *routeWeightsGradOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error)
 func (op *routeWeightsGradOp) Do(vs ...G.Value) (G.Value, error) { return op.UsePreallocDo(nil, vs...) }
 
 func (op *routeWeightsGradOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error) {
-	if len(vs) != 3 {
-		return nil, fmt.Errorf("ops: %v: want 3 inputs, got %d", op, len(vs))
+	if err := arity(op, 3, vs); err != nil {
+		return nil, err
 	}
 	logits, err := arg("route weights grad", "logits", vs[0], anyFloat, -1, op.e)
 	if err != nil {

@@ -1,8 +1,6 @@
 package ops
 
 import (
-	"fmt"
-
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 )
@@ -53,14 +51,6 @@ func denseArg(op, name string, v G.Value, dt tensor.Dtype, shape tensor.Shape) (
 		return nil, errorf("%s: %s has shape %v, want %v (-1: any): %w", op, name, s, shape, ErrShape)
 	}
 	return d, nil
-}
-
-// arity checks the number of inputs a Do receives.
-func arity(op fmt.Stringer, want int, vs []G.Value) error {
-	if len(vs) != want {
-		return errorf("%v: want %d inputs, got %d: %w", op, want, len(vs), ErrShape)
-	}
-	return nil
 }
 
 // ownerOf is backendOf with the mixed-backends error wrapped in ErrMixedBackends.

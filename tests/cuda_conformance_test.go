@@ -12,11 +12,15 @@ import (
 	"gorgonia.org/tensor"
 )
 
-// cudaBackend returns the registered CUDA backend (device 0), skipping the test when no GPU opens.
+// cudaBackend returns the registered CUDA backend (device 0), skipping the test when no GPU opens, or
+// failing it when EXPERTRT_REQUIRE_GPU=1 (on the GPU host a missing device must not pass as a skip).
 func cudaBackend(t testing.TB) *cudaops.Backend {
 	t.Helper()
 	b := cudaops.Registered()
 	if _, err := b.Device(); err != nil {
+		if requireGPU() {
+			t.Fatalf("no CUDA device, and EXPERTRT_REQUIRE_GPU=1: %v", err)
+		}
 		t.Skipf("no CUDA device: %v", err)
 	}
 	return b
@@ -93,9 +97,9 @@ func memOf(p uintptr, bytes int) rawMem { return rawMem{p, uintptr(bytes)} }
 
 // TestCUDAConformance runs the shared conformance suite on device tensors with outputs inside device
 // guard bands. Tolerances: the suite's defaults (float32: 2e-5 relative to max(1,|want|, sum of term
-// magnitudes); float64: 1e-12; gradients vs central differences 1e-6). NaN logits are not an error on
-// the GPU (they rank as -inf), so NaNLogitsError is off. Sync checks are on so that out-of-range expert
-// indices are reported by the call that met them (BadInputs); the kernels are the same either way.
+// magnitudes); float64: 1e-12; gradients vs central differences 1e-6). Sync checks are on so that device
+// faults (out-of-range expert indices, non-finite logit rows) are reported by the call that met them
+// (BadInputs asserts the same sentinels as on the CPU); the kernels are the same either way.
 func TestCUDAConformance(t *testing.T) {
 	b := cudaBackend(t)
 	b.SetSyncChecks(true)

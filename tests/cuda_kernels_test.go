@@ -5,6 +5,7 @@ package tests
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"math"
 	"math/rand"
 	"os"
@@ -29,22 +30,11 @@ type pipeline struct {
 }
 
 func randHost(rng *rand.Rand, dt tensor.Dtype, scale float64, shape ...int) *tensor.Dense {
-	n := 1
-	for _, s := range shape {
-		n *= s
-	}
-	if dt == tensor.Float32 {
-		v := make([]float32, n)
-		for i := range v {
-			v[i] = float32(scale * (2*rng.Float64() - 1))
-		}
-		return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v))
-	}
-	v := make([]float64, n)
+	v := make([]float64, tensor.Shape(shape).TotalSize())
 	for i := range v {
 		v[i] = scale * (2*rng.Float64() - 1)
 	}
-	return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v))
+	return floats.Dense(dt, v, shape...)
 }
 
 func newPipeline(seed int64, T, E, K, H int, dt tensor.Dtype) *pipeline {
@@ -150,17 +140,8 @@ func TestCUDADeterminism(t *testing.T) {
 }
 
 func cudaFloats(d *tensor.Dense) []float64 {
-	switch v := d.Data().(type) {
-	case []float32:
-		out := make([]float64, len(v))
-		for i, x := range v {
-			out[i] = float64(x)
-		}
-		return out
-	case []float64:
-		return v
-	}
-	return nil
+	v, _ := floats.Of(d)
+	return v
 }
 
 // maxRelErr is max_i |a-b| / max(1, |b|).
@@ -206,7 +187,7 @@ func TestCUDAAllocatorSteadyState(t *testing.T) {
 			t.Fatal(err)
 		}
 		loss, _ := b.New(tensor.Float32, 1)
-		if err := b.LoadBalancingLoss(dev[0], plan, 1, loss); err != nil {
+		if err := b.LoadBalancingLoss(dev[0], plan, nil, 1, loss); err != nil {
 			t.Fatal(err)
 		}
 		for _, x := range append(dev, idx, w, plan, xe, loss) {

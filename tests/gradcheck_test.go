@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"math"
 	"math/rand"
 	"testing"
@@ -85,50 +86,20 @@ func costGraph(t *testing.T, inputs []gradInput, build buildFunc, rSeed int64) (
 
 func scalarValue(t *testing.T, n *G.Node) float64 {
 	t.Helper()
-	switch v := n.Value().(type) {
-	case *G.F64:
-		return float64(*v)
-	case *G.F32:
-		return float64(*v)
-	case *tensor.Dense:
-		switch d := v.Data().(type) {
-		case float64:
-			return d
-		case float32:
-			return float64(d)
-		case []float64:
-			return d[0]
-		case []float32:
-			return float64(d[0])
-		}
+	v, err := floats.Scalar(n.Value())
+	if err != nil {
+		t.Fatalf("node %v: %v", n, err)
 	}
-	t.Fatalf("node %v: value %T is not a scalar", n, n.Value())
-	return 0
+	return v
 }
 
 func floatsOf(t *testing.T, v G.Value) []float64 {
 	t.Helper()
-	switch x := v.(type) {
-	case *tensor.Dense:
-		switch d := x.Data().(type) {
-		case []float64:
-			return append([]float64(nil), d...)
-		case []float32:
-			out := make([]float64, len(d))
-			for i, f := range d {
-				out[i] = float64(f)
-			}
-			return out
-		case float64:
-			return []float64{d}
-		}
-	case *G.F64:
-		return []float64{float64(*x)}
-	case *G.F32:
-		return []float64{float64(*x)}
+	f, err := floats.Of(v)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("value %T is not a float tensor", v)
-	return nil
+	return f
 }
 
 // symbolicGrads returns the cost and the gradients of the wrt inputs computed by G.Grad + TapeMachine.

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"errors"
 	"math"
 	"strings"
 	"testing"
@@ -52,58 +53,110 @@ func TestBuilderValidation(t *testing.T) {
 
 	cases := []struct {
 		name string
+		want error // the sentinel the error wraps
 		f    func() error
 	}{
-		{"Route logits rank 1", func() error { _, err := ops.Route(mat(g, f64, "l1", T), good); return err }},
-		{"Route logits rank 3", func() error { _, err := ops.Route(mat(g, f64, "l3", 2, T, E), good); return err }},
-		{"Route int32 logits", func() error { _, err := ops.Route(mat(g, i32, "li", T, E), good); return err }},
-		{"Route k=0", func() error { _, err := ops.Route(logits, ops.RouteConfig{K: 0}); return err }},
-		{"Route k<0", func() error { _, err := ops.Route(logits, ops.RouteConfig{K: -1}); return err }},
-		{"Route k>E", func() error { _, err := ops.Route(logits, ops.RouteConfig{K: E + 1}); return err }},
-		{"Route unknown scoring", func() error { _, err := ops.Route(logits, ops.RouteConfig{K: 1, Scoring: 7}); return err }},
-		{"Route nil logits", func() error { _, err := ops.Route(nil, good); return err }},
-		{"NewRouting float indices", func() error { _, err := ops.NewRouting(wts, wts, E); return err }},
-		{"NewRouting int weights", func() error { _, err := ops.NewRouting(idx, idx, E); return err }},
-		{"NewRouting shape mismatch", func() error { _, err := ops.NewRouting(idx, mat(g, f64, "w3", T, K+1), E); return err }},
-		{"NewRouting E=0", func() error { _, err := ops.NewRouting(idx, wts, 0); return err }},
-		{"NewRouting indices rank 1", func() error { _, err := ops.NewRouting(mat(g, i32, "i1", T), mat(g, f64, "w1", T), E); return err }},
-		{"PlanOf float indices", func() error { _, err := ops.PlanOf(wts, E); return err }},
-		{"PlanOf E=0", func() error { _, err := ops.PlanOf(idx, 0); return err }},
-		{"Dispatch x rank 1", func() error { _, err := ops.Dispatch(mat(g, f64, "x1", T), r); return err }},
-		{"Dispatch x rank 3", func() error { _, err := ops.Dispatch(mat(g, f64, "x3", 1, T, H), r); return err }},
-		{"Dispatch wrong T", func() error { _, err := ops.Dispatch(mat(g, f64, "xT", T+1, H), r); return err }},
-		{"Dispatch int x", func() error { _, err := ops.Dispatch(mat(g, i32, "xi", T, H), r); return err }},
-		{"Dispatch nil routing", func() error { _, err := ops.Dispatch(x, nil); return err }},
-		{"Dispatch nil x", func() error { _, err := ops.Dispatch(nil, r); return err }},
-		{"Combine wrong rows", func() error { _, err := ops.Combine(mat(g, f64, "yr", T*K+1, H), r); return err }},
-		{"Combine rows = T", func() error { _, err := ops.Combine(x, r); return err }},
-		{"Combine rank 3", func() error { _, err := ops.Combine(mat(g, f64, "y3", 1, T*K, H), r); return err }},
-		{"Combine dtype mismatch", func() error { _, err := ops.Combine(mat(g, f32, "y32", T*K, H), r); return err }},
-		{"Combine nil routing", func() error { _, err := ops.Combine(packed, nil); return err }},
-		{"CombineWeighted wrong weight shape", func() error {
+		{"Route logits rank 1", ops.ErrShape, func() error { _, err := ops.Route(mat(g, f64, "l1", T), good); return err }},
+		{"Route logits rank 3", ops.ErrShape, func() error { _, err := ops.Route(mat(g, f64, "l3", 2, T, E), good); return err }},
+		{"Route int32 logits", ops.ErrDtype, func() error { _, err := ops.Route(mat(g, i32, "li", T, E), good); return err }},
+		{"Route k=0", ops.ErrConfig, func() error { _, err := ops.Route(logits, ops.RouteConfig{K: 0}); return err }},
+		{"Route k<0", ops.ErrConfig, func() error { _, err := ops.Route(logits, ops.RouteConfig{K: -1}); return err }},
+		{"Route k>E", ops.ErrConfig, func() error { _, err := ops.Route(logits, ops.RouteConfig{K: E + 1}); return err }},
+		{"Route unknown scoring", ops.ErrConfig, func() error { _, err := ops.Route(logits, ops.RouteConfig{K: 1, Scoring: 7}); return err }},
+		{"Route nil logits", ops.ErrShape, func() error { _, err := ops.Route(nil, good); return err }},
+		{"NewRouting float indices", ops.ErrDtype, func() error { _, err := ops.NewRouting(wts, wts, E); return err }},
+		{"NewRouting int weights", ops.ErrDtype, func() error { _, err := ops.NewRouting(idx, idx, E); return err }},
+		{"NewRouting shape mismatch", ops.ErrShape, func() error { _, err := ops.NewRouting(idx, mat(g, f64, "w3", T, K+1), E); return err }},
+		{"NewRouting E=0", ops.ErrConfig, func() error { _, err := ops.NewRouting(idx, wts, 0); return err }},
+		{"NewRouting indices rank 1", ops.ErrShape, func() error { _, err := ops.NewRouting(mat(g, i32, "i1", T), mat(g, f64, "w1", T), E); return err }},
+		{"PlanOf float indices", ops.ErrDtype, func() error { _, err := ops.PlanOf(wts, E); return err }},
+		{"PlanOf E=0", ops.ErrConfig, func() error { _, err := ops.PlanOf(idx, 0); return err }},
+		{"Dispatch x rank 1", ops.ErrShape, func() error { _, err := ops.Dispatch(mat(g, f64, "x1", T), r); return err }},
+		{"Dispatch x rank 3", ops.ErrShape, func() error { _, err := ops.Dispatch(mat(g, f64, "x3", 1, T, H), r); return err }},
+		{"Dispatch wrong T", ops.ErrShape, func() error { _, err := ops.Dispatch(mat(g, f64, "xT", T+1, H), r); return err }},
+		{"Dispatch int x", ops.ErrDtype, func() error { _, err := ops.Dispatch(mat(g, i32, "xi", T, H), r); return err }},
+		{"Dispatch nil routing", ops.ErrConfig, func() error { _, err := ops.Dispatch(x, nil); return err }},
+		{"Dispatch nil x", ops.ErrShape, func() error { _, err := ops.Dispatch(nil, r); return err }},
+		{"Combine wrong rows", ops.ErrShape, func() error { _, err := ops.Combine(mat(g, f64, "yr", T*K+1, H), r); return err }},
+		{"Combine rows = T", ops.ErrShape, func() error { _, err := ops.Combine(x, r); return err }},
+		{"Combine rank 3", ops.ErrShape, func() error { _, err := ops.Combine(mat(g, f64, "y3", 1, T*K, H), r); return err }},
+		{"Combine dtype mismatch", ops.ErrDtype, func() error { _, err := ops.Combine(mat(g, f32, "y32", T*K, H), r); return err }},
+		{"Combine nil routing", ops.ErrConfig, func() error { _, err := ops.Combine(packed, nil); return err }},
+		{"CombineWeighted wrong weight shape", ops.ErrShape, func() error {
 			_, err := ops.CombineWeighted(packed, mat(g, f64, "cw", T, K+1), r)
 			return err
 		}},
-		{"GroupedMatMul w rank 2", func() error { _, err := ops.GroupedMatMul(packed, mat(g, f64, "w2", H, 7), r); return err }},
-		{"GroupedMatMul wrong E", func() error { _, err := ops.GroupedMatMul(packed, mat(g, f64, "wE", E+1, H, 7), r); return err }},
-		{"GroupedMatMul wrong In", func() error { _, err := ops.GroupedMatMul(packed, mat(g, f64, "wI", E, H+1, 7), r); return err }},
-		{"GroupedMatMul w dtype mismatch", func() error { _, err := ops.GroupedMatMul(packed, mat(g, f32, "w32", E, H, 7), r); return err }},
-		{"GroupedMatMul x rows = T", func() error { _, err := ops.GroupedMatMul(x, w, r); return err }},
-		{"GroupedMatMul x rank 3", func() error { _, err := ops.GroupedMatMul(mat(g, f64, "p3", 1, T*K, H), w, r); return err }},
-		{"GroupedMatMul int x", func() error { _, err := ops.GroupedMatMul(mat(g, i32, "pi", T*K, H), w, r); return err }},
-		{"GroupedMatMul nil routing", func() error { _, err := ops.GroupedMatMul(packed, w, nil); return err }},
-		{"LoadBalancingLoss without logits", func() error { _, err := ops.LoadBalancingLoss(given, 0.1); return err }},
-		{"LoadBalancingLoss nil routing", func() error { _, err := ops.LoadBalancingLoss(nil, 0.1); return err }},
-		{"ZLoss rank 1", func() error { _, err := ops.ZLoss(mat(g, f64, "z1", E), 0.1); return err }},
-		{"ZLoss int logits", func() error { _, err := ops.ZLoss(mat(g, i32, "zi", T, E), 0.1); return err }},
-		{"ZLoss nil", func() error { _, err := ops.ZLoss(nil, 0.1); return err }},
+		{"GroupedMatMul w rank 2", ops.ErrShape, func() error { _, err := ops.GroupedMatMul(packed, mat(g, f64, "w2", H, 7), r); return err }},
+		{"GroupedMatMul wrong E", ops.ErrShape, func() error { _, err := ops.GroupedMatMul(packed, mat(g, f64, "wE", E+1, H, 7), r); return err }},
+		{"GroupedMatMul wrong In", ops.ErrShape, func() error { _, err := ops.GroupedMatMul(packed, mat(g, f64, "wI", E, H+1, 7), r); return err }},
+		{"GroupedMatMul w dtype mismatch", ops.ErrDtype, func() error { _, err := ops.GroupedMatMul(packed, mat(g, f32, "w32", E, H, 7), r); return err }},
+		{"GroupedMatMul x rows = T", ops.ErrShape, func() error { _, err := ops.GroupedMatMul(x, w, r); return err }},
+		{"GroupedMatMul x rank 3", ops.ErrShape, func() error { _, err := ops.GroupedMatMul(mat(g, f64, "p3", 1, T*K, H), w, r); return err }},
+		{"GroupedMatMul int x", ops.ErrDtype, func() error { _, err := ops.GroupedMatMul(mat(g, i32, "pi", T*K, H), w, r); return err }},
+		{"GroupedMatMul nil routing", ops.ErrConfig, func() error { _, err := ops.GroupedMatMul(packed, w, nil); return err }},
+		{"LoadBalancingLoss without logits", ops.ErrConfig, func() error { _, err := ops.LoadBalancingLoss(given, 0.1); return err }},
+		{"LoadBalancingLoss nil routing", ops.ErrConfig, func() error { _, err := ops.LoadBalancingLoss(nil, 0.1); return err }},
+		{"ZLoss rank 1", ops.ErrShape, func() error { _, err := ops.ZLoss(mat(g, f64, "z1", E), 0.1); return err }},
+		{"ZLoss int logits", ops.ErrDtype, func() error { _, err := ops.ZLoss(mat(g, i32, "zi", T, E), 0.1); return err }},
+		{"ZLoss nil", ops.ErrShape, func() error { _, err := ops.ZLoss(nil, 0.1); return err }},
+		{"Combine routing without weights", ops.ErrConfig, func() error {
+			_, err := ops.Combine(packed, &ops.Routing{Indices: idx, Plan: r.Plan, Config: r.Config, T: T, E: E})
+			return err
+		}},
+		{"CombineWeighted nil weights", ops.ErrConfig, func() error { _, err := ops.CombineWeighted(packed, nil, r); return err }},
+		{"LoadBalancingLoss NaN coef", ops.ErrConfig, func() error { _, err := ops.LoadBalancingLoss(r, math.NaN()); return err }},
+		{"LoadBalancingLoss negative coef", ops.ErrConfig, func() error { _, err := ops.LoadBalancingLoss(r, -0.1); return err }},
+		{"LoadBalancingLoss Inf coef", ops.ErrConfig, func() error { _, err := ops.LoadBalancingLoss(r, math.Inf(1)); return err }},
+		{"ZLoss NaN coef", ops.ErrConfig, func() error { _, err := ops.ZLoss(logits, math.NaN()); return err }},
+		{"ZLoss negative coef", ops.ErrConfig, func() error { _, err := ops.ZLoss(logits, -1); return err }},
+		{"LoadBalancingLossMasked float mask", ops.ErrDtype, func() error {
+			_, err := ops.LoadBalancingLossMasked(r, mat(g, f64, "mf", T), 0.1)
+			return err
+		}},
+		{"LoadBalancingLossMasked wrong length", ops.ErrShape, func() error {
+			_, err := ops.LoadBalancingLossMasked(r, mat(g, i32, "ml", T+1), 0.1)
+			return err
+		}},
+		// T*K >= 2^31 does not fit the int32 plan: refused when the graph is built (nothing is allocated).
+		{"Route T*K = 2^31", ops.ErrShape, func() error { _, err := ops.Route(mat(g, f32, "huge", 1<<29, 8), ops.RouteConfig{K: 4}); return err }},
+		{"PlanOf T*K = 2^31", ops.ErrShape, func() error { _, err := ops.PlanOf(mat(g, i32, "hugeIdx", 1<<30, 2), 4); return err }},
+		{"NewRouting T*K > 2^31", ops.ErrShape, func() error {
+			_, err := ops.NewRouting(mat(g, i32, "hugeI", 1<<31, 3), mat(g, f32, "hugeW", 1<<31, 3), 4)
+			return err
+		}},
 	}
 	for _, c := range cases {
 		if err := noPanic(t, c.name, c.f); err == nil {
 			t.Errorf("%s: builder accepted invalid input", c.name)
+		} else if !errors.Is(err, c.want) {
+			t.Errorf("%s: error %q does not wrap %v", c.name, err, c.want)
 		} else if !strings.HasPrefix(err.Error(), "ops:") {
 			t.Logf("%s: error without the ops: prefix: %v", c.name, err)
 		}
+	}
+}
+
+// TestDtypeMessagesNameTheInputs: a dtype mismatch names the inputs the user made (the weights come
+// from Route over the user's logits), not only "weights must be float64".
+func TestDtypeMessagesNameTheInputs(t *testing.T) {
+	g := G.NewGraph()
+	logits := mat(g, tensor.Float32, "router_logits", 4, 3)
+	r, err := ops.Route(logits, ops.RouteConfig{K: 2, Scoring: ops.SoftmaxTopK, Renormalize: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ops.Combine(mat(g, tensor.Float64, "expert_out", 8, 5), r)
+	if !errors.Is(err, ops.ErrDtype) {
+		t.Fatalf("Combine of float64 rows with float32 routing: %v, want ErrDtype", err)
+	}
+	for _, want := range []string{`"expert_out"`, `"router_logits"`, "float32", "float64", "Route"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("message %q does not mention %s", err, want)
+		}
+	}
+	_, err = ops.GroupedMatMul(mat(g, tensor.Float32, "rows", 8, 5), mat(g, tensor.Float64, "w_up", 3, 5, 2), r)
+	if !errors.Is(err, ops.ErrDtype) || !strings.Contains(err.Error(), `"w_up"`) || !strings.Contains(err.Error(), `"rows"`) {
+		t.Errorf("GroupedMatMul dtype mismatch: %v", err)
 	}
 }
 
@@ -116,7 +169,8 @@ func TestMoEConfigValidation(t *testing.T) {
 		"ffn=0":        func(c *moe.Config) { c.FFN = 0 },
 		"experts=0":    func(c *moe.Config) { c.Experts = 0 },
 		"int dtype":    func(c *moe.Config) { c.Dtype = tensor.Int32 },
-		"no dtype":     func(c *moe.Config) { c.Dtype = tensor.Dtype{} },
+		"NaN aux":      func(c *moe.Config) { c.AuxLossCoef = math.NaN() },
+		"Inf z":        func(c *moe.Config) { c.ZLossCoef = math.Inf(1) },
 		"negative aux": func(c *moe.Config) { c.AuxLossCoef = -1 },
 		"negative z":   func(c *moe.Config) { c.ZLossCoef = -1 },
 		"bad scoring":  func(c *moe.Config) { c.Scoring = 9 },
@@ -124,9 +178,17 @@ func TestMoEConfigValidation(t *testing.T) {
 	for name, mod := range bad {
 		c := base
 		mod(&c)
-		if err := noPanic(t, name, func() error { _, err := moe.NewLayer(G.NewGraph(), c); return err }); err == nil {
+		err := noPanic(t, name, func() error { _, err := moe.NewLayer(G.NewGraph(), c); return err })
+		if err == nil {
 			t.Errorf("NewLayer accepted config with %s", name)
+		} else if !errors.Is(err, ops.ErrConfig) && !errors.Is(err, ops.ErrDtype) {
+			t.Errorf("config with %s: %v wraps neither ErrConfig nor ErrDtype", name, err)
 		}
+	}
+	noDtype := base
+	noDtype.Dtype = tensor.Dtype{}
+	if l, err := moe.NewLayer(G.NewGraph(), noDtype); err != nil || l.Config.Dtype != tensor.Float32 {
+		t.Errorf("config without dtype: %v, want a float32 layer", err)
 	}
 	g := G.NewGraph()
 	l, err := moe.NewLayer(g, base)
@@ -159,7 +221,10 @@ func runGraph(t *testing.T, g *G.ExprGraph) (err error) {
 	return vm.RunAll()
 }
 
-// TestRuntimeErrors: data-dependent faults surface as RunAll errors, not panics.
+// TestRuntimeErrors: data-dependent faults surface as RunAll errors, not panics, and wrap the ops
+// sentinels (through Gorgonia's machine error with ops.MachineError / ops.RunAll): expert indices out of
+// range are ErrExpertIndex; a logits row with a NaN or +Inf, or all -Inf, is ErrNaN (it used to give NaN
+// weights and gradients silently for +Inf and all -Inf); single -Inf logits are fine.
 func TestRuntimeErrors(t *testing.T) {
 	const T, K, E, H = 3, 2, 4, 2
 	for _, bad := range []int32{-1, E, 1000} {
@@ -175,26 +240,70 @@ func TestRuntimeErrors(t *testing.T) {
 		if _, err := ops.Dispatch(x, r); err != nil {
 			t.Fatal(err)
 		}
-		if err := runGraph(t, g); err == nil {
+		err = runGraph(t, g)
+		if err == nil {
 			t.Errorf("expert index %d with E=%d: RunAll succeeded, want an error", bad, E)
+		} else if errors.Is(err, ops.ErrExpertIndex) || !errors.Is(ops.MachineError(err), ops.ErrExpertIndex) {
+			t.Errorf("expert index %d: errors.Is(MachineError(%v), ErrExpertIndex) should hold (and only through MachineError)", bad, err)
 		}
 	}
-	for _, dt := range []tensor.Dtype{tensor.Float64, tensor.Float32} {
-		g := G.NewGraph()
-		var val *tensor.Dense
-		if dt == tensor.Float64 {
-			val = tensor.New(tensor.WithShape(T, E), tensor.WithBacking([]float64{0, 1, 2, 3, 4, math.NaN(), 6, 7, 8, 9, 10, 11}))
-		} else {
-			val = tensor.New(tensor.WithShape(T, E), tensor.WithBacking([]float32{0, 1, 2, 3, 4, float32(math.NaN()), 6, 7, 8, 9, 10, 11}))
-		}
-		logits := G.NewMatrix(g, dt, G.WithShape(T, E), G.WithName("logits"), G.WithValue(val))
-		if _, err := ops.Route(logits, ops.RouteConfig{K: K, Scoring: ops.SoftmaxTopK, Renormalize: true}); err != nil {
-			t.Fatal(err)
-		}
-		if err := runGraph(t, g); err == nil {
-			t.Errorf("%v NaN logits: RunAll succeeded, want an error", dt)
+	inf, nan := math.Inf(1), math.NaN()
+	for _, c := range []struct {
+		name   string
+		logits []float64
+		ok     bool
+	}{
+		{"NaN", []float64{0, 1, 2, 3, 4, nan, 6, 7, 8, 9, 10, 11}, false},
+		{"+Inf", []float64{0, 1, 2, 3, 4, 5, inf, 7, 8, 9, 10, 11}, false},
+		{"all -Inf", []float64{0, 1, 2, 3, -inf, -inf, -inf, -inf, 8, 9, 10, 11}, false},
+		{"some -Inf", []float64{0, 1, 2, 3, -inf, 5, -inf, -inf, 8, 9, 10, 11}, true},
+	} {
+		for _, dt := range []tensor.Dtype{tensor.Float64, tensor.Float32} {
+			for _, cfg := range []ops.RouteConfig{{K: K, Scoring: ops.SoftmaxTopK, Renormalize: true}, {K: K, Scoring: ops.SoftmaxTopK}} {
+				g := G.NewGraph()
+				logits := G.NewMatrix(g, dt, G.WithShape(T, E), G.WithName("logits"), G.WithValue(floatTensor(dt, c.logits, T, E)))
+				r, err := ops.Route(logits, cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cost, err := G.Sum(r.Weights)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := G.Grad(cost, logits); err != nil {
+					t.Fatal(err)
+				}
+				err = runGraph(t, g)
+				switch {
+				case c.ok && err != nil:
+					t.Errorf("%v %s logits (%v): %v", dt, c.name, cfg, err)
+				case c.ok:
+					for i, v := range floatsOf(t, r.Weights.Value()) {
+						if math.IsNaN(v) {
+							t.Errorf("%v %s logits: weight %d is NaN", dt, c.name, i)
+						}
+					}
+				case err == nil:
+					t.Errorf("%v %s logits (%v): RunAll succeeded, want an error", dt, c.name, cfg)
+				case !errors.Is(ops.MachineError(err), ops.ErrNaN):
+					t.Errorf("%v %s logits: %v does not wrap ErrNaN", dt, c.name, err)
+				case !strings.Contains(err.Error(), "token 1") && !strings.Contains(err.Error(), "logits[1,"):
+					t.Errorf("%v %s logits: %v does not name token 1", dt, c.name, err)
+				}
+			}
 		}
 	}
+}
+
+func floatTensor(dt tensor.Dtype, v []float64, shape ...int) *tensor.Dense {
+	if dt == tensor.Float64 {
+		return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(append([]float64(nil), v...)))
+	}
+	f := make([]float32, len(v))
+	for i, x := range v {
+		f[i] = float32(x)
+	}
+	return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(f))
 }
 
 // TestNoCSEMerging: ops that differ only in a parameter must stay distinct nodes with their own results

@@ -71,14 +71,14 @@ func mixtralLayerBin(t *testing.T) string {
 	return binPath
 }
 
-// runLayer runs the command and returns its exit error and stderr.
-func runLayer(t *testing.T, args ...string) (error, string) {
+// runLayer runs the command and returns its stderr and exit error.
+func runLayer(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(mixtralLayerBin(t), args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	err := cmd.Run()
-	return err, stderr.String()
+	return stderr.String(), err
 }
 
 type fixtureCase struct {
@@ -168,7 +168,7 @@ func TestHFParityForwardAndGrad(t *testing.T) {
 			for _, dtype := range []string{"float64", "float32"} {
 				for _, cmd := range []string{"forward", "grad"} {
 					path := filepath.Join(out, cmd+"-"+dtype+".safetensors")
-					err, stderr := runLayer(t, cmd, "-weights", filepath.Join(fc.dir, "weights.safetensors"),
+					stderr, err := runLayer(t, cmd, "-weights", filepath.Join(fc.dir, "weights.safetensors"),
 						"-input", filepath.Join(fc.dir, "input.safetensors"), "-out", path,
 						"-prefix", fc.prefix, "-top-k", fc.topK, "-dtype", dtype, "-device", parityDevice())
 					if err != nil {
@@ -225,7 +225,7 @@ func TestHFBF16Weights(t *testing.T) {
 	results := map[string]map[string][]float64{}
 	for name, weights := range map[string]string{"bf16": filepath.Join(dir, "weights_bf16.safetensors"), "rounded": roundedPath} {
 		out := filepath.Join(tmp, name+"-out.safetensors")
-		err, stderr := runLayer(t, "grad", "-weights", weights, "-input", filepath.Join(dir, "input.safetensors"),
+		stderr, err := runLayer(t, "grad", "-weights", weights, "-input", filepath.Join(dir, "input.safetensors"),
 			"-out", out, "-dtype", "float64")
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", name, err, stderr)
@@ -311,7 +311,7 @@ func TestHFSubcommandErrors(t *testing.T) {
 		{"truncated input", []string{"forward", "-weights", w, "-input", trunc, "-out", out}, "input: safetensors"},
 	}
 	for _, c := range cases {
-		err, stderr := runLayer(t, c.args...)
+		stderr, err := runLayer(t, c.args...)
 		if err == nil {
 			t.Errorf("%s: exit status 0", c.name)
 			continue

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"fmt"
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"math"
 	"math/rand"
 	"testing"
@@ -18,42 +19,17 @@ func layerLoss(l *moe.Layer, x, target *G.Node) (*G.Node, *moe.Output, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	diff, err := G.Sub(out.Y, target)
+	mse, err := moe.MSE(out.Y, target)
 	if err != nil {
 		return nil, nil, err
 	}
-	sq, err := G.Square(diff)
-	if err != nil {
-		return nil, nil, err
-	}
-	cost, err := G.Mean(sq)
-	if err != nil {
-		return nil, nil, err
-	}
-	rl, err := out.RouterLoss()
-	if err != nil {
-		return nil, nil, err
-	}
-	if rl != nil {
-		if cost, err = G.Add(cost, rl); err != nil {
-			return nil, nil, err
-		}
-	}
-	return cost, out, nil
+	cost, err := out.Cost(mse)
+	return cost, out, err
 }
 
 func denseFloats(d *tensor.Dense) []float64 {
-	switch v := d.Data().(type) {
-	case []float64:
-		return append([]float64(nil), v...)
-	case []float32:
-		out := make([]float64, len(v))
-		for i, f := range v {
-			out[i] = float64(f)
-		}
-		return out
-	}
-	return nil
+	v, _ := floats.Of(d)
+	return v
 }
 
 // TestGradMoELayer checks the gradient of a whole MoE layer's loss (MSE + aux + z) w.r.t. the router, all

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"io"
 	"strings"
 	"testing"
 )
@@ -15,7 +16,7 @@ func TestDeviceCUDAWithoutTag(t *testing.T) {
 		f    func([]string) error
 		args []string
 	}{
-		{"train", runTrain, []string{"-device", "cuda", "-steps", "1"}},
+		{"train", func(a []string) error { return runTrain(a, io.Discard) }, []string{"-device", "cuda", "-steps", "1"}},
 		{"forward", runForward, []string{"-device", "cuda", "-weights", "w", "-input", "x", "-out", "y"}},
 		{"grad", runGrad, []string{"-device", "cuda", "-weights", "w", "-input", "x", "-out", "y"}},
 	} {
@@ -24,7 +25,7 @@ func TestDeviceCUDAWithoutTag(t *testing.T) {
 			t.Errorf("%s -device cuda: %v, want an error naming the build tag %s", run.name, err, cudaTag)
 		}
 	}
-	if err := runTrain([]string{"-device", "tpu"}); err == nil || !strings.Contains(err.Error(), "cpu") {
+	if err := runTrain([]string{"-device", "tpu"}, io.Discard); err == nil || !strings.Contains(err.Error(), "cpu") {
 		t.Errorf("-device tpu: %v, want an error listing the available devices", err)
 	}
 }

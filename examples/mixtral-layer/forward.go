@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"github.com/expertrt/expertrt-go/moe"
 	"github.com/expertrt/expertrt-go/moe/hf"
 	"github.com/expertrt/expertrt-go/ops"
@@ -183,29 +184,14 @@ func runHFLayer(w hf.LayerWeights, x, gradOut *tensor.Dense, topK int, b ops.Bac
 
 // asMatrix returns x as a fresh contiguous [T,H] tensor of dtype dt (converting float32<->float64).
 func asMatrix(x *tensor.Dense, dt tensor.Dtype, T, H int) (*tensor.Dense, error) {
-	var data []float64
-	switch v := x.Data().(type) {
-	case []float64:
-		data = v
-	case []float32:
-		data = make([]float64, len(v))
-		for i, f := range v {
-			data[i] = float64(f)
-		}
-	default:
-		return nil, fmt.Errorf("dtype %v, want float32 or float64", x.Dtype())
+	data, err := floats.Of(x)
+	if err != nil {
+		return nil, err
 	}
 	if len(data) != T*H {
 		return nil, fmt.Errorf("%d values, want %d", len(data), T*H)
 	}
-	if dt == tensor.Float64 {
-		return tensor.New(tensor.WithShape(T, H), tensor.WithBacking(append([]float64(nil), data...))), nil
-	}
-	d := make([]float32, len(data))
-	for i, f := range data {
-		d[i] = float32(f)
-	}
-	return tensor.New(tensor.WithShape(T, H), tensor.WithBacking(d)), nil
+	return floats.Dense(dt, data, T, H), nil
 }
 
 // cloneValue copies a node's value (host or device memory) into a new contiguous host tensor of the
@@ -225,15 +211,11 @@ func cloneValue(n *G.Node, shape ...int) (*tensor.Dense, error) {
 	if d.RequiresIterator() {
 		d = d.Materialize().(*tensor.Dense)
 	}
-	var c *tensor.Dense
-	switch v := d.Data().(type) {
-	case []float64:
-		c = tensor.New(tensor.WithShape(d.Shape().Clone()...), tensor.WithBacking(append([]float64(nil), v...)))
-	case []float32:
-		c = tensor.New(tensor.WithShape(d.Shape().Clone()...), tensor.WithBacking(append([]float32(nil), v...)))
-	default:
-		return nil, fmt.Errorf("node %s has data of type %T", n.Name(), d.Data())
+	vals, err := floats.Of(d)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", n.Name(), err)
 	}
+	c := floats.Dense(d.Dtype(), vals, d.Shape().Clone()...)
 	if c.Shape().TotalSize() != tensor.Shape(shape).TotalSize() {
 		return nil, fmt.Errorf("node %s has shape %v, want %v", n.Name(), c.Shape(), shape)
 	}

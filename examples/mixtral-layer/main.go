@@ -2,42 +2,71 @@
 //
 // The default mode learns a fixed random "teacher" MoE layer: each step draws a fresh batch x, the
 // teacher gives the target y*, and the student (same shape, other seed) minimises mean((y - y*)^2)
-// plus the load-balancing and z losses with Adam. Progress lines show step, task loss, aux loss and
-// the share of routed slots per expert.
+// plus the load-balancing and z losses with Adam. Progress lines show step, task loss, load-balancing
+// loss, z-loss and the share of routed slots per expert.
 //
 //	go run ./examples/mixtral-layer                     # train with defaults (< 1 min on 2 cores)
 //	go run ./examples/mixtral-layer -steps 500 -json    # one JSON summary at the end
 //	go run ./examples/mixtral-layer -expert-parallel 4  # experts split over 4 in-process ranks (ep.go)
 //	go run ./examples/mixtral-layer forward -weights W.safetensors -input X.safetensors -out Y.safetensors
 //	go run ./examples/mixtral-layer grad    -weights W.safetensors -input X.safetensors -out Y.safetensors
+//	go run ./examples/mixtral-layer -h                  # subcommands and flags
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
+	"strings"
 )
 
-func main() {
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+// subcommands lists what run accepts as the first argument (train is the default).
+const subcommands = `usage: mixtral-layer [train] [flags]                             train a layer to match a teacher layer (default)
+       mixtral-layer forward -weights W -input X -out Y [flags]   run one MoE layer of a Hugging Face Mixtral checkpoint
+       mixtral-layer grad    -weights W -input X -out Y [flags]   ... and its gradients
+       mixtral-layer help                                         this text
+Run "mixtral-layer <subcommand> -h" for the flags of a subcommand.
+`
+
+// run executes the command line args and returns the exit status: 0 on success and for -h, 2 for an
+// unknown subcommand, 1 for any other error (printed to stderr).
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd, rest := "train", args
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, rest = args[0], args[1:]
+	}
 	var err error
-	args := os.Args[1:]
-	switch {
-	case len(args) > 0 && args[0] == "forward":
-		err = runForward(args[1:])
-	case len(args) > 0 && args[0] == "grad":
-		err = runGrad(args[1:])
-	case len(args) > 0 && args[0] == "train":
-		err = runTrain(args[1:])
-	case len(args) > 0 && args[0] == "ep":
-		err = runEP(args[1:])
-	case len(args) > 0 && args[0] == "ep-bench":
-		err = runEPBench(args[1:])
-	case epRequested(args):
-		err = runEP(args)
+	if cmd == "train" && epRequested(rest) {
+		cmd = "ep"
+	}
+	switch cmd {
+	case "train":
+		err = runTrain(rest, stderr)
+	case "forward":
+		err = runForward(rest)
+	case "grad":
+		err = runGrad(rest)
+	case "ep":
+		err = runEP(rest)
+	case "ep-bench":
+		err = runEPBench(rest)
+	case "help":
+		fmt.Fprint(stdout, subcommands)
+		return 0
 	default:
-		err = runTrain(args)
+		fmt.Fprintf(stderr, "mixtral-layer: unknown subcommand %q\n%s", cmd, subcommands)
+		return 2
 	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "mixtral-layer:", err)
-		os.Exit(1)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case err != nil:
+		fmt.Fprintln(stderr, "mixtral-layer:", err)
+		return 1
 	}
+	return 0
 }

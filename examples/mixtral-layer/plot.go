@@ -15,12 +15,13 @@ import (
 )
 
 // writeTrainingPlot writes a PNG to path with the training curves over steps (x = step, 1-based):
-// a panel with loss[step], a panel with aux[step] when aux is non-empty, and a panel with one line per
-// expert of load[step][expert] (all rows of load must have the same length). Non-finite values are
-// left out of the lines rather than failing the plot. Rows are stacked vertically in one image.
-func writeTrainingPlot(path string, loss, aux []float64, load [][]float64) error {
-	if len(loss) == 0 && len(aux) == 0 && len(load) == 0 {
-		return errors.New("plot: nothing to plot (no loss, aux or load values)")
+// a panel with loss[step], a panel with the load-balancing loss aux[step] when aux is non-empty, one
+// with the router z-loss z[step] when z is non-empty, and a panel with one line per expert of
+// load[step][expert] (all rows of load must have the same length). Non-finite values are left out of
+// the lines rather than failing the plot. Rows are stacked vertically in one image.
+func writeTrainingPlot(path string, loss, aux, z []float64, load [][]float64) error {
+	if len(loss) == 0 && len(aux) == 0 && len(z) == 0 && len(load) == 0 {
+		return errors.New("plot: nothing to plot (no loss, aux, z or load values)")
 	}
 	var panels []*plot.Plot
 
@@ -33,6 +34,13 @@ func writeTrainingPlot(path string, loss, aux []float64, load [][]float64) error
 	}
 	if len(aux) > 0 {
 		p, err := curvePlot("Auxiliary (load-balancing) loss", "aux loss", []string{"aux"}, [][]float64{aux})
+		if err != nil {
+			return err
+		}
+		panels = append(panels, p)
+	}
+	if len(z) > 0 {
+		p, err := curvePlot("Router z-loss", "z-loss", []string{"z"}, [][]float64{z})
 		if err != nil {
 			return err
 		}

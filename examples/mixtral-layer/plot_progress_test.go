@@ -82,33 +82,46 @@ func TestWriteTrainingPlot(t *testing.T) {
 		load[s] = []float64{0.25 + 0.01*float64(s%3), 0.25, 0.25, 0.25 - 0.01*float64(s%3)}
 	}
 	loss[3] = math.NaN() // must be skipped, not fail
-	path := filepath.Join(dir, "train.png")
-	if err := writeTrainingPlot(path, loss, aux, load); err != nil {
-		t.Fatal(err)
+	z := make([]float64, steps)
+	for s := range z {
+		z[s] = 0.01 * float64(s)
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
+	height := func(name string, aux, z []float64, load [][]float64) int {
+		t.Helper()
+		path := filepath.Join(dir, name)
+		if err := writeTrainingPlot(path, loss, aux, z, load); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		img, err := png.Decode(f)
+		if err != nil {
+			t.Fatalf("not a PNG: %v", err)
+		}
+		if b := img.Bounds(); b.Dx() < 100 || b.Dy() < 100 {
+			t.Fatalf("image too small: %v", b)
+		}
+		return img.Bounds().Dy()
 	}
-	defer f.Close()
-	img, err := png.Decode(f)
-	if err != nil {
-		t.Fatalf("not a PNG: %v", err)
-	}
-	if b := img.Bounds(); b.Dx() < 100 || b.Dy() < 100 {
-		t.Fatalf("image too small: %v", b)
+	// The load-balancing loss and the z-loss get one panel each: four panels, then three without z.
+	four, three := height("train.png", aux, z, load), height("noz.png", aux, nil, load)
+	if 3*four != 4*three {
+		t.Errorf("plot heights %d (loss, aux, z, load) and %d (loss, aux, load): want a 4:3 ratio (one panel per curve)", four, three)
 	}
 	// Without aux, and with only load.
-	if err := writeTrainingPlot(filepath.Join(dir, "b.png"), loss, nil, nil); err != nil {
+	if err := writeTrainingPlot(filepath.Join(dir, "b.png"), loss, nil, nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := writeTrainingPlot(filepath.Join(dir, "c.png"), nil, nil, load); err != nil {
+	if err := writeTrainingPlot(filepath.Join(dir, "c.png"), nil, nil, nil, load); err != nil {
 		t.Fatal(err)
 	}
-	if err := writeTrainingPlot(filepath.Join(dir, "d.png"), nil, nil, nil); err == nil {
+	if err := writeTrainingPlot(filepath.Join(dir, "d.png"), nil, nil, nil, nil); err == nil {
 		t.Fatal("expected an error for empty input")
 	}
-	if err := writeTrainingPlot(filepath.Join(dir, "e.png"), loss, nil, [][]float64{{1, 2}, {1}}); err == nil {
+	if err := writeTrainingPlot(filepath.Join(dir, "e.png"), loss, nil, nil, [][]float64{{1, 2}, {1}}); err == nil {
 		t.Fatal("expected an error for ragged load")
 	}
 }

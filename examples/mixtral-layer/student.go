@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"github.com/expertrt/expertrt-go/moe"
 	"github.com/expertrt/expertrt-go/ops"
 	G "gorgonia.org/gorgonia"
@@ -53,21 +54,23 @@ func (t *teacher) forward(x *tensor.Dense) (*tensor.Dense, error) {
 // student is the trained layer on its backend: loss (ops.MSELoss plus the router losses), gradients,
 // the ops Adam solver and read-outs, run by an ops.Trainer (one memory step per training step).
 type student struct {
-	layer             *moe.Layer
-	x, target         *G.Node
-	lossV, auxV, plan G.Value
-	experts, slots    int
-	trainer           *ops.Trainer
+	layer           *moe.Layer
+	x, target       *G.Node
+	lossV, auxV, zV G.Value
+	read            *moe.Readout
+	trainer         *ops.Trainer
 }
 
 type metrics struct {
-	loss, aux float64
-	load      []float64 // share of routed slots per expert
+	loss float64   // task loss (MSE)
+	aux  float64   // load-balancing loss times its coefficient (0 when the coefficient is 0)
+	z    float64   // router z-loss times its coefficient (0 when the coefficient is 0)
+	load []float64 // share of routed slots per expert
 }
 
 func newStudent(cfg moe.Config, tokens int, lr float64) (*student, error) {
 	g := G.NewGraph()
-	s := &student{experts: cfg.Experts, slots: tokens * cfg.TopK}
+	s := &student{}
 	s.x = G.NewMatrix(g, cfg.Dtype, G.WithShape(tokens, cfg.Hidden), G.WithName("x"))
 	s.target = G.NewMatrix(g, cfg.Dtype, G.WithShape(tokens, cfg.Hidden), G.WithName("target"))
 	var err error
@@ -78,24 +81,23 @@ func newStudent(cfg moe.Config, tokens int, lr float64) (*student, error) {
 	if err != nil {
 		return nil, err
 	}
-	mse, err := ops.MSELoss(out.Y, s.target)
+	mse, err := moe.MSE(out.Y, s.target)
 	if err != nil {
 		return nil, err
 	}
-	routerLoss, err := out.RouterLoss()
+	cost, err := out.Cost(mse)
 	if err != nil {
 		return nil, err
 	}
-	cost, err := ops.AddLosses(mse, routerLoss)
-	if err != nil {
-		return nil, err
-	}
-	if routerLoss != nil {
-		G.Read(routerLoss, &s.auxV)
-	}
-	// read the task loss and plan in the forward pass: backward may reuse intermediate buffers
+	// read the losses and the plan in the forward pass: backward reuses forward buffers for gradients
 	G.Read(mse, &s.lossV)
-	G.Read(out.Routing.Plan, &s.plan)
+	if out.AuxLoss != nil {
+		G.Read(out.AuxLoss, &s.auxV)
+	}
+	if out.ZLoss != nil {
+		G.Read(out.ZLoss, &s.zV)
+	}
+	s.read = out.Read()
 	adam, err := ops.NewAdam(ops.DefaultAdam(lr))
 	if err != nil {
 		return nil, err
@@ -132,45 +134,24 @@ func (s *student) metrics() (metrics, error) {
 	if m.loss, err = ops.Float(s.lossV); err != nil {
 		return m, err
 	}
-	if s.auxV != nil {
+	if s.auxV != nil { // nil when the layer has no load-balancing loss
 		if m.aux, err = ops.Float(s.auxV); err != nil {
 			return m, err
 		}
 	}
-	pd, ok := s.plan.(*tensor.Dense)
-	if !ok {
-		return m, fmt.Errorf("plan is %T", s.plan)
+	if s.zV != nil {
+		if m.z, err = ops.Float(s.zV); err != nil {
+			return m, err
+		}
 	}
-	b, err := ops.BackendFor(pd)
-	if err != nil {
-		return m, err
-	}
-	if pd, err = b.ToHost(pd); err != nil {
-		return m, err
-	}
-	plan, ok := pd.Data().([]int32)
-	if !ok {
-		return m, fmt.Errorf("plan has %T data", pd.Data())
-	}
-	m.load = make([]float64, s.experts)
-	for e := range m.load {
-		m.load[e] = float64(plan[e]) / float64(s.slots)
-	}
-	return m, nil
+	m.load, err = s.read.ExpertLoad()
+	return m, err
 }
 
 func randomBatch(rng *rand.Rand, dt tensor.Dtype, rows, cols int) *tensor.Dense {
-	n := rows * cols
-	if dt == tensor.Float32 {
-		d := make([]float32, n)
-		for i := range d {
-			d[i] = float32(rng.NormFloat64())
-		}
-		return tensor.New(tensor.WithShape(rows, cols), tensor.WithBacking(d))
-	}
-	d := make([]float64, n)
+	d := make([]float64, rows*cols)
 	for i := range d {
 		d[i] = rng.NormFloat64()
 	}
-	return tensor.New(tensor.WithShape(rows, cols), tensor.WithBacking(d))
+	return floats.Dense(dt, d, rows, cols)
 }

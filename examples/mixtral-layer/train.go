@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"strings"
@@ -24,20 +25,28 @@ type trainFlags struct {
 	asJSON                             bool
 }
 
-// trainSummary is what -json prints.
+// trainSummary is what -json prints. final_aux_loss is the load-balancing loss alone (times its
+// coefficient), final_z_loss the router z-loss (times its coefficient).
 type trainSummary struct {
 	InitialLoss float64   `json:"initial_loss"`
 	FinalLoss   float64   `json:"final_loss"`
 	FinalAux    float64   `json:"final_aux_loss"`
+	FinalZ      float64   `json:"final_z_loss"`
 	Steps       int       `json:"steps"`
 	ExpertLoad  []float64 `json:"expert_load"`
 	Seconds     float64   `json:"seconds"`
 	Config      any       `json:"config"`
 }
 
-func runTrain(args []string) error {
+// runTrain implements the train subcommand (the default); usage and flag errors go to stderr.
+func runTrain(args []string, stderr io.Writer) error {
 	var f trainFlags
 	fs := flag.NewFlagSet("mixtral-layer", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), subcommands, "\nflags of train:\n")
+		fs.PrintDefaults()
+	}
 	fs.IntVar(&f.tokens, "tokens", 256, "tokens per batch (T)")
 	fs.IntVar(&f.hidden, "hidden", 32, "hidden size (H)")
 	fs.IntVar(&f.ffn, "ffn", 64, "expert FFN size (F)")
@@ -57,6 +66,9 @@ func runTrain(args []string) error {
 	fs.StringVar(&f.device, "device", "cpu", "where the layer trains: cpu, or cuda (a binary built with -tags "+cudaTag+")")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (subcommands: train, forward, grad; see mixtral-layer -h)", fs.Arg(0))
 	}
 	if f.steps < 1 || f.tokens < 1 || f.every < 1 {
 		return fmt.Errorf("steps, tokens and every must be >= 1")
@@ -117,6 +129,7 @@ func train(f trainFlags, cfg moe.Config) error {
 	}
 	losses := make([]float64, 0, f.steps)
 	auxes := make([]float64, 0, f.steps)
+	zs := make([]float64, 0, f.steps)
 	loads := make([][]float64, 0, f.steps)
 	for step := 1; step <= f.steps; step++ {
 		x := randomBatch(rng, cfg.Dtype, f.tokens, cfg.Hidden)
@@ -131,10 +144,10 @@ func train(f trainFlags, cfg moe.Config) error {
 			return fmt.Errorf("step %d: %w", step, err)
 		}
 		if f.plot != "" {
-			losses, auxes, loads = append(losses, m.loss), append(auxes, m.aux), append(loads, m.load)
+			losses, auxes, zs, loads = append(losses, m.loss), append(auxes, m.aux), append(zs, m.z), append(loads, m.load)
 		}
 		if report {
-			prog.Update(step, fmt.Sprintf("loss %.5f aux %.4f load %s", m.loss, m.aux, fmtLoad(m.load)))
+			prog.Update(step, fmt.Sprintf("loss %.5f aux %.4f z %.4f load %s", m.loss, m.aux, m.z, fmtLoad(m.load)))
 		}
 	}
 	if prog != nil {
@@ -145,7 +158,13 @@ func train(f trainFlags, cfg moe.Config) error {
 		return err
 	}
 	if f.plot != "" {
-		if err := writeTrainingPlot(f.plot, losses, auxes, loads); err != nil {
+		if cfg.AuxLossCoef == 0 {
+			auxes = nil
+		}
+		if cfg.ZLossCoef == 0 {
+			zs = nil
+		}
+		if err := writeTrainingPlot(f.plot, losses, auxes, zs, loads); err != nil {
 			return err
 		}
 	}
@@ -158,7 +177,7 @@ func train(f trainFlags, cfg moe.Config) error {
 			return fmt.Errorf("save weights: %w", err)
 		}
 	}
-	sum := trainSummary{InitialLoss: initial.loss, FinalLoss: final.loss, FinalAux: final.aux, Steps: f.steps,
+	sum := trainSummary{InitialLoss: initial.loss, FinalLoss: final.loss, FinalAux: final.aux, FinalZ: final.z, Steps: f.steps,
 		ExpertLoad: final.load, Seconds: time.Since(start).Seconds(), Config: map[string]any{
 			"tokens": f.tokens, "hidden": cfg.Hidden, "ffn": cfg.FFN, "experts": cfg.Experts, "top_k": cfg.TopK,
 			"scoring": cfg.Scoring.String(), "dtype": cfg.Dtype.String(), "lr": f.lr, "aux_coef": cfg.AuxLossCoef,

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // ErrNotFound is wrapped by Checkpoint lookups of a tensor name the checkpoint does not hold.
@@ -19,12 +20,14 @@ const IndexFileName = "model.safetensors.index.json"
 // Checkpoint is a set of safetensors files seen as one name space: a single file, a sharded
 // checkpoint's index (model.safetensors.index.json, whose "weight_map" maps tensor names to shard file
 // names in the same folder), or a folder holding either an index or *.safetensors files. Shards named
-// by an index are opened (header only) on first use.
+// by an index are opened (header only) on first use. A Checkpoint may be read from several goroutines.
 type Checkpoint struct {
-	path   string
-	dir    string            // folder of the shards
-	shard  map[string]string // tensor name -> shard file name
-	files  map[string]*File  // shard file name -> open file
+	path  string
+	dir   string            // folder of the shards
+	shard map[string]string // tensor name -> shard file name
+
+	mu     sync.Mutex       // guards files and sorted, which fill lazily
+	files  map[string]*File // shard file name -> open file
 	sorted []string
 }
 
@@ -98,6 +101,8 @@ func openIndex(path string) (*Checkpoint, error) {
 
 // Close closes every opened shard.
 func (c *Checkpoint) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	var first error
 	for _, f := range c.files {
 		if err := f.Close(); err != nil && first == nil {
@@ -112,6 +117,8 @@ func (c *Checkpoint) Path() string { return c.path }
 
 // Names lists every tensor name in sorted order.
 func (c *Checkpoint) Names() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.sorted == nil {
 		for n := range c.shard {
 			c.sorted = append(c.sorted, n)
@@ -129,6 +136,8 @@ func (c *Checkpoint) file(name string) (*File, error) {
 	if !ok {
 		return nil, fmt.Errorf("safetensors: %s: %w: %q", c.path, ErrNotFound, name)
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if f := c.files[p]; f != nil {
 		return f, nil
 	}

@@ -22,7 +22,7 @@ func mustWrite(t *testing.T, ts []Tensor, md map[string]string) []byte {
 }
 
 func TestRoundTrip(t *testing.T) {
-	v64 := []float64{1, -2.5, math.Pi, 1e-30, -0.0, 6}
+	v64 := []float64{1, -2.5, math.Pi, 1e-30, math.Copysign(0, -1), 6} // -0 round-trips bitwise
 	v32 := []float32{0.5, -1, 3.25, 7}
 	b := mustWrite(t, []Tensor{
 		{Name: "b.f64", Shape: []int{2, 3}, Values: v64, DType: F64},

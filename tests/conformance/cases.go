@@ -1,6 +1,7 @@
 package conformance
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/rand"
@@ -198,7 +199,7 @@ func (e *env) testKnown(t *testing.T) {
 
 			var lbl, z float64
 			mustCall(t, "LoadBalancingLoss", func() (err error) {
-				lbl, err = e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(lD, planD.d, 1, l) })
+				lbl, err = e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(lD, planD.d, nil, 1, l) })
 				return err
 			})
 			closeTo(t, "LoadBalancingLoss", []float64{lbl}, []float64{wantLBL}, tol, nil)
@@ -353,49 +354,118 @@ func (e *env) testPlanPatterns(t *testing.T) {
 	}
 }
 
-// testBadInputs: data-dependent faults return errors, never panic.
+// testBadInputs: data-dependent faults return errors that wrap the ops sentinels (the same on every
+// backend), never panic: expert indices outside [0,E) are ErrExpertIndex; a logits row with a NaN or
+// +Inf, or all -Inf, is ErrNaN for every kernel that reads logits; -Inf logits in a row with a finite
+// one are valid, and rows left out by the load-balancing loss's mask are not checked.
 func (e *env) testBadInputs(t *testing.T) {
 	const T, K, E = 3, 2, 4
+	wantErr := func(t *testing.T, what string, sentinel error, err error) {
+		t.Helper()
+		switch {
+		case err == nil:
+			t.Errorf("%s: no error, want one wrapping %v", what, sentinel)
+		case !errors.Is(err, sentinel):
+			t.Errorf("%s: error %q does not wrap %v", what, err, sentinel)
+		}
+	}
 	for _, bad := range []int32{E, -1, 1 << 30, math.MinInt32} {
 		idx := []int32{0, 1, 2, bad, 3, 0}
 		t.Run(fmt.Sprintf("expert index %d", bad), func(t *testing.T) {
 			idxD := e.devI(t, idx, T, K)
 			planD := e.out(t, tensor.Int32, ops.PlanLen(T, K, E))
-			if err := call(t, "Plan", func() error { return e.b.Plan(idxD, E, planD.d) }); err == nil {
-				t.Errorf("Plan accepted expert index %d with E=%d", bad, E)
-			}
+			wantErr(t, "Plan", ops.ErrExpertIndex, call(t, "Plan", func() error { return e.b.Plan(idxD, E, planD.d) }))
 			for _, dt := range e.o.Dtypes {
 				lD := e.devF(t, dt, make([]float64, T*E), T, E)
 				for _, cfg := range allConfigs(K)[:3] {
 					wD := e.out(t, dt, T, K)
-					if err := call(t, "RouteWeights", func() error { return e.b.RouteWeights(lD, idxD, cfg, wD.d) }); err == nil {
-						t.Errorf("RouteWeights(%v, %v) accepted expert index %d with E=%d", dt, cfg, bad, E)
-					}
+					wantErr(t, fmt.Sprintf("RouteWeights(%v, %v)", dt, cfg), ops.ErrExpertIndex,
+						call(t, "RouteWeights", func() error { return e.b.RouteWeights(lD, idxD, cfg, wD.d) }))
 					dwD := e.devF(t, dt, make([]float64, T*K), T, K)
 					dlD := e.out(t, dt, T, E)
-					if err := call(t, "RouteWeightsGrad", func() error { return e.b.RouteWeightsGrad(lD, idxD, dwD, cfg, dlD.d) }); err == nil {
-						t.Errorf("RouteWeightsGrad(%v, %v) accepted expert index %d with E=%d", dt, cfg, bad, E)
-					}
+					wantErr(t, fmt.Sprintf("RouteWeightsGrad(%v, %v)", dt, cfg), ops.ErrExpertIndex,
+						call(t, "RouteWeightsGrad", func() error { return e.b.RouteWeightsGrad(lD, idxD, dwD, cfg, dlD.d) }))
 				}
 			}
 		})
 	}
-	if e.o.NaNLogitsError {
-		t.Run("NaN logits", func(t *testing.T) {
+	inf := math.Inf(1)
+	rows := []struct {
+		name string
+		row  []float64 // logits of token 1
+		ok   bool
+	}{
+		{"NaN first", []float64{math.NaN(), 1, 2, 0}, false},
+		{"NaN last", []float64{0, 1, 2, math.NaN()}, false},
+		{"+Inf", []float64{0, inf, 2, 1}, false},
+		{"all -Inf", []float64{-inf, -inf, -inf, -inf}, false},
+		{"NaN and -Inf", []float64{-inf, math.NaN(), -inf, -inf}, false},
+		{"some -Inf", []float64{-inf, 1, -inf, 0.5}, true},
+	}
+	for _, r := range rows {
+		t.Run("logits row "+r.name, func(t *testing.T) {
 			for _, dt := range e.o.Dtypes {
-				for _, pos := range []int{0, 5, T*E - 1} {
-					l := make([]float64, T*E)
-					for i := range l {
-						l[i] = float64(i % 3)
+				l := []float64{0.5, 1, 2, 0}
+				l = append(l, r.row...)
+				l = append(l, 3, 1, 0, 2)
+				lD := e.devF(t, dt, l, T, E)
+				idx := []int32{2, 1, 1, 3, 0, 3} // token 1: experts 1 and 3 (finite in "some -Inf")
+				idxD := e.devI(t, idx, T, K)
+				planD := e.out(t, tensor.Int32, ops.PlanLen(T, K, E))
+				mustCall(t, "Plan", func() error { return e.b.Plan(idxD, E, planD.d) })
+				dwD := e.devF(t, dt, []float64{0.1, 0.2, 0.3, 0.4, 0.5, 0.6}, T, K)
+				checks := map[string]func() error{}
+				for _, cfg := range allConfigs(K)[:3] {
+					checks[fmt.Sprintf("RouteIndices(%v)", cfg)] = func() error { return e.b.RouteIndices(lD, cfg, e.out(t, tensor.Int32, T, K).d) }
+					checks[fmt.Sprintf("RouteWeights(%v)", cfg)] = func() error { return e.b.RouteWeights(lD, idxD, cfg, e.out(t, dt, T, K).d) }
+					checks[fmt.Sprintf("RouteWeightsGrad(%v)", cfg)] = func() error {
+						return e.b.RouteWeightsGrad(lD, idxD, dwD, cfg, e.out(t, dt, T, E).d)
 					}
-					l[pos] = math.NaN()
-					lD := e.devF(t, dt, l, T, E)
-					for _, cfg := range allConfigs(K) {
-						idxD := e.out(t, tensor.Int32, T, K)
-						if err := call(t, "RouteIndices", func() error { return e.b.RouteIndices(lD, cfg, idxD.d) }); err == nil {
-							t.Errorf("RouteIndices(%v, %v) accepted a NaN logit at %d", dt, cfg, pos)
+				}
+				checks["LoadBalancingLoss"] = func() error {
+					_, err := e.lossValue(dt, func(o *tensor.Dense) error { return e.b.LoadBalancingLoss(lD, planD.d, nil, 1, o) })
+					return err
+				}
+				checks["LoadBalancingLossGrad"] = func() error {
+					return e.b.LoadBalancingLossGrad(lD, planD.d, nil, 1, nil, e.out(t, dt, T, E).d)
+				}
+				checks["ZLoss"] = func() error {
+					_, err := e.lossValue(dt, func(o *tensor.Dense) error { return e.b.ZLoss(lD, 1, o) })
+					return err
+				}
+				checks["ZLossGrad"] = func() error { return e.b.ZLossGrad(lD, 1, nil, e.out(t, dt, T, E).d) }
+				for what, f := range checks {
+					err := call(t, what, f)
+					if r.ok {
+						if err != nil {
+							t.Errorf("%v %s: %v", dt, what, err)
 						}
+						continue
 					}
+					wantErr(t, fmt.Sprintf("%v %s", dt, what), ops.ErrNaN, err)
+				}
+				// The load-balancing loss does not read the rows its mask leaves out.
+				maskD := e.devI(t, []int32{1, 0, 1}, T)
+				var lm float64
+				if err := call(t, "LoadBalancingLoss(mask)", func() (err error) {
+					lm, err = e.lossValue(dt, func(o *tensor.Dense) error { return e.b.LoadBalancingLoss(lD, planD.d, maskD, 1, o) })
+					return err
+				}); err != nil || math.IsNaN(lm) {
+					t.Errorf("%v LoadBalancingLoss with the bad row masked: %v, %v", dt, lm, err)
+				}
+				if err := call(t, "LoadBalancingLossGrad(mask)", func() error {
+					return e.b.LoadBalancingLossGrad(lD, planD.d, maskD, 1, nil, e.out(t, dt, T, E).d)
+				}); err != nil {
+					t.Errorf("%v LoadBalancingLossGrad with the bad row masked: %v", dt, err)
+				}
+				if !r.ok {
+					continue
+				}
+				// -Inf logits rank last and get weight 0.
+				got := e.out(t, tensor.Int32, T, K)
+				mustCall(t, "RouteIndices", func() error { return e.b.RouteIndices(lD, allConfigs(K)[0], got.d) })
+				if v := e.readI(t, got.d); v[2] != 1 || v[3] != 3 {
+					t.Errorf("%v RouteIndices with -Inf logits: token 1 got experts %v, want [1 3]", dt, v[2:4])
 				}
 			}
 		})
@@ -440,12 +510,12 @@ func (e *env) testScheduling(t *testing.T) {
 				gw := o(dt, E, H, Out)
 				mustCall(t, "GroupedMatMulGradW", func() error { return e.b.GroupedMatMulGradW(yeD, dypD, plan, gw) })
 				lg := o(dt, T, E)
-				mustCall(t, "LoadBalancingLossGrad", func() error { return e.b.LoadBalancingLossGrad(lD, plan, 0.3, nil, lg) })
+				mustCall(t, "LoadBalancingLossGrad", func() error { return e.b.LoadBalancingLossGrad(lD, plan, nil, 0.3, nil, lg) })
 				zg := o(dt, T, E)
 				mustCall(t, "ZLossGrad", func() error { return e.b.ZLossGrad(lD, 0.3, nil, zg) })
 				var lbl, z float64
 				mustCall(t, "LoadBalancingLoss", func() (err error) {
-					lbl, err = e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(lD, plan, 1, l) })
+					lbl, err = e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(lD, plan, nil, 1, l) })
 					return err
 				})
 				mustCall(t, "ZLoss", func() (err error) {

@@ -18,6 +18,7 @@ package conformance
 
 import (
 	"fmt"
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"math"
 	"runtime"
 	"testing"
@@ -44,9 +45,6 @@ type Options struct {
 	// FDTol is the tolerance of gradient kernels against central finite differences of the forward
 	// kernels (float64, h = 1e-6): |g - fd| <= FDTol * max(1, |g|). Default 1e-6.
 	FDTol float64
-	// NaNLogitsError asserts that RouteIndices returns an error for logits containing NaN. Set it only
-	// for backends that document this check (the CPU backend does).
-	NaNLogitsError bool
 	// Short skips the largest cases (E = 1024, H = 130, the scheduling-determinism sizes).
 	Short bool
 	// Dtypes are the float dtypes to test; default float64 and float32.
@@ -178,18 +176,10 @@ func roundTo(dt tensor.Dtype, vals []float64) []float64 {
 }
 
 func hostFloat(dt tensor.Dtype, vals []float64, shape ...int) *tensor.Dense {
-	switch dt {
-	case tensor.Float32:
-		b := make([]float32, len(vals))
-		for i, v := range vals {
-			b[i] = float32(v)
-		}
-		return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(b))
-	case tensor.Float64:
-		b := append([]float64(nil), vals...)
-		return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(b))
+	if dt != tensor.Float32 && dt != tensor.Float64 {
+		panic(fmt.Sprintf("conformance: unsupported dtype %v", dt))
 	}
-	panic(fmt.Sprintf("conformance: unsupported dtype %v", dt))
+	return floats.Dense(dt, vals, shape...)
 }
 
 func hostInt32(vals []int32, shape ...int) *tensor.Dense {
@@ -287,19 +277,11 @@ func (e *env) host(t testing.TB, d *tensor.Dense) *tensor.Dense {
 // readF reads a float tensor from backend memory as float64 values.
 func (e *env) readF(t testing.TB, d *tensor.Dense) []float64 {
 	t.Helper()
-	h := e.host(t, d)
-	switch v := h.Data().(type) {
-	case []float64:
-		return append([]float64(nil), v...)
-	case []float32:
-		out := make([]float64, len(v))
-		for i, x := range v {
-			out[i] = float64(x)
-		}
-		return out
+	v, err := floats.Of(e.host(t, d))
+	if err != nil {
+		t.Fatalf("readF: %v", err)
 	}
-	t.Fatalf("readF: unexpected data %T", h.Data())
-	return nil
+	return v
 }
 
 // readI reads an int32 tensor from backend memory.

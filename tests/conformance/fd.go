@@ -157,16 +157,32 @@ func (e *env) testFiniteDifferences(t *testing.T) {
 			// Losses (the plan's counts are constants).
 			lD := e.devF(t, dt, logits, T, E)
 			for _, scale := range []float64{1, 0.37} {
-				g = forward([]int{T, E}, func(out *tensor.Dense) error { return e.b.LoadBalancingLossGrad(lD, planD, scale, nil, out) })
+				g = forward([]int{T, E}, func(out *tensor.Dense) error { return e.b.LoadBalancingLossGrad(lD, planD, nil, scale, nil, out) })
 				fd = fdGrad(logits, func(v []float64) float64 {
 					var l float64
 					mustCall(t, "LoadBalancingLoss", func() (err error) {
-						l, err = e.lossValue(dt, func(o *tensor.Dense) error { return e.b.LoadBalancingLoss(e.devF(t, dt, v, T, E), planD, 1, o) })
+						l, err = e.lossValue(dt, func(o *tensor.Dense) error { return e.b.LoadBalancingLoss(e.devF(t, dt, v, T, E), planD, nil, 1, o) })
 						return err
 					})
 					return scale * l
 				})
 				fdClose(t, fmt.Sprintf("LoadBalancingLossGrad(scale=%v)", scale), g, fd, e.o.FDTol)
+
+				mask := make([]int32, T)
+				for tok := range mask {
+					mask[tok] = int32(tok % 2)
+				}
+				maskD := e.devI(t, mask, T)
+				g = forward([]int{T, E}, func(out *tensor.Dense) error { return e.b.LoadBalancingLossGrad(lD, planD, maskD, scale, nil, out) })
+				fd = fdGrad(logits, func(v []float64) float64 {
+					var l float64
+					mustCall(t, "LoadBalancingLoss(mask)", func() (err error) {
+						l, err = e.lossValue(dt, func(o *tensor.Dense) error { return e.b.LoadBalancingLoss(e.devF(t, dt, v, T, E), planD, maskD, 1, o) })
+						return err
+					})
+					return scale * l
+				})
+				fdClose(t, fmt.Sprintf("LoadBalancingLossGrad(mask, scale=%v)", scale), g, fd, e.o.FDTol)
 
 				g = forward([]int{T, E}, func(out *tensor.Dense) error { return e.b.ZLossGrad(lD, scale, nil, out) })
 				fd = fdGrad(logits, func(v []float64) float64 {

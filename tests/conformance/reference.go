@@ -338,3 +338,71 @@ func refZLossGrad(logits []float64, T, E int, scale float64) []float64 {
 	}
 	return dl
 }
+
+// refMaskedCounts: C[e] = slots of counted tokens (mask[t] != 0) routed to e, and n, the counted
+// tokens; a nil mask counts every token.
+func refMaskedCounts(idx []int32, mask []int32, T, K, E int) ([]float64, int) {
+	C := make([]float64, E)
+	n := 0
+	for t := 0; t < T; t++ {
+		if mask != nil && mask[t] == 0 {
+			continue
+		}
+		n++
+		for j := 0; j < K; j++ {
+			C[idx[t*K+j]]++
+		}
+	}
+	return C, n
+}
+
+// refLoadBalancingLossMasked: E * sum_e (C[e]/n) * (sum over counted t of softmax(logits)[t,e])/n
+// (transformers' load_balancing_loss_func with an attention mask); 0 when no token is counted.
+func refLoadBalancingLossMasked(logits []float64, idx, mask []int32, T, K, E int) float64 {
+	C, n := refMaskedCounts(idx, mask, T, K, E)
+	if n == 0 {
+		return 0
+	}
+	P := make([]float64, E)
+	for t := 0; t < T; t++ {
+		if mask[t] == 0 {
+			continue
+		}
+		p := refSoftmax(logits[t*E : (t+1)*E])
+		for e := range p {
+			P[e] += p[e] / float64(n)
+		}
+	}
+	var s float64
+	for e := 0; e < E; e++ {
+		s += C[e] / float64(n) * P[e]
+	}
+	return float64(E) * s
+}
+
+// refLoadBalancingLossMaskedGrad: scale * d(refLoadBalancingLossMasked)/dlogits (0 for masked rows).
+func refLoadBalancingLossMaskedGrad(logits []float64, idx, mask []int32, T, K, E int, scale float64) []float64 {
+	C, n := refMaskedCounts(idx, mask, T, K, E)
+	dl := make([]float64, T*E)
+	if n == 0 {
+		return dl
+	}
+	for t := 0; t < T; t++ {
+		if mask[t] == 0 {
+			continue
+		}
+		p := refSoftmax(logits[t*E : (t+1)*E])
+		for e2 := 0; e2 < E; e2++ {
+			var s float64
+			for e := 0; e < E; e++ {
+				d := 0.0
+				if e == e2 {
+					d = 1
+				}
+				s += C[e] / float64(n) * p[e] * (d - p[e2])
+			}
+			dl[t*E+e2] = scale * float64(E) / float64(n) * s
+		}
+	}
+	return dl
+}

@@ -257,27 +257,48 @@ func (e *env) runScenario(t *testing.T, sc scenario) {
 
 	// ---- losses ----
 	lbl := e.scalar(t, "LoadBalancingLoss", []input{inLogits, inPlan}, func() (float64, error) {
-		return e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(logitsD, planD, 1, l) })
+		return e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(logitsD, planD, nil, 1, l) })
 	})
 	closeTo(t, "LoadBalancingLoss", []float64{lbl}, []float64{refLoadBalancingLoss(logits, pv.Counts, T, E)}, tol, nil)
 	const lblScale = 0.37
 	lblG := e.kernel(t, "LoadBalancingLossGrad", dt, []int{T, E}, []input{inLogits, inPlan}, func(out *tensor.Dense) error {
-		return e.b.LoadBalancingLossGrad(logitsD, planD, lblScale, nil, out)
+		return e.b.LoadBalancingLossGrad(logitsD, planD, nil, lblScale, nil, out)
 	})
 	closeTo(t, "LoadBalancingLossGrad", e.readF(t, lblG), refLoadBalancingLossGrad(logits, pv.Counts, T, E, lblScale), tol, nil)
 	// The upstream gradient as a one-element tensor of the backend (a device scalar on a GPU).
 	const upstream = 0.5
 	gD := e.devF(t, dt, []float64{upstream}, 1)
 	lblGg := e.kernel(t, "LoadBalancingLossGrad(g)", dt, []int{T, E}, []input{inLogits, inPlan}, func(out *tensor.Dense) error {
-		return e.b.LoadBalancingLossGrad(logitsD, planD, lblScale, gD, out)
+		return e.b.LoadBalancingLossGrad(logitsD, planD, nil, lblScale, gD, out)
 	})
 	closeTo(t, "LoadBalancingLossGrad(g)", e.readF(t, lblGg), refLoadBalancingLossGrad(logits, pv.Counts, T, E, lblScale*upstream), tol, nil)
 	// Losses scale by their coefficient.
 	const coef = 0.25
 	lblc := e.scalar(t, "LoadBalancingLoss(coef)", []input{inLogits, inPlan}, func() (float64, error) {
-		return e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(logitsD, planD, coef, l) })
+		return e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(logitsD, planD, nil, coef, l) })
 	})
 	closeTo(t, "LoadBalancingLoss(coef)", []float64{lblc}, []float64{coef * refLoadBalancingLoss(logits, pv.Counts, T, E)}, tol, nil)
+
+	// Token mask: every third token is padding; then no token at all is counted (loss 0, gradient 0).
+	for _, pattern := range []string{"every third token padding", "all padding"} {
+		mask := make([]int32, T)
+		for tok := range mask {
+			if pattern == "every third token padding" && tok%3 != 1 {
+				mask[tok] = 1 + int32(tok%2) // any non-zero value counts
+			}
+		}
+		maskD := e.devI(t, mask, T)
+		inMask := e.snapshot(t, "mask", maskD)
+		what := "LoadBalancingLoss(mask: " + pattern + ")"
+		lm := e.scalar(t, what, []input{inLogits, inPlan, inMask}, func() (float64, error) {
+			return e.lossValue(dt, func(l *tensor.Dense) error { return e.b.LoadBalancingLoss(logitsD, planD, maskD, coef, l) })
+		})
+		closeTo(t, what, []float64{lm}, []float64{coef * refLoadBalancingLossMasked(logits, idx, mask, T, K, E)}, tol, nil)
+		lmG := e.kernel(t, what+" grad", dt, []int{T, E}, []input{inLogits, inPlan, inMask}, func(out *tensor.Dense) error {
+			return e.b.LoadBalancingLossGrad(logitsD, planD, maskD, lblScale, gD, out)
+		})
+		closeTo(t, what+" grad", e.readF(t, lmG), refLoadBalancingLossMaskedGrad(logits, idx, mask, T, K, E, lblScale*upstream), tol, nil)
+	}
 
 	z := e.scalar(t, "ZLoss", []input{inLogits}, func() (float64, error) {
 		return e.lossValue(dt, func(l *tensor.Dense) error { return e.b.ZLoss(logitsD, 1, l) })

@@ -1,0 +1,95 @@
+package cudaops
+
+import (
+	"errors"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/expertrt/expertrt-go/ops"
+	"gorgonia.org/tensor"
+)
+
+// TestFaultErrorSentinels: a device fault unwraps to the same ops sentinel the CPU backend returns for
+// the same condition, and names every code that was raised.
+func TestFaultErrorSentinels(t *testing.T) {
+	cases := []struct {
+		code      uint32
+		is, isNot []error
+		text      []string
+	}{
+		{faultExpertRange, []error{ops.ErrExpertIndex}, []error{ops.ErrNaN}, []string{"expert index outside [0, E)"}},
+		{faultNonFinite, []error{ops.ErrNaN}, []error{ops.ErrExpertIndex}, []string{"NaN or +Inf, or all -Inf"}},
+		{faultExpertRange | faultNonFinite, []error{ops.ErrExpertIndex, ops.ErrNaN}, nil, []string{"expert index", "NaN"}},
+		{faultGridBarrier, nil, []error{ops.ErrNaN, ops.ErrExpertIndex}, []string{"grid barrier"}},
+		{64, nil, []error{ops.ErrNaN}, []string{"unknown fault code 0x40"}},
+	}
+	for _, c := range cases {
+		err := newFaultError(c.code)
+		for _, s := range c.is {
+			if !errors.Is(err, s) {
+				t.Errorf("fault %#x: errors.Is(%v) = false, want true", c.code, s)
+			}
+		}
+		for _, s := range c.isNot {
+			if errors.Is(err, s) {
+				t.Errorf("fault %#x: errors.Is(%v) = true, want false", c.code, s)
+			}
+		}
+		for _, s := range c.text {
+			if !strings.Contains(err.Error(), s) {
+				t.Errorf("fault %#x: message %q does not mention %q", c.code, err, s)
+			}
+		}
+	}
+}
+
+// TestFaultCodesMatchKernels: the Go fault codes mirror the FAULT_* definitions the kernels use.
+func TestFaultCodesMatchKernels(t *testing.T) {
+	src, err := os.ReadFile("common.cuh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]uint32{"FAULT_EXPERT_RANGE": faultExpertRange, "FAULT_GRID_BARRIER": faultGridBarrier, "FAULT_NONFINITE": faultNonFinite}
+	found := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^#define (FAULT_[A-Z_]+) (\d+)u`).FindAllStringSubmatch(string(src), -1) {
+		v, _ := strconv.ParseUint(m[2], 10, 32)
+		w, ok := want[m[1]]
+		if !ok {
+			t.Errorf("common.cuh defines %s = %d, which cudaops does not map to an error", m[1], v)
+			continue
+		}
+		found[m[1]] = true
+		if uint32(v) != w {
+			t.Errorf("%s = %d in common.cuh, %d in faults.go", m[1], v, w)
+		}
+	}
+	for name := range want {
+		if !found[name] {
+			t.Errorf("%s is not defined in common.cuh", name)
+		}
+	}
+}
+
+// TestCheckBytes: shapes whose byte count overflows are refused before any allocation.
+func TestCheckBytes(t *testing.T) {
+	for _, c := range []struct {
+		shape []int
+		ok    bool
+	}{
+		{[]int{4096, 4096}, true},
+		{[]int{0, 1 << 62}, true},
+		{[]int{1 << 30, 1 << 30}, true},     // 2^62 bytes
+		{[]int{1 << 30, 1 << 30, 2}, false}, // 2^63 bytes
+		{[]int{1 << 31, 1 << 31}, false},
+		{[]int{1 << 62, 2}, false},
+		{[]int{3, -1}, false},
+	} {
+		err := checkBytes(tensor.Float32, c.shape)
+		if c.ok != (err == nil) || (err != nil && !errors.Is(err, ops.ErrShape)) {
+			t.Errorf("checkBytes(float32, %v) = %v", c.shape, err)
+		}
+	}
+}
