@@ -3,11 +3,14 @@
 package cudaops
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"sync"
 	"unsafe"
 
+	"github.com/expertrt/expertrt-go/cudaops/devengine"
+	"github.com/expertrt/expertrt-go/ops"
 	"gorgonia.org/cu"
 )
 
@@ -34,7 +37,7 @@ type Device struct {
 	totalBytes int64
 
 	fns   map[string]cu.Function
-	alloc *allocator
+	pool  *devengine.Pool
 	fault cu.DevicePtr // 256 bytes: the uint32 fault word the kernels OR fault codes into, then barrier state
 	slots []uint64     // kernel parameter scratch (under mu)
 
@@ -75,7 +78,7 @@ func Open(ordinal int) (*Device, error) {
 	if d.ctx, err = d.dev.RetainPrimaryCtx(); err != nil {
 		return nil, fmt.Errorf("cudaops: device %d: retaining primary context: %w", ordinal, err)
 	}
-	d.alloc = newAllocator(d)
+	d.pool = devengine.NewPool(fmt.Sprintf("cuda:%d", ordinal), rawAlloc{d})
 	err = d.do(func() error {
 		var err error
 		if d.name, err = d.dev.Name(); err != nil {
@@ -109,7 +112,7 @@ func Open(ordinal int) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cudaops: opening device %d: %w", ordinal, err)
 	}
-	if d.fault, err = d.alloc.get(256); err != nil {
+	if d.fault, err = d.scratch(256); err != nil {
 		return nil, fmt.Errorf("cudaops: opening device %d: fault word: %w", ordinal, err)
 	}
 	if err := d.do(func() error { return cu.MemsetD32Async(d.fault, 0, 64, d.stream) }); err != nil {
@@ -172,22 +175,41 @@ func (d *Device) checkFaultLocked() error {
 	if err := cu.MemsetD32(d.fault, 0, 1); err != nil {
 		return fmt.Errorf("cudaops: clearing fault word: %w", err)
 	}
-	var msg string
-	switch {
-	case f&faultExpertRange != 0:
-		msg = "an expert index outside [0, E) reached a kernel (Plan, RouteWeights or RouteWeightsGrad); the indices were clamped and the results are invalid"
-	case f&faultGridBarrier != 0:
-		msg = "a grid barrier of the one-pass plan timed out (its blocks were not all resident); the plan is invalid (SetPlanMode(PlanMultiLaunch) avoids it)"
-	default:
-		msg = fmt.Sprintf("unknown fault code %#x", f)
+	return faultError(f)
+}
+
+// faultError describes the fault bits f; the error wraps the ops sentinel of every fault present.
+func faultError(f uint32) error {
+	var errs []error
+	for _, c := range faultCodes {
+		if f&c.bit != 0 {
+			errs = append(errs, fmt.Errorf("cudaops: device fault: %s: %w", c.msg, c.sentinel))
+			f &^= c.bit
+		}
 	}
-	return fmt.Errorf("cudaops: device fault: %s", msg)
+	if f != 0 {
+		errs = append(errs, fmt.Errorf("cudaops: device fault: unknown fault code %#x", f))
+	}
+	return errors.Join(errs...)
+}
+
+var faultCodes = []struct {
+	bit      uint32
+	msg      string
+	sentinel error
+}{
+	{faultExpertRange, "an expert index outside [0, E) reached a kernel (Plan, RouteWeights or RouteWeightsGrad); the indices were clamped and the results are invalid", ops.ErrExpertIndex},
+	{faultGridBarrier, "a grid barrier of the one-pass plan timed out (its blocks were not all resident); the plan is invalid (SetPlanMode(PlanMultiLaunch) avoids it)", ops.ErrUnsupported},
+	{faultLabelRange, "a class label outside [0, C) and not -1 reached SoftmaxCrossEntropy or its gradient; the row was ignored and the loss is invalid", ops.ErrLabel},
+	{faultNonFinite, "a NaN or infinite gradient reached GradNormScale; the clipping factor is NaN", ops.ErrNaN},
 }
 
 // Fault codes, mirroring FAULT_* in common.cuh.
 const (
 	faultExpertRange = 1
 	faultGridBarrier = 2
+	faultLabelRange  = 4
+	faultNonFinite   = 8
 )
 
 // barrier returns the grid-barrier state of the one-pass kernels (two uint32, count and generation),
@@ -195,8 +217,9 @@ const (
 func (d *Device) barrier() cu.DevicePtr { return offsetPtr(d.fault, 128) }
 
 // Close frees every cached and live block, destroys the stream and releases the primary context.
-// Tensors of this device must not be used afterwards.
+// Tensors of this device must not be used afterwards (their checks report devengine.ErrReleased).
 func (d *Device) Close() error {
+	perr := d.pool.ReleaseAll() // takes d.mu itself, through the driver calls
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -206,9 +229,11 @@ func (d *Device) Close() error {
 		if err := d.stream.Synchronize(); err != nil {
 			return err
 		}
-		d.alloc.releaseAllLocked()
 		return d.stream.Destroy()
 	})
+	if err == nil {
+		err = perr
+	}
 	d.closed = true
 	if rerr := d.dev.ReleasePrimaryCtx(); err == nil && rerr != nil {
 		err = rerr

@@ -19,8 +19,12 @@ type Backend struct {
 	cpu ops.Backend
 }
 
-// NewBackend returns the backend of d (not registered with ops).
+// NewBackend returns the backend of d (not registered with ops), running the CPU reference kernels.
 func NewBackend(d *Device) *Backend { return &Backend{d: d, cpu: ops.CPU()} }
+
+// NewBackendWith returns a backend of d that runs the given host kernels (on host views of device
+// memory) instead of ops.CPU(): for testing other host implementations through the device boundary.
+func NewBackendWith(d *Device, host ops.Backend) *Backend { return &Backend{d: d, cpu: host} }
 
 var (
 	registeredOnce sync.Once
@@ -106,21 +110,22 @@ func (b *Backend) EndStep() error { return b.d.pool.EndStep() }
 // Persist keeps t beyond the current step (ops.StepScoper).
 func (b *Backend) Persist(t *tensor.Dense) error { return b.d.eng.Persist(t) }
 
-// hostView makes a host tensor over the real memory of a device tensor; it may be read only inside run.
-func (b *Backend) hostView(what string, i int, t *tensor.Dense) (*tensor.Dense, error) {
+// hostView makes a host tensor over the real memory of a device tensor, and returns that memory's
+// range; the view may be read only inside run.
+func (b *Backend) hostView(what string, i int, t *tensor.Dense) (*tensor.Dense, span, error) {
 	if t == nil {
-		return nil, nil
+		return nil, span{}, nil
 	}
 	if !b.Owns(t) {
-		return nil, fmt.Errorf("simdevice %s: %s: operand %d is not a tensor of this device (copy it with FromHost): %w", b.d.name, what, i, ops.ErrMixedBackends)
+		return nil, span{}, fmt.Errorf("simdevice %s: %s: operand %d is not a tensor of this device (copy it with FromHost): %w", b.d.name, what, i, ops.ErrMixedBackends)
 	}
 	if t.RequiresIterator() {
-		return nil, fmt.Errorf("simdevice %s: %s: operand %d is a non-contiguous view: %w", b.d.name, what, i, ops.ErrUnsupported)
+		return nil, span{}, fmt.Errorf("simdevice %s: %s: operand %d is a non-contiguous view: %w", b.d.name, what, i, ops.ErrUnsupported)
 	}
 	m := memOf(t)
 	real, err := b.d.pool.Resolve(m.p, int64(m.n))
 	if err != nil {
-		return nil, fmt.Errorf("simdevice %s: %s: operand %d: %w", b.d.name, what, i, err)
+		return nil, span{}, fmt.Errorf("simdevice %s: %s: operand %d: %w", b.d.name, what, i, err)
 	}
 	n := int(m.n) / int(t.Dtype().Size())
 	p := unsafe.Pointer(nil)
@@ -144,15 +149,16 @@ func (b *Backend) hostView(what string, i int, t *tensor.Dense) (*tensor.Dense, 
 	case tensor.Uint8:
 		backing = unsafe.Slice((*uint8)(p), n)
 	default:
-		return nil, fmt.Errorf("simdevice %s: %s: operand %d has unsupported dtype %v: %w", b.d.name, what, i, t.Dtype(), ops.ErrDtype)
+		return nil, span{}, fmt.Errorf("simdevice %s: %s: operand %d has unsupported dtype %v: %w", b.d.name, what, i, t.Dtype(), ops.ErrDtype)
 	}
+	r := span{real, real + m.n}
 	if n == 0 {
-		return tensor.New(tensor.Of(t.Dtype()), tensor.WithShape(t.Shape().Clone()...)), nil
+		return tensor.New(tensor.Of(t.Dtype()), tensor.WithShape(t.Shape().Clone()...)), r, nil
 	}
 	if t.Shape().IsScalar() {
-		return tensor.New(tensor.WithBacking(backing)), nil
+		return tensor.New(tensor.WithBacking(backing)), r, nil
 	}
-	return tensor.New(tensor.WithShape(t.Shape().Clone()...), tensor.WithBacking(backing)), nil
+	return tensor.New(tensor.WithShape(t.Shape().Clone()...), tensor.WithBacking(backing)), r, nil
 }
 
 func hostPointer(u uintptr) unsafe.Pointer { return *(*unsafe.Pointer)(unsafe.Pointer(&u)) }
@@ -160,14 +166,16 @@ func hostPointer(u uintptr) unsafe.Pointer { return *(*unsafe.Pointer)(unsafe.Po
 // call runs a CPU kernel on host views of the given device tensors (nil stays nil).
 func (b *Backend) call(what string, ts []*tensor.Dense, fn func(v []*tensor.Dense) error) error {
 	views := make([]*tensor.Dense, len(ts))
+	rs := make([]span, 0, len(ts))
 	for i, t := range ts {
-		v, err := b.hostView(what, i, t)
+		v, r, err := b.hostView(what, i, t)
 		if err != nil {
 			return err
 		}
 		views[i] = v
+		rs = append(rs, r)
 	}
-	return b.d.run(func() error { return fn(views) })
+	return b.d.run(rs, func() error { return fn(views) })
 }
 
 func (b *Backend) RouteIndices(logits *tensor.Dense, cfg ops.RouteConfig, idx *tensor.Dense) error {

@@ -78,21 +78,38 @@ func (d *Device) Pool() *devengine.Pool { return d.pool }
 // Stats returns the pool's counters.
 func (d *Device) Stats() devengine.Stats { return d.pool.Stats() }
 
-// run executes fn with the region readable and writable, one kernel at a time.
-func (d *Device) run(fn func() error) error {
+// run executes fn with the pages of the given ranges (real addresses inside the region) readable and
+// writable, one kernel at a time; everything else stays protected, so a kernel touches only its
+// operands.
+func (d *Device) run(ranges []span, fn func() error) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.region == nil {
 		return fmt.Errorf("simdevice %s: closed", d.name)
 	}
-	if err := syscall.Mprotect(d.region, syscall.PROT_READ|syscall.PROT_WRITE); err != nil {
-		return fmt.Errorf("simdevice %s: unprotect: %w", d.name, err)
-	}
+	var open [][]byte
 	defer func() {
-		if err := syscall.Mprotect(d.region, syscall.PROT_NONE); err != nil {
-			panic(fmt.Sprintf("simdevice %s: protect: %v", d.name, err))
+		for _, b := range open {
+			if err := syscall.Mprotect(b, syscall.PROT_NONE); err != nil {
+				panic(fmt.Sprintf("simdevice %s: protect: %v", d.name, err))
+			}
 		}
 	}()
+	page := uintptr(syscall.Getpagesize())
+	for _, r := range ranges {
+		if r.hi <= r.lo {
+			continue
+		}
+		if r.lo < d.base || r.hi > d.base+uintptr(len(d.region)) {
+			return fmt.Errorf("simdevice %s: kernel operand [%#x, %#x) is outside device memory", d.name, r.lo, r.hi)
+		}
+		lo, hi := (r.lo-d.base)&^(page-1), (r.hi-d.base+page-1)&^(page-1)
+		b := d.region[lo:hi]
+		if err := syscall.Mprotect(b, syscall.PROT_READ|syscall.PROT_WRITE); err != nil {
+			return fmt.Errorf("simdevice %s: unprotect: %w", d.name, err)
+		}
+		open = append(open, b)
+	}
 	return fn()
 }
 

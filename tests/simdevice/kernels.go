@@ -1,7 +1,6 @@
 package simdevice
 
 import (
-	"fmt"
 	"unsafe"
 
 	"github.com/expertrt/expertrt-go/cudaops/devengine"
@@ -19,52 +18,32 @@ var _ devengine.Kernels = simKernels{}
 
 var host devengine.HostKernels
 
-// in checks that [p, p+bytes) is inside the region: a kernel never touches anything else.
-func (k simKernels) in(p uintptr, bytes int64) error {
-	if bytes == 0 {
-		return nil
-	}
-	if !k.d.Contains(p) || !k.d.Contains(p+uintptr(bytes)-1) {
-		return fmt.Errorf("simdevice %s: kernel operand %#x (+%d bytes) is outside device memory", k.d.name, p, bytes)
-	}
-	return nil
-}
-
-func (k simKernels) ins(pairs ...any) error {
+// ranges turns (address, bytes) pairs into the ranges a kernel may touch.
+func ranges(pairs ...any) []span {
+	var out []span
 	for i := 0; i < len(pairs); i += 2 {
-		if err := k.in(pairs[i].(uintptr), pairs[i+1].(int64)); err != nil {
-			return err
+		p, n := pairs[i].(uintptr), pairs[i+1].(int64)
+		if n > 0 {
+			out = append(out, span{p, p + uintptr(n)})
 		}
 	}
-	return nil
+	return out
 }
 
 func (k simKernels) Fill(p uintptr, n, width int64, bits uint64) error {
-	if err := k.in(p, n*width); err != nil {
-		return err
-	}
-	return k.d.run(func() error { return host.Fill(p, n, width, bits) })
+	return k.d.run(ranges(p, n*width), func() error { return host.Fill(p, n, width, bits) })
 }
 
 func (k simKernels) Copy(dst, src uintptr, bytes int64) error {
-	if err := k.ins(dst, bytes, src, bytes); err != nil {
-		return err
-	}
-	return k.d.run(func() error { return host.Copy(dst, src, bytes) })
+	return k.d.run(ranges(dst, bytes, src, bytes), func() error { return host.Copy(dst, src, bytes) })
 }
 
 func (k simKernels) Upload(dst uintptr, src unsafe.Pointer, bytes int64) error {
-	if err := k.in(dst, bytes); err != nil {
-		return err
-	}
-	return k.d.run(func() error { return host.Upload(dst, src, bytes) })
+	return k.d.run(ranges(dst, bytes), func() error { return host.Upload(dst, src, bytes) })
 }
 
 func (k simKernels) Download(dst unsafe.Pointer, src uintptr, bytes int64) error {
-	if err := k.in(src, bytes); err != nil {
-		return err
-	}
-	return k.d.run(func() error { return host.Download(dst, src, bytes) })
+	return k.d.run(ranges(src, bytes), func() error { return host.Download(dst, src, bytes) })
 }
 
 func opBytes(o devengine.Operand, n, es int64) (uintptr, int64) {
@@ -81,10 +60,7 @@ func (k simKernels) Binary(op devengine.BinaryOp, dt tensor.Dtype, a, b devengin
 	es := int64(dt.Size())
 	ap, an := opBytes(a, n, es)
 	bp, bn := opBytes(b, n, es)
-	if err := k.ins(ap, an, bp, bn, out, n*es); err != nil {
-		return err
-	}
-	return k.d.run(func() error { return host.Binary(op, dt, a, b, out, n, incr) })
+	return k.d.run(ranges(ap, an, bp, bn, out, n*es), func() error { return host.Binary(op, dt, a, b, out, n, incr) })
 }
 
 func (k simKernels) Compare(op devengine.CmpOp, dt tensor.Dtype, a, b devengine.Operand, out uintptr, n int64, boolOut bool) error {
@@ -95,43 +71,31 @@ func (k simKernels) Compare(op devengine.CmpOp, dt tensor.Dtype, a, b devengine.
 	if boolOut {
 		oes = 1
 	}
-	if err := k.ins(ap, an, bp, bn, out, n*oes); err != nil {
-		return err
-	}
-	return k.d.run(func() error { return host.Compare(op, dt, a, b, out, n, boolOut) })
+	return k.d.run(ranges(ap, an, bp, bn, out, n*oes), func() error { return host.Compare(op, dt, a, b, out, n, boolOut) })
 }
 
 func (k simKernels) Unary(op devengine.UnaryOp, dt tensor.Dtype, a, out uintptr, n int64, incr bool) error {
 	es := int64(dt.Size())
-	if err := k.ins(a, n*es, out, n*es); err != nil {
-		return err
-	}
-	return k.d.run(func() error { return host.Unary(op, dt, a, out, n, incr) })
+	return k.d.run(ranges(a, n*es, out, n*es), func() error { return host.Unary(op, dt, a, out, n, incr) })
 }
 
 func (k simKernels) SumAxis(dt tensor.Dtype, a, out uintptr, outer, mid, inner int64) error {
 	es := int64(dt.Size())
-	if err := k.ins(a, outer*mid*inner*es, out, outer*inner*es); err != nil {
-		return err
-	}
-	return k.d.run(func() error { return host.SumAxis(dt, a, out, outer, mid, inner) })
+	return k.d.run(ranges(a, outer*mid*inner*es, out, outer*inner*es), func() error { return host.SumAxis(dt, a, out, outer, mid, inner) })
 }
 
 func (k simKernels) Permute(elemSize int, dst, src uintptr, shape, strides []int) error {
-	n, span := int64(1), int64(1)
+	n, extent := int64(1), int64(1)
 	for i, s := range shape {
 		n *= int64(s)
 		if s > 0 {
-			span += int64(s-1) * int64(strides[i])
+			extent += int64(s-1) * int64(strides[i])
 		}
 	}
 	if n == 0 {
 		return nil
 	}
-	if err := k.ins(dst, n*int64(elemSize), src, span*int64(elemSize)); err != nil {
-		return err
-	}
-	return k.d.run(func() error { return host.Permute(elemSize, dst, src, shape, strides) })
+	return k.d.run(ranges(dst, n*int64(elemSize), src, extent*int64(elemSize)), func() error { return host.Permute(elemSize, dst, src, shape, strides) })
 }
 
 func (k simKernels) Copy2D(elemSize int, dst uintptr, dstPitch int64, src uintptr, srcPitch int64, rows, cols int64) error {
@@ -139,8 +103,5 @@ func (k simKernels) Copy2D(elemSize int, dst uintptr, dstPitch int64, src uintpt
 		return nil
 	}
 	es := int64(elemSize)
-	if err := k.ins(dst, ((rows-1)*dstPitch+cols)*es, src, ((rows-1)*srcPitch+cols)*es); err != nil {
-		return err
-	}
-	return k.d.run(func() error { return host.Copy2D(elemSize, dst, dstPitch, src, srcPitch, rows, cols) })
+	return k.d.run(ranges(dst, ((rows-1)*dstPitch+cols)*es, src, ((rows-1)*srcPitch+cols)*es), func() error { return host.Copy2D(elemSize, dst, dstPitch, src, srcPitch, rows, cols) })
 }
