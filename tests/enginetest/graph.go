@@ -131,6 +131,9 @@ func (v *env) testStepMemory(t *testing.T) {
 	if !ok {
 		t.Skip("the backend has no training-step scopes")
 	}
+	if testing.Short() {
+		t.Skip("short: 200 steps")
+	}
 	dt := tensor.Float32
 	rows, cols := 8, 64
 	c := newElementwiseGraph(t, dt, rows, cols)

@@ -571,6 +571,9 @@ func (v *env) testStepMemory(t *testing.T) {
 	if !ok {
 		t.Skip("the backend has no training-step scopes")
 	}
+	if testing.Short() {
+		t.Skip("short: 200 steps")
+	}
 	dt := tensor.Float32
 	n := 4096
 	p := v.dev(t, dt, v.rnd(dt, n, -1, 1), 64, 64)
