@@ -35,9 +35,9 @@ for stage in "$@"; do
       # kernel of elementwise.cu, task_losses.cu and optim.cu (racecheck/synccheck on those with shared
       # memory).
       timeout 240 $T -test.run 'TestCUDAEngine|TestCUDATraining|TestCUDAFaultSentinels' -test.v -test.count=1 2>&1 | tee "$OUT/engine.log" | grep -E '^(--- |ok|PASS|FAIL)|^    --- (FAIL|SKIP)|pool after|panic|_test.go|test.go:[0-9]+:' | tail -40
-      timeout 300 compute-sanitizer --tool memcheck --leak-check no $T -test.run 'TestCUDAEngine/(Binary|Scalar|Unary|Map|Compare|Sum|Transpose|Concat|Memory)$|TestCUDATraining/(MSE|CrossEntropy|SwiGLU|GradNormScale|Adam|SGD|Faults)$' -test.short 2>&1 | tee "$OUT/engine-memcheck.log" | grep -E 'ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -5
-      timeout 200 compute-sanitizer --tool racecheck $T -test.run 'TestCUDAEngine/(Sum|Determinism)$|TestCUDATraining/(MSE|CrossEntropy|GradNormScale)$' -test.short 2>&1 | tee "$OUT/engine-racecheck.log" | grep -E 'RACECHECK SUMMARY|ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -5
-      timeout 120 compute-sanitizer --tool synccheck $T -test.run 'TestCUDAEngine/(Sum|Determinism)$|TestCUDATraining/(MSE|CrossEntropy|GradNormScale)$' -test.short 2>&1 | tee -a "$OUT/engine-racecheck.log" | grep -E 'SUMMARY|^(ok|PASS|FAIL)' | tail -5
+      timeout 300 compute-sanitizer --tool memcheck --leak-check no $T -test.run 'TestCUDAEngine$/(Binary|Scalar|Unary|Map|Compare|Sum|Transpose|Concat|Memory)$|TestCUDATraining$/(MSE|CrossEntropy|SwiGLU|GradNormScale|Adam|SGD|Faults)$' -test.short 2>&1 | tee "$OUT/engine-memcheck.log" | grep -E 'ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -5
+      timeout 200 compute-sanitizer --tool racecheck $T -test.run 'TestCUDAEngine$/(Sum|Determinism)$|TestCUDATraining$/(MSE|CrossEntropy|GradNormScale)$' -test.short 2>&1 | tee "$OUT/engine-racecheck.log" | grep -E 'RACECHECK SUMMARY|ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -5
+      timeout 120 compute-sanitizer --tool synccheck $T -test.run 'TestCUDAEngine$/(Sum|Determinism)$|TestCUDATraining$/(MSE|CrossEntropy|GradNormScale)$' -test.short 2>&1 | tee -a "$OUT/engine-racecheck.log" | grep -E 'SUMMARY|^(ok|PASS|FAIL)' | tail -5
       ;;
     bench)
       : > "$OUT/bench.jsonl"

@@ -71,3 +71,10 @@ func TestCUDAFaultSentinels(t *testing.T) {
 		t.Errorf("the fault was reported twice: %v", err)
 	}
 }
+
+// TestCUDATrainingMatchesCPU compares every training kernel of the CUDA backend with the CPU backend's
+// on the same inputs (float32 within 1e-5, float64 within 1e-12); kernels the CPU backend does not
+// implement yet are skipped.
+func TestCUDATrainingMatchesCPU(t *testing.T) {
+	trainingtest.Compare(t, ops.CPU(), cudaBackend(t), trainingtest.Options{})
+}

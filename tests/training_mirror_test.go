@@ -280,3 +280,14 @@ func TestTrainingSuiteOnMirror(t *testing.T) {
 	defer d.Close()
 	trainingtest.Run(t, simdevice.NewBackendWith(d, mirrorKernels{ops.CPU()}), trainingtest.Options{Stats: d.Stats})
 }
+
+// TestMirrorMatchesCPU compares the CUDA kernels' algorithms (the mirror kernels, through the simulated
+// device) with the CPU training kernels: kernels the CPU backend does not implement yet are skipped.
+func TestMirrorMatchesCPU(t *testing.T) {
+	d, err := simdevice.Open("sim-mirror-cmp", 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	trainingtest.Compare(t, ops.CPU(), simdevice.NewBackendWith(d, mirrorKernels{ops.CPU()}), trainingtest.Options{})
+}
