@@ -72,7 +72,9 @@ func (c *cmpEnv) run(t *testing.T, dt tensor.Dtype) {
 		{name: "MSELoss", inputs: []*tensor.Dense{p, q}, outputs: [][]int{{1}}, outDt: []tensor.Dtype{dt},
 			call: func(b ops.Backend, in, out []*tensor.Dense) error { return b.MSELoss(in[0], in[1], out[0]) }},
 		{name: "MSELossGrad", inputs: []*tensor.Dense{p, q, g1}, outputs: [][]int{{n}}, outDt: []tensor.Dtype{dt},
-			call: func(b ops.Backend, in, out []*tensor.Dense) error { return b.MSELossGrad(in[0], in[1], 1.5, in[2], out[0]) }},
+			call: func(b ops.Backend, in, out []*tensor.Dense) error {
+				return b.MSELossGrad(in[0], in[1], 1.5, in[2], out[0])
+			}},
 		{name: "SoftmaxCrossEntropy", inputs: []*tensor.Dense{logits, lab}, outputs: [][]int{{1}}, outDt: []tensor.Dtype{dt},
 			call: func(b ops.Backend, in, out []*tensor.Dense) error { return b.SoftmaxCrossEntropy(in[0], in[1], out[0]) }},
 		{name: "SoftmaxCrossEntropyGrad", inputs: []*tensor.Dense{logits, lab, g1}, outputs: [][]int{{N, C}}, outDt: []tensor.Dtype{dt},
@@ -82,7 +84,9 @@ func (c *cmpEnv) run(t *testing.T, dt tensor.Dtype) {
 		{name: "SwiGLU", inputs: []*tensor.Dense{p, q}, outputs: [][]int{{n}}, outDt: []tensor.Dtype{dt},
 			call: func(b ops.Backend, in, out []*tensor.Dense) error { return b.SwiGLU(in[0], in[1], out[0]) }},
 		{name: "SwiGLUGrad", inputs: []*tensor.Dense{p, q, dout}, outputs: [][]int{{n}, {n}}, outDt: []tensor.Dtype{dt, dt},
-			call: func(b ops.Backend, in, out []*tensor.Dense) error { return b.SwiGLUGrad(in[0], in[1], in[2], out[0], out[1]) }},
+			call: func(b ops.Backend, in, out []*tensor.Dense) error {
+				return b.SwiGLUGrad(in[0], in[1], in[2], out[0], out[1])
+			}},
 		{name: "GradNormScale", inputs: []*tensor.Dense{p, q}, outputs: [][]int{{1}}, outDt: []tensor.Dtype{tensor.Float64},
 			call: func(b ops.Backend, in, out []*tensor.Dense) error {
 				return b.GradNormScale([]*tensor.Dense{in[0], in[1]}, 3, out[0])
