@@ -147,8 +147,8 @@ func (k cudaKernels) SumAxis(dt tensor.Dtype, a, out uintptr, outer, mid, inner 
 		return nil
 	}
 	if inner == 1 {
-		// One block per row; the block size depends only on the sizes, so the summation tree (and the
-		// result) is the same on every GPU.
+		// One block per row; the block size depends only on the sizes, so the summation tree does not
+		// depend on the GPU.
 		block := 256
 		if outer <= 64 {
 			block = 1024

@@ -24,7 +24,7 @@ func numel(t *tensor.Dense) int {
 }
 
 // reductionParts is the number of partial sums of a reduction over n elements: fixed by n alone, so the
-// summation order (and the result) is the same on every GPU.
+// summation order does not depend on the GPU.
 func reductionParts(n int64, perPart int64, maxParts int64) int {
 	p := (n + perPart - 1) / perPart
 	if p < 1 {
