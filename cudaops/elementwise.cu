@@ -351,10 +351,10 @@ __device__ void sum_inner_body(const T* a, T* out, long long outer, long long mi
     }
 }
 
-extern "C" __global__ void sum_rows_f32(const float* a, float* out, long long outer, long long mid) {
+extern "C" __global__ void __launch_bounds__(1024) sum_rows_f32(const float* a, float* out, long long outer, long long mid) {
     sum_rows_body<float>(a, out, outer, mid);
 }
-extern "C" __global__ void sum_rows_f64(const double* a, double* out, long long outer, long long mid) {
+extern "C" __global__ void __launch_bounds__(1024) sum_rows_f64(const double* a, double* out, long long outer, long long mid) {
     sum_rows_body<double>(a, out, outer, mid);
 }
 extern "C" __global__ void sum_inner_f32(const float* a, float* out, long long outer, long long mid, long long inner) {
