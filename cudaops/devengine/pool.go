@@ -115,7 +115,11 @@ type Pool struct {
 	stats   Stats
 }
 
-type span struct{ lo, hi uintptr }
+// span is a range returned to raw, with the last generation handed out there.
+type span struct {
+	lo, hi uintptr
+	gen    uint32
+}
 
 // NewPool returns an empty pool over raw; name appears in error messages.
 func NewPool(name string, raw Raw) *Pool {
@@ -230,7 +234,14 @@ func (p *Pool) takeLocked(c int64) (*block, error) {
 		_ = p.raw.Free(addr)
 		return nil, fmt.Errorf("device address %#x cannot be tagged (it needs the bits above 2^48)", addr)
 	}
+	// Memory the device hands out again continues the generations of the blocks retired there, so a
+	// stale tensor of a retired block never matches a tag of the new one (until the tags wrap).
 	b := &block{base: addr, class: c}
+	for _, s := range p.retired {
+		if s.lo < addr+uintptr(c) && addr < s.hi && s.gen > b.gen {
+			b.gen = s.gen
+		}
+	}
 	i := sort.Search(len(p.blocks), func(i int) bool { return p.blocks[i].base > addr })
 	p.blocks = append(p.blocks, nil)
 	copy(p.blocks[i+1:], p.blocks[i:])
@@ -278,7 +289,7 @@ func (p *Pool) releaseCachedLocked() {
 		_ = p.raw.Free(b.base)
 		p.stats.CachedBytes -= b.class
 		if len(p.retired) < maxRetired {
-			p.retired = append(p.retired, span{b.base, b.base + uintptr(b.class)})
+			p.retired = append(p.retired, span{b.base, b.base + uintptr(b.class), b.gen})
 		}
 	}
 	for i := len(keep); i < len(p.blocks); i++ {

@@ -11,11 +11,14 @@ import (
 )
 
 // fakeRaw hands out addresses from a fake address space of limit bytes (the pool never touches
-// memory), 256-byte aligned, never reusing an address.
+// memory), 256-byte aligned, never reusing an address unless reuse is set (then the last freed address
+// comes back first).
 type fakeRaw struct {
 	next, limit, used uintptr
 	live              map[uintptr]uintptr
 	allocs, frees     int
+	reuse             bool
+	freed             []uintptr
 }
 
 func newFakeRaw(limit uintptr) *fakeRaw {
@@ -27,7 +30,12 @@ func (r *fakeRaw) Alloc(n int64) (uintptr, error) {
 		return 0, fmt.Errorf("fake: %d bytes: %w", n, ErrOutOfMemory)
 	}
 	p := r.next
-	r.next += (uintptr(n) + 255) &^ 255
+	if r.reuse && len(r.freed) > 0 {
+		p = r.freed[len(r.freed)-1]
+		r.freed = r.freed[:len(r.freed)-1]
+	} else {
+		r.next += (uintptr(n) + 255) &^ 255
+	}
 	r.used += uintptr(n)
 	r.live[p] = uintptr(n)
 	r.allocs++
@@ -40,6 +48,7 @@ func (r *fakeRaw) Free(p uintptr) error {
 		return fmt.Errorf("fake: double free of %#x", p)
 	}
 	delete(r.live, p)
+	r.freed = append(r.freed, p)
 	r.used -= n
 	r.frees++
 	return nil
@@ -286,4 +295,41 @@ func TestPoolReclaimBeforeCleanups(t *testing.T) {
 		t.Errorf("the block of a live tensor was reclaimed: %v", err)
 	}
 	runtime.KeepAlive(alive)
+}
+
+// TestPoolTagsSurviveDriverReuse: when the device hands out an address again after the pool returned
+// it, a stale tensor of the old block still does not match the new block's tags.
+func TestPoolTagsSurviveDriverReuse(t *testing.T) {
+	raw := newFakeRaw(1 << 30)
+	raw.reuse = true
+	p := NewPool("test", raw)
+	var stale []uintptr
+	for i := 0; i < 3; i++ {
+		a, err := p.Alloc(1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stale = append(stale, a)
+		if err := p.Free(a); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.ReleaseCache(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := p.Alloc(1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range stale {
+		if Untag(s) != Untag(a) {
+			t.Fatalf("the fake device did not reuse the address")
+		}
+		if _, err := p.Resolve(s, 8); !errors.Is(err, ErrReleased) {
+			t.Errorf("stale tag %d on a reused address: %v, want ErrReleased", tagOf(s), err)
+		}
+	}
+	if _, err := p.Resolve(a, 8); err != nil {
+		t.Errorf("the live block: %v", err)
+	}
 }
