@@ -4,10 +4,10 @@ package cudaops
 
 import (
 	"fmt"
-	"runtime"
 	"sync"
 	"unsafe"
 
+	"github.com/expertrt/expertrt-go/cudaops/devengine"
 	"github.com/expertrt/expertrt-go/ops"
 	"gorgonia.org/cu"
 	"gorgonia.org/tensor"
@@ -78,19 +78,17 @@ func (b *Backend) Synchronize() error {
 
 func (b *Backend) Name() string { return "cuda" }
 
-// Owns reports whether t is a dense tensor whose memory lies in a live block of this device. It goes by
-// address, not by engine: Gorgonia's VMs relabel every value with the machine's engine, so a device
-// tensor may carry another engine by the time an op sees it (device and host addresses never overlap:
-// CUDA uses one virtual address space with the process).
+// Owns reports whether t is a dense tensor over this device's memory. It goes by address, not by
+// engine: Gorgonia's VMs relabel every value with the machine's engine, so a device tensor may carry
+// another engine by the time an op sees it (device and host addresses never overlap: CUDA uses one
+// virtual address space with the process, and device tensor addresses carry a generation tag). A
+// tensor whose memory was released (freed, or its training step ended) is still this device's, so that
+// the kernel methods report it (devengine.ErrReleased) rather than the CPU backend reading it.
 func (b *Backend) Owns(t tensor.Tensor) bool {
 	if b.dev == nil {
 		return false // nothing can live on a device that was never opened
 	}
-	d, ok := t.(*tensor.Dense)
-	if !ok || d == nil || d.IsNativelyAccessible() {
-		return false
-	}
-	return b.eng.IsDevice(d.Uintptr())
+	return b.eng.Owns(t)
 }
 
 // New allocates a zero-filled device tensor. A shape whose byte count overflows is refused
@@ -99,6 +97,9 @@ func (b *Backend) New(dt tensor.Dtype, shape ...int) (*tensor.Dense, error) {
 	if err := b.open(); err != nil {
 		return nil, err
 	}
+	if len(shape) == 0 {
+		return nil, fmt.Errorf("cudaops: New needs a shape: %w", ops.ErrShape)
+	}
 	if err := checkBytes(dt, shape); err != nil {
 		return nil, err
 	}
@@ -106,30 +107,31 @@ func (b *Backend) New(dt tensor.Dtype, shape ...int) (*tensor.Dense, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.eng.Memclr(devMem{t.Uintptr(), uintptr(t.Shape().TotalSize() * int(dt.Size()))})
+	n := int64(tensor.Shape(shape).TotalSize()) * int64(dt.Size())
+	if n > 0 {
+		if err := b.dev.fill(cu.DevicePtr(devengine.Untag(t.Uintptr())), n, 1, 0); err != nil {
+			return nil, err
+		}
+	}
 	return t, nil
 }
 
 // Free returns the memory of a tensor made by New or FromHost to the allocator now (instead of when
-// the tensor is garbage-collected). t must not be used afterwards.
+// the tensor is garbage-collected or its step ends). t and its views must not be used afterwards.
 func (b *Backend) Free(t *tensor.Dense) error {
-	if !b.Owns(t) {
-		return fmt.Errorf("cudaops: Free: tensor is not a device tensor of %s: %w", b.Name(), ops.ErrMixedBackends)
+	if err := b.open(); err != nil {
+		return err
 	}
-	return b.eng.Free(devMem{t.Uintptr(), 0}, 0)
+	return b.eng.FreeTensor(t)
 }
 
 // View returns a device tensor of the given shape over t's memory from element offset on (no copy).
 // The view keeps t's memory alive.
 func (b *Backend) View(t *tensor.Dense, offset int, shape ...int) (*tensor.Dense, error) {
-	if t == nil || !b.Owns(t) {
-		return nil, fmt.Errorf("cudaops: View: tensor is not a device tensor of %s: %w", b.Name(), ops.ErrMixedBackends)
+	if err := b.open(); err != nil {
+		return nil, err
 	}
-	n := tensor.Shape(shape).TotalSize()
-	if offset < 0 || n < 0 || offset+n > t.Shape().TotalSize() {
-		return nil, fmt.Errorf("cudaops: View: elements [%d, %d) out of range of shape %v: %w", offset, offset+n, t.Shape(), ops.ErrShape)
-	}
-	return b.eng.View(t, offset, shape...), nil
+	return b.eng.View(t, offset, shape...)
 }
 
 // FromHost copies a contiguous host tensor to a new device tensor (synchronous).
@@ -137,32 +139,7 @@ func (b *Backend) FromHost(t *tensor.Dense) (*tensor.Dense, error) {
 	if err := b.open(); err != nil {
 		return nil, err
 	}
-	if t == nil {
-		return nil, fmt.Errorf("cudaops: FromHost of nil tensor: %w", ops.ErrShape)
-	}
-	if !t.IsNativelyAccessible() {
-		return nil, fmt.Errorf("cudaops: FromHost: source is not host memory: %w", ops.ErrMixedBackends)
-	}
-	if t.IsMaterializable() {
-		t = t.Materialize().(*tensor.Dense)
-	}
-	shape := t.Shape().Clone()
-	if len(shape) == 0 {
-		shape = tensor.Shape{1}
-	}
-	out, err := b.eng.NewDense(t.Dtype(), shape...)
-	if err != nil {
-		return nil, err
-	}
-	n := int64(shape.TotalSize() * int(t.Dtype().Size()))
-	if n > 0 {
-		if int64(len(t.Raw)) < n {
-			return nil, fmt.Errorf("cudaops: FromHost: source holds %d bytes, shape %v needs %d: %w", len(t.Raw), shape, n, ops.ErrShape)
-		}
-		err = b.dev.copyHtoD(cu.DevicePtr(out.Uintptr()), unsafe.Pointer(&t.Raw[0]), n)
-		runtime.KeepAlive(t)
-	}
-	return out, err
+	return b.eng.FromHost(t)
 }
 
 // ToHost copies a device tensor into a new host tensor (waits for the device; reports device faults).
@@ -170,22 +147,12 @@ func (b *Backend) ToHost(t *tensor.Dense) (*tensor.Dense, error) {
 	if err := b.open(); err != nil {
 		return nil, err
 	}
-	p, err := b.buf("ToHost", "t", t, tensor.Dtype{})
-	if err != nil {
-		return nil, err
-	}
-	out := tensor.New(tensor.Of(t.Dtype()), tensor.WithShape(t.Shape().Clone()...))
-	n := int64(t.Shape().TotalSize() * int(t.Dtype().Size()))
-	if n == 0 {
-		return out, b.dev.Synchronize()
-	}
-	err = b.dev.copyDtoH(unsafe.Pointer(&out.Raw[0]), p, n)
-	runtime.KeepAlive(out)
-	return out, err
+	return b.eng.ToHost(t)
 }
 
-// buf validates a kernel operand: a contiguous device tensor of this backend with dtype dt (any float
-// when dt is the zero Dtype and the dtype is checked elsewhere) and, when given, exactly this shape.
+// buf validates a kernel operand: a contiguous tensor over live memory of this device with dtype dt
+// (any dtype when dt is the zero Dtype and the dtype is checked elsewhere) and, when given, exactly this
+// shape. It returns the real device address.
 func (b *Backend) buf(what, name string, t *tensor.Dense, dt tensor.Dtype, shape ...int) (cu.DevicePtr, error) {
 	if t == nil {
 		return 0, fmt.Errorf("cudaops: %s: %s is nil: %w", what, name, ops.ErrShape)
@@ -199,16 +166,16 @@ func (b *Backend) buf(what, name string, t *tensor.Dense, dt tensor.Dtype, shape
 	if len(shape) > 0 && !t.Shape().Eq(tensor.Shape(shape)) {
 		return 0, fmt.Errorf("cudaops: %s: %s has shape %v, want %v: %w", what, name, t.Shape(), shape, ops.ErrShape)
 	}
-	if t.IsMaterializable() {
+	if t.RequiresIterator() {
 		return 0, fmt.Errorf("cudaops: %s: %s is a non-contiguous view: %w", what, name, ops.ErrUnsupported)
 	}
-	p := t.Uintptr()
-	bytes := uintptr(t.Shape().TotalSize() * int(t.Dtype().Size()))
-	b.dev.mu.Lock()
-	base, size, ok := b.dev.alloc.block(p)
-	b.dev.mu.Unlock()
-	if !ok || p+bytes > uintptr(base)+uintptr(size) {
-		return 0, fmt.Errorf("cudaops: %s: %s (%d bytes at %#x) is not inside a live device block: %w", what, name, bytes, p, ops.ErrMixedBackends)
+	n := t.Shape().TotalSize()
+	if t.Shape().IsScalar() {
+		n = 1
+	}
+	p, err := b.dev.pool.Resolve(uintptr(unsafe.Pointer(unsafe.SliceData(t.Raw))), int64(n)*int64(t.Dtype().Size()))
+	if err != nil {
+		return 0, fmt.Errorf("cudaops: %s: %s: %w", what, name, err)
 	}
 	return cu.DevicePtr(p), nil
 }

@@ -9,6 +9,8 @@
 #define FAULT_EXPERT_RANGE 1u  // an expert index outside [0, E)
 #define FAULT_GRID_BARRIER 2u  // a grid barrier timed out (not all blocks of a launch were resident)
 #define FAULT_NONFINITE 4u     // a logits row with a NaN or +inf, or all -inf (its softmax is undefined)
+#define FAULT_LABEL_RANGE 8u   // a class label outside [0, C) and not the ignore label -1
+#define FAULT_GRAD_NONFINITE 16u  // a NaN or infinite gradient
 
 __device__ __forceinline__ int lane_id() { return threadIdx.x & 31; }
 __device__ __forceinline__ long long global_warp() { return ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"unsafe"
 
+	"github.com/expertrt/expertrt-go/cudaops/devengine"
 	"gorgonia.org/cu"
 )
 
@@ -34,7 +35,7 @@ type Device struct {
 	totalBytes int64
 
 	fns   map[string]cu.Function
-	alloc *allocator
+	pool  *devengine.Pool
 	fault cu.DevicePtr // 256 bytes: the uint32 fault word the kernels OR fault codes into, then barrier state
 	slots []uint64     // kernel parameter scratch (under mu)
 
@@ -75,7 +76,7 @@ func Open(ordinal int) (*Device, error) {
 	if d.ctx, err = d.dev.RetainPrimaryCtx(); err != nil {
 		return nil, fmt.Errorf("cudaops: device %d: retaining primary context: %w", ordinal, err)
 	}
-	d.alloc = newAllocator(d)
+	d.pool = devengine.NewPool(fmt.Sprintf("cuda:%d", ordinal), rawAlloc{d})
 	err = d.do(func() error {
 		var err error
 		if d.name, err = d.dev.Name(); err != nil {
@@ -109,7 +110,7 @@ func Open(ordinal int) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cudaops: opening device %d: %w", ordinal, err)
 	}
-	if d.fault, err = d.alloc.get(256); err != nil {
+	if d.fault, err = d.scratch(256); err != nil {
 		return nil, fmt.Errorf("cudaops: opening device %d: fault word: %w", ordinal, err)
 	}
 	if err := d.do(func() error { return cu.MemsetD32Async(d.fault, 0, 64, d.stream) }); err != nil {
@@ -180,8 +181,9 @@ func (d *Device) checkFaultLocked() error {
 func (d *Device) barrier() cu.DevicePtr { return offsetPtr(d.fault, 128) }
 
 // Close frees every cached and live block, destroys the stream and releases the primary context.
-// Tensors of this device must not be used afterwards.
+// Tensors of this device must not be used afterwards (their checks report devengine.ErrReleased).
 func (d *Device) Close() error {
+	perr := d.pool.ReleaseAll() // takes d.mu itself, through the driver calls
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -191,9 +193,11 @@ func (d *Device) Close() error {
 		if err := d.stream.Synchronize(); err != nil {
 			return err
 		}
-		d.alloc.releaseAllLocked()
 		return d.stream.Destroy()
 	})
+	if err == nil {
+		err = perr
+	}
 	d.closed = true
 	if rerr := d.dev.ReleasePrimaryCtx(); err == nil && rerr != nil {
 		err = rerr

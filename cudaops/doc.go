@@ -1,7 +1,8 @@
 // Package cudaops is the CUDA backend of ExpertRT-Go: a small runtime on the CUDA driver API
-// (gorgonia.org/cu), the route, plan, dispatch/combine, grouped-matmul and loss kernels as PTX embedded
-// in the binary, a tensor.Engine over device memory, and an ops.Backend that runs the op types on
-// device tensors.
+// (gorgonia.org/cu), the route, plan, dispatch/combine, grouped-matmul, loss, elementwise and optimizer
+// kernels as PTX embedded in the binary, a tensor.Engine over device memory (the shared glue of package
+// devengine over this package's kernels), per-training-step device memory, and an ops.Backend that runs
+// the op types on device tensors. docs/device-engine.md describes the engine and the memory rules.
 //
 // Everything that touches the driver is behind the build tag expertrt_cuda:
 //

@@ -17,6 +17,8 @@ const (
 	faultExpertRange = 1
 	faultGridBarrier = 2
 	faultNonFinite   = 4
+	faultLabelRange  = 8
+	faultGradNaN     = 16
 )
 
 // faultError is a device fault: its message lists every fault code raised, and it unwraps to the ops
@@ -41,10 +43,18 @@ func newFaultError(f uint32) error {
 		msgs = append(msgs, "a router logits row with a NaN or +Inf, or all -Inf, reached a kernel (route or a router loss); its softmax is undefined and the results are invalid")
 		errs = append(errs, ops.ErrNaN)
 	}
+	if f&faultLabelRange != 0 {
+		msgs = append(msgs, "a class label outside [0, C) and not -1 reached SoftmaxCrossEntropy or its gradient; the row was ignored and the loss is invalid")
+		errs = append(errs, ops.ErrLabel)
+	}
+	if f&faultGradNaN != 0 {
+		msgs = append(msgs, "a NaN or infinite gradient reached GradNormScale; the clipping factor is NaN and the optimizer step was skipped")
+		errs = append(errs, ops.ErrNaN)
+	}
 	if f&faultGridBarrier != 0 {
 		msgs = append(msgs, "a grid barrier of the one-pass plan timed out (its blocks were not all resident); the plan is invalid (SetPlanMode(PlanMultiLaunch) avoids it)")
 	}
-	if rest := f &^ (faultExpertRange | faultNonFinite | faultGridBarrier); rest != 0 {
+	if rest := f &^ (faultExpertRange | faultNonFinite | faultGridBarrier | faultLabelRange | faultGradNaN); rest != 0 {
 		msgs = append(msgs, fmt.Sprintf("unknown fault code %#x", rest))
 	}
 	return &faultError{msg: "cudaops: device fault: " + strings.Join(msgs, "; "), errs: errs}

@@ -52,7 +52,7 @@ func TestFaultCodesMatchKernels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]uint32{"FAULT_EXPERT_RANGE": faultExpertRange, "FAULT_GRID_BARRIER": faultGridBarrier, "FAULT_NONFINITE": faultNonFinite}
+	want := map[string]uint32{"FAULT_EXPERT_RANGE": faultExpertRange, "FAULT_GRID_BARRIER": faultGridBarrier, "FAULT_NONFINITE": faultNonFinite, "FAULT_LABEL_RANGE": faultLabelRange, "FAULT_GRAD_NONFINITE": faultGradNaN}
 	found := map[string]bool{}
 	for _, m := range regexp.MustCompile(`(?m)^#define (FAULT_[A-Z_]+) (\d+)u`).FindAllStringSubmatch(string(src), -1) {
 		v, _ := strconv.ParseUint(m[2], 10, 32)

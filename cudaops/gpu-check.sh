@@ -2,7 +2,7 @@
 # Runs the GPU checks and benchmarks on a machine with an NVIDIA GPU, from prebuilt binaries:
 #   go test -c -tags expertrt_cuda -o .devbin/tests.test ./tests
 #   go build -tags expertrt_cuda -o .devbin/bench ./bench
-# Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck bench torch ncu.
+# Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck engine bench torch ncu.
 # Logs go to $OUT (default ./gpu-out), at most one file per stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +31,15 @@ for stage in "$@"; do
     racecheck)
       timeout 180 compute-sanitizer --tool racecheck $T -test.run 'TestCUDAConformance$/(Random|PlanPatterns|KnownAnswers)|TestCUDAFused|TestCUDAPlanPaths' -test.short 2>&1 | tee "$OUT/racecheck.log" | grep -E 'RACECHECK SUMMARY|ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -10
       timeout 90 compute-sanitizer --tool synccheck $T -test.run 'TestCUDAConformance$/(Random|PlanPatterns)|TestCUDAPlanPaths' -test.short 2>&1 | tee -a "$OUT/racecheck.log" | grep -E 'SUMMARY|^(ok|PASS|FAIL)' | tail -5
+      ;;
+    engine)
+      # The tensor engine, the training kernels and the fault sentinels, then the sanitizers on every
+      # kernel of elementwise.cu, task_losses.cu and optim.cu (racecheck/synccheck on those with shared
+      # memory).
+      timeout 240 $T -test.run 'TestCUDAEngine|TestCUDATraining|TestCUDAFaultSentinels|TestCUDAPlanFaultSentinel' -test.v -test.count=1 2>&1 | tee "$OUT/engine.log" | grep -E '^(--- |ok|PASS|FAIL)|^    --- (FAIL|SKIP)|pool after|panic|_test.go|test.go:[0-9]+:' | tail -40
+      timeout 300 compute-sanitizer --tool memcheck --leak-check no $T -test.run 'TestCUDAEngine$/(Binary|Scalar|Unary|Map|Compare|Sum|Transpose|Concat|Memory)$|TestCUDATraining$/(MSE|CrossEntropy|SwiGLU|GradNormScale|Adam|SGD|Faults)$' -test.short 2>&1 | tee "$OUT/engine-memcheck.log" | grep -E 'ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -5
+      timeout 200 compute-sanitizer --tool racecheck $T -test.run 'TestCUDAEngine$/(Sum|Determinism)$|TestCUDATraining$/(MSE|CrossEntropy|GradNormScale)$' -test.short 2>&1 | tee "$OUT/engine-racecheck.log" | grep -E 'RACECHECK SUMMARY|ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -5
+      timeout 120 compute-sanitizer --tool synccheck $T -test.run 'TestCUDAEngine$/(Sum|Determinism)$|TestCUDATraining$/(MSE|CrossEntropy|GradNormScale)$' -test.short 2>&1 | tee -a "$OUT/engine-racecheck.log" | grep -E 'SUMMARY|^(ok|PASS|FAIL)' | tail -5
       ;;
     bench)
       : > "$OUT/bench.jsonl"

@@ -139,11 +139,11 @@ func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 			return err
 		}
 		if ok {
-			scratch, err := d.alloc.get(int64(cfg.grid) * int64(E) * 4)
+			scratch, err := d.scratch(int64(cfg.grid) * int64(E) * 4)
 			if err != nil {
 				return fmt.Errorf("cudaops: plan scratch: %w", err)
 			}
-			defer d.alloc.put(scratch)
+			defer d.putScratch(scratch)
 			return d.launch("plan_onepass", cfg, ptrArg(idx), i32(n), i32(E), i32(rounds), ptrArg(scratch),
 				ptrArg(counts), ptrArg(offsets), ptrArg(rowOf), ptrArg(slotOf), ptrArg(d.fault), ptrArg(d.barrier()))
 		}
@@ -158,11 +158,11 @@ func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 	rounds := (n + round - 1) / round
 	chunk := (rounds + 127) / 128 * round
 	chunks := (n + chunk - 1) / chunk
-	scratch, err := d.alloc.get(int64(chunks) * int64(E) * 4)
+	scratch, err := d.scratch(int64(chunks) * int64(E) * 4)
 	if err != nil {
 		return fmt.Errorf("cudaops: plan scratch: %w", err)
 	}
-	defer d.alloc.put(scratch)
+	defer d.putScratch(scratch)
 	grid := launchCfg{grid: (chunks + wpb - 1) / wpb, block: wpb * 32, smem: wpb * E * 4}
 	if err := d.launch("plan_count", grid, ptrArg(idx), i32(n), i32(E), i32(chunk), i32(chunks), ptrArg(scratch), ptrArg(d.fault)); err != nil {
 		return err
@@ -357,14 +357,14 @@ func (d *Device) GroupedMatMulGradW(dt tensor.Dtype, x, dy, offsets, dW cu.Devic
 // of counted tokens (all T when mask == 0, else those with mask[t] != 0), from the plan of T tokens,
 // K experts per token and E experts. C comes from the allocator; the caller puts it back.
 func (d *Device) lblCounts(plan, mask cu.DevicePtr, T, K, E int) (cu.DevicePtr, error) {
-	c, err := d.alloc.get(int64(E+1) * 4)
+	c, err := d.scratch(int64(E+1) * 4)
 	if err != nil {
 		return 0, err
 	}
 	counts, offsets, _, slotOf := PlanSections(plan, T, K, E)
 	grid := min(E, d.sms*8)
 	if err := d.launch("lbl_counts", launchCfg{grid: grid, block: 256}, ptrArg(counts), ptrArg(offsets), ptrArg(slotOf), ptrArg(mask), i32(T), i32(K), i32(E), ptrArg(c)); err != nil {
-		d.alloc.put(c)
+		d.putScratch(c)
 		return 0, err
 	}
 	return c, nil
@@ -385,17 +385,17 @@ func (d *Device) LoadBalancingLoss(dt tensor.Dtype, logits, plan, mask, loss cu.
 	if err != nil {
 		return err
 	}
-	defer d.alloc.put(c)
-	stats, err := d.alloc.get(2 * int64(T) * int64(dt.Size()))
+	defer d.putScratch(c)
+	stats, err := d.scratch(2 * int64(T) * int64(dt.Size()))
 	if err != nil {
 		return err
 	}
-	defer d.alloc.put(stats)
-	pe, err := d.alloc.get(int64(E) * 8)
+	defer d.putScratch(stats)
+	pe, err := d.scratch(int64(E) * 8)
 	if err != nil {
 		return err
 	}
-	defer d.alloc.put(pe)
+	defer d.putScratch(pe)
 	m, s := stats, offsetPtr(stats, int64(T)*int64(dt.Size()))
 	if err := d.launch("softmax_stats_"+suf, d.warpGrid(T), ptrArg(logits), ptrArg(mask), i32(T), i32(E), ptrArg(m), ptrArg(s), ptrArg(d.fault)); err != nil {
 		return err
@@ -421,7 +421,7 @@ func (d *Device) LoadBalancingLossGrad(dt tensor.Dtype, logits, plan, mask, g, d
 	if err != nil {
 		return err
 	}
-	defer d.alloc.put(c)
+	defer d.putScratch(c)
 	return d.launch("lbl_grad_"+suf, d.warpGrid(T), ptrArg(logits), ptrArg(c), ptrArg(mask), i32(T), i32(E), f64(scale), ptrArg(g), ptrArg(dlogits), ptrArg(d.fault))
 }
 
@@ -434,11 +434,11 @@ func (d *Device) ZLoss(dt tensor.Dtype, logits, loss cu.DevicePtr, T, E int, coe
 	if err != nil {
 		return err
 	}
-	sq, err := d.alloc.get(int64(T) * 8)
+	sq, err := d.scratch(int64(T) * 8)
 	if err != nil {
 		return err
 	}
-	defer d.alloc.put(sq)
+	defer d.putScratch(sq)
 	if err := d.launch("zloss_rows_"+suf, d.warpGrid(T), ptrArg(logits), i32(T), i32(E), ptrArg(sq), ptrArg(d.fault)); err != nil {
 		return err
 	}
@@ -473,16 +473,6 @@ func (d *Device) fill(p cu.DevicePtr, n, width int64, bits uint64) error {
 		return d.launch("fill_u64", d.flatGrid(n), ptrArg(p), i64(n), arg(bits))
 	}
 	return fmt.Errorf("cudaops: fill: unsupported width %d", width)
-}
-
-// add computes out = a + b (+ out when incr) for float device tensors of one shape.
-func (d *Device) add(a, b, out *tensor.Dense, incr bool) error {
-	suf, err := suffix(a.Dtype())
-	if err != nil {
-		return err
-	}
-	n := int64(a.Shape().TotalSize())
-	return d.launch("add_"+suf, d.flatGrid(n), ptrArg(cu.DevicePtr(a.Uintptr())), ptrArg(cu.DevicePtr(b.Uintptr())), ptrArg(cu.DevicePtr(out.Uintptr())), i64(n), i32(b2i(incr)))
 }
 
 func (d *Device) copyHtoD(dst cu.DevicePtr, src unsafe.Pointer, n int64) error {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"unsafe"
 
+	"github.com/expertrt/expertrt-go/cudaops/devengine"
 	"gorgonia.org/cu"
 )
 
@@ -14,7 +15,10 @@ import (
 // int32, uint32 and float use the low 4 bytes, which is where a little-endian device reads them).
 type arg uint64
 
-func ptrArg(p cu.DevicePtr) arg { return arg(p) }
+// ptrArg passes a device address to a kernel without its generation tag (devengine): the typed
+// launchers get validated real addresses, and a tagged address that reached a raw launcher still
+// names the right memory.
+func ptrArg(p cu.DevicePtr) arg { return arg(devengine.Untag(uintptr(p))) }
 func i32(v int) arg             { return arg(uint64(uint32(int32(v)))) }
 func i64(v int64) arg           { return arg(uint64(v)) }
 func f64(v float64) arg         { return arg(math.Float64bits(v)) }

@@ -64,8 +64,9 @@ func (d *Device) Time(spin time.Duration, fn func() error) (time.Duration, error
 	return time.Duration(ms * float64(time.Millisecond)), nil
 }
 
-// AllocBytes returns n bytes of device memory from the caching allocator (FreeBytes returns them).
-func (d *Device) AllocBytes(n int64) (cu.DevicePtr, error) { return d.alloc.get(n) }
+// AllocBytes returns n bytes of raw device memory from the caching allocator (FreeBytes returns them):
+// an untagged address for the raw launchers and copies, never a tensor's memory.
+func (d *Device) AllocBytes(n int64) (cu.DevicePtr, error) { return d.scratch(n) }
 
 // FreeBytes returns a block from AllocBytes.
-func (d *Device) FreeBytes(p cu.DevicePtr) error { return d.alloc.put(p) }
+func (d *Device) FreeBytes(p cu.DevicePtr) error { return d.pool.PutScratch(uintptr(p)) }

@@ -1,22 +1,9 @@
-// Small utility kernels behind the tensor engine: fills and elementwise addition.
+// Small utility kernels: fills (Memset of 8-byte values) and the timing spin.
 #include "common.cuh"
 
 extern "C" __global__ void fill_u64(unsigned long long* p, long long n, unsigned long long v) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) p[i] = v;
 }
-
-// out[i] = a[i] + b[i] (+ out[i] when incr != 0). out may alias a or b.
-#define DEFINE_ADD(SUF, T)                                                                                      \
-    extern "C" __global__ void add_##SUF(const T* a, const T* b, T* out, long long n, int incr) {              \
-        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;                            \
-             i += (long long)gridDim.x * blockDim.x) {                                                         \
-            const T v = a[i] + b[i];                                                                           \
-            out[i] = incr ? out[i] + v : v;                                                                    \
-        }                                                                                                      \
-    }
-
-DEFINE_ADD(f32, float)
-DEFINE_ADD(f64, double)
 
 // Busy-waits for ns nanoseconds of the GPU's global timer (used before timed regions: the GPU stays
 // busy while the host issues the launches being timed, so launch latency is not measured).

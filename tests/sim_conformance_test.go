@@ -1,0 +1,101 @@
+package tests
+
+import (
+	"fmt"
+	"math"
+	"testing"
+
+	"github.com/expertrt/expertrt-go/cudaops/devengine"
+	"github.com/expertrt/expertrt-go/tests/conformance"
+	"github.com/expertrt/expertrt-go/tests/simdevice"
+	"gorgonia.org/tensor"
+)
+
+// simBackend returns the registered simulated device.
+func simBackend(t testing.TB) *simdevice.Backend {
+	t.Helper()
+	b, err := simdevice.Registered()
+	if err != nil {
+		t.Fatalf("simulated device: %v", err)
+	}
+	return b
+}
+
+// engineGuard is a conformance.GuardFunc for a device engine: the output is a view into the middle of a
+// larger device tensor whose margins (and the output) hold the sentinel; intact copies the whole block
+// back and checks the margins. toHost reads a device tensor.
+func engineGuard(eng *devengine.Engine, toHost func(*tensor.Dense) (*tensor.Dense, error)) conformance.GuardFunc {
+	return func(dt tensor.Dtype, shape ...int) (*tensor.Dense, func() error, error) {
+		const margin = 67
+		n := 1
+		for _, s := range shape {
+			n *= s
+		}
+		big, err := eng.NewDense(dt, n+2*margin)
+		if err != nil {
+			return nil, nil, err
+		}
+		var sentinel interface{}
+		switch dt {
+		case tensor.Float32:
+			sentinel = float32(math.NaN())
+		case tensor.Float64:
+			sentinel = math.NaN()
+		case tensor.Int32:
+			sentinel = conformance.SentinelInt32
+		default:
+			return nil, nil, fmt.Errorf("engineGuard: unsupported dtype %v", dt)
+		}
+		if err := eng.Memset(memOf(big.Uintptr(), (n+2*margin)*int(dt.Size())), sentinel); err != nil {
+			return nil, nil, err
+		}
+		out, err := eng.View(big, margin, shape...)
+		if err != nil {
+			return nil, nil, err
+		}
+		intact := func() error {
+			h, err := toHost(big)
+			if err != nil {
+				return err
+			}
+			for i := 0; i < n+2*margin; i++ {
+				if i >= margin && i < margin+n {
+					continue
+				}
+				var ok bool
+				switch v := h.Data().(type) {
+				case []float32:
+					ok = v[i] != v[i]
+				case []float64:
+					ok = math.IsNaN(v[i])
+				case []int32:
+					ok = v[i] == conformance.SentinelInt32
+				}
+				if !ok {
+					return fmt.Errorf("guard element %d (output is [%d,%d)) was written", i, margin, margin+n)
+				}
+			}
+			return nil
+		}
+		return out, intact, nil
+	}
+}
+
+type rawMem struct{ p, n uintptr }
+
+func (m rawMem) Uintptr() uintptr { return m.p }
+func (m rawMem) MemSize() uintptr { return m.n }
+
+func memOf(p uintptr, bytes int) rawMem { return rawMem{p, uintptr(bytes)} }
+
+// TestSimConformance runs the shared conformance suite on the simulated device (memory the host cannot
+// read; the CPU kernels run on it through the device's kernel boundary), with outputs in device guard
+// bands.
+func TestSimConformance(t *testing.T) {
+	b := simBackend(t)
+	conformance.Run(t, b, conformance.Options{
+		Short:        testing.Short(),
+		Guard:        engineGuard(b.Device().Engine(), b.ToHost),
+		NoGOMAXPROCS: true,
+	})
+}
