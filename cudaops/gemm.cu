@@ -55,7 +55,7 @@ extern "C" __global__ void gemm_reduce(const void* W, void* C, int splits, int M
 }
 #else
 // CPU emulation (internal/gemmemu): the same entries as host functions, registered by name.
-#define GEMM_KERNEL(NAME, AT, BT, VEC) GEMM_EMU_KERNEL(NAME, GemmCfg<AT, BT, VEC>::type, AT, BT)
+#define GEMM_KERNEL(NAME, AT, BT, VEC) GEMM_EMU_KERNEL(NAME, AT, BT, VEC)
 GEMM_EMU_CONFIG(GemmNN::NT, GemmNN::SMEM, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES, (int)sizeof(GEMM_T), GEMM_TF32)
 GEMM_EMU_REDUCE()
 #endif
