@@ -3,6 +3,8 @@
 package gemmemu
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"math"
 	"math/rand"
@@ -392,7 +394,6 @@ func TestKernels(t *testing.T) {
 	for _, v := range variants(t) {
 		v := v
 		t.Run(v.Name, func(t *testing.T) {
-			t.Parallel()
 			rng := rand.New(rand.NewSource(7))
 			for i, p := range cases(rng, v.Double, short) {
 				na, nb, _ := p.sizes()
@@ -425,7 +426,6 @@ func TestAuto(t *testing.T) {
 		double, tf32 bool
 	}{{"f32", false, false}, {"f64", true, false}, {"tf32", false, true}} {
 		t.Run(cl.name, func(t *testing.T) {
-			t.Parallel()
 			rng := rand.New(rand.NewSource(11))
 			used := map[string]bool{}
 			for i, p := range cases(rng, cl.double, true) {
@@ -466,8 +466,21 @@ func TestBadOffsets(t *testing.T) {
 	}
 }
 
-// TestGenerated: the emulator's translation units match gemm.variants.
+// TestGenerated: the emulator was compiled from the current kernel sources (go generate writes their hash
+// into the translation units, which is what makes Go rebuild them) and matches gemm.variants.
 func TestGenerated(t *testing.T) {
+	h := sha256.New()
+	for _, f := range []string{"../../gemm.cu", "../../gemm.cuh", "../../gemm.variants", "emu.h", "emu.cc"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(h, "%s %d\n", f, len(b))
+		h.Write(b)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != sourceHash {
+		t.Fatalf("kernel sources changed since the emulator was generated: run go generate -tags expertrt_gemmemu ./cudaops/internal/gemmemu")
+	}
 	for _, v := range variants(t) {
 		src, err := os.ReadFile("v_" + v.Name + ".cc")
 		if err != nil {
