@@ -8,6 +8,7 @@
 // Fault codes that kernels OR into the device fault word; the host reads it at the next synchronisation.
 #define FAULT_EXPERT_RANGE 1u  // an expert index outside [0, E)
 #define FAULT_GRID_BARRIER 2u  // a grid barrier timed out (not all blocks of a launch were resident)
+// 4u: GEMM_FAULT_OFFSETS (gemm.cuh, which does not include this file): grouped-matmul offsets are invalid
 
 __device__ __forceinline__ int lane_id() { return threadIdx.x & 31; }
 __device__ __forceinline__ long long global_warp() { return ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; }

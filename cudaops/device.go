@@ -42,6 +42,7 @@ type Device struct {
 	planMode       PlanMode
 	planBlocks     int
 	streamDispatch bool
+	gemm           *gemmState // GEMM configuration and loaded modules (gemm.go)
 
 	closed bool
 }
@@ -178,6 +179,8 @@ func (d *Device) checkFaultLocked() error {
 		msg = "an expert index outside [0, E) reached a kernel (Plan, RouteWeights or RouteWeightsGrad); the indices were clamped and the results are invalid"
 	case f&faultGridBarrier != 0:
 		msg = "a grid barrier of the one-pass plan timed out (its blocks were not all resident); the plan is invalid (SetPlanMode(PlanMultiLaunch) avoids it)"
+	case f&faultPlanOffsets != 0:
+		msg = "a grouped matmul got plan offsets that do not tile its rows (offsets[0] = 0, non-decreasing, offsets[E] = rows); its output is invalid"
 	default:
 		msg = fmt.Sprintf("unknown fault code %#x", f)
 	}
@@ -188,6 +191,7 @@ func (d *Device) checkFaultLocked() error {
 const (
 	faultExpertRange = 1
 	faultGridBarrier = 2
+	faultPlanOffsets = 4 // GEMM_FAULT_OFFSETS in gemm.cuh
 )
 
 // barrier returns the grid-barrier state of the one-pass kernels (two uint32, count and generation),

@@ -12,9 +12,6 @@ import (
 // Training kernels of the CUDA backend (ops.TrainingBackend). Not implemented yet: each returns
 // ops.ErrUnsupported.
 
-func (b *Backend) MatMul(a, bm *tensor.Dense, transA, transB bool, out *tensor.Dense) error {
-	return fmt.Errorf("cudaops: MatMul: %w", ops.ErrUnsupported)
-}
 func (b *Backend) MSELoss(pred, target *tensor.Dense, loss *tensor.Dense) error {
 	return fmt.Errorf("cudaops: MSELoss: %w", ops.ErrUnsupported)
 }
