@@ -31,7 +31,10 @@ type cudaDevice struct {
 }
 
 // Comparison switches (environment, default off): EXPERTRT_CUDA_PLAN=multi forces the three-launch
-// plan; EXPERTRT_CUDA_STREAM_DISPATCH=1 makes dispatch write with streaming (evict-first) stores.
+// plan; EXPERTRT_CUDA_STREAM_DISPATCH=1 makes dispatch write with streaming (evict-first) stores;
+// EXPERTRT_GEMM_CONFIG=<variant> runs the matrix products of that variant's class on that tile
+// configuration (cudaops gemm.variants; the sweep of gpu-check.sh gemm); EXPERTRT_GEMM_TF32=1 runs
+// float32 products on the TF32 tensor-core kernels.
 func newCUDADevice() (device, error) {
 	b := cudaops.Registered()
 	d, err := b.Device()
@@ -46,6 +49,18 @@ func newCUDADevice() (device, error) {
 	if os.Getenv("EXPERTRT_CUDA_STREAM_DISPATCH") == "1" {
 		d.SetStreamingDispatchStores(true)
 		c.notes = append(c.notes, "streaming dispatch stores")
+	}
+	if v := os.Getenv("EXPERTRT_GEMM_CONFIG"); v != "" {
+		if err := d.SetGemmVariant(v); err != nil {
+			return nil, err
+		}
+		c.notes = append(c.notes, "gemm "+v)
+	}
+	if os.Getenv("EXPERTRT_GEMM_TF32") == "1" {
+		if err := d.SetTF32(true); err != nil {
+			return nil, err
+		}
+		c.notes = append(c.notes, "tf32")
 	}
 	return c, nil
 }

@@ -45,6 +45,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.shape.Experts, "experts", 16, "experts E")
 	fs.IntVar(&c.shape.TopK, "top-k", 2, "experts per token k")
 	fs.IntVar(&c.shape.FFN, "ffn", 0, "grouped matmul output width F (0: same as -hidden)")
+	fs.BoolVar(&c.shape.Skew, "skew", false, "routing: half the tokens go to expert 0 (a skewed load)")
 	fs.StringVar(&c.dtype, "dtype", "float32", "float32 or float64")
 	fs.StringVar(&c.scoring, "scoring", "softmax-topk", "routing: softmax-topk or topk-softmax")
 	fs.BoolVar(&c.shape.Renormalize, "renormalize", true, "softmax-topk: renormalise the k weights (Mixtral)")

@@ -59,21 +59,29 @@ func (d *Device) gemmLocked() (*gemmState, error) {
 	return d.gemm, nil
 }
 
+// GemmVariant describes one tile configuration of the GEMM kernels.
+type GemmVariant struct {
+	Name         string
+	Double, TF32 bool // float64 SIMT, float32 TF32 tensor cores, or (neither) float32 SIMT
+	BM, BN, BK   int  // block tile
+	Threads      int
+}
+
 // GemmVariants lists the tile configurations of the GEMM kernels (gemm.variants), in preference order
 // for ties of the planner's cost model.
-func (d *Device) GemmVariants() ([]string, error) {
-	var names []string
+func (d *Device) GemmVariants() ([]GemmVariant, error) {
+	var out []GemmVariant
 	err := d.do(func() error {
 		st, err := d.gemmLocked()
 		if err != nil {
 			return err
 		}
 		for _, v := range st.variants {
-			names = append(names, v.Name)
+			out = append(out, GemmVariant{Name: v.Name, Double: v.Double, TF32: v.TF32, BM: v.BM, BN: v.BN, BK: v.BK, Threads: v.Threads()})
 		}
 		return nil
 	})
-	return names, err
+	return out, err
 }
 
 // SetGemmVariant makes every later product of the variant's class (float32 SIMT, float64, or TF32) run
