@@ -11,6 +11,7 @@ import (
 	"github.com/expertrt/expertrt-go/cudaops"
 	"github.com/expertrt/expertrt-go/ops"
 	"gorgonia.org/cu"
+	"gorgonia.org/tensor"
 )
 
 // The CUDA device (-device cuda): the kernels of the registered cudaops backend on device 0, timed with
@@ -66,6 +67,25 @@ func newCUDADevice() (device, error) {
 }
 
 func (cudaDevice) Name() string { return "cuda" }
+
+// GemmVariantNames lists the GEMM tile configurations that run dt in the current mode (SetTF32).
+func (c cudaDevice) GemmVariantNames(dt tensor.Dtype) ([]string, error) {
+	vs, err := c.d.GemmVariants()
+	if err != nil {
+		return nil, err
+	}
+	tf32 := c.d.TF32() && dt == tensor.Float32
+	var names []string
+	for _, v := range vs {
+		if v.Double == (dt == tensor.Float64) && v.TF32 == tf32 {
+			names = append(names, v.Name)
+		}
+	}
+	return names, nil
+}
+
+// SetGemmVariant forces a GEMM tile configuration ("" restores the planner's choice).
+func (c cudaDevice) SetGemmVariant(name string) error { return c.d.SetGemmVariant(name) }
 
 func (c cudaDevice) Describe() string {
 	maj, min := c.d.ComputeCapability()

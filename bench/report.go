@@ -19,6 +19,7 @@ type result struct {
 	TopK        int    `json:"top_k"`
 	FFN         int    `json:"ffn,omitempty"`
 	Skew        bool   `json:"skew,omitempty"`
+	GemmVariant string `json:"gemm_variant,omitempty"` // forced GEMM tile configuration (-gemm-variants)
 	Scoring     string `json:"scoring"`
 	Renormalize bool   `json:"renormalize"`
 	Workers     int    `json:"workers"`
@@ -99,6 +100,9 @@ func printText(w io.Writer, r result) {
 	}
 	if r.Skew {
 		fmt.Fprintf(w, " skew")
+	}
+	if r.GemmVariant != "" {
+		fmt.Fprintf(w, " gemm=%s", r.GemmVariant)
 	}
 	fmt.Fprintf(w, "  on %s (%s)\n", r.Device, r.DeviceDesc)
 	fmt.Fprintf(w, "  time       median %.4f ms   min %.4f ms   p90 %.4f ms   (%d reps after %d warmup)\n",

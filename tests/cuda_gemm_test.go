@@ -388,13 +388,11 @@ func gemmVariants(t testing.TB, d *cudaops.Device, double, tf32 bool) []string {
 	return names
 }
 
-// forEachVariant runs f with each variant of the class forced (all of them; in -short mode only the
-// planner's automatic choice), then restores the automatic choice.
+// forEachVariant runs f as subtest "auto" (the planner's choice) and then once per variant of the class
+// forced (subtests named after the variants; -test.short shortens the case lists, not this), then
+// restores the automatic choice.
 func forEachVariant(t *testing.T, d *cudaops.Device, double, tf32 bool, f func(t *testing.T)) {
-	names := []string{""}
-	if !testing.Short() {
-		names = append(names, gemmVariants(t, d, double, tf32)...)
-	}
+	names := append([]string{""}, gemmVariants(t, d, double, tf32)...)
 	if err := d.SetTF32(tf32); err != nil {
 		t.Fatal(err)
 	}
