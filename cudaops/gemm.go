@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 	"unsafe"
 
 	"github.com/expertrt/expertrt-go/cudaops/internal/gemmplan"
@@ -40,6 +41,7 @@ type gemmState struct {
 type gemmModule struct {
 	fns      map[string]cu.Function
 	smemOpen map[string]bool // kernels whose dynamic shared memory limit was raised
+	load     time.Duration   // cuModuleLoadData (the driver's JIT of the PTX, or its cache)
 }
 
 // gemmLocked returns the device's GEMM state, creating it on first use.
@@ -124,6 +126,22 @@ func (d *Device) SetTF32(on bool) error {
 	})
 }
 
+// GemmModuleLoadTimes returns, per GEMM tile configuration loaded so far, how long loading its module
+// took (the driver's JIT compilation of the PTX on first use in a process, or a read of the driver's
+// compute cache).
+func (d *Device) GemmModuleLoadTimes() map[string]time.Duration {
+	out := map[string]time.Duration{}
+	_ = d.do(func() error {
+		if d.gemm != nil {
+			for name, m := range d.gemm.mods {
+				out[name] = m.load
+			}
+		}
+		return nil
+	})
+	return out
+}
+
 // TF32 reports whether float32 products use the TF32 kernels (SetTF32).
 func (d *Device) TF32() bool {
 	on := false
@@ -151,11 +169,12 @@ func (d *Device) gemmModuleLocked(st *gemmState, v gemmplan.Variant) (*gemmModul
 	if err := checkGemmConfig(string(src), v); err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	mod, err := cu.LoadData(string(src))
 	if err != nil {
 		return nil, fmt.Errorf("cudaops: loading GEMM module %s (PTX JIT): %w", v.Name, err)
 	}
-	m := &gemmModule{fns: map[string]cu.Function{}, smemOpen: map[string]bool{}}
+	m := &gemmModule{fns: map[string]cu.Function{}, smemOpen: map[string]bool{}, load: time.Since(start)}
 	for _, name := range entryRE.FindAllStringSubmatch(string(src), -1) {
 		fn, err := mod.Function(name[1])
 		if err != nil {

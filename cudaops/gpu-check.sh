@@ -69,7 +69,7 @@ PY
       G="$OUT/gemm"; mkdir -p "$G"
       timeout 150 $T -test.run 'TestCUDAGemm' -test.short -test.v -test.count=1 > "$G/tests.log" 2>&1
       echo "gemm tests: exit $? ($(grep -c '^--- FAIL' "$G/tests.log") failed subtests)"
-      grep -E '^(--- FAIL|FAIL|ok|PASS)|gemm-accuracy|panic' "$G/tests.log" | head -12
+      grep -E '^(--- FAIL|FAIL|ok|PASS)|gemm-accuracy|panic' "$G/tests.log" | head -12; grep -o 'gemm-jit.*' "$G/tests.log" | tr '\n' ';'; echo
       SAN='TestCUDAGemm(Grouped|Dense)/.*/auto$|TestCUDAGemmBadOffsets'
       for tool in memcheck racecheck synccheck; do
         extra=""; [ $tool = memcheck ] && extra="--leak-check no"

@@ -644,3 +644,13 @@ func TestCUDAGemmValidation(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestCUDAGemmModules logs how long loading each GEMM module took (run after the other GEMM tests: the
+// driver's JIT on first use, which every process pays once per configuration it uses).
+func TestCUDAGemmModules(t *testing.T) {
+	b := cudaBackend(t)
+	d, _ := b.Device()
+	for name, dur := range d.GemmModuleLoadTimes() {
+		t.Logf("gemm-jit %s %.0f ms", name, dur.Seconds()*1e3)
+	}
+}
