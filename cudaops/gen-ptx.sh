@@ -12,10 +12,12 @@ for f in *.cu; do
   if [ -f "$base.variants" ]; then
     rm -rf "${out:?}/$base"
     mkdir -p "$out/$base"
+    # One nvcc per configuration, as many at a time as there are CPUs.
     grep -v '^[[:space:]]*\(#\|$\)' "$base.variants" | while read -r name _ flags; do
-      # shellcheck disable=SC2086 # flags are separate words
-      nvcc -ptx -arch=compute_80 -std=c++14 -O3 $flags -o "$out/$base/$name.ptx" "$f"
-    done
+      echo "nvcc -ptx -arch=compute_80 -std=c++14 -O3 $flags -o '$out/$base/$name.ptx' '$f'"
+    done | xargs -P "$(nproc)" -I{} sh -c '{}'
+    n=$(grep -cv '^[[:space:]]*\(#\|$\)' "$base.variants")
+    [ "$(ls "$out/$base" | wc -l)" -eq "$n" ] || { echo "gen-ptx: $base: not every variant compiled" >&2; exit 1; }
   else
     nvcc -ptx -arch=compute_80 -std=c++14 -O3 -o "$out/$base.ptx" "$f"
   fi
