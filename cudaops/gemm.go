@@ -3,12 +3,11 @@
 package cudaops
 
 import (
+	"compress/gzip"
 	"embed"
 	"errors"
 	"fmt"
-	"regexp"
-	"strconv"
-	"strings"
+	"io"
 	"time"
 	"unsafe"
 
@@ -24,7 +23,9 @@ import (
 // every product from its shape (and SetGemmVariant / SetTF32), with no host synchronisation: grouped
 // products find their expert segments on the device, from the plan's offsets.
 
-//go:embed ptx/gemm/*.ptx
+// The PTX of every configuration, gzip-compressed (gen-ptx.sh): about 1 MB each uncompressed.
+//
+//go:embed ptx/gemm/*.ptx.gz
 var gemmPTX embed.FS
 
 //go:embed gemm.variants
@@ -154,17 +155,15 @@ func (d *Device) TF32() bool {
 	return on
 }
 
-var gemmConfigRE = regexp.MustCompile(`gemm_config\[32\] = \{([0-9, ]+)\}`)
-
 // gemmModuleLocked loads the PTX module of a variant on first use and checks that the module was compiled
 // with the configuration the planner assumes (the gemm_config table in the PTX).
 func (d *Device) gemmModuleLocked(st *gemmState, v gemmplan.Variant) (*gemmModule, error) {
 	if m, ok := st.mods[v.Name]; ok {
 		return m, nil
 	}
-	src, err := gemmPTX.ReadFile("ptx/gemm/" + v.Name + ".ptx")
+	src, err := gemmModulePTX(v.Name)
 	if err != nil {
-		return nil, fmt.Errorf("cudaops: GEMM variant %s has no embedded PTX (go generate ./cudaops): %w", v.Name, err)
+		return nil, err
 	}
 	if err := checkGemmConfig(string(src), v); err != nil {
 		return nil, err
@@ -186,23 +185,29 @@ func (d *Device) gemmModuleLocked(st *gemmState, v gemmplan.Variant) (*gemmModul
 	return m, nil
 }
 
-// checkGemmConfig compares the module's gemm_config bytes (8 little-endian int32) with the variant.
+// gemmModulePTX returns the decompressed PTX of a configuration.
+func gemmModulePTX(name string) ([]byte, error) {
+	f, err := gemmPTX.Open("ptx/gemm/" + name + ".ptx.gz")
+	if err != nil {
+		return nil, fmt.Errorf("cudaops: GEMM variant %s has no embedded PTX (go generate ./cudaops): %w", name, err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		return nil, fmt.Errorf("cudaops: GEMM variant %s: %w", name, err)
+	}
+	src, err := io.ReadAll(zr)
+	if err != nil {
+		return nil, fmt.Errorf("cudaops: GEMM variant %s: decompressing PTX: %w", name, err)
+	}
+	return src, nil
+}
+
+// checkGemmConfig compares the module's gemm_config with the variant.
 func checkGemmConfig(ptx string, v gemmplan.Variant) error {
-	mt := gemmConfigRE.FindStringSubmatch(ptx)
-	if mt == nil {
-		return fmt.Errorf("cudaops: GEMM module %s has no gemm_config", v.Name)
-	}
-	var bytes []byte
-	for _, f := range strings.Split(mt[1], ",") {
-		b, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || b < 0 || b > 255 {
-			return fmt.Errorf("cudaops: GEMM module %s: bad gemm_config byte %q", v.Name, f)
-		}
-		bytes = append(bytes, byte(b))
-	}
-	var got [8]int32
-	for i := range got {
-		got[i] = int32(uint32(bytes[4*i]) | uint32(bytes[4*i+1])<<8 | uint32(bytes[4*i+2])<<16 | uint32(bytes[4*i+3])<<24)
+	got, err := gemmplan.PTXConfig(ptx)
+	if err != nil {
+		return fmt.Errorf("cudaops: GEMM module %s: %w", v.Name, err)
 	}
 	if got != v.Config() {
 		return fmt.Errorf("cudaops: GEMM module %s was compiled as %v, gemm.variants says %v (go generate ./cudaops)", v.Name, got, v.Config())

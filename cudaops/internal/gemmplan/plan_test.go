@@ -1,8 +1,11 @@
 package gemmplan
 
 import (
+	"compress/gzip"
 	"errors"
+	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -230,5 +233,40 @@ func TestCostPrefersFullTiles(t *testing.T) {
 	small, _ := Make(Problem{Mode: GroupRows, N: 256, K: 1024, E: 8, Rows: 1024}, h200, Options{}, vs)
 	if big.Variant.BM*big.Variant.BN <= small.Variant.BM*small.Variant.BN {
 		t.Errorf("big problem on %s, small on %s", big.Variant.Name, small.Variant.Name)
+	}
+}
+
+// TestCommittedPTX: every variant has its compressed module under cudaops/ptx/gemm, compiled with the
+// configuration the planner assumes (the loader checks the same at run time), and no module is left over.
+func TestCommittedPTX(t *testing.T) {
+	vs := loadVariants(t)
+	files, _ := filepath.Glob("../../ptx/gemm/*.ptx.gz")
+	if len(files) != len(vs) {
+		t.Errorf("%d modules in ptx/gemm for %d variants (go generate ./cudaops)", len(files), len(vs))
+	}
+	for _, v := range vs {
+		f, err := os.Open("../../ptx/gemm/" + v.Name + ".ptx.gz")
+		if err != nil {
+			t.Errorf("%v (go generate ./cudaops)", err)
+			continue
+		}
+		zr, err := gzip.NewReader(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src, err := io.ReadAll(zr)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := PTXConfig(string(src))
+		if err != nil || got != v.Config() {
+			t.Errorf("%s: PTX config %v (%v), planner %v", v.Name, got, err, v.Config())
+		}
+		for _, k := range []string{"gemm_nn", "gemm_nt_v16", "gemm_tn", "gemm_tt_v16", "gemm_reduce"} {
+			if !strings.Contains(string(src), ".entry "+k+"(") {
+				t.Errorf("%s: no kernel %s", v.Name, k)
+			}
+		}
 	}
 }

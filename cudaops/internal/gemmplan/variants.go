@@ -17,6 +17,7 @@ package gemmplan
 
 import (
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -160,4 +161,30 @@ func (v Variant) check() error {
 		return fmt.Errorf("warp tile %dx%d is not 32 thread tiles of %dx%d", wm, wn, v.TM, v.TN)
 	}
 	return nil
+}
+
+var ptxConfigRE = regexp.MustCompile(`gemm_config\[32\] = \{([0-9, ]+)\}`)
+
+// PTXConfig reads gemm_config[8] (8 little-endian int32, see gemm.cu) from a module's PTX text.
+func PTXConfig(ptx string) ([8]int32, error) {
+	var got [8]int32
+	mt := ptxConfigRE.FindStringSubmatch(ptx)
+	if mt == nil {
+		return got, fmt.Errorf("no gemm_config in the PTX")
+	}
+	var b []byte
+	for _, f := range strings.Split(mt[1], ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || v < 0 || v > 255 {
+			return got, fmt.Errorf("bad gemm_config byte %q", f)
+		}
+		b = append(b, byte(v))
+	}
+	if len(b) != 32 {
+		return got, fmt.Errorf("gemm_config has %d bytes, want 32", len(b))
+	}
+	for i := range got {
+		got[i] = int32(uint32(b[4*i]) | uint32(b[4*i+1])<<8 | uint32(b[4*i+2])<<16 | uint32(b[4*i+3])<<24)
+	}
+	return got, nil
 }
