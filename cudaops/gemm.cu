@@ -1,5 +1,5 @@
 // GEMM kernel family (tile core: gemm.cuh). One PTX module per tile configuration: gen-ptx.sh compiles
-// this file once per line of gemm.variants, with that line's -D flags, into ptx/gemm/<name>.ptx, and the
+// this file once per line of gemm.variants, with that line's -D flags, into ptx/gemm/<name>.ptx.gz, and the
 // Go side loads a module the first time a product uses its configuration (gemm.go).
 //
 // Kernels of every module:

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "afa2bd6032532fbdf4170cd2638c412e6eecb5c5867ee6d94e7c9b80ce8facdd"
+const sourceHash = "1ae963fd6f397a06a5751dd35cbc9e6b39988fe3c66d5d6740369664936529d7"
