@@ -11,7 +11,8 @@
 // copies land only at the cp.async.wait_group that must cover them; threads resume in a shuffled order
 // after every barrier; shared memory starts as NaN; cp.async sources must lie in memory from Alloc.
 // What it cannot show: timing, bank conflicts, hardware faults, and races that need true parallelism
-// beyond barrier ordering (compute-sanitizer racecheck covers those on the GPU).
+// beyond barrier ordering (compute-sanitizer racecheck covers those on the GPU). The emulator is one
+// device: launches must not run concurrently (its tests are serial).
 package gemmemu
 
 //go:generate go run gen.go
