@@ -13,7 +13,8 @@ import (
 // shape is the problem size of one benchmark.
 type shape struct {
 	Tokens, Hidden, Experts, TopK int
-	FFN                           int // grouped matmul output width (0: Hidden)
+	FFN                           int  // grouped matmul output width (0: Hidden)
+	Skew                          bool // half the tokens route to expert 0, the other half never do
 	Dtype                         tensor.Dtype
 	Scoring                       ops.Scoring
 	Renormalize                   bool
@@ -118,7 +119,9 @@ func init() {
 	addOp("combine-bwd-x", "dy [T,H] -> d expert outputs [T*k,H] only (weighted dispatch)", prepareCombineBwdX)
 	addOp("combine-bwd-w", "dy [T,H], expert outputs [T*k,H] -> d weights [T,k] only", prepareCombineBwdW)
 	addOp("groupedmm", "packed [T*k,H] x W [E,H,F] -> [T*k,F]", prepareGroupedMM)
-	addOp("groupedmm-bwd", "d out [T*k,F] -> d packed [T*k,H] and dW [E,H,F]", prepareGroupedMMBwd)
+	addOp("groupedmm-bwd", "d out [T*k,F] -> d packed [T*k,H] and dW [E,H,F] (both products)", prepareGroupedMMBwd)
+	addOp("groupedmm-bwd-x", "d out [T*k,F] -> d packed [T*k,H] = d out · W[e]ᵀ only", prepareGroupedMMBwdX)
+	addOp("groupedmm-bwd-w", "packed [T*k,H], d out [T*k,F] -> dW[e] = packed_eᵀ · d out_e only", prepareGroupedMMBwdW)
 	addOp("e2e", "route + plan + dispatch + combine (identity experts)", prepareE2E)
 	addOp("e2e-bwd", "combine-bwd + route-bwd + dispatch-bwd (identity experts)", prepareE2EBwd)
 }
@@ -224,7 +227,12 @@ func (e *env) routing() error {
 	}
 	s := e.s
 	var err error
-	if e.logits, err = e.random(4, s.Tokens, s.Experts); err != nil {
+	if s.Skew {
+		e.logits, err = e.skewedLogits()
+	} else {
+		e.logits, err = e.random(4, s.Tokens, s.Experts)
+	}
+	if err != nil {
 		return fmt.Errorf("logits: %w", err)
 	}
 	if e.idx, err = e.alloc(tensor.Int32, s.Tokens, s.TopK); err != nil {
@@ -502,6 +510,83 @@ func prepareGroupedMMBwd(e *env) (*workload, error) {
 		return e.b.GroupedMatMulGradW(xp, dout, e.plan, dW)
 	}
 	return wl, nil
+}
+
+// groupedMMOperands makes the grouped-matmul operands: packed rows, W [E,H,F], d out.
+func groupedMMOperands(e *env) (xp, w, dout *tensor.Dense, err error) {
+	if err = e.routing(); err != nil {
+		return
+	}
+	s, f := e.s, e.s.ffn()
+	n := s.Tokens * s.TopK
+	if xp, err = e.named("packed", n, s.Hidden); err != nil {
+		return
+	}
+	if w, err = e.named("W", s.Experts, s.Hidden, f); err != nil {
+		return
+	}
+	dout, err = e.named("dout", n, f)
+	return
+}
+
+func prepareGroupedMMBwdX(e *env) (*workload, error) {
+	_, w, dout, err := groupedMMOperands(e)
+	if err != nil {
+		return nil, err
+	}
+	dxp, err := e.out(e.s.Tokens*e.s.TopK, e.s.Hidden)
+	if err != nil {
+		return nil, err
+	}
+	wl := groupedMMBwdXCost(e)
+	wl.run = func() error { return e.b.GroupedMatMul(dout, w, e.plan, true, dxp) }
+	return wl, nil
+}
+
+func prepareGroupedMMBwdW(e *env) (*workload, error) {
+	xp, _, dout, err := groupedMMOperands(e)
+	if err != nil {
+		return nil, err
+	}
+	dW, err := e.out(e.s.Experts, e.s.Hidden, e.s.ffn())
+	if err != nil {
+		return nil, err
+	}
+	wl := groupedMMBwdWCost(e)
+	wl.run = func() error { return e.b.GroupedMatMulGradW(xp, dout, e.plan, dW) }
+	return wl, nil
+}
+
+// skewedLogits are router logits [T,E] (uniform in [-4, 4)) where the even tokens rank expert 0 first
+// and the odd tokens rank it last: expert 0 gets exactly half the tokens, the others share the rest.
+func (e *env) skewedLogits() (*tensor.Dense, error) {
+	s := e.s
+	v := make([]float64, s.Tokens*s.Experts)
+	for i := range v {
+		v[i] = 8*e.rng.Float64() - 4
+	}
+	for t := 0; t < s.Tokens; t++ {
+		if t%2 == 0 {
+			v[t*s.Experts] = 100
+		} else {
+			v[t*s.Experts] = -100
+		}
+	}
+	var host *tensor.Dense
+	if s.Dtype == tensor.Float32 {
+		f := make([]float32, len(v))
+		for i, x := range v {
+			f[i] = float32(x)
+		}
+		host = tensor.New(tensor.WithShape(s.Tokens, s.Experts), tensor.WithBacking(f))
+	} else {
+		host = tensor.New(tensor.WithShape(s.Tokens, s.Experts), tensor.WithBacking(v))
+	}
+	t, err := e.b.FromHost(host)
+	if err == nil {
+		e.owned = append(e.owned, t)
+	}
+	return t, err
 }
 
 // sequence runs several prepared workloads as one and adds up their byte counts. The copy baseline

@@ -106,3 +106,19 @@ func groupedMMBwdCost(e *env) *workload {
 	return &workload{read: (n*f + ex*h*f + n*h) * e.es(), written: (n*h + ex*h*f) * e.es(), flops: 4 * n * h * f,
 		copyRows: int(n), copyMinRows: minRowsPerWorker(int(h))}
 }
+
+// groupedMMBwdXCost: read d out [T*K,F] and W [E,H,F]; write d packed [T*K,H]; 2*T*K*H*F flops.
+func groupedMMBwdXCost(e *env) *workload {
+	s, f := e.s, int64(e.s.ffn())
+	n, h, ex := int64(s.Tokens*s.TopK), int64(s.Hidden), int64(s.Experts)
+	return &workload{read: (n*f + ex*h*f) * e.es(), written: n * h * e.es(), flops: 2 * n * h * f,
+		copyRows: int(n), copyMinRows: minRowsPerWorker(int(h))}
+}
+
+// groupedMMBwdWCost: read packed [T*K,H] and d out [T*K,F]; write dW [E,H,F]; 2*T*K*H*F flops.
+func groupedMMBwdWCost(e *env) *workload {
+	s, f := e.s, int64(e.s.ffn())
+	n, h, ex := int64(s.Tokens*s.TopK), int64(s.Hidden), int64(s.Experts)
+	return &workload{read: (n*h + n*f) * e.es(), written: ex * h * f * e.es(), flops: 2 * n * h * f,
+		copyRows: int(ex * h), copyMinRows: minRowsPerWorker(int(f))}
+}

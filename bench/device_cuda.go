@@ -11,6 +11,7 @@ import (
 	"github.com/expertrt/expertrt-go/cudaops"
 	"github.com/expertrt/expertrt-go/ops"
 	"gorgonia.org/cu"
+	"gorgonia.org/tensor"
 )
 
 // The CUDA device (-device cuda): the kernels of the registered cudaops backend on device 0, timed with
@@ -31,7 +32,10 @@ type cudaDevice struct {
 }
 
 // Comparison switches (environment, default off): EXPERTRT_CUDA_PLAN=multi forces the three-launch
-// plan; EXPERTRT_CUDA_STREAM_DISPATCH=1 makes dispatch write with streaming (evict-first) stores.
+// plan; EXPERTRT_CUDA_STREAM_DISPATCH=1 makes dispatch write with streaming (evict-first) stores;
+// EXPERTRT_GEMM_CONFIG=<variant> runs the matrix products of that variant's class on that tile
+// configuration (cudaops gemm.variants; the sweep of gpu-check.sh gemm); EXPERTRT_GEMM_TF32=1 runs
+// float32 products on the TF32 tensor-core kernels.
 func newCUDADevice() (device, error) {
 	b := cudaops.Registered()
 	d, err := b.Device()
@@ -47,10 +51,41 @@ func newCUDADevice() (device, error) {
 		d.SetStreamingDispatchStores(true)
 		c.notes = append(c.notes, "streaming dispatch stores")
 	}
+	if v := os.Getenv("EXPERTRT_GEMM_CONFIG"); v != "" {
+		if err := d.SetGemmVariant(v); err != nil {
+			return nil, err
+		}
+		c.notes = append(c.notes, "gemm "+v)
+	}
+	if os.Getenv("EXPERTRT_GEMM_TF32") == "1" {
+		if err := d.SetTF32(true); err != nil {
+			return nil, err
+		}
+		c.notes = append(c.notes, "tf32")
+	}
 	return c, nil
 }
 
 func (cudaDevice) Name() string { return "cuda" }
+
+// GemmVariantNames lists the GEMM tile configurations that run dt in the current mode (SetTF32).
+func (c cudaDevice) GemmVariantNames(dt tensor.Dtype) ([]string, error) {
+	vs, err := c.d.GemmVariants()
+	if err != nil {
+		return nil, err
+	}
+	tf32 := c.d.TF32() && dt == tensor.Float32
+	var names []string
+	for _, v := range vs {
+		if v.Double == (dt == tensor.Float64) && v.TF32 == tf32 {
+			names = append(names, v.Name)
+		}
+	}
+	return names, nil
+}
+
+// SetGemmVariant forces a GEMM tile configuration ("" restores the planner's choice).
+func (c cudaDevice) SetGemmVariant(name string) error { return c.d.SetGemmVariant(name) }
 
 func (c cudaDevice) Describe() string {
 	maj, min := c.d.ComputeCapability()

@@ -30,6 +30,7 @@ type config struct {
 	jsonOut        bool
 	rowCopy        bool
 	cpuProfile     string
+	gemmVariants   string
 	dtype, scoring string
 }
 
@@ -45,6 +46,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.shape.Experts, "experts", 16, "experts E")
 	fs.IntVar(&c.shape.TopK, "top-k", 2, "experts per token k")
 	fs.IntVar(&c.shape.FFN, "ffn", 0, "grouped matmul output width F (0: same as -hidden)")
+	fs.BoolVar(&c.shape.Skew, "skew", false, "routing: half the tokens go to expert 0 (a skewed load)")
 	fs.StringVar(&c.dtype, "dtype", "float32", "float32 or float64")
 	fs.StringVar(&c.scoring, "scoring", "softmax-topk", "routing: softmax-topk or topk-softmax")
 	fs.BoolVar(&c.shape.Renormalize, "renormalize", true, "softmax-topk: renormalise the k weights (Mixtral)")
@@ -56,6 +58,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.jsonOut, "json", false, "print one JSON object")
 	fs.BoolVar(&c.rowCopy, "rowcopy", false, "also time a row-by-row copy (diagnostic, CPU)")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the timed repetitions to this file")
+	fs.StringVar(&c.gemmVariants, "gemm-variants", "", "time every op once per GEMM tile configuration: a comma-separated list, or all (the device's configurations of the dtype's class)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -110,32 +113,75 @@ func run(c *config, stdout io.Writer) error {
 		return err
 	}
 	defer e.Close()
-	var results []result
-	for _, spec := range specs {
-		wl, err := spec.prepare(e)
-		if err != nil {
-			return fmt.Errorf("%s: prepare: %w", spec.name, err)
+	variants := []string{""}
+	gd, _ := dev.(gemmVariantDevice)
+	if c.gemmVariants != "" {
+		if gd == nil {
+			return fmt.Errorf("-gemm-variants: device %s has no GEMM tile configurations", dev.Name())
 		}
-		runtime.GC()
-		stop, err := startProfile(c.cpuProfile, spec.name, len(specs) > 1)
-		if err != nil {
+		if variants, err = gemmVariantList(gd, c.gemmVariants, c.shape.Dtype); err != nil {
 			return err
 		}
-		t, err := measure(dev, wl, c.warmup, c.reps, c.rowCopy)
-		stop()
-		if err != nil {
-			return fmt.Errorf("%s: %w", spec.name, err)
+		defer gd.SetGemmVariant("")
+	}
+	var results []result
+	for _, v := range variants {
+		if v != "" {
+			if err := gd.SetGemmVariant(v); err != nil {
+				return err
+			}
 		}
-		r := newResult(spec.name, dev, c.shape, wl, t, c.warmup)
-		results = append(results, r)
-		if !c.jsonOut {
-			printText(stdout, r)
+		for _, spec := range specs {
+			wl, err := spec.prepare(e)
+			if err != nil {
+				return fmt.Errorf("%s: prepare: %w", spec.name, err)
+			}
+			runtime.GC()
+			stop, err := startProfile(c.cpuProfile, spec.name, len(specs) > 1)
+			if err != nil {
+				return err
+			}
+			t, err := measure(dev, wl, c.warmup, c.reps, c.rowCopy)
+			stop()
+			if err != nil {
+				return fmt.Errorf("%s (gemm variant %q): %w", spec.name, v, err)
+			}
+			r := newResult(spec.name, dev, c.shape, wl, t, c.warmup)
+			r.GemmVariant = v
+			results = append(results, r)
+			if !c.jsonOut {
+				printText(stdout, r)
+			}
 		}
 	}
 	if c.jsonOut {
 		return printJSON(stdout, results)
 	}
 	return nil
+}
+
+// gemmVariantDevice is implemented by devices whose matrix products have selectable tile
+// configurations (the CUDA device).
+type gemmVariantDevice interface {
+	// GemmVariantNames lists the configurations that run products of dtype dt in the device's current
+	// precision mode (e.g. TF32).
+	GemmVariantNames(dt tensor.Dtype) ([]string, error)
+	// SetGemmVariant forces a configuration ("" restores the automatic choice).
+	SetGemmVariant(name string) error
+}
+
+// gemmVariantList resolves -gemm-variants.
+func gemmVariantList(gd gemmVariantDevice, list string, dt tensor.Dtype) ([]string, error) {
+	if list == "all" {
+		return gd.GemmVariantNames(dt)
+	}
+	var vs []string
+	for _, v := range strings.Split(list, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			vs = append(vs, v)
+		}
+	}
+	return vs, nil
 }
 
 // startProfile starts a CPU profile into path (path.<op> when several ops run) and returns its stop.

@@ -158,3 +158,23 @@ func TestBadFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestSkewedRouting: -skew sends exactly half the tokens to expert 0.
+func TestSkewedRouting(t *testing.T) {
+	dev, err := openDevice("cpu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := shape{Tokens: 100, Hidden: 4, Experts: 8, TopK: 3, Skew: true, Dtype: tensor.Float32, Renormalize: true, Seed: 3}
+	e, err := newEnv(dev, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.routing(); err != nil {
+		t.Fatal(err)
+	}
+	counts := e.plan.Data().([]int32)[:s.Experts]
+	if counts[0] != 50 {
+		t.Errorf("expert 0 has %d of 100 tokens, want 50 (counts %v)", counts[0], counts)
+	}
+}

@@ -18,6 +18,8 @@ type result struct {
 	Experts     int    `json:"experts"`
 	TopK        int    `json:"top_k"`
 	FFN         int    `json:"ffn,omitempty"`
+	Skew        bool   `json:"skew,omitempty"`
+	GemmVariant string `json:"gemm_variant,omitempty"` // forced GEMM tile configuration (-gemm-variants)
 	Scoring     string `json:"scoring"`
 	Renormalize bool   `json:"renormalize"`
 	Workers     int    `json:"workers"`
@@ -33,6 +35,8 @@ type result struct {
 	Bytes        int64   `json:"bytes"`
 	GBps         float64 `json:"gb_per_s"` // Bytes / median, 1e9 bytes per second
 	GFlops       float64 `json:"gflop_per_s,omitempty"`
+	TFlops       float64 `json:"tflop_per_s,omitempty"`
+	PctFP32Peak  float64 `json:"pct_fp32_peak,omitempty"` // TFlops / 66.9 (H100 SXM / H200 FFMA peak)
 
 	// The copy baseline: a buffer of CopyBytes copied in the same run, interleaved with the op.
 	CopyBytes    int64   `json:"copy_bytes"`
@@ -68,7 +72,10 @@ func newResult(op string, dev device, s shape, wl *workload, t *timings, warmup 
 	if wl.flops > 0 {
 		r.FFN = s.ffn()
 		r.GFlops = float64(wl.flops) / st.Median.Seconds() / 1e9
+		r.TFlops = r.GFlops / 1e3
+		r.PctFP32Peak = 100 * r.GFlops * 1e9 / peakFP32
 	}
+	r.Skew = s.Skew
 	r.CopyMinMs = ms(cs.Min)
 	if r.CopyGBps > 0 {
 		r.RatioToCopy = r.GBps / r.CopyGBps
@@ -91,6 +98,12 @@ func printText(w io.Writer, r result) {
 	if r.FFN > 0 {
 		fmt.Fprintf(w, " F=%d", r.FFN)
 	}
+	if r.Skew {
+		fmt.Fprintf(w, " skew")
+	}
+	if r.GemmVariant != "" {
+		fmt.Fprintf(w, " gemm=%s", r.GemmVariant)
+	}
 	fmt.Fprintf(w, "  on %s (%s)\n", r.Device, r.DeviceDesc)
 	fmt.Fprintf(w, "  time       median %.4f ms   min %.4f ms   p90 %.4f ms   (%d reps after %d warmup)\n",
 		r.MedianMs, r.MinMs, r.P90Ms, r.Reps, r.Warmup)
@@ -98,7 +111,7 @@ func printText(w io.Writer, r result) {
 		mb(r.Bytes), mb(r.BytesRead), mb(r.BytesWritten))
 	fmt.Fprintf(w, "  bandwidth  %.2f GB/s", r.GBps)
 	if r.GFlops > 0 {
-		fmt.Fprintf(w, "   compute %.2f GFLOP/s", r.GFlops)
+		fmt.Fprintf(w, "   compute %.2f GFLOP/s = %.2f TFLOP/s, %.1f%% of the fp32 peak (66.9)", r.GFlops, r.TFlops, r.PctFP32Peak)
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "  copy       %.1f MB buffer, median %.4f ms, %.2f GB/s read+written  ->  ratio %.3f (best-of: %.3f)\n",

@@ -11,6 +11,7 @@
 #define FAULT_NONFINITE 4u     // a logits row with a NaN or +inf, or all -inf (its softmax is undefined)
 #define FAULT_LABEL_RANGE 8u   // a class label outside [0, C) and not the ignore label -1
 #define FAULT_GRAD_NONFINITE 16u  // a NaN or infinite gradient
+// 32u: GEMM_FAULT_OFFSETS (gemm.cuh, which does not include this file): grouped-matmul offsets are invalid
 
 __device__ __forceinline__ int lane_id() { return threadIdx.x & 31; }
 __device__ __forceinline__ long long global_warp() { return ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; }

@@ -43,6 +43,7 @@ type Device struct {
 	planMode       PlanMode
 	planBlocks     int
 	streamDispatch bool
+	gemm           *gemmState // GEMM configuration and loaded modules (gemm.go)
 
 	closed bool
 }

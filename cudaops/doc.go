@@ -16,7 +16,9 @@
 // Kernel sources are the .cu files of this directory (one per kernel family); `go generate ./cudaops`
 // compiles them with nvcc to ptx/*.ptx (compute_80, JIT-compiled by the driver for the GPU at hand), and
 // the generated PTX is committed, so users need no nvcc. ci-check.sh fails when the committed PTX
-// differs from a fresh compilation.
+// differs from a fresh compilation. The matrix products (grouped expert matmul, dense MatMul) are the
+// GEMM family gemm.cu, compiled once per tile configuration of gemm.variants into ptx/gemm/ and loaded
+// on first use; Device.SetTF32 and Device.SetGemmVariant select its kernels (docs/gemm.md).
 package cudaops
 
 //go:generate ./gen-ptx.sh

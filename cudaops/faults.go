@@ -19,6 +19,7 @@ const (
 	faultNonFinite   = 4
 	faultLabelRange  = 8
 	faultGradNaN     = 16
+	faultPlanOffsets = 32 // GEMM_FAULT_OFFSETS in gemm.cuh
 )
 
 // faultError is a device fault: its message lists every fault code raised, and it unwraps to the ops
@@ -51,10 +52,14 @@ func newFaultError(f uint32) error {
 		msgs = append(msgs, "a NaN or infinite gradient reached GradNormScale; the clipping factor is NaN and the optimizer step was skipped")
 		errs = append(errs, ops.ErrNaN)
 	}
+	if f&faultPlanOffsets != 0 {
+		msgs = append(msgs, "a grouped matmul got plan offsets that do not tile its rows (offsets[0] = 0, non-decreasing, offsets[E] = rows); its output is invalid")
+		errs = append(errs, ops.ErrShape)
+	}
 	if f&faultGridBarrier != 0 {
 		msgs = append(msgs, "a grid barrier of the one-pass plan timed out (its blocks were not all resident); the plan is invalid (SetPlanMode(PlanMultiLaunch) avoids it)")
 	}
-	if rest := f &^ (faultExpertRange | faultNonFinite | faultGridBarrier | faultLabelRange | faultGradNaN); rest != 0 {
+	if rest := f &^ (faultExpertRange | faultNonFinite | faultGridBarrier | faultLabelRange | faultGradNaN | faultPlanOffsets); rest != 0 {
 		msgs = append(msgs, fmt.Sprintf("unknown fault code %#x", rest))
 	}
 	return &faultError{msg: "cudaops: device fault: " + strings.Join(msgs, "; "), errs: errs}

@@ -1,10 +1,25 @@
 #!/usr/bin/env bash
 # Compiles every kernel family cudaops/*.cu to PTX (compute_80: runs on A100, H100 and H200 through the
 # driver's JIT). Usage: gen-ptx.sh [outdir] (default: ptx/ next to this script). Run by `go generate ./cudaops`.
+# A family with a <name>.variants file (one configuration per line: name, a number for the Go side, nvcc
+# flags; # comments) is compiled once per line into <outdir>/<name>/<variant>.ptx.gz instead (gzip -n:
+# reproducible; its modules are large, and the Go binaries embed them compressed).
 set -euo pipefail
 cd "$(dirname "$0")"
 out="${1:-ptx}"
 mkdir -p "$out"
 for f in *.cu; do
-  nvcc -ptx -arch=compute_80 -std=c++14 -O3 -o "$out/${f%.cu}.ptx" "$f"
+  base="${f%.cu}"
+  if [ -f "$base.variants" ]; then
+    rm -rf "${out:?}/$base"
+    mkdir -p "$out/$base"
+    # One nvcc per configuration, as many at a time as there are CPUs.
+    grep -v '^[[:space:]]*\(#\|$\)' "$base.variants" | while read -r name _ flags; do
+      echo "nvcc -ptx -arch=compute_80 -std=c++14 -O3 $flags -o '$out/$base/$name.ptx' '$f' && gzip -n -9 -f '$out/$base/$name.ptx'"
+    done | xargs -P "$(nproc)" -I{} sh -c '{}'
+    n=$(grep -cv '^[[:space:]]*\(#\|$\)' "$base.variants")
+    [ "$(ls "$out/$base" | wc -l)" -eq "$n" ] || { echo "gen-ptx: $base: not every variant compiled" >&2; exit 1; }
+  else
+    nvcc -ptx -arch=compute_80 -std=c++14 -O3 -o "$out/$base.ptx" "$f"
+  fi
 done

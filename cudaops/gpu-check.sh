@@ -2,7 +2,9 @@
 # Runs the GPU checks and benchmarks on a machine with an NVIDIA GPU, from prebuilt binaries:
 #   go test -c -tags expertrt_cuda -o .devbin/tests.test ./tests
 #   go build -tags expertrt_cuda -o .devbin/bench ./bench
-# Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck engine bench torch ncu.
+# Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck engine bench torch ncu gemm
+# gemm-full (gemm: the GEMM kernels' tests, sanitizers, bench with a sweep of every tile configuration and
+# the PyTorch baseline, about 4 minutes; gemm-full: every GEMM test case on every configuration).
 # Logs go to $OUT (default ./gpu-out), at most one file per stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -70,6 +72,74 @@ PY
       ;;
     torch)
       timeout 300 python3 bench/pytorch_baseline.py --json "$OUT/torch.json" 2>&1 | tee "$OUT/torch.log"
+      ;;
+    gemm)
+      # GEMM kernels (cudaops/gemm.cu): tests on every tile configuration (-test.short cases), the
+      # sanitizers on the planner's choices, our bench at the issue-8 shapes, a sweep of every
+      # configuration, the PyTorch baseline; a table last. Logs and JSON under $OUT/gemm/.
+      G="$OUT/gemm"; mkdir -p "$G"
+      timeout 150 $T -test.run 'TestCUDAGemm' -test.short -test.v -test.count=1 > "$G/tests.log" 2>&1
+      echo "gemm tests: exit $? ($(grep -c '^--- FAIL' "$G/tests.log") failed subtests)"
+      grep -E '^(--- FAIL|FAIL|ok|PASS)|gemm-accuracy|panic' "$G/tests.log" | head -12; grep -o 'gemm-jit.*' "$G/tests.log" | tr '\n' ';'; echo
+      SAN='TestCUDAGemm(Grouped|Dense)/.*/auto$|TestCUDAGemmBadOffsets'
+      for tool in memcheck racecheck synccheck; do
+        extra=""; [ $tool = memcheck ] && extra="--leak-check no"
+        timeout 100 compute-sanitizer --tool $tool $extra $T -test.run "$SAN" -test.short > "$G/$tool.log" 2>&1
+        echo "$tool: exit $? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$G/$tool.log" | sort | uniq -c | tr '\n' ' ')"
+      done
+      : > "$G/bench.jsonl"
+      GOPS=groupedmm,groupedmm-bwd,groupedmm-bwd-x,groupedmm-bwd-w
+      for shp in "4096 1024 3584 8 2 x" "4096 1024 3584 8 2 -skew" "16384 1024 3584 8 2 x" "4096 2048 1408 64 6 x" "4096 2048 1408 64 6 -skew"; do
+        set -- $shp; skew=$6; [ "$skew" = x ] && skew=""
+        ops=$GOPS; [ "$2" = 1024 ] && [ -z "$skew" ] && ops=$GOPS,matmul,matmul-bwd,matmul-dense
+        timeout 90 $B -device cuda -op $ops -tokens $1 -hidden $2 -ffn $3 -experts $4 -top-k $5 $skew -reps 20 -warmup 3 -json >> "$G/bench.jsonl" || echo "bench failed: $shp"
+        if [ "$1" = 4096 ] && [ -z "$skew" ]; then
+          EXPERTRT_GEMM_TF32=1 timeout 90 $B -device cuda -op $ops -tokens $1 -hidden $2 -ffn $3 -experts $4 -top-k $5 -reps 20 -warmup 3 -json >> "$G/bench.jsonl" || echo "tf32 bench failed: $shp"
+        fi
+      done
+      : > "$G/sweep.jsonl"
+      timeout 120 $B -device cuda -gemm-variants all -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "sweep failed"
+      timeout 120 $B -device cuda -gemm-variants all -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w -tokens 4096 -hidden 2048 -ffn 1408 -experts 64 -top-k 6 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "sweep failed (small experts)"
+      EXPERTRT_GEMM_TF32=1 timeout 120 $B -device cuda -gemm-variants all -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "tf32 sweep failed"
+      timeout 150 python3 bench/pytorch_gemm.py --reps 20 --warmup 3 --json "$G/torch.json" > "$G/torch.log" 2>&1 || echo "torch baseline failed: $(tail -2 "$G/torch.log")"
+      python3 - "$G" <<'PY'
+import json, sys, os
+g = sys.argv[1]
+def rows(path):
+    if not os.path.exists(path): return []
+    txt = open(path).read(); dec = json.JSONDecoder(); i = 0; out = []
+    while i < len(txt):
+        while i < len(txt) and txt[i].isspace(): i += 1
+        if i >= len(txt): break
+        o, i = dec.raw_decode(txt, i)
+        out += o if isinstance(o, list) else o.get("results", [o])
+    return out
+def key(r, tf32):
+    return (r["op"], r["tokens"], r["hidden"], r.get("ffn", 0), r["experts"], bool(r.get("skew")), tf32)
+ours = {key(r, "tf32" in r.get("device_desc", "")): r for r in rows(g + "/bench.jsonl")}
+torch = {}
+for r in rows(g + "/torch.json"):
+    torch[(r["op"], r["tokens"], r["hidden"], r["ffn"], r["experts"], bool(r["skew"]), r["tf32"])] = r
+print("GEMM: ours (planner's choice) vs PyTorch per-expert cuBLAS, same FLOPs; ratio = torch ms / ours ms (target fp32 >= 0.9, skewed/small experts >= 0.7; tf32 >= 0.7)")
+print(f"{'op':16s} {'T':>6s} {'H':>5s} {'F':>5s} {'E':>3s} skew prec   ours ms  TFLOP/s %peak  torch ms  TFLOP/s  ratio")
+for k in sorted(ours, key=lambda k: (k[6], k[1], k[2], k[5], k[0])):
+    r = ours[k]; t = torch.get(k)
+    tm = f"{t['median_ms']:9.4f} {t['tflop_per_s']:8.2f} {t['median_ms']/r['median_ms']:6.2f}" if t else "        -        -      -"
+    print(f"{k[0]:16s} {k[1]:6d} {k[2]:5d} {k[3]:5d} {k[4]:3d} {'yes ' if k[5] else 'no  '} {'tf32' if k[6] else 'fp32'} {r['median_ms']:9.4f} {r.get('tflop_per_s',0):8.2f} {r.get('pct_fp32_peak',0):5.1f} {tm}")
+sw = rows(g + "/sweep.jsonl")
+if sw:
+    print("sweep (TFLOP/s per tile configuration; the planner's default should be the best of its class):")
+    groups = {}
+    for r in sw:
+        groups.setdefault((r["op"], r["hidden"], r["experts"], "tf32" in r.get("device_desc", "")), []).append(r)
+    for k, rs in sorted(groups.items()):
+        rs.sort(key=lambda r: -r.get("tflop_per_s", 0))
+        print(f"  {k[0]:16s} H={k[1]} E={k[2]} {'tf32' if k[3] else 'fp32'}: " + "  ".join(f"{r['gemm_variant']}={r.get('tflop_per_s',0):.1f}" for r in rs))
+PY
+      ;;
+    gemm-full)
+      timeout 400 $T -test.run 'TestCUDAGemm' -test.v -test.count=1 > "$OUT/gemm-full.log" 2>&1
+      echo "gemm full tests: exit $?"; grep -E '^(--- FAIL|FAIL|ok|PASS)|gemm-accuracy|panic' "$OUT/gemm-full.log" | head -20
       ;;
     ncu)
       timeout 300 ncu --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,dram__bytes_write.sum \

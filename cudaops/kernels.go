@@ -323,36 +323,6 @@ func (d *Device) CombineBackward(dt tensor.Dtype, dy, ye, w, rowOf, dw, dye cu.D
 	return d.launch(name, d.warpGrid(T), ptrArg(dy), ptrArg(ye), ptrArg(w), ptrArg(rowOf), ptrArg(dw), ptrArg(dye), i32(T), i32(K), i32(nv))
 }
 
-// GroupedMatMul: out[r] = x[r] · W[e] over each expert's segment (x [N,In], W [E,In,Out] or
-// [E,Out,In] when transposeW, out [N,Out]); offsets has E+1 entries.
-func (d *Device) GroupedMatMul(dt tensor.Dtype, x, w, offsets, out cu.DevicePtr, E, N, In, Out int, transposeW bool) error {
-	if err := checkDims("grouped matmul", E, N, In, Out); err != nil {
-		return err
-	}
-	suf, err := suffix(dt)
-	if err != nil {
-		return err
-	}
-	gx := (Out + 31) / 32
-	gy := (N + 7) / 8
-	if gy > 65535 {
-		gy = 65535
-	}
-	return d.launch2D("gmm_"+suf, gx, gy, 32, 8, ptrArg(x), ptrArg(w), ptrArg(offsets), i32(E), i32(N), i32(In), i32(Out), i32(b2i(transposeW)), ptrArg(out))
-}
-
-// GroupedMatMulGradW: dW[e] = x_e^T · dy_e (x [N,In], dy [N,Out], dW [E,In,Out]).
-func (d *Device) GroupedMatMulGradW(dt tensor.Dtype, x, dy, offsets, dW cu.DevicePtr, E, In, Out int) error {
-	if err := checkDims("grouped matmul grad", E, In, Out); err != nil {
-		return err
-	}
-	suf, err := suffix(dt)
-	if err != nil {
-		return err
-	}
-	return d.launch("gmm_gradw_"+suf, d.flatGrid(int64(E)*int64(In)*int64(Out)), ptrArg(x), ptrArg(dy), ptrArg(offsets), i32(E), i32(In), i32(Out), ptrArg(dW))
-}
-
 // lblCounts writes C [E+1] int32: C[e] = slots of counted tokens routed to expert e, C[E] = the number
 // of counted tokens (all T when mask == 0, else those with mask[t] != 0), from the plan of T tokens,
 // K experts per token and E experts. C comes from the allocator; the caller puts it back.

@@ -1,0 +1,70 @@
+// GEMM kernel family (tile core: gemm.cuh). One PTX module per tile configuration: gen-ptx.sh compiles
+// this file once per line of gemm.variants, with that line's -D flags, into ptx/gemm/<name>.ptx.gz, and the
+// Go side loads a module the first time a product uses its configuration (gemm.go).
+//
+// Kernels of every module:
+//   gemm_nn, gemm_nt, gemm_tn, gemm_tt   C = op(A)·op(B); first letter A's layout, second B's (n: A
+//                                        stored [M,K] / B stored [K,N]; t: A stored [K,M] / B stored
+//                                        [N,K]); parameters = the fields of GemmArgs in order; one CTA
+//                                        per output tile (grid: see gemm_entry and internal/gemmplan)
+//   gemm_xx_v16                          the same with 16-byte copies for the operands whose rows are
+//                                        contiguous in shared memory (all such operands aligned)
+//   gemm_reduce                          split-K: C = sum of the partial products, in split order
+// and gemm_config[8] = {threads, dynamic shared bytes, BM, BN, BK, stages, element bytes, tf32}, which
+// the loader compares with its own reading of gemm.variants before launching anything.
+#include "gemm.cuh"
+
+#if !defined(GEMM_T) || !defined(GEMM_BM) || !defined(GEMM_BN) || !defined(GEMM_BK) || !defined(GEMM_WARPS_M) || \
+    !defined(GEMM_WARPS_N) || !defined(GEMM_STAGES) || !defined(GEMM_MINB) || !defined(GEMM_TF32)
+#error "gemm.cu is compiled once per configuration of gemm.variants (gen-ptx.sh)"
+#endif
+
+template <bool AT, bool BT, bool VEC> struct GemmCfg {
+#if GEMM_TF32
+    typedef Tf32Tile<GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_STAGES, AT, BT, VEC> type;
+#else
+    typedef SimtTile<GEMM_T, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_TM, GEMM_TN, GEMM_STAGES, AT, BT, VEC> type;
+#endif
+};
+typedef GemmCfg<false, false, false>::type GemmNN;
+#if GEMM_TF32
+static_assert(sizeof(GEMM_T) == 4, "TF32 tiles take float operands");
+#endif
+
+#define GEMM_PARAMS                                                                                              \
+    const void *A, const void *B, void *C, void *W, const int *offsets, unsigned *fault, long long lda,          \
+        long long ldb, long long ldcR, long long ldcC, long long strideB, long long strideC, int M, int N, int K, \
+        int E, int rows, int mode, int splits, int kChunk, int mTiles, int nTiles, int flags
+#define GEMM_ARGS \
+    { A, B, C, W, offsets, fault, lda, ldb, ldcR, ldcC, strideB, strideC, M, N, K, E, rows, mode, splits, kChunk, mTiles, nTiles, flags }
+
+#ifndef GEMM_EMU
+extern "C" __device__ int gemm_config[8] = {GemmNN::NT, GemmNN::SMEM, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES, (int)sizeof(GEMM_T), GEMM_TF32};
+
+extern __shared__ __align__(16) unsigned char gemm_smem[];
+
+#define GEMM_KERNEL(NAME, AT, BT, VEC)                                                           \
+    extern "C" __global__ void __launch_bounds__(GemmNN::NT, GEMM_MINB) NAME(GEMM_PARAMS) {       \
+        const GemmArgs p = GEMM_ARGS;                                                                \
+        gemm_entry<GemmCfg<AT, BT, VEC>::type, AT, BT>(p, gemm_smem, blockIdx.x, threadIdx.x);      \
+    }
+
+extern "C" __global__ void gemm_reduce(const void* W, void* C, int splits, int M, int N, long long ldcR, long long ldcC, int vec) {
+    gemm_reduce_body<GEMM_T>(static_cast<const GEMM_T*>(W), static_cast<GEMM_T*>(C), splits, M, N, ldcR, ldcC, vec,
+                             (long long)blockIdx.x * blockDim.x + threadIdx.x, (long long)gridDim.x * blockDim.x);
+}
+#else
+// CPU emulation (internal/gemmemu): the same entries as host functions, registered by name.
+#define GEMM_KERNEL(NAME, AT, BT, VEC) GEMM_EMU_KERNEL(NAME, AT, BT, VEC)
+GEMM_EMU_CONFIG(GemmNN::NT, GemmNN::SMEM, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES, (int)sizeof(GEMM_T), GEMM_TF32)
+GEMM_EMU_REDUCE()
+#endif
+
+GEMM_KERNEL(gemm_nn, false, false, false)
+GEMM_KERNEL(gemm_nt, false, true, false)
+GEMM_KERNEL(gemm_tn, true, false, false)
+GEMM_KERNEL(gemm_tt, true, true, false)
+GEMM_KERNEL(gemm_nn_v16, false, false, true)
+GEMM_KERNEL(gemm_nt_v16, false, true, true)
+GEMM_KERNEL(gemm_tn_v16, true, false, true)
+GEMM_KERNEL(gemm_tt_v16, true, true, true)

@@ -1,0 +1,605 @@
+// Tile core of the GEMM kernel family (gemm.cu): C = op(A) · op(B) over one dense problem, over the row
+// segments of a grouped problem (one expert per segment), or over the reduction segments of a grouped
+// weight gradient, all with the tile-to-problem mapping computed on the device from the plan's offsets.
+//
+// Conventions (element coordinates of the mathematical product C[M,N] = A[M,K] · B[K,N]):
+//   A(m,k) = A[m*lda + k]  (layout "n": A stored [M,K])    or A[k*lda + m]  (layout "t": stored [K,M])
+//   B(k,n) = B[k*ldb + n]  (layout "n": B stored [K,N])    or B[n*ldb + k]  (layout "t": stored [N,K])
+//   C(m,n) = C[m*ldcR + n*ldcC]  (row-major C has ldcR = ldc, ldcC = 1; a transposed store has ldcR = 1)
+// Every output element is one thread's accumulation in increasing k (SIMT: one FMA chain; TF32: the
+// tensor core's fixed order), so results are bitwise reproducible whatever the launch order of the tiles.
+//
+// Two main loops share the scheduling, the shared-memory staging and the epilogue:
+//   SimtTile: FFMA/DFMA outer products; shared tiles are k-major (As[k][m], Bs[k][n]) so every thread
+//             reads its register fragments with 16-byte loads.
+//   Tf32Tile: mma.sync.m16n8k8 tf32 (float only); shared tiles are k-contiguous (As[m][k], Bs[n][k]), the
+//             layout of the instruction's "row.col" operands. A bf16 m16n8k16 main loop would be a third
+//             tile type over the same loaders (2-byte elements), scheduler and epilogue.
+// Global→shared copies are cp.async (compute_80+), STAGES deep. A copy whose global side is contiguous
+// along the shared row is 16 bytes wide in the kernels built with VEC (the host launches them only when
+// every such operand is 16-byte aligned with a row length that is a multiple of the vector), else one
+// element wide; a copy that transposes is one element wide, with lanes arranged so that a warp reads
+// whole 32-byte sectors and writes 32 distinct shared banks. Elements outside the problem are zero-filled
+// (cp.async src-size 0), so odd M, N, K need no special paths.
+//
+// The same source compiles as host C++ for the CPU emulator (internal/gemmemu) when GEMM_EMU is defined:
+// the few device primitives below are then provided by emu.h.
+#pragma once
+
+#ifndef GEMM_EMU
+#define GEMM_DEV __device__ __forceinline__
+#endif
+
+enum GemmMode { GEMM_DENSE = 0, GEMM_GROUP_ROWS = 1, GEMM_GROUP_RED = 2 };
+enum GemmFlags { GEMM_VEC_C = 4, GEMM_SORT = 8 };
+#define GEMM_FAULT_OFFSETS 32u // FAULT_* code (see common.cuh): the plan's offsets do not tile [0, rows)
+#define GEMM_SORT_MAX 256      // grouped reductions order at most this many experts by segment length
+
+// Everything a launch needs. The kernels take these as separate parameters (gemm.cu) in this order.
+struct GemmArgs {
+    const void* A;
+    const void* B;
+    void* C;
+    void* W;             // split-K partials [splits][M][N] (dense with splits > 1)
+    const int* offsets;  // grouped: E+1 segment offsets
+    unsigned* fault;     // device fault word (grouped: invalid offsets)
+    long long lda, ldb, ldcR, ldcC;
+    long long strideB;  // GROUP_ROWS: elements between consecutive experts' B
+    long long strideC;  // GROUP_RED: elements between consecutive experts' C
+    int M, N, K;        // DENSE: all; GROUP_ROWS: N, K (M per segment); GROUP_RED: M, N (K per segment)
+    int E, rows;        // grouped: experts and the rows the offsets tile
+    int mode, splits, kChunk;
+    int mTiles, nTiles;  // tiles of one problem (GROUP_ROWS: m-tile slots)
+    int flags;
+};
+
+// ---------------------------------------------------------------- device primitives
+#ifndef GEMM_EMU
+GEMM_DEV unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+// cp.async of 16 bytes (L2 only: the tile is reused from shared memory, not L1), or of one 4- or 8-byte
+// element; src-size 0 writes zeros and reads nothing.
+GEMM_DEV void cp_async16(void* s, const void* g, bool in) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(s)), "l"(g), "r"(in ? 16 : 0));
+}
+GEMM_DEV void cp_async_elem(float* s, const float* g, bool in) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(s)), "l"(g), "r"(in ? 4 : 0));
+}
+GEMM_DEV void cp_async_elem(double* s, const double* g, bool in) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(smem_u32(s)), "l"(g), "r"(in ? 8 : 0));
+}
+GEMM_DEV void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> GEMM_DEV void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// Round to tf32 (10 mantissa bits, nearest, ties away from zero), as cuBLAS's TF32 mode does.
+GEMM_DEV unsigned to_tf32(float x) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
+}
+// d += a · b for one m16n8k8 tile (fragment layouts: PTX ISA, "Matrix Fragments for mma.m16n8k8").
+GEMM_DEV void mma_tf32(float* d, const unsigned* a, const unsigned* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+GEMM_DEV void gemm_fault(unsigned* f, unsigned code) { atomicOr(f, code); }
+#endif
+
+// 16-byte vectors and 4-element register groups.
+template <typename T> struct Vec16;
+template <> struct Vec16<float> { typedef float4 type; enum { n = 4 }; };
+template <> struct Vec16<double> { typedef double2 type; enum { n = 2 }; };
+
+// Reads s[0..3] (16-byte aligned shared memory) into r[0..3].
+GEMM_DEV void lds4(float* r, const float* s) {
+    const float4 v = *reinterpret_cast<const float4*>(s);
+    r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
+}
+GEMM_DEV void lds4(double* r, const double* s) {
+    const double2 u = *reinterpret_cast<const double2*>(s);
+    const double2 v = *reinterpret_cast<const double2*>(s + 2);
+    r[0] = u.x; r[1] = u.y; r[2] = v.x; r[3] = v.y;
+}
+GEMM_DEV float fma_t(float a, float b, float c) { return fmaf(a, b, c); }
+GEMM_DEV double fma_t(double a, double b, double c) { return fma(a, b, c); }
+
+// ---------------------------------------------------------------- global → shared tile copies
+// Copies an R x C tile into shared memory, s[r*LDS + c] = src(r, c), zero where r >= rLim or c >= cLim.
+// ROWMAJOR: src(r, c) = g[r*ld + c] (global contiguous along c, like the shared row): 16-byte copies when
+// VEC (the host guarantees g and ld are 16-byte multiples and cLim is a multiple of the vector), else one
+// element each; consecutive threads take consecutive units of a row. !ROWMAJOR: src(r, c) = g[c*ld + r]
+// (contiguous along r: the copy transposes): one element each, 8 consecutive r per group of 8 lanes (a
+// 32-byte sector for floats) and 4 columns per warp, so that with rows of 4 words mod 32 (odd multiples
+// of 4 words) a warp's 32 writes hit 32 distinct banks. Every thread makes the same number of copies at
+// offsets fixed for the whole tile (the host keeps tile extent * ld below 2^31, so they are 32-bit).
+// CHECK: compare with the limits (edge tiles); zero-filled copies name g itself, the tile's first element,
+// which is always inside the operand (nothing is read from it). Interior stages skip the comparisons.
+template <typename T, int R, int C, int LDS, int NT, bool ROWMAJOR, bool VEC, bool CHECK>
+GEMM_DEV void load_tile(T* s, const T* g, int ld, int rLim, int cLim, int tid) {
+    if (ROWMAJOR) {
+        const int UNIT = VEC ? 16 / (int)sizeof(T) : 1;
+        const int U = C / UNIT;  // units per row
+        const int TPR = NT >= U ? NT / U : 1;  // rows per pass when threads cover whole rows
+        const int UPT = U >= NT ? U / NT : 1;  // passes per row otherwise
+        const int COUNT = NT % U == 0 ? (R + TPR - 1) / TPR : R * UPT;
+        const bool EXACT = NT % U != 0 || R % TPR == 0;  // every thread's every copy is inside the tile
+        static_assert(C % (VEC ? 16 / (int)sizeof(T) : 1) == 0, "row length must be whole vectors");
+        static_assert(NT % (C / (VEC ? 16 / (int)sizeof(T) : 1)) == 0 || (C / (VEC ? 16 / (int)sizeof(T) : 1)) % NT == 0,
+                      "threads and row units must nest");
+#pragma unroll
+        for (int q = 0; q < COUNT; q++) {
+            int r, c;
+            if (NT % U == 0) {
+                r = tid / U + q * TPR;
+                c = (tid % U) * UNIT;
+            } else {
+                r = q / UPT;
+                c = ((q % UPT) * NT + tid) * UNIT;
+            }
+            if (!EXACT && r >= R) break;
+            const bool in = !CHECK || (r < rLim && c < cLim);
+            T* dst = s + r * LDS + c;
+            const T* src = g + (in ? r * ld + c : 0);
+            if (VEC) cp_async16(dst, src, in);
+            else cp_async_elem(dst, src, in);
+        }
+    } else {
+        const int NG = NT / 8;  // groups of 8 lanes
+        static_assert(R % 8 == 0 && ((NT / 8) % C == 0 || C % (NT / 8) == 0), "bad transposing copy shape");
+        const int g8 = tid >> 3, rl = tid & 7;
+        const int GPC = NG >= C ? NG / C : 1;  // 8-row groups per pass when the lane groups cover all columns
+        const int PPC = C >= NG ? C / NG : 1;  // passes per 8-row group otherwise
+        const int COUNT = NG % C == 0 ? (R / 8 + GPC - 1) / GPC : (R / 8) * PPC;
+        const bool EXACT = NG % C != 0 || (R / 8) % GPC == 0;
+#pragma unroll
+        for (int q = 0; q < COUNT; q++) {
+            int r, c;
+            if (NG % C == 0) {
+                c = g8 % C;
+                r = (g8 / C + q * GPC) * 8 + rl;
+            } else {
+                c = g8 + (q % PPC) * NG;
+                r = (q / PPC) * 8 + rl;
+            }
+            if (!EXACT && r >= R) break;
+            const bool in = !CHECK || (r < rLim && c < cLim);
+            cp_async_elem(s + r * LDS + c, g + (in ? c * ld + r : 0), in);
+        }
+    }
+}
+
+// One output tile's problem view, filled by the scheduler.
+template <typename T> struct TileJob {
+    const T* a;     // A(m0, kBegin)
+    const T* b;     // B(kBegin, n0)
+    T* c;           // C(m0, n0)
+    int lda, ldb;          // < 2^31 / tile extent (see load_tile)
+    long long ldcR, ldcC;
+    int mLim, nLim;  // rows and columns of the problem from (m0, n0) on
+    int kLen;        // reduction length of this tile
+    bool vecC;
+};
+
+// ---------------------------------------------------------------- SIMT main loop
+// BM x BN block tile, BK deep, STAGES-deep pipeline; WARPS_M x WARPS_N warps, each a (BM/WARPS_M) x
+// (BN/WARPS_N) warp tile; each thread a TM x TN register tile made of 4x4 blocks spaced by the warp's
+// lane grid (LM x LN lanes), so that a warp's fragment loads are broadcast 16-byte reads of LM (LN)
+// consecutive 16-byte words.
+template <typename T, int BM_, int BN_, int BK_, int WARPS_M, int WARPS_N, int TM, int TN, int STAGES, bool AT, bool BT, bool VEC>
+struct SimtTile {
+    typedef T elem;
+    enum {
+        BM = BM_, BN = BN_, BK = BK_,
+        NT = WARPS_M * WARPS_N * 32,
+        PAD = 16 / (int)sizeof(T),
+        LDA_S = BM + PAD, LDB_S = BN + PAD,
+        A_STAGE = BK * LDA_S, B_STAGE = BK * LDB_S,
+        SMEM = STAGES * (A_STAGE + B_STAGE) * (int)sizeof(T),
+        WM = BM / WARPS_M, WN = BN / WARPS_N,
+        LM = WM / TM, LN = WN / TN,
+    };
+    static_assert(LM * LN == 32, "a warp tile must be 32 thread tiles");
+    static_assert(TM % 4 == 0 && TN % 4 == 0, "thread tiles are made of 4x4 blocks");
+    static_assert(BK % 8 == 0 && STAGES >= 2, "BK must be a multiple of 8, STAGES >= 2");
+    // Transposing copies write 8 rows x 4 columns per warp: distinct banks when rows are 4 words mod 32.
+    static_assert(sizeof(T) == 8 || ((LDA_S % 32) == 4 && (LDB_S % 32) == 4), "shared rows must be 4 words mod 32");
+
+    template <bool CHECK> static GEMM_DEV void load_stage(T* sA, T* sB, const TileJob<T>& j, int k0, int tid) {
+        // As[k][m]: layout t (A stored [K,M]) is contiguous along m; layout n transposes.
+        if (AT) load_tile<T, BK, BM, LDA_S, NT, true, VEC, CHECK>(sA, j.a + (long long)k0 * j.lda, j.lda, j.kLen - k0, j.mLim, tid);
+        else load_tile<T, BK, BM, LDA_S, NT, false, false, CHECK>(sA, j.a + k0, j.lda, j.kLen - k0, j.mLim, tid);
+        // Bs[k][n]: layout n (B stored [K,N]) is contiguous along n; layout t transposes.
+        if (!BT) load_tile<T, BK, BN, LDB_S, NT, true, VEC, CHECK>(sB, j.b + (long long)k0 * j.ldb, j.ldb, j.kLen - k0, j.nLim, tid);
+        else load_tile<T, BK, BN, LDB_S, NT, false, false, CHECK>(sB, j.b + k0, j.ldb, j.kLen - k0, j.nLim, tid);
+    }
+    // Stage t of the pipeline: interior stages (the whole BM x BN x BK block inside the problem) copy
+    // without bounds checks.
+    static GEMM_DEV void load(T* sA, T* sB, const TileJob<T>& j, int t, int tid) {
+        const int k0 = t * BK;
+        if (j.mLim >= BM && j.nLim >= BN && j.kLen - k0 >= BK) load_stage<false>(sA, sB, j, k0, tid);
+        else load_stage<true>(sA, sB, j, k0, tid);
+    }
+
+    static GEMM_DEV void run(const TileJob<T>& j, unsigned char* smem, int tid) {
+        T* sA = reinterpret_cast<T*>(smem);
+        T* sB = sA + STAGES * A_STAGE;
+        const int warp = tid >> 5, lane = tid & 31;
+        const int wm = warp / WARPS_N, wn = warp % WARPS_N;
+        const int lm = lane / LN, ln = lane % LN;
+        const int am = wm * WM + lm * 4;  // first row of the thread's first 4x4 block
+        const int bn = wn * WN + ln * 4;
+
+        T acc[TM][TN];
+#pragma unroll
+        for (int i = 0; i < TM; i++)
+#pragma unroll
+            for (int q = 0; q < TN; q++) acc[i][q] = T(0);
+
+        const int kTiles = (j.kLen + BK - 1) / BK;
+#pragma unroll
+        for (int s = 0; s < STAGES - 1; s++) {
+            if (s < kTiles) load(sA + s * A_STAGE, sB + s * B_STAGE, j, s, tid);
+            cp_async_commit();
+        }
+        for (int kt = 0; kt < kTiles; kt++) {
+            cp_async_wait<STAGES - 2>();  // tile kt has landed (for this thread's copies) ...
+            __syncthreads();              // ... for everyone's, and stage (kt-1) % STAGES is free
+            const int pf = kt + STAGES - 1;
+            if (pf < kTiles) load(sA + (pf % STAGES) * A_STAGE, sB + (pf % STAGES) * B_STAGE, j, pf, tid);
+            cp_async_commit();
+            const T* a = sA + (kt % STAGES) * A_STAGE + am;
+            const T* b = sB + (kt % STAGES) * B_STAGE + bn;
+#pragma unroll
+            for (int k = 0; k < BK; k++) {
+                T fa[TM], fb[TN];
+#pragma unroll
+                for (int i = 0; i < TM / 4; i++) lds4(fa + 4 * i, a + k * LDA_S + i * LM * 4);
+#pragma unroll
+                for (int q = 0; q < TN / 4; q++) lds4(fb + 4 * q, b + k * LDB_S + q * LN * 4);
+#pragma unroll
+                for (int i = 0; i < TM; i++)
+#pragma unroll
+                    for (int q = 0; q < TN; q++) acc[i][q] = fma_t(fa[i], fb[q], acc[i][q]);
+            }
+        }
+        cp_async_wait<0>();
+
+        // Epilogue: row m, four consecutive columns per 4x4 block row.
+#pragma unroll
+        for (int i = 0; i < TM / 4; i++)
+#pragma unroll
+            for (int ii = 0; ii < 4; ii++) {
+                const int m = am + i * LM * 4 + ii;
+                if (m >= j.mLim) continue;
+                T* crow = j.c + (long long)m * j.ldcR;
+#pragma unroll
+                for (int q = 0; q < TN / 4; q++) {
+                    const int n = bn + q * LN * 4;
+                    store4(crow, n, j, &acc[i * 4 + ii][q * 4]);
+                }
+            }
+    }
+
+    // Writes v[0..3] to columns n..n+3 of a C row, as 16-byte vectors when allowed.
+    static GEMM_DEV void store4(T* crow, int n, const TileJob<T>& j, const T* v) {
+        if (j.vecC) {
+            const int V = Vec16<T>::n;
+#pragma unroll
+            for (int q = 0; q < 4; q += V)
+                if (n + q < j.nLim) store_vec(crow + n + q, v + q);
+        } else {
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                if (n + q < j.nLim) crow[(long long)(n + q) * j.ldcC] = v[q];
+        }
+    }
+    static GEMM_DEV void store_vec(float* p, const float* v) { *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]); }
+    static GEMM_DEV void store_vec(double* p, const double* v) { *reinterpret_cast<double2*>(p) = make_double2(v[0], v[1]); }
+};
+
+// ---------------------------------------------------------------- TF32 tensor-core main loop
+// BM x BN block tile, BK deep (multiple of 8); WARPS_M x WARPS_N warps, each a WM x WN warp tile of
+// (WM/16) x (WN/8) m16n8k8 instructions. Shared tiles As[m][k], Bs[n][k] with rows of BK+4 words: the
+// fragment reads (8 rows x 4 columns per instruction operand) then hit 32 distinct banks.
+template <int BM_, int BN_, int BK_, int WARPS_M, int WARPS_N, int STAGES, bool AT, bool BT, bool VEC>
+struct Tf32Tile {
+    typedef float elem;
+    enum {
+        BM = BM_, BN = BN_, BK = BK_,
+        NT = WARPS_M * WARPS_N * 32,
+        LDS = BK + 4,
+        A_STAGE = BM * LDS, B_STAGE = BN * LDS,
+        SMEM = STAGES * (A_STAGE + B_STAGE) * 4,
+        WM = BM / WARPS_M, WN = BN / WARPS_N,
+        MI = WM / 16, NI = WN / 8,
+    };
+    static_assert(WM % 16 == 0 && WN % 8 == 0 && BK % 8 == 0 && STAGES >= 2, "bad TF32 tile");
+    // Fragment reads (and transposing copies) touch 8 rows x 4 columns: distinct banks when a row is an odd
+    // multiple of 4 words.
+    static_assert(LDS % 4 == 0 && (LDS / 4) % 2 == 1, "shared rows must be an odd multiple of 4 words");
+
+    template <bool CHECK> static GEMM_DEV void load_stage(float* sA, float* sB, const TileJob<float>& j, int k0, int tid) {
+        // As[m][k]: layout n (A stored [M,K]) is contiguous along k; layout t transposes.
+        if (!AT) load_tile<float, BM, BK, LDS, NT, true, VEC, CHECK>(sA, j.a + k0, j.lda, j.mLim, j.kLen - k0, tid);
+        else load_tile<float, BM, BK, LDS, NT, false, false, CHECK>(sA, j.a + (long long)k0 * j.lda, j.lda, j.mLim, j.kLen - k0, tid);
+        // Bs[n][k]: layout t (B stored [N,K]) is contiguous along k; layout n transposes.
+        if (BT) load_tile<float, BN, BK, LDS, NT, true, VEC, CHECK>(sB, j.b + k0, j.ldb, j.nLim, j.kLen - k0, tid);
+        else load_tile<float, BN, BK, LDS, NT, false, false, CHECK>(sB, j.b + (long long)k0 * j.ldb, j.ldb, j.nLim, j.kLen - k0, tid);
+    }
+    static GEMM_DEV void load(float* sA, float* sB, const TileJob<float>& j, int t, int tid) {
+        const int k0 = t * BK;
+        if (j.mLim >= BM && j.nLim >= BN && j.kLen - k0 >= BK) load_stage<false>(sA, sB, j, k0, tid);
+        else load_stage<true>(sA, sB, j, k0, tid);
+    }
+
+    static GEMM_DEV void run(const TileJob<float>& j, unsigned char* smem, int tid) {
+        float* sA = reinterpret_cast<float*>(smem);
+        float* sB = sA + STAGES * A_STAGE;
+        const int warp = tid >> 5, lane = tid & 31;
+        const int wm = warp / WARPS_N, wn = warp % WARPS_N;
+        const int gid = lane >> 2, tig = lane & 3;
+
+        float acc[MI][NI][4];
+#pragma unroll
+        for (int i = 0; i < MI; i++)
+#pragma unroll
+            for (int q = 0; q < NI; q++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) acc[i][q][r] = 0.f;
+
+        const int kTiles = (j.kLen + BK - 1) / BK;
+#pragma unroll
+        for (int s = 0; s < STAGES - 1; s++) {
+            if (s < kTiles) load(sA + s * A_STAGE, sB + s * B_STAGE, j, s, tid);
+            cp_async_commit();
+        }
+        for (int kt = 0; kt < kTiles; kt++) {
+            cp_async_wait<STAGES - 2>();
+            __syncthreads();
+            const int pf = kt + STAGES - 1;
+            if (pf < kTiles) load(sA + (pf % STAGES) * A_STAGE, sB + (pf % STAGES) * B_STAGE, j, pf, tid);
+            cp_async_commit();
+            const float* a = sA + (kt % STAGES) * A_STAGE + (wm * WM + gid) * LDS + tig;
+            const float* b = sB + (kt % STAGES) * B_STAGE + (wn * WN + gid) * LDS + tig;
+#pragma unroll
+            for (int kk = 0; kk < BK; kk += 8) {
+                unsigned fa[MI][4], fb[NI][2];
+#pragma unroll
+                for (int i = 0; i < MI; i++) {
+                    const float* p = a + i * 16 * LDS + kk;
+                    fa[i][0] = to_tf32(p[0]);
+                    fa[i][1] = to_tf32(p[8 * LDS]);
+                    fa[i][2] = to_tf32(p[4]);
+                    fa[i][3] = to_tf32(p[8 * LDS + 4]);
+                }
+#pragma unroll
+                for (int q = 0; q < NI; q++) {
+                    const float* p = b + q * 8 * LDS + kk;
+                    fb[q][0] = to_tf32(p[0]);
+                    fb[q][1] = to_tf32(p[4]);
+                }
+#pragma unroll
+                for (int i = 0; i < MI; i++)
+#pragma unroll
+                    for (int q = 0; q < NI; q++) mma_tf32(acc[i][q], fa[i], fb[q]);
+            }
+        }
+        cp_async_wait<0>();
+
+        // Epilogue: c0,c1 at (row, col..col+1), c2,c3 at (row+8, col..col+1).
+#pragma unroll
+        for (int i = 0; i < MI; i++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int m = wm * WM + i * 16 + gid + 8 * h;
+                if (m >= j.mLim) continue;
+                float* crow = j.c + (long long)m * j.ldcR;
+#pragma unroll
+                for (int q = 0; q < NI; q++) {
+                    const int n = wn * WN + q * 8 + 2 * tig;
+                    const float v0 = acc[i][q][2 * h], v1 = acc[i][q][2 * h + 1];
+                    if (j.vecC) {  // ldcC == 1, even row length, 16-byte aligned rows
+                        if (n < j.nLim) *reinterpret_cast<float2*>(crow + n) = make_float2(v0, v1);
+                    } else {
+                        if (n < j.nLim) crow[(long long)n * j.ldcC] = v0;
+                        if (n + 1 < j.nLim) crow[(long long)(n + 1) * j.ldcC] = v1;
+                    }
+                }
+            }
+    }
+};
+
+// ---------------------------------------------------------------- tile scheduling
+// Inclusive prefix sum over the NT threads of a block (Hillis-Steele in shared memory: short, and the
+// same on every run). buf holds NT ints; *total gets the block sum.
+template <int NT> GEMM_DEV int block_scan(int v, int* buf, int tid, int* total) {
+    buf[tid] = v;
+    __syncthreads();
+#pragma unroll 1
+    for (int off = 1; off < NT; off <<= 1) {
+        const int add = tid >= off ? buf[tid - off] : 0;
+        __syncthreads();
+        buf[tid] += add;
+        __syncthreads();
+    }
+    const int r = buf[tid];
+    *total = buf[NT - 1];
+    __syncthreads();
+    return r;
+}
+
+GEMM_DEV int clamp_off(int v, int rows) { return v < 0 ? 0 : (v > rows ? rows : v); }
+
+// Segment of expert e: [lo, lo+len), clamped into [0, rows) so that a corrupt plan cannot move a tile
+// outside its buffers (CTA 0 reports it: gemm_check_offsets).
+GEMM_DEV void segment(const GemmArgs& p, int e, int* lo, int* len) {
+    const int a = clamp_off(p.offsets[e], p.rows), b = clamp_off(p.offsets[e + 1], p.rows);
+    *lo = a;
+    *len = b > a ? b - a : 0;
+}
+
+template <int NT> GEMM_DEV void gemm_check_offsets(const GemmArgs& p, int tid) {
+    for (int e = tid; e <= p.E; e += NT) {
+        const int v = p.offsets[e];
+        bool bad = v < 0 || v > p.rows;
+        if (e == 0) bad = bad || v != 0;
+        if (e == p.E) bad = bad || v != p.rows;
+        else bad = bad || p.offsets[e + 1] < v;
+        if (bad) gemm_fault(p.fault, GEMM_FAULT_OFFSETS);
+    }
+}
+
+// GROUP_ROWS: the experts' m-tiles are numbered in expert order (expert e has ceil(len_e/BM) of them);
+// finds the expert and local m-tile of slot number `slot`. Experts are scanned NT at a time, so any E
+// works; the CTAs of the first experts stop after the first chunk. False when slot is past the last tile.
+template <int NT, int BM>
+GEMM_DEV bool find_row_tile(const GemmArgs& p, int slot, int* buf, int* found, int tid, int* e, int* mt, int* lo, int* len) {
+    if (tid == 0) found[0] = -1;  // ordered before the reads below by block_scan's barriers
+    int base = 0;
+    for (int e0 = 0; e0 < p.E; e0 += NT) {
+        const int ex = e0 + tid;
+        int cnt = 0, slo = 0, slen = 0;
+        if (ex < p.E) {
+            segment(p, ex, &slo, &slen);
+            cnt = (slen + BM - 1) / BM;
+        }
+        int total;
+        const int incl = block_scan<NT>(cnt, buf, tid, &total);
+        const int excl = base + incl - cnt;
+        if (cnt > 0 && slot >= excl && slot < excl + cnt) {
+            found[0] = ex;
+            found[1] = slot - excl;
+            found[2] = slo;
+            found[3] = slen;
+        }
+        base += total;
+        __syncthreads();
+        if (found[0] >= 0 || base > slot) break;
+    }
+    *e = found[0];
+    *mt = found[1];
+    *lo = found[2];
+    *len = found[3];
+    return *e >= 0;
+}
+
+// GROUP_RED: the expert whose tiles are number `rank` in the launch order. With GEMM_SORT (E <=
+// GEMM_SORT_MAX) experts go by decreasing segment length (ties: lower index first), so the longest
+// reductions start first and a skewed load does not end on one expert's tail; else in index order.
+template <int NT> GEMM_DEV int expert_by_rank(const GemmArgs& p, int rank, int* buf, int* found, int tid) {
+    if (!(p.flags & GEMM_SORT)) return rank;
+    for (int e = tid; e < p.E; e += NT) {
+        int lo, len;
+        segment(p, e, &lo, &len);
+        buf[e] = len;
+    }
+    __syncthreads();
+    for (int e = tid; e < p.E; e += NT) {
+        const int L = buf[e];
+        int r = 0;
+        for (int q = 0; q < p.E; q++) {
+            const int Lq = buf[q];
+            r += (Lq > L) || (Lq == L && q < e);
+        }
+        if (r == rank) found[0] = e;
+    }
+    __syncthreads();
+    return found[0];
+}
+
+// Runs the output tile of this CTA. Tile is SimtTile<...> or Tf32Tile<...>.
+template <class Tile, bool AT, bool BT>
+GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int tid) {
+    typedef typename Tile::elem T;
+    const int V = Vec16<T>::n;
+    const int BUF = Tile::NT > GEMM_SORT_MAX ? Tile::NT : GEMM_SORT_MAX;
+    __shared__ int sched[BUF + 4];
+    int* found = sched + BUF;
+
+    const T* A = static_cast<const T*>(p.A);
+    const T* B = static_cast<const T*>(p.B);
+    TileJob<T> j;
+    j.lda = (int)p.lda;
+    j.ldb = (int)p.ldb;
+    j.ldcR = p.ldcR;
+    j.ldcC = p.ldcC;
+    j.vecC = (p.flags & GEMM_VEC_C) != 0;
+    T* C = static_cast<T*>(p.C);
+    long long aRow = 0, bRow = 0;  // offsets (elements) of the tile's problem in A, B, C
+    long long cOff = 0;
+    int mt, nt, kBegin = 0, M = p.M;
+    j.kLen = p.K;
+
+    if (p.mode == GEMM_DENSE) {
+        const int per = p.mTiles * p.nTiles;
+        const int split = bid / per, r = bid % per;
+        mt = r / p.nTiles;
+        nt = r % p.nTiles;
+        kBegin = split * p.kChunk;
+        j.kLen = (p.K - kBegin < p.kChunk ? p.K - kBegin : p.kChunk);
+        if (p.splits > 1) {  // partial sums of this split, row-major [M][N]
+            C = static_cast<T*>(p.W) + (long long)split * p.M * p.N;
+            j.ldcR = p.N;
+            j.ldcC = 1;
+            j.vecC = p.N % V == 0;
+        }
+    } else if (p.mode == GEMM_GROUP_ROWS) {  // A layout n (rows of x), C rows; B per expert
+        if (bid == 0) gemm_check_offsets<Tile::NT>(p, tid);
+        nt = bid % p.nTiles;
+        int e, lo, len;
+        if (!find_row_tile<Tile::NT, Tile::BM>(p, bid / p.nTiles, sched, found, tid, &e, &mt, &lo, &len)) return;
+        M = len;
+        aRow = (long long)lo * p.lda;
+        cOff = (long long)lo * p.ldcR;
+        bRow = (long long)e * p.strideB;
+    } else {  // GEMM_GROUP_RED: A layout t and B layout n over the segment's rows; C per expert
+        if (bid == 0) gemm_check_offsets<Tile::NT>(p, tid);
+        const int per = p.mTiles * p.nTiles;
+        const int e = expert_by_rank<Tile::NT>(p, bid / per, sched, found, tid);
+        const int r = bid % per;
+        mt = r / p.nTiles;
+        nt = r % p.nTiles;
+        int lo, len;
+        segment(p, e, &lo, &len);
+        j.kLen = len;
+        aRow = (long long)lo * p.lda;
+        bRow = (long long)lo * p.ldb;
+        cOff = (long long)e * p.strideC;
+    }
+    const int m0 = mt * Tile::BM, n0 = nt * Tile::BN;
+    j.mLim = M - m0;
+    j.nLim = p.N - n0;
+    j.a = A + aRow + (AT ? (long long)kBegin * p.lda + m0 : (long long)m0 * p.lda + kBegin);
+    j.b = B + bRow + (BT ? (long long)n0 * p.ldb + kBegin : (long long)kBegin * p.ldb + n0);
+    j.c = C + cOff + (long long)m0 * j.ldcR + (long long)n0 * j.ldcC;
+    if (j.kLen < 0) j.kLen = 0;
+    Tile::run(j, smem, tid);
+}
+
+GEMM_DEV float4 vadd(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
+GEMM_DEV double2 vadd(double2 a, double2 b) { return make_double2(a.x + b.x, a.y + b.y); }
+
+// out[m*ldcR + n*ldcC] = sum over s of W[s][m][n], in increasing s (the split-K reduction).
+template <typename T>
+GEMM_DEV void gemm_reduce_body(const T* W, T* C, int splits, int M, int N, long long ldcR, long long ldcC, int vec,
+                               long long first, long long stride) {
+    const long long MN = (long long)M * N;
+    if (vec) {  // ldcC == 1, N and ldcR multiples of the vector, C aligned: whole vectors per row
+        typedef typename Vec16<T>::type VT;
+        const int V = Vec16<T>::n;
+        for (long long i = first * V; i < MN; i += stride * V) {
+            const long long m = i / N, n = i % N;
+            VT acc = *reinterpret_cast<const VT*>(W + i);
+            for (int s = 1; s < splits; s++) acc = vadd(acc, *reinterpret_cast<const VT*>(W + (long long)s * MN + i));
+            *reinterpret_cast<VT*>(C + m * ldcR + n) = acc;
+        }
+    } else {
+        for (long long i = first; i < MN; i += stride) {
+            const long long m = i / N, n = i % N;
+            T acc = W[i];
+            for (int s = 1; s < splits; s++) acc += W[(long long)s * MN + i];
+            C[m * ldcR + n * ldcC] = acc;
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//go:build expertrt_cuda
+
+package cudaops
+
+import (
+	"compress/gzip"
+	"embed"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+	"unsafe"
+
+	"github.com/expertrt/expertrt-go/cudaops/internal/gemmplan"
+	"github.com/expertrt/expertrt-go/ops"
+	"gorgonia.org/cu"
+	"gorgonia.org/tensor"
+)
+
+// The GEMM kernel family (gemm.cu, tile core gemm.cuh): one PTX module per tile configuration of
+// gemm.variants, loaded (JIT-compiled by the driver) the first time a product uses it, so a process
+// compiles only the configurations it runs. internal/gemmplan picks the configuration and the grid of
+// every product from its shape (and SetGemmVariant / SetTF32), with no host synchronisation: grouped
+// products find their expert segments on the device, from the plan's offsets.
+
+// The PTX of every configuration, gzip-compressed (gen-ptx.sh): about 1 MB each uncompressed.
+//
+//go:embed ptx/gemm/*.ptx.gz
+var gemmPTX embed.FS
+
+//go:embed gemm.variants
+var gemmVariantsText string
+
+// gemmState is a Device's GEMM configuration and loaded modules (under the device mutex).
+type gemmState struct {
+	variants []gemmplan.Variant
+	target   gemmplan.Target
+	opts     gemmplan.Options
+	mods     map[string]*gemmModule
+}
+
+type gemmModule struct {
+	fns      map[string]cu.Function
+	smemOpen map[string]bool // kernels whose dynamic shared memory limit was raised
+	load     time.Duration   // cuModuleLoadData (the driver's JIT of the PTX, or its cache)
+}
+
+// gemmLocked returns the device's GEMM state, creating it on first use.
+func (d *Device) gemmLocked() (*gemmState, error) {
+	if d.gemm != nil {
+		return d.gemm, nil
+	}
+	vs, err := gemmplan.ParseVariants(gemmVariantsText)
+	if err != nil {
+		return nil, err
+	}
+	optin, err := d.dev.Attribute(optinSmemAttr)
+	if err != nil {
+		return nil, fmt.Errorf("cudaops: reading the opt-in shared memory limit: %w", err)
+	}
+	d.gemm = &gemmState{variants: vs, target: gemmplan.Target{SMs: d.sms, MaxSmem: max(optin, d.maxSmem)}, mods: map[string]*gemmModule{}}
+	return d.gemm, nil
+}
+
+// GemmVariant describes one tile configuration of the GEMM kernels.
+type GemmVariant struct {
+	Name         string
+	Double, TF32 bool // float64 SIMT, float32 TF32 tensor cores, or (neither) float32 SIMT
+	BM, BN, BK   int  // block tile
+	Threads      int
+}
+
+// GemmVariants lists the tile configurations of the GEMM kernels (gemm.variants), in preference order
+// for ties of the planner's cost model.
+func (d *Device) GemmVariants() ([]GemmVariant, error) {
+	var out []GemmVariant
+	err := d.do(func() error {
+		st, err := d.gemmLocked()
+		if err != nil {
+			return err
+		}
+		for _, v := range st.variants {
+			out = append(out, GemmVariant{Name: v.Name, Double: v.Double, TF32: v.TF32, BM: v.BM, BN: v.BN, BK: v.BK, Threads: v.Threads()})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// SetGemmVariant makes every later product of the variant's class (float32 SIMT, float64, or TF32) run
+// on the named tile configuration (GemmVariants) instead of the planner's choice; "" restores the
+// automatic choice. For benchmarks and tests: every configuration computes the same products (bitwise
+// equal within a class only when the reduction split is equal too).
+func (d *Device) SetGemmVariant(name string) error {
+	return d.do(func() error {
+		st, err := d.gemmLocked()
+		if err != nil {
+			return err
+		}
+		if name != "" {
+			found := false
+			for _, v := range st.variants {
+				found = found || v.Name == name
+			}
+			if !found {
+				return fmt.Errorf("cudaops: no GEMM variant %q: %w", name, ops.ErrConfig)
+			}
+		}
+		st.opts.Force = name
+		return nil
+	})
+}
+
+// SetTF32 selects the TF32 tensor-core kernels (mma.sync m16n8k8, inputs rounded to 10 mantissa bits,
+// float32 accumulation) for float32 products: MatMul, GroupedMatMul and GroupedMatMulGradW. Off by
+// default: results are then full float32 (FFMA). With TF32 each product's error grows to about 2^-11
+// relative to the sum of the magnitudes of its terms (docs/gemm.md has the measured accuracy). float64
+// products are not affected.
+func (d *Device) SetTF32(on bool) error {
+	return d.do(func() error {
+		st, err := d.gemmLocked()
+		if err != nil {
+			return err
+		}
+		st.opts.TF32 = on
+		return nil
+	})
+}
+
+// GemmModuleLoadTimes returns, per GEMM tile configuration loaded so far, how long loading its module
+// took (the driver's JIT compilation of the PTX on first use in a process, or a read of the driver's
+// compute cache).
+func (d *Device) GemmModuleLoadTimes() map[string]time.Duration {
+	out := map[string]time.Duration{}
+	_ = d.do(func() error {
+		if d.gemm != nil {
+			for name, m := range d.gemm.mods {
+				out[name] = m.load
+			}
+		}
+		return nil
+	})
+	return out
+}
+
+// TF32 reports whether float32 products use the TF32 kernels (SetTF32).
+func (d *Device) TF32() bool {
+	on := false
+	_ = d.do(func() error {
+		if d.gemm != nil {
+			on = d.gemm.opts.TF32
+		}
+		return nil
+	})
+	return on
+}
+
+// gemmModuleLocked loads the PTX module of a variant on first use and checks that the module was compiled
+// with the configuration the planner assumes (the gemm_config table in the PTX).
+func (d *Device) gemmModuleLocked(st *gemmState, v gemmplan.Variant) (*gemmModule, error) {
+	if m, ok := st.mods[v.Name]; ok {
+		return m, nil
+	}
+	src, err := gemmModulePTX(v.Name)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkGemmConfig(string(src), v); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	mod, err := cu.LoadData(string(src))
+	if err != nil {
+		return nil, fmt.Errorf("cudaops: loading GEMM module %s (PTX JIT): %w", v.Name, err)
+	}
+	m := &gemmModule{fns: map[string]cu.Function{}, smemOpen: map[string]bool{}, load: time.Since(start)}
+	for _, name := range entryRE.FindAllStringSubmatch(string(src), -1) {
+		fn, err := mod.Function(name[1])
+		if err != nil {
+			return nil, fmt.Errorf("cudaops: GEMM module %s: kernel %s: %w", v.Name, name[1], err)
+		}
+		m.fns[name[1]] = fn
+	}
+	st.mods[v.Name] = m
+	return m, nil
+}
+
+// gemmModulePTX returns the decompressed PTX of a configuration.
+func gemmModulePTX(name string) ([]byte, error) {
+	f, err := gemmPTX.Open("ptx/gemm/" + name + ".ptx.gz")
+	if err != nil {
+		return nil, fmt.Errorf("cudaops: GEMM variant %s has no embedded PTX (go generate ./cudaops): %w", name, err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		return nil, fmt.Errorf("cudaops: GEMM variant %s: %w", name, err)
+	}
+	src, err := io.ReadAll(zr)
+	if err != nil {
+		return nil, fmt.Errorf("cudaops: GEMM variant %s: decompressing PTX: %w", name, err)
+	}
+	return src, nil
+}
+
+// checkGemmConfig compares the module's gemm_config with the variant.
+func checkGemmConfig(ptx string, v gemmplan.Variant) error {
+	got, err := gemmplan.PTXConfig(ptx)
+	if err != nil {
+		return fmt.Errorf("cudaops: GEMM module %s: %w", v.Name, err)
+	}
+	if got != v.Config() {
+		return fmt.Errorf("cudaops: GEMM module %s was compiled as %v, gemm.variants says %v (go generate ./cudaops)", v.Name, got, v.Config())
+	}
+	return nil
+}
+
+// runGemm plans p and issues its launches on the stream (split-K scratch from the caching allocator).
+func (d *Device) runGemm(what string, p gemmplan.Problem) error {
+	var plan *gemmplan.Plan
+	var v gemmplan.Variant
+	err := d.do(func() error {
+		st, err := d.gemmLocked()
+		if err != nil {
+			return err
+		}
+		if plan, err = gemmplan.Make(p, st.target, st.opts, st.variants); err != nil {
+			return err
+		}
+		v = plan.Variant
+		_, err = d.gemmModuleLocked(st, v)
+		return err
+	})
+	if err != nil {
+		if errors.Is(err, gemmplan.ErrTooLarge) {
+			return fmt.Errorf("cudaops: %s: %w: %v", what, ops.ErrUnsupported, err)
+		}
+		return fmt.Errorf("cudaops: %s: %w", what, err)
+	}
+	var ws cu.DevicePtr
+	if plan.Workspace > 0 {
+		if ws, err = d.scratch(plan.Workspace); err != nil {
+			return fmt.Errorf("cudaops: %s: split-K scratch: %w", what, err)
+		}
+		defer d.putScratch(ws)
+	}
+	for _, l := range plan.Launches(uint64(ws)) {
+		if err := d.do(func() error { return d.gemmLaunchLocked(l) }); err != nil {
+			return fmt.Errorf("cudaops: %s: %w", what, err)
+		}
+	}
+	return nil
+}
+
+// gemmLaunchLocked issues one planned launch on the stream (raising the kernel's shared memory limit
+// first when it needs more than the default 48 KiB).
+func (d *Device) gemmLaunchLocked(l gemmplan.Launch) error {
+	m, ok := d.gemm.mods[l.Variant]
+	if !ok {
+		return fmt.Errorf("GEMM module %s is not loaded", l.Variant)
+	}
+	fn, ok := m.fns[l.Kernel]
+	if !ok {
+		return fmt.Errorf("GEMM module %s has no kernel %s", l.Variant, l.Kernel)
+	}
+	if l.Smem > d.gemm.target.MaxSmem {
+		return fmt.Errorf("kernel %s/%s needs %d bytes of shared memory, the device allows %d", l.Variant, l.Kernel, l.Smem, d.gemm.target.MaxSmem)
+	}
+	if l.Smem > 48<<10 && !m.smemOpen[l.Kernel] {
+		if err := setMaxDynamicSmem(fn, l.Smem); err != nil {
+			return fmt.Errorf("kernel %s/%s: %w", l.Variant, l.Kernel, err)
+		}
+		m.smemOpen[l.Kernel] = true
+	}
+	if cap(d.slots) < len(l.Args) {
+		d.slots = make([]uint64, len(l.Args))
+	}
+	slots := d.slots[:len(l.Args)]
+	params := make([]unsafe.Pointer, len(l.Args))
+	for i, a := range l.Args {
+		slots[i] = a
+		params[i] = unsafe.Pointer(&slots[i])
+	}
+	if err := fn.Launch(l.Grid, 1, 1, l.Block, 1, 1, l.Smem, d.stream, params); err != nil {
+		return fmt.Errorf("launching %s/%s grid=%d block=%d smem=%d: %w", l.Variant, l.Kernel, l.Grid, l.Block, l.Smem, err)
+	}
+	return nil
+}
+
+// GroupedMatMul writes out[r] = x[r]·W[e] for the rows r of every expert e's segment
+// [offsets[e], offsets[e+1]) (x [N,In], W [E,In,Out], or [E,Out,In] read transposed when transposeW;
+// out [N,Out]; offsets: E+1 int32 on the device, never read by the host). Offsets that do not tile
+// [0, N) raise a device fault (reported at the next synchronisation); rows outside every segment are
+// then left unwritten, and no tile reads or writes outside the buffers.
+func (d *Device) GroupedMatMul(dt tensor.Dtype, x, w, offsets, out cu.DevicePtr, E, N, In, Out int, transposeW bool) error {
+	if err := groupedDims("grouped matmul", E, N, In, Out); err != nil {
+		return err
+	}
+	if _, err := suffix(dt); err != nil {
+		return err
+	}
+	return d.runGemm("grouped matmul", gemmplan.Problem{Mode: gemmplan.GroupRows, Double: dt == tensor.Float64,
+		TransB: transposeW, N: Out, K: In, E: E, Rows: N, A: uint64(x), B: uint64(w), C: uint64(out),
+		Offsets: uint64(offsets), Fault: uint64(d.fault)})
+}
+
+// GroupedMatMulGradW writes dW[e] = x_eᵀ·dy_e, the reduction over the rows of expert e's segment (x
+// [N,In], dy [N,Out], dW [E,In,Out]; an empty segment gives zeros). Each element is one thread's sum
+// in row order: deterministic, no atomics.
+func (d *Device) GroupedMatMulGradW(dt tensor.Dtype, x, dy, offsets, dW cu.DevicePtr, E, N, In, Out int) error {
+	if err := groupedDims("grouped matmul grad W", E, N, In, Out); err != nil {
+		return err
+	}
+	if _, err := suffix(dt); err != nil {
+		return err
+	}
+	return d.runGemm("grouped matmul grad W", gemmplan.Problem{Mode: gemmplan.GroupRed, Double: dt == tensor.Float64,
+		TransA: true, M: In, N: Out, E: E, Rows: N, A: uint64(x), B: uint64(dy), C: uint64(dW),
+		Offsets: uint64(offsets), Fault: uint64(d.fault)})
+}
+
+// MatMul writes out [M,N] = op(a)·op(b), a [M,K] (or [K,M] when transA), b [K,N] (or [N,K] when transB),
+// all packed row-major. K = 0 writes zeros. Small grids split the reduction over K into parts summed in
+// a fixed order afterwards (deterministic).
+func (d *Device) MatMul(dt tensor.Dtype, a, b, out cu.DevicePtr, M, N, K int, transA, transB bool) error {
+	if M < 0 || N < 0 || K < 0 {
+		return fmt.Errorf("cudaops: matmul: negative dimension in M=%d N=%d K=%d: %w", M, N, K, ops.ErrShape)
+	}
+	if _, err := suffix(dt); err != nil {
+		return err
+	}
+	if M == 0 || N == 0 {
+		return nil
+	}
+	return d.runGemm("matmul", gemmplan.Problem{Mode: gemmplan.Dense, Double: dt == tensor.Float64,
+		TransA: transA, TransB: transB, M: M, N: N, K: K, A: uint64(a), B: uint64(b), C: uint64(out)})
+}
+
+// groupedDims checks E >= 1 experts over N >= 1 rows; In or Out may be 0 (empty or zero products).
+func groupedDims(what string, E, N, In, Out int) error {
+	if E < 1 || N < 1 || In < 0 || Out < 0 || E > 1<<31-2 || N > 1<<31-1 || In > 1<<31-1 || Out > 1<<31-1 {
+		return fmt.Errorf("cudaops: %s: E=%d, N=%d, In=%d, Out=%d: want E, N >= 1 and sizes below 2^31: %w", what, E, N, In, Out, ops.ErrShape)
+	}
+	return nil
+}

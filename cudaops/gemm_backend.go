@@ -1,0 +1,156 @@
+//go:build expertrt_cuda
+
+package cudaops
+
+import (
+	"fmt"
+
+	"github.com/expertrt/expertrt-go/ops"
+	"gorgonia.org/cu"
+	"gorgonia.org/tensor"
+)
+
+// The Backend's matrix products (ops.Backend.GroupedMatMul, GroupedMatMulGradW; MatMul in matmul.go):
+// tensor validation here, kernels in gemm.go.
+
+// gemmFloat returns the common float dtype of ts (ops.ErrDtype otherwise).
+func gemmFloat(what string, names []string, ts ...*tensor.Dense) (tensor.Dtype, error) {
+	var dt tensor.Dtype
+	for i, t := range ts {
+		if t == nil {
+			return dt, fmt.Errorf("cudaops: %s: %s is nil: %w", what, names[i], ops.ErrShape)
+		}
+		if t.Dtype() != tensor.Float32 && t.Dtype() != tensor.Float64 {
+			return dt, fmt.Errorf("cudaops: %s: %s has dtype %v, want float32 or float64: %w", what, names[i], t.Dtype(), ops.ErrDtype)
+		}
+		if i == 0 {
+			dt = t.Dtype()
+		} else if t.Dtype() != dt {
+			return dt, fmt.Errorf("cudaops: %s: %s has dtype %v, %s has %v: %w", what, names[i], t.Dtype(), names[0], dt, ops.ErrDtype)
+		}
+	}
+	return dt, nil
+}
+
+// gemmShape checks that t has exactly the given shape (ops.ErrShape otherwise).
+func gemmShape(what, name string, t *tensor.Dense, shape ...int) error {
+	if !t.Shape().Eq(tensor.Shape(shape)) {
+		return fmt.Errorf("cudaops: %s: %s has shape %v, want %v: %w", what, name, t.Shape(), shape, ops.ErrShape)
+	}
+	return nil
+}
+
+// noOverlap rejects an output whose memory overlaps an input: the kernels read the inputs while they
+// write the output, so an in-place product would silently be wrong.
+func noOverlap(what string, out *tensor.Dense, ins ...*tensor.Dense) error {
+	bytes := func(t *tensor.Dense) uintptr { return uintptr(t.Shape().TotalSize() * int(t.Dtype().Size())) }
+	o0, o1 := out.Uintptr(), out.Uintptr()+bytes(out)
+	for _, in := range ins {
+		i0, i1 := in.Uintptr(), in.Uintptr()+bytes(in)
+		if o0 < i1 && i0 < o1 {
+			return fmt.Errorf("cudaops: %s: the output overlaps an input (in-place products are not supported): %w", what, ops.ErrUnsupported)
+		}
+	}
+	return nil
+}
+
+func (b *Backend) GroupedMatMul(x, w, plan *tensor.Dense, transposeW bool, out *tensor.Dense) error {
+	const what = "grouped matmul"
+	dt, err := gemmFloat(what, []string{"x", "W", "out"}, x, w, out)
+	if err != nil {
+		return err
+	}
+	if x.Shape().Dims() != 2 || w.Shape().Dims() != 3 {
+		return fmt.Errorf("cudaops: %s: x %v and W %v, want [N,In] and [E,In,Out]: %w", what, x.Shape(), w.Shape(), ops.ErrShape)
+	}
+	N, In := x.Shape()[0], x.Shape()[1]
+	E, wIn, Out := w.Shape()[0], w.Shape()[1], w.Shape()[2]
+	if transposeW {
+		wIn, Out = Out, wIn
+	}
+	if wIn != In {
+		return fmt.Errorf("cudaops: %s: x %v and W %v (transposeW=%t) disagree on In: %w", what, x.Shape(), w.Shape(), transposeW, ops.ErrShape)
+	}
+	if err := gemmShape(what, "out", out, N, Out); err != nil {
+		return err
+	}
+	px, err := b.buf(what, "x", x, dt)
+	if err != nil {
+		return err
+	}
+	pw, err := b.buf(what, "W", w, dt)
+	if err != nil {
+		return err
+	}
+	pout, err := b.buf(what, "out", out, dt)
+	if err != nil {
+		return err
+	}
+	offsets, err := b.planOffsets(what, plan, N, E)
+	if err != nil {
+		return err
+	}
+	if err := noOverlap(what, out, x, w, plan); err != nil {
+		return err
+	}
+	return b.dev.GroupedMatMul(dt, px, pw, offsets, pout, E, N, In, Out, transposeW)
+}
+
+// planOffsets validates a plan of N = T*K rows over E experts and returns its offsets section. The
+// offsets themselves are checked on the device (a fault at the next synchronisation).
+func (b *Backend) planOffsets(what string, plan *tensor.Dense, N, E int) (cu.DevicePtr, error) {
+	if plan == nil {
+		return 0, fmt.Errorf("cudaops: %s: plan is nil: %w", what, ops.ErrShape)
+	}
+	if plan.Dtype() != tensor.Int32 {
+		return 0, fmt.Errorf("cudaops: %s: plan has dtype %v, want int32: %w", what, plan.Dtype(), ops.ErrDtype)
+	}
+	if err := gemmShape(what, "plan", plan, 2*E+1+2*N); err != nil {
+		return 0, err
+	}
+	pp, err := b.buf(what, "plan", plan, tensor.Int32)
+	if err != nil {
+		return 0, err
+	}
+	return offsetPtr(pp, int64(E)*4), nil
+}
+
+func (b *Backend) GroupedMatMulGradW(x, dy, plan *tensor.Dense, dW *tensor.Dense) error {
+	const what = "grouped matmul grad W"
+	dt, err := gemmFloat(what, []string{"x", "dy", "dW"}, x, dy, dW)
+	if err != nil {
+		return err
+	}
+	if x.Shape().Dims() != 2 || dy.Shape().Dims() != 2 || dW.Shape().Dims() != 3 {
+		return fmt.Errorf("cudaops: %s: x %v, dy %v, dW %v, want [N,In], [N,Out], [E,In,Out]: %w", what, x.Shape(), dy.Shape(), dW.Shape(), ops.ErrShape)
+	}
+	N, In := x.Shape()[0], x.Shape()[1]
+	Out := dy.Shape()[1]
+	E := dW.Shape()[0]
+	if err := gemmShape(what, "dy", dy, N, Out); err != nil {
+		return err
+	}
+	if err := gemmShape(what, "dW", dW, E, In, Out); err != nil {
+		return err
+	}
+	px, err := b.buf(what, "x", x, dt)
+	if err != nil {
+		return err
+	}
+	pdy, err := b.buf(what, "dy", dy, dt)
+	if err != nil {
+		return err
+	}
+	pdW, err := b.buf(what, "dW", dW, dt)
+	if err != nil {
+		return err
+	}
+	offsets, err := b.planOffsets(what, plan, N, E)
+	if err != nil {
+		return err
+	}
+	if err := noOverlap(what, dW, x, dy, plan); err != nil {
+		return err
+	}
+	return b.dev.GroupedMatMulGradW(dt, px, pdy, offsets, pdW, E, N, In, Out)
+}

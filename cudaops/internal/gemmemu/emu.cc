@@ -1,0 +1,324 @@
+// Runtime of the GEMM kernel emulator (see emu.h): kernel registry, CTA scheduler on coroutines, deferred
+// cp.async, warp-wide mma.sync, allocation registry for address checks.
+#include "emu.h"
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "emu_api.h"
+
+namespace {
+
+struct Kernel {
+    EmuThreadFn fn = nullptr;
+    EmuReduceFn reduce = nullptr;
+    int threads = 0, smem = 0;
+};
+struct VariantInfo {
+    std::map<std::string, Kernel> kernels;
+    int config[8] = {0};
+    bool hasConfig = false;
+};
+std::map<std::string, VariantInfo>& registry() {
+    static std::map<std::string, VariantInfo> r;
+    return r;
+}
+
+struct Copy {
+    void* dst;
+    const void* src;
+    int bytes;
+    bool in;
+};
+
+enum Wait { RUNNING, AT_BARRIER, AT_MMA, DONE };
+
+struct Thread {
+    ucontext_t ctx;
+    std::vector<char> stack;
+    Wait state = RUNNING;
+    std::vector<std::vector<Copy>> groups;  // committed, not yet complete
+    std::vector<Copy> open;                 // issued since the last commit
+    // mma operands while waiting at AT_MMA
+    float* d = nullptr;
+    const unsigned* a = nullptr;
+    const unsigned* b = nullptr;
+};
+
+struct Run {
+    const Kernel* k = nullptr;
+    const uint64_t* args = nullptr;
+    int bid = 0;
+    unsigned char* smem = nullptr;
+    std::vector<Thread> threads;
+    int cur = -1;
+    ucontext_t sched;
+    bool eager = false;
+    std::string err;
+};
+Run* run_ = nullptr;
+
+struct Region {
+    uintptr_t lo, hi;
+};
+std::vector<Region>& regions() {
+    static std::vector<Region> r;
+    return r;
+}
+
+void fail(const std::string& msg) {
+    if (run_ && run_->err.empty()) run_->err = msg;
+}
+
+bool readable(const void* p, int bytes) {
+    const uintptr_t a = (uintptr_t)p;
+    for (const Region& r : regions())
+        if (a >= r.lo && a + bytes <= r.hi) return true;
+    return false;
+}
+
+void complete(const Copy& c) {
+    if (c.in) std::memcpy(c.dst, c.src, c.bytes);
+    else std::memset(c.dst, 0, c.bytes);
+}
+
+void yield_to_scheduler(Wait w) {
+    Thread& t = run_->threads[run_->cur];
+    t.state = w;
+    swapcontext(&t.ctx, &run_->sched);
+}
+
+void trampoline() {
+    Run* r = run_;
+    Thread& t = r->threads[r->cur];
+    r->k->fn(r->args, r->bid, r->cur, r->smem);
+    if (!t.open.empty() || !t.groups.empty()) {
+        // Copies still in flight when a CTA exits would land in the next CTA's shared memory.
+        fail("thread " + std::to_string(r->cur) + " exited with cp.async copies not waited for");
+    }
+    t.state = DONE;
+    swapcontext(&t.ctx, &r->sched);
+}
+
+// Performs the warp's mma once all its 32 lanes wait at it: D = A·B + C for the m16n8k8 tf32 tile, from
+// the fragments every lane holds (layouts of the PTX ISA), all lanes' results computed before any is
+// written back.
+void warp_mma(Run& r, int w) {
+    float out[32][4];
+    auto tf = [](unsigned u) {
+        float f;
+        std::memcpy(&f, &u, 4);
+        return f;
+    };
+    for (int lane = 0; lane < 32; lane++) {
+        const int gid = lane >> 2, tig = lane & 3;
+        for (int q = 0; q < 4; q++) {
+            const int row = gid + 8 * (q >> 1), col = 2 * tig + (q & 1);
+            float acc = r.threads[w * 32 + lane].d[q];
+            for (int k = 0; k < 8; k++) {
+                const Thread& ta = r.threads[w * 32 + (row % 8) * 4 + (k % 4)];
+                const float av = tf(ta.a[(row >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0)]);
+                const Thread& tb = r.threads[w * 32 + col * 4 + (k % 4)];
+                const float bv = tf(tb.b[k >= 4 ? 1 : 0]);
+                acc = std::fma(av, bv, acc);
+            }
+            out[lane][q] = acc;
+        }
+    }
+    for (int lane = 0; lane < 32; lane++)
+        for (int q = 0; q < 4; q++) r.threads[w * 32 + lane].d[q] = out[lane][q];
+}
+
+// Runs one CTA: coroutines until all are done; between rounds releases warps waiting at mma, or the
+// whole CTA at __syncthreads.
+void run_cta(Run& r, int nthreads, std::mt19937& rng) {
+    const size_t stackBytes = 256 << 10;
+    r.threads.assign(nthreads, Thread());
+    for (int i = 0; i < nthreads; i++) {
+        Thread& t = r.threads[i];
+        t.stack.resize(stackBytes);
+        getcontext(&t.ctx);
+        t.ctx.uc_stack.ss_sp = t.stack.data();
+        t.ctx.uc_stack.ss_size = stackBytes;
+        t.ctx.uc_link = nullptr;
+        makecontext(&t.ctx, trampoline, 0);
+    }
+    std::vector<int> order(nthreads);
+    for (int i = 0; i < nthreads; i++) order[i] = i;
+    for (;;) {
+        std::shuffle(order.begin(), order.end(), rng);
+        for (int i : order) {
+            if (r.threads[i].state != RUNNING) continue;
+            r.cur = i;
+            swapcontext(&r.sched, &r.threads[i].ctx);
+        }
+        int done = 0, barrier = 0, mma = 0;
+        for (const Thread& t : r.threads) {
+            done += t.state == DONE;
+            barrier += t.state == AT_BARRIER;
+            mma += t.state == AT_MMA;
+        }
+        if (done == nthreads) return;
+        bool released = false;
+        for (int w = 0; w * 32 < nthreads; w++) {
+            int n = 0;
+            for (int l = 0; l < 32; l++) n += r.threads[w * 32 + l].state == AT_MMA;
+            if (n == 32) {
+                warp_mma(r, w);
+                for (int l = 0; l < 32; l++) r.threads[w * 32 + l].state = RUNNING;
+                released = true;
+            } else if (n > 0) {  // the other lanes wait elsewhere or have exited: they never arrive
+                fail("warp " + std::to_string(w) + ": mma.sync reached by only " + std::to_string(n) + " lanes");
+                return;
+            }
+        }
+        if (released) continue;
+        if (barrier == nthreads) {
+            for (Thread& t : r.threads) t.state = RUNNING;
+            continue;
+        }
+        fail("CTA " + std::to_string(r.bid) + ": deadlock or divergent barrier (" + std::to_string(done) + " done, " +
+             std::to_string(barrier) + " at __syncthreads, " + std::to_string(mma) + " at mma)");
+        return;
+    }
+}
+
+}  // namespace
+
+EmuRegistrar::EmuRegistrar(const char* variant, const char* kernel, EmuThreadFn fn, int threads, int smem) {
+    Kernel& k = registry()[variant].kernels[kernel];
+    k.fn = fn;
+    k.threads = threads;
+    k.smem = smem;
+}
+EmuRegistrar::EmuRegistrar(const char* variant, EmuReduceFn fn) { registry()[variant].kernels["gemm_reduce"].reduce = fn; }
+EmuRegistrar::EmuRegistrar(const char* variant, const int* config) {
+    VariantInfo& v = registry()[variant];
+    std::memcpy(v.config, config, sizeof v.config);
+    v.hasConfig = true;
+}
+
+void emu_syncthreads() { yield_to_scheduler(AT_BARRIER); }
+
+int emu_thread() { return run_->cur; }
+
+void emu_cp_async(void* dst, const void* src, int bytes, bool in) {
+    Run& r = *run_;
+    const uintptr_t d = (uintptr_t)dst, s0 = (uintptr_t)r.smem;
+    const int smemBytes = r.k->smem;
+    if (d < s0 || d + bytes > s0 + smemBytes) {
+        fail("cp.async destination outside the CTA's dynamic shared memory");
+        return;
+    }
+    if (d % bytes != 0 || (uintptr_t)src % bytes != 0) {
+        fail("cp.async of " + std::to_string(bytes) + " bytes at a misaligned address");
+        return;
+    }
+    if (!readable(src, in ? bytes : 1)) {
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "cp.async source %p (%d bytes, %s) outside every allocation", src, bytes, in ? "read" : "zero-fill");
+        fail(buf);
+        return;
+    }
+    const Copy c{dst, src, bytes, in};
+    if (r.eager) complete(c);
+    else r.threads[r.cur].open.push_back(c);
+}
+
+void emu_cp_async_commit() {
+    Thread& t = run_->threads[run_->cur];
+    t.groups.push_back(t.open);
+    t.open.clear();
+}
+
+void emu_cp_async_wait(int n) {
+    Thread& t = run_->threads[run_->cur];
+    while ((int)t.groups.size() > n) {
+        for (const Copy& c : t.groups.front()) complete(c);
+        t.groups.erase(t.groups.begin());
+    }
+}
+
+void emu_mma_tf32(float* d, const unsigned* a, const unsigned* b) {
+    Thread& t = run_->threads[run_->cur];
+    t.d = d;
+    t.a = a;
+    t.b = b;
+    yield_to_scheduler(AT_MMA);
+}
+
+void emu_fault(unsigned* f, unsigned code) { *f |= code; }
+
+// ---------------------------------------------------------------- C API (emu_api.h)
+
+void* emu_alloc(size_t bytes) {
+    void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
+    if (p) regions().push_back(Region{(uintptr_t)p, (uintptr_t)p + (bytes + 255) / 256 * 256 + 256});
+    return p;
+}
+
+void emu_free(void* p) {
+    auto& rs = regions();
+    rs.erase(std::remove_if(rs.begin(), rs.end(), [p](const Region& r) { return r.lo == (uintptr_t)p; }), rs.end());
+    std::free(p);
+}
+
+int emu_config(const char* variant, int* out8) {
+    auto it = registry().find(variant);
+    if (it == registry().end() || !it->second.hasConfig) return -1;
+    std::memcpy(out8, it->second.config, sizeof it->second.config);
+    return 0;
+}
+
+int emu_variants(char* buf, int n) {
+    std::string s;
+    for (auto& kv : registry()) s += kv.first + "\n";
+    std::snprintf(buf, n, "%s", s.c_str());
+    return (int)s.size();
+}
+
+int emu_launch(const char* variant, const char* kernel, int grid, int block, int smem, const uint64_t* args, int nargs,
+               int eager, unsigned seed, char* err, int errlen) {
+    auto report = [&](const std::string& m) {
+        std::snprintf(err, errlen, "%s", m.c_str());
+        return -1;
+    };
+    auto vit = registry().find(variant);
+    if (vit == registry().end()) return report(std::string("unknown variant ") + variant);
+    auto kit = vit->second.kernels.find(kernel);
+    if (kit == vit->second.kernels.end()) return report(std::string("variant ") + variant + " has no kernel " + kernel);
+    const Kernel& k = kit->second;
+    if (grid <= 0 || block <= 0) return report("empty launch");
+    if (k.reduce) {
+        if (nargs != 8) return report("gemm_reduce takes 8 arguments");
+        for (long long t = 0; t < (long long)grid * block; t++) k.reduce(args, t, (long long)grid * block);
+        return 0;
+    }
+    if (nargs != 23) return report("gemm kernels take 23 arguments, got " + std::to_string(nargs));
+    if (block != k.threads) return report("block of " + std::to_string(block) + " threads, kernel needs " + std::to_string(k.threads));
+    if (smem < k.smem) return report("dynamic shared memory " + std::to_string(smem) + " < " + std::to_string(k.smem));
+    std::vector<unsigned char> sm((size_t)smem + 64);
+    unsigned char* smemp = sm.data() + (16 - (uintptr_t)sm.data() % 16) % 16;
+    std::mt19937 rng(seed);
+    Run r;
+    r.k = &k;
+    r.args = args;
+    r.smem = smemp;
+    r.eager = eager != 0;
+    run_ = &r;
+    for (int b = 0; b < grid && r.err.empty(); b++) {
+        r.bid = b;
+        std::memset(smemp, 0xff, smem);  // NaN everywhere: unwritten stages show
+        run_cta(r, block, rng);
+    }
+    run_ = nullptr;
+    if (!r.err.empty()) return report(r.err);
+    return 0;
+}

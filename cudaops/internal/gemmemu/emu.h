@@ -1,0 +1,87 @@
+// CPU emulation of the CUDA features the GEMM family (cudaops/gemm.cuh, gemm.cu) uses, so that the very
+// same kernel source runs on the build host: every CTA is run by one coroutine per CUDA thread
+// (ucontext), switched at __syncthreads and at the warp-wide mma.sync; cp.async copies complete late (at
+// the cp.async.wait_group that must cover them, the latest point the PTX memory model allows), so a read
+// of a stage before its wait sees stale data; threads resume in a shuffled order after each barrier.
+// Shared memory is poisoned (NaN) before each CTA, and every cp.async source must lie in a registered
+// allocation. None of this is compiled into the library: see gemmemu.go (build tag expertrt_gemmemu).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#define GEMM_EMU 1
+#define GEMM_DEV inline
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __restrict__
+// One CTA runs at a time on one OS thread, so a function-level static is exactly the CTA's shared copy.
+#define __shared__ static
+#define __align__(n) alignas(n)
+
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) double2 { double x, y; };
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
+inline double2 make_double2(double x, double y) { return double2{x, y}; }
+
+// Device primitives (gemm.cuh calls these; the CUDA build defines them with inline PTX).
+void emu_syncthreads();
+void emu_cp_async(void* dst, const void* src, int bytes, bool in);
+void emu_cp_async_commit();
+void emu_cp_async_wait(int n);
+void emu_mma_tf32(float* d, const unsigned* a, const unsigned* b);
+void emu_fault(unsigned* f, unsigned code);
+int emu_thread();  // thread index in the CTA of the running coroutine
+
+inline void __syncthreads() { emu_syncthreads(); }
+inline void cp_async16(void* s, const void* g, bool in) { emu_cp_async(s, g, 16, in); }
+inline void cp_async_elem(float* s, const float* g, bool in) { emu_cp_async(s, g, 4, in); }
+inline void cp_async_elem(double* s, const double* g, bool in) { emu_cp_async(s, g, 8, in); }
+inline void cp_async_commit() { emu_cp_async_commit(); }
+template <int N> inline void cp_async_wait() { emu_cp_async_wait(N); }
+inline unsigned to_tf32(float x) {  // cvt.rna.tf32.f32
+    unsigned u;
+    std::memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    return u;
+}
+inline void mma_tf32(float* d, const unsigned* a, const unsigned* b) { emu_mma_tf32(d, a, b); }
+inline void gemm_fault(unsigned* f, unsigned code) { emu_fault(f, code); }
+
+// Registration of a variant's kernels (one translation unit per variant, see gen.go).
+typedef void (*EmuThreadFn)(const uint64_t* args, int bid, int tid, unsigned char* smem);
+typedef void (*EmuReduceFn)(const uint64_t* args, long long first, long long stride);
+struct EmuRegistrar {
+    EmuRegistrar(const char* variant, const char* kernel, EmuThreadFn fn, int threads, int smem);
+    EmuRegistrar(const char* variant, EmuReduceFn fn);
+    EmuRegistrar(const char* variant, const int* config);
+};
+
+inline int emu_i32(uint64_t v) { return (int)(int32_t)(uint32_t)v; }
+
+#define GEMM_EMU_KERNEL(NAME, AT, BT, VEC)                                                                        \
+    static void NAME##_thread(const uint64_t* a, int bid, int tid, unsigned char* smem) {                       \
+        const GemmArgs p = {(const void*)a[0], (const void*)a[1], (void*)a[2], (void*)a[3], (const int*)a[4],   \
+                            (unsigned*)a[5], (long long)a[6], (long long)a[7], (long long)a[8], (long long)a[9], \
+                            (long long)a[10], (long long)a[11], emu_i32(a[12]), emu_i32(a[13]), emu_i32(a[14]),  \
+                            emu_i32(a[15]), emu_i32(a[16]), emu_i32(a[17]), emu_i32(a[18]), emu_i32(a[19]),      \
+                            emu_i32(a[20]), emu_i32(a[21]), emu_i32(a[22])};                                     \
+        gemm_entry<GemmCfg<AT, BT, VEC>::type, AT, BT>(p, smem, bid, tid);                                      \
+    }                                                                                                            \
+    static EmuRegistrar NAME##_reg(GEMM_EMU_VARIANT, #NAME, NAME##_thread, GemmNN::NT, GemmNN::SMEM);
+
+#define GEMM_EMU_CONFIG(...)                                    \
+    static const int emu_config[8] = {__VA_ARGS__};           \
+    static EmuRegistrar emu_config_reg(GEMM_EMU_VARIANT, emu_config);
+
+#define GEMM_EMU_REDUCE()                                                                                          \
+    static void gemm_reduce_all(const uint64_t* a, long long first, long long stride) {                          \
+        gemm_reduce_body<GEMM_T>((const GEMM_T*)a[0], (GEMM_T*)a[1], emu_i32(a[2]), emu_i32(a[3]), emu_i32(a[4]), \
+                                 (long long)a[5], (long long)a[6], emu_i32(a[7]), first, stride);                  \
+    }                                                                                                              \
+    static EmuRegistrar emu_reduce_reg(GEMM_EMU_VARIANT, gemm_reduce_all);

@@ -1,0 +1,376 @@
+package gemmplan
+
+import (
+	"errors"
+	"fmt"
+	"math"
+)
+
+// Mode is the kind of product (see the package doc).
+type Mode int
+
+const (
+	Dense Mode = iota
+	GroupRows
+	GroupRed
+)
+
+func (m Mode) String() string {
+	switch m {
+	case Dense:
+		return "dense"
+	case GroupRows:
+		return "grouped rows"
+	case GroupRed:
+		return "grouped reduction"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+// Problem is one product over device memory. All matrices are packed row-major: A is [M,K] (or [K,M]
+// when TransA; GroupRows: [Rows,K]; GroupRed: [Rows,M]), B is [K,N] (or [N,K] when TransB; GroupRows:
+// E of them; GroupRed: [Rows,N]), C is [M,N] (GroupRows: [Rows,N]; GroupRed: [E,M,N]).
+type Problem struct {
+	Mode           Mode
+	Double         bool // float64 elements
+	TransA, TransB bool
+	M, N, K        int // GroupRows: M unused; GroupRed: K unused
+	E, Rows        int // grouped only
+	// Device addresses. Offsets (grouped): E+1 int32 segment offsets; Fault: the device fault word.
+	A, B, C, Offsets, Fault uint64
+}
+
+// Target describes the device.
+type Target struct {
+	SMs     int // multiprocessors
+	MaxSmem int // dynamic shared memory a CTA may opt into, bytes
+}
+
+// Options select variants.
+type Options struct {
+	// TF32 runs float32 products on the TF32 variants.
+	TF32 bool
+	// Force names a variant that runs every problem of its class (float32, float64 or TF32); problems of
+	// other classes are planned as usual.
+	Force string
+}
+
+// Launch is one kernel launch: Args in the kernel's parameter order, one 8-byte slot each (32-bit
+// parameters in the low half).
+type Launch struct {
+	Variant string
+	Kernel  string
+	Grid    int
+	Block   int
+	Smem    int
+	Args    []uint64
+}
+
+// Plan is a planned product. Workspace bytes of device scratch must be passed to Launches (split-K
+// partial sums); it is zero when the reduction is not split.
+type Plan struct {
+	Variant   Variant
+	Splits    int   // dense reduction split in this many parts (1: not split)
+	KChunk    int   // reduction length per split
+	Swapped   bool  // dense: computed as Cᵀ = op(B)ᵀ·op(A)ᵀ (small M)
+	CTAs      int   // CTAs of the main launch
+	Workspace int64 // bytes of split-K scratch
+	p         Problem
+	k         kernelArgs
+}
+
+// ErrTooLarge: a dimension or leading dimension beyond what the kernels' 32-bit tile offsets and grid
+// limits cover.
+var ErrTooLarge = errors.New("gemm: problem too large for the kernels")
+
+// kernelArgs are GemmArgs (gemm.cuh) minus the workspace pointer.
+type kernelArgs struct {
+	A, B, C, offsets, fault                uint64
+	lda, ldb, ldcR, ldcC, strideB, strideC int64
+	M, N, K, E, rows, mode, splits, kChunk int32
+	mTiles, nTiles, flags                  int32
+	grid                                   int
+	kernel                                 string
+	reduceM, reduceN                       int
+	reduceC                                uint64
+	reduceLdcR, reduceLdcC                 int64
+}
+
+const (
+	flagVecC = 4 // GEMM_VEC_C
+	flagSort = 8 // GEMM_SORT
+	sortMax  = 256
+	maxGrid  = 1<<31 - 1
+	// maxWorkspace bounds the split-K scratch.
+	maxWorkspace = 256 << 20
+)
+
+func ceilDiv(a, b int) int { return (a + b - 1) / b }
+
+// Make plans p on target t. vs is the variant table (ParseVariants).
+func Make(p Problem, t Target, o Options, vs []Variant) (*Plan, error) {
+	if err := p.validate(); err != nil {
+		return nil, err
+	}
+	swap := p.Mode == Dense && p.M < p.N && p.M <= 32
+	if swap {
+		p = p.swapped()
+	}
+	class := "f32"
+	switch {
+	case p.Double:
+		class = "f64"
+	case o.TF32:
+		class = "tf32"
+	}
+	var cands []Variant
+	for _, v := range vs {
+		if v.class() != class || v.Smem() > t.MaxSmem {
+			continue
+		}
+		if o.Force != "" && v.Name == o.Force {
+			cands = []Variant{v}
+			break
+		}
+		cands = append(cands, v)
+	}
+	if len(cands) == 0 {
+		return nil, fmt.Errorf("gemm: no %s variant fits %d bytes of shared memory", class, t.MaxSmem)
+	}
+	best, bestCost := -1, math.Inf(1)
+	for i, v := range cands {
+		if c := cost(p, t, v); c < bestCost {
+			best, bestCost = i, c
+		}
+	}
+	return build(p, t, cands[best], swap)
+}
+
+func (p Problem) validate() error {
+	if p.M < 0 || p.N < 0 || p.K < 0 || p.E < 0 || p.Rows < 0 {
+		return fmt.Errorf("gemm: negative size in %+v", p)
+	}
+	switch p.Mode {
+	case Dense:
+	case GroupRows:
+		if p.TransA {
+			return fmt.Errorf("gemm: grouped rows need A stored [Rows,K]")
+		}
+		if p.E < 1 || p.Rows < 1 {
+			return fmt.Errorf("gemm: grouped product needs E >= 1 and Rows >= 1, got %d, %d", p.E, p.Rows)
+		}
+	case GroupRed:
+		if !p.TransA || p.TransB {
+			return fmt.Errorf("gemm: grouped reduction needs A stored [Rows,M] and B stored [Rows,N]")
+		}
+		if p.E < 1 || p.Rows < 1 {
+			return fmt.Errorf("gemm: grouped product needs E >= 1 and Rows >= 1, got %d, %d", p.E, p.Rows)
+		}
+	default:
+		return fmt.Errorf("gemm: unknown mode %v", p.Mode)
+	}
+	const lim = math.MaxInt32
+	if p.M > lim || p.N > lim || p.K > lim || p.Rows > lim || p.E > lim-1 {
+		return fmt.Errorf("%w: dimensions must be below 2^31", ErrTooLarge)
+	}
+	return nil
+}
+
+// swapped is the dense product Cᵀ = op(B)ᵀ·op(A)ᵀ: op(B)ᵀ is B read with the opposite layout flag, and
+// likewise A, so only flags and dimensions change (C is then written transposed, see build).
+func (p Problem) swapped() Problem {
+	q := p
+	q.M, q.N = p.N, p.M
+	q.A, q.B = p.B, p.A
+	q.TransA, q.TransB = !p.TransB, !p.TransA
+	return q
+}
+
+// leading dimensions of the packed operands.
+func (p Problem) lda() int {
+	if p.TransA {
+		return p.M
+	}
+	return p.K
+}
+func (p Problem) ldb() int {
+	if p.TransB {
+		return p.K
+	}
+	return p.N
+}
+
+// splitK picks the dense reduction split for variant v: enough CTAs to fill the device when the output
+// tiles alone do not, each split at least minChunk long.
+func splitK(p Problem, t Target, v Variant) (splits, chunk int) {
+	if p.Mode != Dense || p.K == 0 {
+		return 1, p.K
+	}
+	tiles := ceilDiv(p.M, v.BM) * ceilDiv(p.N, v.BN)
+	slots := t.SMs * v.MinBlocks
+	minChunk := max(4*v.BK, 128)
+	if tiles == 0 || tiles >= slots || p.K < 2*minChunk {
+		return 1, p.K
+	}
+	s := min(ceilDiv(slots, tiles), p.K/minChunk)
+	if ws := int64(p.M) * int64(p.N) * int64(v.ElemBytes()); ws > 0 && int64(s)*ws > maxWorkspace {
+		s = int(max(1, maxWorkspace/ws))
+	}
+	if s < 2 {
+		return 1, p.K
+	}
+	chunk = ceilDiv(ceilDiv(p.K, s), v.BK) * v.BK
+	return ceilDiv(p.K, chunk), chunk
+}
+
+// cost is the planner's time estimate (arbitrary units): waves of CTAs times the tile work a
+// multiprocessor shares among its resident CTAs, over the variant's efficiency.
+func cost(p Problem, t Target, v Variant) float64 {
+	var ctas, kLen float64
+	switch p.Mode {
+	case Dense:
+		s, chunk := splitK(p, t, v)
+		ctas = float64(ceilDiv(p.M, v.BM) * ceilDiv(p.N, v.BN) * s)
+		kLen = float64(chunk)
+	case GroupRows:
+		// Each non-empty segment ends in a partial m-tile: on average half a tile per expert.
+		mt := float64(p.Rows)/float64(v.BM) + 0.5*float64(min(p.E, p.Rows))
+		ctas = math.Ceil(mt) * float64(ceilDiv(p.N, v.BN))
+		kLen = float64(p.K)
+	case GroupRed:
+		ctas = float64(p.E * ceilDiv(p.M, v.BM) * ceilDiv(p.N, v.BN))
+		kLen = float64(p.Rows) / float64(p.E)
+	}
+	if ctas == 0 {
+		return 0
+	}
+	slots := float64(t.SMs * v.MinBlocks)
+	waves := math.Ceil(ctas / slots)
+	conc := math.Min(float64(v.MinBlocks), math.Ceil(ctas/float64(t.SMs)))
+	return waves * conc * float64(v.BM*v.BN) * math.Max(kLen, 1) / v.Eff
+}
+
+// aligned reports whether a packed operand at addr with rows of ld elements is read in 16-byte vectors.
+func aligned(addr uint64, ld, elem int) bool {
+	return addr%16 == 0 && (ld*elem)%16 == 0
+}
+
+func build(p Problem, t Target, v Variant, swap bool) (*Plan, error) {
+	elem := v.ElemBytes()
+	pl := &Plan{Variant: v, p: p, Splits: 1, KChunk: p.K}
+	k := &pl.k
+	k.A, k.B, k.C, k.offsets, k.fault = p.A, p.B, p.C, p.Offsets, p.Fault
+	lda, ldb := p.lda(), p.ldb()
+	k.lda, k.ldb = int64(lda), int64(ldb)
+	k.M, k.N, k.K, k.E, k.rows = int32(p.M), int32(p.N), int32(p.K), int32(p.E), int32(p.Rows)
+	k.mode = int32(p.Mode)
+	k.nTiles = int32(ceilDiv(p.N, v.BN))
+	// The kernels address a tile's copies with 32-bit offsets: tile extent times ld must stay below 2^31.
+	ext := max(v.BM, v.BN, v.BK)
+	if int64(ext)*int64(max(lda, ldb)) >= math.MaxInt32 {
+		return nil, fmt.Errorf("%w: leading dimension %d times tile extent %d reaches 2^31", ErrTooLarge, max(lda, ldb), ext)
+	}
+
+	var grid int64
+	switch p.Mode {
+	case Dense:
+		pl.Splits, pl.KChunk = splitK(p, t, v)
+		k.splits, k.kChunk = int32(pl.Splits), int32(pl.KChunk)
+		k.mTiles = int32(ceilDiv(p.M, v.BM))
+		grid = int64(k.mTiles) * int64(k.nTiles) * int64(pl.Splits)
+		// C: row-major [M,N]; when swapped, C(m,n) of this problem is the caller's C[n][m].
+		k.ldcR, k.ldcC = int64(p.N), 1
+		if swap {
+			k.ldcR, k.ldcC = 1, int64(p.M)
+			pl.Swapped = true
+		}
+	case GroupRows:
+		k.splits, k.kChunk = 1, int32(p.K)
+		k.mTiles = int32(ceilDiv(p.Rows, v.BM) + p.E - 1)
+		grid = int64(k.mTiles) * int64(k.nTiles)
+		k.ldcR, k.ldcC = int64(p.N), 1
+		k.strideB = int64(p.K) * int64(p.N)
+	case GroupRed:
+		k.splits, k.kChunk = 1, 0
+		k.mTiles = int32(ceilDiv(p.M, v.BM))
+		grid = int64(p.E) * int64(k.mTiles) * int64(k.nTiles)
+		k.ldcR, k.ldcC = int64(p.N), 1
+		k.strideC = int64(p.M) * int64(p.N)
+		if p.E <= sortMax {
+			k.flags |= flagSort
+		}
+	}
+	if grid > maxGrid {
+		return nil, fmt.Errorf("%w: %d CTAs", ErrTooLarge, grid)
+	}
+	k.grid = int(grid)
+	pl.CTAs = k.grid
+
+	// Operands copied without transposition use 16-byte copies when all of them allow it.
+	directA, directB := p.TransA, !p.TransB // SIMT: shared tiles are k-major
+	if v.TF32 {
+		directA, directB = !p.TransA, p.TransB // TF32: shared tiles are k-contiguous
+	}
+	vec := (directA || directB) &&
+		(!directA || aligned(p.A, lda, elem)) &&
+		(!directB || aligned(p.B, ldb, elem))
+	k.kernel = "gemm_" + map[bool]string{false: "n", true: "t"}[p.TransA] + map[bool]string{false: "n", true: "t"}[p.TransB]
+	if vec {
+		k.kernel += "_v16"
+	}
+	if pl.Splits == 1 && k.ldcC == 1 && aligned(p.C, int(k.ldcR), elem) {
+		k.flags |= flagVecC
+	}
+	if pl.Splits > 1 {
+		pl.Workspace = int64(pl.Splits) * int64(p.M) * int64(p.N) * int64(elem)
+		k.reduceM, k.reduceN, k.reduceC = p.M, p.N, p.C
+		k.reduceLdcR, k.reduceLdcC = k.ldcR, k.ldcC
+	}
+	return pl, nil
+}
+
+// Launches returns the launches of the plan in order, given the address of Workspace bytes of scratch
+// (ignored when Workspace is 0).
+func (pl *Plan) Launches(workspace uint64) []Launch {
+	k := pl.k
+	if k.grid == 0 {
+		return nil
+	}
+	v := pl.Variant
+	c, ldcR, ldcC, flags := k.C, k.ldcR, k.ldcC, k.flags
+	if pl.Splits > 1 {
+		c = workspace // the kernel writes the partials to W; C comes from the reduction
+	}
+	args := []uint64{
+		k.A, k.B, c, workspace, k.offsets, k.fault,
+		uint64(k.lda), uint64(k.ldb), uint64(ldcR), uint64(ldcC), uint64(k.strideB), uint64(k.strideC),
+		u32(k.M), u32(k.N), u32(k.K), u32(k.E), u32(k.rows), u32(k.mode), u32(k.splits), u32(k.kChunk),
+		u32(k.mTiles), u32(k.nTiles), u32(flags),
+	}
+	ls := []Launch{{Variant: v.Name, Kernel: k.kernel, Grid: k.grid, Block: v.Threads(), Smem: v.Smem(), Args: args}}
+	if pl.Splits > 1 {
+		elem := v.ElemBytes()
+		vecLen := 16 / elem
+		mn := int64(k.reduceM) * int64(k.reduceN)
+		vec := k.reduceLdcC == 1 && k.reduceN%vecLen == 0 && aligned(k.reduceC, int(k.reduceLdcR), elem)
+		units := mn
+		if vec {
+			units = mn / int64(vecLen)
+		}
+		const block = 256
+		grid := int(min((units+block-1)/block, 8*1024))
+		ls = append(ls, Launch{Variant: v.Name, Kernel: "gemm_reduce", Grid: max(grid, 1), Block: block,
+			Args: []uint64{workspace, k.reduceC, u32(k.splits), u32(int32(k.reduceM)), u32(int32(k.reduceN)),
+				uint64(k.reduceLdcR), uint64(k.reduceLdcC), u32(b2i(vec))}})
+	}
+	return ls
+}
+
+func u32(v int32) uint64 { return uint64(uint32(v)) }
+
+func b2i(b bool) int32 {
+	if b {
+		return 1
+	}
+	return 0
+}

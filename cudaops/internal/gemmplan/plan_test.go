@@ -1,0 +1,272 @@
+package gemmplan
+
+import (
+	"compress/gzip"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func loadVariants(t *testing.T) []Variant {
+	t.Helper()
+	src, err := os.ReadFile("../../gemm.variants")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs, err := ParseVariants(string(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return vs
+}
+
+var h200 = Target{SMs: 132, MaxSmem: 227 << 10}
+
+func TestParseVariants(t *testing.T) {
+	vs := loadVariants(t)
+	classes := map[string]int{}
+	for _, v := range vs {
+		classes[v.class()]++
+		if v.Smem() > h200.MaxSmem {
+			t.Errorf("%s needs %d bytes of shared memory", v.Name, v.Smem())
+		}
+		if v.Threads()%32 != 0 || v.Threads() > 1024 {
+			t.Errorf("%s: %d threads", v.Name, v.Threads())
+		}
+	}
+	for _, c := range []string{"f32", "f64", "tf32"} {
+		if classes[c] == 0 {
+			t.Errorf("no %s variant", c)
+		}
+	}
+	// The shared-memory formula mirrors SimtTile::SMEM / Tf32Tile::SMEM.
+	v := Variant{BM: 128, BN: 128, BK: 16, Stages: 3, WarpsM: 2, WarpsN: 4, TM: 8, TN: 8}
+	if got := v.Smem(); got != 3*16*(132+132)*4 {
+		t.Errorf("SIMT smem %d", got)
+	}
+	v.TF32 = true
+	if got := v.Smem(); got != 3*256*20*4 {
+		t.Errorf("TF32 smem %d", got)
+	}
+	for _, bad := range []string{
+		"x 1 -DGEMM_T=float",
+		"x 0 -DGEMM_T=float -DGEMM_TF32=0 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=8 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=4 -DGEMM_TM=8 -DGEMM_TN=8 -DGEMM_STAGES=3 -DGEMM_MINB=2",
+		"x 1 -DGEMM_T=half -DGEMM_TF32=0 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=8 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=4 -DGEMM_TM=8 -DGEMM_TN=8 -DGEMM_STAGES=3 -DGEMM_MINB=2",
+		"x 1 -DGEMM_T=float -DGEMM_TF32=0 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=8 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=4 -DGEMM_TM=8 -DGEMM_TN=4 -DGEMM_STAGES=3 -DGEMM_MINB=2",
+		"x 1 -DGEMM_T=float -DGEMM_TF32=0 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=12 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=4 -DGEMM_TM=8 -DGEMM_TN=8 -DGEMM_STAGES=3 -DGEMM_MINB=2",
+		"",
+	} {
+		if _, err := ParseVariants(bad); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+}
+
+func args(t *testing.T, l Launch) map[string]int64 {
+	t.Helper()
+	names := []string{"A", "B", "C", "W", "offsets", "fault", "lda", "ldb", "ldcR", "ldcC", "strideB", "strideC",
+		"M", "N", "K", "E", "rows", "mode", "splits", "kChunk", "mTiles", "nTiles", "flags"}
+	if len(l.Args) != len(names) {
+		t.Fatalf("%d args", len(l.Args))
+	}
+	m := map[string]int64{}
+	for i, n := range names {
+		if i >= 12 {
+			m[n] = int64(int32(uint32(l.Args[i])))
+		} else {
+			m[n] = int64(l.Args[i])
+		}
+	}
+	return m
+}
+
+func TestPlanDense(t *testing.T) {
+	vs := loadVariants(t)
+	// Large square product: one launch, no split, 16-byte copies on aligned operands.
+	p := Problem{Mode: Dense, M: 4096, N: 4096, K: 4096, A: 1 << 20, B: 2 << 20, C: 3 << 20}
+	pl, err := Make(p, h200, Options{}, vs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := pl.Launches(0)
+	if len(ls) != 1 || pl.Splits != 1 || pl.Workspace != 0 || pl.Swapped {
+		t.Fatalf("plan %+v launches %d", pl, len(ls))
+	}
+	a := args(t, ls[0])
+	v := pl.Variant
+	if ls[0].Grid != (4096/v.BM)*(4096/v.BN) || a["mTiles"]*a["nTiles"] != int64(ls[0].Grid) || a["flags"]&flagVecC == 0 {
+		t.Errorf("grid %d args %v", ls[0].Grid, a)
+	}
+	if !strings.HasSuffix(ls[0].Kernel, "_v16") || ls[0].Kernel[:7] != "gemm_nn" {
+		t.Errorf("kernel %s", ls[0].Kernel)
+	}
+	// Misaligned B: scalar copies; odd N: no vector stores.
+	p.B += 4
+	p.N = 4095
+	pl, _ = Make(p, h200, Options{}, vs)
+	ls = pl.Launches(0)
+	if ls[0].Kernel != "gemm_nn" || args(t, ls[0])["flags"]&flagVecC != 0 {
+		t.Errorf("misaligned: kernel %s flags %d", ls[0].Kernel, args(t, ls[0])["flags"])
+	}
+
+	// Router-like: M=4096, N=8 (skinny), K=1024: split-K fills the device.
+	pl, err = Make(Problem{Mode: Dense, M: 4096, N: 8, K: 1024, TransB: true}, h200, Options{}, vs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls = pl.Launches(1 << 30)
+	if pl.Splits < 2 || len(ls) != 2 || ls[1].Kernel != "gemm_reduce" || pl.Workspace != int64(pl.Splits)*4096*8*4 {
+		t.Errorf("skinny N: %+v, %d launches", pl, len(ls))
+	}
+	a = args(t, ls[0])
+	if a["C"] != 1<<30 || a["W"] != 1<<30 || a["kChunk"]*a["splits"] < 1024 || a["kChunk"]%int64(pl.Variant.BK) != 0 {
+		t.Errorf("split args %v", a)
+	}
+	// dRouter = dlogitsᵀ·x: M=8 < N: computed swapped, C written transposed.
+	pl, err = Make(Problem{Mode: Dense, M: 8, N: 1024, K: 16384, TransA: true, A: 16, B: 32, C: 64}, h200, Options{}, vs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls = pl.Launches(256)
+	a = args(t, ls[0])
+	if !pl.Swapped || a["M"] != 1024 || a["N"] != 8 || a["A"] != 32 || a["B"] != 16 || ls[0].Kernel[:7] != "gemm_tn" {
+		t.Errorf("swap: %+v args %v kernel %s", pl, a, ls[0].Kernel)
+	}
+	if pl.Splits > 1 {
+		r := ls[len(ls)-1].Args
+		if r[1] != 64 || r[5] != 1 || r[6] != 1024 {
+			t.Errorf("reduce writes C transposed: %v", r)
+		}
+	}
+	// K = 0 still launches (the kernel writes zeros); M = 0 launches nothing.
+	pl, _ = Make(Problem{Mode: Dense, M: 10, N: 10, K: 0}, h200, Options{}, vs)
+	if len(pl.Launches(0)) != 1 || pl.Splits != 1 {
+		t.Errorf("K=0: %+v", pl)
+	}
+	pl, _ = Make(Problem{Mode: Dense, M: 0, N: 10, K: 5}, h200, Options{}, vs)
+	if len(pl.Launches(0)) != 0 {
+		t.Errorf("M=0 launches")
+	}
+}
+
+func TestPlanGrouped(t *testing.T) {
+	vs := loadVariants(t)
+	p := Problem{Mode: GroupRows, N: 3584, K: 1024, E: 8, Rows: 8192}
+	pl, err := Make(p, h200, Options{}, vs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := pl.Launches(0)[0]
+	a := args(t, l)
+	v := pl.Variant
+	// Upper bound of the m-tiles over any segmentation: ceil(rows/BM) + E - 1.
+	if a["mTiles"] != int64((8192+v.BM-1)/v.BM+7) || int64(l.Grid) != a["mTiles"]*a["nTiles"] || a["strideB"] != 1024*3584 {
+		t.Errorf("grouped rows: grid %d args %v", l.Grid, a)
+	}
+	p = Problem{Mode: GroupRed, TransA: true, M: 1024, N: 3584, E: 8, Rows: 8192}
+	pl, err = Make(p, h200, Options{}, vs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l = pl.Launches(0)[0]
+	a = args(t, l)
+	if l.Kernel[:7] != "gemm_tn" || a["flags"]&flagSort == 0 || a["strideC"] != 1024*3584 || int64(l.Grid) != 8*a["mTiles"]*a["nTiles"] {
+		t.Errorf("grouped reduction: %s grid %d args %v", l.Kernel, l.Grid, a)
+	}
+	p.E = sortMax + 1
+	pl, _ = Make(p, h200, Options{}, vs)
+	if args(t, pl.Launches(0)[0])["flags"]&flagSort != 0 {
+		t.Errorf("sort flag above %d experts", sortMax)
+	}
+	for _, bad := range []Problem{
+		{Mode: GroupRows, TransA: true, N: 4, K: 4, E: 2, Rows: 4},
+		{Mode: GroupRed, M: 4, N: 4, E: 2, Rows: 4},
+		{Mode: GroupRows, N: 4, K: 4, E: 0, Rows: 4},
+		{Mode: Dense, M: -1, N: 4, K: 4},
+	} {
+		if _, err := Make(bad, h200, Options{}, vs); err == nil {
+			t.Errorf("accepted %+v", bad)
+		}
+	}
+	if _, err := Make(Problem{Mode: Dense, M: 8, N: 1 << 26, K: 100}, h200, Options{}, vs); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("huge ld: %v", err)
+	}
+}
+
+func TestPlanOptions(t *testing.T) {
+	vs := loadVariants(t)
+	p := Problem{Mode: Dense, M: 1000, N: 1000, K: 1000}
+	for _, v := range vs {
+		p.Double = v.Double
+		pl, err := Make(p, h200, Options{Force: v.Name, TF32: v.TF32}, vs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pl.Variant.Name != v.Name {
+			t.Errorf("forced %s, got %s", v.Name, pl.Variant.Name)
+		}
+	}
+	// A forced variant of another class does not apply.
+	pl, _ := Make(Problem{Mode: Dense, M: 1000, N: 1000, K: 1000, Double: true}, h200, Options{Force: vs[0].Name}, vs)
+	if !pl.Variant.Double {
+		t.Errorf("float64 problem on %s", pl.Variant.Name)
+	}
+	pl, _ = Make(Problem{Mode: Dense, M: 1000, N: 1000, K: 1000}, h200, Options{TF32: true}, vs)
+	if !pl.Variant.TF32 {
+		t.Errorf("TF32 option ignored")
+	}
+	// Small shared memory: only variants that fit.
+	pl, err := Make(Problem{Mode: Dense, M: 1000, N: 1000, K: 1000}, Target{SMs: 10, MaxSmem: 48 << 10}, Options{}, vs)
+	if err != nil || pl.Variant.Smem() > 48<<10 {
+		t.Errorf("48 KiB device: %v %v", pl, err)
+	}
+}
+
+// TestCostPrefersFullTiles: large problems go to the most efficient variant; a problem too small to fill
+// the device goes to smaller tiles.
+func TestCostPrefersFullTiles(t *testing.T) {
+	vs := loadVariants(t)
+	big, _ := Make(Problem{Mode: GroupRows, N: 3584, K: 1024, E: 8, Rows: 32768}, h200, Options{}, vs)
+	small, _ := Make(Problem{Mode: GroupRows, N: 256, K: 1024, E: 8, Rows: 1024}, h200, Options{}, vs)
+	if big.Variant.BM*big.Variant.BN <= small.Variant.BM*small.Variant.BN {
+		t.Errorf("big problem on %s, small on %s", big.Variant.Name, small.Variant.Name)
+	}
+}
+
+// TestCommittedPTX: every variant has its compressed module under cudaops/ptx/gemm, compiled with the
+// configuration the planner assumes (the loader checks the same at run time), and no module is left over.
+func TestCommittedPTX(t *testing.T) {
+	vs := loadVariants(t)
+	files, _ := filepath.Glob("../../ptx/gemm/*.ptx.gz")
+	if len(files) != len(vs) {
+		t.Errorf("%d modules in ptx/gemm for %d variants (go generate ./cudaops)", len(files), len(vs))
+	}
+	for _, v := range vs {
+		f, err := os.Open("../../ptx/gemm/" + v.Name + ".ptx.gz")
+		if err != nil {
+			t.Errorf("%v (go generate ./cudaops)", err)
+			continue
+		}
+		zr, err := gzip.NewReader(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src, err := io.ReadAll(zr)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := PTXConfig(string(src))
+		if err != nil || got != v.Config() {
+			t.Errorf("%s: PTX config %v (%v), planner %v", v.Name, got, err, v.Config())
+		}
+		for _, k := range []string{"gemm_nn", "gemm_nt_v16", "gemm_tn", "gemm_tt_v16", "gemm_reduce"} {
+			if !strings.Contains(string(src), ".entry "+k+"(") {
+				t.Errorf("%s: no kernel %s", v.Name, k)
+			}
+		}
+	}
+}

@@ -1,0 +1,190 @@
+// Package gemmplan plans the launches of the cudaops GEMM kernel family (cudaops/gemm.cu, gemm.cuh):
+// which tile configuration runs a product, how many CTAs, whether the reduction is split (dense products
+// only), and the kernel arguments in the order the kernels take them. It is plain Go with no driver
+// calls, so the planning is tested on any machine; package cudaops executes plans on the GPU and
+// package gemmemu (build tag expertrt_gemmemu) on a CPU emulation of the same kernel source.
+//
+// Shapes (gemm.cuh): C[M,N] = op(A)·op(B) with A stored [M,K] (or [K,M] when TransA) and B stored [K,N]
+// (or [N,K] when TransB), all row-major and packed. Three modes:
+//   - Dense: one product.
+//   - GroupRows: expert segments of rows. Rows rows of A (stored [Rows,K]) and of C ([Rows,N]) are
+//     split by the device's offsets [E+1]; segment e is multiplied by B[e] (B stored [E,K,N] or [E,N,K]).
+//   - GroupRed: expert segments of the reduction. C[e] = A_eᵀ·B_e ([E,M,N]) with A stored [Rows,M] and
+//     B stored [Rows,N]: the weight gradient of GroupRows.
+//
+// The offsets stay on the device: a plan never needs them, so launching needs no synchronisation.
+package gemmplan
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Variant is one tile configuration of gemm.variants (one PTX module).
+type Variant struct {
+	Name string
+	// Eff is the assumed relative speed per FLOP of full tiles (the cost model's weight).
+	Eff float64
+	// Double: float64 elements (else float32). TF32: mma.sync tensor-core tiles (float32 only).
+	Double, TF32 bool
+	// Block tile, warps, thread tile (SIMT), pipeline depth, and the blocks per multiprocessor the
+	// register budget was sized for.
+	BM, BN, BK, WarpsM, WarpsN, TM, TN, Stages, MinBlocks int
+}
+
+// ElemBytes is the element size, 4 or 8.
+func (v Variant) ElemBytes() int {
+	if v.Double {
+		return 8
+	}
+	return 4
+}
+
+// Threads per CTA.
+func (v Variant) Threads() int { return v.WarpsM * v.WarpsN * 32 }
+
+// Smem is the dynamic shared memory of one CTA in bytes (SimtTile::SMEM / Tf32Tile::SMEM).
+func (v Variant) Smem() int {
+	if v.TF32 {
+		return v.Stages * (v.BM + v.BN) * (v.BK + 4) * 4
+	}
+	pad := 16 / v.ElemBytes()
+	return v.Stages * v.BK * (v.BM + pad + v.BN + pad) * v.ElemBytes()
+}
+
+// Config is the kernel module's gemm_config[8] for this variant: threads, dynamic shared bytes, BM, BN,
+// BK, stages, element bytes, TF32 (0/1). The loader checks the PTX against it.
+func (v Variant) Config() [8]int32 {
+	tf := int32(0)
+	if v.TF32 {
+		tf = 1
+	}
+	return [8]int32{int32(v.Threads()), int32(v.Smem()), int32(v.BM), int32(v.BN), int32(v.BK), int32(v.Stages), int32(v.ElemBytes()), tf}
+}
+
+// class names the problems a variant can run: "f32", "f64" or "tf32".
+func (v Variant) class() string {
+	switch {
+	case v.TF32:
+		return "tf32"
+	case v.Double:
+		return "f64"
+	}
+	return "f32"
+}
+
+// ParseVariants reads gemm.variants: lines "name eff -DGEMM_KEY=value ...", # comments.
+func ParseVariants(text string) ([]Variant, error) {
+	var vs []Variant
+	seen := map[string]bool{}
+	for ln, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			return nil, fmt.Errorf("gemm.variants:%d: want name, eff and flags", ln+1)
+		}
+		v := Variant{Name: f[0]}
+		var err error
+		if v.Eff, err = strconv.ParseFloat(f[1], 64); err != nil || v.Eff <= 0 {
+			return nil, fmt.Errorf("gemm.variants:%d: eff %q is not a positive number", ln+1, f[1])
+		}
+		got := map[string]string{}
+		for _, fl := range f[2:] {
+			kv, ok := strings.CutPrefix(fl, "-DGEMM_")
+			k, val, ok2 := strings.Cut(kv, "=")
+			if !ok || !ok2 {
+				return nil, fmt.Errorf("gemm.variants:%d: flag %q is not -DGEMM_KEY=value", ln+1, fl)
+			}
+			got[k] = val
+		}
+		ints := map[string]*int{"BM": &v.BM, "BN": &v.BN, "BK": &v.BK, "WARPS_M": &v.WarpsM, "WARPS_N": &v.WarpsN,
+			"STAGES": &v.Stages, "MINB": &v.MinBlocks, "TM": &v.TM, "TN": &v.TN}
+		for k, dst := range ints {
+			s, ok := got[k]
+			if !ok {
+				if (k == "TM" || k == "TN") && got["TF32"] == "1" {
+					continue
+				}
+				return nil, fmt.Errorf("gemm.variants:%d: %s lacks -DGEMM_%s", ln+1, v.Name, k)
+			}
+			if *dst, err = strconv.Atoi(s); err != nil || *dst <= 0 {
+				return nil, fmt.Errorf("gemm.variants:%d: GEMM_%s=%q is not a positive integer", ln+1, k, s)
+			}
+		}
+		switch got["T"] {
+		case "float":
+		case "double":
+			v.Double = true
+		default:
+			return nil, fmt.Errorf("gemm.variants:%d: GEMM_T=%q, want float or double", ln+1, got["T"])
+		}
+		switch got["TF32"] {
+		case "0":
+		case "1":
+			v.TF32 = true
+		default:
+			return nil, fmt.Errorf("gemm.variants:%d: GEMM_TF32=%q, want 0 or 1", ln+1, got["TF32"])
+		}
+		if err := v.check(); err != nil {
+			return nil, fmt.Errorf("gemm.variants:%d: %s: %w", ln+1, v.Name, err)
+		}
+		if seen[v.Name] {
+			return nil, fmt.Errorf("gemm.variants:%d: %s defined twice", ln+1, v.Name)
+		}
+		seen[v.Name] = true
+		vs = append(vs, v)
+	}
+	if len(vs) == 0 {
+		return nil, fmt.Errorf("gemm.variants: no variants")
+	}
+	return vs, nil
+}
+
+// check mirrors the static_asserts of gemm.cuh that the planner relies on.
+func (v Variant) check() error {
+	wm, wn := v.BM/v.WarpsM, v.BN/v.WarpsN
+	if v.BM%v.WarpsM != 0 || v.BN%v.WarpsN != 0 || v.BK%8 != 0 || v.Stages < 2 {
+		return fmt.Errorf("block tile %dx%dx%d does not split over %dx%d warps (BK multiple of 8, stages >= 2)", v.BM, v.BN, v.BK, v.WarpsM, v.WarpsN)
+	}
+	if v.TF32 {
+		if v.Double || wm%16 != 0 || wn%8 != 0 {
+			return fmt.Errorf("TF32 needs float and warp tiles of 16x8 multiples, got %dx%d", wm, wn)
+		}
+		return nil
+	}
+	if v.TM%4 != 0 || v.TN%4 != 0 || wm%v.TM != 0 || wn%v.TN != 0 || (wm/v.TM)*(wn/v.TN) != 32 {
+		return fmt.Errorf("warp tile %dx%d is not 32 thread tiles of %dx%d", wm, wn, v.TM, v.TN)
+	}
+	return nil
+}
+
+var ptxConfigRE = regexp.MustCompile(`gemm_config\[32\] = \{([0-9, ]+)\}`)
+
+// PTXConfig reads gemm_config[8] (8 little-endian int32, see gemm.cu) from a module's PTX text.
+func PTXConfig(ptx string) ([8]int32, error) {
+	var got [8]int32
+	mt := ptxConfigRE.FindStringSubmatch(ptx)
+	if mt == nil {
+		return got, fmt.Errorf("no gemm_config in the PTX")
+	}
+	var b []byte
+	for _, f := range strings.Split(mt[1], ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || v < 0 || v > 255 {
+			return got, fmt.Errorf("bad gemm_config byte %q", f)
+		}
+		b = append(b, byte(v))
+	}
+	if len(b) != 32 {
+		return got, fmt.Errorf("gemm_config has %d bytes, want 32", len(b))
+	}
+	for i := range got {
+		got[i] = int32(uint32(b[4*i]) | uint32(b[4*i+1])<<8 | uint32(b[4*i+2])<<16 | uint32(b[4*i+3])<<24)
+	}
+	return got, nil
+}

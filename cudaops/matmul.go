@@ -1,0 +1,55 @@
+//go:build expertrt_cuda
+
+package cudaops
+
+import (
+	"fmt"
+
+	"github.com/expertrt/expertrt-go/ops"
+	"gorgonia.org/tensor"
+)
+
+// MatMul writes out = op(a)·op(b) (ops.TrainingBackend): a [M,K] ([K,M] when transA), b [K,N] ([N,K]
+// when transB), out [M,N], one float dtype, contiguous device tensors of this backend; out must not
+// overlap a or b. K = 0 gives zeros. Runs on the GEMM kernels (gemm.go): FFMA/DFMA, or TF32 tensor cores
+// for float32 after Device.SetTF32(true); deterministic.
+func (b *Backend) MatMul(a, bm *tensor.Dense, transA, transB bool, out *tensor.Dense) error {
+	const what = "matmul"
+	dt, err := gemmFloat(what, []string{"a", "b", "out"}, a, bm, out)
+	if err != nil {
+		return err
+	}
+	if a.Shape().Dims() != 2 || bm.Shape().Dims() != 2 || out.Shape().Dims() != 2 {
+		return fmt.Errorf("cudaops: %s: a %v, b %v, out %v must be matrices: %w", what, a.Shape(), bm.Shape(), out.Shape(), ops.ErrShape)
+	}
+	M, K := a.Shape()[0], a.Shape()[1]
+	if transA {
+		M, K = K, M
+	}
+	K2, N := bm.Shape()[0], bm.Shape()[1]
+	if transB {
+		K2, N = N, K2
+	}
+	if K2 != K {
+		return fmt.Errorf("cudaops: %s: a %v (transA=%t) and b %v (transB=%t) disagree on K: %w", what, a.Shape(), transA, bm.Shape(), transB, ops.ErrShape)
+	}
+	if err := gemmShape(what, "out", out, M, N); err != nil {
+		return err
+	}
+	pa, err := b.buf(what, "a", a, dt)
+	if err != nil {
+		return err
+	}
+	pb, err := b.buf(what, "b", bm, dt)
+	if err != nil {
+		return err
+	}
+	pout, err := b.buf(what, "out", out, dt)
+	if err != nil {
+		return err
+	}
+	if err := noOverlap(what, out, a, bm); err != nil {
+		return err
+	}
+	return b.dev.MatMul(dt, pa, pb, pout, M, N, K, transA, transB)
+}
