@@ -32,7 +32,7 @@ type Runner struct {
 // already holds a value (parameters) must hold a tensor of b.
 func NewRunner(g *G.ExprGraph, b Backend) (*Runner, error) {
 	if g == nil {
-		return nil, errorf("runner: nil graph: %w", ErrConfig)
+		return nil, failf(ErrConfig, "runner: nil graph")
 	}
 	if b == nil {
 		b = CPU()
@@ -45,13 +45,12 @@ func NewRunner(g *G.ExprGraph, b Backend) (*Runner, error) {
 		}
 		for _, n := range g.Inputs() {
 			if d, ok := n.Value().(*tensor.Dense); ok && d != nil && !b.Owns(d) {
-				return nil, errorf("runner: input %q holds a tensor that is not in %s memory; place it with the backend's FromHost (moe layers: Config.Backend): %w",
-					n.Name(), b.Name(), ErrMixedBackends)
+				return nil, failf(ErrMixedBackends, "runner: input %q holds a tensor that is not in %s memory; place it with the backend's FromHost (moe layers: Config.Backend)", n.Name(), b.Name())
 			}
 		}
 		tp, ok := b.(TensorEngineProvider)
 		if !ok {
-			return nil, errorf("runner: backend %s provides no tensor engine for Gorgonia's built-in ops: %w", b.Name(), ErrUnsupported)
+			return nil, failf(ErrUnsupported, "runner: backend %s provides no tensor engine for Gorgonia's built-in ops", b.Name())
 		}
 		eng, err := tp.TensorEngine()
 		if err != nil {
@@ -116,13 +115,13 @@ func (r *Runner) run(feeds Feeds, update, read func() error) (err error) {
 func (r *Runner) feed(n *G.Node, v *tensor.Dense) error {
 	switch {
 	case n == nil || v == nil:
-		return errorf("runner: nil node or tensor in feeds: %w", ErrConfig)
+		return failf(ErrConfig, "runner: nil node or tensor in feeds")
 	case n.Graph() != r.g || n.Op() != nil:
-		return errorf("runner: feed %q is not an input node of the runner's graph: %w", n.Name(), ErrConfig)
+		return failf(ErrConfig, "runner: feed %q is not an input node of the runner's graph", n.Name())
 	case v.Dtype() != n.Dtype():
-		return errorf("runner: feed %q: tensor dtype %v, node %v: %w", n.Name(), v.Dtype(), n.Dtype(), ErrDtype)
+		return failf(ErrDtype, "runner: feed %q: tensor dtype %v, node %v", n.Name(), v.Dtype(), n.Dtype())
 	case !v.Shape().Eq(n.Shape()):
-		return errorf("runner: feed %q: tensor shape %v, node %v: %w", n.Name(), v.Shape(), n.Shape(), ErrShape)
+		return failf(ErrShape, "runner: feed %q: tensor shape %v, node %v", n.Name(), v.Shape(), n.Shape())
 	}
 	if r.b.Name() != CPU().Name() && !r.b.Owns(v) {
 		d, err := r.b.FromHost(v)
@@ -157,25 +156,25 @@ type Trainer struct {
 func NewTrainer(cost *G.Node, params G.Nodes, solver G.Solver, b Backend) (*Trainer, error) {
 	switch {
 	case cost == nil:
-		return nil, errorf("trainer: nil cost: %w", ErrConfig)
+		return nil, failf(ErrConfig, "trainer: nil cost")
 	case !cost.IsScalar():
-		return nil, errorf("trainer: the cost must be a scalar node, got shape %v: %w", cost.Shape(), ErrShape)
+		return nil, failf(ErrShape, "trainer: the cost must be a scalar node, got shape %v", cost.Shape())
 	case len(params) == 0:
-		return nil, errorf("trainer: no parameters: %w", ErrConfig)
+		return nil, failf(ErrConfig, "trainer: no parameters")
 	case solver == nil:
-		return nil, errorf("trainer: nil solver: %w", ErrConfig)
+		return nil, failf(ErrConfig, "trainer: nil solver")
 	}
 	for _, p := range params {
 		if p == nil || p.Graph() != cost.Graph() {
-			return nil, errorf("trainer: a parameter is nil or in another graph: %w", ErrConfig)
+			return nil, failf(ErrConfig, "trainer: a parameter is nil or in another graph")
 		}
 		if p.Deriv() != nil {
-			return nil, errorf("trainer: %q already has a gradient node; let NewTrainer call G.Grad once for the graph: %w", p.Name(), ErrConfig)
+			return nil, failf(ErrConfig, "trainer: %q already has a gradient node; let NewTrainer call G.Grad once for the graph", p.Name())
 		}
 	}
 	if b != nil && b.Name() != CPU().Name() {
 		if t := reflect.TypeOf(solver); t.Kind() == reflect.Pointer && t.Elem().PkgPath() == gorgoniaPkg {
-			return nil, errorf("trainer: %v updates weights with host loops; use ops.NewAdam or ops.NewSGD on %s: %w", t, b.Name(), ErrUnsupported)
+			return nil, failf(ErrUnsupported, "trainer: %v updates weights with host loops; use ops.NewAdam or ops.NewSGD on %s", t, b.Name())
 		}
 	}
 	t := &Trainer{cost: cost, params: params, solver: solver}

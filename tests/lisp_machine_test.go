@@ -178,6 +178,66 @@ func TestLispMachineMatchesTape(t *testing.T) {
 	}
 }
 
+// TestLispMachineTrainingOps: MatMul (every transpose combination), SwiGLU, the task losses, AddLosses
+// and ScaleLoss give the TapeMachine's gradients on the LispMachine.
+func TestLispMachineTrainingOps(t *testing.T) {
+	const M, K, N = 3, 4, 2
+	rng := rand.New(rand.NewSource(31))
+	for _, f := range [][2]bool{{false, false}, {true, false}, {false, true}, {true, true}} {
+		as, bs := []int{M, K}, []int{K, N}
+		if f[0] {
+			as = []int{K, M}
+		}
+		if f[1] {
+			bs = []int{N, K}
+		}
+		inputs := []gradInput{
+			{name: "a", shape: as, vals: randVals(rng, M*K), wrt: true},
+			{name: "b", shape: bs, vals: randVals(rng, K*N), wrt: true},
+			{name: "up", shape: []int{M, N}, vals: randVals(rng, M*N), wrt: true},
+		}
+		t.Run(fmt.Sprintf("MatMul transA=%t transB=%t then SwiGLU", f[0], f[1]), func(t *testing.T) {
+			compareLispTape(t, inputs, func(g *G.ExprGraph, in []*G.Node) (*G.Node, error) {
+				p, err := ops.MatMul(in[0], in[1], f[0], f[1])
+				if err != nil {
+					return nil, err
+				}
+				return ops.SwiGLU(p, in[2])
+			})
+		})
+	}
+	lg := randVals(rng, 5*4)
+	for i := range lg {
+		lg[i] *= 3
+	}
+	t.Run("losses", func(t *testing.T) {
+		compareLispTape(t, []gradInput{
+			{name: "pred", shape: []int{5, 4}, vals: randVals(rng, 20), wrt: true},
+			{name: "target", shape: []int{5, 4}, vals: randVals(rng, 20), wrt: true},
+			{name: "logits", shape: []int{5, 4}, vals: lg, wrt: true},
+			{name: "labels", shape: []int{5}, ivals: []int32{3, -1, 0, 0, 2}},
+		}, func(g *G.ExprGraph, in []*G.Node) (*G.Node, error) {
+			mse, err := ops.MSELoss(in[0], in[1])
+			if err != nil {
+				return nil, err
+			}
+			ce, err := ops.SoftmaxCrossEntropy(in[2], in[3])
+			if err != nil {
+				return nil, err
+			}
+			z, err := ops.ZLoss(in[2], 0.1)
+			if err != nil {
+				return nil, err
+			}
+			half, err := ops.ScaleLoss(mse, 0.5)
+			if err != nil {
+				return nil, err
+			}
+			return ops.AddLosses(half, ce, z, mse)
+		})
+	})
+}
+
 // TestLispMachineMoELayer: a whole MoE layer with MSE, load-balancing and z losses, on the LispMachine
 // and on the TapeMachine, gives the same gradient for every parameter and the input.
 func TestLispMachineMoELayer(t *testing.T) {

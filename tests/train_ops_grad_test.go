@@ -90,6 +90,18 @@ func TestGradTaskLosses(t *testing.T) {
 			return ops.AddLosses(mse, nil, ce, z)
 		})
 	})
+	t.Run("scaled loss", func(t *testing.T) {
+		checkGraphGrad(t, []gradInput{
+			{name: "pred", shape: []int{2, 3}, vals: randVals(rng, 6), wrt: true},
+			{name: "target", shape: []int{2, 3}, vals: randVals(rng, 6), wrt: true},
+		}, func(g *G.ExprGraph, in []*G.Node) (*G.Node, error) {
+			mse, err := ops.MSELoss(in[0], in[1])
+			if err != nil {
+				return nil, err
+			}
+			return ops.ScaleLoss(mse, -0.375)
+		})
+	})
 }
 
 func TestGradSwiGLU(t *testing.T) {

@@ -43,6 +43,10 @@ func TestTrainingOpBuilders(t *testing.T) {
 		{"SwiGLU dtypes", errOf(ops.SwiGLU(a, a32)), ops.ErrDtype},
 		{"AddLosses nothing", errOf(ops.AddLosses(nil, nil)), ops.ErrConfig},
 		{"AddLosses tensor", errOf(ops.AddLosses(s, a)), ops.ErrShape},
+		{"ScaleLoss tensor", errOf(ops.ScaleLoss(a, 2)), ops.ErrShape},
+		{"ScaleLoss nil", errOf(ops.ScaleLoss(nil, 2)), ops.ErrShape},
+		{"ScaleLoss NaN", errOf(ops.ScaleLoss(s, math.NaN())), ops.ErrConfig},
+		{"ScaleLoss Inf", errOf(ops.ScaleLoss(s, math.Inf(-1))), ops.ErrConfig},
 	}
 	s32, _ := ops.MSELoss(a32, a32)
 	cases = append(cases, struct {

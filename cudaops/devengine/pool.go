@@ -393,6 +393,12 @@ func (p *Pool) liveLocked(addr uintptr, bytes int64) (*block, error) {
 		return nil, fmt.Errorf("%s: %#x is not device memory of %s (a host buffer?): %w", p.name, addr, p.name, ops.ErrMixedBackends)
 	}
 	b := p.find(real)
+	if bytes == 0 && real > 0 && (b == nil || b.gen != tag) {
+		// A zero-byte tensor may sit at the very end of its block (a view past the last element).
+		if prev := p.find(real - 1); prev != nil && prev.gen == tag && real == prev.base+uintptr(prev.size) {
+			b = prev
+		}
+	}
 	if b == nil {
 		if p.retiredLocked(real) {
 			return nil, fmt.Errorf("%s: memory at %#x: %w", p.name, addr, ErrReleased)
