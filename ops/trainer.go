@@ -3,6 +3,7 @@ package ops
 import (
 	"math"
 	"reflect"
+	"unsafe"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -25,12 +26,26 @@ type Runner struct {
 	b      Backend
 	vm     G.VM
 	scoper StepScoper
+	reads  []*G.Value // destinations of the graph's G.Read nodes (device runs clear them)
+
+	callerSteps bool // WithCallerSteps
 }
+
+// RunnerOption changes how a Runner runs.
+type RunnerOption func(*Runner)
+
+// WithCallerSteps makes the runner run inside a training step that the caller opens and closes
+// (StepScoper.BeginStep and EndStep on the backend, around the runs) instead of opening one per run.
+// Steps do not nest, so this is how several runners share one device at the same time, e.g. the
+// in-process ranks of an expert-parallel group: the caller opens one step, every rank runs, the caller
+// closes it once all have finished. Without an open step, device memory of the runs is released only
+// when the garbage collector finds it unreachable.
+func WithCallerSteps() RunnerOption { return func(r *Runner) { r.callerSteps = true } }
 
 // NewRunner prepares g for runs on b (nil: the CPU). On a device backend, g must pass
 // CheckDeviceGraph, b must provide a tensor engine (TensorEngineProvider), and every input node that
 // already holds a value (parameters) must hold a tensor of b.
-func NewRunner(g *G.ExprGraph, b Backend) (*Runner, error) {
+func NewRunner(g *G.ExprGraph, b Backend, opts ...RunnerOption) (*Runner, error) {
 	if g == nil {
 		return nil, failf(ErrConfig, "runner: nil graph")
 	}
@@ -38,7 +53,10 @@ func NewRunner(g *G.ExprGraph, b Backend) (*Runner, error) {
 		b = CPU()
 	}
 	r := &Runner{g: g, b: b}
-	var opts []G.VMOpt
+	for _, o := range opts {
+		o(r)
+	}
+	var vmOpts []G.VMOpt
 	if b.Name() != CPU().Name() {
 		if err := CheckDeviceGraph(g); err != nil {
 			return nil, err
@@ -56,11 +74,14 @@ func NewRunner(g *G.ExprGraph, b Backend) (*Runner, error) {
 		if err != nil {
 			return nil, errorf("runner: %s tensor engine: %w", b.Name(), err)
 		}
-		opts = append(opts, G.WithEngine(eng))
-		r.scoper, _ = b.(StepScoper)
+		vmOpts = append(vmOpts, G.WithEngine(eng))
+		if !r.callerSteps {
+			r.scoper, _ = b.(StepScoper)
+		}
+		r.reads = readTargets(g)
 	}
-	r.vm = G.NewTapeMachine(g, opts...)
-	if len(opts) > 0 {
+	r.vm = G.NewTapeMachine(g, vmOpts...)
+	if len(vmOpts) > 0 {
 		if err := CheckDeviceVM(r.vm); err != nil {
 			r.vm.Close()
 			return nil, err
@@ -92,6 +113,12 @@ func (r *Runner) run(feeds Feeds, update, read func() error) (err error) {
 	}
 	r.vm.Reset()
 	defer r.vm.Reset() // drop the registers before the step's memory goes
+	// A G.Read node copies into the value its destination already holds (Gorgonia's readInstr): on a
+	// device that is the previous run's copy, released with its step. Start every run from nil, so the
+	// read clones the new value (in this run's memory).
+	for _, p := range r.reads {
+		*p = nil
+	}
 	for n, v := range feeds {
 		if err := r.feed(n, v); err != nil {
 			return err
@@ -215,4 +242,26 @@ func (t *Trainer) update() error {
 		return errorf("trainer: solver: %w", err)
 	}
 	return nil
+}
+
+// readTargets returns the destinations of g's G.Read nodes (Gorgonia v0.9.18 keeps each in the field
+// into of its readOp).
+func readTargets(g *G.ExprGraph) []*G.Value {
+	var out []*G.Value
+	for _, n := range g.AllNodes() {
+		op := n.Op()
+		if op == nil {
+			continue
+		}
+		v := reflect.ValueOf(op)
+		if t := v.Type(); t.PkgPath() != gorgoniaPkg || t.Name() != "readOp" || t.Kind() != reflect.Struct {
+			continue
+		}
+		f := v.FieldByName("into")
+		if !f.IsValid() || f.Kind() != reflect.Pointer || f.IsNil() || f.Type().Elem() != reflect.TypeFor[G.Value]() {
+			continue
+		}
+		out = append(out, (*G.Value)(unsafe.Pointer(f.Pointer())))
+	}
+	return out
 }

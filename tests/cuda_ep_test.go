@@ -310,7 +310,7 @@ func epRankLayer(cfg moe.Config, tr ep.Transport, x, up *tensor.Dense) (epLayerR
 	m := G.NewTapeMachine(g)
 	defer m.Close()
 	if err := m.RunAll(); err != nil {
-		return epLayerRun{}, ep.Cause(err)
+		return epLayerRun{}, ops.MachineError(err)
 	}
 	if err := l.AllReduceRouterGrad(); err != nil {
 		return epLayerRun{}, err
@@ -433,7 +433,7 @@ func epDeviceGraph(b *cudaops.Backend, tr ep.Transport, E int, cfg ops.RouteConf
 	m := G.NewTapeMachine(g, G.WithEngine(eng))
 	defer m.Close()
 	if err := m.RunAll(); err != nil {
-		return epDeviceRun{}, ep.Cause(err)
+		return epDeviceRun{}, ops.MachineError(err)
 	}
 	var out epDeviceRun
 	for i, n := range append(G.Nodes{y}, grads...) {

@@ -115,8 +115,8 @@ func TestTrainingOpsNoCSEMerging(t *testing.T) {
 	}
 }
 
-// TestFloat reads losses on the CPU (host scalars) and on the host device (one-element backend tensors,
-// through ToHost), and refuses what is not a scalar.
+// TestFloat reads losses on the CPU (host scalars) and on the simulated device (one-element device
+// tensors, through ToHost), and refuses what is not a scalar.
 func TestFloat(t *testing.T) {
 	if v, err := ops.Float(G.NewF32(2.5)); err != nil || v != 2.5 {
 		t.Errorf("Float(F32 2.5) = %v, %v", v, err)
@@ -124,7 +124,7 @@ func TestFloat(t *testing.T) {
 	if v, err := ops.Float(G.NewF64(-1)); err != nil || v != -1 {
 		t.Errorf("Float(F64 -1) = %v, %v", v, err)
 	}
-	dev := theHostDev()
+	dev := simBackend(t)
 	d := mustFromHost(t, dev, tensor.New(tensor.WithShape(1), tensor.WithBacking([]float32{0.75})))
 	if v, err := ops.Float(d); err != nil || v != 0.75 {
 		t.Errorf("Float(device [0.75]) = %v, %v", v, err)

@@ -299,6 +299,18 @@ func (p *Pool) releaseCachedLocked() {
 	p.free = map[int64][]*block{}
 }
 
+// Reclaim takes back now the memory of every tensor-owned block whose owning tensors are unreachable
+// (after a garbage collection; their cleanups would release them later) and returns how many blocks it
+// took back. Allocation does this by itself when the device is full; Reclaim makes LiveBytes exact, e.g.
+// for a memory measurement after runtime.GC().
+func (p *Pool) Reclaim() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	before := p.stats.Reclaimed
+	p.reclaimLocked()
+	return int(p.stats.Reclaimed - before)
+}
+
 // reclaimLocked takes back every tensor-owned block whose owners are all unreachable (after a GC:
 // their weak pointers read nil before their cleanups run).
 func (p *Pool) reclaimLocked() {

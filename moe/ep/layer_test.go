@@ -190,7 +190,7 @@ func runRank(cfg moe.Config, tr ep.Transport, opts ep.Options, x, up *tensor.Den
 	m := G.NewTapeMachine(g)
 	defer m.Close()
 	if err := m.RunAll(); err != nil {
-		return res, ep.Cause(err)
+		return res, ops.MachineError(err)
 	}
 	if err := l.AllReduceRouterGrad(); err != nil {
 		return res, err
