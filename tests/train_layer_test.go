@@ -242,12 +242,17 @@ func TestTrainLayerSim(t *testing.T) {
 	}
 }
 
-// TestTrainLayerSimMemory: training on the simulated device leaves no memory behind: after every step
-// no step memory is left, and the memory in use after step 10 (weights, optimizer state) is exactly
-// the memory in use after step 200, served from the pool's cache (no new device allocations).
+// TestTrainLayerSimMemory: training on the simulated device leaves no memory behind (see
+// checkTrainingMemory).
 func TestTrainLayerSimMemory(t *testing.T) {
 	dev := registeredSim(t, "sim-memory", 64<<20, nil) // a device of its own: no other test's garbage
-	pool := dev.(*simdevice.Backend).Device().Pool()
+	checkTrainingMemory(t, dev, dev.(*simdevice.Backend).Device().Pool())
+}
+
+// checkTrainingMemory trains the layer task on dev for 200 steps: after every step no step memory is
+// left, and the memory in use after step 10 (weights, optimizer state) is exactly the memory in use
+// after step 200, served from the pool's cache (no new device allocations).
+func checkTrainingMemory(t *testing.T, dev ops.Backend, pool *devengine.Pool) {
 	adam, err := ops.NewAdam(ops.DefaultAdam(0.02))
 	if err != nil {
 		t.Fatal(err)

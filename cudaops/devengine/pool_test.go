@@ -231,7 +231,7 @@ func TestPoolReclaimsCollectedTensors(t *testing.T) {
 		}
 	}
 	if !errors.Is(err, ErrOutOfMemory) {
-		t.Errorf("allocating past the device with every block held: %v, want ErrOutOfMemory", err)
+		t.Errorf("allocating past the device with every block held: %v, want ErrOutOfMemory (after %d more blocks)", err, len(held))
 	}
 }
 

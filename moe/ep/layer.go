@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/expertrt/expertrt-go/internal/names"
 	"github.com/expertrt/expertrt-go/moe"
 	"github.com/expertrt/expertrt-go/ops"
 	G "gorgonia.org/gorgonia"
@@ -168,63 +169,28 @@ func configErr(err error) error {
 // are bound as the nodes' values (training updates them in place); with a device cfg.Backend, weights in
 // host memory are first copied there (FromHost), as moe.NewLayerWithWeights does.
 func NewLayerWithWeights(g *G.ExprGraph, cfg moe.Config, tr Transport, w moe.Weights, opts Options) (*Layer, error) {
-	if w.Router == nil || w.W1 == nil || w.W3 == nil || w.W2 == nil {
-		return nil, fmt.Errorf("ep: all four weights (Router, W1, W3, W2) are required: %w", ops.ErrShape)
-	}
-	if w.Router.Dims() != 2 || w.W1.Dims() != 3 {
-		return nil, fmt.Errorf("ep: Router must be [E,H] and W1 [E/W,H,F], got %v and %v: %w", w.Router.Shape(), w.W1.Shape(), ops.ErrShape)
-	}
-	e, h, f := w.Router.Shape()[0], w.Router.Shape()[1], w.W1.Shape()[2]
-	for _, c := range []struct {
-		name      string
-		have, cfg int
-	}{{"hidden", h, cfg.Hidden}, {"ffn", f, cfg.FFN}, {"experts", e, cfg.Experts}} {
-		if c.cfg != 0 && c.cfg != c.have {
-			return nil, fmt.Errorf("ep: config %s=%d but the weights have %d: %w", c.name, c.cfg, c.have, ops.ErrConfig)
-		}
-	}
-	cfg.Hidden, cfg.FFN, cfg.Experts = h, f, e
-	if cfg.Dtype == (tensor.Dtype{}) {
-		cfg.Dtype = w.Router.Dtype()
-	}
-	if err := cfg.Validate(); err != nil {
-		return nil, configErr(err)
-	}
-	if err := checkConfig(cfg, tr); err != nil {
-		return nil, err
+	if tr == nil {
+		return nil, fmt.Errorf("ep: a transport is required: %w", ops.ErrConfig)
 	}
 	if opts.RecvRows < 0 {
 		return nil, fmt.Errorf("ep: Options.RecvRows must be >= 0, got %d: %w", opts.RecvRows, ops.ErrConfig)
 	}
+	if w.Router != nil && w.Router.Dims() == 2 {
+		if err := checkConfig(moe.Config{Experts: w.Router.Shape()[0]}, tr); err != nil {
+			return nil, err
+		}
+	}
+	cfg, w, err := moe.PrepareWeights(cfg, w, tr.World())
+	if err != nil {
+		return nil, fmt.Errorf("ep: rank %d of %d: %w", tr.Rank(), tr.World(), err)
+	}
+	if err := checkConfig(cfg, tr); err != nil {
+		return nil, err
+	}
 	world := tr.World()
-	l := e / world
-	for _, c := range []struct {
-		name  string
-		t     *tensor.Dense
-		shape tensor.Shape
-	}{{"Router", w.Router, tensor.Shape{e, h}}, {"W1", w.W1, tensor.Shape{l, h, f}},
-		{"W3", w.W3, tensor.Shape{l, h, f}}, {"W2", w.W2, tensor.Shape{l, f, h}}} {
-		if !c.t.Shape().Eq(c.shape) {
-			return nil, fmt.Errorf("ep: %s has shape %v, want %v (E/W=%d local experts of E=%d over W=%d ranks): %w", c.name, c.t.Shape(), c.shape, l, e, world, ops.ErrShape)
-		}
-		if c.t.Dtype() != cfg.Dtype {
-			return nil, fmt.Errorf("ep: %s has dtype %v, want %v: %w", c.name, c.t.Dtype(), cfg.Dtype, ops.ErrDtype)
-		}
-	}
-	if b := cfg.Backend; b != nil && b.Name() != ops.CPU().Name() {
-		for _, t := range []**tensor.Dense{&w.Router, &w.W1, &w.W3, &w.W2} {
-			if b.Owns(*t) {
-				continue
-			}
-			d, err := b.FromHost(*t)
-			if err != nil {
-				return nil, fmt.Errorf("ep: placing the weights on %s: %w", b.Name(), err)
-			}
-			*t = d
-		}
-	}
+	e, h, f, l := cfg.Experts, cfg.Hidden, cfg.FFN, cfg.Experts/world
 	ly := &Layer{Config: cfg, Rank: tr.Rank(), World: world, tr: tr, opts: opts}
-	name := func(base string) string { return uniqueName(g, fmt.Sprintf("ep%d.%s", ly.Rank, base)) }
+	name := func(base string) string { return names.Unique(g, fmt.Sprintf("ep%d.%s", ly.Rank, base)) }
 	ly.Router = G.NewMatrix(g, cfg.Dtype, G.WithShape(e, h), G.WithName(name("router")), G.WithValue(w.Router))
 	ly.W1 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(l, h, f), G.WithName(name("w1")), G.WithValue(w.W1))
 	ly.W3 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(l, h, f), G.WithName(name("w3")), G.WithValue(w.W3))
@@ -360,16 +326,4 @@ func RankLoads(counts []int32, world int) ([]int, error) {
 		loads[q] = lay.received(q)
 	}
 	return loads, nil
-}
-
-// uniqueName avoids Gorgonia's name collisions when several layers share a graph.
-func uniqueName(g *G.ExprGraph, base string) string {
-	if len(g.ByName(base)) == 0 {
-		return base
-	}
-	for i := 1; ; i++ {
-		if n := fmt.Sprintf("%s.%d", base, i); len(g.ByName(n)) == 0 {
-			return n
-		}
-	}
 }
