@@ -243,15 +243,7 @@ func (l *Layer) ForwardMasked(x, mask *G.Node) (*Output, error) {
 			return nil, fmt.Errorf("moe: flattening the input to [T,H]: %w", err)
 		}
 	}
-	logits, err := RouterLogits(x, l.Router)
-	if err != nil {
-		return nil, err
-	}
-	r, err := ops.Route(logits, c.Route())
-	if err != nil {
-		return nil, err
-	}
-	packed, err := ops.Dispatch(x, r)
+	logits, r, packed, err := RouteTokens(x, l.Router, c.Route())
 	if err != nil {
 		return nil, err
 	}

@@ -64,18 +64,10 @@ func runEP(args []string) error {
 	fs := flag.NewFlagSet("mixtral-layer ep", flag.ContinueOnError)
 	fs.IntVar(&f.world, "expert-parallel", 2, "in-process ranks W (ignored when launched once per GPU: WORLD_SIZE)")
 	fs.IntVar(&f.tokens, "tokens", 64, "tokens per rank per step (T); the global batch is W*T")
-	fs.IntVar(&f.hidden, "hidden", 32, "hidden size (H)")
-	fs.IntVar(&f.ffn, "ffn", 64, "expert FFN size (F)")
 	fs.IntVar(&f.experts, "experts", 8, "number of experts (E), a multiple of W")
-	fs.IntVar(&f.topK, "top-k", 2, "experts per token (K)")
 	fs.IntVar(&f.steps, "steps", 200, "training steps")
 	fs.IntVar(&f.every, "every", 25, "print progress every N steps")
-	fs.Float64Var(&f.lr, "lr", 0.01, "Adam learning rate")
-	fs.Float64Var(&f.aux, "aux-coef", 0.01, "load-balancing loss coefficient")
-	fs.Float64Var(&f.z, "z-coef", 0.001, "router z-loss coefficient")
-	fs.Uint64Var(&f.seed, "seed", 1, "seed for data, teacher and student")
-	fs.StringVar(&f.scoring, "scoring", "softmax-topk", "softmax-topk (Mixtral, renormalised) or topk-softmax")
-	fs.StringVar(&f.dtype, "dtype", "float32", "float32 or float64")
+	f.registerLayer(fs)
 	fs.IntVar(&f.recvRows, "recv-rows", 0, "rows of each rank's receive buffers (0: enough for any routing)")
 	fs.BoolVar(&f.check, "check", false, "also train the single-rank layer on the same batches and compare the losses")
 	fs.BoolVar(&f.asJSON, "json", false, "print one JSON summary at the end (rank 0)")
@@ -87,30 +79,11 @@ func runEP(args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("ep: unexpected argument %q", fs.Arg(0))
 	}
-	if f.steps < 1 || f.tokens < 1 || f.every < 1 {
-		return fmt.Errorf("steps, tokens and every must be >= 1")
-	}
-	scoring, err := ops.ParseScoring(f.scoring)
+	cfg, err := f.config()
 	if err != nil {
 		return err
 	}
-	dt := tensor.Float32
-	switch f.dtype {
-	case "float32":
-	case "float64":
-		dt = tensor.Float64
-	default:
-		return fmt.Errorf("unknown -dtype %q (want float32 or float64)", f.dtype)
-	}
-	backend, err := backendNamed(f.device)
-	if err != nil {
-		return err
-	}
-	cfg := moe.Config{Hidden: f.hidden, FFN: f.ffn, Experts: f.experts, TopK: f.topK, Scoring: scoring,
-		Renormalize: true, AuxLossCoef: f.aux, ZLossCoef: f.z, Seed: f.seed, Dtype: dt, Backend: backend}
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
+	backend := cfg.Backend
 	launch, launched, err := ep.LaunchFromEnv()
 	if err != nil {
 		return err

@@ -260,15 +260,7 @@ func (l *Layer) Forward(x *G.Node) (*Output, error) {
 	if x.Dtype() != c.Dtype {
 		return nil, fmt.Errorf("ep: input dtype %v, layer dtype %v: %w", x.Dtype(), c.Dtype, ops.ErrDtype)
 	}
-	logits, err := moe.RouterLogits(x, l.Router)
-	if err != nil {
-		return nil, err
-	}
-	r, err := ops.Route(logits, c.Route())
-	if err != nil {
-		return nil, err
-	}
-	packed, err := ops.Dispatch(x, r)
+	logits, r, packed, err := moe.RouteTokens(x, l.Router, c.Route())
 	if err != nil {
 		return nil, err
 	}
