@@ -5,7 +5,6 @@ package cudaops
 import (
 	"fmt"
 	"sync"
-	"unsafe"
 
 	"github.com/expertrt/expertrt-go/cudaops/devengine"
 	"github.com/expertrt/expertrt-go/ops"
@@ -166,16 +165,10 @@ func (b *Backend) buf(what, name string, t *tensor.Dense, dt tensor.Dtype, shape
 	if len(shape) > 0 && !t.Shape().Eq(tensor.Shape(shape)) {
 		return 0, fmt.Errorf("cudaops: %s: %s has shape %v, want %v: %w", what, name, t.Shape(), shape, ops.ErrShape)
 	}
-	if t.RequiresIterator() {
-		return 0, fmt.Errorf("cudaops: %s: %s is a non-contiguous view: %w", what, name, ops.ErrUnsupported)
-	}
-	n := t.Shape().TotalSize()
-	if t.Shape().IsScalar() {
-		n = 1
-	}
-	p, err := b.dev.pool.Resolve(uintptr(unsafe.Pointer(unsafe.SliceData(t.Raw))), int64(n)*int64(t.Dtype().Size()))
+	// Zero-element operands are accepted (contiguous by definition; the kernels then touch nothing).
+	p, _, err := b.eng.Resolve(what, name, t)
 	if err != nil {
-		return 0, fmt.Errorf("cudaops: %s: %s: %w", what, name, err)
+		return 0, fmt.Errorf("cudaops: %w", err)
 	}
 	return cu.DevicePtr(p), nil
 }

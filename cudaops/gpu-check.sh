@@ -2,7 +2,7 @@
 # Runs the GPU checks and benchmarks on a machine with an NVIDIA GPU, from prebuilt binaries:
 #   go test -c -tags expertrt_cuda -o .devbin/tests.test ./tests
 #   go build -tags expertrt_cuda -o .devbin/bench ./bench
-# Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck engine bench torch ncu gemm
+# Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck engine train bench torch ncu gemm
 # gemm-full (gemm: the GEMM kernels' tests, sanitizers, bench with a sweep of every tile configuration and
 # the PyTorch baseline, about 4 minutes; gemm-full: every GEMM test case on every configuration).
 # Logs go to $OUT (default ./gpu-out), at most one file per stage.
@@ -42,6 +42,12 @@ for stage in "$@"; do
       timeout 300 compute-sanitizer --tool memcheck --leak-check no $T -test.run 'TestCUDAEngine$/(Binary|Scalar|Unary|Map|Compare|Sum|Transpose|Concat|Memory)$|TestCUDATraining$/(MSE|CrossEntropy|SwiGLU|GradNormScale|Adam|SGD|Faults)$' -test.short 2>&1 | tee "$OUT/engine-memcheck.log" | grep -E 'ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -5
       timeout 200 compute-sanitizer --tool racecheck $T -test.run 'TestCUDAEngine$/(Sum|Determinism)$|TestCUDATraining$/(MSE|CrossEntropy|GradNormScale)$' -test.short 2>&1 | tee "$OUT/engine-racecheck.log" | grep -E 'RACECHECK SUMMARY|ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -5
       timeout 120 compute-sanitizer --tool synccheck $T -test.run 'TestCUDAEngine$/(Sum|Determinism)$|TestCUDATraining$/(MSE|CrossEntropy|GradNormScale)$' -test.short 2>&1 | tee -a "$OUT/engine-racecheck.log" | grep -E 'SUMMARY|^(ok|PASS|FAIL)' | tail -5
+      ;;
+    train)
+      # Whole-layer training through ops.Trainer on the GPU against the CPU (needs the CUDA ops.MatMul:
+      # until it lands these fail with ErrUnsupported), device memory after step 10 and step 200, and
+      # zero-element operands.
+      timeout 240 $T -test.run 'TestCUDATrainLayerMatchesCPU|TestCUDATrainLayerMemory|TestCUDAZeroElementOperands' -test.v -test.count=1 2>&1 | tee "$OUT/train.log" | grep -E '^(--- |ok|PASS|FAIL)|^    --- |in use after|100 steps|after one step|panic|_test.go:[0-9]+:' | tail -40
       ;;
     bench)
       : > "$OUT/bench.jsonl"

@@ -79,6 +79,65 @@ func Example_train() {
 	// experts: 4 output: (64, 8)
 }
 
+// Train the same layer through ops.Trainer, the loop that runs unchanged on a GPU: the parameters live
+// on the backend given in Config.Backend, the losses are the project's (ops.MSELoss, the router losses
+// added by Output.Cost with ops.AddLosses), the solver is ops.Adam, and the Trainer copies host batches
+// to the device and releases each step's device memory. In the default build the only backend is the
+// CPU. (The README shows this code.)
+func Example_trainOnDevice() {
+	dev := ops.CPU() // or a device: the ops.Backend named "cuda" in ops.Backends() (binary built with -tags expertrt_cuda)
+	for _, b := range ops.Backends() {
+		if b.Name() == "cuda" {
+			dev = b
+		}
+	}
+	g := G.NewGraph()
+	x := G.NewMatrix(g, tensor.Float32, G.WithShape(64, 8), G.WithName("x"))
+	target := G.NewMatrix(g, tensor.Float32, G.WithShape(64, 8), G.WithName("target"))
+	cfg := moe.MixtralConfig(8 /*H*/, 16 /*F*/, 4 /*E*/)
+	cfg.Backend = dev // weights made on the host, copied to the device
+	layer, err := moe.NewLayer(g, cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	out, err := layer.Forward(x)
+	if err != nil {
+		log.Fatal(err)
+	}
+	mse, err := ops.MSELoss(out.Y, target) // or ops.SoftmaxCrossEntropy(logits, labels)
+	if err != nil {
+		log.Fatal(err)
+	}
+	cost, err := out.Cost(mse) // ops.AddLosses underneath: G.Add cannot add device scalars
+	if err != nil {
+		log.Fatal(err)
+	}
+	adam, err := ops.NewAdam(ops.DefaultAdam(1e-2)) // AdamW, clipping: ops.AdamConfig; or ops.NewSGD
+	if err != nil {
+		log.Fatal(err)
+	}
+	tr, err := ops.NewTrainer(cost, layer.Params(), adam, dev) // calls G.Grad; checks the graph for the device
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tr.Close()
+	var first, last float64
+	for step := 0; step < 60; step++ {
+		xs, ys := nextBatch(step)
+		loss, err := tr.StepLoss(ops.Feeds{x: xs, target: ys}) // host batches; tr.Step reads nothing back
+		if err != nil {
+			log.Fatal(err)
+		}
+		if step == 0 {
+			first = loss
+		}
+		last = loss
+	}
+	fmt.Println("cost fell by more than half:", last < first/2)
+	// Output:
+	// cost fell by more than half: true
+}
+
 // nextBatch returns one fixed batch of inputs and targets (target = sin of a fixed mix of x) for the
 // examples.
 func nextBatch(int) (*tensor.Dense, *tensor.Dense) {

@@ -7,9 +7,9 @@ import (
 	G "gorgonia.org/gorgonia"
 )
 
-// The two halves of Forward as building blocks for layers that place the router and the experts
-// differently (expert parallelism, package moe/ep): the router projection, and the SwiGLU experts over
-// expert-major rows with the grouped product supplied by the caller.
+// The halves of Forward as building blocks for layers that place the router and the experts
+// differently (expert parallelism, package moe/ep): the router projection, routing and dispatch of the
+// tokens, and the SwiGLU experts over expert-major rows with the grouped product supplied by the caller.
 
 // GroupedMatMulFunc multiplies expert-major rows x [N,In] by their experts' matrices w [E,In,Out] over
 // segments the function knows (ops.GroupedMatMul over a routing plan, or a rank's local plan).
@@ -23,6 +23,21 @@ func RouterLogits(x, router *G.Node) (*G.Node, error) {
 		return nil, fmt.Errorf("moe: router logits: %w", err)
 	}
 	return logits, nil
+}
+
+// RouteTokens is the token side of a layer: logits = RouterLogits(x, router) [T,E], the routing of
+// ops.Route(logits, cfg), and x's rows packed expert-major by ops.Dispatch [T*K,H].
+func RouteTokens(x, router *G.Node, cfg ops.RouteConfig) (logits *G.Node, r *ops.Routing, packed *G.Node, err error) {
+	if logits, err = RouterLogits(x, router); err != nil {
+		return nil, nil, nil, err
+	}
+	if r, err = ops.Route(logits, cfg); err != nil {
+		return nil, nil, nil, err
+	}
+	if packed, err = ops.Dispatch(x, r); err != nil {
+		return nil, nil, nil, err
+	}
+	return logits, r, packed, nil
 }
 
 // ExpertFFN applies SwiGLU experts to expert-major rows x [N,H]:

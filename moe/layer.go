@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 
 	"github.com/expertrt/expertrt-go/internal/floats"
+	"github.com/expertrt/expertrt-go/internal/names"
 	"github.com/expertrt/expertrt-go/ops"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -106,12 +107,33 @@ func NewLayerWithWeights(g *G.ExprGraph, cfg Config, w Weights) (*Layer, error) 
 	if g == nil {
 		return nil, fmt.Errorf("moe: NewLayerWithWeights: graph is nil: %w", ops.ErrConfig)
 	}
+	cfg, w, err := PrepareWeights(cfg, w, 1)
+	if err != nil {
+		return nil, err
+	}
+	e, h, f := cfg.Experts, cfg.Hidden, cfg.FFN
+	l := &Layer{Config: cfg}
+	l.Router = G.NewMatrix(g, cfg.Dtype, G.WithShape(e, h), G.WithName(names.Unique(g, "moe.router")), G.WithValue(w.Router))
+	l.W1 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(e, h, f), G.WithName(names.Unique(g, "moe.w1")), G.WithValue(w.W1))
+	l.W3 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(e, h, f), G.WithName(names.Unique(g, "moe.w3")), G.WithValue(w.W3))
+	l.W2 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(e, f, h), G.WithName(names.Unique(g, "moe.w2")), G.WithValue(w.W2))
+	return l, nil
+}
+
+// PrepareWeights checks weights against a layer configuration and readies them to be bound to a graph's
+// nodes: Router [E,H] and the experts W1, W3 [L,H,F] and W2 [L,F,H] of L = E/shards consecutive experts
+// (shards = 1 for a whole layer; the world size for one rank of an expert-parallel layer, package
+// moe/ep). Hidden, FFN and Experts of cfg may be 0 (they are read from the shapes); when set they must
+// match. An unset Dtype is the Router's. It returns the completed, validated configuration and the
+// weights, copied to cfg.Backend when that is a device (tensors it already owns are kept). Errors wrap
+// ops.ErrConfig, ops.ErrShape or ops.ErrDtype.
+func PrepareWeights(cfg Config, w Weights, shards int) (Config, Weights, error) {
 	if w.Router == nil || w.W1 == nil || w.W2 == nil || w.W3 == nil {
-		return nil, fmt.Errorf("moe: all four weights (Router, W1, W3, W2) are required: %w", ops.ErrConfig)
+		return cfg, w, fmt.Errorf("moe: all four weights (Router, W1, W3, W2) are required: %w", ops.ErrConfig)
 	}
 	rs := w.Router.Shape()
 	if len(rs) != 2 || w.W1.Dims() != 3 {
-		return nil, fmt.Errorf("moe: Router must be [E,H] and W1 [E,H,F], got %v and %v: %w", rs, w.W1.Shape(), ops.ErrShape)
+		return cfg, w, fmt.Errorf("moe: Router must be [E,H] and W1 [E,H,F], got %v and %v: %w", rs, w.W1.Shape(), ops.ErrShape)
 	}
 	e, h, f := rs[0], rs[1], w.W1.Shape()[2]
 	for _, c := range []struct {
@@ -119,7 +141,7 @@ func NewLayerWithWeights(g *G.ExprGraph, cfg Config, w Weights) (*Layer, error) 
 		have, cfg int
 	}{{"hidden", h, cfg.Hidden}, {"ffn", f, cfg.FFN}, {"experts", e, cfg.Experts}} {
 		if c.cfg != 0 && c.cfg != c.have {
-			return nil, fmt.Errorf("moe: config %s=%d but the weights have %d: %w", c.name, c.cfg, c.have, ops.ErrShape)
+			return cfg, w, fmt.Errorf("moe: config %s=%d but the weights have %d: %w", c.name, c.cfg, c.have, ops.ErrShape)
 		}
 	}
 	cfg.Hidden, cfg.FFN, cfg.Experts = h, f, e
@@ -127,19 +149,23 @@ func NewLayerWithWeights(g *G.ExprGraph, cfg Config, w Weights) (*Layer, error) 
 		cfg.Dtype = w.Router.Dtype()
 	}
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return cfg, w, err
 	}
+	if shards < 1 || e%shards != 0 {
+		return cfg, w, fmt.Errorf("moe: %d experts cannot be split into %d equal shards: %w", e, shards, ops.ErrConfig)
+	}
+	l := e / shards
 	for _, c := range []struct {
 		name  string
 		t     *tensor.Dense
 		shape tensor.Shape
-	}{{"Router", w.Router, tensor.Shape{e, h}}, {"W1", w.W1, tensor.Shape{e, h, f}},
-		{"W3", w.W3, tensor.Shape{e, h, f}}, {"W2", w.W2, tensor.Shape{e, f, h}}} {
+	}{{"Router", w.Router, tensor.Shape{e, h}}, {"W1", w.W1, tensor.Shape{l, h, f}},
+		{"W3", w.W3, tensor.Shape{l, h, f}}, {"W2", w.W2, tensor.Shape{l, f, h}}} {
 		if !c.t.Shape().Eq(c.shape) {
-			return nil, fmt.Errorf("moe: %s has shape %v, want %v: %w", c.name, c.t.Shape(), c.shape, ops.ErrShape)
+			return cfg, w, fmt.Errorf("moe: %s has shape %v, want %v (%d of the %d experts): %w", c.name, c.t.Shape(), c.shape, l, e, ops.ErrShape)
 		}
 		if c.t.Dtype() != cfg.Dtype {
-			return nil, fmt.Errorf("moe: %s has dtype %v, the layer %v: %w", c.name, c.t.Dtype(), cfg.Dtype, ops.ErrDtype)
+			return cfg, w, fmt.Errorf("moe: %s has dtype %v, the layer %v: %w", c.name, c.t.Dtype(), cfg.Dtype, ops.ErrDtype)
 		}
 	}
 	if b := cfg.Backend; b != nil && b.Name() != ops.CPU().Name() {
@@ -149,17 +175,12 @@ func NewLayerWithWeights(g *G.ExprGraph, cfg Config, w Weights) (*Layer, error) 
 			}
 			d, err := b.FromHost(*t)
 			if err != nil {
-				return nil, fmt.Errorf("moe: placing the weights on %s: %w", b.Name(), err)
+				return cfg, w, fmt.Errorf("moe: placing the weights on %s: %w", b.Name(), err)
 			}
 			*t = d
 		}
 	}
-	l := &Layer{Config: cfg}
-	l.Router = G.NewMatrix(g, cfg.Dtype, G.WithShape(e, h), G.WithName(uniqueName(g, "moe.router")), G.WithValue(w.Router))
-	l.W1 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(e, h, f), G.WithName(uniqueName(g, "moe.w1")), G.WithValue(w.W1))
-	l.W3 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(e, h, f), G.WithName(uniqueName(g, "moe.w3")), G.WithValue(w.W3))
-	l.W2 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(e, f, h), G.WithName(uniqueName(g, "moe.w2")), G.WithValue(w.W2))
-	return l, nil
+	return cfg, w, nil
 }
 
 // Params lists the trainable nodes: Router, W1, W3, W2.
@@ -222,15 +243,7 @@ func (l *Layer) ForwardMasked(x, mask *G.Node) (*Output, error) {
 			return nil, fmt.Errorf("moe: flattening the input to [T,H]: %w", err)
 		}
 	}
-	logits, err := RouterLogits(x, l.Router)
-	if err != nil {
-		return nil, err
-	}
-	r, err := ops.Route(logits, c.Route())
-	if err != nil {
-		return nil, err
-	}
-	packed, err := ops.Dispatch(x, r)
+	logits, r, packed, err := RouteTokens(x, l.Router, c.Route())
 	if err != nil {
 		return nil, err
 	}
@@ -310,7 +323,7 @@ func uniform(rng *rand.Rand, dt tensor.Dtype, limit float64, shape ...int) *tens
 }
 
 // layerIndex is the number of layers NewLayer/NewLayerWithWeights added to g before (their router
-// nodes are named moe.router, moe.router.1, ... by uniqueName).
+// nodes are named moe.router, moe.router.1, ... by names.Unique).
 func layerIndex(g *G.ExprGraph) int {
 	if len(g.ByName("moe.router")) == 0 {
 		return 0
@@ -320,18 +333,6 @@ func layerIndex(g *G.ExprGraph) int {
 		i++
 	}
 	return i
-}
-
-// uniqueName avoids Gorgonia's name collisions when several layers share a graph.
-func uniqueName(g *G.ExprGraph, base string) string {
-	if len(g.ByName(base)) == 0 {
-		return base
-	}
-	for i := 1; ; i++ {
-		if n := fmt.Sprintf("%s.%d", base, i); len(g.ByName(n)) == 0 {
-			return n
-		}
-	}
 }
 
 func shapeOf(n *G.Node) tensor.Shape {

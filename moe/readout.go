@@ -22,7 +22,8 @@ func MSE(y, target *G.Node) (*G.Node, error) {
 // Readout receives forward values of a layer during every RunAll, for reading after it. After a run
 // with a backward pass, out.Y.Value() is not the layer output: Gorgonia reuses the buffers of forward
 // values for gradients (out.Y then holds dCost/dY). Readout's values are copies taken in the forward
-// pass (G.Read) and stay valid until the next RunAll.
+// pass (G.Read) and stay valid until the next RunAll; on a device backend run by ops.Runner or
+// ops.Trainer, until the run's memory step ends: read them in the run's callback (Trainer.StepThen).
 type Readout struct {
 	Y    G.Value // layer output, the input's shape
 	Plan G.Value // routing plan (ops.PlanView layout): per-expert counts first

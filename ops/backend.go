@@ -128,8 +128,12 @@ func Backends() []Backend {
 }
 
 // BackendFor returns the backend that owns every tensor in ts. Host tensors belong to the CPU backend.
-// Tensors of different backends in one call are an error: copies between devices are explicit.
-func BackendFor(ts ...tensor.Tensor) (Backend, error) {
+// Tensors of different backends in one call are an error (ErrMixedBackends): copies between devices
+// are explicit.
+func BackendFor(ts ...tensor.Tensor) (Backend, error) { return backendFor("", ts) }
+
+// backendFor is BackendFor with the error naming op (when not "").
+func backendFor(op string, ts []tensor.Tensor) (Backend, error) {
 	registry.mu.RLock()
 	defer registry.mu.RUnlock()
 	for _, b := range registry.backends {
@@ -143,7 +147,10 @@ func BackendFor(ts ...tensor.Tensor) (Backend, error) {
 		case owned == 0:
 			continue
 		case owned != countNonNil(ts):
-			return nil, failf(ErrMixedBackends, "inputs mix %s tensors with tensors of another backend; copy them explicitly (Backend.FromHost / ToHost)", b.Name())
+			if op != "" {
+				op += ": "
+			}
+			return nil, failf(ErrMixedBackends, "%sinputs mix %s tensors with tensors of another backend; copy them explicitly (Backend.FromHost / ToHost)", op, b.Name())
 		default:
 			return b, nil
 		}

@@ -4,7 +4,7 @@ import "gorgonia.org/tensor"
 
 // TrainingBackend is the part of Backend that a whole training step needs besides routing: the dense
 // matrix product (router, any model), the task losses, the fused SwiGLU and the optimizer updates. With
-// these on a device backend, a training step runs without touching host memory (see docs/gpu-training.md).
+// these on a device backend, a training step runs without touching host memory (see docs/device-engine.md).
 //
 // Conventions are Backend's: inputs validated by the op, outputs preallocated and fully overwritten,
 // float32/float64 (one dtype per call), deterministic (no float atomics, fixed summation orders).

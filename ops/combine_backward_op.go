@@ -19,10 +19,10 @@ func combineBackward(dy, ye, w, plan *G.Node, k, e int) (dye, dw *G.Node, err er
 		return nil, nil, err
 	}
 	n, h := ye.Shape()[0], ye.Shape()[1]
-	if dye, err = G.ApplyOp(&viewOp{offset: 0, shape: tensor.Shape{n, h}}, flat); err != nil {
+	if dye, err = G.ApplyOp(&viewOp{offset: 0, shape: tensor.Shape{n, h}, of: "Combine"}, flat); err != nil {
 		return nil, nil, err
 	}
-	dw, err = G.ApplyOp(&viewOp{offset: n * h, shape: tensor.Shape{n / k, k}}, flat)
+	dw, err = G.ApplyOp(&viewOp{offset: n * h, shape: tensor.Shape{n / k, k}, of: "Combine"}, flat)
 	return dye, dw, err
 }
 
@@ -88,7 +88,7 @@ func (op *combineBackwardOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.V
 	if err != nil {
 		return nil, err
 	}
-	b, err := backendOf(dy, ye, w, plan)
+	b, err := backendOf(op.String(), dy, ye, w, plan)
 	if err != nil {
 		return nil, err
 	}
@@ -114,11 +114,13 @@ func (op *combineBackwardOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.V
 	return flat, b.CombineGradWeights(dy, ye, plan, dw)
 }
 
-// viewOp exposes part of its input as a tensor of another shape, sharing memory (no copy).
+// viewOp exposes part of its input as a tensor of another shape, sharing memory (no copy). Its only
+// use is to split the flat buffer of a fused gradient node (of names the op whose gradient it is).
 type viewOp struct {
 	opBase
 	offset int
 	shape  tensor.Shape
+	of     string
 }
 
 func (op *viewOp) Arity() int { return 1 }
@@ -129,18 +131,18 @@ func (op *viewOp) Type() hm.Type {
 // ReturnsPtr: the result aliases the input.
 func (op *viewOp) ReturnsPtr() bool { return true }
 func (op *viewOp) String() string {
-	return fmt.Sprintf("View{offset=%d,shape=%v}", op.offset, op.shape)
+	return fmt.Sprintf("View{offset=%d,shape=%v,of=%s}", op.offset, op.shape, op.of)
 }
 func (op *viewOp) WriteHash(h hash.Hash) { writeHash(op, h) }
 func (op *viewOp) Hashcode() uint32      { return hashOf(op) }
 func (op *viewOp) DiffWRT(n int) []bool  { return allTrue(n) }
 
-// The views expose the weighted Combine's fused gradient (their only use): see combineBackwardOp.
+// The views are parts of a fused gradient (combineBackwardOp, swigluGradOp): no second derivatives.
 func (op *viewOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
-	return nil, noSecondOrder(op, "Combine")
+	return nil, noSecondOrder(op, op.of)
 }
 func (op *viewOp) DoDiff(G.ExecutionContext, G.Nodes, *G.Node) error {
-	return noSecondOrder(op, "Combine")
+	return noSecondOrder(op, op.of)
 }
 
 func (op *viewOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
@@ -162,7 +164,7 @@ func (op *viewOp) Do(vs ...G.Value) (G.Value, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := backendOf(t)
+	b, err := backendOf(op.String(), t)
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package ops
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"gorgonia.org/tensor"
 )
@@ -78,6 +79,31 @@ func shapeOrNil(t *tensor.Dense) tensor.Shape {
 		return nil
 	}
 	return t.Shape()
+}
+
+// eachTask runs fn(i) for i in [0, n) on up to GOMAXPROCS goroutines that take the tasks in turn (for
+// tasks of uneven size, where static chunks would leave workers idle). Each task must write only its own
+// results, so the outcome does not depend on scheduling.
+func eachTask(n int, fn func(i int)) {
+	workers := min(runtime.GOMAXPROCS(0), n)
+	if workers <= 1 {
+		for i := 0; i < n; i++ {
+			fn(i)
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				fn(i)
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // parallelRows splits [0, n) into contiguous chunks, one per worker, and runs fn on each.

@@ -1,10 +1,6 @@
 package ops
 
 import (
-	"runtime"
-	"sync"
-	"sync/atomic"
-
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/gonum"
 	"gorgonia.org/tensor"
@@ -39,7 +35,10 @@ func groupedMatMulCPU[T float](x, w, plan *tensor.Dense, transposeW bool, out *t
 	if transposeW {
 		tB, ldb = blas.Trans, in
 	}
-	eachExpert(len(offsets)-1, func(e int) {
+	// Segments are uneven, so experts are handed out in turn (eachTask); each expert's result is one GEMM
+	// by one goroutine, so the output does not depend on which goroutine ran it. gonum parallelises large
+	// GEMMs itself; small segments run serially there, which is why experts are spread here.
+	eachTask(len(offsets)-1, func(e int) {
 		lo, hi := int(offsets[e]), int(offsets[e+1])
 		if hi == lo {
 			return
@@ -74,7 +73,7 @@ func groupedMatMulGradWCPU[T float](x, dy, plan *tensor.Dense, dW *tensor.Dense)
 		return err
 	}
 	in, outDim := x.Shape()[1], dy.Shape()[1]
-	eachExpert(len(offsets)-1, func(e int) {
+	eachTask(len(offsets)-1, func(e int) {
 		lo, hi := int(offsets[e]), int(offsets[e+1])
 		dst := os[e*in*outDim : (e+1)*in*outDim]
 		if hi == lo {
@@ -84,32 +83,6 @@ func groupedMatMulGradWCPU[T float](x, dy, plan *tensor.Dense, dW *tensor.Dense)
 		gemm(blas.Trans, blas.NoTrans, in, outDim, hi-lo, xs[lo*in:hi*in], in, gs[lo*outDim:hi*outDim], outDim, dst, outDim)
 	})
 	return nil
-}
-
-// eachExpert runs fn for every expert on GOMAXPROCS goroutines that take experts in turn (segments are
-// uneven, so static chunks would idle). Each expert's result is one GEMM by one goroutine, so the
-// output does not depend on which goroutine ran it. gonum parallelises large GEMMs itself; small
-// segments run serially there, which is why experts are spread here.
-func eachExpert(numExperts int, fn func(e int)) {
-	workers := min(runtime.GOMAXPROCS(0), numExperts)
-	if workers <= 1 {
-		for e := 0; e < numExperts; e++ {
-			fn(e)
-		}
-		return
-	}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for e := int(next.Add(1) - 1); e < numExperts; e = int(next.Add(1) - 1) {
-				fn(e)
-			}
-		}()
-	}
-	wg.Wait()
 }
 
 // segmentOffsets returns the plan's offsets [E+1] after checking they tile [0, rows).

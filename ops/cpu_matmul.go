@@ -21,13 +21,13 @@ func (cpuBackend) MatMul(a, b *tensor.Dense, transA, transB bool, out *tensor.De
 // matMulDims checks the operands of a MatMul kernel and returns M, K and N.
 func matMulDims(a, b *tensor.Dense, transA, transB bool, out *tensor.Dense) (m, k, n int, err error) {
 	if a == nil || b == nil || out == nil {
-		return 0, 0, 0, errorf("matmul: nil tensor: %w", ErrShape)
+		return 0, 0, 0, failf(ErrShape, "matmul: nil tensor")
 	}
 	if a.Dims() != 2 || b.Dims() != 2 || out.Dims() != 2 {
-		return 0, 0, 0, errorf("matmul: a %v, b %v and out %v must be matrices: %w", a.Shape(), b.Shape(), out.Shape(), ErrShape)
+		return 0, 0, 0, failf(ErrShape, "matmul: a %v, b %v and out %v must be matrices", a.Shape(), b.Shape(), out.Shape())
 	}
 	if a.Dtype() != b.Dtype() || a.Dtype() != out.Dtype() {
-		return 0, 0, 0, errorf("matmul: mixed dtypes %v, %v, %v: %w", a.Dtype(), b.Dtype(), out.Dtype(), ErrDtype)
+		return 0, 0, 0, failf(ErrDtype, "matmul: mixed dtypes %v, %v, %v", a.Dtype(), b.Dtype(), out.Dtype())
 	}
 	m, k = a.Shape()[0], a.Shape()[1]
 	if transA {
@@ -38,8 +38,7 @@ func matMulDims(a, b *tensor.Dense, transA, transB bool, out *tensor.Dense) (m, 
 		kb, n = n, kb
 	}
 	if kb != k || out.Shape()[0] != m || out.Shape()[1] != n {
-		return 0, 0, 0, errorf("matmul: a %v (transA=%t) · b %v (transB=%t) does not give out %v: %w",
-			a.Shape(), transA, b.Shape(), transB, out.Shape(), ErrShape)
+		return 0, 0, 0, failf(ErrShape, "matmul: a %v (transA=%t) · b %v (transB=%t) does not give out %v", a.Shape(), transA, b.Shape(), transB, out.Shape())
 	}
 	return m, k, n, nil
 }

@@ -17,12 +17,12 @@ func (cpuBackend) GradNormScale(grads []*tensor.Dense, maxNorm float64, scale *t
 		return err
 	}
 	if !(maxNorm > 0) {
-		return errorf("GradNormScale: maxNorm must be > 0 (+Inf: no clipping), got %v: %w", maxNorm, ErrConfig)
+		return failf(ErrConfig, "GradNormScale: maxNorm must be > 0 (+Inf: no clipping), got %v", maxNorm)
 	}
 	sum := 0.0
 	for i, g := range grads {
 		if g == nil {
-			return errorf("GradNormScale: gradient %d is nil: %w", i, ErrShape)
+			return failf(ErrShape, "GradNormScale: gradient %d is nil", i)
 		}
 		var s float64
 		err := byDtype(g.Dtype(),
@@ -35,7 +35,7 @@ func (cpuBackend) GradNormScale(grads []*tensor.Dense, maxNorm float64, scale *t
 			if err := setScalar(scale, math.NaN(), nil); err != nil {
 				return err
 			}
-			return errorf("GradNormScale: gradient %d (shape %v) holds NaN or Inf (or its norm overflows float64): %w", i, g.Shape(), ErrNaN)
+			return failf(ErrNaN, "GradNormScale: gradient %d (shape %v) holds NaN or Inf (or its norm overflows float64)", i, g.Shape())
 		}
 		sum += s
 	}
@@ -60,10 +60,10 @@ func sumSquares[T float](t *tensor.Dense) (float64, error) {
 // checkClipScale requires a one-element float64 tensor.
 func checkClipScale(s *tensor.Dense, what string) error {
 	if s == nil || s.Shape().TotalSize() != 1 {
-		return errorf("%s must be a one-element tensor, got %v: %w", what, shapeOrNil(s), ErrShape)
+		return failf(ErrShape, "%s must be a one-element tensor, got %v", what, shapeOrNil(s))
 	}
 	if s.Dtype() != tensor.Float64 {
-		return errorf("%s must be float64, got %v: %w", what, s.Dtype(), ErrDtype)
+		return failf(ErrDtype, "%s must be float64, got %v", what, s.Dtype())
 	}
 	return nil
 }

@@ -1,8 +1,6 @@
 package ops
 
 import (
-	"fmt"
-
 	"gorgonia.org/tensor"
 )
 
@@ -11,11 +9,11 @@ import (
 func (cpuBackend) Plan(idx *tensor.Dense, numExperts int, plan *tensor.Dense) error {
 	sel, err := int32s(idx)
 	if err != nil {
-		return fmt.Errorf("ops: plan: indices: %w", err)
+		return errorf("plan: indices: %w", err)
 	}
 	p, err := int32s(plan)
 	if err != nil {
-		return fmt.Errorf("ops: plan: %w", err)
+		return errorf("plan: %w", err)
 	}
 	nT, k := idx.Shape()[0], idx.Shape()[1]
 	if err := checkSizes("plan", nT, k, numExperts, 1); err != nil {

@@ -1,11 +1,5 @@
 package ops
 
-import (
-	"runtime"
-	"sync"
-	"sync/atomic"
-)
-
 // reduceBlock is the number of elements of one partial sum. The block sizes of blockSum are fixed by the
 // sizes of the data, so a sum's rounding never depends on GOMAXPROCS or scheduling.
 const reduceBlock = 1 << 14
@@ -19,26 +13,7 @@ func blockSum(n, block int, part func(lo, hi int) float64) float64 {
 	block = max(block, 1)
 	blocks := (n + block - 1) / block
 	partial := make([]float64, blocks)
-	run := func(b int) { partial[b] = part(b*block, min((b+1)*block, n)) }
-	workers := min(runtime.GOMAXPROCS(0), blocks)
-	if workers <= 1 {
-		for b := range partial {
-			run(b)
-		}
-	} else {
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		for w := 0; w < workers; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for b := int(next.Add(1) - 1); b < blocks; b = int(next.Add(1) - 1) {
-					run(b)
-				}
-			}()
-		}
-		wg.Wait()
-	}
+	eachTask(blocks, func(b int) { partial[b] = part(b*block, min((b+1)*block, n)) })
 	s := 0.0
 	for _, p := range partial {
 		s += p

@@ -30,13 +30,13 @@ func (cpuBackend) SwiGLUGrad(gate, up, dout *tensor.Dense, dgate, dup *tensor.De
 func checkElementwise(what string, ts ...*tensor.Dense) error {
 	for i, t := range ts {
 		if t == nil {
-			return errorf("%s: operand %d is nil: %w", what, i, ErrShape)
+			return failf(ErrShape, "%s: operand %d is nil", what, i)
 		}
 		if !t.Shape().Eq(ts[0].Shape()) {
-			return errorf("%s: operand %d has shape %v, operand 0 %v: %w", what, i, t.Shape(), ts[0].Shape(), ErrShape)
+			return failf(ErrShape, "%s: operand %d has shape %v, operand 0 %v", what, i, t.Shape(), ts[0].Shape())
 		}
 		if t.Dtype() != ts[0].Dtype() {
-			return errorf("%s: operand %d has dtype %v, operand 0 %v: %w", what, i, t.Dtype(), ts[0].Dtype(), ErrDtype)
+			return failf(ErrDtype, "%s: operand %d has dtype %v, operand 0 %v", what, i, t.Dtype(), ts[0].Dtype())
 		}
 	}
 	return nil

@@ -12,7 +12,7 @@ func (cpuBackend) MSELoss(pred, target *tensor.Dense, loss *tensor.Dense) error 
 		return err
 	}
 	if loss.Shape().TotalSize() != 1 {
-		return errorf("MSE loss: the loss tensor has shape %v, want one element: %w", loss.Shape(), ErrShape)
+		return failf(ErrShape, "MSE loss: the loss tensor has shape %v, want one element", loss.Shape())
 	}
 	return byDtype(pred.Dtype(),
 		func() error { l, err := mseCPU[float32](pred, target); return setScalar(loss, l, err) },
@@ -24,7 +24,7 @@ func (cpuBackend) MSELossGrad(pred, target *tensor.Dense, scale float64, g, dpre
 		return err
 	}
 	if dpred.Shape().TotalSize() != pred.Shape().TotalSize() {
-		return errorf("MSE loss gradient: dpred has shape %v, want %v: %w", dpred.Shape(), pred.Shape(), ErrShape)
+		return failf(ErrShape, "MSE loss gradient: dpred has shape %v, want %v", dpred.Shape(), pred.Shape())
 	}
 	scale, err := hostGrad(scale, g)
 	if err != nil {
@@ -38,16 +38,16 @@ func (cpuBackend) MSELossGrad(pred, target *tensor.Dense, scale float64, g, dpre
 
 func checkMSE(pred, target, out *tensor.Dense, what string) error {
 	if pred == nil || target == nil || out == nil {
-		return errorf("MSE loss: nil tensor: %w", ErrShape)
+		return failf(ErrShape, "MSE loss: nil tensor")
 	}
 	if !pred.Shape().Eq(target.Shape()) {
-		return errorf("MSE loss: pred %v and target %v differ in shape: %w", pred.Shape(), target.Shape(), ErrShape)
+		return failf(ErrShape, "MSE loss: pred %v and target %v differ in shape", pred.Shape(), target.Shape())
 	}
 	if pred.Shape().TotalSize() == 0 {
-		return errorf("MSE loss: the mean over %v has no elements: %w", pred.Shape(), ErrShape)
+		return failf(ErrShape, "MSE loss: the mean over %v has no elements", pred.Shape())
 	}
 	if target.Dtype() != pred.Dtype() || out.Dtype() != pred.Dtype() {
-		return errorf("MSE loss: pred %v, target %v and %s %v must share a dtype: %w", pred.Dtype(), target.Dtype(), what, out.Dtype(), ErrDtype)
+		return failf(ErrDtype, "MSE loss: pred %v, target %v and %s %v must share a dtype", pred.Dtype(), target.Dtype(), what, out.Dtype())
 	}
 	return nil
 }
@@ -121,19 +121,19 @@ func (cpuBackend) SoftmaxCrossEntropyGrad(logits, labels *tensor.Dense, scale fl
 // checkCE validates the operands of the cross-entropy kernels, every label included, and returns the labels.
 func checkCE(logits, labels, out *tensor.Dense, grad bool) ([]int32, error) {
 	if logits == nil || labels == nil || out == nil {
-		return nil, errorf("cross-entropy: nil tensor: %w", ErrShape)
+		return nil, failf(ErrShape, "cross-entropy: nil tensor")
 	}
 	if logits.Dims() != 2 || labels.Dims() != 1 || labels.Shape()[0] != logits.Shape()[0] {
-		return nil, errorf("cross-entropy: logits %v and labels %v, want [N,C] and [N]: %w", logits.Shape(), labels.Shape(), ErrShape)
+		return nil, failf(ErrShape, "cross-entropy: logits %v and labels %v, want [N,C] and [N]", logits.Shape(), labels.Shape())
 	}
 	if labels.Dtype() != tensor.Int32 {
-		return nil, errorf("cross-entropy: labels must be int32, got %v: %w", labels.Dtype(), ErrDtype)
+		return nil, failf(ErrDtype, "cross-entropy: labels must be int32, got %v", labels.Dtype())
 	}
 	if out.Dtype() != logits.Dtype() {
-		return nil, errorf("cross-entropy: output dtype %v, logits %v: %w", out.Dtype(), logits.Dtype(), ErrDtype)
+		return nil, failf(ErrDtype, "cross-entropy: output dtype %v, logits %v", out.Dtype(), logits.Dtype())
 	}
 	if want := logits.Shape(); grad && !out.Shape().Eq(want) || !grad && out.Shape().TotalSize() != 1 {
-		return nil, errorf("cross-entropy: output shape %v does not fit logits %v: %w", out.Shape(), want, ErrShape)
+		return nil, failf(ErrShape, "cross-entropy: output shape %v does not fit logits %v", out.Shape(), want)
 	}
 	lab, err := int32s(labels)
 	if err != nil {
@@ -142,7 +142,7 @@ func checkCE(logits, labels, out *tensor.Dense, grad bool) ([]int32, error) {
 	c := int32(logits.Shape()[1])
 	for n, l := range lab {
 		if l != IgnoreLabel && (l < 0 || l >= c) {
-			return nil, errorf("cross-entropy: labels[%d] = %d is outside [0,%d) and not the ignore label %d: %w", n, l, c, IgnoreLabel, ErrLabel)
+			return nil, failf(ErrLabel, "cross-entropy: labels[%d] = %d is outside [0,%d) and not the ignore label %d", n, l, c, IgnoreLabel)
 		}
 	}
 	return lab, nil

@@ -62,12 +62,15 @@
 //	MSELoss(pred, target)     -> scalar mean((pred-target)^2)
 //	SoftmaxCrossEntropy(logits [N,C], labels [N] int32, -1 ignored) -> scalar mean cross-entropy
 //	AddLosses(l1, l2, ...)    -> scalar sum of losses (G.Add cannot add device scalars)
+//	ScaleLoss(l, coef)        -> scalar coef * l (G.Mul by a constant cannot take a device scalar)
 //
 // Loss nodes hold a host scalar on the CPU and a one-element tensor on a device (read either with
 // Float). Adam (AdamW, global-norm clipping) and SGD (momentum, Nesterov) are gorgonia Solvers that update
 // each parameter with one fused kernel on its backend and refuse non-finite gradients (ErrNaN).
 // CheckDeviceGraph and CheckDeviceVM reject what cannot run on device memory; Runner and Trainer run a
-// graph step by step on any backend (tensor engine, host feeds copied in, per-step memory release).
+// graph step by step on any backend (tensor engine, host feeds copied in, per-step memory release;
+// WithCallerSteps when several runners share one device). Every op has symbolic gradients (SymDiff, for
+// G.Grad and the TapeMachine) and DoDiff (for the LispMachine, CPU only: NewLispMachine).
 //
 // # Backends
 //

@@ -15,29 +15,29 @@ import (
 func Float(v G.Value) (float64, error) {
 	switch s := v.(type) {
 	case nil:
-		return math.NaN(), errorf("Float: no value (has the graph run?): %w", ErrShape)
+		return math.NaN(), failf(ErrShape, "Float: no value (has the graph run?)")
 	case *G.F64:
 		return float64(*s), nil
 	case *G.F32:
 		return float64(*s), nil
 	case *tensor.Dense:
 		if s == nil || s.Shape().TotalSize() != 1 {
-			return math.NaN(), errorf("Float: want one element, got a tensor of shape %v: %w", shapeOrNil(s), ErrShape)
+			return math.NaN(), failf(ErrShape, "Float: want one element, got a tensor of shape %v", shapeOrNil(s))
 		}
 		if s.Dtype() != tensor.Float32 && s.Dtype() != tensor.Float64 {
-			return math.NaN(), errorf("Float: want a float, got %v: %w", s.Dtype(), ErrDtype)
+			return math.NaN(), failf(ErrDtype, "Float: want a float, got %v", s.Dtype())
 		}
 		h := s
 		if b, err := BackendFor(s); err != nil {
-			return math.NaN(), errorf("Float: %v: %w", err, ErrMixedBackends)
+			return math.NaN(), failf(ErrMixedBackends, "Float: %v", err)
 		} else if b.Name() != CPU().Name() {
 			if h, err = b.ToHost(s); err != nil {
 				return math.NaN(), errorf("Float: reading a %s scalar: %w", b.Name(), err)
 			}
 		} else if !s.IsNativelyAccessible() {
-			return math.NaN(), errorf("Float: the tensor's memory is not readable by the host and no registered backend owns it: %w", ErrUnsupported)
+			return math.NaN(), failf(ErrUnsupported, "Float: the tensor's memory is not readable by the host and no registered backend owns it")
 		}
 		return scalarOf(h)
 	}
-	return math.NaN(), errorf("Float: want a scalar value, got %T: %w", v, ErrDtype)
+	return math.NaN(), failf(ErrDtype, "Float: want a scalar value, got %T", v)
 }

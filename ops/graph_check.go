@@ -45,7 +45,7 @@ import (
 // LispMachine.
 func CheckDeviceGraph(g *G.ExprGraph) error {
 	if g == nil {
-		return errorf("device graph: nil graph: %w", ErrConfig)
+		return failf(ErrConfig, "device graph: nil graph")
 	}
 	var problems []string
 	for _, n := range g.AllNodes() {
@@ -68,11 +68,11 @@ func CheckDeviceGraph(g *G.ExprGraph) error {
 // TensorEngineProvider (Runner does this).
 func CheckDeviceVM(vm G.VM) error {
 	if vm == nil {
-		return errorf("device machine: nil machine: %w", ErrConfig)
+		return failf(ErrConfig, "device machine: nil machine")
 	}
 	t := reflect.TypeOf(vm)
 	if t.String() != "*gorgonia.tapeMachine" {
-		return errorf("device machine: %v cannot run a device graph; use G.NewTapeMachine(g, G.WithEngine(engine)): %w", t, ErrUnsupported)
+		return failf(ErrUnsupported, "device machine: %v cannot run a device graph; use G.NewTapeMachine(g, G.WithEngine(engine))", t)
 	}
 	// Gorgonia v0.9.18 keeps these options as bits of tapeMachine.runFlags (vm.go).
 	flags, ok := uintField(reflect.ValueOf(vm).Elem(), "runFlags")
@@ -84,7 +84,7 @@ func CheckDeviceVM(vm G.VM) error {
 		name string
 	}{{2, "G.WithNaNWatch"}, {3, "G.WithInfWatch"}, {6, "G.TraceExec"}, {7, "G.BindDualValues"}, {8, "G.WithWatchlist"}} {
 		if flags>>f.bit&1 == 1 {
-			return errorf("device machine: made with %s, which reads or zeroes values with host loops: %w", f.name, ErrUnsupported)
+			return failf(ErrUnsupported, "device machine: made with %s, which reads or zeroes values with host loops", f.name)
 		}
 	}
 	return nil

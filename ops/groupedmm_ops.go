@@ -151,7 +151,7 @@ func (op *groupedMatMulOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Val
 	if err != nil {
 		return nil, err
 	}
-	b, err := backendOf(x, w, plan)
+	b, err := backendOf(op.String(), x, w, plan)
 	if err != nil {
 		return nil, err
 	}
@@ -229,7 +229,7 @@ func (op *groupedMatMulGradWOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (
 	if err != nil {
 		return nil, err
 	}
-	b, err := backendOf(a, g, plan)
+	b, err := backendOf(op.String(), a, g, plan)
 	if err != nil {
 		return nil, err
 	}

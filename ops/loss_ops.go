@@ -204,7 +204,7 @@ func (op *lossOp) Do(vs ...G.Value) (G.Value, error) {
 			}
 		}
 	}
-	b, err := backendOf(logits, plan, mask)
+	b, err := backendOf(op.String(), logits, plan, mask)
 	if err != nil {
 		return nil, err
 	}

@@ -2,7 +2,6 @@ package ops
 
 import (
 	"errors"
-	"fmt"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -125,7 +124,7 @@ func lispDiff(op stringer, inputs G.Nodes, output *G.Node, grads func(in []G.Val
 			return failf(ErrUnsupported, "%v: DoDiff: input %d has no gradient value (%v)", op, i, err)
 		}
 		if err := addInto(acc, d); err != nil {
-			return fmt.Errorf("ops: %v: DoDiff: input %d: %w", op, i, err)
+			return errorf("%v: DoDiff: input %d: %w", op, i, err)
 		}
 	}
 	return nil

@@ -24,10 +24,10 @@ import (
 //	logits, err := ops.MatMul(x, router, false, true) // [T,E]
 func MatMul(a, b *G.Node, transA, transB bool) (*G.Node, error) {
 	const name = "matmul"
-	if err := needNode(name, "a", a, 2, anyFloat); err != nil {
+	if err := nodeCheck(name, "a", a, 2, anyFloat); err != nil {
 		return nil, err
 	}
-	if err := needNode(name, "b", b, 2, a.Dtype()); err != nil {
+	if err := nodeCheck(name, "b", b, 2, a.Dtype()); err != nil {
 		return nil, err
 	}
 	op := &matMulOp{transA: transA, transB: transB}
@@ -54,27 +54,54 @@ func (op *matMulOp) WriteHash(h hash.Hash) { writeHash(op, h) }
 func (op *matMulOp) Hashcode() uint32      { return hashOf(op) }
 func (op *matMulOp) DiffWRT(int) []bool    { return []bool{true, true} }
 
+// matMulTerm is one gradient product MatMul(v[x], v[y], tx, ty) over v = (a, b, dc).
+type matMulTerm struct {
+	x, y   int
+	tx, ty bool
+}
+
+// gradTerms returns the products giving da and db (see MatMul).
+func (op *matMulOp) gradTerms() [2]matMulTerm {
+	const a, b, dc = 0, 1, 2
+	da := matMulTerm{dc, b, false, !op.transB}
+	if op.transA {
+		da = matMulTerm{b, dc, op.transB, true}
+	}
+	db := matMulTerm{a, dc, !op.transA, false}
+	if op.transB {
+		db = matMulTerm{dc, a, true, op.transA}
+	}
+	return [2]matMulTerm{da, db}
+}
+
 func (op *matMulOp) SymDiff(in G.Nodes, _, dc *G.Node) (G.Nodes, error) {
 	if len(in) != 2 {
-		return nil, errorf("%v: want 2 inputs, got %d: %w", op, len(in), ErrShape)
+		return nil, failf(ErrShape, "%v: want 2 inputs, got %d", op, len(in))
 	}
-	a, b := in[0], in[1]
-	var da, db *G.Node
-	var err error
-	if op.transA {
-		da, err = MatMul(b, dc, op.transB, true)
-	} else {
-		da, err = MatMul(dc, b, false, !op.transB)
+	v := G.Nodes{in[0], in[1], dc}
+	out := make(G.Nodes, 2)
+	for i, t := range op.gradTerms() {
+		var err error
+		if out[i], err = MatMul(v[t.x], v[t.y], t.tx, t.ty); err != nil {
+			return nil, err
+		}
 	}
-	if err != nil {
-		return nil, err
-	}
-	if op.transB {
-		db, err = MatMul(dc, a, true, op.transA)
-	} else {
-		db, err = MatMul(a, dc, !op.transA, false)
-	}
-	return G.Nodes{da, db}, err
+	return out, nil
+}
+
+// DoDiff (LispMachine) runs the gradient products of SymDiff on values.
+func (op *matMulOp) DoDiff(_ G.ExecutionContext, inputs G.Nodes, output *G.Node) error {
+	return lispDiff(op, inputs, output, func(in []G.Value, g G.Value) ([]G.Value, error) {
+		v := []G.Value{in[0], in[1], g}
+		out := make([]G.Value, 2)
+		for i, t := range op.gradTerms() {
+			var err error
+			if out[i], err = (&matMulOp{transA: t.tx, transB: t.ty}).Do(v[t.x], v[t.y]); err != nil {
+				return nil, err
+			}
+		}
+		return out, nil
+	})
 }
 
 func (op *matMulOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
@@ -87,7 +114,7 @@ func (op *matMulOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 		return nil, err
 	}
 	if len(a) != 2 || len(b) != 2 {
-		return nil, errorf("%v: operands %v and %v must be matrices: %w", op, a, b, ErrShape)
+		return nil, failf(ErrShape, "%v: operands %v and %v must be matrices", op, a, b)
 	}
 	m, k := a[0], a[1]
 	if op.transA {
@@ -98,7 +125,7 @@ func (op *matMulOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 		kb, n = n, kb
 	}
 	if k != kb {
-		return nil, errorf("%v: inner dimensions differ: a %v gives K=%d, b %v gives K=%d: %w", op, a, k, b, kb, ErrShape)
+		return nil, failf(ErrShape, "%v: inner dimensions differ: a %v gives K=%d, b %v gives K=%d", op, a, k, b, kb)
 	}
 	return tensor.Shape{m, n}, nil
 }
@@ -109,11 +136,11 @@ func (op *matMulOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, err
 	if err := arity(op, 2, vs); err != nil {
 		return nil, err
 	}
-	a, err := denseArg("matmul", "a", vs[0], anyFloat, tensor.Shape{-1, -1})
+	a, err := arg("matmul", "a", vs[0], anyFloat, -1, -1)
 	if err != nil {
 		return nil, err
 	}
-	b, err := denseArg("matmul", "b", vs[1], a.Dtype(), tensor.Shape{-1, -1})
+	b, err := arg("matmul", "b", vs[1], a.Dtype(), -1, -1)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +148,7 @@ func (op *matMulOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, err
 	if err != nil {
 		return nil, err
 	}
-	be, err := ownerOf("matmul", a, b)
+	be, err := backendOf("matmul", a, b)
 	if err != nil {
 		return nil, err
 	}

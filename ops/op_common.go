@@ -31,12 +31,6 @@ func hashOf(op stringer) uint32 {
 	return h.Sum32()
 }
 
-// failf returns an error prefixed "ops: " that wraps sentinel (one of the Err* values), so that
-// errors.Is(err, sentinel) holds: failf(ErrShape, "dispatch: x has %d rows", n).
-func failf(sentinel error, format string, args ...any) error {
-	return fmt.Errorf("ops: "+format+": %w", append(args, sentinel)...)
-}
-
 // Types are built afresh on every call: Gorgonia's type system recycles the types it is given.
 func floatT(dims int) hm.Type { return G.TensorType{Dims: dims, Of: hm.TypeVariable('a')} }
 func int32T(dims int) hm.Type { return G.TensorType{Dims: dims, Of: tensor.Int32} }
@@ -46,14 +40,11 @@ func scalarT() hm.Type        { return hm.TypeVariable('a') }
 // A shape entry of -1 matches any size.
 func arg(op, name string, v G.Value, dt tensor.Dtype, shape ...int) (*tensor.Dense, error) {
 	d, ok := v.(*tensor.Dense)
-	if !ok {
+	if !ok || d == nil {
 		return nil, failf(ErrUnsupported, "%s: %s must be a *tensor.Dense, got %T", op, name, v)
 	}
-	switch {
-	case dt.Type == nil && d.Dtype() != tensor.Float32 && d.Dtype() != tensor.Float64:
-		return nil, failf(ErrDtype, "%s: %s must be float32 or float64, got %v", op, name, d.Dtype())
-	case dt.Type != nil && d.Dtype() != dt:
-		return nil, failf(ErrDtype, "%s: %s must be %v, got %v", op, name, dt, d.Dtype())
+	if err := checkDtype(op, name, d.Dtype(), dt); err != nil {
+		return nil, err
 	}
 	s := d.Shape()
 	if len(s) != len(shape) {
@@ -67,6 +58,17 @@ func arg(op, name string, v G.Value, dt tensor.Dtype, shape ...int) (*tensor.Den
 	return d, nil
 }
 
+// checkDtype checks a dtype: want, or float32/float64 when want is anyFloat.
+func checkDtype(op, name string, got, want tensor.Dtype) error {
+	switch {
+	case want.Type == nil && got != tensor.Float32 && got != tensor.Float64:
+		return failf(ErrDtype, "%s: %s must be float32 or float64, got %v", op, name, got)
+	case want.Type != nil && got != want:
+		return failf(ErrDtype, "%s: %s must be %v, got %v", op, name, want, got)
+	}
+	return nil
+}
+
 // arity checks the number of values an op's Do received.
 func arity(op stringer, want int, vs []G.Value) error {
 	if len(vs) != want {
@@ -75,15 +77,16 @@ func arity(op stringer, want int, vs []G.Value) error {
 	return nil
 }
 
-// backendOf picks the backend that owns all given (non-nil) tensors.
-func backendOf(ts ...*tensor.Dense) (Backend, error) {
+// backendOf picks the backend that owns all given (non-nil) tensors of op; tensors of different
+// backends are an error (ErrMixedBackends) naming op.
+func backendOf(op string, ts ...*tensor.Dense) (Backend, error) {
 	var in []tensor.Tensor
 	for _, t := range ts {
 		if t != nil {
 			in = append(in, t)
 		}
 	}
-	return BackendFor(in...)
+	return backendFor(op, in)
 }
 
 // output returns prealloc when it is a tensor of the right dtype and shape owned by b, else a new one.
@@ -157,22 +160,19 @@ func firstFloat(data any) (float64, bool) {
 	return 0, false
 }
 
-// nodeCheck validates a node's rank and dtype at graph-build time (nil dtype: float32 or float64).
+// nodeCheck validates a node at graph-build time: non-nil, the given rank (-1: any rank) and dtype
+// (anyFloat: float32 or float64).
 func nodeCheck(op, name string, n *G.Node, rank int, dt tensor.Dtype) error {
 	if n == nil {
 		return failf(ErrShape, "%s: %s is nil", op, name)
 	}
-	if got := n.Shape().Dims(); got != rank {
+	if got := n.Shape().Dims(); rank >= 0 && got != rank {
 		return failf(ErrShape, "%s: %s %s must have rank %d, got shape %v", op, name, nodeName(n), rank, n.Shape())
 	}
-	ndt := n.Dtype()
-	switch {
-	case dt.Type == nil && ndt != tensor.Float32 && ndt != tensor.Float64:
-		return failf(ErrDtype, "%s: %s %s must be float32 or float64, got %v", op, name, nodeName(n), ndt)
-	case dt.Type != nil && ndt != dt:
-		return failf(ErrDtype, "%s: %s %s must be %v, got %v", op, name, nodeName(n), dt, ndt)
+	if nn := nodeName(n); nn != "" {
+		name += " " + nn
 	}
-	return nil
+	return checkDtype(op, name, n.Dtype(), dt)
 }
 
 // sameDtype checks at build time that two float inputs of one op share their dtype, naming both the

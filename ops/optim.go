@@ -46,15 +46,15 @@ func (c AdamConfig) Validate() error {
 func (p AdamParams) Validate() error {
 	switch {
 	case !finiteNonNeg(p.LR):
-		return errorf("adam: learning rate must be finite and >= 0, got %v: %w", p.LR, ErrConfig)
+		return failf(ErrConfig, "adam: learning rate must be finite and >= 0, got %v", p.LR)
 	case !(p.Beta1 >= 0 && p.Beta1 < 1) || !(p.Beta2 >= 0 && p.Beta2 < 1):
-		return errorf("adam: betas must lie in [0, 1), got %v, %v: %w", p.Beta1, p.Beta2, ErrConfig)
+		return failf(ErrConfig, "adam: betas must lie in [0, 1), got %v, %v", p.Beta1, p.Beta2)
 	case !(p.Eps > 0) || math.IsInf(p.Eps, 0):
-		return errorf("adam: eps must be finite and > 0, got %v: %w", p.Eps, ErrConfig)
+		return failf(ErrConfig, "adam: eps must be finite and > 0, got %v", p.Eps)
 	case !finiteNonNeg(p.WeightDecay):
-		return errorf("adam: weight decay must be finite and >= 0, got %v: %w", p.WeightDecay, ErrConfig)
+		return failf(ErrConfig, "adam: weight decay must be finite and >= 0, got %v", p.WeightDecay)
 	case p.Step < 1:
-		return errorf("adam: step counts from 1, got %d: %w", p.Step, ErrConfig)
+		return failf(ErrConfig, "adam: step counts from 1, got %d", p.Step)
 	}
 	return nil
 }
@@ -85,13 +85,13 @@ func (c SGDConfig) Validate() error {
 func (p SGDParams) Validate() error {
 	switch {
 	case !finiteNonNeg(p.LR):
-		return errorf("sgd: learning rate must be finite and >= 0, got %v: %w", p.LR, ErrConfig)
+		return failf(ErrConfig, "sgd: learning rate must be finite and >= 0, got %v", p.LR)
 	case !finiteNonNeg(p.Momentum):
-		return errorf("sgd: momentum must be finite and >= 0, got %v: %w", p.Momentum, ErrConfig)
+		return failf(ErrConfig, "sgd: momentum must be finite and >= 0, got %v", p.Momentum)
 	case p.Nesterov && p.Momentum == 0:
-		return errorf("sgd: Nesterov momentum needs a momentum > 0: %w", ErrConfig)
+		return failf(ErrConfig, "sgd: Nesterov momentum needs a momentum > 0")
 	case !finiteNonNeg(p.WeightDecay):
-		return errorf("sgd: weight decay must be finite and >= 0, got %v: %w", p.WeightDecay, ErrConfig)
+		return failf(ErrConfig, "sgd: weight decay must be finite and >= 0, got %v", p.WeightDecay)
 	}
 	return nil
 }
@@ -100,7 +100,7 @@ func finiteNonNeg(v float64) bool { return v >= 0 && !math.IsInf(v, 0) }
 
 func checkMaxNorm(v float64) error {
 	if !finiteNonNeg(v) {
-		return errorf("MaxGradNorm must be finite and >= 0 (0: no clipping), got %v: %w", v, ErrConfig)
+		return failf(ErrConfig, "MaxGradNorm must be finite and >= 0 (0: no clipping), got %v", v)
 	}
 	return nil
 }
@@ -248,7 +248,7 @@ type solverState struct {
 // first step (nbuf tensors per parameter plus the clipping factor) on the parameters' backend.
 func (s *solverState) prepare(solver string, vgs []G.ValueGrad, nbuf int) (ps, gs []*tensor.Dense, err error) {
 	if len(vgs) == 0 {
-		return nil, nil, errorf("%s: no parameters: %w", solver, ErrConfig)
+		return nil, nil, failf(ErrConfig, "%s: no parameters", solver)
 	}
 	ps = make([]*tensor.Dense, len(vgs))
 	gs = make([]*tensor.Dense, len(vgs))
@@ -258,30 +258,30 @@ func (s *solverState) prepare(solver string, vgs []G.ValueGrad, nbuf int) (ps, g
 		names[i] = paramName(vg, i)
 		p, ok := vg.Value().(*tensor.Dense)
 		if !ok || p == nil {
-			return nil, nil, errorf("%s: parameter %s has no tensor value (%T): %w", solver, names[i], vg.Value(), ErrDtype)
+			return nil, nil, failf(ErrDtype, "%s: parameter %s has no tensor value (%T)", solver, names[i], vg.Value())
 		}
 		gv, err := vg.Grad()
 		if err != nil {
-			return nil, nil, errorf("%s: parameter %s has no gradient (is it in the graph's G.Grad?): %v: %w", solver, names[i], err, ErrConfig)
+			return nil, nil, failf(ErrConfig, "%s: parameter %s has no gradient (is it in the graph's G.Grad?): %v", solver, names[i], err)
 		}
 		g, ok := gv.(*tensor.Dense)
 		if !ok || g == nil {
-			return nil, nil, errorf("%s: the gradient of %s is %T, want a tensor: %w", solver, names[i], gv, ErrDtype)
+			return nil, nil, failf(ErrDtype, "%s: the gradient of %s is %T, want a tensor", solver, names[i], gv)
 		}
 		if err := checkElementwise(solver+": parameter "+names[i]+" and its gradient", p, g); err != nil {
 			return nil, nil, err
 		}
-		if err := dtypeIs(solver, "parameter "+names[i], p.Dtype(), anyFloat); err != nil {
+		if err := checkDtype(solver, "parameter "+names[i], p.Dtype(), anyFloat); err != nil {
 			return nil, nil, err
 		}
-		pb, err := ownerOf(solver+": parameter "+names[i]+" and its gradient", p, g)
+		pb, err := backendOf(solver+": parameter "+names[i]+" and its gradient", p, g)
 		if err != nil {
 			return nil, nil, err
 		}
 		if b == nil {
 			b = pb
 		} else if pb.Name() != b.Name() {
-			return nil, nil, errorf("%s: parameter %s is on %s, %s on %s: %w", solver, names[i], pb.Name(), names[0], b.Name(), ErrMixedBackends)
+			return nil, nil, failf(ErrMixedBackends, "%s: parameter %s is on %s, %s on %s", solver, names[i], pb.Name(), names[0], b.Name())
 		}
 		ps[i], gs[i] = p, g
 	}
@@ -289,12 +289,11 @@ func (s *solverState) prepare(solver string, vgs []G.ValueGrad, nbuf int) (ps, g
 		return ps, gs, s.init(b, ps, names, nbuf)
 	}
 	if b.Name() != s.b.Name() || len(ps) != len(s.params) {
-		return nil, nil, errorf("%s: the parameters changed since the first step (%d on %s, now %d on %s); Reset the solver: %w",
-			solver, len(s.params), s.b.Name(), len(ps), b.Name(), ErrConfig)
+		return nil, nil, failf(ErrConfig, "%s: the parameters changed since the first step (%d on %s, now %d on %s); Reset the solver", solver, len(s.params), s.b.Name(), len(ps), b.Name())
 	}
 	for i, p := range ps {
 		if p != s.params[i] {
-			return nil, nil, errorf("%s: parameter %d (%s) is not the tensor it was at the first step; Reset the solver: %w", solver, i, names[i], ErrConfig)
+			return nil, nil, failf(ErrConfig, "%s: parameter %d (%s) is not the tensor it was at the first step; Reset the solver", solver, i, names[i])
 		}
 	}
 	return ps, gs, nil

@@ -299,7 +299,7 @@ func (op *permuteOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, er
 	if err != nil {
 		return nil, err
 	}
-	b, err := backendOf(a, second, plan)
+	b, err := backendOf(op.String(), a, second, plan)
 	if err != nil {
 		return nil, err
 	}

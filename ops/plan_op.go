@@ -69,7 +69,7 @@ func (op *planOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error
 	if err := checkSizes("plan", idx.Shape()[0], op.k, op.e, 1); err != nil {
 		return nil, err
 	}
-	b, err := backendOf(idx)
+	b, err := backendOf(op.String(), idx)
 	if err != nil {
 		return nil, err
 	}

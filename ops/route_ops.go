@@ -48,11 +48,11 @@ func Route(logits *G.Node, cfg RouteConfig) (*Routing, error) {
 	}
 	idx, err := G.ApplyOp(&routeIndicesOp{cfg: cfg, e: nE}, logits)
 	if err != nil {
-		return nil, fmt.Errorf("ops: route: indices: %w", err)
+		return nil, errorf("route: indices: %w", err)
 	}
 	w, err := G.ApplyOp(&routeWeightsOp{cfg: cfg, e: nE}, logits, idx)
 	if err != nil {
-		return nil, fmt.Errorf("ops: route: weights: %w", err)
+		return nil, errorf("route: weights: %w", err)
 	}
 	plan, err := PlanOf(idx, nE)
 	if err != nil {
@@ -126,7 +126,7 @@ func (op *routeIndicesOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Valu
 	if err != nil {
 		return nil, err
 	}
-	b, err := backendOf(logits)
+	b, err := backendOf(op.String(), logits)
 	if err != nil {
 		return nil, err
 	}
@@ -198,7 +198,7 @@ func (op *routeWeightsOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Valu
 	if err != nil {
 		return nil, err
 	}
-	b, err := backendOf(logits, idx)
+	b, err := backendOf(op.String(), logits, idx)
 	if err != nil {
 		return nil, err
 	}
@@ -262,7 +262,7 @@ func (op *routeWeightsGradOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.
 	if err != nil {
 		return nil, err
 	}
-	b, err := backendOf(logits, idx, dw)
+	b, err := backendOf(op.String(), logits, idx, dw)
 	if err != nil {
 		return nil, err
 	}

@@ -16,17 +16,17 @@ import (
 // two zero-copy view nodes expose.
 func SwiGLU(gate, up *G.Node) (*G.Node, error) {
 	const name = "swiglu"
-	if err := needNode(name, "gate", gate, -1, anyFloat); err != nil {
+	if err := nodeCheck(name, "gate", gate, -1, anyFloat); err != nil {
 		return nil, err
 	}
-	if err := needNode(name, "up", up, -1, gate.Dtype()); err != nil {
+	if err := nodeCheck(name, "up", up, -1, gate.Dtype()); err != nil {
 		return nil, err
 	}
 	if !gate.Shape().Eq(up.Shape()) {
-		return nil, errorf("%s: gate %v and up %v differ in shape: %w", name, gate.Shape(), up.Shape(), ErrShape)
+		return nil, failf(ErrShape, "%s: gate %v and up %v differ in shape", name, gate.Shape(), up.Shape())
 	}
 	if gate.Shape().Dims() == 0 {
-		return nil, errorf("%s: gate must be a tensor, got a scalar: %w", name, ErrShape)
+		return nil, failf(ErrShape, "%s: gate must be a tensor, got a scalar", name)
 	}
 	return G.ApplyOp(&swigluOp{shape: gate.Shape().Clone()}, gate, up)
 }
@@ -50,19 +50,41 @@ func (op *swigluOp) DiffWRT(int) []bool    { return []bool{true, true} }
 // SymDiff builds the fused gradient node ([2n]: dgate then dup) and its two views.
 func (op *swigluOp) SymDiff(in G.Nodes, _, g *G.Node) (G.Nodes, error) {
 	if len(in) != 2 {
-		return nil, errorf("%v: want 2 inputs, got %d: %w", op, len(in), ErrShape)
+		return nil, failf(ErrShape, "%v: want 2 inputs, got %d", op, len(in))
 	}
 	flat, err := G.ApplyOp(&swigluGradOp{shape: op.shape}, in[0], in[1], g)
 	if err != nil {
 		return nil, err
 	}
-	n := op.shape.TotalSize()
-	dgate, err := G.ApplyOp(&viewOp{offset: 0, shape: op.shape.Clone()}, flat)
+	views := op.gradViews()
+	dgate, err := G.ApplyOp(views[0], flat)
 	if err != nil {
 		return nil, err
 	}
-	dup, err := G.ApplyOp(&viewOp{offset: n, shape: op.shape.Clone()}, flat)
+	dup, err := G.ApplyOp(views[1], flat)
 	return G.Nodes{dgate, dup}, err
+}
+
+// gradViews are the views of the fused gradient's halves: dgate, then dup.
+func (op *swigluOp) gradViews() [2]*viewOp {
+	return [2]*viewOp{{offset: 0, shape: op.shape.Clone(), of: "SwiGLU"}, {offset: op.shape.TotalSize(), shape: op.shape.Clone(), of: "SwiGLU"}}
+}
+
+// DoDiff (LispMachine) runs the fused gradient kernel on values.
+func (op *swigluOp) DoDiff(_ G.ExecutionContext, inputs G.Nodes, output *G.Node) error {
+	return lispDiff(op, inputs, output, func(in []G.Value, g G.Value) ([]G.Value, error) {
+		flat, err := (&swigluGradOp{shape: op.shape}).Do(in[0], in[1], g)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]G.Value, 2)
+		for i, v := range op.gradViews() {
+			if out[i], err = v.Do(flat); err != nil {
+				return nil, err
+			}
+		}
+		return out, nil
+	})
 }
 
 func (op *swigluOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
@@ -72,7 +94,7 @@ func (op *swigluOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 			return nil, err
 		}
 		if !s.Eq(op.shape) {
-			return nil, errorf("%v: input %d has shape %v: %w", op, i, s, ErrShape)
+			return nil, failf(ErrShape, "%v: input %d has shape %v", op, i, s)
 		}
 	}
 	return op.shape.Clone(), nil
@@ -84,15 +106,15 @@ func (op *swigluOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, err
 	if err := arity(op, 2, vs); err != nil {
 		return nil, err
 	}
-	gate, err := denseArg("swiglu", "gate", vs[0], anyFloat, op.shape)
+	gate, err := arg("swiglu", "gate", vs[0], anyFloat, op.shape...)
 	if err != nil {
 		return nil, err
 	}
-	up, err := denseArg("swiglu", "up", vs[1], gate.Dtype(), op.shape)
+	up, err := arg("swiglu", "up", vs[1], gate.Dtype(), op.shape...)
 	if err != nil {
 		return nil, err
 	}
-	b, err := ownerOf("swiglu", gate, up)
+	b, err := backendOf("swiglu", gate, up)
 	if err != nil {
 		return nil, err
 	}
@@ -118,10 +140,14 @@ func (op *swigluGradOp) String() string        { return fmt.Sprintf("SwiGLUGrad{
 func (op *swigluGradOp) WriteHash(h hash.Hash) { writeHash(op, h) }
 func (op *swigluGradOp) Hashcode() uint32      { return hashOf(op) }
 
-// Second derivatives through the fused node are not provided (first-order training needs none).
-func (op *swigluGradOp) DiffWRT(n int) []bool { return make([]bool, n) }
+// Second derivatives through the fused node are not provided (first-order training needs none). The
+// inputs are marked differentiable so that G.Grad of a gradient reaches SymDiff, whose error names the op.
+func (op *swigluGradOp) DiffWRT(n int) []bool { return allTrue(n) }
 func (op *swigluGradOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
-	return nil, errorf("%v has no second derivative: %w", op, ErrUnsupported)
+	return nil, noSecondOrder(op, "SwiGLU")
+}
+func (op *swigluGradOp) DoDiff(G.ExecutionContext, G.Nodes, *G.Node) error {
+	return noSecondOrder(op, "SwiGLU")
 }
 
 func (op *swigluGradOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
@@ -131,7 +157,7 @@ func (op *swigluGradOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 			return nil, err
 		}
 		if !s.Eq(op.shape) {
-			return nil, errorf("%v: input %d has shape %v: %w", op, i, s, ErrShape)
+			return nil, failf(ErrShape, "%v: input %d has shape %v", op, i, s)
 		}
 	}
 	return tensor.Shape{2 * op.shape.TotalSize()}, nil
@@ -144,19 +170,19 @@ func (op *swigluGradOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value,
 		return nil, err
 	}
 	const name = "swiglu gradient"
-	gate, err := denseArg(name, "gate", vs[0], anyFloat, op.shape)
+	gate, err := arg(name, "gate", vs[0], anyFloat, op.shape...)
 	if err != nil {
 		return nil, err
 	}
-	up, err := denseArg(name, "up", vs[1], gate.Dtype(), op.shape)
+	up, err := arg(name, "up", vs[1], gate.Dtype(), op.shape...)
 	if err != nil {
 		return nil, err
 	}
-	dout, err := denseArg(name, "upstream gradient", vs[2], gate.Dtype(), op.shape)
+	dout, err := arg(name, "upstream gradient", vs[2], gate.Dtype(), op.shape...)
 	if err != nil {
 		return nil, err
 	}
-	b, err := ownerOf(name, gate, up, dout)
+	b, err := backendOf(name, gate, up, dout)
 	if err != nil {
 		return nil, err
 	}

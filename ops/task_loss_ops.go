@@ -20,17 +20,17 @@ const IgnoreLabel = -1
 // device from the upstream gradient without a host read (read the value with Float, which synchronises).
 func MSELoss(pred, target *G.Node) (*G.Node, error) {
 	const name = "MSE loss"
-	if err := needNode(name, "pred", pred, -1, anyFloat); err != nil {
+	if err := nodeCheck(name, "pred", pred, -1, anyFloat); err != nil {
 		return nil, err
 	}
-	if err := needNode(name, "target", target, -1, pred.Dtype()); err != nil {
+	if err := nodeCheck(name, "target", target, -1, pred.Dtype()); err != nil {
 		return nil, err
 	}
 	if !pred.Shape().Eq(target.Shape()) {
-		return nil, errorf("%s: pred %v and target %v differ in shape: %w", name, pred.Shape(), target.Shape(), ErrShape)
+		return nil, failf(ErrShape, "%s: pred %v and target %v differ in shape", name, pred.Shape(), target.Shape())
 	}
 	if pred.Shape().Dims() == 0 || pred.Shape().TotalSize() == 0 {
-		return nil, errorf("%s: pred must be a tensor with at least one element, got shape %v: %w", name, pred.Shape(), ErrShape)
+		return nil, failf(ErrShape, "%s: pred must be a tensor with at least one element, got shape %v", name, pred.Shape())
 	}
 	return G.ApplyOp(&taskLossOp{kind: mseLoss, shape: pred.Shape().Clone()}, pred, target)
 }
@@ -43,14 +43,14 @@ func MSELoss(pred, target *G.Node) (*G.Node, error) {
 // Differentiable w.r.t. logits: (softmax(logits[n,:]) - onehot(labels[n])) / counted rows.
 func SoftmaxCrossEntropy(logits, labels *G.Node) (*G.Node, error) {
 	const name = "cross-entropy"
-	if err := needNode(name, "logits", logits, 2, anyFloat); err != nil {
+	if err := nodeCheck(name, "logits", logits, 2, anyFloat); err != nil {
 		return nil, err
 	}
-	if err := needNode(name, "labels", labels, 1, tensor.Int32); err != nil {
+	if err := nodeCheck(name, "labels", labels, 1, tensor.Int32); err != nil {
 		return nil, err
 	}
 	if labels.Shape()[0] != logits.Shape()[0] {
-		return nil, errorf("%s: %d labels for %d rows of logits: %w", name, labels.Shape()[0], logits.Shape()[0], ErrShape)
+		return nil, failf(ErrShape, "%s: %d labels for %d rows of logits", name, labels.Shape()[0], logits.Shape()[0])
 	}
 	return G.ApplyOp(&taskLossOp{kind: crossEntropyLoss, shape: logits.Shape().Clone()}, logits, labels)
 }
@@ -93,7 +93,7 @@ func (op *taskLossOp) Type() hm.Type {
 }
 
 func (op *taskLossOp) String() string {
-	name := [...]string{"MSELoss", "SoftmaxCrossEntropy"}[op.kind]
+	name := op.lossName()
 	if op.grad {
 		name += "Grad"
 	}
@@ -102,28 +102,72 @@ func (op *taskLossOp) String() string {
 func (op *taskLossOp) WriteHash(h hash.Hash) { writeHash(op, h) }
 func (op *taskLossOp) Hashcode() uint32      { return hashOf(op) }
 
+// DiffWRT: the float inputs (logits, or pred and target). The gradient op marks its float inputs too, so
+// that a second derivative reaches SymDiff, which names the op.
 func (op *taskLossOp) DiffWRT(n int) []bool {
 	d := make([]bool, n)
-	if !op.grad {
-		d[0] = true
+	d[0] = true
+	if n > 1 {
 		d[1] = op.kind == mseLoss
+	}
+	if op.grad && n > 2 {
+		d[2] = true
+	}
+	return d
+}
+
+func (op *taskLossOp) lossName() string {
+	return [...]string{"MSELoss", "SoftmaxCrossEntropy"}[op.kind]
+}
+
+// gradOps returns the gradient ops of the loss's inputs: d/d(input 0), and for MSE d/d(input 1) (the same
+// kernel with the operands swapped, applied to (in[1], in[0], g)); nil where there is none.
+func (op *taskLossOp) gradOps() [2]*taskLossOp {
+	d := [2]*taskLossOp{{kind: op.kind, grad: true, shape: op.shape}}
+	if op.kind == mseLoss {
+		d[1] = &taskLossOp{kind: op.kind, grad: true, swap: true, shape: op.shape}
 	}
 	return d
 }
 
 func (op *taskLossOp) SymDiff(in G.Nodes, _, g *G.Node) (G.Nodes, error) {
 	if op.grad {
-		return nil, errorf("%v has no second derivative: %w", op, ErrUnsupported)
+		return nil, noSecondOrder(op, op.lossName())
 	}
 	if len(in) != 2 {
-		return nil, errorf("%v: want 2 inputs, got %d: %w", op, len(in), ErrShape)
+		return nil, failf(ErrShape, "%v: want 2 inputs, got %d", op, len(in))
 	}
-	d0, err := G.ApplyOp(&taskLossOp{kind: op.kind, grad: true, shape: op.shape}, in[0], in[1], g)
-	if err != nil || op.kind != mseLoss {
-		return G.Nodes{d0, nil}, err
+	out := make(G.Nodes, 2)
+	for i, d := range op.gradOps() {
+		if d == nil {
+			continue
+		}
+		var err error
+		if out[i], err = G.ApplyOp(d, in[i], in[1-i], g); err != nil {
+			return nil, err
+		}
 	}
-	d1, err := G.ApplyOp(&taskLossOp{kind: op.kind, grad: true, swap: true, shape: op.shape}, in[1], in[0], g)
-	return G.Nodes{d0, d1}, err
+	return out, nil
+}
+
+// DoDiff (LispMachine) runs the gradient ops' kernels on values.
+func (op *taskLossOp) DoDiff(_ G.ExecutionContext, inputs G.Nodes, output *G.Node) error {
+	if op.grad {
+		return noSecondOrder(op, op.lossName())
+	}
+	return lispDiff(op, inputs, output, func(in []G.Value, g G.Value) ([]G.Value, error) {
+		out := make([]G.Value, 2)
+		for i, d := range op.gradOps() {
+			if d == nil {
+				continue
+			}
+			var err error
+			if out[i], err = d.Do(in[i], in[1-i], g); err != nil {
+				return nil, err
+			}
+		}
+		return out, nil
+	})
 }
 
 func (op *taskLossOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
@@ -132,7 +176,7 @@ func (op *taskLossOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 		return nil, err
 	}
 	if !s.Eq(op.shape) {
-		return nil, errorf("%v: input of shape %v: %w", op, s, ErrShape)
+		return nil, failf(ErrShape, "%v: input of shape %v", op, s)
 	}
 	if op.grad {
 		return s.Clone(), nil
@@ -145,20 +189,20 @@ func (op *taskLossOp) Do(vs ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	name := op.String()
-	x, err := denseArg(name, "input", vs[0], anyFloat, op.shape)
+	x, err := arg(name, "input", vs[0], anyFloat, op.shape...)
 	if err != nil {
 		return nil, err
 	}
 	var other *tensor.Dense
 	if op.kind == mseLoss {
-		other, err = denseArg(name, "target", vs[1], x.Dtype(), op.shape)
+		other, err = arg(name, "target", vs[1], x.Dtype(), op.shape...)
 	} else {
-		other, err = denseArg(name, "labels", vs[1], tensor.Int32, tensor.Shape{op.shape[0]})
+		other, err = arg(name, "labels", vs[1], tensor.Int32, op.shape[0])
 	}
 	if err != nil {
 		return nil, err
 	}
-	b, err := ownerOf(name, x, other)
+	b, err := backendOf(name, x, other)
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package ops
 import (
 	"math"
 	"reflect"
+	"unsafe"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -25,43 +26,62 @@ type Runner struct {
 	b      Backend
 	vm     G.VM
 	scoper StepScoper
+	reads  []*G.Value // destinations of the graph's G.Read nodes (device runs clear them)
+
+	callerSteps bool // WithCallerSteps
 }
+
+// RunnerOption changes how a Runner runs.
+type RunnerOption func(*Runner)
+
+// WithCallerSteps makes the runner run inside a training step that the caller opens and closes
+// (StepScoper.BeginStep and EndStep on the backend, around the runs) instead of opening one per run.
+// Steps do not nest, so this is how several runners share one device at the same time, e.g. the
+// in-process ranks of an expert-parallel group: the caller opens one step, every rank runs, the caller
+// closes it once all have finished. Without an open step, device memory of the runs is released only
+// when the garbage collector finds it unreachable.
+func WithCallerSteps() RunnerOption { return func(r *Runner) { r.callerSteps = true } }
 
 // NewRunner prepares g for runs on b (nil: the CPU). On a device backend, g must pass
 // CheckDeviceGraph, b must provide a tensor engine (TensorEngineProvider), and every input node that
 // already holds a value (parameters) must hold a tensor of b.
-func NewRunner(g *G.ExprGraph, b Backend) (*Runner, error) {
+func NewRunner(g *G.ExprGraph, b Backend, opts ...RunnerOption) (*Runner, error) {
 	if g == nil {
-		return nil, errorf("runner: nil graph: %w", ErrConfig)
+		return nil, failf(ErrConfig, "runner: nil graph")
 	}
 	if b == nil {
 		b = CPU()
 	}
 	r := &Runner{g: g, b: b}
-	var opts []G.VMOpt
+	for _, o := range opts {
+		o(r)
+	}
+	var vmOpts []G.VMOpt
 	if b.Name() != CPU().Name() {
 		if err := CheckDeviceGraph(g); err != nil {
 			return nil, err
 		}
 		for _, n := range g.Inputs() {
 			if d, ok := n.Value().(*tensor.Dense); ok && d != nil && !b.Owns(d) {
-				return nil, errorf("runner: input %q holds a tensor that is not in %s memory; place it with the backend's FromHost (moe layers: Config.Backend): %w",
-					n.Name(), b.Name(), ErrMixedBackends)
+				return nil, failf(ErrMixedBackends, "runner: input %q holds a tensor that is not in %s memory; place it with the backend's FromHost (moe layers: Config.Backend)", n.Name(), b.Name())
 			}
 		}
 		tp, ok := b.(TensorEngineProvider)
 		if !ok {
-			return nil, errorf("runner: backend %s provides no tensor engine for Gorgonia's built-in ops: %w", b.Name(), ErrUnsupported)
+			return nil, failf(ErrUnsupported, "runner: backend %s provides no tensor engine for Gorgonia's built-in ops", b.Name())
 		}
 		eng, err := tp.TensorEngine()
 		if err != nil {
 			return nil, errorf("runner: %s tensor engine: %w", b.Name(), err)
 		}
-		opts = append(opts, G.WithEngine(eng))
-		r.scoper, _ = b.(StepScoper)
+		vmOpts = append(vmOpts, G.WithEngine(eng))
+		if !r.callerSteps {
+			r.scoper, _ = b.(StepScoper)
+		}
+		r.reads = readTargets(g)
 	}
-	r.vm = G.NewTapeMachine(g, opts...)
-	if len(opts) > 0 {
+	r.vm = G.NewTapeMachine(g, vmOpts...)
+	if len(vmOpts) > 0 {
 		if err := CheckDeviceVM(r.vm); err != nil {
 			r.vm.Close()
 			return nil, err
@@ -93,6 +113,12 @@ func (r *Runner) run(feeds Feeds, update, read func() error) (err error) {
 	}
 	r.vm.Reset()
 	defer r.vm.Reset() // drop the registers before the step's memory goes
+	// A G.Read node copies into the value its destination already holds (Gorgonia's readInstr): on a
+	// device that is the previous run's copy, released with its step. Start every run from nil, so the
+	// read clones the new value (in this run's memory).
+	for _, p := range r.reads {
+		*p = nil
+	}
 	for n, v := range feeds {
 		if err := r.feed(n, v); err != nil {
 			return err
@@ -116,13 +142,13 @@ func (r *Runner) run(feeds Feeds, update, read func() error) (err error) {
 func (r *Runner) feed(n *G.Node, v *tensor.Dense) error {
 	switch {
 	case n == nil || v == nil:
-		return errorf("runner: nil node or tensor in feeds: %w", ErrConfig)
+		return failf(ErrConfig, "runner: nil node or tensor in feeds")
 	case n.Graph() != r.g || n.Op() != nil:
-		return errorf("runner: feed %q is not an input node of the runner's graph: %w", n.Name(), ErrConfig)
+		return failf(ErrConfig, "runner: feed %q is not an input node of the runner's graph", n.Name())
 	case v.Dtype() != n.Dtype():
-		return errorf("runner: feed %q: tensor dtype %v, node %v: %w", n.Name(), v.Dtype(), n.Dtype(), ErrDtype)
+		return failf(ErrDtype, "runner: feed %q: tensor dtype %v, node %v", n.Name(), v.Dtype(), n.Dtype())
 	case !v.Shape().Eq(n.Shape()):
-		return errorf("runner: feed %q: tensor shape %v, node %v: %w", n.Name(), v.Shape(), n.Shape(), ErrShape)
+		return failf(ErrShape, "runner: feed %q: tensor shape %v, node %v", n.Name(), v.Shape(), n.Shape())
 	}
 	if r.b.Name() != CPU().Name() && !r.b.Owns(v) {
 		d, err := r.b.FromHost(v)
@@ -157,25 +183,25 @@ type Trainer struct {
 func NewTrainer(cost *G.Node, params G.Nodes, solver G.Solver, b Backend) (*Trainer, error) {
 	switch {
 	case cost == nil:
-		return nil, errorf("trainer: nil cost: %w", ErrConfig)
+		return nil, failf(ErrConfig, "trainer: nil cost")
 	case !cost.IsScalar():
-		return nil, errorf("trainer: the cost must be a scalar node, got shape %v: %w", cost.Shape(), ErrShape)
+		return nil, failf(ErrShape, "trainer: the cost must be a scalar node, got shape %v", cost.Shape())
 	case len(params) == 0:
-		return nil, errorf("trainer: no parameters: %w", ErrConfig)
+		return nil, failf(ErrConfig, "trainer: no parameters")
 	case solver == nil:
-		return nil, errorf("trainer: nil solver: %w", ErrConfig)
+		return nil, failf(ErrConfig, "trainer: nil solver")
 	}
 	for _, p := range params {
 		if p == nil || p.Graph() != cost.Graph() {
-			return nil, errorf("trainer: a parameter is nil or in another graph: %w", ErrConfig)
+			return nil, failf(ErrConfig, "trainer: a parameter is nil or in another graph")
 		}
 		if p.Deriv() != nil {
-			return nil, errorf("trainer: %q already has a gradient node; let NewTrainer call G.Grad once for the graph: %w", p.Name(), ErrConfig)
+			return nil, failf(ErrConfig, "trainer: %q already has a gradient node; let NewTrainer call G.Grad once for the graph", p.Name())
 		}
 	}
 	if b != nil && b.Name() != CPU().Name() {
 		if t := reflect.TypeOf(solver); t.Kind() == reflect.Pointer && t.Elem().PkgPath() == gorgoniaPkg {
-			return nil, errorf("trainer: %v updates weights with host loops; use ops.NewAdam or ops.NewSGD on %s: %w", t, b.Name(), ErrUnsupported)
+			return nil, failf(ErrUnsupported, "trainer: %v updates weights with host loops; use ops.NewAdam or ops.NewSGD on %s", t, b.Name())
 		}
 	}
 	t := &Trainer{cost: cost, params: params, solver: solver}
@@ -216,4 +242,26 @@ func (t *Trainer) update() error {
 		return errorf("trainer: solver: %w", err)
 	}
 	return nil
+}
+
+// readTargets returns the destinations of g's G.Read nodes (Gorgonia v0.9.18 keeps each in the field
+// into of its readOp).
+func readTargets(g *G.ExprGraph) []*G.Value {
+	var out []*G.Value
+	for _, n := range g.AllNodes() {
+		op := n.Op()
+		if op == nil {
+			continue
+		}
+		v := reflect.ValueOf(op)
+		if t := v.Type(); t.PkgPath() != gorgoniaPkg || t.Name() != "readOp" || t.Kind() != reflect.Struct {
+			continue
+		}
+		f := v.FieldByName("into")
+		if !f.IsValid() || f.Kind() != reflect.Pointer || f.IsNil() || f.Type().Elem() != reflect.TypeFor[G.Value]() {
+			continue
+		}
+		out = append(out, (*G.Value)(unsafe.Pointer(f.Pointer())))
+	}
+	return out
 }

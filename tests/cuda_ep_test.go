@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -171,21 +172,11 @@ func epRows(t *tensor.Dense, lo, hi int) *tensor.Dense {
 }
 
 func epFloats(v G.Value) []float64 {
-	switch d := v.Data().(type) {
-	case []float64:
-		return append([]float64(nil), d...)
-	case []float32:
-		out := make([]float64, len(d))
-		for i, f := range d {
-			out[i] = float64(f)
-		}
-		return out
-	case float64:
-		return []float64{d}
-	case float32:
-		return []float64{float64(d)}
+	f, err := floats.Of(v)
+	if err != nil {
+		panic(err)
 	}
-	panic(fmt.Sprintf("epFloats: %T", v.Data()))
+	return f
 }
 
 // epDiff returns the largest relative difference of got from want, and whether they are bitwise equal.
@@ -310,7 +301,7 @@ func epRankLayer(cfg moe.Config, tr ep.Transport, x, up *tensor.Dense) (epLayerR
 	m := G.NewTapeMachine(g)
 	defer m.Close()
 	if err := m.RunAll(); err != nil {
-		return epLayerRun{}, ep.Cause(err)
+		return epLayerRun{}, ops.MachineError(err)
 	}
 	if err := l.AllReduceRouterGrad(); err != nil {
 		return epLayerRun{}, err
@@ -433,7 +424,7 @@ func epDeviceGraph(b *cudaops.Backend, tr ep.Transport, E int, cfg ops.RouteConf
 	m := G.NewTapeMachine(g, G.WithEngine(eng))
 	defer m.Close()
 	if err := m.RunAll(); err != nil {
-		return epDeviceRun{}, ep.Cause(err)
+		return epDeviceRun{}, ops.MachineError(err)
 	}
 	var out epDeviceRun
 	for i, n := range append(G.Nodes{y}, grads...) {

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"github.com/expertrt/expertrt-go/internal/floats"
-	"math"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -129,7 +128,7 @@ func TestCUDADeterminism(t *testing.T) {
 				}
 			}
 			for _, k := range []string{"w", "xe", "y", "dye", "dw", "dlogits", "dx"} {
-				if e := maxRelErr(first[k], ref[k]); e > 2e-5 {
+				if e := maxRel(first[k], ref[k]); e > 2e-5 {
 					t.Errorf("%s: max error %.3g vs CPU (tolerance 2e-5)", k, e)
 				} else {
 					t.Logf("%s: max error vs CPU %.3g", k, e)
@@ -137,25 +136,6 @@ func TestCUDADeterminism(t *testing.T) {
 			}
 		})
 	}
-}
-
-func cudaFloats(d *tensor.Dense) []float64 {
-	v, _ := floats.Of(d)
-	return v
-}
-
-// maxRelErr is max_i |a-b| / max(1, |b|).
-func maxRelErr(a, b *tensor.Dense) float64 {
-	av, bv := cudaFloats(a), cudaFloats(b)
-	m := 0.0
-	for i := range av {
-		e := math.Abs(av[i]-bv[i]) / math.Max(1, math.Abs(bv[i]))
-		if e != e {
-			return math.Inf(1)
-		}
-		m = math.Max(m, e)
-	}
-	return m
 }
 
 // TestCUDAAllocatorSteadyState: after the first pass, repeating it (with every tensor freed) makes no
@@ -242,7 +222,7 @@ func TestCUDAFusedMatchesSeparate(t *testing.T) {
 	q := newPipeline(6, 300, 8, 3, 37, tensor.Float32)
 	got, ref := q.run(t, b), q.run(t, ops.CPU())
 	for _, k := range []string{"xe", "y", "dye", "dw", "dlogits", "dx"} {
-		if e := maxRelErr(got[k], ref[k]); e > 2e-5 {
+		if e := maxRel(got[k], ref[k]); e > 2e-5 {
 			t.Errorf("scalar path %s: max error %.3g vs CPU", k, e)
 		}
 	}
@@ -299,7 +279,7 @@ func TestCUDAGraph(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e := maxRelErr(got, want); e > 1e-12 {
+	if e := maxRel(got, want); e > 1e-12 {
 		t.Errorf("device graph differs from host graph: %.3g", e)
 	}
 	// With the default engine the VM relabels device values as host-engine values; ownership goes by
@@ -312,7 +292,7 @@ func TestCUDAGraph(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e := maxRelErr(got2, want); e > 1e-12 {
+	if e := maxRel(got2, want); e > 1e-12 {
 		t.Errorf("device graph (default engine) differs from host graph: %.3g", e)
 	}
 }
@@ -594,7 +574,7 @@ func TestCUDAGraphGradient(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if e := maxRelErr(h, v.want); e > c.tol {
+				if e := maxRel(h, v.want); e > c.tol {
 					t.Errorf("%v %s: %s differs from the host graph by %.3g (tolerance %g)", c.dt, eng.name, v.name, e, c.tol)
 				}
 			}

@@ -75,6 +75,46 @@ func TestCUDATrainLayerMatchesCPU(t *testing.T) {
 	}
 }
 
+// TestCUDATrainLayerMemory: 200 training steps of the layer task through ops.Trainer leave no device
+// memory behind (no step memory after a step; memory in use and driver allocations equal after step
+// 10 and step 200).
+func TestCUDATrainLayerMemory(t *testing.T) {
+	b := cudaBackend(t)
+	d, err := b.Device()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkTrainingMemory(t, b, d.Pool())
+}
+
+// TestCUDAZeroElementOperands: tensors with a zero dimension are valid kernel operands (the tensor
+// package reports them as needing an iterator; the backend must not refuse them as views): New,
+// FromHost and ToHost of empty tensors, and SwiGLU and its gradient over zero elements.
+func TestCUDAZeroElementOperands(t *testing.T) {
+	b := cudaBackend(t)
+	empty := func(shape ...int) *tensor.Dense {
+		d, err := b.FromHost(tensor.New(tensor.Of(tensor.Float32), tensor.WithShape(shape...)))
+		if err != nil {
+			t.Fatalf("FromHost %v: %v", shape, err)
+		}
+		return d
+	}
+	g, u, o, dg, du := empty(3, 0), empty(3, 0), empty(3, 0), empty(3, 0), empty(3, 0)
+	if err := b.SwiGLU(g, u, o); err != nil {
+		t.Errorf("SwiGLU of [3,0]: %v", err)
+	}
+	if err := b.SwiGLUGrad(g, u, o, dg, du); err != nil {
+		t.Errorf("SwiGLUGrad of [3,0]: %v", err)
+	}
+	n, err := b.New(tensor.Float64, 0, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, err := b.ToHost(n); err != nil || !h.Shape().Eq(tensor.Shape{0, 5}) {
+		t.Errorf("ToHost of a [0,5] tensor: %v %v", h, err)
+	}
+}
+
 func maxRelDiff(a, b []float64) float64 {
 	worst := 0.0
 	for i := range a {

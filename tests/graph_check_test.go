@@ -14,15 +14,45 @@ import (
 	"gorgonia.org/tensor"
 )
 
-func matNode(g *G.ExprGraph, name string, r, c int) *G.Node {
-	return G.NewMatrix(g, tensor.Float64, G.WithShape(r, c), G.WithName(name),
-		G.WithValue(tensor.New(tensor.WithShape(r, c), tensor.Of(tensor.Float64))))
+func matNode(g *G.ExprGraph, name string, r, c int) *G.Node { return matNodeOn(nil, g, name, r, c) }
+
+// matNodeOn is an input [r,c] float64 holding small distinct values, in b's memory (nil: the host).
+func matNodeOn(b ops.Backend, g *G.ExprGraph, name string, r, c int) *G.Node {
+	v := make([]float64, r*c)
+	for i := range v {
+		v[i] = 0.25 * float64(i%7-3)
+	}
+	d := tensor.New(tensor.WithShape(r, c), tensor.WithBacking(v))
+	if b != nil {
+		var err error
+		if d, err = b.FromHost(d); err != nil {
+			panic(err)
+		}
+	}
+	return G.NewMatrix(g, tensor.Float64, G.WithShape(r, c), G.WithName(name), G.WithValue(d))
 }
 
 // TestCheckDeviceGraph builds graphs around each built-in that cannot run on device memory and checks that
-// CheckDeviceGraph names it (ErrUnsupported), and that device-ready graphs pass.
+// CheckDeviceGraph names it (ErrUnsupported), and that device-ready graphs pass. Each graph is built
+// twice: with host values, and with its values on the simulated device, where ops.NewRunner must give
+// the same verdict before anything runs, and every accepted graph must then run (memory the host cannot
+// read: a built-in that the check wrongly accepted and that touches device memory from the host
+// crashes the test).
 func TestCheckDeviceGraph(t *testing.T) {
+	for _, place := range []string{"host", "sim"} {
+		t.Run(place, func(t *testing.T) {
+			var b ops.Backend
+			if place == "sim" {
+				b = simBackend(t)
+			}
+			checkDeviceGraphOn(t, b)
+		})
+	}
+}
+
+func checkDeviceGraphOn(t *testing.T, dev ops.Backend) {
 	type build func(g *G.ExprGraph) error
+	matNode := func(g *G.ExprGraph, name string, r, c int) *G.Node { return matNodeOn(dev, g, name, r, c) }
 	must := func(n *G.Node, err error) *G.Node {
 		if err != nil {
 			t.Fatal(err)
@@ -36,7 +66,9 @@ func TestCheckDeviceGraph(t *testing.T) {
 		want string // "" means accepted; else a substring of the error
 	}{
 		{"moe layer with project losses", func(g *G.ExprGraph) error {
-			l, err := moe.NewLayer(g, moe.MixtralConfig(8, 6, 4))
+			cfg := moe.MixtralConfig(8, 6, 4)
+			cfg.Backend = dev
+			l, err := moe.NewLayer(g, cfg)
 			if err != nil {
 				return err
 			}
@@ -76,7 +108,7 @@ func TestCheckDeviceGraph(t *testing.T) {
 		}, "Repeat"},
 		{"broadcast add", func(g *G.ExprGraph) error {
 			a := matNode(g, "a", 2, 3)
-			v := G.NewVector(g, tensor.Float64, G.WithShape(3), G.WithName("v"), G.WithValue(tensor.New(tensor.WithShape(3), tensor.Of(tensor.Float64))))
+			v := must(G.Reshape(matNode(g, "v", 1, 3), tensor.Shape{3}))
 			_ = must(G.BroadcastAdd(a, v, nil, []byte{0}))
 			return nil
 		}, "Broadcast"},
@@ -137,6 +169,26 @@ func TestCheckDeviceGraph(t *testing.T) {
 				t.Errorf("error does not wrap ErrUnsupported: %v", err)
 			case c.want != "" && (!strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "node ")):
 				t.Errorf("error does not name the node and mention %q: %v", c.want, err)
+			}
+			if dev == nil {
+				return
+			}
+			r, rerr := ops.NewRunner(g, dev)
+			if (rerr == nil) != (err == nil) || (err != nil && rerr.Error() != err.Error()) {
+				t.Fatalf("NewRunner on %s: %v; CheckDeviceGraph: %v", dev.Name(), rerr, err)
+			}
+			if rerr != nil {
+				return
+			}
+			defer r.Close()
+			feeds := ops.Feeds{}
+			for _, n := range g.Inputs() {
+				if n.Value() == nil && n.Op() == nil {
+					feeds[n] = tensor.New(tensor.Of(n.Dtype()), tensor.WithShape(n.Shape().Clone()...))
+				}
+			}
+			if err := r.Run(feeds, nil); err != nil {
+				t.Errorf("the accepted graph fails on %s: %v", dev.Name(), err)
 			}
 		})
 	}

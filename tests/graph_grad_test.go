@@ -218,15 +218,7 @@ func TestGradPipeline(t *testing.T) {
 				if err != nil {
 					return nil, err
 				}
-				p, err := ops.Dispatch(in[1], r)
-				if err != nil {
-					return nil, err
-				}
-				h, err := ops.GroupedMatMul(p, in[2], r)
-				if err != nil {
-					return nil, err
-				}
-				y, err := ops.Combine(h, r)
+				y, err := expertBlock(in[1], in[2], r)
 				if err != nil {
 					return nil, err
 				}
@@ -250,4 +242,18 @@ func TestGradPipeline(t *testing.T) {
 			})
 		})
 	}
+}
+
+// expertBlock is Combine(GroupedMatMul(Dispatch(x), w)) over the routing r: the expert part of an MoE
+// layer with one linear expert matrix w [E,H,Out].
+func expertBlock(x, w *G.Node, r *ops.Routing) (*G.Node, error) {
+	p, err := ops.Dispatch(x, r)
+	if err != nil {
+		return nil, err
+	}
+	h, err := ops.GroupedMatMul(p, w, r)
+	if err != nil {
+		return nil, err
+	}
+	return ops.Combine(h, r)
 }

@@ -102,15 +102,7 @@ func TestLispMachineMatchesTape(t *testing.T) {
 				if err != nil {
 					return nil, err
 				}
-				p, err := ops.Dispatch(in[1], r)
-				if err != nil {
-					return nil, err
-				}
-				h, err := ops.GroupedMatMul(p, in[2], r)
-				if err != nil {
-					return nil, err
-				}
-				y, err := ops.Combine(h, r)
+				y, err := expertBlock(in[1], in[2], r)
 				if err != nil {
 					return nil, err
 				}
@@ -176,6 +168,50 @@ func TestLispMachineMatchesTape(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) { compareLispTape(t, given, build) })
 	}
+}
+
+// TestLispMachineTrainingOps: MatMul (every transpose combination), SwiGLU, the task losses, AddLosses
+// and ScaleLoss give the TapeMachine's gradients on the LispMachine.
+func TestLispMachineTrainingOps(t *testing.T) {
+	const M, K, N = 3, 4, 2
+	rng := rand.New(rand.NewSource(31))
+	for _, f := range [][2]bool{{false, false}, {true, false}, {false, true}, {true, true}} {
+		as, bs := []int{M, K}, []int{K, N}
+		if f[0] {
+			as = []int{K, M}
+		}
+		if f[1] {
+			bs = []int{N, K}
+		}
+		inputs := []gradInput{
+			{name: "a", shape: as, vals: randVals(rng, M*K), wrt: true},
+			{name: "b", shape: bs, vals: randVals(rng, K*N), wrt: true},
+			{name: "up", shape: []int{M, N}, vals: randVals(rng, M*N), wrt: true},
+		}
+		t.Run(fmt.Sprintf("MatMul transA=%t transB=%t then SwiGLU", f[0], f[1]), func(t *testing.T) {
+			compareLispTape(t, inputs, func(g *G.ExprGraph, in []*G.Node) (*G.Node, error) {
+				p, err := ops.MatMul(in[0], in[1], f[0], f[1])
+				if err != nil {
+					return nil, err
+				}
+				return ops.SwiGLU(p, in[2])
+			})
+		})
+	}
+	lg := randVals(rng, 5*4)
+	for i := range lg {
+		lg[i] *= 3
+	}
+	t.Run("losses", func(t *testing.T) {
+		compareLispTape(t, []gradInput{
+			{name: "pred", shape: []int{5, 4}, vals: randVals(rng, 20), wrt: true},
+			{name: "target", shape: []int{5, 4}, vals: randVals(rng, 20), wrt: true},
+			{name: "logits", shape: []int{5, 4}, vals: lg, wrt: true},
+			{name: "labels", shape: []int{5}, ivals: []int32{3, -1, 0, 0, 2}},
+		}, func(g *G.ExprGraph, in []*G.Node) (*G.Node, error) {
+			return taskLosses(in, 0.5)
+		})
+	})
 }
 
 // TestLispMachineMoELayer: a whole MoE layer with MSE, load-balancing and z losses, on the LispMachine

@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"math"
 	"math/rand"
+	"strings"
 	"testing"
 
+	"github.com/expertrt/expertrt-go/cudaops/devengine"
 	"github.com/expertrt/expertrt-go/ops"
+	"github.com/expertrt/expertrt-go/tests/simdevice"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 )
@@ -296,7 +299,7 @@ func TestSolverErrors(t *testing.T) {
 	if err := adam.Step(vgs(wrong)); !errors.Is(err, ops.ErrShape) {
 		t.Errorf("Step with a gradient of another shape = %v, want ErrShape", err)
 	}
-	dev := theHostDev()
+	dev := simBackend(t)
 	onDev := &param{"d", mustFromHost(t, dev, f64([]int{2}, 1, 2)), mustFromHost(t, dev, f64([]int{2}, 0.1, 0.2))}
 	if err := adam.Step(vgs(a, onDev)); !errors.Is(err, ops.ErrMixedBackends) {
 		t.Errorf("Step with parameters on two backends = %v, want ErrMixedBackends", err)
@@ -314,35 +317,43 @@ func TestSolverErrors(t *testing.T) {
 	}
 }
 
-// TestSolverOnDeviceSteps: the solver on the host-device double, one memory step per update, gives the
-// CPU's weights (its state survives EndStep because it is persisted).
+// TestSolverOnDeviceSteps: the solver on the simulated device, one memory step per update, gives the
+// CPU's weights bitwise: its state, created inside the first step, survives EndStep because it is
+// persisted. On a device whose Persist does nothing the second step fails with ErrReleased (the state
+// went back to the pool) instead of using released memory.
 func TestSolverOnDeviceSteps(t *testing.T) {
-	dev := theHostDev()
 	rng := rand.New(rand.NewSource(8))
 	p0, gs := randVals(rng, 6), [][]float64{randVals(rng, 6), randVals(rng, 6), randVals(rng, 6)}
 	cfg := ops.DefaultAdam(0.1)
 	cfg.MaxGradNorm = 0.5
 	cpuA, _ := ops.NewAdam(cfg)
-	devA, _ := ops.NewAdam(cfg)
 	cp := &param{"p", f64([]int{6}, p0...), f64([]int{6}, make([]float64, 6)...)}
-	dp := &param{"p", mustFromHost(t, dev, f64([]int{6}, p0...)), nil}
 	for _, g := range gs {
 		setVals(cp.g, g)
 		if err := cpuA.Step(vgs(cp)); err != nil {
 			t.Fatal(err)
 		}
-		if err := dev.BeginStep(); err != nil {
-			t.Fatal(err)
-		}
-		dp.g = mustFromHost(t, dev, f64([]int{6}, g...))
-		if err := devA.Step(vgs(dp)); err != nil {
-			t.Fatal(err)
-		}
-		if err := dev.EndStep(); err != nil {
-			t.Fatal(err)
-		}
 	}
-	h, err := dev.ToHost(dp.v)
+	run := func(dev ops.Backend) (*tensor.Dense, error) {
+		scoper := dev.(ops.StepScoper)
+		devA, _ := ops.NewAdam(cfg)
+		dp := &param{"p", mustFromHost(t, dev, f64([]int{6}, p0...)), nil}
+		for i, g := range gs {
+			if err := scoper.BeginStep(); err != nil {
+				t.Fatal(err)
+			}
+			dp.g = mustFromHost(t, dev, f64([]int{6}, g...))
+			err := devA.Step(vgs(dp))
+			if e := scoper.EndStep(); e != nil {
+				t.Fatal(e)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("step %d: %w", i, err)
+			}
+		}
+		return dev.ToHost(dp.v)
+	}
+	h, err := run(simBackend(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,5 +362,9 @@ func TestSolverOnDeviceSteps(t *testing.T) {
 		if math.Float64bits(want[i]) != math.Float64bits(got[i]) {
 			t.Fatalf("element %d: device %v, CPU %v", i, got[i], want[i])
 		}
+	}
+	noPersist := registeredSim(t, "sim-nopersist", 8<<20, func(b *simdevice.Backend) ops.Backend { return noPersistSim{b} })
+	if _, err := run(noPersist); !errors.Is(err, devengine.ErrReleased) || !strings.Contains(err.Error(), "step 1") {
+		t.Errorf("a solver whose state is not persisted: %v, want ErrReleased at step 1", err)
 	}
 }

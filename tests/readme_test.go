@@ -7,30 +7,55 @@ import (
 	"testing"
 )
 
-// TestReadmeCodeIsCompiled: every Go block of the README introduced by "`ExampleX` in path/file.go" is a
-// copy of that runnable example (its lines appear in the example, in order), so the README's code is
-// compiled and run by go test.
+// TestReadmeCodeIsCompiled: every Go block of the README is a copy of a runnable example (its lines
+// appear in the example, in order), named in the prose just before the block (after the previous code
+// fence) as "`ExampleX` in path/file.go", so the README's code is compiled and run by go test. Every
+// example the README names elsewhere must exist too.
 func TestReadmeCodeIsCompiled(t *testing.T) {
 	readme, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	re := regexp.MustCompile("(?s)`(Example\\w*)` in ([\\w/]+\\.go)[^`]*?(?:`[^`]*`[^`]*?)*?```go\n(.*?)```")
-	blocks := re.FindAllStringSubmatch(string(readme), -1)
-	if len(blocks) < 2 {
-		t.Fatalf("found %d README blocks tied to examples, want at least 2 (the layer and the routing ops)", len(blocks))
+	text := string(readme)
+	cite := regexp.MustCompile("`(Example\\w*)` in ([\\w/]+\\.go)")
+	for _, c := range cite.FindAllStringSubmatch(text, -1) {
+		if src, err := os.ReadFile("../" + c[2]); err != nil || funcBody(string(src), c[1]) == nil {
+			t.Errorf("README names %s in %s, which has no such function (%v)", c[1], c[2], err)
+		}
 	}
-	for _, b := range blocks {
-		name, file, code := b[1], b[2], b[3]
+	fence := regexp.MustCompile("(?m)^```(\\w*)\n")
+	blocks := 0
+	prev := 0 // end of the previous code block
+	for _, f := range fence.FindAllStringSubmatchIndex(text, -1) {
+		if f[0] < prev {
+			continue // the closing fence of a block already read
+		}
+		body := text[f[1]:]
+		close := strings.Index(body, "\n```")
+		if close < 0 {
+			t.Fatalf("unterminated code block at byte %d", f[0])
+		}
+		code := body[:close+1]
+		lang, prose := text[f[2]:f[3]], text[prev:f[0]]
+		prev = f[1] + close + len("\n```")
+		if lang != "go" {
+			continue
+		}
+		blocks++
+		cs := cite.FindAllStringSubmatch(prose, -1)
+		if len(cs) == 0 {
+			t.Errorf("README Go block at byte %d is not introduced by \"`ExampleX` in path/file.go\"", f[0])
+			continue
+		}
+		name, file := cs[len(cs)-1][1], cs[len(cs)-1][2]
 		src, err := os.ReadFile("../" + file)
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
 			continue
 		}
-		body := funcBody(string(src), name)
-		if body == nil {
-			t.Errorf("README cites %s in %s, which has no such function", name, file)
-			continue
+		fn := funcBody(string(src), name)
+		if fn == nil {
+			continue // reported above
 		}
 		i := 0
 		for _, line := range strings.Split(code, "\n") {
@@ -38,15 +63,18 @@ func TestReadmeCodeIsCompiled(t *testing.T) {
 			if line == "" {
 				continue
 			}
-			for i < len(body) && body[i] != line {
+			for i < len(fn) && fn[i] != line {
 				i++
 			}
-			if i == len(body) {
+			if i == len(fn) {
 				t.Errorf("README block for %s: line %q is not in %s (in this order)", name, line, file)
 				break
 			}
 			i++
 		}
+	}
+	if blocks < 3 {
+		t.Errorf("found %d Go blocks in the README, want at least 3 (the layer, the routing ops, GPU training)", blocks)
 	}
 }
 

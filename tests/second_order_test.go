@@ -11,7 +11,7 @@ import (
 )
 
 // TestSecondOrderNamesTheOp: differentiating a gradient through Combine, GroupedMatMul's weight
-// gradient, the route weights or the router losses fails with an error that names the op and says that
+// gradient, the route weights, the router losses, the MSE loss or SwiGLU fails with an error that names the op and says that
 // second derivatives are not supported (it used to be Gorgonia's "Non Differentiable WRTs: map[ye ...]").
 func TestSecondOrderNamesTheOp(t *testing.T) {
 	const T, E, K, H = 4, 3, 2, 3
@@ -85,6 +85,32 @@ func TestSecondOrderNamesTheOp(t *testing.T) {
 			}
 			return G.Must(G.Sum(G.Must(G.Square(grads[0])))), logits, nil
 		}, "ZLossGrad"},
+		"MSE loss": {func(g *G.ExprGraph) (*G.Node, *G.Node, error) {
+			pred := G.NewMatrix(g, tensor.Float64, G.WithShape(T, H), G.WithName("pred"), G.WithValue(val(T, H)))
+			target := G.NewMatrix(g, tensor.Float64, G.WithShape(T, H), G.WithName("target"), G.WithValue(val(T, H)))
+			l, err := ops.MSELoss(pred, target)
+			if err != nil {
+				return nil, nil, err
+			}
+			grads, err := G.Grad(l, pred)
+			if err != nil {
+				return nil, nil, err
+			}
+			return G.Must(G.Sum(G.Must(G.Square(grads[0])))), pred, nil
+		}, "MSELossGrad"},
+		"SwiGLU": {func(g *G.ExprGraph) (*G.Node, *G.Node, error) {
+			gate := G.NewMatrix(g, tensor.Float64, G.WithShape(T, H), G.WithName("gate"), G.WithValue(val(T, H)))
+			up := G.NewMatrix(g, tensor.Float64, G.WithShape(T, H), G.WithName("up"), G.WithValue(val(T, H)))
+			y, err := ops.SwiGLU(gate, up)
+			if err != nil {
+				return nil, nil, err
+			}
+			grads, err := G.Grad(G.Must(G.Sum(G.Must(G.Square(y)))), gate)
+			if err != nil {
+				return nil, nil, err
+			}
+			return G.Must(G.Sum(G.Must(G.Square(grads[0])))), up, nil
+		}, "SwiGLU"},
 	}
 	for name, c := range cases {
 		g := G.NewGraph()

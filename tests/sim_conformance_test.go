@@ -3,9 +3,11 @@ package tests
 import (
 	"fmt"
 	"math"
+	"sync"
 	"testing"
 
 	"github.com/expertrt/expertrt-go/cudaops/devengine"
+	"github.com/expertrt/expertrt-go/ops"
 	"github.com/expertrt/expertrt-go/tests/conformance"
 	"github.com/expertrt/expertrt-go/tests/simdevice"
 	"gorgonia.org/tensor"
@@ -20,6 +22,45 @@ func simBackend(t testing.TB) *simdevice.Backend {
 	}
 	return b
 }
+
+// simDevices holds the extra simulated devices the tests register (ops.Register keeps the first backend
+// of a name, so each is opened and registered once per test binary).
+var simDevices struct {
+	sync.Mutex
+	m map[string]ops.Backend
+}
+
+// registeredSim opens a simulated device of its own named name (size bytes), registers wrap(its backend)
+// (the backend itself when wrap is nil) with ops, and returns it; later calls return the same backend.
+// Tests that measure memory use one, so that the garbage of other tests does not show in its pool.
+func registeredSim(t testing.TB, name string, size int64, wrap func(*simdevice.Backend) ops.Backend) ops.Backend {
+	t.Helper()
+	simDevices.Lock()
+	defer simDevices.Unlock()
+	if b, ok := simDevices.m[name]; ok {
+		return b
+	}
+	d, err := simdevice.Open(name, size)
+	if err != nil {
+		t.Fatalf("simulated device %s: %v", name, err)
+	}
+	var b ops.Backend = simdevice.NewBackend(d)
+	if wrap != nil {
+		b = wrap(simdevice.NewBackend(d))
+	}
+	ops.Register(b)
+	if simDevices.m == nil {
+		simDevices.m = map[string]ops.Backend{}
+	}
+	simDevices.m[name] = b
+	return b
+}
+
+// noPersistSim is a simulated device whose Persist does nothing: optimizer state created in a step
+// then goes back to the pool at EndStep, and the next step must fail (ErrReleased), never use it.
+type noPersistSim struct{ *simdevice.Backend }
+
+func (noPersistSim) Persist(*tensor.Dense) error { return nil }
 
 // engineGuard is a conformance.GuardFunc for a device engine: the output is a view into the middle of a
 // larger device tensor whose margins (and the output) hold the sentinel; intact copies the whole block

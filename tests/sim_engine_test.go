@@ -122,3 +122,38 @@ func TestSimReclaimsCollectedTensors(t *testing.T) {
 	}
 	t.Logf("stats %+v", d.Stats())
 }
+
+// TestSimZeroElementTensors: tensors with a zero dimension are valid operands (the tensor package
+// reports them as needing an iterator; the device must not refuse them as non-contiguous views):
+// New, FromHost, ToHost and a kernel with an empty operand (MatMul with K = 0 writes zeros).
+func TestSimZeroElementTensors(t *testing.T) {
+	b := simBackend(t)
+	a, err := b.New(tensor.Float64, 2, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bm, err := b.FromHost(tensor.New(tensor.Of(tensor.Float64), tensor.WithShape(0, 3)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := b.FromHost(tensor.New(tensor.WithShape(2, 3), tensor.WithBacking([]float64{1, 2, 3, 4, 5, 6})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.MatMul(a, bm, false, false, out); err != nil {
+		t.Fatalf("MatMul with K = 0: %v", err)
+	}
+	h, err := b.ToHost(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range h.Data().([]float64) {
+		if v != 0 {
+			t.Fatalf("MatMul with K = 0: element %d is %v, want 0", i, v)
+		}
+	}
+	e, err := b.ToHost(a)
+	if err != nil || !e.Shape().Eq(tensor.Shape{2, 0}) {
+		t.Errorf("ToHost of a [2,0] tensor: %v %v", e, err)
+	}
+}

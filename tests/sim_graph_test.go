@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"math"
 	"math/rand"
 	"testing"
@@ -128,20 +129,16 @@ func TestSimMoEGraphGradient(t *testing.T) {
 	}
 }
 
-// maxRel is the largest |a-b| / max(1,|b|) over two float tensors of one shape (Inf on mismatch).
+// maxRel is the largest |a-b| / max(1,|b|) over two host float tensors of one shape and dtype (+Inf on a
+// mismatch or a NaN).
 func maxRel(a, b *tensor.Dense) float64 {
 	if !a.Shape().Eq(b.Shape()) || a.Dtype() != b.Dtype() {
 		return math.Inf(1)
 	}
-	var av, bv []float64
-	switch x := a.Data().(type) {
-	case []float64:
-		av, bv = x, b.Data().([]float64)
-	case []float32:
-		y := b.Data().([]float32)
-		for i := range x {
-			av, bv = append(av, float64(x[i])), append(bv, float64(y[i]))
-		}
+	av, aerr := floats.Of(a)
+	bv, berr := floats.Of(b)
+	if aerr != nil || berr != nil {
+		return math.Inf(1)
 	}
 	m := 0.0
 	for i := range av {

@@ -75,19 +75,19 @@ func TestGradTaskLosses(t *testing.T) {
 			{name: "logits", shape: []int{2, 3}, vals: randVals(rng, 6), wrt: true},
 			{name: "labels", shape: []int{2}, ivals: []int32{1, 2}},
 		}, func(g *G.ExprGraph, in []*G.Node) (*G.Node, error) {
+			return taskLosses(in, 0)
+		})
+	})
+	t.Run("scaled loss", func(t *testing.T) {
+		checkGraphGrad(t, []gradInput{
+			{name: "pred", shape: []int{2, 3}, vals: randVals(rng, 6), wrt: true},
+			{name: "target", shape: []int{2, 3}, vals: randVals(rng, 6), wrt: true},
+		}, func(g *G.ExprGraph, in []*G.Node) (*G.Node, error) {
 			mse, err := ops.MSELoss(in[0], in[1])
 			if err != nil {
 				return nil, err
 			}
-			ce, err := ops.SoftmaxCrossEntropy(in[2], in[3])
-			if err != nil {
-				return nil, err
-			}
-			z, err := ops.ZLoss(in[2], 0.1)
-			if err != nil {
-				return nil, err
-			}
-			return ops.AddLosses(mse, nil, ce, z)
+			return ops.ScaleLoss(mse, -0.375)
 		})
 	})
 }
@@ -125,4 +125,28 @@ func TestGradSwiGLU(t *testing.T) {
 		}
 		return ops.MatMul(h, in[3], false, false)
 	})
+}
+
+// taskLosses builds MSE(in[0], in[1]) + CE(in[2], labels in[3]) + ZLoss(in[2], 0.1) with ops.AddLosses
+// (a nil term is skipped), plus ScaleLoss(MSE, half) when half != 0.
+func taskLosses(in []*G.Node, half float64) (*G.Node, error) {
+	mse, err := ops.MSELoss(in[0], in[1])
+	if err != nil {
+		return nil, err
+	}
+	ce, err := ops.SoftmaxCrossEntropy(in[2], in[3])
+	if err != nil {
+		return nil, err
+	}
+	z, err := ops.ZLoss(in[2], 0.1)
+	if err != nil {
+		return nil, err
+	}
+	var scaled *G.Node
+	if half != 0 {
+		if scaled, err = ops.ScaleLoss(mse, half); err != nil {
+			return nil, err
+		}
+	}
+	return ops.AddLosses(mse, scaled, ce, z)
 }

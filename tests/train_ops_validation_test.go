@@ -43,6 +43,10 @@ func TestTrainingOpBuilders(t *testing.T) {
 		{"SwiGLU dtypes", errOf(ops.SwiGLU(a, a32)), ops.ErrDtype},
 		{"AddLosses nothing", errOf(ops.AddLosses(nil, nil)), ops.ErrConfig},
 		{"AddLosses tensor", errOf(ops.AddLosses(s, a)), ops.ErrShape},
+		{"ScaleLoss tensor", errOf(ops.ScaleLoss(a, 2)), ops.ErrShape},
+		{"ScaleLoss nil", errOf(ops.ScaleLoss(nil, 2)), ops.ErrShape},
+		{"ScaleLoss NaN", errOf(ops.ScaleLoss(s, math.NaN())), ops.ErrConfig},
+		{"ScaleLoss Inf", errOf(ops.ScaleLoss(s, math.Inf(-1))), ops.ErrConfig},
 	}
 	s32, _ := ops.MSELoss(a32, a32)
 	cases = append(cases, struct {
@@ -111,8 +115,8 @@ func TestTrainingOpsNoCSEMerging(t *testing.T) {
 	}
 }
 
-// TestFloat reads losses on the CPU (host scalars) and on the host device (one-element backend tensors,
-// through ToHost), and refuses what is not a scalar.
+// TestFloat reads losses on the CPU (host scalars) and on the simulated device (one-element device
+// tensors, through ToHost), and refuses what is not a scalar.
 func TestFloat(t *testing.T) {
 	if v, err := ops.Float(G.NewF32(2.5)); err != nil || v != 2.5 {
 		t.Errorf("Float(F32 2.5) = %v, %v", v, err)
@@ -120,7 +124,7 @@ func TestFloat(t *testing.T) {
 	if v, err := ops.Float(G.NewF64(-1)); err != nil || v != -1 {
 		t.Errorf("Float(F64 -1) = %v, %v", v, err)
 	}
-	dev := theHostDev()
+	dev := simBackend(t)
 	d := mustFromHost(t, dev, tensor.New(tensor.WithShape(1), tensor.WithBacking([]float32{0.75})))
 	if v, err := ops.Float(d); err != nil || v != 0.75 {
 		t.Errorf("Float(device [0.75]) = %v, %v", v, err)

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"fmt"
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"math"
 	"testing"
 
@@ -19,21 +20,11 @@ import (
 type mirrorKernels struct{ ops.Backend }
 
 func f64s(t *tensor.Dense) []float64 {
-	switch d := t.Data().(type) {
-	case []float64:
-		return d
-	case []float32:
-		out := make([]float64, len(d))
-		for i, x := range d {
-			out[i] = float64(x)
-		}
-		return out
-	case float64:
-		return []float64{d}
-	case float32:
-		return []float64{float64(d)}
+	v, err := floats.Of(t)
+	if err != nil {
+		panic(err)
 	}
-	panic(fmt.Sprintf("f64s: %T", t.Data()))
+	return v
 }
 
 // store writes vals into t rounded to t's dtype.

@@ -271,7 +271,7 @@ func (e *Engine) FromHost(h *tensor.Dense) (*tensor.Dense, error) {
 	if tagOf(addrOf(h)) != 0 || e.pool.containsReal(addrOf(h)) {
 		return nil, e.errorf("FromHost: the source is device memory, not a host tensor: %w", ops.ErrMixedBackends)
 	}
-	if h.RequiresIterator() {
+	if !Contiguous(h) {
 		if !h.IsNativelyAccessible() {
 			return nil, e.errorf("FromHost: the source is a non-contiguous view labelled inaccessible; materialise it first: %w", ops.ErrUnsupported)
 		}
@@ -327,10 +327,26 @@ func (e *Engine) ToHost(t *tensor.Dense) (*tensor.Dense, error) {
 	return out, nil
 }
 
+// Contiguous reports whether a kernel can take t's data as one dense row-major block: t is not a
+// transposed, strided or masked view. A tensor of zero elements always is (the tensor package reports
+// zero-size tensors as needing an iterator, but there is nothing to iterate over).
+func Contiguous(t *tensor.Dense) bool { return numel(t) == 0 || !t.RequiresIterator() }
+
+// Resolve checks that t is a contiguous tensor (Contiguous) over live memory of this device and returns
+// the real address of its data and its size in bytes; what and name describe the operand for errors.
+// A tensor of zero elements resolves too (the kernel then touches nothing).
+func (e *Engine) Resolve(what, name string, t *tensor.Dense) (real uintptr, bytes int64, err error) {
+	if t == nil {
+		return 0, 0, e.errorf("%s: %s is nil: %w", what, name, ops.ErrShape)
+	}
+	real, err = e.resolveContiguous(what, name, t)
+	return real, bytesOf(t), err
+}
+
 // resolveContiguous checks that t is a contiguous tensor over live memory of this device and returns
 // the real address of its data.
 func (e *Engine) resolveContiguous(what, name string, t *tensor.Dense) (uintptr, error) {
-	if t.RequiresIterator() {
+	if !Contiguous(t) {
 		return 0, e.errorf("%s: %s is a non-contiguous view (transposed, sliced off axis 0, or masked): %w", what, name, ops.ErrUnsupported)
 	}
 	real, err := e.pool.Resolve(addrOf(t), bytesOf(t))

@@ -231,7 +231,7 @@ func TestPoolReclaimsCollectedTensors(t *testing.T) {
 		}
 	}
 	if !errors.Is(err, ErrOutOfMemory) {
-		t.Errorf("allocating past the device with every block held: %v, want ErrOutOfMemory", err)
+		t.Errorf("allocating past the device with every block held: %v, want ErrOutOfMemory (after %d more blocks)", err, len(held))
 	}
 }
 
@@ -331,5 +331,35 @@ func TestPoolTagsSurviveDriverReuse(t *testing.T) {
 	}
 	if _, err := p.Resolve(a, 8); err != nil {
 		t.Errorf("the live block: %v", err)
+	}
+}
+
+// TestPoolZeroByteOperands: zero-byte tensors resolve, including a view that starts right after the
+// last byte of a block whose requested size fills its class (where the next block begins).
+func TestPoolZeroByteOperands(t *testing.T) {
+	p := NewPool("test", newFakeRaw(1<<30))
+	empty, err := p.Alloc(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Resolve(empty, 0); err != nil {
+		t.Errorf("Resolve of a zero-byte allocation: %v", err)
+	}
+	full, err := p.Alloc(512) // fills its 512-byte class
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := p.Alloc(512) // the fake allocator places it right behind full
+	if err != nil {
+		t.Fatal(err)
+	}
+	if Untag(next) != Untag(full)+512 {
+		t.Fatalf("blocks at %#x and %#x are not adjacent", Untag(full), Untag(next))
+	}
+	if r, err := p.Resolve(full+512, 0); err != nil || r != Untag(full)+512 {
+		t.Errorf("Resolve of a zero-byte view at the end of a block: %#x, %v", r, err)
+	}
+	if _, err := p.Resolve(full+512-8, 16); !errors.Is(err, ops.ErrShape) {
+		t.Errorf("Resolve of bytes running past the end: %v, want ErrShape", err)
 	}
 }

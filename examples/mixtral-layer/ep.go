@@ -64,48 +64,26 @@ func runEP(args []string) error {
 	fs := flag.NewFlagSet("mixtral-layer ep", flag.ContinueOnError)
 	fs.IntVar(&f.world, "expert-parallel", 2, "in-process ranks W (ignored when launched once per GPU: WORLD_SIZE)")
 	fs.IntVar(&f.tokens, "tokens", 64, "tokens per rank per step (T); the global batch is W*T")
-	fs.IntVar(&f.hidden, "hidden", 32, "hidden size (H)")
-	fs.IntVar(&f.ffn, "ffn", 64, "expert FFN size (F)")
 	fs.IntVar(&f.experts, "experts", 8, "number of experts (E), a multiple of W")
-	fs.IntVar(&f.topK, "top-k", 2, "experts per token (K)")
 	fs.IntVar(&f.steps, "steps", 200, "training steps")
 	fs.IntVar(&f.every, "every", 25, "print progress every N steps")
-	fs.Float64Var(&f.lr, "lr", 0.01, "Adam learning rate")
-	fs.Float64Var(&f.aux, "aux-coef", 0.01, "load-balancing loss coefficient")
-	fs.Float64Var(&f.z, "z-coef", 0.001, "router z-loss coefficient")
-	fs.Uint64Var(&f.seed, "seed", 1, "seed for data, teacher and student")
-	fs.StringVar(&f.scoring, "scoring", "softmax-topk", "softmax-topk (Mixtral, renormalised) or topk-softmax")
-	fs.StringVar(&f.dtype, "dtype", "float32", "float32 or float64")
+	f.registerLayer(fs)
 	fs.IntVar(&f.recvRows, "recv-rows", 0, "rows of each rank's receive buffers (0: enough for any routing)")
 	fs.BoolVar(&f.check, "check", false, "also train the single-rank layer on the same batches and compare the losses")
 	fs.BoolVar(&f.asJSON, "json", false, "print one JSON summary at the end (rank 0)")
 	fs.DurationVar(&f.timeout, "timeout", time.Minute, "how long a rank waits for the others in a collective")
+	fs.StringVar(&f.device, "device", "cpu", "where the ranks compute: cpu, or cuda (a binary built with -tags "+cudaTag+"; in-process ranks share the GPU)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("ep: unexpected argument %q", fs.Arg(0))
 	}
-	if f.steps < 1 || f.tokens < 1 || f.every < 1 {
-		return fmt.Errorf("steps, tokens and every must be >= 1")
-	}
-	scoring, err := ops.ParseScoring(f.scoring)
+	cfg, err := f.config()
 	if err != nil {
 		return err
 	}
-	dt := tensor.Float32
-	switch f.dtype {
-	case "float32":
-	case "float64":
-		dt = tensor.Float64
-	default:
-		return fmt.Errorf("unknown -dtype %q (want float32 or float64)", f.dtype)
-	}
-	cfg := moe.Config{Hidden: f.hidden, FFN: f.ffn, Experts: f.experts, TopK: f.topK, Scoring: scoring,
-		Renormalize: true, AuxLossCoef: f.aux, ZLossCoef: f.z, Seed: f.seed, Dtype: dt}
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
+	backend := cfg.Backend
 	launch, launched, err := ep.LaunchFromEnv()
 	if err != nil {
 		return err
@@ -126,13 +104,24 @@ func runEP(args []string) error {
 		if err != nil {
 			return err
 		}
-		if ranks[r], err = newEPRank(cfg, f.tokens, tr, ep.Options{RecvRows: f.recvRows}, f.lr); err != nil {
+		if ranks[r], err = newEPRank(cfg, f.tokens, tr, ep.Options{RecvRows: f.recvRows}, f.lr, ops.WithCallerSteps()); err != nil {
 			return fmt.Errorf("rank %d: %w", r, err)
 		}
 		defer ranks[r].close()
 	}
-	// All ranks step together; rank 0 reports.
-	step := func(x, y *tensor.Dense, train bool) (epMetrics, error) {
+	// All ranks step together, inside one device memory step when they share a device; rank 0 reports.
+	scoper, _ := backend.(ops.StepScoper)
+	step := func(x, y *tensor.Dense, train bool) (_ epMetrics, err error) {
+		if scoper != nil {
+			if err := scoper.BeginStep(); err != nil {
+				return epMetrics{}, err
+			}
+			defer func() {
+				if e := scoper.EndStep(); e != nil && err == nil {
+					err = e
+				}
+			}()
+		}
 		ms := make([]epMetrics, f.world)
 		errs := make([]error, f.world)
 		var wg sync.WaitGroup
@@ -160,18 +149,22 @@ type epMetrics struct {
 	load      []float64 // share of all routed slots that each rank's experts received
 }
 
-// epRank is one rank's training graph.
+// epRank is one rank's training graph, run by an ops.Runner on the layer's backend (cfg.Backend): the
+// router gradient must be summed over the ranks between the backward pass and the update, which the
+// run's callback does (inside the run's memory step on a device).
 type epRank struct {
 	layer           *ep.Layer
 	x, target       *G.Node
 	lossV, auxV, cV G.Value
-	machine         G.VM
+	runner          *ops.Runner
 	solver          G.Solver
 	tr              ep.Transport
 	slots           int // W*T*K routed slots per step over all ranks
 }
 
-func newEPRank(cfg moe.Config, tokens int, tr ep.Transport, opts ep.Options, lr float64) (*epRank, error) {
+// newEPRank builds one rank; runOpts go to its ops.Runner (ops.WithCallerSteps for ranks sharing a
+// device).
+func newEPRank(cfg moe.Config, tokens int, tr ep.Transport, opts ep.Options, lr float64, runOpts ...ops.RunnerOption) (*epRank, error) {
 	g := G.NewGraph()
 	rk := &epRank{tr: tr, slots: tr.World() * tokens * cfg.TopK}
 	var err error
@@ -184,95 +177,72 @@ func newEPRank(cfg moe.Config, tokens int, tr ep.Transport, opts ep.Options, lr 
 	if err != nil {
 		return nil, err
 	}
-	diff, err := G.Sub(out.Y, rk.target)
+	mse, err := ops.MSELoss(out.Y, rk.target)
 	if err != nil {
 		return nil, err
 	}
-	sq, err := G.Square(diff)
+	// This rank's share of the mean over all W*T tokens plus its router-loss shares: the ranks' costs
+	// add up to the single-rank objective, which is what the exchanges' gradients compute.
+	cost, err := out.Cost(mse)
 	if err != nil {
 		return nil, err
 	}
-	mean, err := G.Mean(sq)
-	if err != nil {
-		return nil, err
-	}
-	// This rank's share of the mean over all W*T tokens: the ranks' costs add up to the single-rank
-	// objective, which is what the exchanges' gradients compute.
-	share, err := G.Mul(mean, G.NewConstant(scalarOf(cfg.Dtype, rk.layer.LossScale())))
-	if err != nil {
-		return nil, err
-	}
-	cost := share
 	rl, err := out.RouterLoss()
 	if err != nil {
 		return nil, err
 	}
 	if rl != nil {
-		if cost, err = G.Add(share, rl); err != nil {
-			return nil, err
-		}
 		G.Read(rl, &rk.auxV)
 	}
-	G.Read(share, &rk.lossV)
+	G.Read(mse, &rk.lossV)
 	G.Read(out.Counts, &rk.cV)
 	if _, err := G.Grad(cost, rk.layer.Params()...); err != nil {
 		return nil, fmt.Errorf("grad: %w", err)
 	}
-	rk.machine = G.NewTapeMachine(g)
+	if rk.runner, err = ops.NewRunner(g, cfg.Backend, runOpts...); err != nil {
+		return nil, err
+	}
 	if rk.solver, err = ops.NewAdam(ops.DefaultAdam(lr)); err != nil {
 		return nil, err
 	}
 	return rk, nil
 }
 
-func scalarOf(dt tensor.Dtype, v float64) any {
-	if dt == tensor.Float32 {
-		return float32(v)
-	}
-	return v
-}
-
-func (rk *epRank) close() { rk.machine.Close() }
+func (rk *epRank) close() { rk.runner.Close() }
 
 // step runs forward and backward on this rank's rows; with train it sums the router gradient over the
 // ranks and applies Adam. The loss and aux values are summed over ranks (collectives: every rank calls
 // step with the same train flag).
 func (rk *epRank) step(x, y *tensor.Dense, train bool) (epMetrics, error) {
-	rk.machine.Reset()
-	if err := G.Let(rk.x, x); err != nil {
-		return epMetrics{}, err
-	}
-	if err := G.Let(rk.target, y); err != nil {
-		return epMetrics{}, err
-	}
-	if err := rk.machine.RunAll(); err != nil {
-		return epMetrics{}, ep.Cause(err)
-	}
-	if train {
-		if err := rk.layer.AllReduceRouterGrad(); err != nil {
-			return epMetrics{}, err
+	var loss, aux float64
+	var counts []int32
+	err := rk.runner.Run(ops.Feeds{rk.x: x, rk.target: y}, func() (err error) {
+		if train {
+			if err := rk.layer.AllReduceRouterGrad(); err != nil {
+				return err
+			}
+			if err := rk.solver.Step(G.NodesToValueGrads(rk.layer.Params())); err != nil {
+				return fmt.Errorf("solver: %w", err)
+			}
 		}
-		if err := rk.solver.Step(G.NodesToValueGrads(rk.layer.Params())); err != nil {
-			return epMetrics{}, fmt.Errorf("solver: %w", err)
+		if loss, err = ops.Float(rk.lossV); err != nil {
+			return err
 		}
-	}
-	loss, err := ops.Float(rk.lossV)
+		loss *= rk.layer.LossScale()
+		if rk.auxV != nil {
+			if aux, err = ops.Float(rk.auxV); err != nil {
+				return err
+			}
+		}
+		counts, err = hostInt32s(rk.cV)
+		return err
+	})
 	if err != nil {
 		return epMetrics{}, err
-	}
-	var aux float64
-	if rk.auxV != nil {
-		if aux, err = ops.Float(rk.auxV); err != nil {
-			return epMetrics{}, err
-		}
 	}
 	sum := tensor.New(tensor.WithShape(2), tensor.WithBacking([]float64{loss, aux}))
 	if err := rk.tr.AllReduceSum(sum); err != nil {
 		return epMetrics{}, err
-	}
-	counts, ok := rk.cV.Data().([]int32)
-	if !ok {
-		return epMetrics{}, fmt.Errorf("counts hold %T", rk.cV.Data())
 	}
 	loads, err := ep.RankLoads(counts, rk.tr.World())
 	if err != nil {
@@ -283,6 +253,28 @@ func (rk *epRank) step(x, y *tensor.Dense, train bool) (epMetrics, error) {
 		m.load[q] = float64(n) / float64(rk.slots)
 	}
 	return m, nil
+}
+
+// hostInt32s reads an int32 tensor value, copying it from its backend when it is device memory.
+func hostInt32s(v G.Value) ([]int32, error) {
+	d, ok := v.(*tensor.Dense)
+	if !ok || d == nil {
+		return nil, fmt.Errorf("want an int32 tensor, got %T", v)
+	}
+	b, err := ops.BackendFor(d)
+	if err != nil {
+		return nil, err
+	}
+	if b.Name() != ops.CPU().Name() {
+		if d, err = b.ToHost(d); err != nil {
+			return nil, err
+		}
+	}
+	c, ok := d.Data().([]int32)
+	if !ok {
+		return nil, fmt.Errorf("want an int32 tensor, got %v", d.Dtype())
+	}
+	return append([]int32(nil), c...), nil
 }
 
 // epSlice returns rank r's rows of a global batch of world ranks.

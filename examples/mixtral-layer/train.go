@@ -48,18 +48,10 @@ func runTrain(args []string, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	fs.IntVar(&f.tokens, "tokens", 256, "tokens per batch (T)")
-	fs.IntVar(&f.hidden, "hidden", 32, "hidden size (H)")
-	fs.IntVar(&f.ffn, "ffn", 64, "expert FFN size (F)")
 	fs.IntVar(&f.experts, "experts", 8, "number of experts (E)")
-	fs.IntVar(&f.topK, "top-k", 2, "experts per token (K)")
 	fs.IntVar(&f.steps, "steps", 600, "training steps")
 	fs.IntVar(&f.every, "every", 50, "print progress every N steps")
-	fs.Float64Var(&f.lr, "lr", 0.01, "Adam learning rate")
-	fs.Float64Var(&f.aux, "aux-coef", 0.01, "load-balancing loss coefficient")
-	fs.Float64Var(&f.z, "z-coef", 0.001, "router z-loss coefficient")
-	fs.Uint64Var(&f.seed, "seed", 1, "seed for data, teacher and student")
-	fs.StringVar(&f.scoring, "scoring", "softmax-topk", "softmax-topk (Mixtral, renormalised) or topk-softmax")
-	fs.StringVar(&f.dtype, "dtype", "float32", "float32 or float64")
+	f.registerLayer(fs)
 	fs.StringVar(&f.plot, "plot", "", "write a PNG of loss and per-expert load to this path")
 	fs.StringVar(&f.save, "save", "", "write the trained weights to this safetensors file (Hugging Face Mixtral names, F32)")
 	fs.BoolVar(&f.asJSON, "json", false, "print one JSON summary at the end instead of progress lines")
@@ -70,12 +62,34 @@ func runTrain(args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q (subcommands: train, forward, grad; see mixtral-layer -h)", fs.Arg(0))
 	}
+	cfg, err := f.config()
+	if err != nil {
+		return err
+	}
+	return train(f, cfg)
+}
+
+// registerLayer adds the flags of the layer and its training that train and ep share.
+func (f *trainFlags) registerLayer(fs *flag.FlagSet) {
+	fs.IntVar(&f.hidden, "hidden", 32, "hidden size (H)")
+	fs.IntVar(&f.ffn, "ffn", 64, "expert FFN size (F)")
+	fs.IntVar(&f.topK, "top-k", 2, "experts per token (K)")
+	fs.Float64Var(&f.lr, "lr", 0.01, "Adam learning rate")
+	fs.Float64Var(&f.aux, "aux-coef", 0.01, "load-balancing loss coefficient")
+	fs.Float64Var(&f.z, "z-coef", 0.001, "router z-loss coefficient")
+	fs.Uint64Var(&f.seed, "seed", 1, "seed for data, teacher and student")
+	fs.StringVar(&f.scoring, "scoring", "softmax-topk", "softmax-topk (Mixtral, renormalised) or topk-softmax")
+	fs.StringVar(&f.dtype, "dtype", "float32", "float32 or float64")
+}
+
+// config checks the parsed flags and returns the layer's configuration on the -device backend.
+func (f trainFlags) config() (moe.Config, error) {
 	if f.steps < 1 || f.tokens < 1 || f.every < 1 {
-		return fmt.Errorf("steps, tokens and every must be >= 1")
+		return moe.Config{}, fmt.Errorf("steps, tokens and every must be >= 1")
 	}
 	scoring, err := ops.ParseScoring(f.scoring)
 	if err != nil {
-		return err
+		return moe.Config{}, err
 	}
 	dt := tensor.Float32
 	switch f.dtype {
@@ -83,18 +97,15 @@ func runTrain(args []string, stderr io.Writer) error {
 	case "float64":
 		dt = tensor.Float64
 	default:
-		return fmt.Errorf("unknown -dtype %q (want float32 or float64)", f.dtype)
+		return moe.Config{}, fmt.Errorf("unknown -dtype %q (want float32 or float64)", f.dtype)
 	}
 	backend, err := backendNamed(f.device)
 	if err != nil {
-		return err
+		return moe.Config{}, err
 	}
 	cfg := moe.Config{Hidden: f.hidden, FFN: f.ffn, Experts: f.experts, TopK: f.topK, Scoring: scoring,
 		Renormalize: true, AuxLossCoef: f.aux, ZLossCoef: f.z, Seed: f.seed, Dtype: dt, Backend: backend}
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	return train(f, cfg)
+	return cfg, cfg.Validate()
 }
 
 func train(f trainFlags, cfg moe.Config) error {

@@ -54,7 +54,9 @@
 // The group's objective is the sum of the ranks' costs. An expert's gradient, which lives on one rank,
 // receives every rank's contribution through the backward exchange; the replicated router's gradient
 // must be summed over ranks before the optimizer step (Layer.AllReduceRouterGrad). To train on the mean
-// loss over all W*T tokens, scale each rank's mean loss by Layer.LossScale (1/W). The router losses are
+// loss over all W*T tokens, scale each rank's mean loss by Layer.LossScale (1/W): Output.Cost(task) does
+// so with ops.ScaleLoss and adds the router losses with ops.AddLosses, so the cost runs on a device
+// backend too (Config.Backend places the rank's weights there). The router losses are
 // per-rank shares that add up to the single-rank losses of all W*T tokens: the load-balancing loss uses
 // the counts summed over ranks with coefficient coef/W², the z-loss coefficient coef/W.
 //
@@ -65,9 +67,10 @@
 // ranks built differently fail with an error naming the difference (wrapping ops.ErrConfig), never
 // exchanging garbage. A rank that dies, aborts, leaves or stops calling makes the others' collectives
 // fail within the transport's timeout with an error wrapping ErrTransport. Errors from a Gorgonia
-// machine hide these sentinels from errors.Is; use Cause:
+// machine hide these sentinels from errors.Is; run machines with ops.RunAll (or pass their errors
+// through ops.MachineError; ops.Runner and ops.Trainer do):
 //
-//	if err := m.RunAll(); errors.Is(ep.Cause(err), ep.ErrTransport) { ... }
+//	if err := ops.RunAll(m); errors.Is(err, ep.ErrTransport) { ... }
 //
 // # Determinism
 //

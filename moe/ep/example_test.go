@@ -48,7 +48,7 @@ func Example() {
 			m := G.NewTapeMachine(g)
 			defer m.Close()
 			if err := m.RunAll(); err != nil {
-				fmt.Println("rank", r, ep.Cause(err))
+				fmt.Println("rank", r, ops.MachineError(err))
 				return
 			}
 			ys[r] = out.Y.Value().Data().([]float64)

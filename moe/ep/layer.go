@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/expertrt/expertrt-go/internal/names"
 	"github.com/expertrt/expertrt-go/moe"
 	"github.com/expertrt/expertrt-go/ops"
 	G "gorgonia.org/gorgonia"
@@ -46,27 +47,48 @@ type Output struct {
 	// Received is [RecvRows,H]: the rows this rank's experts got, grouped by local expert and, within an
 	// expert, by source rank and token; rows past the received count are zero.
 	Received *G.Node
+
+	lossScale float64 // the layer's LossScale, for Cost
 }
 
-// RouterLoss returns AuxLoss + ZLoss (either may be absent), or nil when both are.
+// RouterLoss returns AuxLoss + ZLoss (ops.AddLosses: either may be absent), or nil when both are.
 func (o *Output) RouterLoss() (*G.Node, error) {
-	switch {
-	case o.AuxLoss == nil:
-		return o.ZLoss, nil
-	case o.ZLoss == nil:
-		return o.AuxLoss, nil
+	if o.AuxLoss == nil && o.ZLoss == nil {
+		return nil, nil
 	}
-	return G.Add(o.AuxLoss, o.ZLoss)
+	return ops.AddLosses(o.AuxLoss, o.ZLoss)
+}
+
+// Cost returns this rank's cost: Layer.LossScale() * task + this rank's router-loss shares, with ops.ScaleLoss
+// and ops.AddLosses (they run on every backend). task is this rank's mean loss over its own tokens
+// (e.g. ops.MSELoss(out.Y, target)); the ranks' costs then add up to the single-rank cost of all W*T
+// tokens, the objective whose gradients the exchanges deliver.
+func (o *Output) Cost(task *G.Node) (*G.Node, error) {
+	if task == nil || !task.IsScalar() {
+		var s tensor.Shape
+		if task != nil {
+			s = task.Shape()
+		}
+		return nil, fmt.Errorf("ep: the task loss must be a scalar node, got %v: %w", s, ops.ErrShape)
+	}
+	share, err := ops.ScaleLoss(task, o.lossScale)
+	if err != nil {
+		return nil, err
+	}
+	return ops.AddLosses(share, o.AuxLoss, o.ZLoss)
 }
 
 // NewLayer adds this rank's part of a layer to g, with the weights moe.NewLayer would give the whole
 // layer for cfg (same seed, same values): every rank initialises all of them on the host and keeps its
-// slice, so a group's layer equals the single-rank one.
+// slice, so a group's layer equals the single-rank one. With a device cfg.Backend the slices are
+// copied there (see NewLayerWithWeights).
 func NewLayer(g *G.ExprGraph, cfg moe.Config, tr Transport, opts Options) (*Layer, error) {
 	if err := checkConfig(cfg, tr); err != nil {
 		return nil, err
 	}
-	full, err := moe.NewLayer(G.NewGraph(), cfg)
+	host := cfg
+	host.Backend = nil
+	full, err := moe.NewLayer(G.NewGraph(), host)
 	if err != nil {
 		return nil, configErr(err)
 	}
@@ -144,53 +166,31 @@ func configErr(err error) error {
 // NewLayerWithWeights adds this rank's part of a layer to g with the given weights: Router [E,H] and
 // the local experts W1, W3 [E/W,H,F], W2 [E/W,F,H] (LocalWeights cuts them from a whole layer's). cfg
 // describes the whole layer; Hidden, FFN and Experts may be 0 (then read from the weights). The tensors
-// are bound as the nodes' values (host or device tensors; training updates them in place).
+// are bound as the nodes' values (training updates them in place); with a device cfg.Backend, weights in
+// host memory are first copied there (FromHost), as moe.NewLayerWithWeights does.
 func NewLayerWithWeights(g *G.ExprGraph, cfg moe.Config, tr Transport, w moe.Weights, opts Options) (*Layer, error) {
-	if w.Router == nil || w.W1 == nil || w.W3 == nil || w.W2 == nil {
-		return nil, fmt.Errorf("ep: all four weights (Router, W1, W3, W2) are required: %w", ops.ErrShape)
-	}
-	if w.Router.Dims() != 2 || w.W1.Dims() != 3 {
-		return nil, fmt.Errorf("ep: Router must be [E,H] and W1 [E/W,H,F], got %v and %v: %w", w.Router.Shape(), w.W1.Shape(), ops.ErrShape)
-	}
-	e, h, f := w.Router.Shape()[0], w.Router.Shape()[1], w.W1.Shape()[2]
-	for _, c := range []struct {
-		name      string
-		have, cfg int
-	}{{"hidden", h, cfg.Hidden}, {"ffn", f, cfg.FFN}, {"experts", e, cfg.Experts}} {
-		if c.cfg != 0 && c.cfg != c.have {
-			return nil, fmt.Errorf("ep: config %s=%d but the weights have %d: %w", c.name, c.cfg, c.have, ops.ErrConfig)
-		}
-	}
-	cfg.Hidden, cfg.FFN, cfg.Experts = h, f, e
-	if cfg.Dtype == (tensor.Dtype{}) {
-		cfg.Dtype = w.Router.Dtype()
-	}
-	if err := cfg.Validate(); err != nil {
-		return nil, configErr(err)
-	}
-	if err := checkConfig(cfg, tr); err != nil {
-		return nil, err
+	if tr == nil {
+		return nil, fmt.Errorf("ep: a transport is required: %w", ops.ErrConfig)
 	}
 	if opts.RecvRows < 0 {
 		return nil, fmt.Errorf("ep: Options.RecvRows must be >= 0, got %d: %w", opts.RecvRows, ops.ErrConfig)
 	}
-	world := tr.World()
-	l := e / world
-	for _, c := range []struct {
-		name  string
-		t     *tensor.Dense
-		shape tensor.Shape
-	}{{"Router", w.Router, tensor.Shape{e, h}}, {"W1", w.W1, tensor.Shape{l, h, f}},
-		{"W3", w.W3, tensor.Shape{l, h, f}}, {"W2", w.W2, tensor.Shape{l, f, h}}} {
-		if !c.t.Shape().Eq(c.shape) {
-			return nil, fmt.Errorf("ep: %s has shape %v, want %v (E/W=%d local experts of E=%d over W=%d ranks): %w", c.name, c.t.Shape(), c.shape, l, e, world, ops.ErrShape)
-		}
-		if c.t.Dtype() != cfg.Dtype {
-			return nil, fmt.Errorf("ep: %s has dtype %v, want %v: %w", c.name, c.t.Dtype(), cfg.Dtype, ops.ErrDtype)
+	if w.Router != nil && w.Router.Dims() == 2 {
+		if err := checkConfig(moe.Config{Experts: w.Router.Shape()[0]}, tr); err != nil {
+			return nil, err
 		}
 	}
+	cfg, w, err := moe.PrepareWeights(cfg, w, tr.World())
+	if err != nil {
+		return nil, fmt.Errorf("ep: rank %d of %d: %w", tr.Rank(), tr.World(), err)
+	}
+	if err := checkConfig(cfg, tr); err != nil {
+		return nil, err
+	}
+	world := tr.World()
+	e, h, f, l := cfg.Experts, cfg.Hidden, cfg.FFN, cfg.Experts/world
 	ly := &Layer{Config: cfg, Rank: tr.Rank(), World: world, tr: tr, opts: opts}
-	name := func(base string) string { return uniqueName(g, fmt.Sprintf("ep%d.%s", ly.Rank, base)) }
+	name := func(base string) string { return names.Unique(g, fmt.Sprintf("ep%d.%s", ly.Rank, base)) }
 	ly.Router = G.NewMatrix(g, cfg.Dtype, G.WithShape(e, h), G.WithName(name("router")), G.WithValue(w.Router))
 	ly.W1 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(l, h, f), G.WithName(name("w1")), G.WithValue(w.W1))
 	ly.W3 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(l, h, f), G.WithName(name("w3")), G.WithValue(w.W3))
@@ -217,7 +217,7 @@ func (l *Layer) RecvRows(tokens int) int {
 
 // LossScale is the factor (1/W) for a per-rank mean loss so that the sum of the ranks' losses is the
 // mean over all ranks' tokens — the objective whose gradients the exchanges deliver (an expert's
-// gradient is the sum of every rank's contribution).
+// gradient is the sum of every rank's contribution). Output.Cost applies it with ops.ScaleLoss.
 func (l *Layer) LossScale() float64 { return 1 / float64(l.World) }
 
 // AllReduceRouterGrad sums the router's gradient over all ranks, in place (a collective; call it on
@@ -260,15 +260,7 @@ func (l *Layer) Forward(x *G.Node) (*Output, error) {
 	if x.Dtype() != c.Dtype {
 		return nil, fmt.Errorf("ep: input dtype %v, layer dtype %v: %w", x.Dtype(), c.Dtype, ops.ErrDtype)
 	}
-	logits, err := moe.RouterLogits(x, l.Router)
-	if err != nil {
-		return nil, err
-	}
-	r, err := ops.Route(logits, c.Route())
-	if err != nil {
-		return nil, err
-	}
-	packed, err := ops.Dispatch(x, r)
+	logits, r, packed, err := moe.RouteTokens(x, l.Router, c.Route())
 	if err != nil {
 		return nil, err
 	}
@@ -292,7 +284,7 @@ func (l *Layer) Forward(x *G.Node) (*Output, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &Output{Y: y, Logits: logits, Routing: r, Counts: ex.Counts, Received: recv}
+	out := &Output{Y: y, Logits: logits, Routing: r, Counts: ex.Counts, Received: recv, lossScale: l.LossScale()}
 	w := float64(l.World)
 	if c.AuxLossCoef > 0 {
 		rg, err := ex.GlobalRouting()
@@ -326,16 +318,4 @@ func RankLoads(counts []int32, world int) ([]int, error) {
 		loads[q] = lay.received(q)
 	}
 	return loads, nil
-}
-
-// uniqueName avoids Gorgonia's name collisions when several layers share a graph.
-func uniqueName(g *G.ExprGraph, base string) string {
-	if len(g.ByName(base)) == 0 {
-		return base
-	}
-	for i := 1; ; i++ {
-		if n := fmt.Sprintf("%s.%d", base, i); len(g.ByName(n)) == 0 {
-			return n
-		}
-	}
 }

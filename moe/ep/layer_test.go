@@ -3,6 +3,7 @@ package ep_test
 import (
 	"errors"
 	"fmt"
+	"github.com/expertrt/expertrt-go/internal/floats"
 	"math"
 	"math/rand/v2"
 	"sync"
@@ -28,22 +29,12 @@ type result struct {
 	raw                    []byte        // EP only: Y's bytes (bitwise comparisons between runs)
 }
 
-func floats(v G.Value) []float64 {
-	switch d := v.Data().(type) {
-	case []float64:
-		return append([]float64(nil), d...)
-	case []float32:
-		out := make([]float64, len(d))
-		for i, f := range d {
-			out[i] = float64(f)
-		}
-		return out
-	case float64:
-		return []float64{d}
-	case float32:
-		return []float64{float64(d)}
+func floatsOf(v G.Value) []float64 {
+	f, err := floats.Of(v)
+	if err != nil {
+		panic(err)
 	}
-	panic(fmt.Sprintf("unexpected %T", v.Data()))
+	return f
 }
 
 func randDense(rng *rand.Rand, dt tensor.Dtype, scale float64, shape ...int) *tensor.Dense {
@@ -129,12 +120,12 @@ func runReference(t *testing.T, cfg moe.Config, x, up *tensor.Dense) result {
 	if err := m.RunAll(); err != nil {
 		t.Fatal(err)
 	}
-	res := result{y: floats(yv), indices: append([]int32(nil), idxv.Data().([]int32)...)}
+	res := result{y: floatsOf(yv), indices: append([]int32(nil), idxv.Data().([]int32)...)}
 	if auxv != nil {
-		res.aux = floats(auxv)[0]
+		res.aux = floatsOf(auxv)[0]
 	}
 	if zv != nil {
-		res.z = floats(zv)[0]
+		res.z = floatsOf(zv)[0]
 	}
 	grads := []*[]float64{&res.dx, &res.dRouter, &res.dW1, &res.dW3, &res.dW2}
 	for i, n := range append(G.Nodes{xn}, l.Params()...) {
@@ -142,7 +133,7 @@ func runReference(t *testing.T, cfg moe.Config, x, up *tensor.Dense) result {
 		if err != nil {
 			t.Fatal(err)
 		}
-		*grads[i] = floats(gv)
+		*grads[i] = floatsOf(gv)
 	}
 	return res
 }
@@ -190,19 +181,19 @@ func runRank(cfg moe.Config, tr ep.Transport, opts ep.Options, x, up *tensor.Den
 	m := G.NewTapeMachine(g)
 	defer m.Close()
 	if err := m.RunAll(); err != nil {
-		return res, ep.Cause(err)
+		return res, ops.MachineError(err)
 	}
 	if err := l.AllReduceRouterGrad(); err != nil {
 		return res, err
 	}
-	res = result{y: floats(yv), indices: append([]int32(nil), idxv.Data().([]int32)...),
+	res = result{y: floatsOf(yv), indices: append([]int32(nil), idxv.Data().([]int32)...),
 		received: recv.(*tensor.Dense), counts: append([]int32(nil), counts.Data().([]int32)...),
 		raw: append([]byte(nil), yv.(*tensor.Dense).Raw...)}
 	if auxv != nil {
-		res.aux = floats(auxv)[0]
+		res.aux = floatsOf(auxv)[0]
 	}
 	if zv != nil {
-		res.z = floats(zv)[0]
+		res.z = floatsOf(zv)[0]
 	}
 	grads := []*[]float64{&res.dx, &res.dRouter, &res.dW1, &res.dW3, &res.dW2}
 	for i, n := range append(G.Nodes{xn}, l.Params()...) {
@@ -210,7 +201,7 @@ func runRank(cfg moe.Config, tr ep.Transport, opts ep.Options, x, up *tensor.Den
 		if err != nil {
 			return res, err
 		}
-		*grads[i] = floats(gv)
+		*grads[i] = floatsOf(gv)
 	}
 	return res, nil
 }
@@ -331,7 +322,7 @@ func compareRanks(t *testing.T, cfg moe.Config, world, T int, x *tensor.Dense, r
 // every token (in global token order) routed to it — bitwise — followed by zero rows.
 func checkReceived(t *testing.T, q, world, L, H int, x *tensor.Dense, idx []int32, K int, recv *tensor.Dense) {
 	t.Helper()
-	xs, rs := floats(x), floats(recv)
+	xs, rs := floatsOf(x), floatsOf(recv)
 	row := 0
 	for e := q * L; e < (q+1)*L; e++ {
 		for s, ie := range idx {

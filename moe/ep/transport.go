@@ -88,17 +88,6 @@ func shapeOf(t *tensor.Dense) tensor.Shape {
 	return t.Shape()
 }
 
-// Cause returns the error inside a Gorgonia machine error (the TapeMachine wraps an op's error in a type
-// without Unwrap, which hides sentinels from errors.Is); other errors are returned as they are.
-//
-//	if err := m.RunAll(); errors.Is(ep.Cause(err), ep.ErrTransport) { ... }
-func Cause(err error) error {
-	if e, ok := err.(interface{ Err() error }); ok && e.Err() != nil {
-		return e.Err()
-	}
-	return err
-}
-
 // CheckAllToAllV validates the arguments of Transport.AllToAllV for implementations: two matrices of
 // one dtype and width H (returned), segments inside the buffers and peers inside [0, world).
 func CheckAllToAllV(send *tensor.Dense, sends []Segment, recv *tensor.Dense, recvs []Segment, world int) (int, error) {

@@ -260,20 +260,6 @@ func (v *env) scalarWant(op string, dt tensor.Dtype, a *tensor.Dense, s float64,
 	return hostOf(dt, out, a.Shape()...)
 }
 
-func floatsNoT(h *tensor.Dense) []float64 {
-	switch d := h.Data().(type) {
-	case []float64:
-		return append([]float64(nil), d...)
-	case []float32:
-		out := make([]float64, len(d))
-		for i, x := range d {
-			out[i] = float64(x)
-		}
-		return out
-	}
-	panic(fmt.Sprintf("floatsNoT: %T", h.Data()))
-}
-
 type unaryCase struct {
 	name   string
 	dev    func(e tensor.Engine, a tensor.Tensor, o ...tensor.FuncOpt) (tensor.Tensor, error)

@@ -11,6 +11,7 @@ package enginetest
 import (
 	"errors"
 	"fmt"
+	hostfloats "github.com/expertrt/expertrt-go/internal/floats"
 	"math"
 	"math/rand"
 	"testing"
@@ -118,6 +119,15 @@ func (v *env) host(t testing.TB, d tensor.Tensor) *tensor.Dense {
 		t.Fatalf("ToHost: %v", err)
 	}
 	return h
+}
+
+// floatsNoT returns a float tensor's elements as float64 (host tensors only; panics otherwise).
+func floatsNoT(h *tensor.Dense) []float64 {
+	v, err := hostfloats.Of(h)
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
 
 // floats returns a tensor's elements as float64 (bools as 0/1).

@@ -119,15 +119,11 @@ func (b *Backend) hostView(what string, i int, t *tensor.Dense) (*tensor.Dense, 
 	if !b.Owns(t) {
 		return nil, span{}, fmt.Errorf("simdevice %s: %s: operand %d is not a tensor of this device (copy it with FromHost): %w", b.d.name, what, i, ops.ErrMixedBackends)
 	}
-	if t.RequiresIterator() {
-		return nil, span{}, fmt.Errorf("simdevice %s: %s: operand %d is a non-contiguous view: %w", b.d.name, what, i, ops.ErrUnsupported)
-	}
-	m := memOf(t)
-	real, err := b.d.pool.Resolve(m.p, int64(m.n))
+	real, bytes, err := b.d.eng.Resolve(what, fmt.Sprintf("operand %d", i), t)
 	if err != nil {
-		return nil, span{}, fmt.Errorf("simdevice %s: %s: operand %d: %w", b.d.name, what, i, err)
+		return nil, span{}, err
 	}
-	n := int(m.n) / int(t.Dtype().Size())
+	n := int(bytes) / int(t.Dtype().Size())
 	p := unsafe.Pointer(nil)
 	if n > 0 {
 		p = hostPointer(real)
@@ -151,7 +147,7 @@ func (b *Backend) hostView(what string, i int, t *tensor.Dense) (*tensor.Dense, 
 	default:
 		return nil, span{}, fmt.Errorf("simdevice %s: %s: operand %d has unsupported dtype %v: %w", b.d.name, what, i, t.Dtype(), ops.ErrDtype)
 	}
-	r := span{real, real + m.n}
+	r := span{real, real + uintptr(bytes)}
 	if n == 0 {
 		return tensor.New(tensor.Of(t.Dtype()), tensor.WithShape(t.Shape().Clone()...)), r, nil
 	}
