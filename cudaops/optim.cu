@@ -42,7 +42,7 @@ extern "C" __global__ void sumsq_partial_f64(const double* g, long long n, doubl
     sumsq_partial_body<double>(g, n, partial, fault);
 }
 
-// scale[0] = min(1, maxNorm / (sqrt(sum of the partials) + 1e-6)), or NaN when the sum is not finite;
+// scale[0] = min(1, maxNorm / (sqrt(sum of the partials) + 1e-6)) (1 for maxNorm = +inf), or NaN when the sum is not finite;
 // one block, partials summed in a fixed tree.
 extern "C" __global__ void norm_scale_finish(const double* partial, int parts, double maxNorm, double* scale) {
     double acc = 0.0;
@@ -64,6 +64,7 @@ __device__ void adam_body(T* __restrict__ p, const T* __restrict__ g, T* __restr
                           long long n, double lr, double b1, double b2, double eps, double wd, int decoupled,
                           double bc1, double bc2, const double* __restrict__ clip) {
     const double c = clip ? clip[0] : 1.0;
+    if (!isfinite(c)) return;  // GradNormScale saw a non-finite gradient: the step is skipped (ErrNaN at the next sync)
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         const double pi = (double)p[i];
         double gi = c * (double)g[i];
@@ -83,6 +84,7 @@ template <typename T>
 __device__ void sgd_body(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ buf, long long n, double lr,
                          double mom, double wd, int nesterov, const double* __restrict__ clip) {
     const double c = clip ? clip[0] : 1.0;
+    if (!isfinite(c)) return;  // as in adam_body
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         const double pi = (double)p[i];
         double gr = c * (double)g[i] + wd * pi;

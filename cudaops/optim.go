@@ -21,8 +21,8 @@ import (
 // (ops.ErrNaN).
 func (b *Backend) GradNormScale(grads []*tensor.Dense, maxNorm float64, scale *tensor.Dense) error {
 	const what = "grad norm scale"
-	if !(maxNorm > 0) || math.IsInf(maxNorm, 0) {
-		return fmt.Errorf("cudaops: %s: maxNorm %v must be positive and finite: %w", what, maxNorm, ops.ErrConfig)
+	if !(maxNorm > 0) {
+		return fmt.Errorf("cudaops: %s: maxNorm %v must be > 0 (+Inf: no clipping): %w", what, maxNorm, ops.ErrConfig)
 	}
 	ps := make([]cu.DevicePtr, len(grads))
 	dts := make([]tensor.Dtype, len(grads))
