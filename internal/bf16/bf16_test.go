@@ -96,15 +96,15 @@ func TestFromFloat32Special(t *testing.T) {
 	}{
 		{0, 0}, {float32(math.Copysign(0, -1)), 0x8000}, {1, One}, {-2, 0xc000},
 		{float32(math.Inf(1)), PosInf}, {float32(math.Inf(-1)), NegInf},
-		{math.MaxFloat32, PosInf},                          // beyond the midpoint to 2^128
-		{math.Float32frombits(0x7f7f7fff), MaxBF16},        // just below that midpoint
-		{math.Float32frombits(0x7f7f8000), PosInf},         // the midpoint: ties to even (0x7f80)
-		{math.Float32frombits(0x3f808000), One},            // tie between 0x3f80 and 0x3f81: even
-		{math.Float32frombits(0x3f818000), 0x3f82},         // tie between 0x3f81 and 0x3f82: even
-		{math.Float32frombits(0x00008000), 0},              // half the smallest subnormal: ties to 0
-		{math.Float32frombits(0x00008001), 1},              // just above: the smallest subnormal
-		{math.Float32frombits(0x7fa00000), 0x7fe0},         // signalling NaN is quieted, payload kept
-		{math.Float32frombits(0xff800001), 0xffc0},         // NaN whose payload sits below bit 16
+		{math.MaxFloat32, PosInf},                   // beyond the midpoint to 2^128
+		{math.Float32frombits(0x7f7f7fff), MaxBF16}, // just below that midpoint
+		{math.Float32frombits(0x7f7f8000), PosInf},  // the midpoint: ties to even (0x7f80)
+		{math.Float32frombits(0x3f808000), One},     // tie between 0x3f80 and 0x3f81: even
+		{math.Float32frombits(0x3f818000), 0x3f82},  // tie between 0x3f81 and 0x3f82: even
+		{math.Float32frombits(0x00008000), 0},       // half the smallest subnormal: ties to 0
+		{math.Float32frombits(0x00008001), 1},       // just above: the smallest subnormal
+		{math.Float32frombits(0x7fa00000), 0x7fe0},  // signalling NaN is quieted, payload kept
+		{math.Float32frombits(0xff800001), 0xffc0},  // NaN whose payload sits below bit 16
 	} {
 		if got := FromFloat32(c.in); got != c.want {
 			t.Errorf("FromFloat32(%#08x) = %#04x, want %#04x", math.Float32bits(c.in), got, c.want)
@@ -191,13 +191,13 @@ func TestFromFloat64Edges(t *testing.T) {
 		{math.Inf(1), PosInf}, {math.Inf(-1), NegInf},
 		{math.MaxFloat64, PosInf}, {-math.MaxFloat64, NegInf},
 		{math.MaxFloat32, PosInf},
-		{value(0x7f7f) + math.Ldexp(1, 127-8), PosInf},                    // the overflow midpoint ties to even
-		{math.Nextafter(value(0x7f7f)+math.Ldexp(1, 127-8), 0), MaxBF16},  // just below it
+		{value(0x7f7f) + math.Ldexp(1, 127-8), PosInf},                   // the overflow midpoint ties to even
+		{math.Nextafter(value(0x7f7f)+math.Ldexp(1, 127-8), 0), MaxBF16}, // just below it
 		{math.SmallestNonzeroFloat64, 0}, {-math.SmallestNonzeroFloat64, 0x8000},
-		{tiny, 0},                             // tie between 0 and the smallest subnormal: even (0)
-		{math.Nextafter(tiny, 1), 1},          // just above: the smallest subnormal
-		{3 * tiny, 2},                         // tie between subnormals 1 and 2: even
-		{math.Nextafter(3*tiny, 0), 1},        // below that tie: float32 would round it up to the tie, then to 2
+		{tiny, 0},                                   // tie between 0 and the smallest subnormal: even (0)
+		{math.Nextafter(tiny, 1), 1},                // just above: the smallest subnormal
+		{3 * tiny, 2},                               // tie between subnormals 1 and 2: even
+		{math.Nextafter(3*tiny, 0), 1},              // below that tie: float32 would round it up to the tie, then to 2
 		{math.Ldexp(1, -126) * (1 - 1e-12), 0x0080}, // rounds up from the subnormal range to the smallest normal
 	} {
 		if got := FromFloat64(c.in); got != c.want {
