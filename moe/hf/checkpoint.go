@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/expertrt/expertrt-go/internal/bf16"
 )
 
 // ErrNotFound is wrapped by Checkpoint lookups of a tensor name the checkpoint does not hold.
@@ -183,12 +185,29 @@ func (c *Checkpoint) ReadFloat32(name string) ([]float32, []int, error) {
 	return f.ReadFloat32(name)
 }
 
+// ReadBF16 reads a floating-point tensor as bfloat16 (BF16 bytes as they are; see File.ReadBF16).
+func (c *Checkpoint) ReadBF16(name string) ([]bf16.BFloat16, []int, error) {
+	f, err := c.file(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f.ReadBF16(name)
+}
+
+// elem is an element type LoadMixtral reads into.
+type elem interface {
+	~float32 | ~float64 | bf16.BFloat16
+}
+
 // readAs reads a tensor as []T.
-func readAs[T float](c *Checkpoint, name string) ([]T, []int, error) {
+func readAs[T elem](c *Checkpoint, name string) ([]T, []int, error) {
 	var zero T
 	switch any(zero).(type) {
 	case float32:
 		v, s, err := c.ReadFloat32(name)
+		return any(v).([]T), s, err
+	case bf16.BFloat16:
+		v, s, err := c.ReadBF16(name)
 		return any(v).([]T), s, err
 	default:
 		v, s, err := c.ReadFloat64(name)

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/expertrt/expertrt-go/internal/bf16"
 	"gorgonia.org/tensor"
 )
 
@@ -47,7 +48,8 @@ func MixtralNames(prefix string, experts int) []string {
 }
 
 // LayerWeights holds one MoE layer's weights in this project's input-major layout (the same fields as
-// moe.Weights): Router [E,H], W1 and W3 [E,H,F], W2 [E,F,H]; all of one dtype, Float64 or Float32.
+// moe.Weights): Router [E,H], W1 and W3 [E,H,F], W2 [E,F,H]; all of one dtype, Float64, Float32 or
+// bfloat16 (ops.BFloat16).
 type LayerWeights struct {
 	Router, W1, W3, W2 *tensor.Dense
 }
@@ -66,8 +68,8 @@ func (w LayerWeights) Dims() (experts, hidden, ffn int, err error) {
 		return 0, 0, 0, fmt.Errorf("hf: layer weights: inconsistent shapes Router %v W1 %v W3 %v W2 %v (want [E,H], [E,H,F], [E,H,F], [E,F,H])", r, a, b, c)
 	}
 	dt := w.Router.Dtype()
-	if dt != tensor.Float64 && dt != tensor.Float32 {
-		return 0, 0, 0, fmt.Errorf("hf: layer weights: dtype %v, want float64 or float32", dt)
+	if dt != tensor.Float64 && dt != tensor.Float32 && dt != bf16.Dtype {
+		return 0, 0, 0, fmt.Errorf("hf: layer weights: dtype %v, want float64, float32 or bfloat16", dt)
 	}
 	for _, t := range []*tensor.Dense{w.W1, w.W3, w.W2} {
 		if t.Dtype() != dt {
@@ -79,8 +81,11 @@ func (w LayerWeights) Dims() (experts, hidden, ffn int, err error) {
 
 var expertIndexRE = regexp.MustCompile(`^block_sparse_moe\.experts\.(\d+)\.(w1|w2|w3)\.weight$`)
 
-// LoadMixtral reads one Mixtral MoE layer under prefix from c into dtype dt (tensor.Float64 or
-// tensor.Float32; F64, F32, F16 and BF16 files load, narrower types widened exactly). E, H and F come
+// LoadMixtral reads one Mixtral MoE layer under prefix from c into dtype dt: tensor.Float64 or
+// tensor.Float32 (F64, F32, F16 and BF16 files load, narrower types widened exactly: BF16 checkpoints
+// give exact fp32 master weights), or bfloat16 (ops.BFloat16, the dtype of package internal/bf16: BF16
+// files load their bytes as they are, without widening, at half the memory of float32; wider types are
+// rounded once). E, H and F come
 // from the shapes. Missing tensors, shape mismatches between the gate and the experts, and expert
 // indices outside [0,E) are errors; if nothing is found under prefix the error lists the prefixes under
 // which MoE layers do exist.
@@ -90,11 +95,13 @@ func LoadMixtral(c *Checkpoint, prefix string, dt tensor.Dtype) (LayerWeights, e
 		return loadMixtral[float64](c, prefix, dt)
 	case tensor.Float32:
 		return loadMixtral[float32](c, prefix, dt)
+	case bf16.Dtype:
+		return loadMixtral[bf16.BFloat16](c, prefix, dt)
 	}
-	return LayerWeights{}, fmt.Errorf("hf: load: dtype %v, want float64 or float32", dt)
+	return LayerWeights{}, fmt.Errorf("hf: load: dtype %v, want float64, float32 or bfloat16", dt)
 }
 
-func loadMixtral[T float](c *Checkpoint, prefix string, dt tensor.Dtype) (LayerWeights, error) {
+func loadMixtral[T elem](c *Checkpoint, prefix string, dt tensor.Dtype) (LayerWeights, error) {
 	gateName := GateName(prefix)
 	if !c.Has(gateName) {
 		return LayerWeights{}, missingGateError(c, prefix)
@@ -184,7 +191,7 @@ func loadMixtral[T float](c *Checkpoint, prefix string, dt tensor.Dtype) (LayerW
 }
 
 // loadFused reads transformers 5 fused expert tensors: gate_up_proj [E,2F,H], down_proj [E,H,F].
-func loadFused[T float](c *Checkpoint, prefix string, dt tensor.Dtype, gate []T, E, H int) (LayerWeights, error) {
+func loadFused[T elem](c *Checkpoint, prefix string, dt tensor.Dtype, gate []T, E, H int) (LayerWeights, error) {
 	gu, gus, err := readAs[T](c, fusedGateUpName(prefix))
 	if err != nil {
 		return LayerWeights{}, err
@@ -263,13 +270,16 @@ func MixtralTensors(w LayerWeights, prefix string, dt DType) ([]Tensor, error) {
 	if err != nil {
 		return nil, err
 	}
-	if w.Router.Dtype() == tensor.Float64 {
+	switch w.Router.Dtype() {
+	case tensor.Float64:
 		return mixtralTensors[float64](w, prefix, dt, E, H, F)
+	case bf16.Dtype:
+		return mixtralTensors[bf16.BFloat16](w, prefix, dt, E, H, F)
 	}
 	return mixtralTensors[float32](w, prefix, dt, E, H, F)
 }
 
-func mixtralTensors[T float](w LayerWeights, prefix string, dt DType, E, H, F int) ([]Tensor, error) {
+func mixtralTensors[T elem](w LayerWeights, prefix string, dt DType, E, H, F int) ([]Tensor, error) {
 	data := func(d *tensor.Dense) ([]T, error) {
 		if !d.IsMaterializable() && d.DataOrder().IsRowMajor() {
 			if v, ok := d.Data().([]T); ok {

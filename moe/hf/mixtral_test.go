@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/expertrt/expertrt-go/internal/bf16"
 	"gorgonia.org/tensor"
 )
 
@@ -114,6 +115,86 @@ func TestLoadBF16Fixture(t *testing.T) {
 	}
 }
 
+// TestLoadBF16WithoutWidening loads the BF16 fixture as bfloat16: every element must be the stored bit
+// pattern (compared with the file's raw bytes, transposed by hand), the fp32 load must be its exact
+// widening, and saving the bfloat16 weights as BF16 must give the same bytes back.
+func TestLoadBF16WithoutWidening(t *testing.T) {
+	c := openFixture(t, "mixtral_e4k2/weights_bf16.safetensors")
+	wb, err := LoadMixtral(c, "", bf16.Dtype)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w32, err := LoadMixtral(c, "", tensor.Float32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	E, H, F, err := wb.Dims()
+	if err != nil || wb.W2.Dtype() != bf16.Dtype {
+		t.Fatalf("dims %v, dtype %v", err, wb.W2.Dtype())
+	}
+	raw, err := c.file(ExpertName("", E-1, "w2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bytes, _, err := raw.ReadRaw(ExpertName("", E-1, "w2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w2 := wb.W2.Data().([]bf16.BFloat16)[(E-1)*F*H:]
+	for h := 0; h < H; h++ { // HF w2 is [H,F]; ours [F,H]
+		for f := 0; f < F; f++ {
+			i := h*F + f
+			if got, want := uint16(w2[f*H+h]), uint16(bytes[2*i])|uint16(bytes[2*i+1])<<8; got != want {
+				t.Fatalf("w2[%d,%d]: %#04x, file %#04x", f, h, got, want)
+			}
+		}
+	}
+	for _, pair := range [][2]*tensor.Dense{{wb.Router, w32.Router}, {wb.W1, w32.W1}, {wb.W3, w32.W3}, {wb.W2, w32.W2}} {
+		b, f := pair[0].Data().([]bf16.BFloat16), pair[1].Data().([]float32)
+		for i := range b {
+			if b[i].Float32() != f[i] {
+				t.Fatalf("fp32 load %v is not the widened bf16 %v", f[i], b[i])
+			}
+		}
+	}
+	p := filepath.Join(t.TempDir(), "back.safetensors")
+	if err := SaveMixtral(p, wb, "", BF16); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := OpenCheckpoint(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	for _, n := range MixtralNames("", E) {
+		a, _, err1 := c.ReadBF16(n)
+		b, _, err2 := c2.ReadBF16(n)
+		if err1 != nil || err2 != nil || len(a) != len(b) {
+			t.Fatalf("%s: %v %v", n, err1, err2)
+		}
+		for i := range a {
+			if a[i] != b[i] {
+				t.Fatalf("%s[%d]: saved %#04x, loaded %#04x", n, i, uint16(b[i]), uint16(a[i]))
+			}
+		}
+	}
+	// Wider files round once: a float64 checkpoint loaded as bfloat16 equals FromFloat64 of each value.
+	w64, err := LoadMixtral(openFixture(t, "mixtral_e4k2/weights.safetensors"), "", tensor.Float64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wr, err := LoadMixtral(openFixture(t, "mixtral_e4k2/weights.safetensors"), "", bf16.Dtype)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, y := w64.W1.Data().([]float64), wr.W1.Data().([]bf16.BFloat16)
+	for i := range x {
+		if y[i] != bf16.FromFloat64(x[i]) {
+			t.Fatalf("W1[%d]: %#04x, want FromFloat64(%v) = %#04x", i, uint16(y[i]), x[i], uint16(bf16.FromFloat64(x[i])))
+		}
+	}
+}
+
 func TestSaveLoadRoundTrip(t *testing.T) {
 	src, err := LoadMixtral(openFixture(t, "mixtral_e8k3/weights.safetensors"), "model.layers.3.", tensor.Float64)
 	if err != nil {
@@ -147,7 +228,7 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 				case F32:
 					want = float64(float32(x[i]))
 				case BF16:
-					want = float64(BF16ToFloat32(Float32ToBF16(float32(x[i]))))
+					want = bf16.FromFloat64(x[i]).Float64() // rounded once, not through float32
 				}
 				if y[i] != want {
 					t.Fatalf("%s: element %d: %v, want %v", dt, i, y[i], want)

@@ -25,6 +25,8 @@ import (
 	"sort"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/expertrt/expertrt-go/internal/bf16"
 )
 
 // DType is a safetensors element type name as it appears in the header ("F32", "BF16", ...).
@@ -330,6 +332,43 @@ func (f *File) ReadFloat64(name string) ([]float64, []int, error) {
 	return out, t.Shape, nil
 }
 
+// ReadBF16 reads a floating-point tensor as bfloat16: BF16 bytes as they are (no widening, no
+// rounding), F32 and F16 rounded once to the nearest bfloat16, F64 rounded once (not through float32).
+func (f *File) ReadBF16(name string) ([]bf16.BFloat16, []int, error) {
+	raw, t, err := f.ReadRaw(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !t.DType.IsFloat() {
+		return nil, nil, fmt.Errorf("safetensors: %s: tensor %q: dtype %s is not a floating-point type", f.name, name, t.DType)
+	}
+	n := t.NumElements()
+	if len(raw) != n*t.DType.Size() {
+		return nil, nil, fmt.Errorf("safetensors: %s: tensor %q: %d bytes for %d %s values", f.name, name, len(raw), n, t.DType)
+	}
+	out := make([]bf16.BFloat16, n)
+	le := binary.LittleEndian
+	switch t.DType {
+	case BF16:
+		for i := range out {
+			out[i] = bf16.BFloat16(le.Uint16(raw[2*i:]))
+		}
+	case F64:
+		for i := range out {
+			out[i] = bf16.FromFloat64(math.Float64frombits(le.Uint64(raw[8*i:])))
+		}
+	case F32:
+		for i := range out {
+			out[i] = bf16.FromFloat32(math.Float32frombits(le.Uint32(raw[4*i:])))
+		}
+	case F16:
+		for i := range out {
+			out[i] = bf16.FromFloat32(F16ToFloat32(le.Uint16(raw[2*i:])))
+		}
+	}
+	return out, t.Shape, nil
+}
+
 // ReadFloat32 reads a floating-point tensor as float32: F32, F16 and BF16 exactly, F64 rounded to the
 // nearest float32.
 func (f *File) ReadFloat32(name string) ([]float32, []int, error) {
@@ -376,18 +415,12 @@ func decode[T float](raw []byte, dt DType, dst []T) error {
 	return nil
 }
 
-// BF16ToFloat32 widens a bfloat16 bit pattern exactly.
-func BF16ToFloat32(b uint16) float32 { return math.Float32frombits(uint32(b) << 16) }
+// BF16ToFloat32 widens a bfloat16 bit pattern exactly (bf16.BFloat16.Float32).
+func BF16ToFloat32(b uint16) float32 { return bf16.BFloat16(b).Float32() }
 
-// Float32ToBF16 rounds to the nearest bfloat16, ties to even; NaN stays NaN (quiet), infinities stay.
-func Float32ToBF16(f float32) uint16 {
-	u := math.Float32bits(f)
-	if u&0x7fffffff > 0x7f800000 { // NaN
-		return uint16(u>>16) | 0x0040
-	}
-	u += 0x7fff + (u>>16)&1
-	return uint16(u >> 16)
-}
+// Float32ToBF16 rounds to the nearest bfloat16, ties to even; NaN stays NaN (quiet), infinities stay
+// (bf16.FromFloat32).
+func Float32ToBF16(f float32) uint16 { return uint16(bf16.FromFloat32(f)) }
 
 // F16ToFloat32 widens an IEEE binary16 bit pattern exactly (subnormals, infinities and NaN included).
 func F16ToFloat32(h uint16) float32 {
@@ -408,9 +441,10 @@ func F16ToFloat32(h uint16) float32 {
 	return math.Float32frombits(sign | (exp+127-15)<<23 | man<<13)
 }
 
-// Tensor is a tensor to write. Values must be []float64 or []float32 with the product of Shape
-// elements; DType is the stored type (F64, F32 or BF16; F32 when empty). float64 values are rounded
-// when stored as F32 or BF16.
+// Tensor is a tensor to write. Values must be []float64, []float32 or []bf16.BFloat16 with the product
+// of Shape elements; DType is the stored type (F64, F32 or BF16; F32 when empty). Values are rounded
+// once to the stored type where it is narrower (float64 to BF16 directly, not through float32);
+// bfloat16 values stored as BF16 are written as they are.
 type Tensor struct {
 	Name   string
 	Shape  []int
@@ -439,8 +473,10 @@ func encodedSize(t Tensor) (int, DType, error) {
 		have = len(v)
 	case []float32:
 		have = len(v)
+	case []bf16.BFloat16:
+		have = len(v)
 	default:
-		return 0, "", fmt.Errorf("safetensors: tensor %q: values of type %T, want []float64 or []float32", t.Name, t.Values)
+		return 0, "", fmt.Errorf("safetensors: tensor %q: values of type %T, want []float64, []float32 or []bf16.BFloat16", t.Name, t.Values)
 	}
 	if have != n {
 		return 0, "", fmt.Errorf("safetensors: tensor %q: %d values for shape %v (%d elements)", t.Name, have, t.Shape, n)
@@ -509,7 +545,7 @@ func Write(w io.Writer, tensors []Tensor, metadata map[string]string) error {
 				le.PutUint32(scratch[:], math.Float32bits(float32(v)))
 				bw.Write(scratch[:4])
 			case BF16:
-				le.PutUint16(scratch[:], Float32ToBF16(float32(v)))
+				le.PutUint16(scratch[:], uint16(bf16.FromFloat64(v))) // one rounding
 				bw.Write(scratch[:2])
 			}
 		}
@@ -521,6 +557,15 @@ func Write(w io.Writer, tensors []Tensor, metadata map[string]string) error {
 		case []float32:
 			for _, x := range v {
 				put(float64(x)) // exact; float32(float64(x)) == x
+			}
+		case []bf16.BFloat16:
+			for _, x := range v {
+				if dt == BF16 {
+					le.PutUint16(scratch[:], uint16(x))
+					bw.Write(scratch[:2])
+					continue
+				}
+				put(x.Float64()) // exact
 			}
 		}
 	}

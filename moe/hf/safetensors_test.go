@@ -312,3 +312,37 @@ func TestWriteFileAtomicAndCheckpointIndex(t *testing.T) {
 		t.Error("missing file opened")
 	}
 }
+
+// TestWriteBF16RoundsOnce writes float64 values one float64 step below bfloat16 ties: rounding through
+// float32 would land on the tie and round it to even (up, for these), one bfloat16 step off; BF16 files
+// must hold the once-rounded values (down).
+func TestWriteBF16RoundsOnce(t *testing.T) {
+	var vals []float64
+	var want []uint16
+	for _, m := range []int{1, 3, 5, 127} { // odd lower neighbour: the tie rounds up to the even one
+		lo := float64(256+2*m) / 256 // the bfloat16 value 1 + m/128
+		tie := lo + 1.0/256
+		vals = append(vals, math.Nextafter(tie, 0))
+		want = append(want, Float32ToBF16(float32(lo)))
+		if Float32ToBF16(float32(math.Nextafter(tie, 0))) == want[len(want)-1] {
+			t.Fatalf("m=%d: rounding through float32 gives the right answer; the case does not test double rounding", m)
+		}
+	}
+	var buf bytes.Buffer
+	if err := Write(&buf, []Tensor{{Name: "x", Shape: []int{len(vals)}, Values: vals, DType: BF16}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Parse("mem", buf.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := f.ReadBF16("x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range want {
+		if uint16(got[i]) != want[i] {
+			t.Errorf("value %v stored as %#04x, want %#04x", vals[i], uint16(got[i]), want[i])
+		}
+	}
+}
