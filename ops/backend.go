@@ -18,6 +18,7 @@ import (
 //     Asynchronous backends report them at the next synchronisation (Synchronizer).
 //   - out is preallocated with the right shape and dtype; the kernel overwrites all of it.
 //   - Float tensors are float32 or float64 (all float inputs of one call share the dtype); idx and plan are int32.
+//     bfloat16 operands follow the rules of MixedPrecisionBackend.
 //   - T, K and E are implied by shapes: x/y [T,H], packed [T*K,H], w [T,K], idx [T,K], plan [PlanLen(T,K,E)].
 //   - Results are deterministic: no atomics on floats, fixed summation orders.
 type Backend interface {
@@ -87,6 +88,7 @@ type Backend interface {
 	ZLossGrad(logits *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error
 
 	TrainingBackend
+	MixedPrecisionBackend
 }
 
 // CombineBackwarder is an optional fused kernel: one pass over dy writes both gradients of the weighted

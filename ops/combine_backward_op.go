@@ -160,7 +160,7 @@ func (op *viewOp) Do(vs ...G.Value) (G.Value, error) {
 	if err := arity(op, 1, vs); err != nil {
 		return nil, err
 	}
-	t, err := arg("view", "input", vs[0], anyFloat, -1)
+	t, err := arg("view", "input", vs[0], anyAct, -1)
 	if err != nil {
 		return nil, err
 	}

@@ -68,6 +68,8 @@ func (cpuBackend) View(t *tensor.Dense, offset int, shape ...int) (*tensor.Dense
 		backing = d[offset : offset+n : offset+n]
 	case []int32:
 		backing = d[offset : offset+n : offset+n]
+	case []BF16:
+		backing = d[offset : offset+n : offset+n]
 	default:
 		return nil, failf(ErrDtype, "cpu: view of %v tensors is not supported", t.Dtype())
 	}

@@ -7,6 +7,9 @@ import (
 )
 
 func (cpuBackend) GroupedMatMul(x, w, plan *tensor.Dense, transposeW bool, out *tensor.Dense) error {
+	if mixedBF16(x, w, out) {
+		return groupedMatMulBF16CPU(x, w, plan, transposeW, out)
+	}
 	return byDtype(x.Dtype(),
 		func() error { return groupedMatMulCPU[float32](x, w, plan, transposeW, out) },
 		func() error { return groupedMatMulCPU[float64](x, w, plan, transposeW, out) })
@@ -50,6 +53,9 @@ func groupedMatMulCPU[T float](x, w, plan *tensor.Dense, transposeW bool, out *t
 }
 
 func (cpuBackend) GroupedMatMulGradW(x, dy, plan *tensor.Dense, dW *tensor.Dense) error {
+	if mixedBF16(x, dy, dW) {
+		return groupedMatMulGradWBF16CPU(x, dy, plan, dW)
+	}
 	return byDtype(x.Dtype(),
 		func() error { return groupedMatMulGradWCPU[float32](x, dy, plan, dW) },
 		func() error { return groupedMatMulGradWCPU[float64](x, dy, plan, dW) })

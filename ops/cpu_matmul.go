@@ -13,6 +13,9 @@ func (cpuBackend) MatMul(a, b *tensor.Dense, transA, transB bool, out *tensor.De
 	if err != nil {
 		return err
 	}
+	if mixedBF16(a, b, out) {
+		return matMulBF16CPU(a, b, transA, transB, out, m, k, n)
+	}
 	return byDtype(a.Dtype(),
 		func() error { return matMulCPU[float32](a, b, transA, transB, out, m, k, n) },
 		func() error { return matMulCPU[float64](a, b, transA, transB, out, m, k, n) })
@@ -26,7 +29,7 @@ func matMulDims(a, b *tensor.Dense, transA, transB bool, out *tensor.Dense) (m, 
 	if a.Dims() != 2 || b.Dims() != 2 || out.Dims() != 2 {
 		return 0, 0, 0, failf(ErrShape, "matmul: a %v, b %v and out %v must be matrices", a.Shape(), b.Shape(), out.Shape())
 	}
-	if a.Dtype() != b.Dtype() || a.Dtype() != out.Dtype() {
+	if a.Dtype() != b.Dtype() || (a.Dtype() != out.Dtype() && !(isBF16(a.Dtype()) && out.Dtype() == tensor.Float32)) {
 		return 0, 0, 0, failf(ErrDtype, "matmul: mixed dtypes %v, %v, %v", a.Dtype(), b.Dtype(), out.Dtype())
 	}
 	m, k = a.Shape()[0], a.Shape()[1]

@@ -5,6 +5,9 @@ import (
 )
 
 func (cpuBackend) Dispatch(x, w, plan *tensor.Dense, out *tensor.Dense) error {
+	if mixedBF16(x, out) {
+		return dispatchBF16CPU(x, w, plan, out)
+	}
 	return byDtype(x.Dtype(),
 		func() error { return dispatchCPU[float32](x, w, plan, out) },
 		func() error { return dispatchCPU[float64](x, w, plan, out) })
@@ -68,6 +71,9 @@ func dispatchCPU[T float](x, w, plan *tensor.Dense, out *tensor.Dense) error {
 }
 
 func (cpuBackend) Combine(ye, w, plan *tensor.Dense, out *tensor.Dense) error {
+	if mixedBF16(ye, out) {
+		return combineBF16CPU(ye, w, plan, out)
+	}
 	return byDtype(ye.Dtype(),
 		func() error { return combineCPU[float32](ye, w, plan, out) },
 		func() error { return combineCPU[float64](ye, w, plan, out) })
@@ -149,6 +155,9 @@ func combineRow[T float](dst, ys, w []T, rows []int32, slot0 int) {
 }
 
 func (cpuBackend) CombineGradWeights(dy, ye, plan *tensor.Dense, dw *tensor.Dense) error {
+	if mixedBF16(dy, ye) {
+		return combineGradWeightsBF16CPU(dy, ye, plan, dw)
+	}
 	return byDtype(dy.Dtype(),
 		func() error { return combineGradWeightsCPU[float32](dy, ye, plan, dw) },
 		func() error { return combineGradWeightsCPU[float64](dy, ye, plan, dw) })

@@ -12,6 +12,9 @@ func (cpuBackend) SwiGLU(gate, up *tensor.Dense, out *tensor.Dense) error {
 	if err := checkElementwise("SwiGLU", gate, up, out); err != nil {
 		return err
 	}
+	if isBF16(gate.Dtype()) {
+		return swigluBF16CPU(gate, up, out)
+	}
 	return byDtype(gate.Dtype(),
 		func() error { return swigluCPU[float32](gate, up, out) },
 		func() error { return swigluCPU[float64](gate, up, out) })
@@ -20,6 +23,9 @@ func (cpuBackend) SwiGLU(gate, up *tensor.Dense, out *tensor.Dense) error {
 func (cpuBackend) SwiGLUGrad(gate, up, dout *tensor.Dense, dgate, dup *tensor.Dense) error {
 	if err := checkElementwise("SwiGLU gradient", gate, up, dout, dgate, dup); err != nil {
 		return err
+	}
+	if isBF16(gate.Dtype()) {
+		return swigluGradBF16CPU(gate, up, dout, dgate, dup)
 	}
 	return byDtype(gate.Dtype(),
 		func() error { return swigluGradCPU[float32](gate, up, dout, dgate, dup) },

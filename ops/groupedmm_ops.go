@@ -13,14 +13,22 @@ import (
 // matrix: out[r] = x[r] · w[e] for r in expert e's segment, w [E,In,Out], out [T*K,Out]. Segments come
 // from the plan's offsets at run time. Differentiable w.r.t. x and w; an expert without rows gets a zero
 // weight gradient. Errors: ErrShape, ErrDtype (x and w share a dtype).
+//
+// Mixed precision: bfloat16 rows multiply bfloat16 weights on bfloat16 (float32 accumulation) into
+// bfloat16 rows; a float32 weight (the master weight) is cast to bfloat16 in the graph, and its gradient
+// is accumulated in float32 and reaches it unrounded.
 func GroupedMatMul(x, w *G.Node, r *Routing) (*G.Node, error) {
 	if err := checkRouting("grouped matmul", r); err != nil {
 		return nil, err
 	}
-	if err := nodeCheck("grouped matmul", "x", x, 2, anyFloat); err != nil {
+	if err := nodeCheck("grouped matmul", "x", x, 2, anyAct); err != nil {
 		return nil, err
 	}
-	if err := nodeCheck("grouped matmul", "w", w, 3, anyFloat); err != nil {
+	if err := nodeCheck("grouped matmul", "w", w, 3, anyAct); err != nil {
+		return nil, err
+	}
+	x, w, err := bf16Pair("grouped matmul", x, w, "rows x", "expert weights w")
+	if err != nil {
 		return nil, err
 	}
 	if err := sameDtype("grouped matmul", "rows x", x, "expert weights w", w); err != nil {
@@ -68,6 +76,9 @@ func (op *groupedMatMulOp) SymDiff(in G.Nodes, _, g *G.Node) (G.Nodes, error) {
 		return nil, err
 	}
 	gw := &groupedMatMulGradWOp{k: op.k, e: op.e}
+	if dt := gradDtype(w); dt != x.Dtype() {
+		gw.in, gw.out = x.Dtype(), dt
+	}
 	var dw *G.Node
 	if op.transposeW {
 		dw, err = G.ApplyOp(gw, g, x, plan)
@@ -124,7 +135,7 @@ func (op *groupedMatMulOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Val
 	if err := arity(op, 3, vs); err != nil {
 		return nil, err
 	}
-	x, err := arg("grouped matmul", "x", vs[0], anyFloat, -1, -1)
+	x, err := arg("grouped matmul", "x", vs[0], anyAct, -1, -1)
 	if err != nil {
 		return nil, err
 	}
@@ -165,14 +176,21 @@ func (op *groupedMatMulOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Val
 // groupedMatMulGradWOp: (a [N,P], b [N,Q], plan) -> [E,P,Q] with out[e] = a_e^T b_e.
 type groupedMatMulGradWOp struct {
 	opBase
-	k, e int
+	k, e    int
+	in, out tensor.Dtype // zero: the result has the inputs' dtype; else inputs in (bfloat16), result out (float32)
 }
 
 func (op *groupedMatMulGradWOp) Arity() int { return 3 }
 func (op *groupedMatMulGradWOp) Type() hm.Type {
+	if op.out.Type != nil {
+		return hm.NewFnType(tensorT(2, op.in), tensorT(2, op.in), int32T(1), tensorT(3, op.out))
+	}
 	return hm.NewFnType(floatT(2), floatT(2), int32T(1), floatT(3))
 }
 func (op *groupedMatMulGradWOp) String() string {
+	if op.out.Type != nil {
+		return fmt.Sprintf("GroupedMatMulGradW{K=%d,E=%d,%v->%v}", op.k, op.e, op.in, op.out)
+	}
 	return fmt.Sprintf("GroupedMatMulGradW{K=%d,E=%d}", op.k, op.e)
 }
 func (op *groupedMatMulGradWOp) WriteHash(h hash.Hash) { writeHash(op, h) }
@@ -210,9 +228,16 @@ func (op *groupedMatMulGradWOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (
 	if err := arity(op, 3, vs); err != nil {
 		return nil, err
 	}
-	a, err := arg("grouped matmul grad", "x", vs[0], anyFloat, -1, -1)
+	adt, outdt := anyAct, tensor.Dtype{}
+	if op.out.Type != nil {
+		adt, outdt = op.in, op.out
+	}
+	a, err := arg("grouped matmul grad", "x", vs[0], adt, -1, -1)
 	if err != nil {
 		return nil, err
+	}
+	if outdt.Type == nil {
+		outdt = a.Dtype()
 	}
 	n := a.Shape()[0]
 	g, err := arg("grouped matmul grad", "gradient", vs[1], a.Dtype(), n, -1)
@@ -233,7 +258,7 @@ func (op *groupedMatMulGradWOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (
 	if err != nil {
 		return nil, err
 	}
-	res, err := output(b, prealloc, a.Dtype(), op.e, a.Shape()[1], g.Shape()[1])
+	res, err := output(b, prealloc, outdt, op.e, a.Shape()[1], g.Shape()[1])
 	if err != nil {
 		return nil, err
 	}

@@ -56,6 +56,9 @@ func CheckLispGraph(g *G.ExprGraph) error {
 	if g == nil {
 		return failf(ErrConfig, "LispMachine: graph is nil")
 	}
+	if hasBF16(g) {
+		return failf(ErrUnsupported, "LispMachine: the graph has bfloat16 nodes; the LispMachine accumulates gradients with host loops of float32/float64 only: run bfloat16 graphs on a TapeMachine with G.Grad (Runner, Trainer)")
+	}
 	for _, n := range g.AllNodes() {
 		if of := n.DerivOf(); len(of) > 0 {
 			return failf(ErrUnsupported, "LispMachine: the graph holds symbolic gradient nodes made by G.Grad (%v is the gradient of %v); "+

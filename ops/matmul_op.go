@@ -19,35 +19,45 @@ import (
 //	dA = dC · op(B)ᵀ   (transA: op(B) · dCᵀ)
 //	dB = op(A)ᵀ · dC   (transB: dCᵀ · op(A))
 //
+// bfloat16 operands multiply on bfloat16 (float32 accumulation) into a bfloat16 result (MatMulTo for a
+// float32 one); a float32 operand given with a bfloat16 one is cast to bfloat16.
+//
 // Example (router logits from x [T,H] and the router weight [E,H]):
 //
 //	logits, err := ops.MatMul(x, router, false, true) // [T,E]
 func MatMul(a, b *G.Node, transA, transB bool) (*G.Node, error) {
 	const name = "matmul"
-	if err := nodeCheck(name, "a", a, 2, anyFloat); err != nil {
+	if err := nodeCheck(name, "a", a, 2, anyAct); err != nil {
 		return nil, err
 	}
-	if err := nodeCheck(name, "b", b, 2, a.Dtype()); err != nil {
+	if err := nodeCheck(name, "b", b, 2, anyAct); err != nil {
 		return nil, err
 	}
-	op := &matMulOp{transA: transA, transB: transB}
-	if _, err := op.InferShape(a.Shape(), b.Shape()); err != nil {
-		return nil, err
+	dt := a.Dtype()
+	if isBF16(b.Dtype()) {
+		dt = BFloat16
 	}
-	return G.ApplyOp(op, a, b)
+	return MatMulTo(a, b, transA, transB, dt)
 }
 
 // matMulOp: (a, b) -> op(a) · op(b).
 type matMulOp struct {
 	opBase
 	transA, transB bool
+	in, out        tensor.Dtype // zero: the result has the operands' dtype; else operands in, result out
 }
 
 func (op *matMulOp) Arity() int { return 2 }
 func (op *matMulOp) Type() hm.Type {
+	if op.out.Type != nil {
+		return hm.NewFnType(tensorT(2, op.in), tensorT(2, op.in), tensorT(2, op.out))
+	}
 	return hm.NewFnType(floatT(2), floatT(2), floatT(2))
 }
 func (op *matMulOp) String() string {
+	if op.out.Type != nil {
+		return fmt.Sprintf("MatMul{transA=%t,transB=%t,%v->%v}", op.transA, op.transB, op.in, op.out)
+	}
 	return fmt.Sprintf("MatMul{transA=%t,transB=%t}", op.transA, op.transB)
 }
 func (op *matMulOp) WriteHash(h hash.Hash) { writeHash(op, h) }
@@ -82,7 +92,7 @@ func (op *matMulOp) SymDiff(in G.Nodes, _, dc *G.Node) (G.Nodes, error) {
 	out := make(G.Nodes, 2)
 	for i, t := range op.gradTerms() {
 		var err error
-		if out[i], err = MatMul(v[t.x], v[t.y], t.tx, t.ty); err != nil {
+		if out[i], err = MatMulTo(v[t.x], v[t.y], t.tx, t.ty, gradDtype(in[i])); err != nil {
 			return nil, err
 		}
 	}
@@ -136,9 +146,16 @@ func (op *matMulOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, err
 	if err := arity(op, 2, vs); err != nil {
 		return nil, err
 	}
-	a, err := arg("matmul", "a", vs[0], anyFloat, -1, -1)
+	adt, outdt := anyAct, tensor.Dtype{}
+	if op.out.Type != nil {
+		adt, outdt = op.in, op.out
+	}
+	a, err := arg("matmul", "a", vs[0], adt, -1, -1)
 	if err != nil {
 		return nil, err
+	}
+	if outdt.Type == nil {
+		outdt = a.Dtype()
 	}
 	b, err := arg("matmul", "b", vs[1], a.Dtype(), -1, -1)
 	if err != nil {
@@ -152,7 +169,7 @@ func (op *matMulOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, err
 	if err != nil {
 		return nil, err
 	}
-	out, err := output(be, prealloc, a.Dtype(), s...)
+	out, err := output(be, prealloc, outdt, s...)
 	if err != nil {
 		return nil, err
 	}

@@ -58,9 +58,16 @@ func arg(op, name string, v G.Value, dt tensor.Dtype, shape ...int) (*tensor.Den
 	return d, nil
 }
 
-// checkDtype checks a dtype: want, or float32/float64 when want is anyFloat.
+// checkDtype checks a dtype: want, float32/float64 when want is anyFloat, or float32/float64/bfloat16
+// when want is anyAct.
 func checkDtype(op, name string, got, want tensor.Dtype) error {
 	switch {
+	case want == anyAct:
+		if got != tensor.Float32 && got != tensor.Float64 && !isBF16(got) {
+			return failf(ErrDtype, "%s: %s must be float32, float64 or bfloat16, got %v", op, name, dtName(got))
+		}
+	case want.Type == nil && isBF16(got):
+		return failf(ErrDtype, "%s: %s is bfloat16, which %s does not take (routing, losses and solvers run in float32 in mixed precision): Cast it to float32", op, name, op)
 	case want.Type == nil && got != tensor.Float32 && got != tensor.Float64:
 		return failf(ErrDtype, "%s: %s must be float32 or float64, got %v", op, name, got)
 	case want.Type != nil && got != want:

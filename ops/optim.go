@@ -268,6 +268,9 @@ func (s *solverState) prepare(solver string, vgs []G.ValueGrad, nbuf int) (ps, g
 		if !ok || g == nil {
 			return nil, nil, failf(ErrDtype, "%s: the gradient of %s is %T, want a tensor", solver, names[i], gv)
 		}
+		if isBF16(p.Dtype()) {
+			return nil, nil, failf(ErrDtype, "%s: parameter %s is bfloat16; solvers update float32 master weights: keep the parameter float32 and Cast it to bfloat16 where the graph uses it", solver, names[i])
+		}
 		if err := checkElementwise(solver+": parameter "+names[i]+" and its gradient", p, g); err != nil {
 			return nil, nil, err
 		}

@@ -11,13 +11,27 @@ import (
 
 // Dispatch packs token rows x [T,H] into the expert-major buffer [T*K,H] of r's plan (dropless): row
 // offsets[e]+i holds the i-th slot routed to expert e, in token order. Gradient: the unweighted combine.
-// Errors: ErrShape (ranks, T, sizes past int32 plans), ErrDtype.
+// x is float32, float64 or bfloat16 (rows are copied bit for bit). Errors: ErrShape (ranks, T, sizes past
+// int32 plans), ErrDtype.
 func Dispatch(x *G.Node, r *Routing) (*G.Node, error) {
+	if err := nodeCheck("dispatch", "x", x, 2, anyAct); err != nil {
+		return nil, err
+	}
+	return DispatchTo(x, r, x.Dtype())
+}
+
+// DispatchTo is Dispatch with the packed rows in dtype dt: x's own dtype, or bfloat16 for float32 x (the
+// cast of mixed precision fused into the copy: each element rounded once). The gradient is the
+// unweighted combine back into x's dtype (summed in float32 or wider).
+func DispatchTo(x *G.Node, r *Routing, dt tensor.Dtype) (*G.Node, error) {
 	if err := checkRouting("dispatch", r); err != nil {
 		return nil, err
 	}
-	if err := nodeCheck("dispatch", "x", x, 2, anyFloat); err != nil {
+	if err := nodeCheck("dispatch", "x", x, 2, anyAct); err != nil {
 		return nil, err
+	}
+	if dt != x.Dtype() && !(x.Dtype() == tensor.Float32 && isBF16(dt)) {
+		return nil, failf(ErrDtype, "dispatch: x %s is %v; its rows can be packed as %v or (float32 x only) bfloat16, not %s", nodeName(x), x.Dtype(), x.Dtype(), dtName(dt))
 	}
 	if x.Shape()[0] != r.T {
 		return nil, failf(ErrShape, "dispatch: x %s has %d rows, routing has T=%d", nodeName(x), x.Shape()[0], r.T)
@@ -25,7 +39,7 @@ func Dispatch(x *G.Node, r *Routing) (*G.Node, error) {
 	if err := checkSizes("dispatch", r.T, r.K(), r.E, x.Shape()[1]); err != nil {
 		return nil, err
 	}
-	return G.ApplyOp(&permuteOp{kind: dispatchKind, k: r.K(), e: r.E}, x, r.Plan)
+	return newPermute(dispatchKind, r.K(), r.E, x, nil, r.Plan, dt)
 }
 
 // Combine un-permutes expert outputs [T*K,H] back to token order, weighting them by r.Weights:
@@ -43,10 +57,35 @@ func Combine(expertOut *G.Node, r *Routing) (*G.Node, error) {
 	return CombineWeighted(expertOut, r.Weights, r)
 }
 
+// CombineTo is Combine with the result in dtype dt: the expert outputs' dtype, or float32 for bfloat16
+// expert outputs (each token's K terms are summed in float32 or wider either way, and rounded once).
+// Its gradient w.r.t. the expert outputs comes back in their dtype.
+func CombineTo(expertOut *G.Node, r *Routing, dt tensor.Dtype) (*G.Node, error) {
+	if err := checkRouting("combine", r); err != nil {
+		return nil, err
+	}
+	if r.Weights == nil {
+		return nil, failf(ErrConfig, "combine: the routing has no weights; CombineUnweighted sums the K rows without weights")
+	}
+	return combineWeighted(expertOut, r.Weights, r, dt)
+}
+
 // CombineWeighted is Combine with explicit weights [T,K] instead of r.Weights (nil is an error).
+// Expert outputs and weights share a float dtype, except bfloat16 expert outputs, whose weights are
+// float32 (the routing weights of mixed precision).
 func CombineWeighted(expertOut, weights *G.Node, r *Routing) (*G.Node, error) {
 	if err := checkCombine(expertOut, r); err != nil {
 		return nil, err
+	}
+	return combineWeighted(expertOut, weights, r, expertOut.Dtype())
+}
+
+func combineWeighted(expertOut, weights *G.Node, r *Routing, dt tensor.Dtype) (*G.Node, error) {
+	if err := checkCombine(expertOut, r); err != nil {
+		return nil, err
+	}
+	if dt != expertOut.Dtype() && !(isBF16(expertOut.Dtype()) && dt == tensor.Float32) {
+		return nil, failf(ErrDtype, "combine: expert outputs %s are %v; they combine into %v or (bfloat16 outputs only) float32, not %s", nodeName(expertOut), expertOut.Dtype(), expertOut.Dtype(), dtName(dt))
 	}
 	if weights == nil {
 		return nil, failf(ErrConfig, "combine: weights are nil; CombineUnweighted sums the K rows without weights")
@@ -54,13 +93,17 @@ func CombineWeighted(expertOut, weights *G.Node, r *Routing) (*G.Node, error) {
 	if err := nodeCheck("combine", "weights", weights, 2, anyFloat); err != nil {
 		return nil, err
 	}
-	if err := sameDtype("combine", "expert outputs", expertOut, r.weightsDesc(weights), weights); err != nil {
+	if isBF16(expertOut.Dtype()) {
+		if weights.Dtype() != tensor.Float32 {
+			return nil, failf(ErrDtype, "combine: expert outputs %s are bfloat16, so the weights must be float32, but %s %s are %v", nodeName(expertOut), r.weightsDesc(weights), nodeName(weights), weights.Dtype())
+		}
+	} else if err := sameDtype("combine", "expert outputs", expertOut, r.weightsDesc(weights), weights); err != nil {
 		return nil, err
 	}
 	if weights.Shape()[0] != r.T || weights.Shape()[1] != r.K() {
 		return nil, failf(ErrShape, "combine: weights %s have shape %v, want [%d,%d]", nodeName(weights), weights.Shape(), r.T, r.K())
 	}
-	return G.ApplyOp(&permuteOp{kind: combineKind, weighted: true, k: r.K(), e: r.E}, expertOut, weights, r.Plan)
+	return newPermute(combineKind, r.K(), r.E, expertOut, weights, r.Plan, dt)
 }
 
 // CombineUnweighted sums each token's K expert-output rows without weights: y[t] = sum_j
@@ -69,14 +112,14 @@ func CombineUnweighted(expertOut *G.Node, r *Routing) (*G.Node, error) {
 	if err := checkCombine(expertOut, r); err != nil {
 		return nil, err
 	}
-	return G.ApplyOp(&permuteOp{kind: combineKind, k: r.K(), e: r.E}, expertOut, r.Plan)
+	return newPermute(combineKind, r.K(), r.E, expertOut, nil, r.Plan, expertOut.Dtype())
 }
 
 func checkCombine(expertOut *G.Node, r *Routing) error {
 	if err := checkRouting("combine", r); err != nil {
 		return err
 	}
-	if err := nodeCheck("combine", "expert outputs", expertOut, 2, anyFloat); err != nil {
+	if err := nodeCheck("combine", "expert outputs", expertOut, 2, anyAct); err != nil {
 		return err
 	}
 	if expertOut.Shape()[0] != r.T*r.K() {
@@ -266,13 +309,26 @@ func (op *permuteOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 func (op *permuteOp) Do(vs ...G.Value) (G.Value, error) { return op.UsePreallocDo(nil, vs...) }
 
 func (op *permuteOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error) {
+	return op.do(prealloc, vs, anyFloat, tensor.Dtype{}, tensor.Dtype{})
+}
+
+// do runs the kernel of op's kind on the values vs, checking their dtypes: the first float input has
+// dtype adt (anyFloat: float32 or float64), the second (weights, or the expert outputs of
+// combineGradWKind) dtype bdt, the output dtype outdt (zero bdt or outdt: the first input's dtype).
+func (op *permuteOp) do(prealloc G.Value, vs []G.Value, adt, bdt, outdt tensor.Dtype) (G.Value, error) {
 	name := op.kind.String()
 	if err := arity(op, op.Arity(), vs); err != nil {
 		return nil, err
 	}
-	a, err := arg(name, "input", vs[0], anyFloat, -1, -1)
+	a, err := arg(name, "input", vs[0], adt, -1, -1)
 	if err != nil {
 		return nil, err
+	}
+	if bdt.Type == nil {
+		bdt = a.Dtype()
+	}
+	if outdt.Type == nil {
+		outdt = a.Dtype()
 	}
 	nT, h := a.Shape()[0], a.Shape()[1]
 	if op.kind == combineKind {
@@ -287,11 +343,11 @@ func (op *permuteOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, er
 	var second *tensor.Dense
 	switch {
 	case op.kind == combineGradWKind:
-		if second, err = arg(name, "expert outputs", vs[1], a.Dtype(), nT*op.k, h); err != nil {
+		if second, err = arg(name, "expert outputs", vs[1], bdt, nT*op.k, h); err != nil {
 			return nil, err
 		}
 	case op.weighted:
-		if second, err = arg(name, "weights", vs[1], a.Dtype(), nT, op.k); err != nil {
+		if second, err = arg(name, "weights", vs[1], bdt, nT, op.k); err != nil {
 			return nil, err
 		}
 	}
@@ -305,19 +361,19 @@ func (op *permuteOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, er
 	}
 	switch op.kind {
 	case dispatchKind:
-		out, err := output(b, prealloc, a.Dtype(), nT*op.k, h)
+		out, err := output(b, prealloc, outdt, nT*op.k, h)
 		if err != nil {
 			return nil, err
 		}
 		return out, b.Dispatch(a, second, plan, out)
 	case combineKind:
-		out, err := output(b, prealloc, a.Dtype(), nT, h)
+		out, err := output(b, prealloc, outdt, nT, h)
 		if err != nil {
 			return nil, err
 		}
 		return out, b.Combine(a, second, plan, out)
 	default:
-		out, err := output(b, prealloc, a.Dtype(), nT, op.k)
+		out, err := output(b, prealloc, outdt, nT, op.k)
 		if err != nil {
 			return nil, err
 		}

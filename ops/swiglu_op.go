@@ -10,13 +10,14 @@ import (
 )
 
 // SwiGLU is the gated activation of Mixtral/Llama experts, silu(gate) ⊙ up with silu(a) = a·sigmoid(a),
-// as one fused op: gate and up share shape (any rank) and float dtype. Differentiable w.r.t. both; the
+// as one fused op: gate and up share shape (any rank) and dtype (float32, float64 or bfloat16, which is
+// computed in float64 and rounded once). Differentiable w.r.t. both; the
 // backward pass is one fused kernel that reads gate, up and the upstream gradient once and writes both
 // gradients (5 passes over memory instead of 7 for two separate gradient kernels) into one buffer that
 // two zero-copy view nodes expose.
 func SwiGLU(gate, up *G.Node) (*G.Node, error) {
 	const name = "swiglu"
-	if err := nodeCheck(name, "gate", gate, -1, anyFloat); err != nil {
+	if err := nodeCheck(name, "gate", gate, -1, anyAct); err != nil {
 		return nil, err
 	}
 	if err := nodeCheck(name, "up", up, -1, gate.Dtype()); err != nil {
@@ -106,7 +107,7 @@ func (op *swigluOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, err
 	if err := arity(op, 2, vs); err != nil {
 		return nil, err
 	}
-	gate, err := arg("swiglu", "gate", vs[0], anyFloat, op.shape...)
+	gate, err := arg("swiglu", "gate", vs[0], anyAct, op.shape...)
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +171,7 @@ func (op *swigluGradOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value,
 		return nil, err
 	}
 	const name = "swiglu gradient"
-	gate, err := arg(name, "gate", vs[0], anyFloat, op.shape...)
+	gate, err := arg(name, "gate", vs[0], anyAct, op.shape...)
 	if err != nil {
 		return nil, err
 	}

@@ -44,7 +44,8 @@ func WithCallerSteps() RunnerOption { return func(r *Runner) { r.callerSteps = t
 
 // NewRunner prepares g for runs on b (nil: the CPU). On a device backend, g must pass
 // CheckDeviceGraph, b must provide a tensor engine (TensorEngineProvider), and every input node that
-// already holds a value (parameters) must hold a tensor of b.
+// already holds a value (parameters) must hold a tensor of b. A graph with bfloat16 nodes must pass
+// CheckBF16Graph; on the CPU it runs with HostEngine (which adds the bfloat16 gradient sums).
 func NewRunner(g *G.ExprGraph, b Backend, opts ...RunnerOption) (*Runner, error) {
 	if g == nil {
 		return nil, failf(ErrConfig, "runner: nil graph")
@@ -57,6 +58,14 @@ func NewRunner(g *G.ExprGraph, b Backend, opts ...RunnerOption) (*Runner, error)
 		o(r)
 	}
 	var vmOpts []G.VMOpt
+	if hasBF16(g) {
+		if err := CheckBF16Graph(g); err != nil {
+			return nil, err
+		}
+		if b.Name() == CPU().Name() {
+			vmOpts = append(vmOpts, G.WithEngine(HostEngine())) // adds the bfloat16 gradient sums
+		}
+	}
 	if b.Name() != CPU().Name() {
 		if err := CheckDeviceGraph(g); err != nil {
 			return nil, err
@@ -81,7 +90,7 @@ func NewRunner(g *G.ExprGraph, b Backend, opts ...RunnerOption) (*Runner, error)
 		r.reads = readTargets(g)
 	}
 	r.vm = G.NewTapeMachine(g, vmOpts...)
-	if len(vmOpts) > 0 {
+	if b.Name() != CPU().Name() {
 		if err := CheckDeviceVM(r.vm); err != nil {
 			r.vm.Close()
 			return nil, err
@@ -181,11 +190,13 @@ type Trainer struct {
 // graph) and prepares the graph for training on b (nil: the CPU; see NewRunner). On a device backend the
 // solver must be one of this package's (Adam, SGD): Gorgonia's solvers loop over host memory.
 func NewTrainer(cost *G.Node, params G.Nodes, solver G.Solver, b Backend) (*Trainer, error) {
+	if err := checkCost("trainer", cost); err != nil {
+		return nil, err
+	}
+	if err := checkParamDtypes("trainer", params); err != nil {
+		return nil, err
+	}
 	switch {
-	case cost == nil:
-		return nil, failf(ErrConfig, "trainer: nil cost")
-	case !cost.IsScalar():
-		return nil, failf(ErrShape, "trainer: the cost must be a scalar node, got shape %v", cost.Shape())
 	case len(params) == 0:
 		return nil, failf(ErrConfig, "trainer: no parameters")
 	case solver == nil:
