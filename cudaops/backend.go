@@ -367,6 +367,9 @@ func (b *Backend) permuteArgs(what string, tokens, packed, w, plan *tensor.Dense
 }
 
 func (b *Backend) Dispatch(x, w, plan *tensor.Dense, out *tensor.Dense) error {
+	if hasBF16(x, out) {
+		return b.dispatchBF16(x, w, plan, out)
+	}
 	dt, px, pout, pw, rowOf, T, K, H, err := b.permuteArgs("dispatch", x, out, w, plan)
 	if err != nil {
 		return err
@@ -375,6 +378,9 @@ func (b *Backend) Dispatch(x, w, plan *tensor.Dense, out *tensor.Dense) error {
 }
 
 func (b *Backend) Combine(ye, w, plan *tensor.Dense, out *tensor.Dense) error {
+	if hasBF16(ye, out) {
+		return b.combineBF16(ye, w, plan, out)
+	}
 	dt, pout, pye, pw, rowOf, T, K, H, err := b.permuteArgs("combine", out, ye, w, plan)
 	if err != nil {
 		return err
@@ -383,6 +389,9 @@ func (b *Backend) Combine(ye, w, plan *tensor.Dense, out *tensor.Dense) error {
 }
 
 func (b *Backend) CombineGradWeights(dy, ye, plan *tensor.Dense, dw *tensor.Dense) error {
+	if hasBF16(dy, ye) {
+		return b.combineGradWeightsBF16(dy, ye, plan, dw)
+	}
 	dt, pdy, pye, _, rowOf, T, K, H, err := b.permuteArgs("combine grad weights", dy, ye, nil, plan)
 	if err != nil {
 		return err

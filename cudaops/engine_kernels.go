@@ -88,6 +88,12 @@ func (k cudaKernels) Download(dst unsafe.Pointer, src uintptr, bytes int64) erro
 var binaryNames = [...]string{devengine.OpAdd: "add", devengine.OpSub: "sub", devengine.OpMul: "mul", devengine.OpDiv: "div"}
 
 func (k cudaKernels) Binary(op devengine.BinaryOp, dt tensor.Dtype, a, b devengine.Operand, out uintptr, n int64, incr bool) error {
+	if dt == ops.BFloat16 {
+		if op != devengine.OpAdd || a.Scalar || b.Scalar || a.Ptr == 0 || b.Ptr == 0 {
+			return fmt.Errorf("cudaops: bfloat16 %v: only Add of two vectors is implemented: %w", op, ops.ErrUnsupported)
+		}
+		return k.addBF16(a.Ptr, b.Ptr, out, n, incr)
+	}
 	suf, err := floatSuffix(dt)
 	if err != nil {
 		return err

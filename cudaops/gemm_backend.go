@@ -56,6 +56,9 @@ func noOverlap(what string, out *tensor.Dense, ins ...*tensor.Dense) error {
 
 func (b *Backend) GroupedMatMul(x, w, plan *tensor.Dense, transposeW bool, out *tensor.Dense) error {
 	const what = "grouped matmul"
+	if hasBF16(x, w, out) {
+		return bf16GemmUnsupported(what)
+	}
 	dt, err := gemmFloat(what, []string{"x", "W", "out"}, x, w, out)
 	if err != nil {
 		return err
@@ -117,6 +120,9 @@ func (b *Backend) planOffsets(what string, plan *tensor.Dense, N, E int) (cu.Dev
 
 func (b *Backend) GroupedMatMulGradW(x, dy, plan *tensor.Dense, dW *tensor.Dense) error {
 	const what = "grouped matmul grad W"
+	if hasBF16(x, dy, dW) {
+		return bf16GemmUnsupported(what)
+	}
 	dt, err := gemmFloat(what, []string{"x", "dy", "dW"}, x, dy, dW)
 	if err != nil {
 		return err

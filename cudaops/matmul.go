@@ -15,6 +15,9 @@ import (
 // for float32 after Device.SetTF32(true); deterministic.
 func (b *Backend) MatMul(a, bm *tensor.Dense, transA, transB bool, out *tensor.Dense) error {
 	const what = "matmul"
+	if hasBF16(a, bm, out) {
+		return bf16GemmUnsupported(what)
+	}
 	dt, err := gemmFloat(what, []string{"a", "b", "out"}, a, bm, out)
 	if err != nil {
 		return err

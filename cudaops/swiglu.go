@@ -31,6 +31,13 @@ func (b *Backend) sameShapeArgs(what string, names []string, ts ...*tensor.Dense
 // SwiGLU writes out = silu(gate) * up, silu(a) = a * sigmoid(a) (elementwise.cu, 16-byte vectors when
 // aligned).
 func (b *Backend) SwiGLU(gate, up *tensor.Dense, out *tensor.Dense) error {
+	if hasBF16(gate) {
+		ps, n, err := b.bf16Elementwise("SwiGLU", []string{"gate", "up", "out"}, gate, up, out)
+		if err != nil {
+			return err
+		}
+		return b.dev.SwiGLUBF16(ps[0], ps[1], ps[2], n)
+	}
 	dt, ps, n, err := b.sameShapeArgs("SwiGLU", []string{"gate", "up", "out"}, gate, up, out)
 	if err != nil {
 		return err
@@ -40,6 +47,13 @@ func (b *Backend) SwiGLU(gate, up *tensor.Dense, out *tensor.Dense) error {
 
 // SwiGLUGrad writes dgate = dout * up * silu'(gate) and dup = dout * silu(gate).
 func (b *Backend) SwiGLUGrad(gate, up, dout *tensor.Dense, dgate, dup *tensor.Dense) error {
+	if hasBF16(gate) {
+		ps, n, err := b.bf16Elementwise("SwiGLU grad", []string{"gate", "up", "dout", "dgate", "dup"}, gate, up, dout, dgate, dup)
+		if err != nil {
+			return err
+		}
+		return b.dev.SwiGLUGradBF16(ps[0], ps[1], ps[2], ps[3], ps[4], n)
+	}
 	dt, ps, n, err := b.sameShapeArgs("SwiGLU grad", []string{"gate", "up", "dout", "dgate", "dup"}, gate, up, dout, dgate, dup)
 	if err != nil {
 		return err

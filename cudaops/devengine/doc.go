@@ -29,9 +29,10 @@
 //
 // # Arithmetic
 //
-// Engine implements, for float32 and float64 device tensors: Adder, Suber, Muler, Diver (and their
-// Scalar variants), Neger, Inver, Squarer, Cuber, Exper, Tanher, Loger, Log2er, Log10er, Sqrter,
-// Cbrter, InvSqrter, Abser, Signer, Gter, Gteer, Lter, Lteer, ElEqer, Sumer, Transposer, Concater and a
+// Engine implements Add for bfloat16 device tensors (the gradient sums of mixed-precision graphs; each
+// sum rounded once, as ops.HostEngine) and, for float32 and float64 device tensors: Adder, Suber,
+// Muler, Diver (and their Scalar variants), Neger, Inver, Squarer, Cuber, Exper, Tanher, Loger,
+// Log2er, Log10er, Sqrter, Cbrter, InvSqrter, Abser, Signer, Gter, Gteer, Lter, Lteer, ElEqer, Sumer, Transposer, Concater and a
 // Mapper that recognises the Go functions Gorgonia applies through Map (sigmoid, softplus, log1p,
 // expm1, sin, cos, ceil, floor and the math/math32 functions behind the interfaces above) by name and
 // refuses any other function. Options follow tensor's StdEng: WithIncr (adds into the given tensor) takes

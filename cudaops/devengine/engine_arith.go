@@ -98,11 +98,11 @@ func (e *Engine) output(what string, o opts, a *tensor.Dense, aReal uintptr) (*t
 
 func (e *Engine) binary(op BinaryOp, a, b tensor.Tensor, fo []tensor.FuncOpt) (tensor.Tensor, error) {
 	what := op.String()
-	ad, ap, err := e.floatOperand(what, "a", a)
+	ad, ap, err := e.binaryOperand(op, what, "a", a)
 	if err != nil {
 		return nil, err
 	}
-	bd, bp, err := e.floatOperand(what, "b", b)
+	bd, bp, err := e.binaryOperand(op, what, "b", b)
 	if err != nil {
 		return nil, err
 	}

@@ -159,6 +159,9 @@ func binaryT[T float32 | float64](op BinaryOp, a, b Operand, out uintptr, n int6
 
 // Binary writes out = a op b (+ out).
 func (HostKernels) Binary(op BinaryOp, dt tensor.Dtype, a, b Operand, out uintptr, n int64, incr bool) error {
+	if dt == ops.BFloat16 {
+		return binaryBF16(op, a, b, out, n, incr)
+	}
 	if err := checkFloat(dt); err != nil {
 		return err
 	}

@@ -144,6 +144,8 @@ func (b *Backend) hostView(what string, i int, t *tensor.Dense) (*tensor.Dense, 
 		backing = unsafe.Slice((*bool)(p), n)
 	case tensor.Uint8:
 		backing = unsafe.Slice((*uint8)(p), n)
+	case ops.BFloat16:
+		backing = unsafe.Slice((*ops.BF16)(p), n)
 	default:
 		return nil, span{}, fmt.Errorf("simdevice %s: %s: operand %d has unsupported dtype %v: %w", b.d.name, what, i, t.Dtype(), ops.ErrDtype)
 	}
@@ -291,6 +293,12 @@ func (b *Backend) SwiGLU(gate, up *tensor.Dense, out *tensor.Dense) error {
 func (b *Backend) SwiGLUGrad(gate, up, dout *tensor.Dense, dgate, dup *tensor.Dense) error {
 	return b.call("SwiGLUGrad", []*tensor.Dense{gate, up, dout, dgate, dup}, func(v []*tensor.Dense) error {
 		return b.cpu.SwiGLUGrad(v[0], v[1], v[2], v[3], v[4])
+	})
+}
+
+func (b *Backend) Cast(src, dst *tensor.Dense) error {
+	return b.call("Cast", []*tensor.Dense{src, dst}, func(v []*tensor.Dense) error {
+		return b.cpu.Cast(v[0], v[1])
 	})
 }
 

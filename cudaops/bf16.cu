@@ -1,0 +1,322 @@
+// Mixed-precision (bfloat16) kernels: casts, the row permutations around the routing plan with bfloat16
+// rows and float32 routing weights, the fused SwiGLU, and the elementwise Add of the tensor engine.
+//
+// bfloat16 values are handled as their bit patterns (unsigned short), converted with integer
+// arithmetic that is bit for bit the Go reference (package internal/bf16): round to nearest even, NaN
+// quieted with its payload kept (float32 sources), float64 rounded once through round-to-odd. Every
+// kernel except SwiGLU and the weight-gradient dot products gives exactly the CPU reference's bits:
+// products of a float32 and a bfloat16 are exact in double, and sums are formed in double in the
+// reference's order before the one final rounding.
+//
+// Vector paths move 8 elements per access (16 bytes of bfloat16, 32 of float32, 64 of float64); the
+// host picks them when every row/array start is 16-byte aligned and the length a multiple of 8.
+#include "common.cuh"
+
+typedef unsigned short bf16_t;
+
+__device__ __forceinline__ float bf2f(bf16_t b) { return __uint_as_float((unsigned int)b << 16); }
+
+// Round to the nearest bfloat16, ties to even; NaN keeps sign and payload and gets the quiet bit.
+__device__ __forceinline__ bf16_t f2bf(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16_t)(u >> 16);
+}
+
+// Round a double once to the nearest bfloat16: truncate to float toward zero, set the lowest bit when
+// that was inexact (round-to-odd keeps the sticky information), then round to nearest even. NaN becomes
+// the quiet NaN of its sign.
+__device__ __forceinline__ bf16_t d2bf(double d) {
+    if (d != d) return (bf16_t)((((unsigned long long)__double_as_longlong(d)) >> 48) & 0x8000u) | 0x7fc0u;
+    float r = __double2float_rz(d);
+    if ((double)r != d) r = __uint_as_float(__float_as_uint(r) | 1u);
+    return f2bf(r);
+}
+
+// ---- 8-element chunks ----
+
+__device__ __forceinline__ void load8(const bf16_t* p, bf16_t* v) {
+    const uint4 r = __ldcs(reinterpret_cast<const uint4*>(p));
+    const unsigned int w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) v[2 * i] = (bf16_t)(w[i] & 0xffffu), v[2 * i + 1] = (bf16_t)(w[i] >> 16);
+}
+__device__ __forceinline__ void store8(bf16_t* p, const bf16_t* v, bool keep) {
+    uint4 r;
+    r.x = (unsigned int)v[0] | (unsigned int)v[1] << 16;
+    r.y = (unsigned int)v[2] | (unsigned int)v[3] << 16;
+    r.z = (unsigned int)v[4] | (unsigned int)v[5] << 16;
+    r.w = (unsigned int)v[6] | (unsigned int)v[7] << 16;
+    if (keep)
+        *reinterpret_cast<uint4*>(p) = r;
+    else
+        __stcs(reinterpret_cast<uint4*>(p), r);
+}
+__device__ __forceinline__ void load8(const float* p, float* v) {
+    const float4 a = __ldcs(reinterpret_cast<const float4*>(p)), b = __ldcs(reinterpret_cast<const float4*>(p) + 1);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+__device__ __forceinline__ void store8(float* p, const float* v, bool keep) {
+    const float4 a = make_float4(v[0], v[1], v[2], v[3]), b = make_float4(v[4], v[5], v[6], v[7]);
+    if (keep) {
+        reinterpret_cast<float4*>(p)[0] = a, reinterpret_cast<float4*>(p)[1] = b;
+    } else {
+        __stcs(reinterpret_cast<float4*>(p), a), __stcs(reinterpret_cast<float4*>(p) + 1, b);
+    }
+}
+__device__ __forceinline__ void load8(const double* p, double* v) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const double2 a = __ldcs(reinterpret_cast<const double2*>(p) + i);
+        v[2 * i] = a.x, v[2 * i + 1] = a.y;
+    }
+}
+__device__ __forceinline__ void store8(double* p, const double* v, bool keep) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const double2 a = make_double2(v[2 * i], v[2 * i + 1]);
+        if (keep)
+            reinterpret_cast<double2*>(p)[i] = a;
+        else
+            __stcs(reinterpret_cast<double2*>(p) + i, a);
+    }
+}
+
+// N elements from p (N = 8: one vector access per type above; N = 1: a scalar).
+template <int N, typename E> __device__ __forceinline__ void loadN(const E* p, E* v) {
+    if (N == 8)
+        load8(p, v);
+    else
+        v[0] = p[0];
+}
+template <int N, typename E> __device__ __forceinline__ void storeN(E* p, const E* v, bool keep) {
+    if (N == 8)
+        store8(p, v, keep);
+    else
+        p[0] = v[0];
+}
+
+// Exact widening of a stored element to double.
+__device__ __forceinline__ double wide(bf16_t b) { return (double)bf2f(b); }
+__device__ __forceinline__ double wide(float f) { return (double)f; }
+__device__ __forceinline__ double wide(double d) { return d; }
+
+// One rounding of a double into an output element.
+__device__ __forceinline__ void narrow(double d, bf16_t* o) { *o = d2bf(d); }
+__device__ __forceinline__ void narrow(double d, float* o) { *o = (float)d; }
+
+// ---- casts ----
+
+// The conversions of ops.CPU().Cast, bit for bit (except NaN payloads of float64 <-> float32).
+__device__ __forceinline__ void conv(float s, bf16_t* d) { *d = f2bf(s); }
+__device__ __forceinline__ void conv(double s, bf16_t* d) { *d = d2bf(s); }
+__device__ __forceinline__ void conv(bf16_t s, float* d) { *d = bf2f(s); }
+__device__ __forceinline__ void conv(bf16_t s, double* d) { *d = (double)bf2f(s); }
+__device__ __forceinline__ void conv(float s, double* d) { *d = (double)s; }
+__device__ __forceinline__ void conv(double s, float* d) { *d = __double2float_rn(s); }
+
+__device__ __forceinline__ long long gtid() { return (long long)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ long long gstride() { return (long long)gridDim.x * blockDim.x; }
+
+template <typename S, typename D> __device__ void cast_body(const S* src, D* dst, long long n, int vec) {
+    const long long nv = vec ? n / 8 : 0;
+    for (long long v = gtid(); v < nv; v += gstride()) {
+        S s[8];
+        D d[8];
+        load8(src + v * 8, s);
+#pragma unroll
+        for (int k = 0; k < 8; k++) conv(s[k], &d[k]);
+        store8(dst + v * 8, d, false);
+    }
+    for (long long i = nv * 8 + gtid(); i < n; i += gstride()) conv(src[i], &dst[i]);
+}
+
+#define DEFINE_CAST(NAME, S, D)                                                                                \
+    extern "C" __global__ void cast_##NAME(const S* src, D* dst, long long n, int vec) {                      \
+        cast_body<S, D>(src, dst, n, vec);                                                                     \
+    }
+
+DEFINE_CAST(f32_bf16, float, bf16_t)
+DEFINE_CAST(f64_bf16, double, bf16_t)
+DEFINE_CAST(bf16_f32, bf16_t, float)
+DEFINE_CAST(bf16_f64, bf16_t, double)
+DEFINE_CAST(f32_f64, float, double)
+DEFINE_CAST(f64_f32, double, float)
+
+// ---- Add (tensor engine) ----
+
+// out = bf16(a + b) (plus, when incr, out = bf16(out + that)): the float32 sum of two bfloat16 values is
+// exact or far from a bfloat16 tie, so one rounding (ops.HostEngine's rule).
+extern "C" __global__ void ew_add_bf16(const bf16_t* a, const bf16_t* b, bf16_t* out, long long n, int incr, int vec) {
+    const long long nv = vec ? n / 8 : 0;
+    for (long long v = gtid(); v < nv; v += gstride()) {
+        bf16_t x[8], y[8], r[8];
+        load8(a + v * 8, x);
+        load8(b + v * 8, y);
+        if (incr) load8(out + v * 8, r);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const bf16_t s = f2bf(bf2f(x[k]) + bf2f(y[k]));
+            r[k] = incr ? f2bf(bf2f(r[k]) + bf2f(s)) : s;
+        }
+        store8(out + v * 8, r, true);
+    }
+    for (long long i = nv * 8 + gtid(); i < n; i += gstride()) {
+        const bf16_t s = f2bf(bf2f(a[i]) + bf2f(b[i]));
+        out[i] = incr ? f2bf(bf2f(out[i]) + bf2f(s)) : s;
+    }
+}
+
+// ---- permutations around the plan (one warp per token; see permute.cu) ----
+
+// out[rowOf[t*K+j]] = bf16(scale * x[t]) with scale = w[t*K+j] (float32) or 1: bfloat16 rows without
+// weights are copied bit for bit; otherwise the exact double product is rounded once. KEEP: plain stores
+// (the rows stay in L2 for the expert GEMM), else streaming stores.
+template <typename In, int N>
+__device__ void dispatch_bf16_body(const In* __restrict__ x, const float* __restrict__ w, const int* __restrict__ rowOf,
+                                   bf16_t* __restrict__ out, int numTokens, int K, int H, bool keep) {
+    const int lane = lane_id();
+    const int nc = H / N;
+    for (long long t = global_warp(); t < numTokens; t += num_warps()) {
+        const In* src = x + t * H;
+        for (int c = lane; c < nc; c += 32) {
+            In v[N];
+            loadN<N>(src + (long long)c * N, v);
+            for (int j = 0; j < K; j++) {
+                const long long s = t * K + j;
+                bf16_t* dst = out + (long long)rowOf[s] * H + (long long)c * N;
+                bf16_t o[N];
+                if (sizeof(In) == 2 && !w) {
+#pragma unroll
+                    for (int k = 0; k < N; k++) o[k] = (bf16_t)v[k];
+                } else {
+                    const double sc = w ? (double)w[s] : 1.0;
+#pragma unroll
+                    for (int k = 0; k < N; k++) o[k] = d2bf(sc * wide(v[k]));
+                }
+                storeN<N>(dst, o, keep);
+            }
+        }
+    }
+}
+
+// out[t] = sum_{j=0..K-1} scale(t,j) * ye[rowOf[t*K+j]] (ye bfloat16, scale = w (float32) or 1), summed
+// in double in increasing j, rounded once to Out (bfloat16 or float32).
+template <typename Out, int N>
+__device__ void combine_bf16_body(const bf16_t* __restrict__ ye, const float* __restrict__ w, const int* __restrict__ rowOf,
+                                  Out* __restrict__ out, int numTokens, int K, int H) {
+    const int lane = lane_id();
+    const int nc = H / N;
+    for (long long t = global_warp(); t < numTokens; t += num_warps()) {
+        for (int c = lane; c < nc; c += 32) {
+            double acc[N];
+#pragma unroll
+            for (int k = 0; k < N; k++) acc[k] = 0.0;
+            for (int j = 0; j < K; j++) {
+                const long long s = t * K + j;
+                const double sc = w ? (double)w[s] : 1.0;
+                bf16_t v[N];
+                loadN<N>(ye + (long long)rowOf[s] * H + (long long)c * N, v);
+#pragma unroll
+                for (int k = 0; k < N; k++) acc[k] = fma(sc, wide(v[k]), acc[k]); // the product is exact
+            }
+            Out o[N];
+#pragma unroll
+            for (int k = 0; k < N; k++) narrow(acc[k], &o[k]);
+            storeN<N>(out + t * H + (long long)c * N, o, false);
+        }
+    }
+}
+
+// dw[t,j] = <dy[t], ye[rowOf[t*K+j]]> (ye bfloat16, dy bfloat16 or float32, dw float32): per-lane
+// double sums over the lane's chunks in increasing order, then a butterfly warp sum, rounded once.
+template <typename Dy, int N>
+__device__ void combine_gradw_bf16_body(const Dy* __restrict__ dy, const bf16_t* __restrict__ ye, const int* __restrict__ rowOf,
+                                        float* __restrict__ dw, int numTokens, int K, int H) {
+    const int lane = lane_id();
+    const int nc = H / N;
+    for (long long t = global_warp(); t < numTokens; t += num_warps()) {
+        const Dy* g = dy + t * H;
+        for (int j = 0; j < K; j++) {
+            const bf16_t* src = ye + (long long)rowOf[t * K + j] * H;
+            double acc = 0.0;
+            for (int c = lane; c < nc; c += 32) {
+                Dy gv[N];
+                bf16_t yv[N];
+                loadN<N>(g + (long long)c * N, gv);
+                loadN<N>(src + (long long)c * N, yv);
+#pragma unroll
+                for (int k = 0; k < N; k++) acc = fma(wide(gv[k]), wide(yv[k]), acc);
+            }
+            acc = warp_sum(acc);
+            if (lane == 0) dw[t * K + j] = (float)acc;
+        }
+    }
+}
+
+#define DEFINE_PERMUTE_BF16(SUF, N, In, Out, Dy)                                                                \
+    extern "C" __global__ void dispatch_bf16_from_##SUF(const In* x, const float* w, const int* rowOf,          \
+                                                         bf16_t* out, int numTokens, int K, int H, int keep) {  \
+        dispatch_bf16_body<In, N>(x, w, rowOf, out, numTokens, K, H, keep != 0);                               \
+    }                                                                                                          \
+    extern "C" __global__ void combine_bf16_to_##SUF(const bf16_t* ye, const float* w, const int* rowOf,        \
+                                                      Out* out, int numTokens, int K, int H) {                  \
+        combine_bf16_body<Out, N>(ye, w, rowOf, out, numTokens, K, H);                                         \
+    }                                                                                                          \
+    extern "C" __global__ void combine_gradw_bf16_dy_##SUF(const Dy* dy, const bf16_t* ye, const int* rowOf,    \
+                                                            float* dw, int numTokens, int K, int H) {           \
+        combine_gradw_bf16_body<Dy, N>(dy, ye, rowOf, dw, numTokens, K, H);                                    \
+    }
+
+// SUF names the float-side dtype of each kernel: the dispatch source, the combine result, the
+// gradient dy.
+DEFINE_PERMUTE_BF16(bf16, 1, bf16_t, bf16_t, bf16_t)
+DEFINE_PERMUTE_BF16(bf16_v8, 8, bf16_t, bf16_t, bf16_t)
+DEFINE_PERMUTE_BF16(f32, 1, float, float, float)
+DEFINE_PERMUTE_BF16(f32_v8, 8, float, float, float)
+
+// ---- SwiGLU (float32 arithmetic, one rounding per output) ----
+
+__device__ __forceinline__ float sigmoid_f(float a) { return 1.0f / (1.0f + expf(-a)); }
+
+extern "C" __global__ void swiglu_bf16(const bf16_t* gate, const bf16_t* up, bf16_t* out, long long n, int vec) {
+    const long long nv = vec ? n / 8 : 0;
+    for (long long v = gtid(); v < nv; v += gstride()) {
+        bf16_t g[8], u[8], r[8];
+        load8(gate + v * 8, g);
+        load8(up + v * 8, u);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const float a = bf2f(g[k]);
+            r[k] = f2bf(a * sigmoid_f(a) * bf2f(u[k]));
+        }
+        store8(out + v * 8, r, true);
+    }
+    for (long long i = nv * 8 + gtid(); i < n; i += gstride()) {
+        const float a = bf2f(gate[i]);
+        out[i] = f2bf(a * sigmoid_f(a) * bf2f(up[i]));
+    }
+}
+
+__device__ __forceinline__ void swiglu_grad_one(bf16_t g, bf16_t u, bf16_t d, bf16_t* dg, bf16_t* du) {
+    const float a = bf2f(g), s = sigmoid_f(a), dy = bf2f(d);
+    *dg = f2bf(dy * bf2f(u) * (s * (1.0f + a * (1.0f - s))));
+    *du = f2bf(dy * (a * s));
+}
+
+extern "C" __global__ void swiglu_grad_bf16(const bf16_t* gate, const bf16_t* up, const bf16_t* dout, bf16_t* dgate,
+                                            bf16_t* dup, long long n, int vec) {
+    const long long nv = vec ? n / 8 : 0;
+    for (long long v = gtid(); v < nv; v += gstride()) {
+        bf16_t g[8], u[8], d[8], dg[8], du[8];
+        load8(gate + v * 8, g);
+        load8(up + v * 8, u);
+        load8(dout + v * 8, d);
+#pragma unroll
+        for (int k = 0; k < 8; k++) swiglu_grad_one(g[k], u[k], d[k], &dg[k], &du[k]);
+        store8(dgate + v * 8, dg, true);
+        store8(dup + v * 8, du, true);
+    }
+    for (long long i = nv * 8 + gtid(); i < n; i += gstride()) swiglu_grad_one(gate[i], up[i], dout[i], &dgate[i], &dup[i]);
+}
