@@ -23,7 +23,14 @@ type Config struct {
 	// program gives the same weights on every run. Non-zero: exactly this seed, so the same Config gives
 	// the same weights in any graph.
 	Seed uint64
-	// Dtype is tensor.Float32 or tensor.Float64; the zero value means float32.
+	// Dtype is tensor.Float32 or tensor.Float64 (weights, inputs and outputs of that dtype), or
+	// ops.BFloat16 for mixed precision: the experts compute on bfloat16 (rows packed into bfloat16 by
+	// the dispatch, bfloat16 tensor-core products with float32 accumulation, fused SwiGLU), the router,
+	// routing weights and losses stay float32, and the parameters are float32 master weights (NewLayer;
+	// NewLayerWithWeights also takes bfloat16 weights, e.g. a checkpoint loaded without widening, for
+	// forward passes: solvers refuse bfloat16 parameters). A mixed-precision layer takes float32 or
+	// bfloat16 inputs and returns outputs of the input's dtype (float32 outputs are summed from the
+	// expert rows in float32 or wider, never rounded to bfloat16). The zero value means float32.
 	Dtype tensor.Dtype
 	// Backend holds the layer's parameters: nil or ops.CPU() keeps them in host memory; a device backend
 	// (e.g. the one named "cuda" in ops.Backends()) gets copies of the host weights (FromHost) when the
@@ -44,6 +51,18 @@ func (c Config) Route() ops.RouteConfig {
 	return ops.RouteConfig{K: c.TopK, Scoring: c.Scoring, Renormalize: c.Renormalize}
 }
 
+// Mixed reports whether the layer computes in mixed precision (Dtype is ops.BFloat16).
+func (c Config) Mixed() bool { return c.Dtype == ops.BFloat16 }
+
+// masterDtype is the dtype NewLayer gives the parameters: float32 master weights for mixed precision,
+// else Dtype.
+func (c Config) masterDtype() tensor.Dtype {
+	if c.Mixed() {
+		return tensor.Float32
+	}
+	return c.Dtype
+}
+
 // withDefaults fills the zero Dtype with float32.
 func (c Config) withDefaults() Config {
 	if c.Dtype == (tensor.Dtype{}) {
@@ -59,8 +78,8 @@ func (c Config) Validate() error {
 	if c.Hidden < 1 || c.FFN < 1 || c.Experts < 1 {
 		return fmt.Errorf("moe: sizes must be >= 1, got hidden=%d ffn=%d experts=%d: %w", c.Hidden, c.FFN, c.Experts, ops.ErrConfig)
 	}
-	if c.Dtype != tensor.Float32 && c.Dtype != tensor.Float64 {
-		return fmt.Errorf("moe: dtype must be float32 or float64, got %s: %w", dtypeName(c.Dtype), ops.ErrDtype)
+	if c.Dtype != tensor.Float32 && c.Dtype != tensor.Float64 && c.Dtype != ops.BFloat16 {
+		return fmt.Errorf("moe: dtype must be float32, float64 or bfloat16 (ops.BFloat16), got %s: %w", dtypeName(c.Dtype), ops.ErrDtype)
 	}
 	for _, coef := range []struct {
 		name string

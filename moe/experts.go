@@ -5,6 +5,7 @@ import (
 
 	"github.com/expertrt/expertrt-go/ops"
 	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
 )
 
 // The halves of Forward as building blocks for layers that place the router and the experts
@@ -16,9 +17,22 @@ import (
 type GroupedMatMulFunc func(x, w *G.Node) (*G.Node, error)
 
 // RouterLogits returns x · routerᵀ: x [T,H], router [E,H] (HF's gate.weight layout) -> logits [T,E],
-// through ops.MatMul (runs on every backend).
+// through ops.MatMul (runs on every backend). With bfloat16 involved (mixed precision) the logits are
+// float32: a float32 router multiplies x widened to float32 (exactly); a bfloat16 router multiplies x
+// as bfloat16 on the bfloat16 GEMM with its float32 accumulator as the result (ops.MatMulTo).
 func RouterLogits(x, router *G.Node) (*G.Node, error) {
-	logits, err := ops.MatMul(x, router, false, true)
+	var logits *G.Node
+	var err error
+	switch {
+	case router.Dtype() == ops.BFloat16:
+		logits, err = ops.MatMulTo(x, router, false, true, tensor.Float32)
+	case x.Dtype() == ops.BFloat16:
+		if x, err = ops.Cast(x, router.Dtype()); err == nil {
+			logits, err = ops.MatMul(x, router, false, true)
+		}
+	default:
+		logits, err = ops.MatMul(x, router, false, true)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("moe: router logits: %w", err)
 	}
@@ -28,13 +42,19 @@ func RouterLogits(x, router *G.Node) (*G.Node, error) {
 // RouteTokens is the token side of a layer: logits = RouterLogits(x, router) [T,E], the routing of
 // ops.Route(logits, cfg), and x's rows packed expert-major by ops.Dispatch [T*K,H].
 func RouteTokens(x, router *G.Node, cfg ops.RouteConfig) (logits *G.Node, r *ops.Routing, packed *G.Node, err error) {
+	return RouteTokensTo(x, router, cfg, x.Dtype())
+}
+
+// RouteTokensTo is RouteTokens with the packed rows in dtype rows (ops.DispatchTo: x's dtype, or
+// bfloat16 for float32 x, the mixed-precision layer's expert rows).
+func RouteTokensTo(x, router *G.Node, cfg ops.RouteConfig, rows tensor.Dtype) (logits *G.Node, r *ops.Routing, packed *G.Node, err error) {
 	if logits, err = RouterLogits(x, router); err != nil {
 		return nil, nil, nil, err
 	}
 	if r, err = ops.Route(logits, cfg); err != nil {
 		return nil, nil, nil, err
 	}
-	if packed, err = ops.Dispatch(x, r); err != nil {
+	if packed, err = ops.DispatchTo(x, r, rows); err != nil {
 		return nil, nil, nil, err
 	}
 	return logits, r, packed, nil

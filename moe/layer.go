@@ -74,6 +74,8 @@ func (o *Output) Cost(task *G.Node) (*G.Node, error) {
 // ±sqrt(3/H) (unit-variance activations for unit-variance inputs), W2 uniform in ±sqrt(3/F). With a
 // non-zero Seed the same Config gives the same weights; with Seed 0 the n-th layer added to a graph
 // draws from stream n, so the layers of one graph differ (see Config.Seed). An unset Dtype is float32.
+// A mixed-precision layer (Dtype ops.BFloat16) gets float32 master weights, the values a float32 layer
+// of the same Config gets.
 func NewLayer(g *G.ExprGraph, cfg Config) (*Layer, error) {
 	if g == nil {
 		return nil, fmt.Errorf("moe: NewLayer: graph is nil: %w", ops.ErrConfig)
@@ -88,11 +90,12 @@ func NewLayer(g *G.ExprGraph, cfg Config) (*Layer, error) {
 	}
 	rng := rand.New(src)
 	h, f, e := cfg.Hidden, cfg.FFN, cfg.Experts
+	dt := cfg.masterDtype()
 	w := Weights{
-		Router: uniform(rng, cfg.Dtype, math.Sqrt(3/float64(h)), e, h),
-		W1:     uniform(rng, cfg.Dtype, math.Sqrt(3/float64(h)), e, h, f),
-		W3:     uniform(rng, cfg.Dtype, math.Sqrt(3/float64(h)), e, h, f),
-		W2:     uniform(rng, cfg.Dtype, math.Sqrt(3/float64(f)), e, f, h),
+		Router: uniform(rng, dt, math.Sqrt(3/float64(h)), e, h),
+		W1:     uniform(rng, dt, math.Sqrt(3/float64(h)), e, h, f),
+		W3:     uniform(rng, dt, math.Sqrt(3/float64(h)), e, h, f),
+		W2:     uniform(rng, dt, math.Sqrt(3/float64(f)), e, f, h),
 	}
 	return NewLayerWithWeights(g, cfg, w)
 }
@@ -113,10 +116,11 @@ func NewLayerWithWeights(g *G.ExprGraph, cfg Config, w Weights) (*Layer, error) 
 	}
 	e, h, f := cfg.Experts, cfg.Hidden, cfg.FFN
 	l := &Layer{Config: cfg}
-	l.Router = G.NewMatrix(g, cfg.Dtype, G.WithShape(e, h), G.WithName(names.Unique(g, "moe.router")), G.WithValue(w.Router))
-	l.W1 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(e, h, f), G.WithName(names.Unique(g, "moe.w1")), G.WithValue(w.W1))
-	l.W3 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(e, h, f), G.WithName(names.Unique(g, "moe.w3")), G.WithValue(w.W3))
-	l.W2 = G.NewTensor(g, cfg.Dtype, 3, G.WithShape(e, f, h), G.WithName(names.Unique(g, "moe.w2")), G.WithValue(w.W2))
+	dt := w.Router.Dtype() // cfg.Dtype, or for mixed precision float32 (master) or bfloat16 weights
+	l.Router = G.NewMatrix(g, dt, G.WithShape(e, h), G.WithName(names.Unique(g, "moe.router")), G.WithValue(w.Router))
+	l.W1 = G.NewTensor(g, dt, 3, G.WithShape(e, h, f), G.WithName(names.Unique(g, "moe.w1")), G.WithValue(w.W1))
+	l.W3 = G.NewTensor(g, dt, 3, G.WithShape(e, h, f), G.WithName(names.Unique(g, "moe.w3")), G.WithValue(w.W3))
+	l.W2 = G.NewTensor(g, dt, 3, G.WithShape(e, f, h), G.WithName(names.Unique(g, "moe.w2")), G.WithValue(w.W2))
 	return l, nil
 }
 
@@ -124,9 +128,10 @@ func NewLayerWithWeights(g *G.ExprGraph, cfg Config, w Weights) (*Layer, error) 
 // nodes: Router [E,H] and the experts W1, W3 [L,H,F] and W2 [L,F,H] of L = E/shards consecutive experts
 // (shards = 1 for a whole layer; the world size for one rank of an expert-parallel layer, package
 // moe/ep). Hidden, FFN and Experts of cfg may be 0 (they are read from the shapes); when set they must
-// match. An unset Dtype is the Router's. It returns the completed, validated configuration and the
-// weights, copied to cfg.Backend when that is a device (tensors it already owns are kept). Errors wrap
-// ops.ErrConfig, ops.ErrShape or ops.ErrDtype.
+// match. An unset Dtype is the Router's. The weights have dtype cfg.Dtype; for mixed precision
+// (ops.BFloat16) all four are float32 (master weights) or all bfloat16. It returns the completed,
+// validated configuration and the weights, copied to cfg.Backend when that is a device (tensors it
+// already owns are kept). Errors wrap ops.ErrConfig, ops.ErrShape or ops.ErrDtype.
 func PrepareWeights(cfg Config, w Weights, shards int) (Config, Weights, error) {
 	if w.Router == nil || w.W1 == nil || w.W2 == nil || w.W3 == nil {
 		return cfg, w, fmt.Errorf("moe: all four weights (Router, W1, W3, W2) are required: %w", ops.ErrConfig)
@@ -155,6 +160,12 @@ func PrepareWeights(cfg Config, w Weights, shards int) (Config, Weights, error) 
 		return cfg, w, fmt.Errorf("moe: %d experts cannot be split into %d equal shards: %w", e, shards, ops.ErrConfig)
 	}
 	l := e / shards
+	wdt := cfg.Dtype
+	if cfg.Mixed() {
+		if wdt = w.Router.Dtype(); wdt != tensor.Float32 && wdt != ops.BFloat16 {
+			return cfg, w, fmt.Errorf("moe: a mixed-precision layer takes float32 (master) or bfloat16 weights, the Router is %v: %w", wdt, ops.ErrDtype)
+		}
+	}
 	for _, c := range []struct {
 		name  string
 		t     *tensor.Dense
@@ -164,8 +175,8 @@ func PrepareWeights(cfg Config, w Weights, shards int) (Config, Weights, error) 
 		if !c.t.Shape().Eq(c.shape) {
 			return cfg, w, fmt.Errorf("moe: %s has shape %v, want %v (%d of the %d experts): %w", c.name, c.t.Shape(), c.shape, l, e, ops.ErrShape)
 		}
-		if c.t.Dtype() != cfg.Dtype {
-			return cfg, w, fmt.Errorf("moe: %s has dtype %v, the layer %v: %w", c.name, c.t.Dtype(), cfg.Dtype, ops.ErrDtype)
+		if c.t.Dtype() != wdt {
+			return cfg, w, fmt.Errorf("moe: %s has dtype %v, the layer's weights %v: %w", c.name, c.t.Dtype(), wdt, ops.ErrDtype)
 		}
 	}
 	if b := cfg.Backend; b != nil && b.Name() != ops.CPU().Name() {
@@ -220,8 +231,9 @@ func (l *Layer) HostWeights() (Weights, error) {
 	return out, nil
 }
 
-// Forward applies the layer to x [T,H] or [B,S,H] (the layer's dtype); Y has x's shape, the routing
-// and Logits are over the T = B*S tokens in row-major order. Same as ForwardMasked(x, nil).
+// Forward applies the layer to x [T,H] or [B,S,H] (the layer's dtype; float32 or bfloat16 for a
+// mixed-precision layer); Y has x's shape and dtype, the routing and Logits (float32 for mixed
+// precision) are over the T = B*S tokens in row-major order. Same as ForwardMasked(x, nil).
 func (l *Layer) Forward(x *G.Node) (*Output, error) { return l.ForwardMasked(x, nil) }
 
 // ForwardMasked is Forward with a token mask for the load-balancing loss: mask (int32, [T], or [B,S]
@@ -243,7 +255,11 @@ func (l *Layer) ForwardMasked(x, mask *G.Node) (*Output, error) {
 			return nil, fmt.Errorf("moe: flattening the input to [T,H]: %w", err)
 		}
 	}
-	logits, r, packed, err := RouteTokens(x, l.Router, c.Route())
+	rows := x.Dtype()
+	if c.Mixed() {
+		rows = ops.BFloat16
+	}
+	logits, r, packed, err := RouteTokensTo(x, l.Router, c.Route(), rows)
 	if err != nil {
 		return nil, err
 	}
@@ -251,7 +267,7 @@ func (l *Layer) ForwardMasked(x, mask *G.Node) (*Output, error) {
 	if err != nil {
 		return nil, err
 	}
-	y, err := ops.Combine(down, r)
+	y, err := ops.CombineTo(down, r, x.Dtype())
 	if err != nil {
 		return nil, err
 	}
@@ -280,7 +296,11 @@ func (l *Layer) checkInput(x *G.Node) (tensor.Shape, error) {
 	if x == nil || (x.Shape().Dims() != 2 && x.Shape().Dims() != 3) || x.Shape()[x.Shape().Dims()-1] != c.Hidden {
 		return nil, fmt.Errorf("moe: input must be [T,%d] or [B,S,%d], got %v: %w", c.Hidden, c.Hidden, shapeOf(x), ops.ErrShape)
 	}
-	if x.Dtype() != c.Dtype {
+	if c.Mixed() {
+		if x.Dtype() != tensor.Float32 && x.Dtype() != ops.BFloat16 {
+			return nil, fmt.Errorf("moe: input %q is %v; a mixed-precision layer takes float32 or bfloat16 inputs: %w", x.Name(), x.Dtype(), ops.ErrDtype)
+		}
+	} else if x.Dtype() != c.Dtype {
 		return nil, fmt.Errorf("moe: input %q is %v, the layer's weights are %v: %w", x.Name(), x.Dtype(), c.Dtype, ops.ErrDtype)
 	}
 	s := x.Shape()

@@ -37,11 +37,11 @@ func parseHFFlags(name string, args []string, stderr io.Writer) (*hfOptions, err
 	fs.StringVar(&o.out, "out", "", "output .safetensors to write")
 	fs.StringVar(&o.prefix, "prefix", "", "name prefix of the MoE layer in the weights, e.g. model.layers.0.")
 	fs.IntVar(&o.topK, "top-k", 2, "experts per token (Mixtral: 2)")
-	fs.StringVar(&dtype, "dtype", "float32", "compute dtype: float32 or float64")
+	fs.StringVar(&dtype, "dtype", "float32", "compute dtype: float32, float64, or bfloat16 (weights and inputs loaded as bfloat16 without widening, experts on bfloat16, router logits and routing weights float32)")
 	fs.StringVar(&outDtype, "out-dtype", "", "stored dtype of the results: float32, float64 or bfloat16 (default: the compute dtype)")
 	fs.StringVar(&device, "device", "cpu", "where the layer runs: cpu, or cuda (a binary built with -tags "+cudaTag+")")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: mixtral-layer %s -weights W.safetensors -input X.safetensors -out Y.safetensors [-prefix P] [-top-k 2] [-dtype float32|float64]\n", name)
+		fmt.Fprintf(stderr, "usage: mixtral-layer %s -weights W.safetensors -input X.safetensors -out Y.safetensors [-prefix P] [-top-k 2] [-dtype float32|float64|bfloat16]\n", name)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -60,8 +60,10 @@ func parseHFFlags(name string, args []string, stderr io.Writer) (*hfOptions, err
 		o.dtype, o.outDtype = tensor.Float32, hf.F32
 	case "float64":
 		o.dtype, o.outDtype = tensor.Float64, hf.F64
+	case "bfloat16", "bf16":
+		o.dtype, o.outDtype = ops.BFloat16, hf.BF16
 	default:
-		return nil, fmt.Errorf("%s: unknown -dtype %q (want float32 or float64)", name, dtype)
+		return nil, fmt.Errorf("%s: unknown -dtype %q (want float32, float64 or bfloat16)", name, dtype)
 	}
 	if outDtype != "" {
 		d, err := hf.ParseDType(outDtype)
@@ -93,7 +95,8 @@ type hfResult struct {
 // runHFLayer runs one Mixtral MoE layer with weights w on hidden states x ([T,H] or [B,S,H], the
 // weights' dtype) through a Gorgonia graph and a TapeMachine on backend b (nil: the CPU; weights and
 // inputs are copied there): router logits = x·Routerᵀ, softmax over all E experts, top-k (ties to the
-// lower index), renormalised weights, SwiGLU experts. When gradOut is non-nil (same shape as x) it also
+// lower index), renormalised weights, SwiGLU experts. bfloat16 weights run the layer in mixed precision
+// (moe.Config.Dtype ops.BFloat16): bfloat16 inputs, outputs and gradients, float32 router logits. When gradOut is non-nil (same shape as x) it also
 // computes the gradients of sum(output * gradOut) — no auxiliary loss — w.r.t. x and every weight, by
 // back-propagating gradOut from the output (G.Backpropagate, which needs no Sum node and so runs on a
 // device). This is the code path of both subcommands and of the parity tests.
@@ -259,7 +262,13 @@ func loadHFInputs(o *hfOptions, names ...string) (hf.LayerWeights, []*tensor.Den
 		}
 		var shape []int
 		var backing any
-		if o.dtype == tensor.Float64 {
+		if o.dtype == ops.BFloat16 {
+			v, s, err := in.ReadBF16(n)
+			if err != nil {
+				return hf.LayerWeights{}, nil, fmt.Errorf("input: %w", err)
+			}
+			backing, shape = v, s
+		} else if o.dtype == tensor.Float64 {
 			v, s, err := in.ReadFloat64(n)
 			if err != nil {
 				return hf.LayerWeights{}, nil, fmt.Errorf("input: %w", err)

@@ -11,8 +11,19 @@ import (
 	"gorgonia.org/tensor"
 )
 
+// dataDtype is the dtype of the batches, targets and losses: the layer's, or float32 for a
+// mixed-precision layer (which takes float32 inputs, computes its experts in bfloat16 and returns
+// float32 outputs).
+func dataDtype(cfg moe.Config) tensor.Dtype {
+	if cfg.Mixed() {
+		return tensor.Float32
+	}
+	return cfg.Dtype
+}
+
 // teacher is a fixed MoE layer in a forward-only graph on the CPU: it generates the training data, so
-// runs on every device train on exactly the same targets.
+// runs on every device train on exactly the same targets (a float32 teacher for a mixed-precision
+// student).
 type teacher struct {
 	x, y   *G.Node
 	runner *ops.Runner
@@ -22,6 +33,7 @@ func newTeacher(cfg moe.Config, tokens int) (*teacher, error) {
 	cfg.Seed += 1000
 	cfg.AuxLossCoef, cfg.ZLossCoef = 0, 0
 	cfg.Backend = nil
+	cfg.Dtype = dataDtype(cfg)
 	g := G.NewGraph()
 	x := G.NewMatrix(g, cfg.Dtype, G.WithShape(tokens, cfg.Hidden), G.WithName("x"))
 	layer, err := moe.NewLayer(g, cfg)
@@ -71,8 +83,8 @@ type metrics struct {
 func newStudent(cfg moe.Config, tokens int, lr float64) (*student, error) {
 	g := G.NewGraph()
 	s := &student{}
-	s.x = G.NewMatrix(g, cfg.Dtype, G.WithShape(tokens, cfg.Hidden), G.WithName("x"))
-	s.target = G.NewMatrix(g, cfg.Dtype, G.WithShape(tokens, cfg.Hidden), G.WithName("target"))
+	s.x = G.NewMatrix(g, dataDtype(cfg), G.WithShape(tokens, cfg.Hidden), G.WithName("x"))
+	s.target = G.NewMatrix(g, dataDtype(cfg), G.WithShape(tokens, cfg.Hidden), G.WithName("target"))
 	var err error
 	if s.layer, err = moe.NewLayer(g, cfg); err != nil {
 		return nil, err

@@ -79,7 +79,7 @@ func (f *trainFlags) registerLayer(fs *flag.FlagSet) {
 	fs.Float64Var(&f.z, "z-coef", 0.001, "router z-loss coefficient")
 	fs.Uint64Var(&f.seed, "seed", 1, "seed for data, teacher and student")
 	fs.StringVar(&f.scoring, "scoring", "softmax-topk", "softmax-topk (Mixtral, renormalised) or topk-softmax")
-	fs.StringVar(&f.dtype, "dtype", "float32", "float32 or float64")
+	fs.StringVar(&f.dtype, "dtype", "float32", "float32, float64, or bfloat16 (mixed precision: float32 master weights, data and losses; bfloat16 experts)")
 }
 
 // config checks the parsed flags and returns the layer's configuration on the -device backend.
@@ -96,8 +96,10 @@ func (f trainFlags) config() (moe.Config, error) {
 	case "float32":
 	case "float64":
 		dt = tensor.Float64
+	case "bfloat16", "bf16":
+		dt = ops.BFloat16
 	default:
-		return moe.Config{}, fmt.Errorf("unknown -dtype %q (want float32 or float64)", f.dtype)
+		return moe.Config{}, fmt.Errorf("unknown -dtype %q (want float32, float64 or bfloat16)", f.dtype)
 	}
 	backend, err := backendNamed(f.device)
 	if err != nil {
@@ -122,7 +124,7 @@ func train(f trainFlags, cfg moe.Config) error {
 	defer st.close()
 
 	rng := rand.New(rand.NewPCG(f.seed, 7))
-	evalX := randomBatch(rng, cfg.Dtype, f.tokens, cfg.Hidden)
+	evalX := randomBatch(rng, dataDtype(cfg), f.tokens, cfg.Hidden)
 	evalY, err := teacher.forward(evalX)
 	if err != nil {
 		return err
@@ -143,7 +145,7 @@ func train(f trainFlags, cfg moe.Config) error {
 	zs := make([]float64, 0, f.steps)
 	loads := make([][]float64, 0, f.steps)
 	for step := 1; step <= f.steps; step++ {
-		x := randomBatch(rng, cfg.Dtype, f.tokens, cfg.Hidden)
+		x := randomBatch(rng, dataDtype(cfg), f.tokens, cfg.Hidden)
 		y, err := teacher.forward(x)
 		if err != nil {
 			return err

@@ -1,17 +1,18 @@
-// Package floats converts between host tensors of the two float dtypes of this module (float32,
-// float64) and float64 slices: the one place for the []float32/[]float64 type switches that helpers,
-// examples and tests need.
+// Package floats converts between host tensors of the float dtypes of this module (float32, float64,
+// bfloat16) and float64 slices: the one place for the []float32/[]float64/[]bf16.BFloat16 type switches
+// that helpers, examples and tests need.
 package floats
 
 import (
 	"fmt"
 
+	"github.com/expertrt/expertrt-go/internal/bf16"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 )
 
-// Of returns a float64 copy of the elements of v: a host *tensor.Dense of float32 or float64 (a
-// one-element tensor may hold a bare scalar), or a Gorgonia scalar (*G.F32, *G.F64).
+// Of returns a float64 copy of the elements of v: a host *tensor.Dense of float32, float64 or bfloat16
+// (widened exactly; a one-element tensor may hold a bare scalar), or a Gorgonia scalar (*G.F32, *G.F64).
 func Of(v any) ([]float64, error) {
 	switch x := v.(type) {
 	case *G.F64:
@@ -31,12 +32,16 @@ func Of(v any) ([]float64, error) {
 				out[i] = float64(f)
 			}
 			return out, nil
+		case []bf16.BFloat16:
+			return bf16.Float64s(d), nil
 		case float64:
 			return []float64{d}, nil
 		case float32:
 			return []float64{float64(d)}, nil
+		case bf16.BFloat16:
+			return []float64{d.Float64()}, nil
 		}
-		return nil, fmt.Errorf("floats: tensor of dtype %v, want float32 or float64", x.Dtype())
+		return nil, fmt.Errorf("floats: tensor of dtype %v, want float32, float64 or bfloat16", x.Dtype())
 	}
 	return nil, fmt.Errorf("floats: %T is neither a float tensor nor a float scalar", v)
 }
@@ -53,9 +58,12 @@ func Scalar(v any) (float64, error) {
 	return f[0], nil
 }
 
-// Dense returns a new host tensor of dtype dt (tensor.Float32: vals rounded to float32; otherwise
-// float64) and the given shape holding a copy of vals.
+// Dense returns a new host tensor of dtype dt (tensor.Float32: vals rounded to float32; bfloat16: vals
+// rounded once to bfloat16; otherwise float64) and the given shape holding a copy of vals.
 func Dense(dt tensor.Dtype, vals []float64, shape ...int) *tensor.Dense {
+	if dt == bf16.Dtype {
+		return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(bf16.FromFloat64s(vals)))
+	}
 	if dt == tensor.Float32 {
 		f := make([]float32, len(vals))
 		for i, v := range vals {

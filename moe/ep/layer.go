@@ -149,6 +149,9 @@ func checkConfig(cfg moe.Config, tr Transport) error {
 	if w < 1 || r < 0 || r >= w {
 		return fmt.Errorf("ep: transport reports rank %d of world %d: %w", r, w, ops.ErrConfig)
 	}
+	if cfg.Mixed() {
+		return fmt.Errorf("ep: expert-parallel layers run in float32 or float64; mixed precision (bfloat16) is single-device for now: %w", ops.ErrUnsupported)
+	}
 	if cfg.Experts%w != 0 || cfg.Experts < w {
 		return fmt.Errorf("ep: %d experts cannot be split evenly over %d ranks (E must be a multiple of the world size): %w", cfg.Experts, w, ops.ErrConfig)
 	}
