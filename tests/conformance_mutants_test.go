@@ -36,6 +36,9 @@ var mutants = []string{
 	"gradnorm-accepts-nan", "gradnorm-no-eps", "adam-no-bias-correction", "adam-decoupled-as-l2",
 	"adam-steps-on-nan-scale", "adam-ignores-clip", "sgd-nesterov-ignored", "sgd-momentum-dampened",
 	"sgd-steps-on-nan-scale",
+	// bfloat16 kernels (conformance_mutants_bf16_test.go)
+	"bf16-cast-truncates", "bf16-dispatch-double-rounds", "bf16-combine-rounds-terms", "bf16-cgw-accumulates-bf16",
+	"bf16-gradw-rounds-to-bf16", "bf16-swiglu-truncates", "bf16-add-ignores-incr",
 }
 
 func TestConformanceCatchesMutants(t *testing.T) {
@@ -67,7 +70,11 @@ func TestMutantConformance(t *testing.T) {
 	if kind == "" {
 		t.Skip("run by TestConformanceCatchesMutants")
 	}
-	conformance.Run(t, &mutant{Backend: ops.CPU(), kind: kind}, conformance.Options{
+	var b ops.Backend = &mutant{Backend: ops.CPU(), kind: kind}
+	if strings.HasPrefix(kind, "bf16-") {
+		b = &bf16Mutant{Backend: ops.CPU(), kind: kind}
+	}
+	conformance.Run(t, b, conformance.Options{
 		Short: true, Guard: conformance.HostGuard,
 	})
 }

@@ -84,6 +84,8 @@ func engineGuard(eng *devengine.Engine, toHost func(*tensor.Dense) (*tensor.Dens
 			sentinel = math.NaN()
 		case tensor.Int32:
 			sentinel = conformance.SentinelInt32
+		case ops.BFloat16:
+			sentinel = uint16(ops.BF16FromFloat64(math.NaN()))
 		default:
 			return nil, nil, fmt.Errorf("engineGuard: unsupported dtype %v", dt)
 		}
@@ -111,6 +113,8 @@ func engineGuard(eng *devengine.Engine, toHost func(*tensor.Dense) (*tensor.Dens
 					ok = math.IsNaN(v[i])
 				case []int32:
 					ok = v[i] == conformance.SentinelInt32
+				case []ops.BF16:
+					ok = v[i].IsNaN()
 				}
 				if !ok {
 					return fmt.Errorf("guard element %d (output is [%d,%d)) was written", i, margin, margin+n)

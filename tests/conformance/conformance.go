@@ -94,6 +94,7 @@ func Run(t *testing.T, b ops.Backend, opts Options) {
 	t.Run("BadInputs", e.testBadInputs)
 	t.Run("Views", e.testViews)
 	t.Run("Training", e.testTraining)
+	t.Run("BF16", e.testBF16)
 	if !opts.NoGOMAXPROCS && !opts.Short {
 		t.Run("Scheduling", e.testScheduling)
 	}
@@ -142,6 +143,20 @@ func HostGuard(dt tensor.Dtype, shape ...int) (*tensor.Dense, func() error, erro
 			}
 			return nil
 		}, nil
+	case ops.BFloat16:
+		big := make([]ops.BF16, n+2*margin)
+		for i := range big {
+			big[i] = ops.BF16FromFloat64(math.NaN())
+		}
+		out := tensor.New(tensor.WithShape(shape...), tensor.WithBacking(big[margin:margin+n]))
+		return out, func() error {
+			for i, v := range big {
+				if (i < margin || i >= margin+n) && !v.IsNaN() {
+					return fmt.Errorf("guard element %d (output is [%d,%d)) was written: %v", i, margin, margin+n, v)
+				}
+			}
+			return nil
+		}, nil
 	case tensor.Int32:
 		big := make([]int32, n+2*margin)
 		for i := range big {
@@ -168,6 +183,8 @@ func roundTo(dt tensor.Dtype, vals []float64) []float64 {
 	for i, v := range vals {
 		if dt == tensor.Float32 {
 			out[i] = float64(float32(v))
+		} else if dt == ops.BFloat16 {
+			out[i] = ops.BF16FromFloat64(v).Float64()
 		} else {
 			out[i] = v
 		}
@@ -176,7 +193,7 @@ func roundTo(dt tensor.Dtype, vals []float64) []float64 {
 }
 
 func hostFloat(dt tensor.Dtype, vals []float64, shape ...int) *tensor.Dense {
-	if dt != tensor.Float32 && dt != tensor.Float64 {
+	if dt != tensor.Float32 && dt != tensor.Float64 && dt != ops.BFloat16 {
 		panic(fmt.Sprintf("conformance: unsupported dtype %v", dt))
 	}
 	return floats.Dense(dt, vals, shape...)
@@ -316,6 +333,12 @@ func (e *env) bits(t testing.TB, d *tensor.Dense) []uint64 {
 		out := make([]uint64, len(v))
 		for i, x := range v {
 			out[i] = uint64(uint32(x))
+		}
+		return out
+	case []ops.BF16:
+		out := make([]uint64, len(v))
+		for i, x := range v {
+			out[i] = uint64(x)
 		}
 		return out
 	}
