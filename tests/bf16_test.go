@@ -250,7 +250,7 @@ func TestBF16CastGradient(t *testing.T) {
 		if got[i] != ci {
 			t.Fatalf("cast %v: %v, want %v", xv[i], got[i], ci)
 		}
-		want := ops.BF16FromFloat32(float32(2*(float64(ci)-float64(float32(tv[i])))/n)).Float32()
+		want := ops.BF16FromFloat32(float32(2 * (float64(ci) - float64(float32(tv[i]))) / n)).Float32()
 		if d := math.Abs(float64(gd[i] - want)); d > 1e-6*math.Abs(float64(want)) {
 			t.Fatalf("gradient %d: %v, want %v", i, gd[i], want)
 		}
