@@ -29,8 +29,8 @@ func (s shape) validate() error {
 		return fmt.Errorf("top-k must satisfy 1 <= k <= experts (got k=%d, E=%d)", s.TopK, s.Experts)
 	case s.FFN < 0:
 		return fmt.Errorf("ffn must be >= 0 (got %d)", s.FFN)
-	case s.Dtype != tensor.Float32 && s.Dtype != tensor.Float64:
-		return fmt.Errorf("dtype must be float32 or float64 (got %v)", s.Dtype)
+	case s.Dtype != tensor.Float32 && s.Dtype != tensor.Float64 && s.Dtype != ops.BFloat16:
+		return fmt.Errorf("dtype must be float32, float64 or bfloat16 (got %v)", s.Dtype)
 	}
 	return nil
 }
@@ -151,14 +151,37 @@ func newEnv(dev device, s shape) (*env, error) {
 // es is the element size of the float dtype in bytes.
 func (e *env) es() int64 { return int64(e.s.Dtype.Size()) }
 
+// wdt is the dtype of router logits, routing weights and their gradients: the float dtype, or float32
+// for bfloat16 rows (mixed precision).
+func (e *env) wdt() tensor.Dtype {
+	if e.s.Dtype == ops.BFloat16 {
+		return tensor.Float32
+	}
+	return e.s.Dtype
+}
+
+// gradWdt is the dtype of expert-weight gradients: float32 master-weight gradients for bfloat16 rows.
+func (e *env) gradWdt() tensor.Dtype { return e.wdt() }
+
 // random returns a device tensor of the env's dtype filled with uniform values in [-scale, scale).
 func (e *env) random(scale float64, shape ...int) (*tensor.Dense, error) {
+	return e.randomAs(e.s.Dtype, scale, shape...)
+}
+
+// randomAs is random with an explicit dtype (float32, float64 or bfloat16).
+func (e *env) randomAs(dt tensor.Dtype, scale float64, shape ...int) (*tensor.Dense, error) {
 	n := 1
 	for _, d := range shape {
 		n *= d
 	}
 	var host *tensor.Dense
-	switch e.s.Dtype {
+	switch dt {
+	case ops.BFloat16:
+		v := make([]ops.BF16, n)
+		for i := range v {
+			v[i] = ops.BF16FromFloat64(scale * (2*e.rng.Float64() - 1))
+		}
+		host = tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v))
 	case tensor.Float32:
 		v := make([]float32, n)
 		for i := range v {
@@ -230,7 +253,7 @@ func (e *env) routing() error {
 	if s.Skew {
 		e.logits, err = e.skewedLogits()
 	} else {
-		e.logits, err = e.random(4, s.Tokens, s.Experts)
+		e.logits, err = e.randomAs(e.wdt(), 4, s.Tokens, s.Experts)
 	}
 	if err != nil {
 		return fmt.Errorf("logits: %w", err)
@@ -238,7 +261,7 @@ func (e *env) routing() error {
 	if e.idx, err = e.alloc(tensor.Int32, s.Tokens, s.TopK); err != nil {
 		return err
 	}
-	if e.w, err = e.alloc(s.Dtype, s.Tokens, s.TopK); err != nil {
+	if e.w, err = e.alloc(e.wdt(), s.Tokens, s.TopK); err != nil {
 		return err
 	}
 	if e.plan, err = e.alloc(tensor.Int32, ops.PlanLen(s.Tokens, s.TopK, s.Experts)); err != nil {
@@ -283,7 +306,7 @@ func prepareRoute(e *env) (*workload, error) {
 	if err != nil {
 		return nil, err
 	}
-	w, err := e.out(s.Tokens, s.TopK)
+	w, err := e.alloc(e.wdt(), s.Tokens, s.TopK)
 	if err != nil {
 		return nil, err
 	}
@@ -297,11 +320,11 @@ func prepareRouteBwd(e *env) (*workload, error) {
 		return nil, err
 	}
 	s, cfg := e.s, e.s.route()
-	dw, err := e.named("dw", s.Tokens, s.TopK)
+	dw, err := e.randomAs(e.wdt(), 1, s.Tokens, s.TopK)
 	if err != nil {
 		return nil, err
 	}
-	dlogits, err := e.out(s.Tokens, s.Experts)
+	dlogits, err := e.alloc(e.wdt(), s.Tokens, s.Experts)
 	if err != nil {
 		return nil, err
 	}
@@ -393,7 +416,7 @@ func combineBwdBufs(e *env) (dy, ye, dye, dw *tensor.Dense, err error) {
 	if dye, err = e.out(s.Tokens*s.TopK, s.Hidden); err != nil {
 		return
 	}
-	dw, err = e.out(s.Tokens, s.TopK)
+	dw, err = e.alloc(e.wdt(), s.Tokens, s.TopK)
 	return
 }
 
@@ -498,7 +521,7 @@ func prepareGroupedMMBwd(e *env) (*workload, error) {
 	if err != nil {
 		return nil, err
 	}
-	dW, err := e.out(s.Experts, s.Hidden, f)
+	dW, err := e.alloc(e.gradWdt(), s.Experts, s.Hidden, f)
 	if err != nil {
 		return nil, err
 	}
@@ -548,7 +571,7 @@ func prepareGroupedMMBwdW(e *env) (*workload, error) {
 	if err != nil {
 		return nil, err
 	}
-	dW, err := e.out(e.s.Experts, e.s.Hidden, e.s.ffn())
+	dW, err := e.alloc(e.gradWdt(), e.s.Experts, e.s.Hidden, e.s.ffn())
 	if err != nil {
 		return nil, err
 	}
@@ -573,7 +596,7 @@ func (e *env) skewedLogits() (*tensor.Dense, error) {
 		}
 	}
 	var host *tensor.Dense
-	if s.Dtype == tensor.Float32 {
+	if e.wdt() == tensor.Float32 {
 		f := make([]float32, len(v))
 		for i, x := range v {
 			f[i] = float32(x)
@@ -629,7 +652,7 @@ func prepareE2E(e *env) (*workload, error) {
 	if err != nil {
 		return nil, err
 	}
-	w, err := e.out(s.Tokens, s.TopK)
+	w, err := e.alloc(e.wdt(), s.Tokens, s.TopK)
 	if err != nil {
 		return nil, err
 	}
@@ -673,11 +696,11 @@ func prepareE2EBwd(e *env) (*workload, error) {
 	if err != nil {
 		return nil, err
 	}
-	dw, err := e.out(s.Tokens, s.TopK)
+	dw, err := e.alloc(e.wdt(), s.Tokens, s.TopK)
 	if err != nil {
 		return nil, err
 	}
-	dlogits, err := e.out(s.Tokens, s.Experts)
+	dlogits, err := e.alloc(e.wdt(), s.Tokens, s.Experts)
 	if err != nil {
 		return nil, err
 	}

@@ -47,7 +47,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.shape.TopK, "top-k", 2, "experts per token k")
 	fs.IntVar(&c.shape.FFN, "ffn", 0, "grouped matmul output width F (0: same as -hidden)")
 	fs.BoolVar(&c.shape.Skew, "skew", false, "routing: half the tokens go to expert 0 (a skewed load)")
-	fs.StringVar(&c.dtype, "dtype", "float32", "float32 or float64")
+	fs.StringVar(&c.dtype, "dtype", "float32", "float32, float64, or bfloat16 (rows bfloat16; logits, routing weights and expert-weight gradients float32)")
 	fs.StringVar(&c.scoring, "scoring", "softmax-topk", "routing: softmax-topk or topk-softmax")
 	fs.BoolVar(&c.shape.Renormalize, "renormalize", true, "softmax-topk: renormalise the k weights (Mixtral)")
 	fs.Uint64Var(&c.shape.Seed, "seed", 1, "seed of the random inputs")
@@ -78,8 +78,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		c.shape.Dtype = tensor.Float32
 	case "float64":
 		c.shape.Dtype = tensor.Float64
+	case "bfloat16", "bf16":
+		c.shape.Dtype = ops.BFloat16
 	default:
-		return nil, fmt.Errorf("-dtype must be float32 or float64, got %q", c.dtype)
+		return nil, fmt.Errorf("-dtype must be float32, float64 or bfloat16, got %q", c.dtype)
 	}
 	var err error
 	if c.shape.Scoring, err = ops.ParseScoring(c.scoring); err != nil {

@@ -12,7 +12,12 @@ Timing: CUDA events around each op, median of --reps after --warmup; the device-
 (dst.copy_(src) of the op's output size) is timed in the same run; bandwidth = minimal bytes / time
 (read + written), copy bandwidth = 2 * bytes / time.
 
-Usage: pytorch_baseline.py [--json out.json] [--reps 50]
+With --dtype bfloat16 the rows (x, expert outputs, dy and the packed gradients) are bfloat16 while logits and
+routing weights stay float32, as `go run ./bench -dtype bfloat16` runs them: combine sums the weighted rows in
+float32 (torch's type promotion) and rounds the result to bfloat16; dw is a bfloat16 einsum (fp32 accumulation).
+Byte counts use the row element size throughout, as the Go bench does.
+
+Usage: pytorch_baseline.py [--json out.json] [--reps 50] [--dtype float32|bfloat16]
 """
 import argparse
 import json
@@ -56,7 +61,7 @@ def dispatch(x, order, k):
 
 def combine(ye, w, row_of):
     T, k = w.shape
-    return (ye.index_select(0, row_of).view(T, k, -1) * w.unsqueeze(-1)).sum(dim=1)
+    return (ye.index_select(0, row_of).view(T, k, -1) * w.unsqueeze(-1)).sum(dim=1).to(ye.dtype)
 
 
 def dispatch_bwd(dpacked, row_of, T, k):
@@ -65,19 +70,19 @@ def dispatch_bwd(dpacked, row_of, T, k):
 
 def combine_bwd(dy, ye, w, order, row_of):
     T, k = w.shape
-    dye = (w.unsqueeze(-1) * dy.unsqueeze(1)).reshape(T * k, -1).index_select(0, order)
-    dw = torch.einsum("th,tkh->tk", dy, ye.index_select(0, row_of).view(T, k, -1))
+    dye = (w.unsqueeze(-1) * dy.unsqueeze(1)).reshape(T * k, -1).index_select(0, order).to(dy.dtype)
+    dw = torch.einsum("th,tkh->tk", dy, ye.index_select(0, row_of).view(T, k, -1)).to(w.dtype)
     return dye, dw
 
 
-def bench_shape(T, H, E, k, reps, warmup, dev):
+def bench_shape(T, H, E, k, reps, warmup, dev, dt=torch.float32):
     g = torch.Generator(device=dev).manual_seed(1)
     logits = (torch.rand(T, E, device=dev, generator=g) * 8 - 4)
-    x = torch.rand(T, H, device=dev, generator=g) * 2 - 1
-    ye = torch.rand(T * k, H, device=dev, generator=g) * 2 - 1
-    dy = torch.rand(T, H, device=dev, generator=g) * 2 - 1
+    x = (torch.rand(T, H, device=dev, generator=g) * 2 - 1).to(dt)
+    ye = (torch.rand(T * k, H, device=dev, generator=g) * 2 - 1).to(dt)
+    dy = (torch.rand(T, H, device=dev, generator=g) * 2 - 1).to(dt)
     idx, w, order, row_of, counts, offsets = route(logits, k)
-    es = 4
+    es = torch.finfo(dt).bits // 8
     th, tk, te = T * H, T * k, T * E
     rows = []
 
@@ -89,7 +94,7 @@ def bench_shape(T, H, E, k, reps, warmup, dev):
         gb = (read + written) / (ms * 1e-3) / 1e9
         cgb = 2 * src.numel() * 4 / (cms * 1e-3) / 1e9
         rows.append(dict(op=op, tokens=T, hidden=H, experts=E, top_k=k, median_ms=ms, gb_per_s=gb,
-                         copy_gb_per_s=cgb, ratio_to_copy=gb / cgb))
+                         copy_gb_per_s=cgb, ratio_to_copy=gb / cgb, dtype=str(dt).replace("torch.", "")))
 
     add("route", lambda: route(logits, k), te * es, tk * 4 + tk * es)
     add("dispatch", lambda: dispatch(x, order, k), th * es, th * k * es)
@@ -111,15 +116,20 @@ def main():
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--json", default="")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--quick", action="store_true", help="only T=4096 and T=16384 with H=4096, E=16, k=2")
     a = ap.parse_args()
+    dt = getattr(torch, a.dtype)
     torch.backends.cuda.matmul.allow_tf32 = False
     dev = "cuda"
     name = torch.cuda.get_device_name(0)
-    print(f"PyTorch {torch.__version__} eager, fp32, {name}; median of {a.reps} (CUDA events)")
+    print(f"PyTorch {torch.__version__} eager, {a.dtype} rows, {name}; median of {a.reps} (CUDA events)")
     shapes = [(4096, 4096, 16, 2), (4096, 4096, 64, 2), (16384, 4096, 16, 2), (16384, 4096, 64, 2), (8192, 4096, 32, 2)]
+    if a.quick:
+        shapes = [(4096, 4096, 16, 2), (16384, 4096, 16, 2)]
     allrows = []
     for T, H, E, k in shapes:
-        rows = bench_shape(T, H, E, k, a.reps, a.warmup, dev)
+        rows = bench_shape(T, H, E, k, a.reps, a.warmup, dev, dt)
         for r in rows:
             r["device"] = name
             print(f"torch {r['op']:14s} T={T:6d} H={H} E={E:3d} k={k}  {r['median_ms']*1e3:9.1f} us  "

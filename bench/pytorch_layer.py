@@ -6,10 +6,12 @@ Times, with CUDA events (median of --reps after --warmup), for each T in --token
   layer      forward only (no autograd graph: torch.no_grad)
   layer-bwd  forward + backward of sum(y * dy) (the gradients w.r.t. the input, router and all experts)
   train-step forward + backward of MSE(y, target) + Adam step (torch.optim.Adam, foreach)
-TF32 is off (torch.backends.cuda.matmul.allow_tf32 = False) unless --tf32.
+TF32 is off (torch.backends.cuda.matmul.allow_tf32 = False) unless --tf32. --autocast runs the float32
+module under torch.autocast(bfloat16) (float32 master weights, bfloat16 matmuls: mixed precision, as
+`go run ./bench -dtype bfloat16` trains); --dtype bfloat16 instead converts the module to bfloat16.
 
 Usage: pytorch_layer.py [--tokens 4096,16384] [--hidden 1024] [--ffn 3584] [--experts 8] [--top-k 2]
-                        [--dtype float32|bfloat16] [--tf32] [--json out.json]
+                        [--dtype float32|bfloat16] [--autocast] [--tf32] [--json out.json]
 """
 import argparse
 import json
@@ -46,6 +48,7 @@ def main():
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--tf32", action="store_true")
+    ap.add_argument("--autocast", action="store_true", help="float32 module under torch.autocast(bfloat16)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json")
@@ -85,10 +88,16 @@ def main():
             torch.nn.functional.mse_loss(y, target).backward()
             opt.step()
 
+        def autocast(fn):
+            def run():
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=a.autocast):
+                    fn()
+            return run
+
         for op, fn in (("layer", fwd), ("layer-bwd", fwd_bwd), ("train-step", step)):
-            ms = timeit(fn, a.reps, a.warmup)
+            ms = timeit(autocast(fn), a.reps, a.warmup)
             rows.append({"op": op, "tokens": T, "hidden": a.hidden, "ffn": a.ffn, "experts": a.experts,
-                         "top_k": a.top_k, "dtype": a.dtype, "tf32": a.tf32, "median_ms": ms,
+                         "top_k": a.top_k, "dtype": "autocast-bfloat16" if a.autocast else a.dtype, "tf32": a.tf32, "median_ms": ms,
                          "impl": "torch MixtralSparseMoeBlock", "torch": torch.__version__,
                          "transformers": transformers.__version__,
                          "device": torch.cuda.get_device_name()})

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/expertrt/expertrt-go/ops"
+	"gorgonia.org/tensor"
 )
 
 // result is one op's report; its JSON form is what -json prints.
@@ -60,7 +63,7 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 func newResult(op string, dev device, s shape, wl *workload, t *timings, warmup int) result {
 	st, cs := summarize(t.op), summarize(t.copy)
 	r := result{
-		Op: op, Device: dev.Name(), DeviceDesc: dev.Describe(), Dtype: s.Dtype.String(),
+		Op: op, Device: dev.Name(), DeviceDesc: dev.Describe(), Dtype: dtypeName(s.Dtype),
 		Tokens: s.Tokens, Hidden: s.Hidden, Experts: s.Experts, TopK: s.TopK,
 		Scoring: s.Scoring.String(), Renormalize: s.route().EffectiveRenormalize(),
 		Workers: dev.Workers(), Reps: len(t.op), Warmup: warmup,
@@ -134,4 +137,13 @@ func printJSON(w io.Writer, rs []result) error {
 	return enc.Encode(struct {
 		Results []result `json:"results"`
 	}{rs})
+}
+
+// dtypeName names a dtype for reports: "bfloat16" for ops.BFloat16 (whose Go type prints as
+// bf16.BFloat16), else tensor's name.
+func dtypeName(dt tensor.Dtype) string {
+	if dt == ops.BFloat16 {
+		return "bfloat16"
+	}
+	return dt.String()
 }
