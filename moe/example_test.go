@@ -155,6 +155,57 @@ func nextBatch(int) (*tensor.Dense, *tensor.Dense) {
 	return tensor.New(tensor.WithShape(64, 8), tensor.WithBacking(xs)), tensor.New(tensor.WithShape(64, 8), tensor.WithBacking(ys))
 }
 
+// Mixed precision: float32 master weights, data and losses; the experts compute on bfloat16 (rows
+// packed into bfloat16 by the dispatch, bfloat16 products with float32 accumulation, fused SwiGLU);
+// router logits, routing weights and the output stay float32. (The README shows this code.)
+func Example_mixedPrecision() {
+	g := G.NewGraph()
+	x := G.NewMatrix(g, tensor.Float32, G.WithShape(64, 8), G.WithName("x"))
+	target := G.NewMatrix(g, tensor.Float32, G.WithShape(64, 8), G.WithName("target"))
+	cfg := moe.MixtralConfig(8 /*H*/, 16 /*F*/, 4 /*E*/)
+	cfg.Dtype = ops.BFloat16 // mixed precision; the parameters are float32 master weights
+	layer, err := moe.NewLayer(g, cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	out, err := layer.Forward(x) // float32 in, float32 out; bfloat16 inside the experts
+	if err != nil {
+		log.Fatal(err)
+	}
+	mse, err := ops.MSELoss(out.Y, target) // losses and the cost stay float32
+	if err != nil {
+		log.Fatal(err)
+	}
+	cost, err := out.Cost(mse)
+	if err != nil {
+		log.Fatal(err)
+	}
+	adam, err := ops.NewAdam(ops.DefaultAdam(1e-2))
+	if err != nil {
+		log.Fatal(err)
+	}
+	tr, err := ops.NewTrainer(cost, layer.Params(), adam, nil) // on the CPU it adds bfloat16 with ops.HostEngine
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tr.Close()
+	var first, last float64
+	for step := 0; step < 60; step++ {
+		xs, ys := nextBatch(step)
+		if last, err = tr.StepLoss(ops.Feeds{x: xs, target: ys}); err != nil {
+			log.Fatal(err)
+		}
+		if step == 0 {
+			first = last
+		}
+	}
+	fmt.Println("loss fell by more than half:", last < first/2)
+	fmt.Println("master weights:", layer.W1.Dtype(), "logits:", out.Logits.Dtype())
+	// Output:
+	// loss fell by more than half: true
+	// master weights: float32 logits: float32
+}
+
 // A [B,S,H] input with padding: the token mask leaves the padding tokens out of the load-balancing
 // loss, as transformers' load_balancing_loss_func does with its attention mask.
 func ExampleLayer_ForwardMasked() {

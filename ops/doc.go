@@ -5,7 +5,9 @@
 // # Shapes and dtypes
 //
 // T tokens, H hidden size, E experts, K experts per token (1 <= K <= E). Floats are float32 or float64
-// (all float inputs of one op share the dtype); indices and plans are int32.
+// (all float inputs of one op share the dtype); indices and plans are int32. Activations may also be
+// bfloat16 (BFloat16: mixed precision with float32 master weights, routing weights and losses; Cast,
+// DispatchTo, CombineTo, MatMulTo; see bf16.go and MixedPrecisionBackend for the rules).
 //
 //	Route(logits [T,E])                -> Routing{Indices [T,K] int32, Weights [T,K], Plan [2E+1+2TK] int32}
 //	PlanOf(indices [T,K], E)           -> plan (layout: counts[E] | offsets[E+1] | rowOf[TK] | slotOf[TK])
