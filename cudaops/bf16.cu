@@ -170,6 +170,12 @@ extern "C" __global__ void ew_add_bf16(const bf16_t* a, const bf16_t* b, bf16_t*
 
 // ---- permutations around the plan (one warp per token; see permute.cu) ----
 
+// Chunks in flight per lane: every lane issues UD (dispatch) or UC (combine, weight gradients: double
+// accumulators take registers) independent 16-byte loads before it stores or reduces, as permute.cu's
+// UNROLL does for float32.
+#define UD 4
+#define UC 2
+
 // out[rowOf[t*K+j]] = bf16(scale * x[t]) with scale = w[t*K+j] (float32) or 1: bfloat16 rows without
 // weights are copied bit for bit; otherwise the exact double product is rounded once. KEEP: plain stores
 // (the rows stay in L2 for the expert GEMM), else streaming stores.
@@ -180,22 +186,31 @@ __device__ void dispatch_bf16_body(const In* __restrict__ x, const float* __rest
     const int nc = H / N;
     for (long long t = global_warp(); t < numTokens; t += num_warps()) {
         const In* src = x + t * H;
-        for (int c = lane; c < nc; c += 32) {
-            In v[N];
-            loadN<N>(src + (long long)c * N, v);
+        for (int c0 = lane; c0 < nc; c0 += 32 * UD) {
+            In v[UD][N];
+#pragma unroll
+            for (int u = 0; u < UD; u++) {
+                const int c = c0 + 32 * u;
+                if (c < nc) loadN<N>(src + (long long)c * N, v[u]);
+            }
             for (int j = 0; j < K; j++) {
                 const long long s = t * K + j;
-                bf16_t* dst = out + (long long)rowOf[s] * H + (long long)c * N;
-                bf16_t o[N];
-                if (sizeof(In) == 2 && !w) {
+                bf16_t* dst = out + (long long)rowOf[s] * H;
+                const double sc = w ? (double)w[s] : 1.0;
 #pragma unroll
-                    for (int k = 0; k < N; k++) o[k] = (bf16_t)v[k];
-                } else {
-                    const double sc = w ? (double)w[s] : 1.0;
+                for (int u = 0; u < UD; u++) {
+                    const int c = c0 + 32 * u;
+                    if (c >= nc) continue;
+                    bf16_t o[N];
+                    if (sizeof(In) == 2 && !w) {
 #pragma unroll
-                    for (int k = 0; k < N; k++) o[k] = d2bf(sc * wide(v[k]));
+                        for (int k = 0; k < N; k++) o[k] = (bf16_t)v[u][k];
+                    } else {
+#pragma unroll
+                        for (int k = 0; k < N; k++) o[k] = d2bf(sc * wide(v[u][k]));
+                    }
+                    storeN<N>(dst + (long long)c * N, o, keep);
                 }
-                storeN<N>(dst, o, keep);
             }
         }
     }
@@ -209,22 +224,36 @@ __device__ void combine_bf16_body(const bf16_t* __restrict__ ye, const float* __
     const int lane = lane_id();
     const int nc = H / N;
     for (long long t = global_warp(); t < numTokens; t += num_warps()) {
-        for (int c = lane; c < nc; c += 32) {
-            double acc[N];
+        for (int c0 = lane; c0 < nc; c0 += 32 * UC) {
+            double acc[UC][N];
 #pragma unroll
-            for (int k = 0; k < N; k++) acc[k] = 0.0;
+            for (int u = 0; u < UC; u++)
+#pragma unroll
+                for (int k = 0; k < N; k++) acc[u][k] = 0.0;
             for (int j = 0; j < K; j++) {
                 const long long s = t * K + j;
                 const double sc = w ? (double)w[s] : 1.0;
-                bf16_t v[N];
-                loadN<N>(ye + (long long)rowOf[s] * H + (long long)c * N, v);
+                const bf16_t* src = ye + (long long)rowOf[s] * H;
+                bf16_t v[UC][N];
 #pragma unroll
-                for (int k = 0; k < N; k++) acc[k] = fma(sc, wide(v[k]), acc[k]); // the product is exact
+                for (int u = 0; u < UC; u++) {
+                    const int c = c0 + 32 * u;
+                    if (c < nc) loadN<N>(src + (long long)c * N, v[u]);
+                }
+#pragma unroll
+                for (int u = 0; u < UC; u++)
+#pragma unroll
+                    for (int k = 0; k < N; k++) acc[u][k] = fma(sc, wide(v[u][k]), acc[u][k]); // exact product
             }
-            Out o[N];
 #pragma unroll
-            for (int k = 0; k < N; k++) narrow(acc[k], &o[k]);
-            storeN<N>(out + t * H + (long long)c * N, o, false);
+            for (int u = 0; u < UC; u++) {
+                const int c = c0 + 32 * u;
+                if (c >= nc) continue;
+                Out o[N];
+#pragma unroll
+                for (int k = 0; k < N; k++) narrow(acc[u][k], &o[k]);
+                storeN<N>(out + t * H + (long long)c * N, o, false);
+            }
         }
     }
 }
@@ -241,13 +270,23 @@ __device__ void combine_gradw_bf16_body(const Dy* __restrict__ dy, const bf16_t*
         for (int j = 0; j < K; j++) {
             const bf16_t* src = ye + (long long)rowOf[t * K + j] * H;
             double acc = 0.0;
-            for (int c = lane; c < nc; c += 32) {
-                Dy gv[N];
-                bf16_t yv[N];
-                loadN<N>(g + (long long)c * N, gv);
-                loadN<N>(src + (long long)c * N, yv);
+            for (int c0 = lane; c0 < nc; c0 += 32 * UC) {
+                Dy gv[UC][N];
+                bf16_t yv[UC][N];
 #pragma unroll
-                for (int k = 0; k < N; k++) acc = fma(wide(gv[k]), wide(yv[k]), acc);
+                for (int u = 0; u < UC; u++) {
+                    const int c = c0 + 32 * u;
+                    if (c < nc) {
+                        loadN<N>(g + (long long)c * N, gv[u]);
+                        loadN<N>(src + (long long)c * N, yv[u]);
+                    }
+                }
+#pragma unroll
+                for (int u = 0; u < UC; u++) {
+                    if (c0 + 32 * u >= nc) continue;
+#pragma unroll
+                    for (int k = 0; k < N; k++) acc = fma(wide(gv[u][k]), wide(yv[u][k]), acc);
+                }
             }
             acc = warp_sum(acc);
             if (lane == 0) dw[t * K + j] = (float)acc;
