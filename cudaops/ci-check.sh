@@ -16,6 +16,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 go test -c -tags expertrt_cuda -o "$tmp/tests.test" ./tests
 go test -c -tags expertrt_cuda -o "$tmp/bench.test" ./bench
+echo "== bf16.cu emulated on the CPU against the CPU reference (go test -tags expertrt_bf16emu)"
+go test -tags expertrt_bf16emu ./cudaops/internal/bf16emu
 echo "== PTX is up to date (nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'))"
 bash cudaops/gen-ptx.sh "$tmp/ptx"
 if ! diff -r -q cudaops/ptx "$tmp/ptx"; then
