@@ -6,9 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"math"
 	"math/rand"
+	"os"
 	"testing"
 	"unsafe"
 
