@@ -19,6 +19,8 @@ const (
 	faultNonFinite   = 4
 	faultLabelRange  = 8
 	faultGradNaN     = 16
+	faultBiasNaN     = 32 // FAULT_BIAS_NONFINITE in route.cu
+	faultWeightNaN   = 64 // FAULT_WEIGHT_NAN in policies.cu
 )
 
 // faultError is a device fault: its message lists every fault code raised, and it unwraps to the ops
@@ -40,7 +42,7 @@ func newFaultError(f uint32) error {
 		errs = append(errs, ops.ErrExpertIndex)
 	}
 	if f&faultNonFinite != 0 {
-		msgs = append(msgs, "a router logits row with a NaN or +Inf, or all -Inf, reached a kernel (route or a router loss); its softmax is undefined and the results are invalid")
+		msgs = append(msgs, "a router logits row with a NaN or +Inf, or all -Inf, reached a kernel (route, routing stats or a router loss); its softmax (sigmoid scoring: a NaN, its sigmoid) is undefined and the results are invalid")
 		errs = append(errs, ops.ErrNaN)
 	}
 	if f&faultLabelRange != 0 {
@@ -51,10 +53,18 @@ func newFaultError(f uint32) error {
 		msgs = append(msgs, "a NaN or infinite gradient reached GradNormScale; the clipping factor is NaN and the optimizer step was skipped")
 		errs = append(errs, ops.ErrNaN)
 	}
+	if f&faultBiasNaN != 0 {
+		msgs = append(msgs, "a selection bias with a NaN or infinite entry reached the sigmoid router; the indices are invalid")
+		errs = append(errs, ops.ErrNaN)
+	}
+	if f&faultWeightNaN != 0 {
+		msgs = append(msgs, "a NaN routing weight reached a capacity plan with the probs drop policy; the plan is invalid")
+		errs = append(errs, ops.ErrNaN)
+	}
 	if f&faultGridBarrier != 0 {
 		msgs = append(msgs, "a grid barrier of the one-pass plan timed out (its blocks were not all resident); the plan is invalid (SetPlanMode(PlanMultiLaunch) avoids it)")
 	}
-	if rest := f &^ (faultExpertRange | faultNonFinite | faultGridBarrier | faultLabelRange | faultGradNaN); rest != 0 {
+	if rest := f &^ (faultExpertRange | faultNonFinite | faultGridBarrier | faultLabelRange | faultGradNaN | faultBiasNaN | faultWeightNaN); rest != 0 {
 		msgs = append(msgs, fmt.Sprintf("unknown fault code %#x", rest))
 	}
 	return &faultError{msg: "cudaops: device fault: " + strings.Join(msgs, "; "), errs: errs}

@@ -24,7 +24,9 @@ func TestFaultErrorSentinels(t *testing.T) {
 		{faultNonFinite, []error{ops.ErrNaN}, []error{ops.ErrExpertIndex}, []string{"NaN or +Inf, or all -Inf"}},
 		{faultExpertRange | faultNonFinite, []error{ops.ErrExpertIndex, ops.ErrNaN}, nil, []string{"expert index", "NaN"}},
 		{faultGridBarrier, nil, []error{ops.ErrNaN, ops.ErrExpertIndex}, []string{"grid barrier"}},
-		{64, nil, []error{ops.ErrNaN}, []string{"unknown fault code 0x40"}},
+		{faultBiasNaN, []error{ops.ErrNaN}, []error{ops.ErrExpertIndex}, []string{"selection bias"}},
+		{faultWeightNaN, []error{ops.ErrNaN}, []error{ops.ErrExpertIndex}, []string{"routing weight"}},
+		{256, nil, []error{ops.ErrNaN}, []string{"unknown fault code 0x100"}},
 	}
 	for _, c := range cases {
 		err := newFaultError(c.code)
@@ -69,6 +71,26 @@ func TestFaultCodesMatchKernels(t *testing.T) {
 	for name := range want {
 		if !found[name] {
 			t.Errorf("%s is not defined in common.cuh", name)
+		}
+	}
+	// Codes of one kernel family, defined in its own file.
+	for file, codes := range map[string]map[string]uint32{
+		"route.cu":    {"FAULT_BIAS_NONFINITE": faultBiasNaN},
+		"policies.cu": {"FAULT_WEIGHT_NAN": faultWeightNaN},
+	} {
+		src, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, w := range codes {
+			m := regexp.MustCompile(`(?m)^#define ` + name + ` (\d+)u`).FindStringSubmatch(string(src))
+			if m == nil {
+				t.Errorf("%s is not defined in %s", name, file)
+				continue
+			}
+			if v, _ := strconv.ParseUint(m[1], 10, 32); uint32(v) != w {
+				t.Errorf("%s = %d in %s, %d in faults.go", name, v, file, w)
+			}
 		}
 	}
 }
