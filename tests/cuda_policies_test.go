@@ -42,3 +42,11 @@ func TestCUDAPolicies(t *testing.T) {
 		}
 	}
 }
+
+// TestCUDADeepSeekV3Fixtures: the GPU's sigmoid router on transformers' DeepSeek-V3 fixtures.
+func TestCUDADeepSeekV3Fixtures(t *testing.T) {
+	b := cudaBackend(t)
+	b.SetSyncChecks(true)
+	defer b.SetSyncChecks(false)
+	runDeepSeekFixtures(t, b)
+}
