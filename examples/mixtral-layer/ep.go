@@ -74,7 +74,8 @@ func runEP(args []string) error {
 	fs.Float64Var(&f.aux, "aux-coef", 0.01, "load-balancing loss coefficient")
 	fs.Float64Var(&f.z, "z-coef", 0.001, "router z-loss coefficient")
 	fs.Uint64Var(&f.seed, "seed", 1, "seed for data, teacher and student")
-	fs.StringVar(&f.scoring, "scoring", "softmax-topk", "softmax-topk (Mixtral, renormalised) or topk-softmax")
+	fs.StringVar(&f.scoring, "scoring", "softmax-topk", "softmax-topk (Mixtral), topk-softmax or sigmoid (DeepSeek-V3)")
+	f.route.register(fs)
 	fs.StringVar(&f.dtype, "dtype", "float32", "float32 or float64")
 	fs.IntVar(&f.recvRows, "recv-rows", 0, "rows of each rank's receive buffers (0: enough for any routing)")
 	fs.BoolVar(&f.check, "check", false, "also train the single-rank layer on the same batches and compare the losses")
@@ -102,7 +103,10 @@ func runEP(args []string) error {
 		return fmt.Errorf("unknown -dtype %q (want float32 or float64)", f.dtype)
 	}
 	cfg := moe.Config{Hidden: f.hidden, FFN: f.ffn, Experts: f.experts, TopK: f.topK, Scoring: scoring,
-		Renormalize: true, AuxLossCoef: f.aux, ZLossCoef: f.z, Seed: f.seed, Dtype: dt}
+		AuxLossCoef: f.aux, ZLossCoef: f.z, Seed: f.seed, Dtype: dt}
+	if err := f.route.apply(&cfg); err != nil {
+		return err
+	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
