@@ -3,6 +3,7 @@ package tests
 import (
 	"errors"
 	"io/fs"
+	"os"
 	"testing"
 
 	"github.com/expertrt/expertrt-go/internal/dsfixture"
@@ -18,7 +19,13 @@ const deepseekDir = "fixtures/deepseek"
 // loadDeepSeekFixtures reads every case; missing fixtures fail the test with how to generate them.
 func loadDeepSeekFixtures(t *testing.T) []dsfixture.Case {
 	t.Helper()
-	cases, err := dsfixture.Load(deepseekDir)
+	dir := deepseekDir
+	if _, err := os.Stat(dir); err != nil {
+		if _, err2 := os.Stat("tests/" + deepseekDir); err2 == nil {
+			dir = "tests/" + deepseekDir // a test binary run from the repository root (gpu-check.sh)
+		}
+	}
+	cases, err := dsfixture.Load(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("%v", err)
 	}
