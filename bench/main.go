@@ -54,7 +54,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.shape.Renormalize, "renormalize", true, "softmax-topk, sigmoid: renormalise the k weights")
 	fs.IntVar(&c.shape.Groups, "groups", 0, "sigmoid: experts in this many groups (n_group; 0: none)")
 	fs.IntVar(&c.shape.TopKGroups, "topk-groups", 0, "sigmoid: groups kept per token (topk_group)")
-	fs.StringVar(&c.groupMask, "group-mask", "zero", "sigmoid: dropped groups' experts score 0 (zero) or are never chosen (exclude)")
+	fs.StringVar(&c.groupMask, "group-mask", "exclude", "sigmoid: dropped groups' experts are never chosen (exclude, transformers 5.17) or score 0 (zero, earlier transformers)")
 	fs.Float64Var(&c.shape.Scale, "scale", 0, "routing weights times this (0: 1)")
 	fs.IntVar(&c.shape.Capacity, "capacity", 0, "slots per expert of every plan (0: dropless)")
 	fs.Float64Var(&c.shape.CapacityFactor, "capacity-factor", 0, "capacity = ceil(f * T*k / E) (0: dropless)")
@@ -97,12 +97,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if c.shape.DropPolicy, err = ops.ParseDropPolicy(c.dropPolicy); err != nil {
 		return nil, err
 	}
-	switch c.groupMask {
-	case "zero":
-	case "exclude":
-		c.shape.GroupMask = ops.GroupMaskExclude
-	default:
-		return nil, fmt.Errorf("-group-mask must be zero or exclude, got %q", c.groupMask)
+	if c.shape.GroupMask, err = ops.ParseGroupMask(c.groupMask); err != nil {
+		return nil, err
 	}
 	if c.reps < 1 || c.warmup < 0 || c.threads < 0 {
 		return nil, fmt.Errorf("need -reps >= 1, -warmup >= 0, -threads >= 0")

@@ -22,8 +22,9 @@ const (
 	//	c = s + bias                            (selection only; bias [E], none when nil)
 	//	groups (Groups > 1): the E experts split into Groups equal groups of consecutive experts; a group
 	//	  scores the sum of its two largest c; the TopKGroups best groups are kept (ties to the lower
-	//	  group index); the c of every expert of a dropped group becomes 0 (GroupMaskZero, transformers)
-	//	  or -Inf (GroupMaskExclude: never chosen, DeepSeek's reference code)
+	//	  group index); the c of every expert of a dropped group becomes -Inf (GroupMaskExclude, the
+	//	  default: never chosen, as transformers 5.17 and DeepSeek's reference code) or 0
+	//	  (GroupMaskZero: earlier transformers releases)
 	//	the k largest c are chosen (ties to the lower expert index)
 	//	w_j = s[i_j] (the unbiased score), divided by (sum_j s[i_j] + 1e-20) when Renormalize
 	//	  (norm_topk_prob), times Scale (routed_scaling_factor)
@@ -64,13 +65,14 @@ func ParseScoring(s string) (Scoring, error) {
 type GroupMask int
 
 const (
-	// GroupMaskZero replaces their selection value by 0.0, as transformers' DeepseekV3 router does
-	// (masked_fill(..., 0.0)): they are still chosen before a kept expert whose value (score + bias) is
-	// negative. The default, so that results match transformers.
-	GroupMaskZero GroupMask = iota
-	// GroupMaskExclude never chooses them (a value of -Inf), as DeepSeek-V3's reference inference code
-	// and vLLM do: every chosen expert lies in a kept group.
-	GroupMaskExclude
+	// GroupMaskExclude never chooses them (their selection value becomes -Inf): every chosen expert
+	// lies in a kept group. The default: transformers 5.17's DeepseekV3TopkRouter
+	// (masked_fill(..., float("-inf"))), DeepSeek-V3's reference inference code and vLLM.
+	GroupMaskExclude GroupMask = iota
+	// GroupMaskZero replaces their selection value by 0.0, as earlier transformers releases' DeepseekV3
+	// router did (masked_fill(..., 0.0)): they are still chosen before a kept expert whose value
+	// (score + bias) is negative. For reproducing results of those releases.
+	GroupMaskZero
 )
 
 func (m GroupMask) String() string {
@@ -81,6 +83,17 @@ func (m GroupMask) String() string {
 		return "exclude"
 	}
 	return fmt.Sprintf("GroupMask(%d)", int(m))
+}
+
+// ParseGroupMask is the inverse of GroupMask.String.
+func ParseGroupMask(s string) (GroupMask, error) {
+	switch s {
+	case "exclude":
+		return GroupMaskExclude, nil
+	case "zero":
+		return GroupMaskZero, nil
+	}
+	return 0, failf(ErrConfig, "unknown group mask %q (want exclude or zero)", s)
 }
 
 // DropPolicy says which slots keep their place when an expert receives more slots than its capacity.
@@ -127,7 +140,8 @@ type RouteConfig struct {
 	// (E % Groups == 0, at least 2 experts per group) and keeps the TopKGroups (1..Groups) best groups
 	// of each token; K must not exceed the experts of the kept groups. 0 or 1: no groups.
 	Groups, TopKGroups int
-	// GroupMask: what dropped groups' experts score (GroupMaskZero, transformers' rule, by default).
+	// GroupMask: what dropped groups' experts score (by default GroupMaskExclude, transformers 5.17's
+	// rule: never chosen).
 	GroupMask GroupMask
 
 	// Scale multiplies every routing weight (routed_scaling_factor); 0 means 1. Finite and >= 0.

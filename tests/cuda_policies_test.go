@@ -19,7 +19,7 @@ func TestCUDAPolicies(t *testing.T) {
 	for _, dt := range []tensor.Dtype{tensor.Float32, tensor.Float64} {
 		for _, cfg := range []ops.RouteConfig{
 			{K: 8, Scoring: ops.Sigmoid, Renormalize: true, Groups: 8, TopKGroups: 4, Scale: 2.5},
-			{K: 8, Scoring: ops.Sigmoid, Groups: 8, TopKGroups: 4, GroupMask: ops.GroupMaskExclude},
+			{K: 8, Scoring: ops.Sigmoid, Groups: 8, TopKGroups: 4, GroupMask: ops.GroupMaskZero},
 			{K: 6, Scoring: ops.Sigmoid, Renormalize: true},
 			{K: 8, Scoring: ops.SoftmaxTopK, Renormalize: true, Scale: 1.5},
 		} {

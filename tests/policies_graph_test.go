@@ -28,7 +28,7 @@ func TestPolicyGraphGradients(t *testing.T) {
 	w2 := randVals(rng, E*F*H)
 	for _, cfg := range []ops.RouteConfig{
 		{K: K, Scoring: ops.Sigmoid, Renormalize: true, Groups: 4, TopKGroups: 2, Scale: 2.5},
-		{K: K, Scoring: ops.Sigmoid, Groups: 2, TopKGroups: 1, GroupMask: ops.GroupMaskExclude},
+		{K: K, Scoring: ops.Sigmoid, Groups: 2, TopKGroups: 1, GroupMask: ops.GroupMaskZero},
 		{K: K, Scoring: ops.Sigmoid, Renormalize: true, Capacity: 1, DropPolicy: ops.DropProbs},
 		{K: K, Scoring: ops.SoftmaxTopK, Renormalize: true, Scale: 0.5, CapacityFactor: 0.5},
 		{K: K, Scoring: ops.TopKSoftmax, Capacity: 2, DropPolicy: ops.DropPosition},

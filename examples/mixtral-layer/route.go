@@ -17,7 +17,7 @@ import (
 // The route subcommand: routing checked from files.
 //
 //	mixtral-layer route -in IN.safetensors -out OUT.safetensors -top-k K -scoring softmax-topk|topk-softmax|sigmoid
-//	    [-renormalize=true|false] [-groups G -topk-groups g] [-group-mask zero|exclude] [-scale s]
+//	    [-renormalize=true|false] [-groups G -topk-groups g] [-group-mask exclude|zero] [-scale s]
 //	    [-capacity C | -capacity-factor f] [-drop-policy position|probs] [-index-dtype I64|I32] [-device cpu|cuda]
 //
 // IN holds logits [T,E] (F32, F64 or BF16; F64 routes in float64, the others in float32) and, for the
@@ -46,7 +46,7 @@ func parseRouteFlags(args []string, stderr io.Writer) (*routeOptions, error) {
 	fs.BoolVar(&o.cfg.Renormalize, "renormalize", true, "divide the k weights by their sum (softmax-topk, sigmoid: norm_topk_prob; topk-softmax always sums to 1)")
 	fs.IntVar(&o.cfg.Groups, "groups", 0, "sigmoid: split the experts into this many groups (n_group; 0 or 1: none)")
 	fs.IntVar(&o.cfg.TopKGroups, "topk-groups", 0, "sigmoid: groups kept per token (topk_group)")
-	fs.StringVar(&mask, "group-mask", "zero", "sigmoid: dropped groups' experts score 0 (zero, transformers) or are never chosen (exclude)")
+	fs.StringVar(&mask, "group-mask", "exclude", "sigmoid: dropped groups' experts are never chosen (exclude: transformers 5.17, DeepSeek) or score 0 (zero: earlier transformers releases)")
 	fs.Float64Var(&o.cfg.Scale, "scale", 1, "weights are multiplied by this (routed_scaling_factor)")
 	fs.IntVar(&o.cfg.Capacity, "capacity", 0, "slots per expert (0: dropless)")
 	fs.Float64Var(&o.cfg.CapacityFactor, "capacity-factor", 0, "capacity = ceil(f * T*K / E) (0: dropless)")
@@ -74,13 +74,8 @@ func parseRouteFlags(args []string, stderr io.Writer) (*routeOptions, error) {
 	if o.cfg.DropPolicy, err = ops.ParseDropPolicy(policy); err != nil {
 		return nil, fmt.Errorf("route: %w", err)
 	}
-	switch mask {
-	case "zero":
-		o.cfg.GroupMask = ops.GroupMaskZero
-	case "exclude":
-		o.cfg.GroupMask = ops.GroupMaskExclude
-	default:
-		return nil, fmt.Errorf("route: unknown -group-mask %q (want zero or exclude): %w", mask, ops.ErrConfig)
+	if o.cfg.GroupMask, err = ops.ParseGroupMask(mask); err != nil {
+		return nil, fmt.Errorf("route: -group-mask: %w", err)
 	}
 	switch hf.DType(indexDtype) {
 	case hf.I64, hf.I32:

@@ -189,13 +189,13 @@ func TestRouteMatchesDeepSeekFixtures(t *testing.T) {
 				bias[i] = float64(v)
 			}
 			writeRouteInput(t, in, hf.F32, logits, c.T, c.E, bias)
-			mask := "zero"
-			if c.Mask == ops.GroupMaskExclude {
-				mask = "exclude"
-			}
-			idx, w, dropped, _, err := routeOut(t, "-in", in, "-out", out, "-scoring", "sigmoid", "-top-k", fmt.Sprint(c.K),
+			args := []string{"-in", in, "-out", out, "-scoring", "sigmoid", "-top-k", fmt.Sprint(c.K),
 				fmt.Sprintf("-renormalize=%t", c.Norm), "-groups", fmt.Sprint(c.Groups), "-topk-groups", fmt.Sprint(c.TopKGroups),
-				"-group-mask", mask, "-scale", fmt.Sprint(c.Scale))
+				"-scale", fmt.Sprint(c.Scale)}
+			if c.Mask != ops.GroupMaskExclude { // the flag's default must be what transformers does
+				args = append(args, "-group-mask", c.Mask.String())
+			}
+			idx, w, dropped, _, err := routeOut(t, args...)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -40,7 +40,7 @@ func (r *routeFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&r.renormalize, "renormalize", true, "divide the k weights by their sum (softmax-topk, sigmoid; topk-softmax always sums to 1)")
 	fs.IntVar(&r.groups, "groups", 0, "sigmoid: experts in this many groups (n_group; 0: none)")
 	fs.IntVar(&r.topKGroups, "topk-groups", 0, "sigmoid: groups kept per token (topk_group)")
-	fs.StringVar(&r.groupMask, "group-mask", "zero", "sigmoid: dropped groups' experts score 0 (zero, transformers) or are never chosen (exclude)")
+	fs.StringVar(&r.groupMask, "group-mask", "exclude", "sigmoid: dropped groups' experts are never chosen (exclude: transformers 5.17, DeepSeek) or score 0 (zero: earlier transformers releases)")
 	fs.Float64Var(&r.scale, "scale", 1, "routing weights are multiplied by this (routed_scaling_factor)")
 	fs.IntVar(&r.capacity, "capacity", 0, "slots per expert (0: dropless)")
 	fs.Float64Var(&r.capacityFactor, "capacity-factor", 0, "capacity = ceil(f * T*K / E) (0: dropless)")
@@ -52,19 +52,14 @@ func (r *routeFlags) register(fs *flag.FlagSet) {
 func (r *routeFlags) apply(cfg *moe.Config) error {
 	cfg.Renormalize = r.renormalize
 	cfg.Groups, cfg.TopKGroups = r.groups, r.topKGroups
-	switch r.groupMask {
-	case "zero":
-		cfg.GroupMask = ops.GroupMaskZero
-	case "exclude":
-		cfg.GroupMask = ops.GroupMaskExclude
-	default:
-		return fmt.Errorf("unknown -group-mask %q (want zero or exclude): %w", r.groupMask, ops.ErrConfig)
+	var err error
+	if cfg.GroupMask, err = ops.ParseGroupMask(r.groupMask); err != nil {
+		return fmt.Errorf("-group-mask: %w", err)
 	}
 	if r.scale != 1 {
 		cfg.RouteScale = r.scale
 	}
 	cfg.Capacity, cfg.CapacityFactor, cfg.BiasRate = r.capacity, r.capacityFactor, r.biasRate
-	var err error
 	cfg.DropPolicy, err = ops.ParseDropPolicy(r.dropPolicy)
 	return err
 }

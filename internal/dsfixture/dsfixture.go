@@ -42,6 +42,13 @@ type Case struct {
 	Indices    []int64   // [T,K] as transformers returns them (its top-k is unsorted)
 	Weights    []float32 // [T,K] in the order of Indices
 
+	// Recovered is set when the file's indices were unusable (written by the generator before its fix,
+	// which stored transformers 5's router_logits in their place) and Indices were rebuilt from
+	// Weights by RecoverIndices; Ambiguous counts the tokens whose rebuilding needed transformers'
+	// selection rule to choose between experts of (nearly) equal score.
+	Recovered bool
+	Ambiguous int
+
 	Transformers string        // the transformers version that wrote the file
 	Mask         ops.GroupMask // what transformers' source fills dropped groups with
 	MaskLine     string        // the masked_fill line of that source
@@ -103,11 +110,21 @@ func Load(dir string) ([]Case, error) {
 		if c.Bias, _, err = f.ReadFloat32(name + ".bias"); err != nil || len(c.Bias) != c.E {
 			return nil, fmt.Errorf("case %s: bias: %v", name, err)
 		}
-		if c.Indices, _, err = f.ReadInt64(name + ".indices"); err != nil || len(c.Indices) != c.T*c.K {
-			return nil, fmt.Errorf("case %s: indices: %v", name, err)
+		if c.Weights, shape, err = f.ReadFloat32(name + ".weights"); err != nil || len(shape) != 2 || shape[0] != c.T || shape[1] != c.K {
+			return nil, fmt.Errorf("case %s: weights of shape %v, want [%d %d]: %v", name, shape, c.T, c.K, err)
 		}
-		if c.Weights, _, err = f.ReadFloat32(name + ".weights"); err != nil || len(c.Weights) != c.T*c.K {
-			return nil, fmt.Errorf("case %s: weights: %v", name, err)
+		if c.Indices, shape, err = f.ReadInt64(name + ".indices"); err != nil {
+			return nil, fmt.Errorf("case %s: indices: %w", name, err)
+		}
+		if len(shape) != 2 || shape[0] != c.T || shape[1] != c.K || validIndices(c) != nil {
+			// The generator before its fix stored transformers 5's router_logits (cast to int64) as
+			// the indices: rebuild them from transformers' weights.
+			c.Indices, c.Recovered = nil, true
+			if c.Ambiguous, err = c.RecoverIndices(); err != nil {
+				return nil, fmt.Errorf("case %s: the indices tensor has shape %v (want [%d %d] experts in [0,%d), "+
+					"distinct per token) and cannot be rebuilt from the weights: %w; regenerate the fixtures: %s",
+					name, shape, c.T, c.K, c.E, err, HowTo)
+			}
 		}
 		cases = append(cases, c)
 	}

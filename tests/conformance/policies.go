@@ -55,8 +55,9 @@ func policyConfigs(K, E int) []ops.RouteConfig {
 //	  7 (.82) and 1 (.73). Without groups: experts 4 and 2.
 //	token B, logits [2 -5 0 0 -1 -1 -2 -2], bias -0.9 everywhere, keep 1 group, k=2: values -.02 -.89
 //	  -.40 -.40 -.63 -.63 -.78 -.78; group scores -.91 -.80 -1.26 -1.56 -> group 1 (experts 2, 3).
-//	  GroupMaskZero (transformers): the dropped experts' values become 0 > -.40, so experts 0 and 1
-//	  (a tie at 0: lower index first). GroupMaskExclude: experts 2 and 3 (a tie at -.40).
+//	  GroupMaskExclude (the default, transformers 5.17): experts 2 and 3 (a tie at -.40).
+//	  GroupMaskZero (earlier transformers): the dropped experts' values become 0 > -.40, so experts 0
+//	  and 1 (a tie at 0: lower index first).
 func (e *env) testSigmoidKnown(t *testing.T) {
 	const E = 8
 	rowA := []float64{0, 1, 2, -1, 3, -2, 0.5, 1.5}
@@ -77,9 +78,11 @@ func (e *env) testSigmoidKnown(t *testing.T) {
 			[]int32{7, 1}, []float64{1.3198324703955537, 1.1801675296044463}},
 		{"no groups", rowA, nil, ops.RouteConfig{K: 2, Scoring: ops.Sigmoid},
 			[]int32{4, 2}, []float64{1 / (1 + math.Exp(-3)), 0.8807970779778823}},
-		{"zero mask", rowB, minus, ops.RouteConfig{K: 2, Scoring: ops.Sigmoid, Groups: 4, TopKGroups: 1},
+		{"zero mask", rowB, minus, ops.RouteConfig{K: 2, Scoring: ops.Sigmoid, Groups: 4, TopKGroups: 1, GroupMask: ops.GroupMaskZero},
 			[]int32{0, 1}, []float64{0.8807970779778823, 0.0066928509242848554}},
 		{"exclude mask", rowB, minus, ops.RouteConfig{K: 2, Scoring: ops.Sigmoid, Groups: 4, TopKGroups: 1, GroupMask: ops.GroupMaskExclude},
+			[]int32{2, 3}, []float64{0.5, 0.5}},
+		{"default mask", rowB, minus, ops.RouteConfig{K: 2, Scoring: ops.Sigmoid, Groups: 4, TopKGroups: 1},
 			[]int32{2, 3}, []float64{0.5, 0.5}},
 		{"no groups, bias", rowB, minus, ops.RouteConfig{K: 2, Scoring: ops.Sigmoid},
 			[]int32{0, 2}, []float64{0.8807970779778823, 0.5}},
