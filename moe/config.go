@@ -27,14 +27,14 @@ type Config struct {
 	DropPolicy         ops.DropPolicy
 	// BiasRate > 0 (Sigmoid only) gives the layer a selection bias [E] (zero at first) for aux-loss-free
 	// balancing: Layer.UpdateBias adds BiasRate * sign(mean load - load) after each step. Finite, >= 0.
+	BiasRate    float64
 	AuxLossCoef float64 // load-balancing loss coefficient, finite and >= 0; 0 leaves the node out
 	ZLossCoef   float64 // router z-loss coefficient, finite and >= 0; 0 leaves the node out
 	// Seed of the weight initialisation (NewLayer). 0: every layer added to a graph draws from its own
 	// stream (the graph's n-th layer from stream n), so two layers of one graph differ while the same
 	// program gives the same weights on every run. Non-zero: exactly this seed, so the same Config gives
 	// the same weights in any graph.
-	BiasRate float64
-	Seed     uint64
+	Seed uint64
 	// Dtype is tensor.Float32 or tensor.Float64; the zero value means float32.
 	Dtype tensor.Dtype
 	// Backend holds the layer's parameters: nil or ops.CPU() keeps them in host memory; a device backend
