@@ -32,6 +32,8 @@ type config struct {
 	cpuProfile     string
 	gemmVariants   string
 	dtype, scoring string
+	groupMask      string
+	dropPolicy     string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -48,8 +50,15 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.shape.FFN, "ffn", 0, "grouped matmul output width F (0: same as -hidden)")
 	fs.BoolVar(&c.shape.Skew, "skew", false, "routing: half the tokens go to expert 0 (a skewed load)")
 	fs.StringVar(&c.dtype, "dtype", "float32", "float32 or float64")
-	fs.StringVar(&c.scoring, "scoring", "softmax-topk", "routing: softmax-topk or topk-softmax")
-	fs.BoolVar(&c.shape.Renormalize, "renormalize", true, "softmax-topk: renormalise the k weights (Mixtral)")
+	fs.StringVar(&c.scoring, "scoring", "softmax-topk", "routing: softmax-topk, topk-softmax or sigmoid (with a random selection bias)")
+	fs.BoolVar(&c.shape.Renormalize, "renormalize", true, "softmax-topk, sigmoid: renormalise the k weights")
+	fs.IntVar(&c.shape.Groups, "groups", 0, "sigmoid: experts in this many groups (n_group; 0: none)")
+	fs.IntVar(&c.shape.TopKGroups, "topk-groups", 0, "sigmoid: groups kept per token (topk_group)")
+	fs.StringVar(&c.groupMask, "group-mask", "exclude", "sigmoid: dropped groups' experts are never chosen (exclude, transformers 5.17) or score 0 (zero, earlier transformers)")
+	fs.Float64Var(&c.shape.Scale, "scale", 0, "routing weights times this (0: 1)")
+	fs.IntVar(&c.shape.Capacity, "capacity", 0, "slots per expert of every plan (0: dropless)")
+	fs.Float64Var(&c.shape.CapacityFactor, "capacity-factor", 0, "capacity = ceil(f * T*k / E) (0: dropless)")
+	fs.StringVar(&c.dropPolicy, "drop-policy", "position", "over capacity keep the first slots (position) or the largest weights (probs)")
 	fs.Uint64Var(&c.shape.Seed, "seed", 1, "seed of the random inputs")
 	fs.StringVar(&c.deviceName, "device", "cpu", "device: "+strings.Join(deviceNames(), ", "))
 	fs.IntVar(&c.reps, "reps", 20, "timed repetitions (the median is reported)")
@@ -83,6 +92,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	var err error
 	if c.shape.Scoring, err = ops.ParseScoring(c.scoring); err != nil {
+		return nil, err
+	}
+	if c.shape.DropPolicy, err = ops.ParseDropPolicy(c.dropPolicy); err != nil {
+		return nil, err
+	}
+	if c.shape.GroupMask, err = ops.ParseGroupMask(c.groupMask); err != nil {
 		return nil, err
 	}
 	if c.reps < 1 || c.warmup < 0 || c.threads < 0 {
@@ -148,6 +163,13 @@ func run(c *config, stdout io.Writer) error {
 			}
 			r := newResult(spec.name, dev, c.shape, wl, t, c.warmup)
 			r.GemmVariant = v
+			if wl.diag {
+				st, err := e.diagnostics()
+				if err != nil {
+					return fmt.Errorf("%s: diagnostics: %w", spec.name, err)
+				}
+				r.setDiagnostics(c.shape, st)
+			}
 			results = append(results, r)
 			if !c.jsonOut {
 				printText(stdout, r)

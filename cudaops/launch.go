@@ -34,10 +34,6 @@ func (d *Device) launch(name string, cfg launchCfg, args ...arg) error {
 	return d.do(func() error { return d.launchLocked(name, cfg.grid, 1, cfg.block, 1, cfg.smem, args...) })
 }
 
-func (d *Device) launch2D(name string, gx, gy, bx, by int, args ...arg) error {
-	return d.do(func() error { return d.launchLocked(name, gx, gy, bx, by, 0, args...) })
-}
-
 func (d *Device) launchLocked(name string, gx, gy, bx, by, smem int, args ...arg) error {
 	fn, ok := d.fns[name]
 	if !ok {

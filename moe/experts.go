@@ -26,12 +26,14 @@ func RouterLogits(x, router *G.Node) (*G.Node, error) {
 }
 
 // RouteTokens is the token side of a layer: logits = RouterLogits(x, router) [T,E], the routing of
-// ops.Route(logits, cfg), and x's rows packed expert-major by ops.Dispatch [T*K,H].
-func RouteTokens(x, router *G.Node, cfg ops.RouteConfig) (logits *G.Node, r *ops.Routing, packed *G.Node, err error) {
+// ops.RouteBiased(logits, bias, cfg) (bias [E] is the optional selection bias of Sigmoid scoring; nil
+// routes as ops.Route), and x's rows packed expert-major by ops.Dispatch [T*K,H] (under a capacity, the
+// rows of dropped slots are zero).
+func RouteTokens(x, router, bias *G.Node, cfg ops.RouteConfig) (logits *G.Node, r *ops.Routing, packed *G.Node, err error) {
 	if logits, err = RouterLogits(x, router); err != nil {
 		return nil, nil, nil, err
 	}
-	if r, err = ops.Route(logits, cfg); err != nil {
+	if r, err = ops.RouteBiased(logits, bias, cfg); err != nil {
 		return nil, nil, nil, err
 	}
 	if packed, err = ops.Dispatch(x, r); err != nil {
