@@ -34,6 +34,7 @@ type config struct {
 	dtype, scoring string
 	groupMask      string
 	dropPolicy     string
+	layer          layerFlags // whole-layer ops (layer.go)
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -41,7 +42,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.SetOutput(stderr)
 	c := &config{}
 	var opList string
-	fs.StringVar(&opList, "op", "dispatch", "op(s) to time, comma-separated: "+strings.Join(opNames(), ", "))
+	fs.StringVar(&opList, "op", "dispatch", "op(s) to time, comma-separated: "+strings.Join(append(opNames(), layerOpNames()...), ", "))
 	fs.BoolVar(&c.backward, "backward", false, "time the backward variant (-bwd) of each op")
 	fs.IntVar(&c.shape.Tokens, "tokens", 4096, "tokens T")
 	fs.IntVar(&c.shape.Hidden, "hidden", 4096, "hidden size H")
@@ -67,6 +68,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.jsonOut, "json", false, "print one JSON object")
 	fs.BoolVar(&c.rowCopy, "rowcopy", false, "also time a row-by-row copy (diagnostic, CPU)")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the timed repetitions to this file")
+	c.layer.register(fs)
 	fs.StringVar(&c.gemmVariants, "gemm-variants", "", "time every op once per GEMM tile configuration: a comma-separated list, or all (the device's configurations of the dtype's class)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -108,6 +110,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 
 // run executes the benchmarks of c and writes their report to stdout.
 func run(c *config, stdout io.Writer) error {
+	if hasLayerOp(c.ops) {
+		return runLayerOps(c, stdout)
+	}
 	if c.threads > 0 {
 		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(c.threads))
 	}

@@ -2,10 +2,13 @@
 # Runs the GPU checks and benchmarks on a machine with an NVIDIA GPU, from prebuilt binaries:
 #   go test -c -tags expertrt_cuda -o .devbin/tests.test ./tests
 #   go build -tags expertrt_cuda -o .devbin/bench ./bench
-# Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck engine train policies bench
-# torch ncu gemm gemm-full (gemm: the GEMM kernels' tests, sanitizers, bench with a sweep of every tile
+#   go build -tags expertrt_cuda -o .devbin/mixtral-layer ./examples/mixtral-layer   (stage train: HF parity)
+# Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck engine train layer policies
+# bench torch ncu gemm gemm-full (gemm: the GEMM kernels' tests, sanitizers, bench with a sweep of every tile
 # configuration and the PyTorch baseline, about 4 minutes; gemm-full: every GEMM test case on every
-# configuration; policies: the routing policies' tests, sanitizers and GPU target, about 3 minutes).
+# configuration; train and layer: the whole-layer training acceptance tests and the whole-layer benchmarks
+# against PyTorch, about 3 minutes together; policies: the routing policies' tests, sanitizers and GPU
+# target, about 3 minutes).
 # Logs go to $OUT (default ./gpu-out), at most one file per stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,10 +48,33 @@ for stage in "$@"; do
       timeout 120 compute-sanitizer --tool synccheck $T -test.run 'TestCUDAEngine$/(Sum|Determinism)$|TestCUDATraining$/(MSE|CrossEntropy|GradNormScale)$' -test.short 2>&1 | tee -a "$OUT/engine-racecheck.log" | grep -E 'SUMMARY|^(ok|PASS|FAIL)' | tail -5
       ;;
     train)
-      # Whole-layer training through ops.Trainer on the GPU against the CPU (needs the CUDA ops.MatMul:
-      # until it lands these fail with ErrUnsupported), device memory after step 10 and step 200, and
-      # zero-element operands.
-      timeout 240 $T -test.run 'TestCUDATrainLayerMatchesCPU|TestCUDATrainLayerMemory|TestCUDAZeroElementOperands' -test.v -test.count=1 2>&1 | tee "$OUT/train.log" | grep -E '^(--- |ok|PASS|FAIL)|^    --- |in use after|100 steps|after one step|panic|_test.go:[0-9]+:' | tail -40
+      # Whole-layer training on the GPU against the CPU (issue 7): one Adam step (parameters within 1e-4 /
+      # 1e-10) and 100-step loss curves through ops.Trainer; every gradient of the training graph (input,
+      # router, W1, W3, W2; normwise 1e-4 / 1e-10); no host synchronisation inside a step (device counters);
+      # kernel timing; device memory after step 10 and step 200; zero-element operands. Then HF parity of
+      # the forward and grad subcommands with -device cuda (run from tests/, where the fixtures are).
+      timeout 200 $T -test.run 'TestCUDATrainLayerMatchesCPU|TestCUDALayerGradientsMatchCPU|TestCUDATrainStepHostSyncs|TestCUDAHostWaitCounts|TestCUDAKernelTiming|TestCUDATrainLayerMemory|TestCUDAZeroElementOperands' -test.v -test.count=1 2>&1 | tee "$OUT/train.log" | grep -E '^(--- |ok|PASS|FAIL)|^    --- FAIL|in use after|100 steps|after one step|host synchronisations|panic|_test.go:[0-9]+: .*(differ|want|tie|implausible)' | tail -45
+      if [ -x .devbin/mixtral-layer ]; then
+        (cd tests && EXPERTRT_PARITY_DEVICE=cuda EXPERTRT_MIXTRAL_LAYER_BIN="$(pwd)/../.devbin/mixtral-layer" timeout 150 "../$T" -test.run 'TestHFParityForwardAndGrad$' -test.v -test.count=1) 2>&1 | tee "$OUT/train-hf.log" | grep -E '^(--- |ok|PASS|FAIL)|^    --- |-device|worst error|panic' | tail -24
+      else
+        echo "HF parity with -device cuda NOT run: build .devbin/mixtral-layer with -tags expertrt_cuda"
+      fi
+      ;;
+    layer)
+      # Whole-layer benchmarks (issue 7): layer, layer-bwd, train-step of the moe layer graph at T=4096 and
+      # 16384 (H=1024, F=3584, E=8, k=2, fp32, TF32 off) with the per-kernel breakdown, T=4096 again with
+      # TF32, PyTorch's MixtralSparseMoeBlock on the same card in the same run, and the comparison table.
+      L="$OUT/layer"; mkdir -p "$L"; : > "$L/bench.jsonl"
+      LSHAPE="-hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 20 -warmup 3 -kernel-reps 5 -json"
+      for tok in 4096 16384; do
+        timeout 150 $B -device cuda -op layer,layer-bwd,train-step -tokens $tok $LSHAPE >> "$L/bench.jsonl" 2> "$L/bench-$tok.err" || echo "layer bench failed at T=$tok: $(tail -3 "$L/bench-$tok.err")"
+      done
+      EXPERTRT_GEMM_TF32=1 timeout 100 $B -device cuda -op layer,layer-bwd,train-step -tokens 4096 $LSHAPE >> "$L/bench.jsonl" 2> "$L/bench-tf32.err" || echo "layer bench (TF32) failed: $(tail -3 "$L/bench-tf32.err")"
+      timeout 150 python3 bench/pytorch_layer.py --tokens 4096,16384 --reps 20 --warmup 5 --json "$L/torch.json" > "$L/torch.log" 2>&1 || echo "torch baseline failed: $(tail -3 "$L/torch.log")"
+      timeout 90 python3 bench/pytorch_layer.py --tokens 4096 --tf32 --reps 20 --warmup 5 --json "$L/torch-tf32.json" > "$L/torch-tf32.log" 2>&1 || echo "torch TF32 baseline failed: $(tail -3 "$L/torch-tf32.log")"
+      TJ="--torch $L/torch.json"; [ -s "$L/torch-tf32.json" ] && TJ="$TJ --torch $L/torch-tf32.json"
+      python3 bench/compare_layer.py "$L/bench.jsonl" $TJ --kernels 2>&1 | tee "$L/compare.txt"
+      python3 bench/compare_layer.py "$L/bench.jsonl" $TJ --markdown > "$L/compare.md" 2>&1
       ;;
     policies)
       # Routing policies (route.cu's sigmoid router, policies.cu, the drop-aware permute kernels): the

@@ -459,11 +459,17 @@ func (d *Device) fill(p cu.DevicePtr, n, width int64, bits uint64) error {
 	}
 	switch width {
 	case 1:
-		return d.do(func() error { return cu.MemsetD8Async(p, byte(bits), n, d.stream) })
+		return d.do(func() error {
+			return d.timedLocked(FamilyMemset, func() error { return cu.MemsetD8Async(p, byte(bits), n, d.stream) })
+		})
 	case 2:
-		return d.do(func() error { return cu.MemsetD16Async(p, uint16(bits), n, d.stream) })
+		return d.do(func() error {
+			return d.timedLocked(FamilyMemset, func() error { return cu.MemsetD16Async(p, uint16(bits), n, d.stream) })
+		})
 	case 4:
-		return d.do(func() error { return cu.MemsetD32Async(p, uint(uint32(bits)), n, d.stream) })
+		return d.do(func() error {
+			return d.timedLocked(FamilyMemset, func() error { return cu.MemsetD32Async(p, uint(uint32(bits)), n, d.stream) })
+		})
 	case 8:
 		return d.launch("fill_u64", d.flatGrid(n), ptrArg(p), i64(n), arg(bits))
 	}
@@ -475,11 +481,11 @@ func (d *Device) copyHtoD(dst cu.DevicePtr, src unsafe.Pointer, n int64) error {
 		return nil
 	}
 	return d.do(func() error {
-		if err := cu.MemcpyHtoDAsync(dst, src, n, d.stream); err != nil {
+		if err := d.timedLocked(FamilyCopyHtoD, func() error { return cu.MemcpyHtoDAsync(dst, src, n, d.stream) }); err != nil {
 			return fmt.Errorf("cudaops: copy %d bytes host->device: %w", n, err)
 		}
 		// Pageable source: wait so that the Go memory may change as soon as we return.
-		if err := d.stream.Synchronize(); err != nil {
+		if err := d.streamSyncLocked(); err != nil {
 			return fmt.Errorf("cudaops: copy %d bytes host->device: %w", n, err)
 		}
 		return nil
@@ -490,11 +496,12 @@ func (d *Device) copyHtoD(dst cu.DevicePtr, src unsafe.Pointer, n int64) error {
 func (d *Device) copyDtoH(dst unsafe.Pointer, src cu.DevicePtr, n int64) error {
 	return d.do(func() error {
 		if n > 0 {
-			if err := cu.MemcpyDtoHAsync(dst, src, n, d.stream); err != nil {
+			d.waits.reads.Add(1)
+			if err := d.timedLocked(FamilyCopyDtoH, func() error { return cu.MemcpyDtoHAsync(dst, src, n, d.stream) }); err != nil {
 				return fmt.Errorf("cudaops: copy %d bytes device->host: %w", n, err)
 			}
 		}
-		if err := d.stream.Synchronize(); err != nil {
+		if err := d.streamSyncLocked(); err != nil {
 			return fmt.Errorf("cudaops: copy %d bytes device->host: %w", n, err)
 		}
 		return d.checkFaultLocked()
@@ -506,7 +513,7 @@ func (d *Device) copyDtoD(dst, src cu.DevicePtr, n int64) error {
 		return nil
 	}
 	return d.do(func() error {
-		if err := cu.MemcpyDtoDAsync(dst, src, n, d.stream); err != nil {
+		if err := d.timedLocked(FamilyCopyDtoD, func() error { return cu.MemcpyDtoDAsync(dst, src, n, d.stream) }); err != nil {
 			return fmt.Errorf("cudaops: copy %d bytes device->device: %w", n, err)
 		}
 		return nil

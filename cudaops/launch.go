@@ -54,7 +54,20 @@ func (d *Device) launchLocked(name string, gx, gy, bx, by, smem int, args ...arg
 		slots[i] = uint64(a)
 		params[i] = unsafe.Pointer(&slots[i])
 	}
-	if err := fn.Launch(gx, gy, 1, bx, by, 1, smem, d.stream, params); err != nil {
+	mark := -1
+	if d.ktimer != nil {
+		var err error
+		if mark, err = d.timedBeginLocked(kernelFamily(name)); err != nil {
+			return err
+		}
+	}
+	err := fn.Launch(gx, gy, 1, bx, by, 1, smem, d.stream, params)
+	if mark >= 0 {
+		if e := d.timedEndLocked(mark); err == nil {
+			err = e
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("cudaops: launching %s grid=(%d,%d) block=(%d,%d) smem=%d: %w", name, gx, gy, bx, by, smem, err)
 	}
 	return nil

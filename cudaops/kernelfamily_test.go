@@ -1,0 +1,32 @@
+package cudaops
+
+import "testing"
+
+func TestKernelFamily(t *testing.T) {
+	for name, want := range map[string]string{
+		"combine_bwd_f32_v4":     "combine_bwd",
+		"dispatch_f64_v2":        "dispatch",
+		"ew_add_f32":             "ew_add",
+		"route_weights_grad_f64": "route_weights_grad",
+		"plan_scan":              "plan_scan",
+		"fill_u64":               "fill",
+		"copy2d_u8":              "copy2d",
+		"spin_ns":                "spin_ns",
+		"f32":                    "f32",
+		"norm_scale_finish":      "norm_scale_finish",
+	} {
+		if got := kernelFamily(name); got != want {
+			t.Errorf("kernelFamily(%q) = %q, want %q", name, got, want)
+		}
+	}
+	for _, f := range []string{FamilyMatMul, FamilyGroupedMatMul, FamilyGroupedGradW} {
+		if !IsMatMulFamily(f) {
+			t.Errorf("%q is not a matmul family", f)
+		}
+	}
+	for _, f := range []string{"swiglu", FamilyCopyDtoD, "dispatch", ""} {
+		if IsMatMulFamily(f) {
+			t.Errorf("%q counted as a matmul family", f)
+		}
+	}
+}
