@@ -95,6 +95,28 @@ func benchOp(b *testing.B, op string, shapeOf func(tensor.Dtype) shape) {
 	}
 }
 
+// deepseekShape is the GPU target's routing size: T=4096, E=256, k=8; sigmoid with a bias, 8 groups
+// of which 4 are kept, normalised, scaled by 2.5 (DeepSeek-V3). softmaxE256Shape is the same size
+// under Mixtral's softmax routing, the target's reference (sigmoid within 1.5x of it).
+func deepseekShape(dt tensor.Dtype) shape {
+	return shape{Tokens: 4096, Hidden: 1, Experts: 256, TopK: 8, Dtype: dt, Scoring: ops.Sigmoid, Renormalize: true,
+		Groups: 8, TopKGroups: 4, Scale: 2.5, Seed: 1}
+}
+
+func softmaxE256Shape(dt tensor.Dtype) shape {
+	return shape{Tokens: 4096, Hidden: 1, Experts: 256, TopK: 8, Dtype: dt, Scoring: ops.SoftmaxTopK, Renormalize: true, Seed: 1}
+}
+
+// capacityShape: the routing benchmarks' size with a capacity factor of 1.25 and the probs policy.
+func capacityShape(dt tensor.Dtype) shape {
+	s := routeShape(dt)
+	s.CapacityFactor, s.DropPolicy = 1.25, ops.DropProbs
+	return s
+}
+
+func BenchmarkRouteSigmoidGrouped(b *testing.B)          { benchOp(b, "route", deepseekShape) }
+func BenchmarkRouteSoftmaxE256(b *testing.B)             { benchOp(b, "route", softmaxE256Shape) }
+func BenchmarkCapacityPlan(b *testing.B)                 { benchOp(b, "plan", capacityShape) }
 func BenchmarkRoute(b *testing.B)                        { benchOp(b, "route", routeShape) }
 func BenchmarkRouteBackward(b *testing.B)                { benchOp(b, "route-bwd", routeShape) }
 func BenchmarkPlan(b *testing.B)                         { benchOp(b, "plan", routeShape) }

@@ -19,6 +19,14 @@ type shape struct {
 	Scoring                       ops.Scoring
 	Renormalize                   bool
 	Seed                          uint64
+	// Routing policies (ops.RouteConfig): Sigmoid routes with a random selection bias; a capacity
+	// makes every plan of the workloads a capacity plan.
+	Groups, TopKGroups int
+	GroupMask          ops.GroupMask
+	Scale              float64
+	Capacity           int
+	CapacityFactor     float64
+	DropPolicy         ops.DropPolicy
 }
 
 func (s shape) validate() error {
@@ -32,7 +40,8 @@ func (s shape) validate() error {
 	case s.Dtype != tensor.Float32 && s.Dtype != tensor.Float64 && s.Dtype != ops.BFloat16:
 		return fmt.Errorf("dtype must be float32, float64 or bfloat16 (got %v)", s.Dtype)
 	}
-	return nil
+	_, err := s.route().CapacityFor(s.Tokens, s.Experts)
+	return err
 }
 
 func (s shape) ffn() int {
@@ -43,7 +52,14 @@ func (s shape) ffn() int {
 }
 
 func (s shape) route() ops.RouteConfig {
-	return ops.RouteConfig{K: s.TopK, Scoring: s.Scoring, Renormalize: s.Renormalize}
+	return ops.RouteConfig{K: s.TopK, Scoring: s.Scoring, Renormalize: s.Renormalize, Groups: s.Groups, TopKGroups: s.TopKGroups,
+		GroupMask: s.GroupMask, Scale: s.Scale, Capacity: s.Capacity, CapacityFactor: s.CapacityFactor, DropPolicy: s.DropPolicy}
+}
+
+// capacity is the slots per expert of the workloads' plans (0: dropless).
+func (s shape) capacity() int {
+	c, _ := s.route().CapacityFor(s.Tokens, s.Experts) // validated by validate
+	return c
 }
 
 // workload is one prepared benchmark: a call to time and the bytes it must move at the least.
@@ -61,6 +77,8 @@ type workload struct {
 	// whose output is too small to give a meaningful copy).
 	copyRows, copyMinRows int
 	copyBytes             int64
+	// diag: the op routes, so the report carries the routing diagnostics of the env's routing.
+	diag bool
 }
 
 // opSpec describes one -op value.
@@ -135,9 +153,9 @@ type env struct {
 	b   ops.Backend
 	rng *rand.Rand
 
-	logits, idx, w, plan *tensor.Dense
-	tensors              map[string]*tensor.Dense
-	owned                []*tensor.Dense // everything allocated, for Close
+	logits, bias, idx, w, plan *tensor.Dense
+	tensors                    map[string]*tensor.Dense
+	owned                      []*tensor.Dense // everything allocated, for Close
 }
 
 func newEnv(dev device, s shape) (*env, error) {
@@ -226,7 +244,7 @@ func (e *env) Close() error {
 			}
 		}
 	}
-	e.owned, e.tensors, e.logits, e.idx, e.w, e.plan = nil, map[string]*tensor.Dense{}, nil, nil, nil, nil
+	e.owned, e.tensors, e.logits, e.bias, e.idx, e.w, e.plan = nil, map[string]*tensor.Dense{}, nil, nil, nil, nil, nil
 	return first
 }
 
@@ -258,6 +276,11 @@ func (e *env) routing() error {
 	if err != nil {
 		return fmt.Errorf("logits: %w", err)
 	}
+	if s.Scoring == ops.Sigmoid {
+		if e.bias, err = e.randomAs(e.wdt(), 0.05, s.Experts); err != nil {
+			return fmt.Errorf("bias: %w", err)
+		}
+	}
 	if e.idx, err = e.alloc(tensor.Int32, s.Tokens, s.TopK); err != nil {
 		return err
 	}
@@ -270,28 +293,59 @@ func (e *env) routing() error {
 	if err := e.route(e.logits, e.idx, e.w); err != nil {
 		return fmt.Errorf("route: %w", err)
 	}
-	if err := e.b.Plan(e.idx, s.Experts, e.plan); err != nil {
+	if err := e.makePlan(e.idx, e.w, e.plan); err != nil {
 		return fmt.Errorf("plan: %w", err)
 	}
 	return nil
 }
 
-// fusedRouter is implemented by backends that compute indices and weights in one kernel (the CUDA
-// backend's Route). The route workloads use it when present, RouteIndices + RouteWeights otherwise.
-type fusedRouter interface {
-	Route(logits *tensor.Dense, cfg ops.RouteConfig, idx, w *tensor.Dense) error
+// makePlan builds the plan of idx (a capacity plan when the shape has a capacity; the probs policy
+// ranks by w).
+func (e *env) makePlan(idx, w, plan *tensor.Dense) error {
+	c := e.s.capacity()
+	if c == 0 {
+		return e.b.Plan(idx, e.s.Experts, plan)
+	}
+	if e.s.DropPolicy != ops.DropProbs {
+		w = nil
+	}
+	return e.b.CapacityPlan(idx, w, e.s.Experts, c, e.s.DropPolicy, plan)
 }
 
-// route writes indices and weights of logits with the backend's fastest path.
+// fusedRouter is implemented by backends that compute indices and weights in one kernel (the CUDA
+// backend's RouteBiased). The route workloads use it when present, RouteIndicesBias + RouteWeights
+// otherwise.
+type fusedRouter interface {
+	RouteBiased(logits, bias *tensor.Dense, cfg ops.RouteConfig, idx, w *tensor.Dense) error
+}
+
+// route writes indices and weights of logits with the backend's fastest path (with the env's bias
+// under sigmoid scoring).
 func (e *env) route(logits, idx, w *tensor.Dense) error {
 	cfg := e.s.route()
 	if f, ok := e.b.(fusedRouter); ok {
-		return f.Route(logits, cfg, idx, w)
+		return f.RouteBiased(logits, e.bias, cfg, idx, w)
 	}
-	if err := e.b.RouteIndices(logits, cfg, idx); err != nil {
+	if err := e.b.RouteIndicesBias(logits, e.bias, cfg, idx); err != nil {
 		return err
 	}
 	return e.b.RouteWeights(logits, idx, cfg, w)
+}
+
+// diagnostics returns the routing diagnostics of the env's routing (computed on the device, read on
+// the host).
+func (e *env) diagnostics() (ops.RoutingStats, error) {
+	if err := e.routing(); err != nil {
+		return ops.RoutingStats{}, err
+	}
+	st, err := e.alloc(tensor.Float64, ops.RouteStatsLen(e.s.Experts))
+	if err != nil {
+		return ops.RoutingStats{}, err
+	}
+	if err := e.b.RouteStats(e.logits, e.plan, e.s.route(), st); err != nil {
+		return ops.RoutingStats{}, err
+	}
+	return ops.ReadRoutingStats(st, e.s.Tokens, e.s.TopK)
 }
 
 // out allocates an output tensor of the env's float dtype.
@@ -312,6 +366,7 @@ func prepareRoute(e *env) (*workload, error) {
 	}
 	wl := routeCost(e)
 	wl.run = func() error { return e.route(e.logits, idx, w) }
+	wl.diag = true
 	return wl, nil
 }
 
@@ -343,7 +398,8 @@ func preparePlan(e *env) (*workload, error) {
 		return nil, err
 	}
 	wl := planCost(e)
-	wl.run = func() error { return e.b.Plan(e.idx, s.Experts, plan) }
+	wl.run = func() error { return e.makePlan(e.idx, e.w, plan) }
+	wl.diag = true
 	return wl, nil
 }
 
@@ -670,10 +726,12 @@ func prepareE2E(e *env) (*workload, error) {
 	}
 	route, pl, disp, comb := routeCost(e), planCost(e), dispatchCost(e), combineCost(e)
 	route.run = func() error { return e.route(e.logits, idx, w) }
-	pl.run = func() error { return e.b.Plan(idx, s.Experts, plan) }
+	pl.run = func() error { return e.makePlan(idx, w, plan) }
 	disp.run = func() error { return e.b.Dispatch(x, nil, plan, packed) }
 	comb.run = func() error { return e.b.Combine(packed, w, plan, y) }
-	return sequence(route, pl, disp, comb), nil
+	wl := sequence(route, pl, disp, comb)
+	wl.diag = true
+	return wl, nil
 }
 
 // prepareE2EBwd is the backward of e2e with identity experts: combine backward (d expert outputs

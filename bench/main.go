@@ -32,6 +32,9 @@ type config struct {
 	cpuProfile     string
 	gemmVariants   string
 	dtype, scoring string
+	groupMask      string
+	dropPolicy     string
+	layer          layerFlags // whole-layer ops (layer.go)
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -39,7 +42,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.SetOutput(stderr)
 	c := &config{}
 	var opList string
-	fs.StringVar(&opList, "op", "dispatch", "op(s) to time, comma-separated: "+strings.Join(opNames(), ", "))
+	fs.StringVar(&opList, "op", "dispatch", "op(s) to time, comma-separated: "+strings.Join(append(opNames(), layerOpNames()...), ", "))
 	fs.BoolVar(&c.backward, "backward", false, "time the backward variant (-bwd) of each op")
 	fs.IntVar(&c.shape.Tokens, "tokens", 4096, "tokens T")
 	fs.IntVar(&c.shape.Hidden, "hidden", 4096, "hidden size H")
@@ -48,8 +51,15 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.shape.FFN, "ffn", 0, "grouped matmul output width F (0: same as -hidden)")
 	fs.BoolVar(&c.shape.Skew, "skew", false, "routing: half the tokens go to expert 0 (a skewed load)")
 	fs.StringVar(&c.dtype, "dtype", "float32", "float32, float64, or bfloat16 (rows bfloat16; logits, routing weights and expert-weight gradients float32)")
-	fs.StringVar(&c.scoring, "scoring", "softmax-topk", "routing: softmax-topk or topk-softmax")
-	fs.BoolVar(&c.shape.Renormalize, "renormalize", true, "softmax-topk: renormalise the k weights (Mixtral)")
+	fs.StringVar(&c.scoring, "scoring", "softmax-topk", "routing: softmax-topk, topk-softmax or sigmoid (with a random selection bias)")
+	fs.BoolVar(&c.shape.Renormalize, "renormalize", true, "softmax-topk, sigmoid: renormalise the k weights")
+	fs.IntVar(&c.shape.Groups, "groups", 0, "sigmoid: experts in this many groups (n_group; 0: none)")
+	fs.IntVar(&c.shape.TopKGroups, "topk-groups", 0, "sigmoid: groups kept per token (topk_group)")
+	fs.StringVar(&c.groupMask, "group-mask", "exclude", "sigmoid: dropped groups' experts are never chosen (exclude, transformers 5.17) or score 0 (zero, earlier transformers)")
+	fs.Float64Var(&c.shape.Scale, "scale", 0, "routing weights times this (0: 1)")
+	fs.IntVar(&c.shape.Capacity, "capacity", 0, "slots per expert of every plan (0: dropless)")
+	fs.Float64Var(&c.shape.CapacityFactor, "capacity-factor", 0, "capacity = ceil(f * T*k / E) (0: dropless)")
+	fs.StringVar(&c.dropPolicy, "drop-policy", "position", "over capacity keep the first slots (position) or the largest weights (probs)")
 	fs.Uint64Var(&c.shape.Seed, "seed", 1, "seed of the random inputs")
 	fs.StringVar(&c.deviceName, "device", "cpu", "device: "+strings.Join(deviceNames(), ", "))
 	fs.IntVar(&c.reps, "reps", 20, "timed repetitions (the median is reported)")
@@ -58,6 +68,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.jsonOut, "json", false, "print one JSON object")
 	fs.BoolVar(&c.rowCopy, "rowcopy", false, "also time a row-by-row copy (diagnostic, CPU)")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the timed repetitions to this file")
+	c.layer.register(fs)
 	fs.StringVar(&c.gemmVariants, "gemm-variants", "", "time every op once per GEMM tile configuration: a comma-separated list, or all (the device's configurations of the dtype's class)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -87,6 +98,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if c.shape.Scoring, err = ops.ParseScoring(c.scoring); err != nil {
 		return nil, err
 	}
+	if c.shape.DropPolicy, err = ops.ParseDropPolicy(c.dropPolicy); err != nil {
+		return nil, err
+	}
+	if c.shape.GroupMask, err = ops.ParseGroupMask(c.groupMask); err != nil {
+		return nil, err
+	}
 	if c.reps < 1 || c.warmup < 0 || c.threads < 0 {
 		return nil, fmt.Errorf("need -reps >= 1, -warmup >= 0, -threads >= 0")
 	}
@@ -95,6 +112,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 
 // run executes the benchmarks of c and writes their report to stdout.
 func run(c *config, stdout io.Writer) error {
+	if hasLayerOp(c.ops) {
+		return runLayerOps(c, stdout)
+	}
 	if c.threads > 0 {
 		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(c.threads))
 	}
@@ -150,6 +170,13 @@ func run(c *config, stdout io.Writer) error {
 			}
 			r := newResult(spec.name, dev, c.shape, wl, t, c.warmup)
 			r.GemmVariant = v
+			if wl.diag {
+				st, err := e.diagnostics()
+				if err != nil {
+					return fmt.Errorf("%s: diagnostics: %w", spec.name, err)
+				}
+				r.setDiagnostics(c.shape, st)
+			}
 			results = append(results, r)
 			if !c.jsonOut {
 				printText(stdout, r)

@@ -151,7 +151,11 @@ func TestBadFlags(t *testing.T) {
 		{"-tokens", "0"},
 		{"-op", ""},
 		{"-reps", "0"},
-		{"-scoring", "sigmoid"},
+		{"-scoring", "argmax"},
+		{"-scoring", "sigmoid", "-groups", "3", "-topk-groups", "1", "-experts", "16"},
+		{"-capacity", "2", "-capacity-factor", "1"},
+		{"-drop-policy", "random"},
+		{"-group-mask", "none"},
 	} {
 		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("%v accepted", args)

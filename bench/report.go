@@ -51,6 +51,18 @@ type result struct {
 	// when other processes share the cores.
 	RatioBest float64 `json:"ratio_to_copy_best"`
 
+	// Routing (route, plan and e2e): the policy and the diagnostics of the routing the op computes.
+	Routing          string    `json:"routing,omitempty"`
+	Capacity         int       `json:"capacity,omitempty"`
+	ExpertCounts     []int     `json:"expert_counts,omitempty"`
+	MaxOverMeanLoad  float64   `json:"max_over_mean_load,omitempty"`
+	LoadCV           *float64  `json:"load_cv,omitempty"`
+	DroppedSlots     *int      `json:"dropped_slots,omitempty"`
+	MeanEntropy      float64   `json:"mean_router_entropy,omitempty"`
+	ExpertFractions  []float64 `json:"-"`
+	diagnosticsShown bool
+	summary          string
+
 	// Optional diagnostic (-rowcopy): the same copy done one row per copy() call.
 	RowCopyGBps     float64 `json:"rowcopy_gb_per_s,omitempty"`
 	RatioToRowCopy  float64 `json:"ratio_to_rowcopy,omitempty"`
@@ -123,6 +135,19 @@ func printText(w io.Writer, r result) {
 		fmt.Fprintf(w, "  row copy   one copy() per row, median %.4f ms, %.2f GB/s  ->  ratio %.3f\n",
 			r.RowCopyMedianMs, r.RowCopyGBps, r.RatioToRowCopy)
 	}
+	if r.diagnosticsShown {
+		fmt.Fprintf(w, "  routing    %s capacity=%d\n             %s\n", r.Routing, r.Capacity, r.summary)
+	}
+}
+
+// setDiagnostics records the routing policy and diagnostics of a routing op.
+func (r *result) setDiagnostics(s shape, st ops.RoutingStats) {
+	cv, dropped := st.CV, st.Dropped
+	r.Routing, r.Capacity = s.route().String(), s.capacity()
+	r.ExpertCounts, r.ExpertFractions = st.Counts, st.Fractions
+	r.MaxOverMeanLoad, r.LoadCV, r.DroppedSlots, r.MeanEntropy = st.MaxOverMean, &cv, &dropped, st.Entropy
+	r.diagnosticsShown = true
+	r.summary = st.String()
 }
 
 func mb(b int64) float64 { return float64(b) / 1e6 }

@@ -48,7 +48,7 @@ func (r rawAlloc) Free(p uintptr) error {
 }
 
 func (r rawAlloc) Sync() error {
-	return r.d.do(func() error { return r.d.stream.Synchronize() })
+	return r.d.do(r.d.streamSyncLocked)
 }
 
 // scratch returns n bytes of internal device memory (kernels' temporary buffers); putScratch returns it.

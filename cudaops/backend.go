@@ -209,13 +209,20 @@ func (b *Backend) faultCheck() error {
 	return nil
 }
 
-// RouteIndices: idx [T,K] int32 = the K largest logits of each token, ties to the lower index.
+// RouteIndices: idx [T,K] int32 = the K best experts of each token (see ops.Scoring), ties to the lower
+// index.
 func (b *Backend) RouteIndices(logits *tensor.Dense, cfg ops.RouteConfig, idx *tensor.Dense) error {
 	return b.Route(logits, cfg, idx, nil)
 }
 
-// Route is the fused router: idx [T,K] and (when w is non-nil) w [T,K] in one kernel.
+// Route is the fused router: idx [T,K] and (when w is non-nil) w [T,K] in one kernel (RouteBiased
+// without a bias).
 func (b *Backend) Route(logits *tensor.Dense, cfg ops.RouteConfig, idx, w *tensor.Dense) error {
+	return b.RouteBiased(logits, nil, cfg, idx, w)
+}
+
+// RouteBiased is the fused router with a selection bias [E] (Sigmoid scoring; nil: none).
+func (b *Backend) RouteBiased(logits, bias *tensor.Dense, cfg ops.RouteConfig, idx, w *tensor.Dense) error {
 	const what = "route"
 	dt, err := floatDtype(what, logits)
 	if err != nil {
@@ -236,13 +243,27 @@ func (b *Backend) Route(logits *tensor.Dense, cfg ops.RouteConfig, idx, w *tenso
 	if err != nil {
 		return err
 	}
-	var pw cu.DevicePtr
+	var pw, pb cu.DevicePtr
 	if w != nil {
 		if pw, err = b.buf(what, "w", w, dt, T, cfg.K); err != nil {
 			return err
 		}
 	}
-	if err := b.dev.Route(dt, pl, pi, pw, T, E, cfg.K, !cfg.EffectiveRenormalize()); err != nil {
+	if cfg.Scoring == ops.Sigmoid {
+		if bias != nil {
+			if pb, err = b.buf(what, "bias", bias, dt, E); err != nil {
+				return err
+			}
+		}
+		if err := b.dev.RouteSigmoid(dt, pl, pb, pi, pw, T, E, cfg); err != nil {
+			return err
+		}
+		return b.faultCheck()
+	}
+	if bias != nil {
+		return fmt.Errorf("cudaops: route: a selection bias needs sigmoid scoring, got %v: %w", cfg.Scoring, ops.ErrConfig)
+	}
+	if err := b.dev.Route(dt, pl, pi, pw, T, E, cfg.K, !cfg.EffectiveRenormalize(), cfg.EffectiveScale()); err != nil {
 		return err
 	}
 	return b.faultCheck()
@@ -276,7 +297,7 @@ func (b *Backend) RouteWeights(logits, idx *tensor.Dense, cfg ops.RouteConfig, w
 	if err != nil {
 		return err
 	}
-	if err := b.dev.RouteWeights(dt, pl, pi, pw, T, E, K, !cfg.EffectiveRenormalize()); err != nil {
+	if err := b.dev.RouteWeights(dt, pl, pi, pw, T, E, K, weightMode(cfg), cfg.EffectiveScale()); err != nil {
 		return err
 	}
 	return b.faultCheck()
@@ -296,7 +317,7 @@ func (b *Backend) RouteWeightsGrad(logits, idx, dw *tensor.Dense, cfg ops.RouteC
 	if err != nil {
 		return err
 	}
-	if err := b.dev.RouteWeightsGrad(dt, pl, pi, pdw, pdl, T, E, K, !cfg.EffectiveRenormalize()); err != nil {
+	if err := b.dev.RouteWeightsGrad(dt, pl, pi, pdw, pdl, T, E, K, weightMode(cfg), cfg.EffectiveScale()); err != nil {
 		return err
 	}
 	return b.faultCheck()
@@ -327,7 +348,7 @@ func (b *Backend) Plan(idx *tensor.Dense, numExperts int, plan *tensor.Dense) er
 
 // permuteArgs validates the operands shared by dispatch and combine: tokens [T,H], packed [T*K,H],
 // optional w [T,K], plan.
-func (b *Backend) permuteArgs(what string, tokens, packed, w, plan *tensor.Dense) (dt tensor.Dtype, pt, pp, pw, rowOf cu.DevicePtr, T, K, H int, err error) {
+func (b *Backend) permuteArgs(what string, tokens, packed, w, plan *tensor.Dense) (dt tensor.Dtype, pt, pp, pw, rowOf, kept cu.DevicePtr, T, K, H int, err error) {
 	if dt, err = floatDtype(what, tokens); err != nil {
 		return
 	}
@@ -362,7 +383,9 @@ func (b *Backend) permuteArgs(what string, tokens, packed, w, plan *tensor.Dense
 	if pplan, err = b.buf(what, "plan", plan, tensor.Int32, ops.PlanLen(T, K, E)); err != nil {
 		return
 	}
-	_, _, rowOf, _ = PlanSections(pplan, T, K, E)
+	var offsets cu.DevicePtr
+	_, offsets, rowOf, _ = PlanSections(pplan, T, K, E)
+	kept = offsetPtr(offsets, int64(E)*4)
 	return
 }
 
@@ -370,29 +393,29 @@ func (b *Backend) Dispatch(x, w, plan *tensor.Dense, out *tensor.Dense) error {
 	if hasBF16(x, out) {
 		return b.dispatchBF16(x, w, plan, out)
 	}
-	dt, px, pout, pw, rowOf, T, K, H, err := b.permuteArgs("dispatch", x, out, w, plan)
+	dt, px, pout, pw, rowOf, kept, T, K, H, err := b.permuteArgs("dispatch", x, out, w, plan)
 	if err != nil {
 		return err
 	}
-	return b.dev.Dispatch(dt, px, pw, rowOf, pout, T, K, H)
+	return b.dev.Dispatch(dt, px, pw, rowOf, kept, pout, T, K, H)
 }
 
 func (b *Backend) Combine(ye, w, plan *tensor.Dense, out *tensor.Dense) error {
 	if hasBF16(ye, out) {
 		return b.combineBF16(ye, w, plan, out)
 	}
-	dt, pout, pye, pw, rowOf, T, K, H, err := b.permuteArgs("combine", out, ye, w, plan)
+	dt, pout, pye, pw, rowOf, kept, T, K, H, err := b.permuteArgs("combine", out, ye, w, plan)
 	if err != nil {
 		return err
 	}
-	return b.dev.Combine(dt, pye, pw, rowOf, pout, T, K, H)
+	return b.dev.Combine(dt, pye, pw, rowOf, kept, pout, T, K, H)
 }
 
 func (b *Backend) CombineGradWeights(dy, ye, plan *tensor.Dense, dw *tensor.Dense) error {
 	if hasBF16(dy, ye) {
 		return b.combineGradWeightsBF16(dy, ye, plan, dw)
 	}
-	dt, pdy, pye, _, rowOf, T, K, H, err := b.permuteArgs("combine grad weights", dy, ye, nil, plan)
+	dt, pdy, pye, _, rowOf, kept, T, K, H, err := b.permuteArgs("combine grad weights", dy, ye, nil, plan)
 	if err != nil {
 		return err
 	}
@@ -400,14 +423,14 @@ func (b *Backend) CombineGradWeights(dy, ye, plan *tensor.Dense, dw *tensor.Dens
 	if err != nil {
 		return err
 	}
-	return b.dev.CombineBackward(dt, pdy, pye, 0, rowOf, pdw, 0, T, K, H)
+	return b.dev.CombineBackward(dt, pdy, pye, 0, rowOf, kept, pdw, 0, T, K, H)
 }
 
 // CombineBackward is the fused backward of Combine: dye [T*K,H] = Dispatch(dy, w) and
 // dw [T,K] = CombineGradWeights(dy, ye) in one pass over dy and ye (bitwise equal to the two calls).
 func (b *Backend) CombineBackward(dy, ye, w, plan *tensor.Dense, dye, dw *tensor.Dense) error {
 	const what = "combine backward"
-	dt, pdy, pye, pw, rowOf, T, K, H, err := b.permuteArgs(what, dy, ye, w, plan)
+	dt, pdy, pye, pw, rowOf, kept, T, K, H, err := b.permuteArgs(what, dy, ye, w, plan)
 	if err != nil {
 		return err
 	}
@@ -422,7 +445,7 @@ func (b *Backend) CombineBackward(dy, ye, w, plan *tensor.Dense, dye, dw *tensor
 	if err != nil {
 		return err
 	}
-	return b.dev.CombineBackward(dt, pdy, pye, pw, rowOf, pdw, pdye, T, K, H)
+	return b.dev.CombineBackward(dt, pdy, pye, pw, rowOf, kept, pdw, pdye, T, K, H)
 }
 
 // lossArgs validates logits [T,E], and (when plan is non-nil) a plan of T tokens over E experts with

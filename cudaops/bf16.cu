@@ -8,6 +8,9 @@
 // products of a float32 and a bfloat16 are exact in double, and sums are formed in double in the
 // reference's order before the one final rounding.
 //
+// Plans may come from a capacity: a slot s is dropped when rowOf[s] >= *kept (kept = &offsets[E]); its
+// row is zero in dispatch, it takes no part in combine, and its weight gradient is 0 (as permute.cu).
+//
 // Vector paths move 8 elements per access (16 bytes of bfloat16, 32 of float32, 64 of float64); the
 // host picks them when every row/array start is 16-byte aligned and the length a multiple of 8.
 #include "common.cuh"
@@ -177,13 +180,15 @@ extern "C" __global__ void ew_add_bf16(const bf16_t* a, const bf16_t* b, bf16_t*
 #define UC 2
 
 // out[rowOf[t*K+j]] = bf16(scale * x[t]) with scale = w[t*K+j] (float32) or 1: bfloat16 rows without
-// weights are copied bit for bit; otherwise the exact double product is rounded once. KEEP: plain stores
-// (the rows stay in L2 for the expert GEMM), else streaming stores.
+// weights are copied bit for bit; otherwise the exact double product is rounded once; dropped slots get
+// zero rows. KEEP: plain stores (the rows stay in L2 for the expert GEMM), else streaming stores.
 template <typename In, int N>
 __device__ void dispatch_bf16_body(const In* __restrict__ x, const float* __restrict__ w, const int* __restrict__ rowOf,
-                                   bf16_t* __restrict__ out, int numTokens, int K, int H, bool keep) {
+                                   const int* __restrict__ kept, bf16_t* __restrict__ out, int numTokens, int K, int H,
+                                   bool keep) {
     const int lane = lane_id();
     const int nc = H / N;
+    const int lim = *kept;
     for (long long t = global_warp(); t < numTokens; t += num_warps()) {
         const In* src = x + t * H;
         for (int c0 = lane; c0 < nc; c0 += 32 * UD) {
@@ -195,14 +200,19 @@ __device__ void dispatch_bf16_body(const In* __restrict__ x, const float* __rest
             }
             for (int j = 0; j < K; j++) {
                 const long long s = t * K + j;
-                bf16_t* dst = out + (long long)rowOf[s] * H;
+                const int r = rowOf[s];
+                const bool drop = r >= lim;
+                bf16_t* dst = out + (long long)r * H;
                 const double sc = w ? (double)w[s] : 1.0;
 #pragma unroll
                 for (int u = 0; u < UD; u++) {
                     const int c = c0 + 32 * u;
                     if (c >= nc) continue;
                     bf16_t o[N];
-                    if (sizeof(In) == 2 && !w) {
+                    if (drop) {
+#pragma unroll
+                        for (int k = 0; k < N; k++) o[k] = 0;
+                    } else if (sizeof(In) == 2 && !w) {
 #pragma unroll
                         for (int k = 0; k < N; k++) o[k] = (bf16_t)v[u][k];
                     } else {
@@ -217,12 +227,13 @@ __device__ void dispatch_bf16_body(const In* __restrict__ x, const float* __rest
 }
 
 // out[t] = sum_{j=0..K-1} scale(t,j) * ye[rowOf[t*K+j]] (ye bfloat16, scale = w (float32) or 1), summed
-// in double in increasing j, rounded once to Out (bfloat16 or float32).
+// in double in increasing j over the kept slots, rounded once to Out (bfloat16 or float32).
 template <typename Out, int N>
 __device__ void combine_bf16_body(const bf16_t* __restrict__ ye, const float* __restrict__ w, const int* __restrict__ rowOf,
-                                  Out* __restrict__ out, int numTokens, int K, int H) {
+                                  const int* __restrict__ kept, Out* __restrict__ out, int numTokens, int K, int H) {
     const int lane = lane_id();
     const int nc = H / N;
+    const int lim = *kept;
     for (long long t = global_warp(); t < numTokens; t += num_warps()) {
         for (int c0 = lane; c0 < nc; c0 += 32 * UC) {
             double acc[UC][N];
@@ -232,8 +243,10 @@ __device__ void combine_bf16_body(const bf16_t* __restrict__ ye, const float* __
                 for (int k = 0; k < N; k++) acc[u][k] = 0.0;
             for (int j = 0; j < K; j++) {
                 const long long s = t * K + j;
+                const int r = rowOf[s];
+                if (r >= lim) continue;  // a dropped slot (the same for every lane of the warp)
                 const double sc = w ? (double)w[s] : 1.0;
-                const bf16_t* src = ye + (long long)rowOf[s] * H;
+                const bf16_t* src = ye + (long long)r * H;
                 bf16_t v[UC][N];
 #pragma unroll
                 for (int u = 0; u < UC; u++) {
@@ -259,16 +272,23 @@ __device__ void combine_bf16_body(const bf16_t* __restrict__ ye, const float* __
 }
 
 // dw[t,j] = <dy[t], ye[rowOf[t*K+j]]> (ye bfloat16, dy bfloat16 or float32, dw float32): per-lane
-// double sums over the lane's chunks in increasing order, then a butterfly warp sum, rounded once.
+// double sums over the lane's chunks in increasing order, then a butterfly warp sum, rounded once; 0 for
+// a dropped slot.
 template <typename Dy, int N>
 __device__ void combine_gradw_bf16_body(const Dy* __restrict__ dy, const bf16_t* __restrict__ ye, const int* __restrict__ rowOf,
-                                        float* __restrict__ dw, int numTokens, int K, int H) {
+                                        const int* __restrict__ kept, float* __restrict__ dw, int numTokens, int K, int H) {
     const int lane = lane_id();
     const int nc = H / N;
+    const int lim = *kept;
     for (long long t = global_warp(); t < numTokens; t += num_warps()) {
         const Dy* g = dy + t * H;
         for (int j = 0; j < K; j++) {
-            const bf16_t* src = ye + (long long)rowOf[t * K + j] * H;
+            const int r = rowOf[t * K + j];
+            if (r >= lim) {  // the same for every lane: no shuffle is skipped by part of the warp
+                if (lane == 0) dw[t * K + j] = 0.0f;
+                continue;
+            }
+            const bf16_t* src = ye + (long long)r * H;
             double acc = 0.0;
             for (int c0 = lane; c0 < nc; c0 += 32 * UC) {
                 Dy gv[UC][N];
@@ -296,16 +316,18 @@ __device__ void combine_gradw_bf16_body(const Dy* __restrict__ dy, const bf16_t*
 
 #define DEFINE_PERMUTE_BF16(SUF, N, In, Out, Dy)                                                                \
     extern "C" __global__ void dispatch_bf16_from_##SUF(const In* x, const float* w, const int* rowOf,          \
-                                                         bf16_t* out, int numTokens, int K, int H, int keep) {  \
-        dispatch_bf16_body<In, N>(x, w, rowOf, out, numTokens, K, H, keep != 0);                               \
+                                                         const int* kept, bf16_t* out, int numTokens, int K,    \
+                                                         int H, int keep) {                                     \
+        dispatch_bf16_body<In, N>(x, w, rowOf, kept, out, numTokens, K, H, keep != 0);                         \
     }                                                                                                          \
     extern "C" __global__ void combine_bf16_to_##SUF(const bf16_t* ye, const float* w, const int* rowOf,        \
-                                                      Out* out, int numTokens, int K, int H) {                  \
-        combine_bf16_body<Out, N>(ye, w, rowOf, out, numTokens, K, H);                                         \
+                                                      const int* kept, Out* out, int numTokens, int K, int H) { \
+        combine_bf16_body<Out, N>(ye, w, rowOf, kept, out, numTokens, K, H);                                   \
     }                                                                                                          \
     extern "C" __global__ void combine_gradw_bf16_dy_##SUF(const Dy* dy, const bf16_t* ye, const int* rowOf,    \
-                                                            float* dw, int numTokens, int K, int H) {           \
-        combine_gradw_bf16_body<Dy, N>(dy, ye, rowOf, dw, numTokens, K, H);                                    \
+                                                            const int* kept, float* dw, int numTokens, int K,   \
+                                                            int H) {                                            \
+        combine_gradw_bf16_body<Dy, N>(dy, ye, rowOf, kept, dw, numTokens, K, H);                              \
     }
 
 // SUF names the float-side dtype of each kernel: the dispatch source, the combine result, the

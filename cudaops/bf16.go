@@ -102,8 +102,9 @@ func (d *Device) Cast(from, to tensor.Dtype, src, dst cu.DevicePtr, n int64) err
 
 // bf16PermuteArgs validates the operands of a bfloat16 permutation: token rows [T,H] of dtype tokDt,
 // expert-major rows [T*K,H] bfloat16, optional float32 weights [T,K], the plan. It returns the
-// addresses (rowOf section of the plan), T, K and H.
-func (b *Backend) bf16PermuteArgs(what string, tokens, packed, w, plan *tensor.Dense, tokDt tensor.Dtype) (pt, pp, pw, rowOf cu.DevicePtr, T, K, H int, err error) {
+// addresses (the rowOf section of the plan, and kept = &offsets[E]: slots of rows >= *kept were dropped
+// by a capacity), T, K and H.
+func (b *Backend) bf16PermuteArgs(what string, tokens, packed, w, plan *tensor.Dense, tokDt tensor.Dtype) (pt, pp, pw, rowOf, kept cu.DevicePtr, T, K, H int, err error) {
 	if T, H, err = dims2(what, "token rows", tokens); err != nil {
 		return
 	}
@@ -135,7 +136,9 @@ func (b *Backend) bf16PermuteArgs(what string, tokens, packed, w, plan *tensor.D
 	if pplan, err = b.buf(what, "plan", plan, tensor.Int32, ops.PlanLen(T, K, E)); err != nil {
 		return
 	}
-	_, _, rowOf, _ = PlanSections(pplan, T, K, E)
+	var offsets cu.DevicePtr
+	_, offsets, rowOf, _ = PlanSections(pplan, T, K, E)
+	kept = offsetPtr(offsets, int64(E)*4)
 	return
 }
 
@@ -156,11 +159,11 @@ func (b *Backend) dispatchBF16(x, w, plan, out *tensor.Dense) error {
 	if err != nil {
 		return err
 	}
-	px, pout, pw, rowOf, T, K, H, err := b.bf16PermuteArgs(what, x, out, w, plan, dt)
+	px, pout, pw, rowOf, kept, T, K, H, err := b.bf16PermuteArgs(what, x, out, w, plan, dt)
 	if err != nil {
 		return err
 	}
-	return b.dev.DispatchBF16(dt, px, pw, rowOf, pout, T, K, H)
+	return b.dev.DispatchBF16(dt, px, pw, rowOf, kept, pout, T, K, H)
 }
 
 func (b *Backend) combineBF16(ye, w, plan, out *tensor.Dense) error {
@@ -169,11 +172,11 @@ func (b *Backend) combineBF16(ye, w, plan, out *tensor.Dense) error {
 	if err != nil {
 		return err
 	}
-	pout, pye, pw, rowOf, T, K, H, err := b.bf16PermuteArgs(what, out, ye, w, plan, dt)
+	pout, pye, pw, rowOf, kept, T, K, H, err := b.bf16PermuteArgs(what, out, ye, w, plan, dt)
 	if err != nil {
 		return err
 	}
-	return b.dev.CombineBF16(dt, pye, pw, rowOf, pout, T, K, H)
+	return b.dev.CombineBF16(dt, pye, pw, rowOf, kept, pout, T, K, H)
 }
 
 func (b *Backend) combineGradWeightsBF16(dy, ye, plan, dw *tensor.Dense) error {
@@ -182,7 +185,7 @@ func (b *Backend) combineGradWeightsBF16(dy, ye, plan, dw *tensor.Dense) error {
 	if err != nil {
 		return err
 	}
-	pdy, pye, _, rowOf, T, K, H, err := b.bf16PermuteArgs(what, dy, ye, nil, plan, dt)
+	pdy, pye, _, rowOf, kept, T, K, H, err := b.bf16PermuteArgs(what, dy, ye, nil, plan, dt)
 	if err != nil {
 		return err
 	}
@@ -190,7 +193,7 @@ func (b *Backend) combineGradWeightsBF16(dy, ye, plan, dw *tensor.Dense) error {
 	if err != nil {
 		return err
 	}
-	return b.dev.CombineGradWeightsBF16(dt, pdy, pye, rowOf, pdw, T, K, H)
+	return b.dev.CombineGradWeightsBF16(dt, pdy, pye, rowOf, kept, pdw, T, K, H)
 }
 
 // bf16RowKernel picks the 8-element vector variant of a bfloat16 row kernel when H is a multiple of 8
@@ -213,33 +216,34 @@ func bf16RowKernel(base string, side tensor.Dtype, H int, ptrs ...cu.DevicePtr) 
 
 // DispatchBF16 writes out (bfloat16) [rowOf[t*K+j]] = scale * x[t] (x [T,H] bfloat16 or float32, the
 // dtype src; scale = w[t,j] (float32) or 1 when w == 0), rounded once; unscaled bfloat16 rows are
-// copied bit for bit.
-func (d *Device) DispatchBF16(src tensor.Dtype, x, w, rowOf, out cu.DevicePtr, T, K, H int) error {
+// copied bit for bit; rows of dropped slots (rowOf >= *kept) are zero.
+func (d *Device) DispatchBF16(src tensor.Dtype, x, w, rowOf, kept, out cu.DevicePtr, T, K, H int) error {
 	if err := checkDims("dispatch", T, K, H); err != nil {
 		return err
 	}
 	name := bf16RowKernel("dispatch_bf16_from_", src, H, x, out)
-	return d.launch(name, d.warpGrid(T), ptrArg(x), ptrArg(w), ptrArg(rowOf), ptrArg(out), i32(T), i32(K), i32(H), i32(b2i(!d.streamDispatch)))
+	return d.launch(name, d.warpGrid(T), ptrArg(x), ptrArg(w), ptrArg(rowOf), ptrArg(kept), ptrArg(out), i32(T), i32(K), i32(H), i32(b2i(!d.streamDispatch)))
 }
 
 // CombineBF16 writes out[t] (dtype dst: bfloat16 or float32) = sum_j scale * ye[rowOf[t*K+j]] (ye
-// bfloat16, scale = w[t,j] float32 or 1), summed in double in increasing j and rounded once.
-func (d *Device) CombineBF16(dst tensor.Dtype, ye, w, rowOf, out cu.DevicePtr, T, K, H int) error {
+// bfloat16, scale = w[t,j] float32 or 1) over the kept slots (rowOf < *kept), summed in double in
+// increasing j and rounded once.
+func (d *Device) CombineBF16(dst tensor.Dtype, ye, w, rowOf, kept, out cu.DevicePtr, T, K, H int) error {
 	if err := checkDims("combine", T, K, H); err != nil {
 		return err
 	}
 	name := bf16RowKernel("combine_bf16_to_", dst, H, ye, out)
-	return d.launch(name, d.warpGrid(T), ptrArg(ye), ptrArg(w), ptrArg(rowOf), ptrArg(out), i32(T), i32(K), i32(H))
+	return d.launch(name, d.warpGrid(T), ptrArg(ye), ptrArg(w), ptrArg(rowOf), ptrArg(kept), ptrArg(out), i32(T), i32(K), i32(H))
 }
 
 // CombineGradWeightsBF16 writes dw[t,j] (float32) = <dy[t], ye[rowOf[t*K+j]]> (ye bfloat16, dy of dtype
-// dyDt: bfloat16 or float32), accumulated in double.
-func (d *Device) CombineGradWeightsBF16(dyDt tensor.Dtype, dy, ye, rowOf, dw cu.DevicePtr, T, K, H int) error {
+// dyDt: bfloat16 or float32), accumulated in double; 0 for dropped slots (rowOf >= *kept).
+func (d *Device) CombineGradWeightsBF16(dyDt tensor.Dtype, dy, ye, rowOf, kept, dw cu.DevicePtr, T, K, H int) error {
 	if err := checkDims("combine grad weights", T, K, H); err != nil {
 		return err
 	}
 	name := bf16RowKernel("combine_gradw_bf16_dy_", dyDt, H, dy, ye)
-	return d.launch(name, d.warpGrid(T), ptrArg(dy), ptrArg(ye), ptrArg(rowOf), ptrArg(dw), i32(T), i32(K), i32(H))
+	return d.launch(name, d.warpGrid(T), ptrArg(dy), ptrArg(ye), ptrArg(rowOf), ptrArg(kept), ptrArg(dw), i32(T), i32(K), i32(H))
 }
 
 // bf16Elementwise validates bfloat16 tensors of one shape on this device.

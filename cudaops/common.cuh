@@ -12,6 +12,8 @@
 #define FAULT_LABEL_RANGE 8u   // a class label outside [0, C) and not the ignore label -1
 #define FAULT_GRAD_NONFINITE 16u  // a NaN or infinite gradient
 // 32u: GEMM_FAULT_OFFSETS (gemm.cuh, which does not include this file): grouped-matmul offsets are invalid
+#define FAULT_BIAS_NONFINITE 64u  // a selection bias entry that is NaN or infinite (route_sigmoid)
+#define FAULT_WEIGHT_NAN 128u     // a NaN routing weight under the probs drop policy (capacity plans)
 
 __device__ __forceinline__ int lane_id() { return threadIdx.x & 31; }
 __device__ __forceinline__ long long global_warp() { return ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; }

@@ -45,6 +45,10 @@ type Device struct {
 	streamDispatch bool
 	gemm           *gemmState // GEMM configuration and loaded modules (gemm.go)
 
+	waits   hostWaits    // host synchronisation counters (hostwaits.go)
+	ktimer  *kernelTimer // kernel timing session, nil when off (kerneltime.go; under mu)
+	kevents []cu.Event   // created timing events kept for the next session (under mu)
+
 	closed bool
 }
 
@@ -155,7 +159,7 @@ func (d *Device) TotalMemory() int64 { return d.totalBytes }
 // last check (for example out-of-range expert indices in Plan or RouteWeights).
 func (d *Device) Synchronize() error {
 	return d.do(func() error {
-		if err := d.stream.Synchronize(); err != nil {
+		if err := d.streamSyncLocked(); err != nil {
 			return fmt.Errorf("cudaops: synchronize: %w", err)
 		}
 		return d.checkFaultLocked()
@@ -165,6 +169,7 @@ func (d *Device) Synchronize() error {
 // checkFaultLocked reads and clears the fault word; the caller holds the context and has synchronised.
 func (d *Device) checkFaultLocked() error {
 	var f uint32
+	d.waits.reads.Add(1)
 	if err := cu.MemcpyDtoH(unsafe.Pointer(&f), d.fault, 4); err != nil {
 		return fmt.Errorf("cudaops: reading fault word: %w", err)
 	}
@@ -191,9 +196,10 @@ func (d *Device) Close() error {
 		return nil
 	}
 	err := d.doLocked(func() error {
-		if err := d.stream.Synchronize(); err != nil {
+		if err := d.streamSyncLocked(); err != nil {
 			return err
 		}
+		d.destroyTimingEventsLocked()
 		return d.stream.Destroy()
 	})
 	if err == nil {

@@ -20,6 +20,8 @@ const (
 	faultLabelRange  = 8
 	faultGradNaN     = 16
 	faultPlanOffsets = 32 // GEMM_FAULT_OFFSETS in gemm.cuh
+	faultBiasNaN     = 64
+	faultWeightNaN   = 128
 )
 
 // faultError is a device fault: its message lists every fault code raised, and it unwraps to the ops
@@ -41,7 +43,7 @@ func newFaultError(f uint32) error {
 		errs = append(errs, ops.ErrExpertIndex)
 	}
 	if f&faultNonFinite != 0 {
-		msgs = append(msgs, "a router logits row with a NaN or +Inf, or all -Inf, reached a kernel (route or a router loss); its softmax is undefined and the results are invalid")
+		msgs = append(msgs, "a router logits row with a NaN or +Inf, or all -Inf, reached a kernel (route, routing stats or a router loss); its softmax (sigmoid scoring: a NaN, its sigmoid) is undefined and the results are invalid")
 		errs = append(errs, ops.ErrNaN)
 	}
 	if f&faultLabelRange != 0 {
@@ -56,10 +58,18 @@ func newFaultError(f uint32) error {
 		msgs = append(msgs, "a grouped matmul got plan offsets that do not tile its rows (offsets[0] = 0, non-decreasing, offsets[E] = rows); its output is invalid")
 		errs = append(errs, ops.ErrShape)
 	}
+	if f&faultBiasNaN != 0 {
+		msgs = append(msgs, "a selection bias with a NaN or infinite entry reached the sigmoid router; the indices are invalid")
+		errs = append(errs, ops.ErrNaN)
+	}
+	if f&faultWeightNaN != 0 {
+		msgs = append(msgs, "a NaN routing weight reached a capacity plan with the probs drop policy; the plan is invalid")
+		errs = append(errs, ops.ErrNaN)
+	}
 	if f&faultGridBarrier != 0 {
 		msgs = append(msgs, "a grid barrier of the one-pass plan timed out (its blocks were not all resident); the plan is invalid (SetPlanMode(PlanMultiLaunch) avoids it)")
 	}
-	if rest := f &^ (faultExpertRange | faultNonFinite | faultGridBarrier | faultLabelRange | faultGradNaN | faultPlanOffsets); rest != 0 {
+	if rest := f &^ (faultExpertRange | faultNonFinite | faultGridBarrier | faultLabelRange | faultGradNaN | faultPlanOffsets | faultBiasNaN | faultWeightNaN); rest != 0 {
 		msgs = append(msgs, fmt.Sprintf("unknown fault code %#x", rest))
 	}
 	return &faultError{msg: "cudaops: device fault: " + strings.Join(msgs, "; "), errs: errs}

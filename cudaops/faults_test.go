@@ -24,7 +24,10 @@ func TestFaultErrorSentinels(t *testing.T) {
 		{faultNonFinite, []error{ops.ErrNaN}, []error{ops.ErrExpertIndex}, []string{"NaN or +Inf, or all -Inf"}},
 		{faultExpertRange | faultNonFinite, []error{ops.ErrExpertIndex, ops.ErrNaN}, nil, []string{"expert index", "NaN"}},
 		{faultGridBarrier, nil, []error{ops.ErrNaN, ops.ErrExpertIndex}, []string{"grid barrier"}},
-		{64, nil, []error{ops.ErrNaN}, []string{"unknown fault code 0x40"}},
+		{faultBiasNaN, []error{ops.ErrNaN}, []error{ops.ErrExpertIndex}, []string{"selection bias"}},
+		{faultWeightNaN, []error{ops.ErrNaN}, []error{ops.ErrExpertIndex}, []string{"routing weight"}},
+		{faultPlanOffsets, []error{ops.ErrShape}, []error{ops.ErrNaN}, []string{"plan offsets"}},
+		{256, nil, []error{ops.ErrNaN}, []string{"unknown fault code 0x100"}},
 	}
 	for _, c := range cases {
 		err := newFaultError(c.code)
@@ -52,7 +55,7 @@ func TestFaultCodesMatchKernels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]uint32{"FAULT_EXPERT_RANGE": faultExpertRange, "FAULT_GRID_BARRIER": faultGridBarrier, "FAULT_NONFINITE": faultNonFinite, "FAULT_LABEL_RANGE": faultLabelRange, "FAULT_GRAD_NONFINITE": faultGradNaN}
+	want := map[string]uint32{"FAULT_EXPERT_RANGE": faultExpertRange, "FAULT_GRID_BARRIER": faultGridBarrier, "FAULT_NONFINITE": faultNonFinite, "FAULT_LABEL_RANGE": faultLabelRange, "FAULT_GRAD_NONFINITE": faultGradNaN, "FAULT_BIAS_NONFINITE": faultBiasNaN, "FAULT_WEIGHT_NAN": faultWeightNaN}
 	found := map[string]bool{}
 	for _, m := range regexp.MustCompile(`(?m)^#define (FAULT_[A-Z_]+) (\d+)u`).FindAllStringSubmatch(string(src), -1) {
 		v, _ := strconv.ParseUint(m[2], 10, 32)
@@ -69,6 +72,25 @@ func TestFaultCodesMatchKernels(t *testing.T) {
 	for name := range want {
 		if !found[name] {
 			t.Errorf("%s is not defined in common.cuh", name)
+		}
+	}
+	// Codes of one kernel family, defined in its own file (gemm.cuh does not include common.cuh).
+	for file, codes := range map[string]map[string]uint32{
+		"gemm.cuh": {"GEMM_FAULT_OFFSETS": faultPlanOffsets},
+	} {
+		src, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, w := range codes {
+			m := regexp.MustCompile(`(?m)^#define ` + name + ` (\d+)u`).FindStringSubmatch(string(src))
+			if m == nil {
+				t.Errorf("%s is not defined in %s", name, file)
+				continue
+			}
+			if v, _ := strconv.ParseUint(m[1], 10, 32); uint32(v) != w {
+				t.Errorf("%s = %d in %s, %d in faults.go", name, v, file, w)
+			}
 		}
 	}
 }

@@ -245,7 +245,7 @@ func (d *Device) runGemm(what string, p gemmplan.Problem) error {
 		defer d.putScratch(ws)
 	}
 	for _, l := range plan.Launches(uint64(ws)) {
-		if err := d.do(func() error { return d.gemmLaunchLocked(l) }); err != nil {
+		if err := d.do(func() error { return d.timedLocked(what, func() error { return d.gemmLaunchLocked(l) }) }); err != nil {
 			return fmt.Errorf("cudaops: %s: %w", what, err)
 		}
 	}
@@ -299,7 +299,7 @@ func (d *Device) GroupedMatMul(dt tensor.Dtype, x, w, offsets, out cu.DevicePtr,
 	if _, err := suffix(dt); err != nil {
 		return err
 	}
-	return d.runGemm("grouped matmul", gemmplan.Problem{Mode: gemmplan.GroupRows, Double: dt == tensor.Float64,
+	return d.runGemm(FamilyGroupedMatMul, gemmplan.Problem{Mode: gemmplan.GroupRows, Double: dt == tensor.Float64,
 		TransB: transposeW, N: Out, K: In, E: E, Rows: N, A: uint64(x), B: uint64(w), C: uint64(out),
 		Offsets: uint64(offsets), Fault: uint64(d.fault)})
 }
@@ -314,7 +314,7 @@ func (d *Device) GroupedMatMulGradW(dt tensor.Dtype, x, dy, offsets, dW cu.Devic
 	if _, err := suffix(dt); err != nil {
 		return err
 	}
-	return d.runGemm("grouped matmul grad W", gemmplan.Problem{Mode: gemmplan.GroupRed, Double: dt == tensor.Float64,
+	return d.runGemm(FamilyGroupedGradW, gemmplan.Problem{Mode: gemmplan.GroupRed, Double: dt == tensor.Float64,
 		TransA: true, M: In, N: Out, E: E, Rows: N, A: uint64(x), B: uint64(dy), C: uint64(dW),
 		Offsets: uint64(offsets), Fault: uint64(d.fault)})
 }
@@ -332,7 +332,7 @@ func (d *Device) MatMul(dt tensor.Dtype, a, b, out cu.DevicePtr, M, N, K int, tr
 	if M == 0 || N == 0 {
 		return nil
 	}
-	return d.runGemm("matmul", gemmplan.Problem{Mode: gemmplan.Dense, Double: dt == tensor.Float64,
+	return d.runGemm(FamilyMatMul, gemmplan.Problem{Mode: gemmplan.Dense, Double: dt == tensor.Float64,
 		TransA: transA, TransB: transB, M: M, N: N, K: K, A: uint64(a), B: uint64(b), C: uint64(out)})
 }
 

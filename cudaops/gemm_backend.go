@@ -44,8 +44,14 @@ func gemmShape(what, name string, t *tensor.Dense, shape ...int) error {
 // write the output, so an in-place product would silently be wrong.
 func noOverlap(what string, out *tensor.Dense, ins ...*tensor.Dense) error {
 	bytes := func(t *tensor.Dense) uintptr { return uintptr(t.Shape().TotalSize() * int(t.Dtype().Size())) }
+	if bytes(out) == 0 {
+		return nil // an empty output overlaps nothing (and has no address to read)
+	}
 	o0, o1 := out.Uintptr(), out.Uintptr()+bytes(out)
 	for _, in := range ins {
+		if bytes(in) == 0 {
+			continue
+		}
 		i0, i1 := in.Uintptr(), in.Uintptr()+bytes(in)
 		if o0 < i1 && i0 < o1 {
 			return fmt.Errorf("cudaops: %s: the output overlaps an input (in-place products are not supported): %w", what, ops.ErrUnsupported)

@@ -62,10 +62,10 @@ func checkDims(what string, dims ...int) error {
 }
 
 // Route runs the fused router on logits [T,E]: idx [T,K] (int32) gets the K best experts (ties to the
-// lower index); w [T,K] (may be 0) gets their weights. full selects the softmax over all E experts
-// (SoftmaxTopK without renormalisation) instead of the softmax over the K selected logits. Rows with a
-// NaN or +Inf logit, or all -Inf, raise a device fault (ops.ErrNaN at the next synchronisation).
-func (d *Device) Route(dt tensor.Dtype, logits, idx, w cu.DevicePtr, T, E, K int, full bool) error {
+// lower index); w [T,K] (may be 0) gets their weights, times scale. full selects the softmax over all E
+// experts (SoftmaxTopK without renormalisation) instead of the softmax over the K selected logits. Rows
+// with a NaN or +Inf logit, or all -Inf, raise a device fault (ops.ErrNaN at the next synchronisation).
+func (d *Device) Route(dt tensor.Dtype, logits, idx, w cu.DevicePtr, T, E, K int, full bool, scale float64) error {
 	if err := checkDims("route", T, E, K); err != nil {
 		return err
 	}
@@ -76,11 +76,33 @@ func (d *Device) Route(dt tensor.Dtype, logits, idx, w cu.DevicePtr, T, E, K int
 	if err != nil {
 		return err
 	}
-	return d.launch("route_"+suf, d.warpGrid(T), ptrArg(logits), ptrArg(idx), ptrArg(w), i32(T), i32(E), i32(K), i32(b2i(full)), ptrArg(d.fault))
+	return d.launch("route_"+suf, d.warpGrid(T), ptrArg(logits), ptrArg(idx), ptrArg(w), i32(T), i32(E), i32(K), i32(b2i(full)), f64(scale), ptrArg(d.fault))
 }
 
-// RouteWeights writes w [T,K] for given experts idx [T,K] (validated on the device: see Synchronize).
-func (d *Device) RouteWeights(dt tensor.Dtype, logits, idx, w cu.DevicePtr, T, E, K int, full bool) error {
+// Weight modes of the route_weights kernels (route.cu).
+const (
+	modeFullSoftmax = 0 // SoftmaxTopK without renormalisation
+	modeKSoftmax    = 1 // renormalised SoftmaxTopK, TopKSoftmax
+	modeSigmoid     = 2
+	modeSigmoidNorm = 3
+)
+
+// weightMode is the route_weights mode of cfg.
+func weightMode(cfg ops.RouteConfig) int {
+	switch {
+	case cfg.Scoring == ops.Sigmoid && cfg.Renormalize:
+		return modeSigmoidNorm
+	case cfg.Scoring == ops.Sigmoid:
+		return modeSigmoid
+	case cfg.EffectiveRenormalize():
+		return modeKSoftmax
+	}
+	return modeFullSoftmax
+}
+
+// RouteWeights writes w [T,K] for given experts idx [T,K] (validated on the device: see Synchronize),
+// mode as weightMode, times scale.
+func (d *Device) RouteWeights(dt tensor.Dtype, logits, idx, w cu.DevicePtr, T, E, K, mode int, scale float64) error {
 	if err := checkDims("route weights", T, E, K); err != nil {
 		return err
 	}
@@ -90,11 +112,11 @@ func (d *Device) RouteWeights(dt tensor.Dtype, logits, idx, w cu.DevicePtr, T, E
 	}
 	cfg := d.warpGrid(T)
 	cfg.smem = cfg.block / 32 * K * 4
-	return d.launch("route_weights_"+suf, cfg, ptrArg(logits), ptrArg(idx), ptrArg(w), i32(T), i32(E), i32(K), i32(b2i(full)), ptrArg(d.fault))
+	return d.launch("route_weights_"+suf, cfg, ptrArg(logits), ptrArg(idx), ptrArg(w), i32(T), i32(E), i32(K), i32(mode), f64(scale), ptrArg(d.fault))
 }
 
-// RouteWeightsGrad writes dlogits [T,E] = d(sum dw*w)/dlogits.
-func (d *Device) RouteWeightsGrad(dt tensor.Dtype, logits, idx, dw, dlogits cu.DevicePtr, T, E, K int, full bool) error {
+// RouteWeightsGrad writes dlogits [T,E] = d(sum dw*w)/dlogits (mode and scale as in RouteWeights).
+func (d *Device) RouteWeightsGrad(dt tensor.Dtype, logits, idx, dw, dlogits cu.DevicePtr, T, E, K, mode int, scale float64) error {
 	if err := checkDims("route weights grad", T, E, K); err != nil {
 		return err
 	}
@@ -105,7 +127,7 @@ func (d *Device) RouteWeightsGrad(dt tensor.Dtype, logits, idx, dw, dlogits cu.D
 	cfg := d.warpGrid(T)
 	warps := cfg.block / 32
 	cfg.smem = (warps*K+1)&^1*4 + warps*K*int(dt.Size())
-	return d.launch("route_weights_grad_"+suf, cfg, ptrArg(logits), ptrArg(idx), ptrArg(dw), ptrArg(dlogits), i32(T), i32(E), i32(K), i32(b2i(full)), ptrArg(d.fault))
+	return d.launch("route_weights_grad_"+suf, cfg, ptrArg(logits), ptrArg(idx), ptrArg(dw), ptrArg(dlogits), i32(T), i32(E), i32(K), i32(mode), f64(scale), ptrArg(d.fault))
 }
 
 // PlanSections returns the device addresses of the plan's sections (ops/plan_layout.go).
@@ -277,9 +299,10 @@ type occKey struct {
 }
 
 // Dispatch writes out[rowOf[t*K+j]] = scale * x[t] (x [T,H], out [T*K,H]); scale = w[t,j] or 1 (w == 0).
-// The output rows are written with plain stores (they stay in L2 for the next kernel) unless
+// kept points at the plan's offsets[E]: slots with rowOf >= *kept (a capacity plan's dropped slots) get
+// a zero row. The output rows are written with plain stores (they stay in L2 for the next kernel) unless
 // SetStreamingDispatchStores(true).
-func (d *Device) Dispatch(dt tensor.Dtype, x, w, rowOf, out cu.DevicePtr, T, K, H int) error {
+func (d *Device) Dispatch(dt tensor.Dtype, x, w, rowOf, kept, out cu.DevicePtr, T, K, H int) error {
 	if err := checkDims("dispatch", T, K, H); err != nil {
 		return err
 	}
@@ -287,7 +310,7 @@ func (d *Device) Dispatch(dt tensor.Dtype, x, w, rowOf, out cu.DevicePtr, T, K, 
 	if err != nil {
 		return err
 	}
-	return d.launch(name, d.warpGrid(T), ptrArg(x), ptrArg(w), ptrArg(rowOf), ptrArg(out), i32(T), i32(K), i32(nv), i32(b2i(!d.streamDispatch)))
+	return d.launch(name, d.warpGrid(T), ptrArg(x), ptrArg(w), ptrArg(rowOf), ptrArg(kept), ptrArg(out), i32(T), i32(K), i32(nv), i32(b2i(!d.streamDispatch)))
 }
 
 // SetStreamingDispatchStores makes Dispatch write its output with streaming (evict-first) stores
@@ -295,8 +318,9 @@ func (d *Device) Dispatch(dt tensor.Dtype, x, w, rowOf, out cu.DevicePtr, T, K, 
 // them in L2).
 func (d *Device) SetStreamingDispatchStores(on bool) { d.streamDispatch = on }
 
-// Combine writes out[t] = sum_j scale * ye[rowOf[t*K+j]] in increasing j (ye [T*K,H], out [T,H]).
-func (d *Device) Combine(dt tensor.Dtype, ye, w, rowOf, out cu.DevicePtr, T, K, H int) error {
+// Combine writes out[t] = sum_j scale * ye[rowOf[t*K+j]] in increasing j over the kept slots
+// (rowOf < *kept) (ye [T*K,H], out [T,H]).
+func (d *Device) Combine(dt tensor.Dtype, ye, w, rowOf, kept, out cu.DevicePtr, T, K, H int) error {
 	if err := checkDims("combine", T, K, H); err != nil {
 		return err
 	}
@@ -304,12 +328,13 @@ func (d *Device) Combine(dt tensor.Dtype, ye, w, rowOf, out cu.DevicePtr, T, K, 
 	if err != nil {
 		return err
 	}
-	return d.launch(name, d.warpGrid(T), ptrArg(ye), ptrArg(w), ptrArg(rowOf), ptrArg(out), i32(T), i32(K), i32(nv))
+	return d.launch(name, d.warpGrid(T), ptrArg(ye), ptrArg(w), ptrArg(rowOf), ptrArg(kept), ptrArg(out), i32(T), i32(K), i32(nv))
 }
 
 // CombineBackward writes dw[t,j] = <dy[t], ye[rowOf[t*K+j]]> and, when dye != 0, also
-// dye[rowOf[t*K+j]] = w[t,j] * dy[t] in the same pass (the fused combine backward).
-func (d *Device) CombineBackward(dt tensor.Dtype, dy, ye, w, rowOf, dw, dye cu.DevicePtr, T, K, H int) error {
+// dye[rowOf[t*K+j]] = w[t,j] * dy[t] in the same pass (the fused combine backward); dropped slots
+// (rowOf >= *kept) get dw = 0 and a zero dye row.
+func (d *Device) CombineBackward(dt tensor.Dtype, dy, ye, w, rowOf, kept, dw, dye cu.DevicePtr, T, K, H int) error {
 	if err := checkDims("combine backward", T, K, H); err != nil {
 		return err
 	}
@@ -320,7 +345,7 @@ func (d *Device) CombineBackward(dt tensor.Dtype, dy, ye, w, rowOf, dw, dye cu.D
 	if err != nil {
 		return err
 	}
-	return d.launch(name, d.warpGrid(T), ptrArg(dy), ptrArg(ye), ptrArg(w), ptrArg(rowOf), ptrArg(dw), ptrArg(dye), i32(T), i32(K), i32(nv))
+	return d.launch(name, d.warpGrid(T), ptrArg(dy), ptrArg(ye), ptrArg(w), ptrArg(rowOf), ptrArg(kept), ptrArg(dw), ptrArg(dye), i32(T), i32(K), i32(nv))
 }
 
 // lblCounts writes C [E+1] int32: C[e] = slots of counted tokens routed to expert e, C[E] = the number
@@ -434,11 +459,17 @@ func (d *Device) fill(p cu.DevicePtr, n, width int64, bits uint64) error {
 	}
 	switch width {
 	case 1:
-		return d.do(func() error { return cu.MemsetD8Async(p, byte(bits), n, d.stream) })
+		return d.do(func() error {
+			return d.timedLocked(FamilyMemset, func() error { return cu.MemsetD8Async(p, byte(bits), n, d.stream) })
+		})
 	case 2:
-		return d.do(func() error { return cu.MemsetD16Async(p, uint16(bits), n, d.stream) })
+		return d.do(func() error {
+			return d.timedLocked(FamilyMemset, func() error { return cu.MemsetD16Async(p, uint16(bits), n, d.stream) })
+		})
 	case 4:
-		return d.do(func() error { return cu.MemsetD32Async(p, uint(uint32(bits)), n, d.stream) })
+		return d.do(func() error {
+			return d.timedLocked(FamilyMemset, func() error { return cu.MemsetD32Async(p, uint(uint32(bits)), n, d.stream) })
+		})
 	case 8:
 		return d.launch("fill_u64", d.flatGrid(n), ptrArg(p), i64(n), arg(bits))
 	}
@@ -450,11 +481,11 @@ func (d *Device) copyHtoD(dst cu.DevicePtr, src unsafe.Pointer, n int64) error {
 		return nil
 	}
 	return d.do(func() error {
-		if err := cu.MemcpyHtoDAsync(dst, src, n, d.stream); err != nil {
+		if err := d.timedLocked(FamilyCopyHtoD, func() error { return cu.MemcpyHtoDAsync(dst, src, n, d.stream) }); err != nil {
 			return fmt.Errorf("cudaops: copy %d bytes host->device: %w", n, err)
 		}
 		// Pageable source: wait so that the Go memory may change as soon as we return.
-		if err := d.stream.Synchronize(); err != nil {
+		if err := d.streamSyncLocked(); err != nil {
 			return fmt.Errorf("cudaops: copy %d bytes host->device: %w", n, err)
 		}
 		return nil
@@ -465,11 +496,12 @@ func (d *Device) copyHtoD(dst cu.DevicePtr, src unsafe.Pointer, n int64) error {
 func (d *Device) copyDtoH(dst unsafe.Pointer, src cu.DevicePtr, n int64) error {
 	return d.do(func() error {
 		if n > 0 {
-			if err := cu.MemcpyDtoHAsync(dst, src, n, d.stream); err != nil {
+			d.waits.reads.Add(1)
+			if err := d.timedLocked(FamilyCopyDtoH, func() error { return cu.MemcpyDtoHAsync(dst, src, n, d.stream) }); err != nil {
 				return fmt.Errorf("cudaops: copy %d bytes device->host: %w", n, err)
 			}
 		}
-		if err := d.stream.Synchronize(); err != nil {
+		if err := d.streamSyncLocked(); err != nil {
 			return fmt.Errorf("cudaops: copy %d bytes device->host: %w", n, err)
 		}
 		return d.checkFaultLocked()
@@ -481,7 +513,7 @@ func (d *Device) copyDtoD(dst, src cu.DevicePtr, n int64) error {
 		return nil
 	}
 	return d.do(func() error {
-		if err := cu.MemcpyDtoDAsync(dst, src, n, d.stream); err != nil {
+		if err := d.timedLocked(FamilyCopyDtoD, func() error { return cu.MemcpyDtoDAsync(dst, src, n, d.stream) }); err != nil {
 			return fmt.Errorf("cudaops: copy %d bytes device->device: %w", n, err)
 		}
 		return nil

@@ -34,10 +34,6 @@ func (d *Device) launch(name string, cfg launchCfg, args ...arg) error {
 	return d.do(func() error { return d.launchLocked(name, cfg.grid, 1, cfg.block, 1, cfg.smem, args...) })
 }
 
-func (d *Device) launch2D(name string, gx, gy, bx, by int, args ...arg) error {
-	return d.do(func() error { return d.launchLocked(name, gx, gy, bx, by, 0, args...) })
-}
-
 func (d *Device) launchLocked(name string, gx, gy, bx, by, smem int, args ...arg) error {
 	fn, ok := d.fns[name]
 	if !ok {
@@ -58,7 +54,20 @@ func (d *Device) launchLocked(name string, gx, gy, bx, by, smem int, args ...arg
 		slots[i] = uint64(a)
 		params[i] = unsafe.Pointer(&slots[i])
 	}
-	if err := fn.Launch(gx, gy, 1, bx, by, 1, smem, d.stream, params); err != nil {
+	mark := -1
+	if d.ktimer != nil {
+		var err error
+		if mark, err = d.timedBeginLocked(kernelFamily(name)); err != nil {
+			return err
+		}
+	}
+	err := fn.Launch(gx, gy, 1, bx, by, 1, smem, d.stream, params)
+	if mark >= 0 {
+		if e := d.timedEndLocked(mark); err == nil {
+			err = e
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("cudaops: launching %s grid=(%d,%d) block=(%d,%d) smem=%d: %w", name, gx, gy, bx, by, smem, err)
 	}
 	return nil

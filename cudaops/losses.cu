@@ -39,7 +39,8 @@ __device__ double block_sum_256(double v) {
 }
 
 // C[e] = slots of counted tokens routed to e (the plan's counts without a mask; with one, expert e's rows
-// offsets[e]..offsets[e+1]-1 walked back to their tokens slotOf[r]/K), C[E] = n, the counted tokens.
+// offsets[e]..offsets[e+1]-1, and a capacity plan's dropped rows of e, walked back to their tokens
+// slotOf[r]/K), C[E] = n, the counted tokens.
 // One block of 256 threads per expert (grid-striding); block 0 also counts n.
 __device__ void lbl_counts_body(const int* __restrict__ planCounts, const int* __restrict__ offsets,
                                 const int* __restrict__ slotOf, const int* __restrict__ mask, int numTokens, int K,
@@ -50,8 +51,18 @@ __device__ void lbl_counts_body(const int* __restrict__ planCounts, const int* _
         if (!mask) {
             c = planCounts[e];
         } else {
+            // Expert e's kept rows, then (a capacity plan) its dropped rows: they start at
+            // offsets[E] + sum_{e' < e} (counts[e'] - kept[e']) = offsets[E] + sum_{e'<e} counts[e'] - offsets[e].
+            double before = 0.0;
+            for (int i = threadIdx.x; i < e; i += blockDim.x) before += (double)planCounts[i];
+            const long long dlo = (long long)offsets[E] + (long long)block_sum_256(before) - offsets[e];
+            const long long dhi = dlo + planCounts[e] - (offsets[e + 1] - offsets[e]);
             double acc = 0.0;
             for (long long r = (long long)offsets[e] + threadIdx.x; r < offsets[e + 1]; r += blockDim.x) {
+                const int sl = slotOf[r];
+                acc += (sl >= 0 && sl < slots && mask[sl / K] != 0) ? 1.0 : 0.0;
+            }
+            for (long long r = (dlo > 0 ? dlo : 0) + threadIdx.x; r < dhi && r < slots; r += blockDim.x) {
                 const int sl = slotOf[r];
                 acc += (sl >= 0 && sl < slots && mask[sl / K] != 0) ? 1.0 : 0.0;
             }

@@ -5,7 +5,9 @@
 // alignment). Every row of the expert-major buffer is read or written exactly once per kernel, so the
 // kernels move the minimal number of bytes, need no atomics, and sum in a fixed order (deterministic).
 //
-// Plan sections used here: rowOf[s] = expert-major row of slot s = t*K + j.
+// Plan sections used here: rowOf[s] = expert-major row of slot s = t*K + j, and kept = &offsets[E]: a
+// capacity plan's dropped slots have rowOf[s] >= *kept (a dropless plan keeps all T*K). Dropped slots
+// get zero rows in dispatch, take no part in combine, and get zero gradients in the combine backward.
 // Shapes: x/y/dy [T,H], packed/ye [T*K,H], w/dw [T,K]; nv = H / (elements per vector).
 #include "common.cuh"
 
@@ -16,8 +18,9 @@
 // combine); otherwise streaming (evict-first) stores.
 template <typename T, typename V, bool KEEP>
 __device__ void dispatch_body(const V* __restrict__ x, const T* __restrict__ w, const int* __restrict__ rowOf,
-                              V* __restrict__ out, int numTokens, int K, int nv) {
+                              const int* __restrict__ kept, V* __restrict__ out, int numTokens, int K, int nv) {
     const int lane = lane_id();
+    const int lim = *kept;
     for (long long t = global_warp(); t < numTokens; t += num_warps()) {
         const V* src = x + t * nv;
         for (int c0 = lane; c0 < nv; c0 += 32 * UNROLL) {
@@ -30,12 +33,14 @@ __device__ void dispatch_body(const V* __restrict__ x, const T* __restrict__ w, 
             for (int j = 0; j < K; j++) {
                 const long long s = t * K + j;
                 const T sc = w ? w[s] : T(1);
-                V* dst = out + (long long)rowOf[s] * nv;
+                const int r = rowOf[s];
+                const bool drop = r >= lim;
+                V* dst = out + (long long)r * nv;
 #pragma unroll
                 for (int u = 0; u < UNROLL; u++) {
                     int c = c0 + 32 * u;
                     if (c < nv) {
-                        const V o = w ? vscale(sc, v[u]) : v[u];
+                        const V o = drop ? vzero<V>() : (w ? vscale(sc, v[u]) : v[u]);
                         if (KEEP)
                             dst[c] = o;
                         else
@@ -50,8 +55,9 @@ __device__ void dispatch_body(const V* __restrict__ x, const T* __restrict__ w, 
 // out[t] = sum_{j=0..K-1} scale(t,j) * ye[rowOf[t*K+j]], summed in increasing j.
 template <typename T, typename V>
 __device__ void combine_body(const V* __restrict__ ye, const T* __restrict__ w, const int* __restrict__ rowOf,
-                             V* __restrict__ out, int numTokens, int K, int nv) {
+                             const int* __restrict__ kept, V* __restrict__ out, int numTokens, int K, int nv) {
     const int lane = lane_id();
+    const int lim = *kept;
     for (long long t = global_warp(); t < numTokens; t += num_warps()) {
         for (int c0 = lane; c0 < nv; c0 += 32 * UNROLL) {
             V acc[UNROLL];
@@ -59,8 +65,10 @@ __device__ void combine_body(const V* __restrict__ ye, const T* __restrict__ w, 
             for (int u = 0; u < UNROLL; u++) acc[u] = vzero<V>();
             for (int j = 0; j < K; j++) {
                 const long long s = t * K + j;
+                const int r = rowOf[s];
+                if (r >= lim) continue;  // a dropped slot (the same for every lane of the warp)
                 const T sc = w ? w[s] : T(1);
-                const V* src = ye + (long long)rowOf[s] * nv;
+                const V* src = ye + (long long)r * nv;
                 V v[UNROLL];
 #pragma unroll
                 for (int u = 0; u < UNROLL; u++) {
@@ -89,9 +97,10 @@ __device__ void combine_body(const V* __restrict__ ye, const T* __restrict__ w, 
 // the lane's vectors in increasing order, then a butterfly warp sum: the same order on every run.
 template <typename T, typename V>
 __device__ void combine_bwd_body(const V* __restrict__ dy, const V* __restrict__ ye, const T* __restrict__ w,
-                                 const int* __restrict__ rowOf, T* __restrict__ dw, V* __restrict__ dye,
-                                 int numTokens, int K, int nv) {
+                                 const int* __restrict__ rowOf, const int* __restrict__ kept, T* __restrict__ dw,
+                                 V* __restrict__ dye, int numTokens, int K, int nv) {
     const int lane = lane_id();
+    const int lim = *kept;
     for (long long t = global_warp(); t < numTokens; t += num_warps()) {
         const V* g = dy + t * nv;
         for (int j0 = 0; j0 < K; j0 += JGROUP) {
@@ -100,11 +109,13 @@ __device__ void combine_bwd_body(const V* __restrict__ dy, const V* __restrict__
             const V* src[JGROUP];
             V* dst[JGROUP];
             T sc[JGROUP];
+            bool drop[JGROUP];
 #pragma unroll
             for (int j = 0; j < JGROUP; j++) {
                 acc[j] = T(0);
                 const long long s = t * K + j0 + (j < nj ? j : 0);
                 const long long r = rowOf[s];
+                drop[j] = r >= lim;  // a dropped slot: no dot product (dw = 0) and a zero row gradient
                 src[j] = ye + r * nv;
                 dst[j] = dye ? dye + r * nv : nullptr;
                 sc[j] = (dye && w) ? w[s] : T(1);
@@ -122,7 +133,7 @@ __device__ void combine_bwd_body(const V* __restrict__ dy, const V* __restrict__
 #pragma unroll
                     for (int u = 0; u < CUNROLL; u++) {
                         const int c = c0 + 32 * u;
-                        yv[j][u] = (j < nj && c < nv) ? load_stream(src[j] + c) : vzero<V>();
+                        yv[j][u] = (j < nj && !drop[j] && c < nv) ? load_stream(src[j] + c) : vzero<V>();
                     }
                 }
 #pragma unroll
@@ -132,8 +143,8 @@ __device__ void combine_bwd_body(const V* __restrict__ dy, const V* __restrict__
                         for (int u = 0; u < CUNROLL; u++) {
                             const int c = c0 + 32 * u;
                             if (c < nv) {
-                                acc[j] += vdot(gv[u], yv[j][u]);
-                                if (dye) store_stream(dst[j] + c, vscale(sc[j], gv[u]));
+                                if (!drop[j]) acc[j] += vdot(gv[u], yv[j][u]);
+                                if (dye) store_stream(dst[j] + c, drop[j] ? vzero<V>() : vscale(sc[j], gv[u]));
                             }
                         }
                     }
@@ -151,20 +162,20 @@ __device__ void combine_bwd_body(const V* __restrict__ dy, const V* __restrict__
 }
 
 #define DEFINE_PERMUTE(SUF, T, V)                                                                            \
-    extern "C" __global__ void dispatch_##SUF(const V* x, const T* w, const int* rowOf, V* out, int numTokens, \
-                                              int K, int nv, int keep) {                                    \
+    extern "C" __global__ void dispatch_##SUF(const V* x, const T* w, const int* rowOf, const int* kept, V* out, \
+                                              int numTokens, int K, int nv, int keep) {                     \
         if (keep)                                                                                            \
-            dispatch_body<T, V, true>(x, w, rowOf, out, numTokens, K, nv);                                   \
+            dispatch_body<T, V, true>(x, w, rowOf, kept, out, numTokens, K, nv);                             \
         else                                                                                                 \
-            dispatch_body<T, V, false>(x, w, rowOf, out, numTokens, K, nv);                                  \
+            dispatch_body<T, V, false>(x, w, rowOf, kept, out, numTokens, K, nv);                            \
     }                                                                                                        \
-    extern "C" __global__ void combine_##SUF(const V* ye, const T* w, const int* rowOf, V* out, int numTokens, \
-                                             int K, int nv) {                                               \
-        combine_body<T, V>(ye, w, rowOf, out, numTokens, K, nv);                                             \
+    extern "C" __global__ void combine_##SUF(const V* ye, const T* w, const int* rowOf, const int* kept, V* out, \
+                                             int numTokens, int K, int nv) {                                \
+        combine_body<T, V>(ye, w, rowOf, kept, out, numTokens, K, nv);                                       \
     }                                                                                                        \
     extern "C" __global__ void combine_bwd_##SUF(const V* dy, const V* ye, const T* w, const int* rowOf,      \
-                                                 T* dw, V* dye, int numTokens, int K, int nv) {             \
-        combine_bwd_body<T, V>(dy, ye, w, rowOf, dw, dye, numTokens, K, nv);                                 \
+                                                 const int* kept, T* dw, V* dye, int numTokens, int K, int nv) { \
+        combine_bwd_body<T, V>(dy, ye, w, rowOf, kept, dw, dye, numTokens, K, nv);                           \
     }
 
 DEFINE_PERMUTE(f32, float, float)

@@ -49,6 +49,7 @@ func (d *Device) Time(spin time.Duration, fn func() error) (time.Duration, error
 		if err := end.Record(d.stream); err != nil {
 			return err
 		}
+		d.waits.syncs.Add(1)
 		if err := end.Synchronize(); err != nil {
 			return err
 		}

@@ -14,10 +14,22 @@ type Config struct {
 	FFN         int         // F, expert hidden width
 	Experts     int         // E
 	TopK        int         // K, experts per token, 1 <= K <= E
-	Scoring     ops.Scoring // ops.SoftmaxTopK (Mixtral) or ops.TopKSoftmax
-	Renormalize bool        // SoftmaxTopK: renormalise the K weights (Mixtral: true)
-	AuxLossCoef float64     // load-balancing loss coefficient, finite and >= 0; 0 leaves the node out
-	ZLossCoef   float64     // router z-loss coefficient, finite and >= 0; 0 leaves the node out
+	Scoring     ops.Scoring // ops.SoftmaxTopK (Mixtral), ops.TopKSoftmax or ops.Sigmoid (DeepSeek-V3)
+	Renormalize bool        // SoftmaxTopK and Sigmoid: renormalise the K weights (Mixtral: true)
+	// Routing policies (see ops.RouteConfig): group-limited selection (Sigmoid), the weights' scale
+	// (0: 1), and a capacity per expert (Capacity, or CapacityFactor; both 0: dropless) with its drop
+	// policy.
+	Groups, TopKGroups int
+	GroupMask          ops.GroupMask
+	RouteScale         float64
+	Capacity           int
+	CapacityFactor     float64
+	DropPolicy         ops.DropPolicy
+	// BiasRate > 0 (Sigmoid only) gives the layer a selection bias [E] (zero at first) for aux-loss-free
+	// balancing: Layer.UpdateBias adds BiasRate * sign(mean load - load) after each step. Finite, >= 0.
+	BiasRate    float64
+	AuxLossCoef float64 // load-balancing loss coefficient, finite and >= 0; 0 leaves the node out
+	ZLossCoef   float64 // router z-loss coefficient, finite and >= 0; 0 leaves the node out
 	// Seed of the weight initialisation (NewLayer). 0: every layer added to a graph draws from its own
 	// stream (the graph's n-th layer from stream n), so two layers of one graph differ while the same
 	// program gives the same weights on every run. Non-zero: exactly this seed, so the same Config gives
@@ -48,7 +60,8 @@ func MixtralConfig(hidden, ffn, experts int) Config {
 
 // Route returns the routing configuration of the layer.
 func (c Config) Route() ops.RouteConfig {
-	return ops.RouteConfig{K: c.TopK, Scoring: c.Scoring, Renormalize: c.Renormalize}
+	return ops.RouteConfig{K: c.TopK, Scoring: c.Scoring, Renormalize: c.Renormalize, Groups: c.Groups, TopKGroups: c.TopKGroups,
+		GroupMask: c.GroupMask, Scale: c.RouteScale, Capacity: c.Capacity, CapacityFactor: c.CapacityFactor, DropPolicy: c.DropPolicy}
 }
 
 // Mixed reports whether the layer computes in mixed precision (Dtype is ops.BFloat16).
@@ -88,6 +101,12 @@ func (c Config) Validate() error {
 		if !(coef.v >= 0) || math.IsInf(coef.v, 1) {
 			return fmt.Errorf("moe: %s must be finite and >= 0, got %v: %w", coef.name, coef.v, ops.ErrConfig)
 		}
+	}
+	if !(c.BiasRate >= 0) || math.IsInf(c.BiasRate, 1) {
+		return fmt.Errorf("moe: BiasRate must be finite and >= 0, got %v: %w", c.BiasRate, ops.ErrConfig)
+	}
+	if c.BiasRate > 0 && c.Scoring != ops.Sigmoid {
+		return fmt.Errorf("moe: a balancing bias (BiasRate %v) needs sigmoid scoring, got %v: %w", c.BiasRate, c.Scoring, ops.ErrConfig)
 	}
 	return c.Route().Validate(c.Experts)
 }

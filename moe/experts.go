@@ -40,18 +40,20 @@ func RouterLogits(x, router *G.Node) (*G.Node, error) {
 }
 
 // RouteTokens is the token side of a layer: logits = RouterLogits(x, router) [T,E], the routing of
-// ops.Route(logits, cfg), and x's rows packed expert-major by ops.Dispatch [T*K,H].
-func RouteTokens(x, router *G.Node, cfg ops.RouteConfig) (logits *G.Node, r *ops.Routing, packed *G.Node, err error) {
-	return RouteTokensTo(x, router, cfg, x.Dtype())
+// ops.RouteBiased(logits, bias, cfg) (bias [E] is the optional selection bias of Sigmoid scoring; nil
+// routes as ops.Route), and x's rows packed expert-major by ops.Dispatch [T*K,H] (under a capacity, the
+// rows of dropped slots are zero).
+func RouteTokens(x, router, bias *G.Node, cfg ops.RouteConfig) (logits *G.Node, r *ops.Routing, packed *G.Node, err error) {
+	return RouteTokensTo(x, router, bias, cfg, x.Dtype())
 }
 
 // RouteTokensTo is RouteTokens with the packed rows in dtype rows (ops.DispatchTo: x's dtype, or
 // bfloat16 for float32 x, the mixed-precision layer's expert rows).
-func RouteTokensTo(x, router *G.Node, cfg ops.RouteConfig, rows tensor.Dtype) (logits *G.Node, r *ops.Routing, packed *G.Node, err error) {
+func RouteTokensTo(x, router, bias *G.Node, cfg ops.RouteConfig, rows tensor.Dtype) (logits *G.Node, r *ops.Routing, packed *G.Node, err error) {
 	if logits, err = RouterLogits(x, router); err != nil {
 		return nil, nil, nil, err
 	}
-	if r, err = ops.Route(logits, cfg); err != nil {
+	if r, err = ops.RouteBiased(logits, bias, cfg); err != nil {
 		return nil, nil, nil, err
 	}
 	if packed, err = ops.DispatchTo(x, r, rows); err != nil {

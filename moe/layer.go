@@ -19,6 +19,7 @@ type Layer struct {
 	W1     *G.Node // [E,H,F] gate projection
 	W3     *G.Node // [E,H,F] up projection
 	W2     *G.Node // [E,F,H] down projection
+	Bias   *G.Node // [E] selection bias (Config.BiasRate > 0, Sigmoid), not trained: see UpdateBias
 }
 
 // Weights holds a layer's parameter values (host tensors) in the layer's layout.
@@ -121,6 +122,17 @@ func NewLayerWithWeights(g *G.ExprGraph, cfg Config, w Weights) (*Layer, error) 
 	l.W1 = G.NewTensor(g, dt, 3, G.WithShape(e, h, f), G.WithName(names.Unique(g, "moe.w1")), G.WithValue(w.W1))
 	l.W3 = G.NewTensor(g, dt, 3, G.WithShape(e, h, f), G.WithName(names.Unique(g, "moe.w3")), G.WithValue(w.W3))
 	l.W2 = G.NewTensor(g, dt, 3, G.WithShape(e, f, h), G.WithName(names.Unique(g, "moe.w2")), G.WithValue(w.W2))
+	if cfg.BiasRate > 0 {
+		bias := floats.Dense(cfg.masterDtype(), make([]float64, e), e) // the router logits' dtype
+		if b := cfg.Backend; b != nil && b.Name() != ops.CPU().Name() {
+			d, err := b.FromHost(bias)
+			if err != nil {
+				return nil, fmt.Errorf("moe: placing the selection bias on %s: %w", b.Name(), err)
+			}
+			bias = d
+		}
+		l.Bias = G.NewVector(g, cfg.masterDtype(), G.WithShape(e), G.WithName(names.Unique(g, "moe.bias")), G.WithValue(bias))
+	}
 	return l, nil
 }
 
@@ -194,6 +206,23 @@ func PrepareWeights(cfg Config, w Weights, shards int) (Config, Weights, error) 
 	return cfg, w, nil
 }
 
+// UpdateBias applies one step of aux-loss-free balancing (ops.UpdateBalanceBias with Config.BiasRate)
+// to the layer's selection bias, from the routing plan of the last run that r (Output.Read) received.
+// Call it after every training step, while the step's values are alive (ops.Trainer.StepThen's read
+// function); on a device it runs there without synchronising. A layer without a bias is an error
+// (ops.ErrConfig).
+func (l *Layer) UpdateBias(r *Readout) error {
+	if l.Bias == nil {
+		return fmt.Errorf("moe: the layer has no selection bias (Config.BiasRate is 0): %w", ops.ErrConfig)
+	}
+	bias, ok := l.Bias.Value().(*tensor.Dense)
+	plan, ok2 := r.Plan.(*tensor.Dense)
+	if !ok || !ok2 {
+		return fmt.Errorf("moe: no bias or plan value (run the machine first): %w", ops.ErrConfig)
+	}
+	return ops.UpdateBalanceBias(bias, plan, l.Config.BiasRate)
+}
+
 // Params lists the trainable nodes: Router, W1, W3, W2.
 func (l *Layer) Params() G.Nodes { return G.Nodes{l.Router, l.W1, l.W3, l.W2} }
 
@@ -259,7 +288,7 @@ func (l *Layer) ForwardMasked(x, mask *G.Node) (*Output, error) {
 	if c.Mixed() {
 		rows = ops.BFloat16
 	}
-	logits, r, packed, err := RouteTokensTo(x, l.Router, c.Route(), rows)
+	logits, r, packed, err := RouteTokensTo(x, l.Router, l.Bias, c.Route(), rows)
 	if err != nil {
 		return nil, err
 	}

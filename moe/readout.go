@@ -25,19 +25,32 @@ func MSE(y, target *G.Node) (*G.Node, error) {
 // pass (G.Read) and stay valid until the next RunAll; on a device backend run by ops.Runner or
 // ops.Trainer, until the run's memory step ends: read them in the run's callback (Trainer.StepThen).
 type Readout struct {
-	Y    G.Value // layer output, the input's shape
-	Plan G.Value // routing plan (ops.PlanView layout): per-expert counts first
+	Y     G.Value // layer output, the input's shape
+	Plan  G.Value // routing plan (ops.PlanView layout): per-expert counts first
+	Stats G.Value // routing diagnostics (ops.RoutingStatsOf; read them with RoutingStats)
 
-	experts, slots int
+	experts, slots, tokens, k int
 }
 
-// Read adds G.Read nodes for the layer output and the routing plan to the graph and returns where their
-// values arrive. Call it before G.Grad (and before creating the machine).
+// Read adds G.Read nodes for the layer output, the routing plan and the routing diagnostics to the
+// graph and returns where their values arrive. Call it before G.Grad (and before creating the machine).
 func (o *Output) Read() *Readout {
-	r := &Readout{experts: o.Routing.E, slots: o.Routing.T * o.Routing.K()}
+	r := &Readout{experts: o.Routing.E, slots: o.Routing.T * o.Routing.K(), tokens: o.Routing.T, k: o.Routing.K()}
 	G.Read(o.Y, &r.Y)
 	G.Read(o.Routing.Plan, &r.Plan)
+	if stats, err := ops.RoutingStatsOf(o.Routing); err == nil {
+		G.Read(stats, &r.Stats)
+	}
 	return r
+}
+
+// RoutingStats returns the last run's routing diagnostics: per-expert counts and shares, max/mean
+// load, coefficient of variation, dropped slots, mean router entropy (a device read synchronises).
+func (r *Readout) RoutingStats() (ops.RoutingStats, error) {
+	if r.Stats == nil {
+		return ops.RoutingStats{}, fmt.Errorf("moe: no routing diagnostics were read yet (run the machine first): %w", ops.ErrConfig)
+	}
+	return ops.ReadRoutingStats(r.Stats, r.tokens, r.k)
 }
 
 // ExpertLoad returns the share of the last run's routed slots (T*K, padding tokens included) that went

@@ -40,11 +40,12 @@ type Backend interface {
 	View(t *tensor.Dense, offset int, shape ...int) (*tensor.Dense, error)
 
 	// RouteIndices writes idx[t,:] = the K experts of token t in decreasing score order, ties to the
-	// lower expert index. logits [T,E] float, idx [T,K] int32. A row with a NaN or +Inf logit, or whose
-	// logits are all -Inf, is an error (ErrNaN); -Inf logits are otherwise allowed (never selected before
-	// a finite one).
+	// lower expert index. logits [T,E] float, idx [T,K] int32. Softmax scorings: a row with a NaN or +Inf
+	// logit, or whose logits are all -Inf, is an error (ErrNaN); -Inf logits are otherwise allowed (never
+	// selected before a finite one). Sigmoid scoring follows RouteIndicesBias with no bias.
 	RouteIndices(logits *tensor.Dense, cfg RouteConfig, idx *tensor.Dense) error
-	// RouteWeights writes w[t,j] = the routing weight of expert idx[t,j] (see Scoring). w [T,K].
+	// RouteWeights writes w[t,j] = the routing weight of expert idx[t,j] (see Scoring), times
+	// cfg.EffectiveScale(). w [T,K].
 	RouteWeights(logits, idx *tensor.Dense, cfg RouteConfig, w *tensor.Dense) error
 	// RouteWeightsGrad writes dlogits[T,E] = d(sum dw*w)/dlogits.
 	RouteWeightsGrad(logits, idx, dw *tensor.Dense, cfg RouteConfig, dlogits *tensor.Dense) error
@@ -88,6 +89,7 @@ type Backend interface {
 	ZLossGrad(logits *tensor.Dense, scale float64, g, dlogits *tensor.Dense) error
 
 	TrainingBackend
+	RoutingBackend
 	MixedPrecisionBackend
 }
 

@@ -173,7 +173,7 @@ func castFunc(src, dst *tensor.Dense) func(lo, hi int) {
 }
 
 // dispatchBF16CPU: out (bfloat16) [T*K,H] from x (bfloat16 or float32) [T,H], scaled by w (float32) when
-// given.
+// given; rows of slots a capacity plan dropped (row >= offsets[E]) are zero.
 func dispatchBF16CPU(x, w, plan *tensor.Dense, out *tensor.Dense) error {
 	const what = "dispatch (bfloat16)"
 	os, err := bf16s(what, "the output", out)
@@ -192,9 +192,10 @@ func dispatchBF16CPU(x, w, plan *tensor.Dense, out *tensor.Dense) error {
 	if err != nil {
 		return err
 	}
-	dst := func(t, j int) []BF16 {
-		r := int(pv.RowOf[t*k+j])
-		return os[r*h : (r+1)*h]
+	limit := pv.Offsets[pv.E]
+	dst := func(t, j int) ([]BF16, bool) {
+		r := pv.RowOf[t*k+j]
+		return os[int(r)*h : (int(r)+1)*h], r >= limit
 	}
 	scale := func(t, j int) float64 { return float64(ws[t*k+j]) }
 	switch xs := x.Data().(type) {
@@ -203,7 +204,11 @@ func dispatchBF16CPU(x, w, plan *tensor.Dense, out *tensor.Dense) error {
 			for t := lo; t < hi; t++ {
 				src := xs[t*h : (t+1)*h]
 				for j := 0; j < k; j++ {
-					d := dst(t, j)
+					d, dropped := dst(t, j)
+					if dropped {
+						clear(d)
+						continue
+					}
 					if ws == nil {
 						copy(d, src) // bytes only move
 						continue
@@ -220,7 +225,11 @@ func dispatchBF16CPU(x, w, plan *tensor.Dense, out *tensor.Dense) error {
 			for t := lo; t < hi; t++ {
 				src := xs[t*h : (t+1)*h]
 				for j := 0; j < k; j++ {
-					d := dst(t, j)
+					d, dropped := dst(t, j)
+					if dropped {
+						clear(d)
+						continue
+					}
 					s := 1.0
 					if ws != nil {
 						s = scale(t, j)
@@ -238,7 +247,7 @@ func dispatchBF16CPU(x, w, plan *tensor.Dense, out *tensor.Dense) error {
 }
 
 // combineBF16CPU: out (bfloat16 or float32) [T,H] = sum_j w[t,j] ye[rowOf(t,j)], ye bfloat16, w float32
-// or nil; summed in float64 in increasing j, rounded once.
+// or nil; summed in float64 in increasing j, rounded once; slots a capacity plan dropped take no part.
 func combineBF16CPU(ye, w, plan *tensor.Dense, out *tensor.Dense) error {
 	const what = "combine (bfloat16)"
 	ys, err := bf16s(what, "the expert outputs", ye)
@@ -274,6 +283,9 @@ func combineBF16CPU(ye, w, plan *tensor.Dense, out *tensor.Dense) error {
 			clear(acc)
 			for j := 0; j < k; j++ {
 				r := int(pv.RowOf[t*k+j])
+				if r >= int(pv.Offsets[pv.E]) {
+					continue
+				}
 				row := ys[r*h : (r+1)*h]
 				s := 1.0
 				if ws != nil {
@@ -298,7 +310,7 @@ func combineBF16CPU(ye, w, plan *tensor.Dense, out *tensor.Dense) error {
 }
 
 // combineGradWeightsBF16CPU: dw (float32) [T,K] = <dy[t], ye[rowOf(t,j)]>, dy bfloat16 or float32, ye
-// bfloat16; accumulated in float64.
+// bfloat16; accumulated in float64; 0 for slots a capacity plan dropped.
 func combineGradWeightsBF16CPU(dy, ye, plan *tensor.Dense, dw *tensor.Dense) error {
 	const what = "combine grad weights (bfloat16)"
 	ys, err := bf16s(what, "the expert outputs", ye)
@@ -324,6 +336,10 @@ func combineGradWeightsBF16CPU(dy, ye, plan *tensor.Dense, dw *tensor.Dense) err
 			gt := g[t*h : (t+1)*h]
 			for j := 0; j < k; j++ {
 				r := int(pv.RowOf[t*k+j])
+				if r >= int(pv.Offsets[pv.E]) {
+					out[t*k+j] = 0
+					continue
+				}
 				row := ys[r*h : (r+1)*h]
 				var s float64
 				for i, v := range row {

@@ -38,6 +38,8 @@ func groupedMatMulCPU[T float](x, w, plan *tensor.Dense, transposeW bool, out *t
 	if transposeW {
 		tB, ldb = blas.Trans, in
 	}
+	// Rows past the kept segments hold a capacity plan's dropped slots: zero (empty for dropless plans).
+	clear(os[int(offsets[len(offsets)-1])*outDim:])
 	// Segments are uneven, so experts are handed out in turn (eachTask); each expert's result is one GEMM
 	// by one goroutine, so the output does not depend on which goroutine ran it. gonum parallelises large
 	// GEMMs itself; small segments run serially there, which is why experts are spread here.
@@ -91,7 +93,8 @@ func groupedMatMulGradWCPU[T float](x, dy, plan *tensor.Dense, dW *tensor.Dense)
 	return nil
 }
 
-// segmentOffsets returns the plan's offsets [E+1] after checking they tile [0, rows).
+// segmentOffsets returns the plan's offsets [E+1] after checking they tile [0, offsets[E]) with
+// offsets[E] <= rows (rows past offsets[E] are a capacity plan's dropped slots).
 func segmentOffsets(plan *tensor.Dense, numExperts, rows int) ([]int32, error) {
 	p, err := int32s(plan)
 	if err != nil {
@@ -101,8 +104,8 @@ func segmentOffsets(plan *tensor.Dense, numExperts, rows int) ([]int32, error) {
 		return nil, failf(ErrShape, "grouped matmul: plan of %d elements is too short for E=%d", len(p), numExperts)
 	}
 	off := p[numExperts : 2*numExperts+1]
-	if off[0] != 0 || int(off[numExperts]) != rows {
-		return nil, failf(ErrShape, "grouped matmul: plan offsets span [%d,%d), want [0,%d)", off[0], off[numExperts], rows)
+	if off[0] != 0 || off[numExperts] < 0 || int(off[numExperts]) > rows {
+		return nil, failf(ErrShape, "grouped matmul: plan offsets span [%d,%d), want [0,n) with n <= %d", off[0], off[numExperts], rows)
 	}
 	for e := 0; e < numExperts; e++ {
 		if off[e+1] < off[e] {

@@ -61,9 +61,9 @@ func hostGrad(scale float64, g *tensor.Dense) (float64, error) {
 	return scale * v, err
 }
 
-// balanceCounts returns f_e * n (the slots of counted tokens routed to e) and n, the number of counted
-// tokens: from the plan's counts without a mask; with a mask, by walking each expert's rows back to
-// their tokens (slotOf[r] / K).
+// balanceCounts returns f_e * n (the slots of counted tokens routed to e, dropped by a capacity or not)
+// and n, the number of counted tokens: from the plan's counts without a mask; with a mask, by walking
+// each expert's rows (kept and dropped) back to their tokens (slotOf[r] / K).
 func balanceCounts(p []int32, mask *tensor.Dense, nT, nE int) (counts []float64, n int, err error) {
 	if len(p) < 2*nE+1 || (len(p)-2*nE-1)%(2*max(nT, 1)) != 0 {
 		return nil, 0, failf(ErrShape, "load-balancing loss: a plan of %d elements does not fit T=%d, E=%d", len(p), nT, nE)
@@ -92,11 +92,17 @@ func balanceCounts(p []int32, mask *tensor.Dense, nT, nE int) (counts []float64,
 	if err != nil {
 		return nil, 0, err
 	}
-	for e := 0; e < nE; e++ {
-		for r := pv.Offsets[e]; r < pv.Offsets[e+1]; r++ {
+	countRows := func(e, lo, hi int) {
+		for r := lo; r < hi; r++ {
 			if s := int(pv.SlotOf[r]); s >= 0 && s < nT*k && m[s/k] != 0 {
 				counts[e]++
 			}
+		}
+	}
+	for e := 0; e < nE; e++ {
+		countRows(e, int(pv.Offsets[e]), int(pv.Offsets[e+1]))
+		if lo, hi := pv.DroppedRows(e); hi > lo && lo >= 0 && hi <= nT*k { // a capacity plan's dropped slots still count
+			countRows(e, lo, hi)
 		}
 	}
 	return counts, n, nil

@@ -33,6 +33,10 @@ func dispatchCPU[T float](x, w, plan *tensor.Dense, out *tensor.Dense) error {
 	if err != nil {
 		return err
 	}
+	if limit := pv.Offsets[pv.E]; int(limit) != n {
+		dispatchDropping(xs, ws, os, pv, h, limit)
+		return nil
+	}
 	// Walk tokens, not rows: each x row is read from memory once and written to its K rows while it is
 	// still in cache (row order would read every x row K times). Every out row is written exactly once.
 	parallelRows(nT, rowsFor(h*k), func(lo, hi int) {
@@ -70,6 +74,31 @@ func dispatchCPU[T float](x, w, plan *tensor.Dense, out *tensor.Dense) error {
 	return nil
 }
 
+// dispatchDropping is Dispatch over a capacity plan: rows of dropped slots (row >= limit) are zero.
+func dispatchDropping[T float](xs, ws, os []T, pv PlanView, h int, limit int32) {
+	k := pv.K
+	parallelRows(pv.T, rowsFor(h*k), func(lo, hi int) {
+		for t := lo; t < hi; t++ {
+			src := xs[t*h : (t+1)*h]
+			for j := 0; j < k; j++ {
+				r := pv.RowOf[t*k+j]
+				dst := os[int(r)*h : (int(r)+1)*h][:len(src)]
+				switch {
+				case r >= limit:
+					clear(dst)
+				case ws == nil:
+					copy(dst, src)
+				default:
+					sc := ws[t*k+j]
+					for i, v := range src {
+						dst[i] = sc * v
+					}
+				}
+			}
+		}
+	})
+}
+
 func (cpuBackend) Combine(ye, w, plan *tensor.Dense, out *tensor.Dense) error {
 	if mixedBF16(ye, out) {
 		return combineBF16CPU(ye, w, plan, out)
@@ -99,9 +128,34 @@ func combineCPU[T float](ye, w, plan *tensor.Dense, out *tensor.Dense) error {
 	if err != nil {
 		return err
 	}
+	limit := pv.Offsets[pv.E]
+	if int(limit) == nT*k {
+		parallelRows(nT, rowsFor(h*k), func(lo, hi int) {
+			for t := lo; t < hi; t++ {
+				combineRow(os[t*h:(t+1)*h], ys, ws, pv.RowOf[t*k:(t+1)*k], t*k)
+			}
+		})
+		return nil
+	}
+	// A capacity plan: each token sums its kept rows in increasing j (none: a zero row).
 	parallelRows(nT, rowsFor(h*k), func(lo, hi int) {
 		for t := lo; t < hi; t++ {
-			combineRow(os[t*h:(t+1)*h], ys, ws, pv.RowOf[t*k:(t+1)*k], t*k)
+			dst := os[t*h : (t+1)*h]
+			clear(dst)
+			for j := 0; j < k; j++ {
+				r := int(pv.RowOf[t*k+j])
+				if r >= int(limit) {
+					continue
+				}
+				src := ys[r*h : (r+1)*h][:len(dst)]
+				sc := T(1)
+				if ws != nil {
+					sc = ws[t*k+j]
+				}
+				for i, v := range src {
+					dst[i] += sc * v
+				}
+			}
 		}
 	})
 	return nil
@@ -181,6 +235,22 @@ func combineGradWeightsCPU[T float](dy, ye, plan *tensor.Dense, dw *tensor.Dense
 	pv, err := planOf(plan, nT, k)
 	if err != nil {
 		return err
+	}
+	if limit := pv.Offsets[pv.E]; int(limit) != nT*k {
+		// A capacity plan: dropped slots take no part in the combine, so their weight gradient is 0.
+		parallelRows(nT, rowsFor(h*k), func(lo, hi int) {
+			for t := lo; t < hi; t++ {
+				for j := 0; j < k; j++ {
+					r := int(pv.RowOf[t*k+j])
+					if r >= int(limit) {
+						out[t*k+j] = 0
+						continue
+					}
+					out[t*k+j] = dot(g[t*h:(t+1)*h], ys[r*h:(r+1)*h])
+				}
+			}
+		})
+		return nil
 	}
 	parallelRows(nT, rowsFor(h*k), func(lo, hi int) {
 		for t := lo; t < hi; t++ {

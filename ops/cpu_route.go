@@ -7,7 +7,19 @@ import (
 	"gorgonia.org/tensor"
 )
 
-func (cpuBackend) RouteIndices(logits *tensor.Dense, cfg RouteConfig, idx *tensor.Dense) error {
+func (c cpuBackend) RouteIndices(logits *tensor.Dense, cfg RouteConfig, idx *tensor.Dense) error {
+	return c.RouteIndicesBias(logits, nil, cfg, idx)
+}
+
+func (cpuBackend) RouteIndicesBias(logits, bias *tensor.Dense, cfg RouteConfig, idx *tensor.Dense) error {
+	if cfg.Scoring == Sigmoid {
+		return byDtype(logits.Dtype(),
+			func() error { return routeIndicesSigmoidCPU[float32](logits, bias, cfg, idx) },
+			func() error { return routeIndicesSigmoidCPU[float64](logits, bias, cfg, idx) })
+	}
+	if bias != nil {
+		return failf(ErrConfig, "route: a selection bias needs sigmoid scoring, got %v", cfg.Scoring)
+	}
 	return byDtype(logits.Dtype(),
 		func() error { return routeIndicesCPU[float32](logits, cfg, idx) },
 		func() error { return routeIndicesCPU[float64](logits, cfg, idx) })
@@ -158,13 +170,23 @@ func routeWeightsCPU[T float](logits, idx *tensor.Dense, cfg RouteConfig, w *ten
 	if err := checkIndices("route weights", sel, nE); err != nil {
 		return err
 	}
+	if cfg.Scoring == Sigmoid {
+		return sigmoidWeightsCPU(l, sel, nT, nE, k, cfg, out)
+	}
 	if err := checkRows("route weights", l, nT, nE, nil); err != nil {
 		return err
 	}
 	renorm := cfg.EffectiveRenormalize()
+	scale := cfg.EffectiveScale()
 	parallelRows(nT, rowsFor(nE), func(lo, hi int) {
 		for t := lo; t < hi; t++ {
-			routeRowWeights(l[t*nE:(t+1)*nE], sel[t*k:(t+1)*k], renorm, out[t*k:(t+1)*k])
+			o := out[t*k : (t+1)*k]
+			routeRowWeights(l[t*nE:(t+1)*nE], sel[t*k:(t+1)*k], renorm, o)
+			if scale != 1 {
+				for j := range o {
+					o[j] = T(float64(o[j]) * scale)
+				}
+			}
 		}
 	})
 	return nil
@@ -222,10 +244,14 @@ func routeWeightsGradCPU[T float](logits, idx, dw *tensor.Dense, cfg RouteConfig
 	if err := checkIndices("route weights grad", sel, nE); err != nil {
 		return err
 	}
+	if cfg.Scoring == Sigmoid {
+		return sigmoidWeightsGradCPU(l, sel, g, nT, nE, k, cfg, out)
+	}
 	if err := checkRows("route weights grad", l, nT, nE, nil); err != nil {
 		return err
 	}
 	renorm := cfg.EffectiveRenormalize()
+	scale := cfg.EffectiveScale() // w = scale * w', so d/dw' = scale * g
 	parallelRows(nT, rowsFor(nE), func(lo, hi int) {
 		w := make([]T, k)
 		for t := lo; t < hi; t++ {
@@ -236,12 +262,12 @@ func routeWeightsGradCPU[T float](logits, idx, dw *tensor.Dense, cfg RouteConfig
 			routeRowWeights(row, s, renorm, w)
 			dot := 0.0
 			for j := range s {
-				dot += float64(gt[j]) * float64(w[j])
+				dot += scale * float64(gt[j]) * float64(w[j])
 			}
 			if renorm {
 				clear(o)
 				for j, e := range s {
-					o[e] += T(float64(w[j]) * (float64(gt[j]) - dot))
+					o[e] += T(float64(w[j]) * (scale*float64(gt[j]) - dot))
 				}
 				continue
 			}
@@ -250,7 +276,7 @@ func routeWeightsGradCPU[T float](logits, idx, dw *tensor.Dense, cfg RouteConfig
 				o[e] = T(-math.Exp(float64(v)-m) / z * dot)
 			}
 			for j, e := range s {
-				o[e] += T(float64(w[j]) * float64(gt[j]))
+				o[e] += T(float64(w[j]) * scale * float64(gt[j]))
 			}
 		}
 	})

@@ -16,13 +16,22 @@
 //	Combine(ye [T*K,H], r)             -> [T,H] = sum_j w[t,j] * ye[rowOf(t,j)]
 //	LoadBalancingLoss(r, coef), LoadBalancingLossMasked(r, mask [T] int32, coef), ZLoss(logits, coef) -> scalars
 //
+//	RouteBiased(logits, bias [E], cfg) -> Routing with a selection bias (Sigmoid scoring)
+//	CapacityPlanOf(indices, weights, E, C, policy) -> a plan keeping at most C slots per expert
+//	RoutingStatsOf(r)                  -> float64 [2E+2] diagnostics (ReadRoutingStats)
+//	UpdateBalanceBias(bias, plan, rate)   aux-loss-free balancing step (a function, not a node)
+//
 // # Routing rules
 //
-// Selection takes the K largest logits per token in decreasing order; equal logits go to the lower
+// Selection takes the K largest scores per token in decreasing order; equal scores go to the lower
 // expert index (vLLM / TensorRT-LLM behaviour). Weights: SoftmaxTopK takes softmax over all E then the
 // selected K probabilities, optionally renormalised to sum 1 (Mixtral); TopKSoftmax takes softmax over
-// the K selected logits (equal to SoftmaxTopK with renormalisation). Indices and the plan carry no
-// gradient; weights are differentiable w.r.t. the logits.
+// the K selected logits (equal to SoftmaxTopK with renormalisation); Sigmoid (DeepSeek-V3) selects by
+// sigmoid(logits) + a selection bias within the best groups of experts and weighs by the unbiased
+// sigmoid scores, optionally renormalised; every weight is multiplied by RouteConfig.Scale. A capacity
+// drops the slots beyond C per expert (by position or by weight): they get zero rows, no share in the
+// combine and zero gradients, with unchanged buffer shapes. Indices and the plan carry no gradient;
+// weights are differentiable w.r.t. the logits. docs/routing-policies.md has the exact semantics.
 //
 // # Errors
 //

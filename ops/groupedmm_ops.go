@@ -43,7 +43,7 @@ func GroupedMatMul(x, w *G.Node, r *Routing) (*G.Node, error) {
 	if err := checkSizes("grouped matmul", r.T, r.K(), r.E, max(x.Shape()[1], w.Shape()[2])); err != nil {
 		return nil, err
 	}
-	return G.ApplyOp(&groupedMatMulOp{k: r.K(), e: r.E}, x, w, r.Plan)
+	return G.ApplyOp(&groupedMatMulOp{k: r.K(), e: r.E, dropping: r.Capacity > 0}, x, w, r.Plan)
 }
 
 // groupedMatMulOp: (x [N,In], w [E,In,Out] or [E,Out,In] when transposed, plan) -> [N,Out].
@@ -51,6 +51,7 @@ type groupedMatMulOp struct {
 	opBase
 	transposeW bool
 	k, e       int
+	dropping   bool // a capacity plan: rows past the kept segments are cleared (ClearDroppedRows)
 }
 
 func (op *groupedMatMulOp) Arity() int { return 3 }
@@ -58,7 +59,7 @@ func (op *groupedMatMulOp) Type() hm.Type {
 	return hm.NewFnType(floatT(2), floatT(3), int32T(1), floatT(2))
 }
 func (op *groupedMatMulOp) String() string {
-	return fmt.Sprintf("GroupedMatMul{transposeW=%t,K=%d,E=%d}", op.transposeW, op.k, op.e)
+	return fmt.Sprintf("GroupedMatMul{transposeW=%t,K=%d,E=%d,dropping=%t}", op.transposeW, op.k, op.e, op.dropping)
 }
 func (op *groupedMatMulOp) WriteHash(h hash.Hash) { writeHash(op, h) }
 func (op *groupedMatMulOp) Hashcode() uint32      { return hashOf(op) }
@@ -71,7 +72,7 @@ func (op *groupedMatMulOp) SymDiff(in G.Nodes, _, g *G.Node) (G.Nodes, error) {
 		return nil, failf(ErrShape, "%v: want 3 inputs, got %d", op, len(in))
 	}
 	x, w, plan := in[0], in[1], in[2]
-	dx, err := G.ApplyOp(&groupedMatMulOp{transposeW: !op.transposeW, k: op.k, e: op.e}, g, w, plan)
+	dx, err := G.ApplyOp(&groupedMatMulOp{transposeW: !op.transposeW, k: op.k, e: op.e, dropping: op.dropping}, g, w, plan)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +93,7 @@ func (op *groupedMatMulOp) SymDiff(in G.Nodes, _, g *G.Node) (G.Nodes, error) {
 func (op *groupedMatMulOp) DoDiff(_ G.ExecutionContext, inputs G.Nodes, output *G.Node) error {
 	return lispDiff(op, inputs, output, func(in []G.Value, g G.Value) ([]G.Value, error) {
 		x, w, plan := in[0], in[1], in[2]
-		dx, err := (&groupedMatMulOp{transposeW: !op.transposeW, k: op.k, e: op.e}).Do(g, w, plan)
+		dx, err := (&groupedMatMulOp{transposeW: !op.transposeW, k: op.k, e: op.e, dropping: op.dropping}).Do(g, w, plan)
 		if err != nil {
 			return nil, err
 		}
@@ -170,7 +171,13 @@ func (op *groupedMatMulOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Val
 	if err != nil {
 		return nil, err
 	}
-	return res, b.GroupedMatMul(x, w, plan, op.transposeW, res)
+	if err := b.GroupedMatMul(x, w, plan, op.transposeW, res); err != nil {
+		return nil, err
+	}
+	if op.dropping {
+		return res, b.ClearDroppedRows(res, plan)
+	}
+	return res, nil
 }
 
 // groupedMatMulGradWOp: (a [N,P], b [N,Q], plan) -> [E,P,Q] with out[e] = a_e^T b_e.

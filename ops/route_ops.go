@@ -10,14 +10,19 @@ import (
 )
 
 // Routing groups the nodes of one routing decision. Gorgonia ops have one output each, so routing is
-// several nodes with data dependencies: Logits -> Indices -> Plan, and (Logits, Indices) -> Weights.
+// several nodes with data dependencies: Logits (and Bias) -> Indices -> Plan, and (Logits, Indices) ->
+// Weights; under a DropProbs capacity the plan also reads the weights.
 type Routing struct {
 	Logits  *G.Node // [T,E] float router logits (nil when built by NewRouting)
+	Bias    *G.Node // [E] selection bias of Sigmoid scoring (nil: none)
 	Indices *G.Node // [T,K] int32 chosen experts, decreasing score, ties to the lower index
 	Weights *G.Node // [T,K] float routing weights, differentiable w.r.t. Logits
 	Plan    *G.Node // [PlanLen(T,K,E)] int32 routing plan (layout: plan_layout.go)
 	Config  RouteConfig
 	T, E    int
+	// Capacity is the slots per expert the plan keeps (0: dropless). Dropped slots have zero rows in
+	// Dispatch's output, no share in Combine and zero gradients; their Weights stay the router's.
+	Capacity int
 }
 
 // K is the number of experts per token.
@@ -25,17 +30,32 @@ func (r *Routing) K() int { return r.Config.K }
 
 // Route builds the routing nodes of logits [T,E] (float32 or float64).
 //
-// Selection takes the K largest logits of each token (softmax is monotonic, so these are the K largest
-// probabilities); equal logits go to the lower expert index. Weights follow cfg.Scoring (see Scoring);
-// they are differentiable w.r.t. logits, indices and plan are not. A token whose logits hold a NaN or
-// +Inf, or are all -Inf, makes the route op fail at run time (ErrNaN, naming the token); single -Inf
-// logits are allowed (a masked expert: selected only after every finite one, with weight 0).
+// Selection takes the K largest scores of each token (for the softmax scorings the K largest logits:
+// softmax is monotonic); equal scores go to the lower expert index. Weights follow cfg.Scoring (see
+// Scoring) times cfg.Scale; they are differentiable w.r.t. logits, indices and plan are not. A capacity
+// in cfg (Capacity or CapacityFactor) makes the plan keep at most C slots per expert (see
+// CapacityPlanOf). Softmax scorings: a token whose logits hold a NaN or +Inf, or are all -Inf, makes the
+// route op fail at run time (ErrNaN, naming the token); single -Inf logits are allowed (a masked expert:
+// selected only after every finite one, with weight 0). Sigmoid: only NaN logits are an error.
 // Errors: ErrShape, ErrDtype (logits), ErrConfig (cfg), ErrShape for T*K >= 2^31.
 //
 // Example (Mixtral):
 //
 //	r, err := ops.Route(logits, ops.RouteConfig{K: 2, Scoring: ops.SoftmaxTopK, Renormalize: true})
 func Route(logits *G.Node, cfg RouteConfig) (*Routing, error) {
+	return RouteBiased(logits, nil, cfg)
+}
+
+// RouteBiased is Route with a selection bias [E] of the logits' dtype (Sigmoid scoring only; nil: none),
+// DeepSeek-V3's e_score_correction_bias: it is added to the sigmoid scores to choose the experts and
+// never enters the weights, and it gets no gradient (update it with UpdateBalanceBias). A NaN or
+// infinite bias makes the route op fail at run time (ErrNaN).
+//
+// Example (DeepSeek-V3: 256 experts in 8 groups, 4 groups kept, top-8, normalised, scaled by 2.5):
+//
+//	cfg := ops.RouteConfig{K: 8, Scoring: ops.Sigmoid, Renormalize: true, Groups: 8, TopKGroups: 4, Scale: 2.5}
+//	r, err := ops.RouteBiased(logits, bias, cfg)
+func RouteBiased(logits, bias *G.Node, cfg RouteConfig) (*Routing, error) {
 	if err := nodeCheck("route", "logits", logits, 2, anyFloat); err != nil {
 		return nil, err
 	}
@@ -46,7 +66,27 @@ func Route(logits *G.Node, cfg RouteConfig) (*Routing, error) {
 	if err := checkSizes("route", nT, cfg.K, nE, 1); err != nil {
 		return nil, err
 	}
-	idx, err := G.ApplyOp(&routeIndicesOp{cfg: cfg, e: nE}, logits)
+	capacity, err := cfg.CapacityFor(nT, nE)
+	if err != nil {
+		return nil, err
+	}
+	in := G.Nodes{logits}
+	if bias != nil {
+		if cfg.Scoring != Sigmoid {
+			return nil, failf(ErrConfig, "route: a selection bias needs sigmoid scoring, got %v", cfg.Scoring)
+		}
+		if err := nodeCheck("route", "bias", bias, 1, anyFloat); err != nil {
+			return nil, err
+		}
+		if err := sameDtype("route", "logits", logits, "bias", bias); err != nil {
+			return nil, err
+		}
+		if bias.Shape()[0] != nE {
+			return nil, failf(ErrShape, "route: bias %s has %d elements, want E = %d", nodeName(bias), bias.Shape()[0], nE)
+		}
+		in = append(in, bias)
+	}
+	idx, err := G.ApplyOp(&routeIndicesOp{cfg: cfg, e: nE, biased: bias != nil}, in...)
 	if err != nil {
 		return nil, errorf("route: indices: %w", err)
 	}
@@ -54,16 +94,28 @@ func Route(logits *G.Node, cfg RouteConfig) (*Routing, error) {
 	if err != nil {
 		return nil, errorf("route: weights: %w", err)
 	}
-	plan, err := PlanOf(idx, nE)
-	if err != nil {
+	r := &Routing{Logits: logits, Bias: bias, Indices: idx, Weights: w, Config: cfg, T: nT, E: nE}
+	if capacity > 0 {
+		var pw *G.Node
+		if cfg.DropPolicy == DropProbs {
+			pw = w
+		}
+		if r.Plan, err = CapacityPlanOf(idx, pw, nE, capacity, cfg.DropPolicy); err != nil {
+			return nil, err
+		}
+		r.Capacity = capacity
+		return r, nil
+	}
+	if r.Plan, err = PlanOf(idx, nE); err != nil {
 		return nil, err
 	}
-	return &Routing{Logits: logits, Indices: idx, Weights: w, Plan: plan, Config: cfg, T: nT, E: nE}, nil
+	return r, nil
 }
 
 // NewRouting builds a Routing from given expert indices [T,K] int32 and weights [T,K] (for example a
-// fixed assignment in a test, or routing computed elsewhere). It adds the plan node. Indices must lie in
-// [0, numExperts) (checked at run time: ErrExpertIndex); repeated experts within a token are allowed.
+// fixed assignment in a test, or routing computed elsewhere). It adds the plan node (dropless; see
+// WithCapacity). Indices must lie in [0, numExperts) (checked at run time: ErrExpertIndex); repeated
+// experts within a token are allowed.
 func NewRouting(indices, weights *G.Node, numExperts int) (*Routing, error) {
 	if err := nodeCheck("routing", "indices", indices, 2, tensor.Int32); err != nil {
 		return nil, err
@@ -85,19 +137,54 @@ func NewRouting(indices, weights *G.Node, numExperts int) (*Routing, error) {
 	return &Routing{Indices: indices, Weights: weights, Plan: plan, Config: RouteConfig{K: k}, T: nT, E: numExperts}, nil
 }
 
-// routeIndicesOp: logits [T,E] -> indices [T,K] int32. Not differentiable.
-type routeIndicesOp struct {
-	opBase
-	cfg RouteConfig
-	e   int
+// WithCapacity returns a copy of r whose plan keeps at most capacity >= 1 slots per expert, chosen by
+// policy (DropProbs ranks by r.Weights); Logits, Indices and Weights are shared. See CapacityPlanOf.
+func (r *Routing) WithCapacity(capacity int, policy DropPolicy) (*Routing, error) {
+	if err := checkRouting("capacity", r); err != nil {
+		return nil, err
+	}
+	var w *G.Node
+	if policy == DropProbs {
+		if w = r.Weights; w == nil {
+			return nil, failf(ErrConfig, "capacity: the probs policy needs the routing weights")
+		}
+	}
+	plan, err := CapacityPlanOf(r.Indices, w, r.E, capacity, policy)
+	if err != nil {
+		return nil, err
+	}
+	c := *r
+	c.Plan, c.Capacity = plan, capacity
+	c.Config.Capacity, c.Config.CapacityFactor, c.Config.DropPolicy = capacity, 0, policy
+	return &c, nil
 }
 
-func (op *routeIndicesOp) Arity() int            { return 1 }
-func (op *routeIndicesOp) Type() hm.Type         { return hm.NewFnType(floatT(2), int32T(2)) }
-func (op *routeIndicesOp) String() string        { return fmt.Sprintf("RouteIndices{%v,E=%d}", op.cfg, op.e) }
+// routeIndicesOp: logits [T,E] (and bias [E] when biased) -> indices [T,K] int32. Not differentiable.
+type routeIndicesOp struct {
+	opBase
+	cfg    RouteConfig
+	e      int
+	biased bool
+}
+
+func (op *routeIndicesOp) Arity() int {
+	if op.biased {
+		return 2
+	}
+	return 1
+}
+func (op *routeIndicesOp) Type() hm.Type {
+	if op.biased {
+		return hm.NewFnType(floatT(2), floatT(1), int32T(2))
+	}
+	return hm.NewFnType(floatT(2), int32T(2))
+}
+func (op *routeIndicesOp) String() string {
+	return fmt.Sprintf("RouteIndices{%v,E=%d,biased=%t}", op.cfg, op.e, op.biased)
+}
 func (op *routeIndicesOp) WriteHash(h hash.Hash) { writeHash(op, h) }
 func (op *routeIndicesOp) Hashcode() uint32      { return hashOf(op) }
-func (op *routeIndicesOp) DiffWRT(int) []bool    { return []bool{false} }
+func (op *routeIndicesOp) DiffWRT(n int) []bool  { return make([]bool, n) }
 func (op *routeIndicesOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
 	return nil, failf(ErrUnsupported, "%v is not differentiable", op)
 }
@@ -113,20 +200,35 @@ func (op *routeIndicesOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 	if len(s) != 2 || s[1] != op.e {
 		return nil, failf(ErrShape, "route: logits shape %v, want [T,%d]", s, op.e)
 	}
+	if op.biased {
+		b, err := shapeArg(ds, 1)
+		if err != nil {
+			return nil, err
+		}
+		if len(b) != 1 || b[0] != op.e {
+			return nil, failf(ErrShape, "route: bias shape %v, want [%d]", b, op.e)
+		}
+	}
 	return tensor.Shape{s[0], op.cfg.K}, nil
 }
 
 func (op *routeIndicesOp) Do(vs ...G.Value) (G.Value, error) { return op.UsePreallocDo(nil, vs...) }
 
 func (op *routeIndicesOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error) {
-	if err := arity(op, 1, vs); err != nil {
+	if err := arity(op, op.Arity(), vs); err != nil {
 		return nil, err
 	}
 	logits, err := arg("route", "logits", vs[0], anyFloat, -1, op.e)
 	if err != nil {
 		return nil, err
 	}
-	b, err := backendOf(op.String(), logits)
+	var bias *tensor.Dense
+	if op.biased {
+		if bias, err = arg("route", "bias", vs[1], logits.Dtype(), op.e); err != nil {
+			return nil, err
+		}
+	}
+	b, err := backendOf(op.String(), logits, bias)
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +236,10 @@ func (op *routeIndicesOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Valu
 	if err != nil {
 		return nil, err
 	}
-	return out, b.RouteIndices(logits, op.cfg, out)
+	if bias == nil {
+		return out, b.RouteIndices(logits, op.cfg, out)
+	}
+	return out, b.RouteIndicesBias(logits, bias, op.cfg, out)
 }
 
 // routeWeightsOp: (logits [T,E], indices [T,K]) -> weights [T,K]; differentiable w.r.t. logits.

@@ -47,7 +47,12 @@ func WithCallerSteps() RunnerOption { return func(r *Runner) { r.callerSteps = t
 // already holds a value (parameters) must hold a tensor of b. A graph with bfloat16 nodes must pass
 // CheckBF16Graph; on the CPU it runs with HostEngine (which adds the bfloat16 gradient sums).
 func NewRunner(g *G.ExprGraph, b Backend, opts ...RunnerOption) (*Runner, error) {
-	if g == nil {
+	return newRunner(g, g, b, opts...)
+}
+
+// newRunner runs the nodes of run, a subgraph of g (or g itself); feeds are checked against g.
+func newRunner(g, run *G.ExprGraph, b Backend, opts ...RunnerOption) (*Runner, error) {
+	if g == nil || run == nil {
 		return nil, failf(ErrConfig, "runner: nil graph")
 	}
 	if b == nil {
@@ -58,8 +63,8 @@ func NewRunner(g *G.ExprGraph, b Backend, opts ...RunnerOption) (*Runner, error)
 		o(r)
 	}
 	var vmOpts []G.VMOpt
-	if hasBF16(g) {
-		if err := CheckBF16Graph(g); err != nil {
+	if hasBF16(run) {
+		if err := CheckBF16Graph(run); err != nil {
 			return nil, err
 		}
 		if b.Name() == CPU().Name() {
@@ -67,10 +72,10 @@ func NewRunner(g *G.ExprGraph, b Backend, opts ...RunnerOption) (*Runner, error)
 		}
 	}
 	if b.Name() != CPU().Name() {
-		if err := CheckDeviceGraph(g); err != nil {
+		if err := CheckDeviceGraph(run); err != nil {
 			return nil, err
 		}
-		for _, n := range g.Inputs() {
+		for _, n := range run.Inputs() {
 			if d, ok := n.Value().(*tensor.Dense); ok && d != nil && !b.Owns(d) {
 				return nil, failf(ErrMixedBackends, "runner: input %q holds a tensor that is not in %s memory; place it with the backend's FromHost (moe layers: Config.Backend)", n.Name(), b.Name())
 			}
@@ -87,9 +92,9 @@ func NewRunner(g *G.ExprGraph, b Backend, opts ...RunnerOption) (*Runner, error)
 		if !r.callerSteps {
 			r.scoper, _ = b.(StepScoper)
 		}
-		r.reads = readTargets(g)
+		r.reads = readTargets(run)
 	}
-	r.vm = G.NewTapeMachine(g, vmOpts...)
+	r.vm = G.NewTapeMachine(run, vmOpts...)
 	if b.Name() != CPU().Name() {
 		if err := CheckDeviceVM(r.vm); err != nil {
 			r.vm.Close()
@@ -216,11 +221,25 @@ func NewTrainer(cost *G.Node, params G.Nodes, solver G.Solver, b Backend) (*Trai
 		}
 	}
 	t := &Trainer{cost: cost, params: params, solver: solver}
+	g := cost.Graph()
+	outputs := sinks(g) // the forward graph's outputs, before G.Grad adds gradient nodes
 	if _, err := G.Grad(cost, params...); err != nil {
 		return nil, errorf("trainer: gradient: %w", err)
 	}
 	G.Read(cost, &t.costV) // the cost's own register may be reused by the backward pass
-	r, err := NewRunner(cost.Graph(), b)
+	// The machine runs only what a step needs: the forward outputs (and the G.Read statements on the
+	// nodes it runs) and the parameters' gradients. G.Grad also builds gradients of nodes no parameter
+	// depends on (the layer input's, each expert product's input side); a TapeMachine over the whole graph
+	// would compute them every step (about a fifth of an MoE layer's matmul work).
+	roots := append(G.Nodes{cost}, outputs...)
+	for _, p := range params {
+		d := p.Deriv()
+		if d == nil {
+			return nil, failf(ErrConfig, "trainer: the cost does not depend on parameter %q", p.Name())
+		}
+		roots = append(roots, d)
+	}
+	r, err := newRunner(g, g.SubgraphRoots(roots...), b)
 	if err != nil {
 		return nil, err
 	}
@@ -253,6 +272,36 @@ func (t *Trainer) update() error {
 		return errorf("trainer: solver: %w", err)
 	}
 	return nil
+}
+
+// sinks returns the nodes of g that no other node uses (the outputs); for a G.Read statement, the node it
+// reads (SubgraphRoots adds the statement back for every node it keeps).
+func sinks(g *G.ExprGraph) G.Nodes {
+	var out G.Nodes
+	for _, n := range g.AllNodes() {
+		if g.To(n.ID()).Len() != 0 {
+			continue
+		}
+		if isReadStmt(n) {
+			for from := g.From(n.ID()); from.Next(); {
+				if c, ok := from.Node().(*G.Node); ok {
+					out = append(out, c)
+				}
+			}
+			continue
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+func isReadStmt(n *G.Node) bool {
+	op := n.Op()
+	if op == nil {
+		return false
+	}
+	t := reflect.TypeOf(op)
+	return t.PkgPath() == gorgoniaPkg && t.Name() == "readOp"
 }
 
 // readTargets returns the destinations of g's G.Read nodes (Gorgonia v0.9.18 keeps each in the field

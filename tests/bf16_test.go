@@ -150,16 +150,6 @@ func hostValues(b ops.Backend, v G.Value) ([]float64, error) {
 	return denseFloats(d), nil
 }
 
-func normRel(got, want []float64) float64 {
-	var num, den float64
-	for i := range want {
-		d := got[i] - want[i]
-		num += d * d
-		den += want[i] * want[i]
-	}
-	return math.Sqrt(num / den)
-}
-
 // TestBF16LayerGradients compares the mixed-precision layer with the same layer in float64 (the exact
 // function of the same float32 master weights and data): cost, output and the gradients of every
 // parameter and of the input, within bf16NormTol in relative norm. This is the gradient check through
@@ -179,11 +169,11 @@ func TestBF16LayerGradients(t *testing.T) {
 			if d := math.Abs(cbf-c64) / c64; d > bf16NormTol {
 				t.Errorf("cost %v, float64 %v (relative %.3g)", cbf, c64, d)
 			}
-			if d := normRel(ybf, y64); d > bf16NormTol {
+			if d := normRelErr(ybf, y64); d > bf16NormTol {
 				t.Errorf("output: relative error %.3g", d)
 			}
 			for i := range g64 {
-				d32, dbf := normRel(g32[i], g64[i]), normRel(gbf[i], g64[i])
+				d32, dbf := normRelErr(g32[i], g64[i]), normRelErr(gbf[i], g64[i])
 				t.Logf("%s gradient: float32 %.2g, bfloat16 %.2g relative to float64", names[i], d32, dbf)
 				if d32 > 1e-5 {
 					t.Errorf("%s gradient: float32 differs from float64 by %.3g", names[i], d32)

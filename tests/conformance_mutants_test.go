@@ -48,9 +48,16 @@ func TestConformanceCatchesMutants(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short")
 	}
+	run := map[string]string{}
 	for _, m := range mutants {
+		run[m] = "^TestMutantConformance$"
+	}
+	for _, m := range policyMutants { // the routing-policy bugs: the suite's Policies cases must catch them
+		run[m] = "^TestMutantConformance$/^Policies$"
+	}
+	for _, m := range append(append([]string{}, mutants...), policyMutants...) {
 		t.Run(m, func(t *testing.T) {
-			cmd := exec.Command(os.Args[0], "-test.run=^TestMutantConformance$", "-test.count=1")
+			cmd := exec.Command(os.Args[0], "-test.run="+run[m], "-test.count=1")
 			cmd.Env = append(os.Environ(), mutantEnv+"="+m)
 			out, err := cmd.CombinedOutput()
 			if err == nil {
@@ -166,6 +173,7 @@ func clampIdx(idx *tensor.Dense, E int) *tensor.Dense {
 }
 
 func (m *mutant) RouteWeights(logits, idx *tensor.Dense, cfg ops.RouteConfig, w *tensor.Dense) error {
+	cfg = m.policyWeightsConfig(cfg)
 	if m.kind == "route-weights-accept-bad-indices" {
 		idx = clampIdx(idx, logits.Shape()[1])
 	}
@@ -173,6 +181,7 @@ func (m *mutant) RouteWeights(logits, idx *tensor.Dense, cfg ops.RouteConfig, w 
 }
 
 func (m *mutant) RouteWeightsGrad(logits, idx, dw *tensor.Dense, cfg ops.RouteConfig, dlogits *tensor.Dense) error {
+	cfg = m.policyGradConfig(cfg)
 	if m.kind == "route-grad-ignores-renorm" && cfg.Scoring == ops.SoftmaxTopK {
 		cfg.Renormalize = false
 	}
@@ -223,6 +232,9 @@ func (m *mutant) Plan(idx *tensor.Dense, numExperts int, plan *tensor.Dense) err
 }
 
 func (m *mutant) Dispatch(x, w, plan *tensor.Dense, out *tensor.Dense) error {
+	if m.kind == "dispatch-copies-dropped" {
+		plan = keepAllRows(plan, x.Shape()[0]*out.Shape()[0]/x.Shape()[0])
+	}
 	switch m.kind {
 	case "dispatch-ignores-weights":
 		w = nil
@@ -241,6 +253,9 @@ func (m *mutant) Dispatch(x, w, plan *tensor.Dense, out *tensor.Dense) error {
 }
 
 func (m *mutant) Combine(ye, w, plan *tensor.Dense, out *tensor.Dense) error {
+	if m.kind == "combine-adds-dropped" {
+		plan = keepAllRows(plan, ye.Shape()[0])
+	}
 	switch m.kind {
 	case "combine-accumulates": // out += result instead of out = result
 		tmp := m.temp(out)
@@ -300,6 +315,9 @@ func (m *mutant) Combine(ye, w, plan *tensor.Dense, out *tensor.Dense) error {
 }
 
 func (m *mutant) CombineGradWeights(dy, ye, plan *tensor.Dense, dw *tensor.Dense) error {
+	if m.kind == "cgw-dropped-nonzero" {
+		plan = keepAllRows(plan, ye.Shape()[0])
+	}
 	if err := m.Backend.CombineGradWeights(dy, ye, plan, dw); err != nil {
 		return err
 	}
@@ -357,6 +375,9 @@ func (m *mutant) LoadBalancingLoss(logits, plan, mask *tensor.Dense, coef float6
 	}
 	if m.kind == "lbl-ignores-mask" {
 		mask = nil
+	}
+	if m.kind == "lbl-counts-kept-only" {
+		plan = keptCounts(plan, logits.Shape()[1])
 	}
 	return m.Backend.LoadBalancingLoss(logits, plan, mask, coef, loss)
 }

@@ -68,6 +68,7 @@ func TestHFParityBF16(t *testing.T) {
 	}
 }
 
+// normRelErr is ||got - want||_2 / ||want||_2.
 func normRelErr(got, want []float64) float64 {
 	var num, den float64
 	for i := range want {

@@ -10,6 +10,7 @@
 //	go run ./examples/mixtral-layer -expert-parallel 4  # experts split over 4 in-process ranks (ep.go)
 //	go run ./examples/mixtral-layer forward -weights W.safetensors -input X.safetensors -out Y.safetensors
 //	go run ./examples/mixtral-layer grad    -weights W.safetensors -input X.safetensors -out Y.safetensors
+//	go run ./examples/mixtral-layer route   -in LOGITS.safetensors -out ROUTING.safetensors -top-k 8 -scoring sigmoid -groups 8 -topk-groups 4
 //	go run ./examples/mixtral-layer -h                  # subcommands and flags
 package main
 
@@ -28,6 +29,7 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 const subcommands = `usage: mixtral-layer [train] [flags]                             train a layer to match a teacher layer (default)
        mixtral-layer forward -weights W -input X -out Y [flags]   run one MoE layer of a Hugging Face Mixtral checkpoint
        mixtral-layer grad    -weights W -input X -out Y [flags]   ... and its gradients
+       mixtral-layer route   -in IN -out OUT [flags]              route router logits from a file
        mixtral-layer help                                         this text
 Run "mixtral-layer <subcommand> -h" for the flags of a subcommand.
 `
@@ -50,6 +52,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runForward(rest)
 	case "grad":
 		err = runGrad(rest)
+	case "route":
+		err = runRoute(rest, stdout, stderr)
 	case "ep":
 		err = runEP(rest)
 	case "ep-bench":

@@ -74,10 +74,11 @@ type student struct {
 }
 
 type metrics struct {
-	loss float64   // task loss (MSE)
-	aux  float64   // load-balancing loss times its coefficient (0 when the coefficient is 0)
-	z    float64   // router z-loss times its coefficient (0 when the coefficient is 0)
-	load []float64 // share of routed slots per expert
+	loss  float64          // task loss (MSE)
+	aux   float64          // load-balancing loss times its coefficient (0 when the coefficient is 0)
+	z     float64          // router z-loss times its coefficient (0 when the coefficient is 0)
+	load  []float64        // share of routed slots per expert
+	stats ops.RoutingStats // routing diagnostics
 }
 
 func newStudent(cfg moe.Config, tokens int, lr float64) (*student, error) {
@@ -125,8 +126,18 @@ func newStudent(cfg moe.Config, tokens int, lr float64) (*student, error) {
 func (s *student) step(x, y *tensor.Dense, read bool) (metrics, error) {
 	var m metrics
 	var readFn func() error
-	if read {
-		readFn = func() (err error) { m, err = s.metrics(); return err }
+	if read || s.layer.Bias != nil {
+		readFn = func() (err error) {
+			if s.layer.Bias != nil { // aux-loss-free balancing: after every step, on the step's plan
+				if err := s.layer.UpdateBias(s.read); err != nil {
+					return err
+				}
+			}
+			if read {
+				m, err = s.metrics()
+			}
+			return err
+		}
 	}
 	return m, s.trainer.StepThen(ops.Feeds{s.x: x, s.target: y}, readFn)
 }
@@ -156,7 +167,10 @@ func (s *student) metrics() (metrics, error) {
 			return m, err
 		}
 	}
-	m.load, err = s.read.ExpertLoad()
+	if m.load, err = s.read.ExpertLoad(); err != nil {
+		return m, err
+	}
+	m.stats, err = s.read.RoutingStats()
 	return m, err
 }
 

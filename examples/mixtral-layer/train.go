@@ -23,6 +23,45 @@ type trainFlags struct {
 	seed                               uint64
 	scoring, dtype, plot, save, device string
 	asJSON                             bool
+	route                              routeFlags
+}
+
+// routeFlags are the routing-policy flags of train and ep (see moe.Config).
+type routeFlags struct {
+	renormalize           bool
+	groups, topKGroups    int
+	groupMask, dropPolicy string
+	scale, capacityFactor float64
+	capacity              int
+	biasRate              float64
+}
+
+func (r *routeFlags) register(fs *flag.FlagSet) {
+	fs.BoolVar(&r.renormalize, "renormalize", true, "divide the k weights by their sum (softmax-topk, sigmoid; topk-softmax always sums to 1)")
+	fs.IntVar(&r.groups, "groups", 0, "sigmoid: experts in this many groups (n_group; 0: none)")
+	fs.IntVar(&r.topKGroups, "topk-groups", 0, "sigmoid: groups kept per token (topk_group)")
+	fs.StringVar(&r.groupMask, "group-mask", "exclude", "sigmoid: dropped groups' experts are never chosen (exclude: transformers 5.17, DeepSeek) or score 0 (zero: earlier transformers releases)")
+	fs.Float64Var(&r.scale, "scale", 1, "routing weights are multiplied by this (routed_scaling_factor)")
+	fs.IntVar(&r.capacity, "capacity", 0, "slots per expert (0: dropless)")
+	fs.Float64Var(&r.capacityFactor, "capacity-factor", 0, "capacity = ceil(f * T*K / E) (0: dropless)")
+	fs.StringVar(&r.dropPolicy, "drop-policy", "position", "over capacity, keep the first slots (position) or the largest weights (probs)")
+	fs.Float64Var(&r.biasRate, "bias-rate", 0, "sigmoid: aux-loss-free balancing, the selection bias moves by this after each step (0: no bias)")
+}
+
+// apply sets the routing fields of cfg from the flags.
+func (r *routeFlags) apply(cfg *moe.Config) error {
+	cfg.Renormalize = r.renormalize
+	cfg.Groups, cfg.TopKGroups = r.groups, r.topKGroups
+	var err error
+	if cfg.GroupMask, err = ops.ParseGroupMask(r.groupMask); err != nil {
+		return fmt.Errorf("-group-mask: %w", err)
+	}
+	if r.scale != 1 {
+		cfg.RouteScale = r.scale
+	}
+	cfg.Capacity, cfg.CapacityFactor, cfg.BiasRate = r.capacity, r.capacityFactor, r.biasRate
+	cfg.DropPolicy, err = ops.ParseDropPolicy(r.dropPolicy)
+	return err
 }
 
 // trainSummary is what -json prints. final_aux_loss is the load-balancing loss alone (times its
@@ -34,6 +73,7 @@ type trainSummary struct {
 	FinalZ      float64   `json:"final_z_loss"`
 	Steps       int       `json:"steps"`
 	ExpertLoad  []float64 `json:"expert_load"`
+	Routing     any       `json:"routing"`
 	Seconds     float64   `json:"seconds"`
 	Config      any       `json:"config"`
 }
@@ -78,7 +118,8 @@ func (f *trainFlags) registerLayer(fs *flag.FlagSet) {
 	fs.Float64Var(&f.aux, "aux-coef", 0.01, "load-balancing loss coefficient")
 	fs.Float64Var(&f.z, "z-coef", 0.001, "router z-loss coefficient")
 	fs.Uint64Var(&f.seed, "seed", 1, "seed for data, teacher and student")
-	fs.StringVar(&f.scoring, "scoring", "softmax-topk", "softmax-topk (Mixtral, renormalised) or topk-softmax")
+	fs.StringVar(&f.scoring, "scoring", "softmax-topk", "softmax-topk (Mixtral), topk-softmax or sigmoid (DeepSeek-V3)")
+	f.route.register(fs)
 	fs.StringVar(&f.dtype, "dtype", "float32", "float32, float64, or bfloat16 (mixed precision: float32 master weights, data and losses; bfloat16 experts)")
 }
 
@@ -106,7 +147,10 @@ func (f trainFlags) config() (moe.Config, error) {
 		return moe.Config{}, err
 	}
 	cfg := moe.Config{Hidden: f.hidden, FFN: f.ffn, Experts: f.experts, TopK: f.topK, Scoring: scoring,
-		Renormalize: true, AuxLossCoef: f.aux, ZLossCoef: f.z, Seed: f.seed, Dtype: dt, Backend: backend}
+		AuxLossCoef: f.aux, ZLossCoef: f.z, Seed: f.seed, Dtype: dt, Backend: backend}
+	if err := f.route.apply(&cfg); err != nil {
+		return moe.Config{}, err
+	}
 	return cfg, cfg.Validate()
 }
 
@@ -160,7 +204,7 @@ func train(f trainFlags, cfg moe.Config) error {
 			losses, auxes, zs, loads = append(losses, m.loss), append(auxes, m.aux), append(zs, m.z), append(loads, m.load)
 		}
 		if report {
-			prog.Update(step, fmt.Sprintf("loss %.5f aux %.4f z %.4f load %s", m.loss, m.aux, m.z, fmtLoad(m.load)))
+			prog.Update(step, fmt.Sprintf("loss %.5f aux %.4f z %.4f | %v", m.loss, m.aux, m.z, m.stats))
 		}
 	}
 	if prog != nil {
@@ -194,13 +238,14 @@ func train(f trainFlags, cfg moe.Config) error {
 		ExpertLoad: final.load, Seconds: time.Since(start).Seconds(), Config: map[string]any{
 			"tokens": f.tokens, "hidden": cfg.Hidden, "ffn": cfg.FFN, "experts": cfg.Experts, "top_k": cfg.TopK,
 			"scoring": cfg.Scoring.String(), "dtype": cfg.Dtype.String(), "lr": f.lr, "aux_coef": cfg.AuxLossCoef,
-			"z_coef": cfg.ZLossCoef, "seed": f.seed, "device": f.device}}
+			"z_coef": cfg.ZLossCoef, "seed": f.seed, "device": f.device, "routing": cfg.Route().String(), "bias_rate": cfg.BiasRate},
+		Routing: routingJSON(final.stats)}
 	if f.asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		return enc.Encode(sum)
 	}
-	fmt.Printf("eval loss %.5f -> %.5f (%.1f%% of initial) in %d steps, %.1fs; expert load %s\n",
-		initial.loss, final.loss, 100*final.loss/initial.loss, f.steps, sum.Seconds, fmtLoad(final.load))
+	fmt.Printf("eval loss %.5f -> %.5f (%.1f%% of initial) in %d steps, %.1fs; routing %v\n",
+		initial.loss, final.loss, 100*final.loss/initial.loss, f.steps, sum.Seconds, final.stats)
 	if f.plot != "" {
 		fmt.Printf("plot written to %s\n", f.plot)
 	}
@@ -208,6 +253,12 @@ func train(f trainFlags, cfg moe.Config) error {
 		fmt.Printf("weights written to %s (load them with: mixtral-layer forward -weights %s ...)\n", f.save, f.save)
 	}
 	return nil
+}
+
+// routingJSON is the routing diagnostics of the summary.
+func routingJSON(s ops.RoutingStats) map[string]any {
+	return map[string]any{"expert_counts": s.Counts, "max_over_mean_load": s.MaxOverMean, "load_cv": s.CV,
+		"dropped_slots": s.Dropped, "mean_router_entropy": s.Entropy}
 }
 
 func fmtLoad(load []float64) string {

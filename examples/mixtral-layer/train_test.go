@@ -124,3 +124,40 @@ func captureStdout(t *testing.T, f func() error) (string, error) {
 	w.Close()
 	return string(<-done), ferr
 }
+
+// TestTrainRoutingFlags: -renormalize is honoured (it used to be hard-coded), and a DeepSeek-style run
+// (sigmoid, groups, capacity, balancing bias) trains and reports its routing diagnostics.
+func TestTrainRoutingFlags(t *testing.T) {
+	sum := func(args ...string) trainSummary {
+		t.Helper()
+		out, err := captureStdout(t, func() error {
+			return runTrain(append([]string{"-steps", "3", "-tokens", "32", "-hidden", "8", "-ffn", "6", "-experts", "8", "-json"}, args...), io.Discard)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s trainSummary
+		if err := json.Unmarshal([]byte(out), &s); err != nil {
+			t.Fatalf("summary %q: %v", out, err)
+		}
+		return s
+	}
+	on, off := sum(), sum("-renormalize=false")
+	if on.FinalLoss == off.FinalLoss {
+		t.Errorf("-renormalize=false gave the same final loss %v as the default", on.FinalLoss)
+	}
+	if a, b := sum("-scoring", "topk-softmax"), sum("-scoring", "topk-softmax", "-renormalize=false"); a.FinalLoss != b.FinalLoss {
+		t.Errorf("topk-softmax: -renormalize changed the result (%v vs %v); its weights always sum to 1", a.FinalLoss, b.FinalLoss)
+	}
+	ds := sum("-scoring", "sigmoid", "-top-k", "2", "-groups", "4", "-topk-groups", "2", "-scale", "2.5",
+		"-capacity-factor", "1", "-drop-policy", "probs", "-bias-rate", "0.001")
+	r, ok := ds.Routing.(map[string]any)
+	if !ok || !(ds.FinalLoss < ds.InitialLoss) || r["expert_counts"] == nil || r["dropped_slots"] == nil || r["max_over_mean_load"].(float64) < 1 {
+		t.Errorf("sigmoid run: %+v", ds)
+	}
+	for _, bad := range [][]string{{"-bias-rate", "0.1"}, {"-groups", "3", "-scoring", "sigmoid", "-topk-groups", "1"}, {"-drop-policy", "x"}, {"-group-mask", "y"}} {
+		if err := runTrain(append([]string{"-steps", "1"}, bad...), io.Discard); err == nil {
+			t.Errorf("runTrain(%v) succeeded", bad)
+		}
+	}
+}

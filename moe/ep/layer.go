@@ -263,7 +263,10 @@ func (l *Layer) Forward(x *G.Node) (*Output, error) {
 	if x.Dtype() != c.Dtype {
 		return nil, fmt.Errorf("ep: input dtype %v, layer dtype %v: %w", x.Dtype(), c.Dtype, ops.ErrDtype)
 	}
-	logits, r, packed, err := moe.RouteTokens(x, l.Router, c.Route())
+	if c.Route().Dropping() || c.BiasRate > 0 {
+		return nil, fmt.Errorf("ep: capacity and the balancing bias are not supported with expert parallelism yet: %w", ops.ErrUnsupported)
+	}
+	logits, r, packed, err := moe.RouteTokens(x, l.Router, nil, c.Route())
 	if err != nil {
 		return nil, err
 	}

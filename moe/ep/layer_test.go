@@ -421,3 +421,35 @@ func TestRankLoads(t *testing.T) {
 		t.Fatalf("error %v, want ErrShape", err)
 	}
 }
+
+// TestForwardRefusesCapacityAndBias: capacity routing and the balancing bias are not implemented across
+// ranks; the layer says so (ops.ErrUnsupported) instead of routing without them.
+func TestForwardRefusesCapacityAndBias(t *testing.T) {
+	const E = 4
+	sig := testConfig(tensor.Float64, E)
+	sig.Scoring = ops.Sigmoid
+	for name, cfg := range map[string]moe.Config{
+		"capacity":        func() moe.Config { c := testConfig(tensor.Float64, E); c.Capacity = 3; return c }(),
+		"capacity factor": func() moe.Config { c := testConfig(tensor.Float64, E); c.CapacityFactor = 1.25; return c }(),
+		"bias":            func() moe.Config { c := sig; c.BiasRate = 0.01; return c }(),
+	} {
+		grp, err := ep.NewGroup(1, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, err := grp.Rank(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := G.NewGraph()
+		l, err := ep.NewLayer(g, cfg, tr, ep.Options{})
+		if err == nil {
+			x := G.NewMatrix(g, cfg.Dtype, G.WithShape(6, cfg.Hidden), G.WithName("x"))
+			_, err = l.Forward(x)
+		}
+		if !errors.Is(err, ops.ErrUnsupported) {
+			t.Errorf("%s: error %v, want one wrapping ops.ErrUnsupported", name, err)
+		}
+		tr.Close()
+	}
+}

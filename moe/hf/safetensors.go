@@ -441,10 +441,51 @@ func F16ToFloat32(h uint16) float32 {
 	return math.Float32frombits(sign | (exp+127-15)<<23 | man<<13)
 }
 
-// Tensor is a tensor to write. Values must be []float64, []float32 or []bf16.BFloat16 with the product
-// of Shape elements; DType is the stored type (F64, F32 or BF16; F32 when empty). Values are rounded
-// once to the stored type where it is narrower (float64 to BF16 directly, not through float32);
-// bfloat16 values stored as BF16 are written as they are.
+// ReadInt64 reads an integer tensor (I64, I32, I16, I8, U32, U16 or U8; widened exactly) and returns
+// its row-major values and shape. U64 values above 2^63-1 are an error.
+func (f *File) ReadInt64(name string) ([]int64, []int, error) {
+	raw, t, err := f.ReadRaw(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	n := t.NumElements()
+	if t.DType.IsFloat() || t.DType == Bool || len(raw) != n*t.DType.Size() {
+		return nil, nil, fmt.Errorf("safetensors: %s: tensor %q has dtype %s, want an integer type", f.name, name, t.DType)
+	}
+	le := binary.LittleEndian
+	out := make([]int64, n)
+	for i := range out {
+		switch t.DType {
+		case I64:
+			out[i] = int64(le.Uint64(raw[8*i:]))
+		case U64:
+			u := le.Uint64(raw[8*i:])
+			if u > math.MaxInt64 {
+				return nil, nil, fmt.Errorf("safetensors: %s: tensor %q: value %d does not fit an int64", f.name, name, u)
+			}
+			out[i] = int64(u)
+		case I32:
+			out[i] = int64(int32(le.Uint32(raw[4*i:])))
+		case U32:
+			out[i] = int64(le.Uint32(raw[4*i:]))
+		case I16:
+			out[i] = int64(int16(le.Uint16(raw[2*i:])))
+		case U16:
+			out[i] = int64(le.Uint16(raw[2*i:]))
+		case I8:
+			out[i] = int64(int8(raw[i]))
+		case U8:
+			out[i] = int64(raw[i])
+		}
+	}
+	return out, t.Shape, nil
+}
+
+// Tensor is a tensor to write. Values must be []float64, []float32 or []bf16.BFloat16 (stored as F64, F32
+// or BF16; F32 when DType is empty; values are rounded once where the stored type is narrower, float64
+// to BF16 directly, not through float32; bfloat16 values stored as BF16 are written as they are) or
+// []int32 or []int64 (stored as I32 or I64; the values' own type when DType is empty; int64 values must
+// fit an int32 when stored as I32), with the product of Shape elements.
 type Tensor struct {
 	Name   string
 	Shape  []int
@@ -455,10 +496,32 @@ type Tensor struct {
 func encodedSize(t Tensor) (int, DType, error) {
 	dt := t.DType
 	if dt == "" {
-		dt = F32
+		switch t.Values.(type) {
+		case []int32:
+			dt = I32
+		case []int64:
+			dt = I64
+		default:
+			dt = F32
+		}
 	}
-	if dt != F64 && dt != F32 && dt != BF16 {
-		return 0, "", fmt.Errorf("safetensors: tensor %q: writing dtype %q is not supported (F64, F32, BF16)", t.Name, dt)
+	var intValues bool
+	switch t.Values.(type) {
+	case []int32, []int64:
+		intValues = true
+	}
+	switch {
+	case dt != F64 && dt != F32 && dt != BF16 && dt != I32 && dt != I64:
+		return 0, "", fmt.Errorf("safetensors: tensor %q: writing dtype %q is not supported (F64, F32, BF16, I64, I32)", t.Name, dt)
+	case intValues != (dt == I32 || dt == I64):
+		return 0, "", fmt.Errorf("safetensors: tensor %q: values of type %T cannot be stored as %s", t.Name, t.Values, dt)
+	}
+	if v, ok := t.Values.([]int64); ok && dt == I32 {
+		for _, x := range v {
+			if x != int64(int32(x)) {
+				return 0, "", fmt.Errorf("safetensors: tensor %q: value %d does not fit I32", t.Name, x)
+			}
+		}
 	}
 	n := 1
 	for _, d := range t.Shape {
@@ -475,8 +538,12 @@ func encodedSize(t Tensor) (int, DType, error) {
 		have = len(v)
 	case []bf16.BFloat16:
 		have = len(v)
+	case []int32:
+		have = len(v)
+	case []int64:
+		have = len(v)
 	default:
-		return 0, "", fmt.Errorf("safetensors: tensor %q: values of type %T, want []float64, []float32 or []bf16.BFloat16", t.Name, t.Values)
+		return 0, "", fmt.Errorf("safetensors: tensor %q: values of type %T, want []float64, []float32, []bf16.BFloat16, []int32 or []int64", t.Name, t.Values)
 	}
 	if have != n {
 		return 0, "", fmt.Errorf("safetensors: tensor %q: %d values for shape %v (%d elements)", t.Name, have, t.Shape, n)
@@ -567,12 +634,32 @@ func Write(w io.Writer, tensors []Tensor, metadata map[string]string) error {
 				}
 				put(x.Float64()) // exact
 			}
+		case []int32:
+			for _, x := range v {
+				putInt(bw, dt, int64(x))
+			}
+		case []int64:
+			for _, x := range v {
+				putInt(bw, dt, x)
+			}
 		}
 	}
 	if err := bw.Flush(); err != nil {
 		return fmt.Errorf("safetensors: %w", err)
 	}
 	return nil
+}
+
+// putInt writes x as a little-endian I32 or I64 value (the range was checked by encodedSize).
+func putInt(bw *bufio.Writer, dt DType, x int64) {
+	var b [8]byte
+	if dt == I32 {
+		binary.LittleEndian.PutUint32(b[:], uint32(int32(x)))
+		bw.Write(b[:4])
+		return
+	}
+	binary.LittleEndian.PutUint64(b[:], uint64(x))
+	bw.Write(b[:])
 }
 
 // WriteFile writes tensors to path atomically: to a temporary file in the same folder, renamed over

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"math"
 	"math/rand"
 	"os"
@@ -310,6 +311,49 @@ func TestWriteFileAtomicAndCheckpointIndex(t *testing.T) {
 	}
 	if _, err := OpenCheckpoint(filepath.Join(dir, "missing.safetensors")); err == nil {
 		t.Error("missing file opened")
+	}
+}
+
+// TestIntegerTensors: I32 and I64 tensors round-trip through Write and ReadInt64; float values cannot
+// be stored as integers, nor integers that do not fit I32.
+func TestIntegerTensors(t *testing.T) {
+	var buf bytes.Buffer
+	ts := []Tensor{
+		{Name: "a", Shape: []int{2, 2}, Values: []int32{1, -2, 3, math.MaxInt32}},
+		{Name: "b", Shape: []int{3}, Values: []int64{-1 << 40, 0, 7}},
+		{Name: "c", Shape: []int{2}, Values: []int64{5, -6}, DType: I32},
+	}
+	if err := Write(&buf, ts, nil); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Parse("mem", buf.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		dt   DType
+		want []int64
+	}{{"a", I32, []int64{1, -2, 3, math.MaxInt32}}, {"b", I64, []int64{-1 << 40, 0, 7}}, {"c", I32, []int64{5, -6}}} {
+		if info, _ := f.Info(c.name); info.DType != c.dt {
+			t.Errorf("%s stored as %s, want %s", c.name, info.DType, c.dt)
+		}
+		got, _, err := f.ReadInt64(c.name)
+		if err != nil || fmt.Sprint(got) != fmt.Sprint(c.want) {
+			t.Errorf("ReadInt64(%s) = %v, %v; want %v", c.name, got, err, c.want)
+		}
+	}
+	for _, bad := range []Tensor{
+		{Name: "x", Shape: []int{1}, Values: []int64{1 << 40}, DType: I32},
+		{Name: "y", Shape: []int{1}, Values: []float32{1}, DType: I64},
+		{Name: "z", Shape: []int{1}, Values: []int32{1}, DType: F32},
+	} {
+		if err := Write(&bytes.Buffer{}, []Tensor{bad}, nil); err == nil {
+			t.Errorf("Write(%+v) succeeded", bad)
+		}
+	}
+	if _, _, err := f.ReadInt64("missing"); err == nil {
+		t.Error("ReadInt64 of a missing tensor succeeded")
 	}
 }
 

@@ -220,6 +220,12 @@ func roundToDtype(dt tensor.Dtype, v float64) float64 {
 // bf16Routing returns a fixed routing of T tokens over E experts with K experts each (every expert
 // used, some more than others) and its host plan.
 func bf16Routing(rng *rand.Rand, T, E, K int) ([]int32, ops.PlanView) {
+	return bf16RoutingCapacity(rng, T, E, K, 0)
+}
+
+// bf16RoutingCapacity is bf16Routing with a capacity plan (slots beyond C per expert dropped by
+// position) when C > 0.
+func bf16RoutingCapacity(rng *rand.Rand, T, E, K, C int) ([]int32, ops.PlanView) {
 	idx := make([]int32, T*K)
 	for t := 0; t < T; t++ {
 		perm := rng.Perm(E)
@@ -228,6 +234,9 @@ func bf16Routing(rng *rand.Rand, T, E, K int) ([]int32, ops.PlanView) {
 		}
 	}
 	plan := refPlan(idx, T, K, E)
+	if C > 0 {
+		plan = refCapacityPlan(idx, make([]float64, T*K), T, K, E, C, ops.DropPosition)
+	}
 	pv, err := ops.NewPlanView(plan, T, K, E)
 	if err != nil {
 		panic(err)
@@ -236,9 +245,13 @@ func bf16Routing(rng *rand.Rand, T, E, K int) ([]int32, ops.PlanView) {
 }
 
 func (e *env) testBF16Permute(t *testing.T) {
-	for ci, c := range []struct{ T, E, K, H int }{{9, 4, 2, 16}, {7, 5, 3, 13}, {33, 8, 2, 64}, {5, 3, 1, 8}, {4, 4, 4, 24}} {
+	for ci, c := range []struct{ T, E, K, H, C int }{{9, 4, 2, 16, 0}, {7, 5, 3, 13, 0}, {33, 8, 2, 64, 0}, {5, 3, 1, 8, 0},
+		{4, 4, 4, 24, 0}, {9, 4, 2, 16, 3}, {7, 5, 3, 13, 2}} { // C > 0: capacity plans (dropped slots)
 		rng := rand.New(rand.NewSource(int64(500 + ci)))
-		plan, pv := bf16Routing(rng, c.T, c.E, c.K)
+		plan, pv := bf16RoutingCapacity(rng, c.T, c.E, c.K, c.C)
+		if c.C > 0 && pv.DroppedSlots() == 0 {
+			t.Fatalf("capacity %d drops no slot", c.C)
+		}
 		planD := e.devI(t, plan, len(plan))
 		n := c.T * c.K
 		w := roundToF32(randVals(rng, n))
@@ -252,7 +265,7 @@ func (e *env) testBF16Permute(t *testing.T) {
 		}
 		xD, x32D, wD := e.devF(t, dtBF16, x, c.T, c.H), e.devF(t, dtF32, x32, c.T, c.H), e.devF(t, dtF32, w, c.T, c.K)
 		ins := []input{e.snapshot(t, "x", xD), e.snapshot(t, "w", wD), e.snapshot(t, "plan", planD)}
-		name := fmt.Sprintf("T=%d,E=%d,K=%d,H=%d", c.T, c.E, c.K, c.H)
+		name := fmt.Sprintf("T=%d,E=%d,K=%d,H=%d,capacity=%d", c.T, c.E, c.K, c.H, c.C)
 
 		// Dispatch: exact (moves bytes, or one product rounded once).
 		for _, d := range []struct {

@@ -94,6 +94,7 @@ func Run(t *testing.T, b ops.Backend, opts Options) {
 	t.Run("BadInputs", e.testBadInputs)
 	t.Run("Views", e.testViews)
 	t.Run("Training", e.testTraining)
+	t.Run("Policies", e.testPolicies)
 	t.Run("BF16", e.testBF16)
 	if !opts.NoGOMAXPROCS && !opts.Short {
 		t.Run("Scheduling", e.testScheduling)

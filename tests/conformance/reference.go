@@ -181,11 +181,12 @@ func refPlan(idx []int32, T, K, E int) []int32 {
 	return append(plan, slotOf...)
 }
 
-// refDispatch: out[r] = scale(s) * x[s/K], s = slotOf[r]; scale = w[s] or 1.
+// refDispatch: out[r] = scale(s) * x[s/K], s = slotOf[r]; scale = w[s] or 1; rows of dropped slots
+// (r >= offsets[E]) are zero.
 func refDispatch(x, w []float64, pv ops.PlanView, H int) []float64 {
 	n := pv.T * pv.K
 	out := make([]float64, n*H)
-	for r := 0; r < n; r++ {
+	for r := 0; r < int(pv.Offsets[pv.E]); r++ {
 		s := int(pv.SlotOf[r])
 		scale := 1.0
 		if w != nil {
@@ -198,13 +199,17 @@ func refDispatch(x, w []float64, pv ops.PlanView, H int) []float64 {
 	return out
 }
 
-// refCombine: out[t] = sum_{j ascending} scale(t,j) * ye[rowOf[t*K+j]].
+// refCombine: out[t] = sum_{j ascending} scale(t,j) * ye[rowOf[t*K+j]] over the kept slots
+// (rowOf < offsets[E]).
 func refCombine(ye, w []float64, pv ops.PlanView, H int) []float64 {
 	out := make([]float64, pv.T*H)
 	for t := 0; t < pv.T; t++ {
 		for h := 0; h < H; h++ {
 			var s float64
 			for j := 0; j < pv.K; j++ {
+				if pv.RowOf[t*pv.K+j] >= pv.Offsets[pv.E] {
+					continue
+				}
 				scale := 1.0
 				if w != nil {
 					scale = w[t*pv.K+j]
@@ -217,13 +222,17 @@ func refCombine(ye, w []float64, pv ops.PlanView, H int) []float64 {
 	return out
 }
 
-// refCombineGradWeights: dw[t,j] = <dy[t], ye[rowOf[t*K+j]]>; also returns the magnitude scale.
+// refCombineGradWeights: dw[t,j] = <dy[t], ye[rowOf[t*K+j]]> (0 for dropped slots); also returns the
+// magnitude scale.
 func refCombineGradWeights(dy, ye []float64, pv ops.PlanView, H int) (dw, scale []float64) {
 	n := pv.T * pv.K
 	dw = make([]float64, n)
 	scale = make([]float64, n)
 	for s := 0; s < n; s++ {
 		r := int(pv.RowOf[s])
+		if r >= int(pv.Offsets[pv.E]) {
+			continue
+		}
 		t := s / pv.K
 		for h := 0; h < H; h++ {
 			dw[s] += dy[t*H+h] * ye[r*H+h]
@@ -234,9 +243,10 @@ func refCombineGradWeights(dy, ye []float64, pv ops.PlanView, H int) (dw, scale 
 }
 
 // refGroupedMatMul: out[r] = x[r] . W[e] (W[e] stored [In,Out], or [Out,In] when transposed) for r in
-// expert e's segment; also the magnitude scale of each output element.
+// expert e's segment, zero for rows past offsets[E] (of n rows); also the magnitude scale of each
+// output element.
 func refGroupedMatMul(x, w []float64, offsets []int32, E, In, Out int, transposeW bool) (out, scale []float64) {
-	n := int(offsets[E])
+	n := len(x) / In
 	out = make([]float64, n*Out)
 	scale = make([]float64, n*Out)
 	for e := 0; e < E; e++ {

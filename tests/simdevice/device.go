@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/expertrt/expertrt-go/cudaops/devengine"
@@ -33,6 +34,8 @@ type Device struct {
 	raw  *regionAlloc
 	pool *devengine.Pool
 	eng  *devengine.Engine
+
+	uploads, downloads atomic.Int64 // copies from and to host memory (Transfers)
 }
 
 // Open maps a region of size bytes (rounded up to 1 MiB) as a new simulated device named name.
@@ -74,6 +77,12 @@ func (d *Device) Engine() *devengine.Engine { return d.eng }
 
 // Pool is the device's memory pool.
 func (d *Device) Pool() *devengine.Pool { return d.pool }
+
+// Transfers returns the number of copies from host memory to the device (uploads) and from the device
+// to host memory (downloads) so far. On a real device each is a host synchronisation (a download waits
+// for the kernels before it; an upload from pageable memory waits for its copy), so tests count them to
+// assert that a training step synchronises only where it reads a value.
+func (d *Device) Transfers() (uploads, downloads int64) { return d.uploads.Load(), d.downloads.Load() }
 
 // Stats returns the pool's counters.
 func (d *Device) Stats() devengine.Stats { return d.pool.Stats() }

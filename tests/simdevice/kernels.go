@@ -39,10 +39,12 @@ func (k simKernels) Copy(dst, src uintptr, bytes int64) error {
 }
 
 func (k simKernels) Upload(dst uintptr, src unsafe.Pointer, bytes int64) error {
+	k.d.uploads.Add(1)
 	return k.d.run(ranges(dst, bytes), func() error { return host.Upload(dst, src, bytes) })
 }
 
 func (k simKernels) Download(dst unsafe.Pointer, src uintptr, bytes int64) error {
+	k.d.downloads.Add(1)
 	return k.d.run(ranges(src, bytes), func() error { return host.Download(dst, src, bytes) })
 }
 

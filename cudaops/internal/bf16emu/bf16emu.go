@@ -64,19 +64,20 @@ func Add(a, b, out Buffer, n int, incr, vec bool, l Launch) {
 	C.emu_add(a.P, b.P, out.P, C.longlong(n), b2i(incr), b2i(vec), C.int(l.Grid), C.int(l.Block))
 }
 
-// Dispatch runs dispatch_bf16_from_{bf16,f32}[_v8]; w may be the zero Buffer (no weights).
-func Dispatch(f32, vec bool, x, w, rowOf, out Buffer, T, K, H int, keep bool, l Launch) {
-	C.emu_dispatch(b2i(f32), b2i(vec), x.P, (*C.float)(w.P), (*C.int)(rowOf.P), out.P, C.int(T), C.int(K), C.int(H), b2i(keep), C.int(l.Grid), C.int(l.Block))
+// Dispatch runs dispatch_bf16_from_{bf16,f32}[_v8]; w may be the zero Buffer (no weights); kept holds
+// offsets[E] (one int32: slots of rows >= it were dropped).
+func Dispatch(f32, vec bool, x, w, rowOf, kept, out Buffer, T, K, H int, keep bool, l Launch) {
+	C.emu_dispatch(b2i(f32), b2i(vec), x.P, (*C.float)(w.P), (*C.int)(rowOf.P), (*C.int)(kept.P), out.P, C.int(T), C.int(K), C.int(H), b2i(keep), C.int(l.Grid), C.int(l.Block))
 }
 
 // Combine runs combine_bf16_to_{bf16,f32}[_v8]; w may be the zero Buffer.
-func Combine(f32, vec bool, ye, w, rowOf, out Buffer, T, K, H int, l Launch) {
-	C.emu_combine(b2i(f32), b2i(vec), ye.P, (*C.float)(w.P), (*C.int)(rowOf.P), out.P, C.int(T), C.int(K), C.int(H), C.int(l.Grid), C.int(l.Block))
+func Combine(f32, vec bool, ye, w, rowOf, kept, out Buffer, T, K, H int, l Launch) {
+	C.emu_combine(b2i(f32), b2i(vec), ye.P, (*C.float)(w.P), (*C.int)(rowOf.P), (*C.int)(kept.P), out.P, C.int(T), C.int(K), C.int(H), C.int(l.Grid), C.int(l.Block))
 }
 
 // GradW runs combine_gradw_bf16_dy_{bf16,f32}[_v8].
-func GradW(f32, vec bool, dy, ye, rowOf, dw Buffer, T, K, H int, l Launch) {
-	C.emu_gradw(b2i(f32), b2i(vec), dy.P, ye.P, (*C.int)(rowOf.P), (*C.float)(dw.P), C.int(T), C.int(K), C.int(H), C.int(l.Grid), C.int(l.Block))
+func GradW(f32, vec bool, dy, ye, rowOf, kept, dw Buffer, T, K, H int, l Launch) {
+	C.emu_gradw(b2i(f32), b2i(vec), dy.P, ye.P, (*C.int)(rowOf.P), (*C.int)(kept.P), (*C.float)(dw.P), C.int(T), C.int(K), C.int(H), C.int(l.Grid), C.int(l.Block))
 }
 
 // SwiGLU runs swiglu_bf16.

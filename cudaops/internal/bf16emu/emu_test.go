@@ -178,9 +178,12 @@ type routing struct {
 	T, E, K, H int
 	plan       *tensor.Dense
 	rowOf      []int32
+	kept       []int32 // offsets[E]
 }
 
-func newRouting(rng *rand.Rand, T, E, K, H int) routing {
+// newRouting routes T tokens to K of E experts each; capacity > 0 makes a capacity plan that drops the
+// slots beyond it (by position).
+func newRouting(rng *rand.Rand, T, E, K, H, capacity int) routing {
 	idx := make([]int32, T*K)
 	for tk := 0; tk < T; tk++ {
 		for j, e := range rng.Perm(E)[:K] {
@@ -188,11 +191,18 @@ func newRouting(rng *rand.Rand, T, E, K, H int) routing {
 		}
 	}
 	plan := tensor.New(tensor.Of(tensor.Int32), tensor.WithShape(ops.PlanLen(T, K, E)))
-	if err := ops.CPU().Plan(dense(idx, T, K), E, plan); err != nil {
+	var err error
+	if capacity > 0 {
+		w := make([]float32, T*K)
+		err = ops.CPU().CapacityPlan(dense(idx, T, K), dense(w, T, K), E, capacity, ops.DropPosition, plan)
+	} else {
+		err = ops.CPU().Plan(dense(idx, T, K), E, plan)
+	}
+	if err != nil {
 		panic(err)
 	}
 	p := plan.Data().([]int32)
-	return routing{T, E, K, H, plan, p[2*E+1 : 2*E+1+T*K]}
+	return routing{T, E, K, H, plan, p[2*E+1 : 2*E+1+T*K], p[2*E : 2*E+1]}
 }
 
 // permShapes: vector (H % 8 == 0) and scalar paths, more warps than tokens, and rows long enough that
@@ -203,8 +213,22 @@ var permShapes = []struct{ T, E, K, H int }{{9, 4, 2, 16}, {7, 5, 3, 13}, {40, 8
 
 func TestDispatchCombine(t *testing.T) {
 	for si, s := range permShapes {
+		for _, capacity := range []int{0, max(1, s.T*s.K/s.E-1)} {
+			testDispatchCombine(t, si, s.T, s.E, s.K, s.H, capacity)
+		}
+	}
+}
+
+// testDispatchCombine runs the permutations of one shape and plan (dropless, or a capacity).
+func testDispatchCombine(t *testing.T, si, T, E, K, H, capacity int) {
+	s := struct{ T, E, K, H int }{T, E, K, H}
+	{
 		rng := rand.New(rand.NewSource(int64(10 + si)))
-		r := newRouting(rng, s.T, s.E, s.K, s.H)
+		r := newRouting(rng, s.T, s.E, s.K, s.H, capacity)
+		if capacity > 0 && int(r.kept[0]) == s.T*s.K {
+			t.Fatalf("capacity %d drops nothing for T=%d E=%d K=%d", capacity, s.T, s.E, s.K)
+		}
+		kept := bufOf(r.kept)
 		n := s.T * s.K
 		x16, x32, ye := randBF16(rng, s.T*s.H), randF32(rng, s.T*s.H), randBF16(rng, n*s.H)
 		w := randF32(rng, n)
@@ -214,7 +238,7 @@ func TestDispatchCombine(t *testing.T) {
 				continue
 			}
 			for _, l := range launches {
-				name := fmt.Sprintf("T=%d E=%d K=%d H=%d vec=%t %v", s.T, s.E, s.K, s.H, vec, l)
+				name := fmt.Sprintf("T=%d E=%d K=%d H=%d capacity=%d vec=%t %v", s.T, s.E, s.K, s.H, capacity, vec, l)
 				for _, f32 := range []bool{false, true} {
 					for _, weighted := range []bool{false, true} {
 						var xs *tensor.Dense
@@ -235,7 +259,7 @@ func TestDispatchCombine(t *testing.T) {
 						}
 						for _, keep := range []bool{false, true} {
 							out := Alloc(2 * n * s.H)
-							Dispatch(f32, vec, xb, wb, rowOf, out, s.T, s.K, s.H, keep, l)
+							Dispatch(f32, vec, xb, wb, rowOf, kept, out, s.T, s.K, s.H, keep, l)
 							sameBits(t, fmt.Sprintf("dispatch f32=%t weighted=%t %s", f32, weighted, name), sliceOf[ops.BF16](out, n*s.H), want.Data().([]ops.BF16))
 							out.Free()
 						}
@@ -262,7 +286,7 @@ func TestDispatchCombine(t *testing.T) {
 							t.Fatal(err)
 						}
 						out := Alloc(int(dt.Size()) * s.T * s.H)
-						Combine(f32, vec, yb, wb, rowOf, out, s.T, s.K, s.H, l)
+						Combine(f32, vec, yb, wb, rowOf, kept, out, s.T, s.K, s.H, l)
 						what := fmt.Sprintf("combine f32=%t weighted=%t %s", f32, weighted, name)
 						if f32 {
 							sameBits(t, what, sliceOf[float32](out, s.T*s.H), want.Data().([]float32))
@@ -289,7 +313,7 @@ func TestDispatchCombine(t *testing.T) {
 						t.Fatal(err)
 					}
 					out := Alloc(4 * n)
-					GradW(f32, vec, db, yb, rowOf, out, s.T, s.K, s.H, l)
+					GradW(f32, vec, db, yb, rowOf, kept, out, s.T, s.K, s.H, l)
 					got := sliceOf[float32](out, n)
 					for i, v := range want.Data().([]float32) {
 						if d := math.Abs(float64(got[i] - v)); d > 0x1p-23*math.Abs(float64(v))+1e-30 {
@@ -303,6 +327,7 @@ func TestDispatchCombine(t *testing.T) {
 			}
 		}
 		rowOf.Free()
+		kept.Free()
 	}
 }
 

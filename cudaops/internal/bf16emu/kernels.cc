@@ -24,36 +24,36 @@ void emu_add(const void* a, const void* b, void* out, long long n, int incr, int
     emu_launch(grid, block, [&] { ew_add_bf16((const bf16_t*)a, (const bf16_t*)b, (bf16_t*)out, n, incr, vec); });
 }
 
-void emu_dispatch(int f32, int vec, const void* x, const float* w, const int* rowOf, void* out, int T, int K, int H,
-                  int keep, int grid, int block) {
+void emu_dispatch(int f32, int vec, const void* x, const float* w, const int* rowOf, const int* kept, void* out, int T,
+                  int K, int H, int keep, int grid, int block) {
     emu_launch(grid, block, [&] {
         bf16_t* o = (bf16_t*)out;
-        if (f32 && vec) dispatch_bf16_from_f32_v8((const float*)x, w, rowOf, o, T, K, H, keep);
-        if (f32 && !vec) dispatch_bf16_from_f32((const float*)x, w, rowOf, o, T, K, H, keep);
-        if (!f32 && vec) dispatch_bf16_from_bf16_v8((const bf16_t*)x, w, rowOf, o, T, K, H, keep);
-        if (!f32 && !vec) dispatch_bf16_from_bf16((const bf16_t*)x, w, rowOf, o, T, K, H, keep);
+        if (f32 && vec) dispatch_bf16_from_f32_v8((const float*)x, w, rowOf, kept, o, T, K, H, keep);
+        if (f32 && !vec) dispatch_bf16_from_f32((const float*)x, w, rowOf, kept, o, T, K, H, keep);
+        if (!f32 && vec) dispatch_bf16_from_bf16_v8((const bf16_t*)x, w, rowOf, kept, o, T, K, H, keep);
+        if (!f32 && !vec) dispatch_bf16_from_bf16((const bf16_t*)x, w, rowOf, kept, o, T, K, H, keep);
     });
 }
 
-void emu_combine(int f32, int vec, const void* ye, const float* w, const int* rowOf, void* out, int T, int K, int H,
-                 int grid, int block) {
+void emu_combine(int f32, int vec, const void* ye, const float* w, const int* rowOf, const int* kept, void* out, int T,
+                 int K, int H, int grid, int block) {
     emu_launch(grid, block, [&] {
         const bf16_t* y = (const bf16_t*)ye;
-        if (f32 && vec) combine_bf16_to_f32_v8(y, w, rowOf, (float*)out, T, K, H);
-        if (f32 && !vec) combine_bf16_to_f32(y, w, rowOf, (float*)out, T, K, H);
-        if (!f32 && vec) combine_bf16_to_bf16_v8(y, w, rowOf, (bf16_t*)out, T, K, H);
-        if (!f32 && !vec) combine_bf16_to_bf16(y, w, rowOf, (bf16_t*)out, T, K, H);
+        if (f32 && vec) combine_bf16_to_f32_v8(y, w, rowOf, kept, (float*)out, T, K, H);
+        if (f32 && !vec) combine_bf16_to_f32(y, w, rowOf, kept, (float*)out, T, K, H);
+        if (!f32 && vec) combine_bf16_to_bf16_v8(y, w, rowOf, kept, (bf16_t*)out, T, K, H);
+        if (!f32 && !vec) combine_bf16_to_bf16(y, w, rowOf, kept, (bf16_t*)out, T, K, H);
     });
 }
 
-void emu_gradw(int f32, int vec, const void* dy, const void* ye, const int* rowOf, float* dw, int T, int K, int H,
-               int grid, int block) {
+void emu_gradw(int f32, int vec, const void* dy, const void* ye, const int* rowOf, const int* kept, float* dw, int T,
+               int K, int H, int grid, int block) {
     emu_launch(grid, block, [&] {
         const bf16_t* y = (const bf16_t*)ye;
-        if (f32 && vec) combine_gradw_bf16_dy_f32_v8((const float*)dy, y, rowOf, dw, T, K, H);
-        if (f32 && !vec) combine_gradw_bf16_dy_f32((const float*)dy, y, rowOf, dw, T, K, H);
-        if (!f32 && vec) combine_gradw_bf16_dy_bf16_v8((const bf16_t*)dy, y, rowOf, dw, T, K, H);
-        if (!f32 && !vec) combine_gradw_bf16_dy_bf16((const bf16_t*)dy, y, rowOf, dw, T, K, H);
+        if (f32 && vec) combine_gradw_bf16_dy_f32_v8((const float*)dy, y, rowOf, kept, dw, T, K, H);
+        if (f32 && !vec) combine_gradw_bf16_dy_f32((const float*)dy, y, rowOf, kept, dw, T, K, H);
+        if (!f32 && vec) combine_gradw_bf16_dy_bf16_v8((const bf16_t*)dy, y, rowOf, kept, dw, T, K, H);
+        if (!f32 && !vec) combine_gradw_bf16_dy_bf16((const bf16_t*)dy, y, rowOf, kept, dw, T, K, H);
     });
 }
 

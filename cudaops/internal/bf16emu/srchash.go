@@ -5,4 +5,4 @@
 package bf16emu
 
 // sourceHash is the hash of the kernel sources the emulator was last generated for.
-const sourceHash = "736db9b39a33f3be8789466f7d279313b2679877be6aed83ea1ab78b8799c1c4"
+const sourceHash = "b5325bc5a13f58a25afb41cf2e55c6a5b3da9c143413d5cc4bc7deb43eef6023"

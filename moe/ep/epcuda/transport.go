@@ -353,8 +353,16 @@ func (t *Transport) AllGather(send, recv *tensor.Dense) error {
 		return err
 	}
 	n := send.Shape().TotalSize()
+	ps, err := t.addr("all-gather send", s.t)
+	if err != nil {
+		return err
+	}
+	pr, err := t.addr("all-gather receive", r.t)
+	if err != nil {
+		return err
+	}
 	if err := t.run("AllGather", func(stream uintptr) error {
-		return t.comm.AllGather(s.t.Uintptr(), r.t.Uintptr(), n, dt, stream)
+		return t.comm.AllGather(ps, pr, n, dt, stream)
 	}); err != nil {
 		return err
 	}
@@ -380,17 +388,25 @@ func (t *Transport) AllToAllV(send *tensor.Dense, sends []ep.Segment, recv *tens
 		return err
 	}
 	row := uintptr(h) * uintptr(send.Dtype().Size())
+	ps, err := t.addr("all-to-all send", s.t)
+	if err != nil {
+		return err
+	}
+	pr, err := t.addr("all-to-all receive", r.t)
+	if err != nil {
+		return err
+	}
 	if err := t.run("AllToAllV", func(stream uintptr) error {
 		for _, g := range sends {
 			if g.Rows > 0 {
-				if err := t.comm.Send(s.t.Uintptr()+uintptr(g.Offset)*row, g.Rows*h, dt, g.Peer, stream); err != nil {
+				if err := t.comm.Send(ps+uintptr(g.Offset)*row, g.Rows*h, dt, g.Peer, stream); err != nil {
 					return err
 				}
 			}
 		}
 		for _, g := range recvs {
 			if g.Rows > 0 {
-				if err := t.comm.Recv(r.t.Uintptr()+uintptr(g.Offset)*row, g.Rows*h, dt, g.Peer, stream); err != nil {
+				if err := t.comm.Recv(pr+uintptr(g.Offset)*row, g.Rows*h, dt, g.Peer, stream); err != nil {
 					return err
 				}
 			}
@@ -412,8 +428,12 @@ func (t *Transport) AllReduceSum(x *tensor.Dense) error {
 		return err
 	}
 	n := x.Shape().TotalSize()
+	p, err := t.addr("all-reduce buffer", b.t)
+	if err != nil {
+		return err
+	}
 	if err := t.run("AllReduceSum", func(stream uintptr) error {
-		return t.comm.AllReduce(b.t.Uintptr(), b.t.Uintptr(), n, dt, nccl.Sum, stream)
+		return t.comm.AllReduce(p, p, n, dt, nccl.Sum, stream)
 	}); err != nil {
 		return err
 	}
@@ -421,9 +441,24 @@ func (t *Transport) AllReduceSum(x *tensor.Dense) error {
 }
 
 func (t *Transport) Barrier() error {
+	p, err := t.addr("barrier word", t.one)
+	if err != nil {
+		return err
+	}
 	return t.run("Barrier", func(stream uintptr) error {
-		return t.comm.AllReduce(t.one.Uintptr(), t.one.Uintptr(), 1, nccl.Int32, nccl.Sum, stream)
+		return t.comm.AllReduce(p, p, 1, nccl.Int32, nccl.Sum, stream)
 	})
+}
+
+// addr is the device address NCCL gets for a device tensor: the engine resolves it (tensor addresses
+// carry a generation tag that the driver must never see) and refuses released memory.
+func (t *Transport) addr(what string, d *tensor.Dense) (uintptr, error) {
+	eng, err := t.be.Engine()
+	if err != nil {
+		return 0, err
+	}
+	p, _, err := eng.Resolve("epcuda", what, d)
+	return p, err
 }
 
 func shapeOf(t *tensor.Dense) tensor.Shape {
