@@ -35,6 +35,7 @@ type Device struct {
 	totalBytes int64
 
 	fns   map[string]cu.Function
+	sigs  sigTable // kernel declarations (kernel_sigs.go), checked against the PTX at Open
 	pool  *devengine.Pool
 	fault cu.DevicePtr // 256 bytes: the uint32 fault word the kernels OR fault codes into, then barrier state
 	slots []uint64     // kernel parameter scratch (under mu)
@@ -74,7 +75,11 @@ func Open(ordinal int) (*Device, error) {
 	if ordinal < 0 || ordinal >= n {
 		return nil, fmt.Errorf("cudaops: device %d requested, %d present", ordinal, n)
 	}
-	d := &Device{ord: ordinal}
+	sigs, err := parseKernelSigs(kernelSigs)
+	if err != nil {
+		return nil, err
+	}
+	d := &Device{ord: ordinal, sigs: sigs}
 	if d.dev, err = cu.GetDevice(ordinal); err != nil {
 		return nil, fmt.Errorf("cudaops: device %d: %w", ordinal, err)
 	}
@@ -107,7 +112,7 @@ func Open(ordinal int) (*Device, error) {
 		if d.stream, err = cu.MakeStream(cu.DefaultStream); err != nil {
 			return fmt.Errorf("creating stream: %w", err)
 		}
-		if d.fns, err = loadModules(); err != nil {
+		if d.fns, err = loadModules(d.sigs); err != nil {
 			return err
 		}
 		return nil

@@ -29,11 +29,11 @@ const (
 func operandArgs(o devengine.Operand) (arg, arg, arg) {
 	switch {
 	case o.Ptr == 0:
-		return 0, i32(modeImm), f64(o.Imm)
+		return ptrArg(0), i32(modeImm), f64(o.Imm)
 	case o.Scalar:
-		return ptrArg(cu.DevicePtr(o.Ptr)), i32(modeDev), 0
+		return ptrArg(cu.DevicePtr(o.Ptr)), i32(modeDev), f64(0)
 	}
-	return ptrArg(cu.DevicePtr(o.Ptr)), i32(modeVec), 0
+	return ptrArg(cu.DevicePtr(o.Ptr)), i32(modeVec), f64(0)
 }
 
 // vecOK reports whether the 16-byte path applies: every vector operand 16-byte aligned.
@@ -187,7 +187,7 @@ func (k cudaKernels) Permute(elemSize int, dst, src uintptr, shape, strides []in
 		return fmt.Errorf("cudaops: permute of %d dims (at most %d): %w", len(shape), devengine.MaxDims, ops.ErrShape)
 	}
 	n := int64(1)
-	args := []arg{ptrArg(cu.DevicePtr(dst)), ptrArg(cu.DevicePtr(src)), 0, i32(len(shape))}
+	args := []arg{ptrArg(cu.DevicePtr(dst)), ptrArg(cu.DevicePtr(src)), i64(0), i32(len(shape))}
 	for i := 0; i < devengine.MaxDims; i++ {
 		v := int64(1)
 		if i < len(shape) {

@@ -471,7 +471,7 @@ func (d *Device) fill(p cu.DevicePtr, n, width int64, bits uint64) error {
 			return d.timedLocked(FamilyMemset, func() error { return cu.MemsetD32Async(p, uint(uint32(bits)), n, d.stream) })
 		})
 	case 8:
-		return d.launch("fill_u64", d.flatGrid(n), ptrArg(p), i64(n), arg(bits))
+		return d.launch("fill_u64", d.flatGrid(n), ptrArg(p), i64(n), u64(bits))
 	}
 	return fmt.Errorf("cudaops: fill: unsupported width %d", width)
 }
