@@ -37,8 +37,10 @@ type Device struct {
 	fns   map[string]cu.Function
 	sigs  sigTable // kernel declarations (kernel_sigs.go), checked against the PTX at Open
 	pool  *devengine.Pool
-	fault cu.DevicePtr // 256 bytes: the uint32 fault word the kernels OR fault codes into, then barrier state
-	slots []uint64     // kernel parameter scratch (under mu)
+	fault cu.DevicePtr // the fault block (faultLayout): a fault word per kernel, then the grid-barrier state
+	flay  faultLayout
+	fbuf  []uint32 // host copy of the fault words (under mu)
+	slots []uint64 // kernel parameter scratch (under mu)
 
 	occ            map[occKey]int // occupancy per kernel configuration (under mu)
 	planMode       PlanMode
@@ -79,7 +81,7 @@ func Open(ordinal int) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Device{ord: ordinal, sigs: sigs}
+	d := &Device{ord: ordinal, sigs: sigs, flay: newFaultLayout(sigs)}
 	if d.dev, err = cu.GetDevice(ordinal); err != nil {
 		return nil, fmt.Errorf("cudaops: device %d: %w", ordinal, err)
 	}
@@ -120,11 +122,11 @@ func Open(ordinal int) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cudaops: opening device %d: %w", ordinal, err)
 	}
-	if d.fault, err = d.scratch(256); err != nil {
-		return nil, fmt.Errorf("cudaops: opening device %d: fault word: %w", ordinal, err)
+	if d.fault, err = d.scratch(d.flay.bytes()); err != nil {
+		return nil, fmt.Errorf("cudaops: opening device %d: fault block: %w", ordinal, err)
 	}
-	if err := d.do(func() error { return cu.MemsetD32Async(d.fault, 0, 64, d.stream) }); err != nil {
-		return nil, fmt.Errorf("cudaops: opening device %d: clearing fault word: %w", ordinal, err)
+	if err := d.do(func() error { return cu.MemsetD32Async(d.fault, 0, d.flay.bytes()/4, d.stream) }); err != nil {
+		return nil, fmt.Errorf("cudaops: opening device %d: clearing fault block: %w", ordinal, err)
 	}
 	return d, nil
 }
@@ -171,25 +173,34 @@ func (d *Device) Synchronize() error {
 	})
 }
 
-// checkFaultLocked reads and clears the fault word; the caller holds the context and has synchronised.
+// checkFaultLocked reads and clears the fault words; the caller holds the context and has synchronised.
 func (d *Device) checkFaultLocked() error {
-	var f uint32
-	d.waits.reads.Add(1)
-	if err := cu.MemcpyDtoH(unsafe.Pointer(&f), d.fault, 4); err != nil {
-		return fmt.Errorf("cudaops: reading fault word: %w", err)
+	n := d.flay.words()
+	if len(d.fbuf) != n {
+		d.fbuf = make([]uint32, n)
 	}
-	if f == 0 {
+	d.waits.reads.Add(1)
+	if err := cu.MemcpyDtoH(unsafe.Pointer(&d.fbuf[0]), d.fault, int64(n)*4); err != nil {
+		return fmt.Errorf("cudaops: reading the fault block: %w", err)
+	}
+	err := d.flay.decode(d.fbuf)
+	if err == nil {
 		return nil
 	}
-	if err := cu.MemsetD32(d.fault, 0, 1); err != nil {
-		return fmt.Errorf("cudaops: clearing fault word: %w", err)
+	if cerr := cu.MemsetD32(d.fault, 0, int64(n)); cerr != nil {
+		return fmt.Errorf("cudaops: clearing the fault block: %w", cerr)
 	}
-	return newFaultError(f)
+	return err
 }
 
-// barrier returns the grid-barrier state of the one-pass kernels (two uint32, count and generation),
-// 128 bytes into the fault block, zeroed at Open and left zeroed by every completed launch.
-func (d *Device) barrier() cu.DevicePtr { return offsetPtr(d.fault, 128) }
+// faultWord is the address of kernel's own fault word (launchLocked passes it as the fault parameter).
+func (d *Device) faultWord(kernel string) cu.DevicePtr {
+	return offsetPtr(d.fault, d.flay.wordOffset(kernel))
+}
+
+// barrier returns the grid-barrier state of the one-pass kernels (two uint32, count and generation)
+// in the fault block, zeroed at Open and left zeroed by every completed launch.
+func (d *Device) barrier() cu.DevicePtr { return offsetPtr(d.fault, d.flay.barrierOffset()) }
 
 // Close frees every cached and live block, destroys the stream and releases the primary context.
 // Tensors of this device must not be used afterwards (their checks report devengine.ErrReleased).

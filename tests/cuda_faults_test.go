@@ -5,8 +5,10 @@ package tests
 import (
 	"errors"
 	"math"
+	"strings"
 	"testing"
 
+	"github.com/expertrt/expertrt-go/cudaops"
 	"github.com/expertrt/expertrt-go/ops"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -64,6 +66,7 @@ func TestCUDAFaultSentinels(t *testing.T) {
 			if !errors.Is(err, ops.ErrNaN) {
 				t.Errorf("sync checks %t, %s logits: %v, want an error wrapping ErrNaN", sync, c.name, err)
 			}
+			faultKernelsHave(t, err, "route")
 			if err := b.Synchronize(); err != nil {
 				t.Errorf("the fault was reported twice: %v", err)
 			}
@@ -96,6 +99,23 @@ func TestCUDAFaultSentinels(t *testing.T) {
 		if !errors.Is(err, ops.ErrExpertIndex) || errors.Is(err, ops.ErrNaN) {
 			t.Errorf("sync checks %t, expert index %d: %v, want an error wrapping ErrExpertIndex only", sync, E, err)
 		}
+		faultKernelsHave(t, err, "plan_")
 	}
 	b.SetSyncChecks(false)
+}
+
+// faultKernelsHave checks that err is a device fault naming the kernels that raised it, every one of
+// them starting with prefix.
+func faultKernelsHave(t *testing.T, err error, prefix string) {
+	t.Helper()
+	var fe *cudaops.FaultError
+	if !errors.As(err, &fe) || len(fe.Faults()) == 0 {
+		t.Errorf("%v: not a device fault naming its kernel", err)
+		return
+	}
+	for _, f := range fe.Faults() {
+		if !strings.HasPrefix(f.Kernel, prefix) || !strings.Contains(err.Error(), "in "+f.Kernel+": ") {
+			t.Errorf("fault raised by %q (want a kernel named %s...): %v", f.Kernel, prefix, err)
+		}
+	}
 }
