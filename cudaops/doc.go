@@ -15,8 +15,9 @@
 //
 // Kernel sources are the .cu files of this directory (one per kernel family); `go generate ./cudaops`
 // compiles them with nvcc to ptx/*.ptx (compute_80, JIT-compiled by the driver for the GPU at hand), and
-// the generated PTX is committed, so users need no nvcc. ci-check.sh fails when the committed PTX
-// differs from a fresh compilation. The matrix products (grouped expert matmul, dense MatMul) are the
+// the generated PTX is committed, so users need no nvcc. ci-check.sh fails when the committed PTX is
+// stale: its recorded sources (ptx/sources.sha256) are not the current ones, or its code (nvcc's banner
+// comment aside, ptx-diff.sh) differs from what the same nvcc release compiles now. The matrix products (grouped expert matmul, dense MatMul) are the
 // GEMM family gemm.cu, compiled once per tile configuration of gemm.variants into ptx/gemm/ and loaded
 // on first use; Device.SetTF32 and Device.SetGemmVariant select its kernels (docs/gemm.md).
 package cudaops
