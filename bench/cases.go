@@ -166,6 +166,10 @@ func newEnv(dev device, s shape) (*env, error) {
 		tensors: map[string]*tensor.Dense{}}, nil
 }
 
+// useDevice makes the env's ops run on dev, a handle on the same device memory as the env's (the
+// CUDA device with another GEMM configuration): the tensors made so far stay valid.
+func (e *env) useDevice(dev device) { e.dev, e.b = dev, dev.Backend() }
+
 // es is the element size of the float dtype in bytes.
 func (e *env) es() int64 { return int64(e.s.Dtype.Size()) }
 

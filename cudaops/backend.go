@@ -5,6 +5,7 @@ package cudaops
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/expertrt/expertrt-go/cudaops/devengine"
 	"github.com/expertrt/expertrt-go/ops"
@@ -12,60 +13,135 @@ import (
 	"gorgonia.org/tensor"
 )
 
-// Backend implements ops.Backend over device tensors of one Device: every kernel method checks that its
-// tensors live on this device with the documented dtypes and shapes (errors wrap ops.ErrShape,
-// ops.ErrDtype, ops.ErrMixedBackends), then launches its kernels on the device's stream and returns
-// without waiting. Errors that depend on data (an expert index outside [0, E): ops.ErrExpertIndex; a
-// logits row with a NaN or +Inf, or all -Inf: ops.ErrNaN) are raised on the device and reported by the
-// next ToHost, loss value or Synchronize, unless SetSyncChecks(true) makes the kernels that validate
-// data wait and report at once.
+// Backend implements ops.Backend over device tensors of one Device handle: every kernel method checks
+// that its tensors live on this device with the documented dtypes and shapes (errors wrap
+// ops.ErrShape, ops.ErrDtype, ops.ErrMixedBackends), then launches its kernels on the device's stream
+// and returns without waiting. Errors that depend on data (an expert index outside [0, E):
+// ops.ErrExpertIndex; a logits row with a NaN or +Inf, or all -Inf: ops.ErrNaN) are raised on the
+// device and reported by the next ToHost, loss value or Synchronize, unless the handle's option
+// SyncChecks makes the kernels that validate data wait and report at once.
 //
-// The backend registered with ops.Register (name "cuda") opens device 0 on first use.
+// Linking this package registers with ops one backend per CUDA device present, named "cuda:N" (device
+// 0's also answers to "cuda": ops.LookupBackend), which opens its device on first use, with default
+// options unless OpenRegistered chose others first. Ops pick the registered backend that owns their
+// tensors; a backend over a device of Open (NewBackend) is used by graphs once registered with ops.
 type Backend struct {
-	once sync.Once
-	ord  int
-	dev  *Device
-	eng  *Engine
-	err  error
+	ord        int
+	name       string
+	registered bool // one of the backends this package registers (opened lazily)
 
-	syncChecks bool
+	mu    sync.Mutex  // guards opening
+	ready atomic.Bool // dev and eng are set (never changed afterwards)
+	dev   *Device
+	eng   *Engine
+	err   error // why the device did not open
 }
 
-var registered = &Backend{ord: 0}
+// registered holds the backends registered at init, by ordinal (set once by init, then only read).
+var registered []*Backend
 
-func init() { ops.Register(registered) }
+func init() {
+	n, err := cu.NumDevices()
+	if err != nil || n < 1 {
+		n = 1 // device 0's backend reports the error when it is first used
+	}
+	for i := 0; i < n; i++ {
+		b := &Backend{ord: i, name: fmt.Sprintf("cuda:%d", i), registered: true}
+		if err := ops.Register(b); err != nil {
+			b.err = err
+		}
+		registered = append(registered, b)
+	}
+}
 
-// Registered returns the backend registered with ops under the name "cuda" (device 0).
-func Registered() *Backend { return registered }
+// registeredBackend returns the registered backend of device ordinal (one that reports an error when
+// there is no such device).
+func registeredBackend(ordinal int) *Backend {
+	if ordinal >= 0 && ordinal < len(registered) {
+		return registered[ordinal]
+	}
+	return &Backend{ord: ordinal, name: fmt.Sprintf("cuda:%d", ordinal),
+		err: fmt.Errorf("cudaops: no CUDA device %d (%d present): %w", ordinal, len(registered), ops.ErrConfig)}
+}
 
-// NewBackend returns a backend over an open device (not registered with ops).
+// Registered returns the registered backend of device 0 (ops names "cuda:0" and "cuda").
+func Registered() *Backend { return registeredBackend(0) }
+
+// RegisteredBackend returns the registered backend of device ordinal (ops name "cuda:N").
+func RegisteredBackend(ordinal int) (*Backend, error) {
+	b := registeredBackend(ordinal)
+	if b.err != nil && !b.ready.Load() {
+		return nil, b.err
+	}
+	return b, nil
+}
+
+// OpenRegistered opens the device of the registered backend of ordinal with opts, so that every graph
+// on its tensors runs with those options; call it before anything uses that backend. When the device
+// is open already it returns it if its options are the ones asked for, else an error wrapping
+// ops.ErrConfig (a device's options are fixed when it opens; Device.With gives other handles).
+func OpenRegistered(ordinal int, opts ...Option) (*Device, error) {
+	b := registeredBackend(ordinal)
+	want, err := Options{}.apply(gemmVariantNames(), opts...)
+	if err != nil {
+		return nil, err
+	}
+	d, err := b.openWith(want)
+	if err != nil {
+		return nil, err
+	}
+	if d.opts != want {
+		return nil, fmt.Errorf("cudaops: the registered device %d is open already, with options %v (asked: %v): %w", ordinal, d.opts, want, ops.ErrConfig)
+	}
+	return d, nil
+}
+
+// NewBackend returns a backend over an open device handle, named "cuda:N{options}" (N the ordinal,
+// options as Options.String); it is not registered with ops (ops.Register does that).
 func NewBackend(d *Device) *Backend {
-	b := &Backend{ord: d.ord, dev: d, eng: NewEngine(d)}
-	b.once.Do(func() {})
+	b := &Backend{ord: d.ord, name: fmt.Sprintf("cuda:%d{%v}", d.ord, d.opts), dev: d, eng: NewEngine(d)}
+	b.ready.Store(true)
 	return b
 }
 
+// openWith opens the backend's device with opts if nothing opened it yet, and returns it.
+func (b *Backend) openWith(opts Options) (*Device, error) {
+	if b.ready.Load() {
+		return b.dev, nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ready.Load() {
+		return b.dev, nil
+	}
+	if b.err != nil {
+		return nil, b.err
+	}
+	d, err := Open(b.ord, WithOptions(opts))
+	if err != nil {
+		b.err = err
+		return nil, err
+	}
+	b.dev, b.eng = d, NewEngine(d)
+	b.ready.Store(true)
+	return d, nil
+}
+
 func (b *Backend) open() error {
-	b.once.Do(func() {
-		var d *Device
-		if d, b.err = Default(); b.err == nil {
-			b.dev, b.eng = d, NewEngine(d)
-		}
-	})
-	return b.err
+	_, err := b.openWith(Options{})
+	return err
 }
 
 // Device opens (on first use) and returns the backend's device.
-func (b *Backend) Device() (*Device, error) { return b.dev, b.open() }
+func (b *Backend) Device() (*Device, error) { return b.openWith(Options{}) }
 
 // Engine opens (on first use) and returns the tensor engine of the backend's device.
-func (b *Backend) Engine() (*Engine, error) { return b.eng, b.open() }
-
-// SetSyncChecks makes the kernels that validate data (Route, RouteIndices, RouteWeights,
-// RouteWeightsGrad, Plan and the router losses) synchronise and return device faults (out-of-range
-// expert indices, non-finite logits) from the call itself. Off by default: the plan is then built
-// without any host synchronisation and faults surface at the next synchronising call.
-func (b *Backend) SetSyncChecks(on bool) { b.syncChecks = on }
+func (b *Backend) Engine() (*Engine, error) {
+	if err := b.open(); err != nil {
+		return nil, err
+	}
+	return b.eng, nil
+}
 
 // Synchronize waits for the device and reports pending device faults.
 func (b *Backend) Synchronize() error {
@@ -75,7 +151,17 @@ func (b *Backend) Synchronize() error {
 	return b.dev.Synchronize()
 }
 
-func (b *Backend) Name() string { return "cuda" }
+// Name is "cuda:N" for the registered backend of device N, "cuda:N{options}" for one of NewBackend.
+func (b *Backend) Name() string { return b.name }
+
+// Aliases lists the other names of the backend for ops.LookupBackend: "cuda" for the registered
+// backend of device 0.
+func (b *Backend) Aliases() []string {
+	if b.registered && b.ord == 0 {
+		return []string{"cuda"}
+	}
+	return nil
+}
 
 // Owns reports whether t is a dense tensor over this device's memory. It goes by address, not by
 // engine: Gorgonia's VMs relabel every value with the machine's engine, so a device tensor may carry
@@ -84,7 +170,7 @@ func (b *Backend) Name() string { return "cuda" }
 // tensor whose memory was released (freed, or its training step ended) is still this device's, so that
 // the kernel methods report it (devengine.ErrReleased) rather than the CPU backend reading it.
 func (b *Backend) Owns(t tensor.Tensor) bool {
-	if b.dev == nil {
+	if !b.ready.Load() {
 		return false // nothing can live on a device that was never opened
 	}
 	return b.eng.Owns(t)
@@ -203,7 +289,7 @@ func planExperts(what string, plan *tensor.Dense, T, K int) (int, error) {
 }
 
 func (b *Backend) faultCheck() error {
-	if b.syncChecks {
+	if b.dev.opts.SyncChecks {
 		return b.dev.Synchronize()
 	}
 	return nil

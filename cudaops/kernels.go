@@ -155,7 +155,7 @@ func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 		return fmt.Errorf("cudaops: plan: E=%d experts exceed the shared-memory counters (max %d): %w", E, 48*1024/4, ops.ErrUnsupported)
 	}
 	counts, offsets, rowOf, slotOf := PlanSections(plan, T, K, E)
-	if d.planMode != PlanMultiLaunch {
+	if d.opts.PlanMode != PlanMultiLaunch {
 		cfg, rounds, ok, err := d.onePassPlan(n, E)
 		if err != nil {
 			return err
@@ -194,23 +194,6 @@ func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 	}
 	return d.launch("plan_scatter", grid, ptrArg(idx), i32(n), i32(E), i32(chunk), i32(chunks), ptrArg(scratch), ptrArg(rowOf), ptrArg(slotOf))
 }
-
-// PlanMode selects the plan kernels (SetPlanMode).
-type PlanMode int
-
-const (
-	// PlanAuto (the default) uses the one-launch plan where it fits, else the three-launch plan.
-	PlanAuto PlanMode = iota
-	// PlanMultiLaunch always uses the three-launch plan (for tests and comparisons).
-	PlanMultiLaunch
-)
-
-// SetPlanMode selects the plan kernels for later Plan calls. Both modes produce the same plan.
-func (d *Device) SetPlanMode(m PlanMode) { d.planMode = m }
-
-// SetPlanBlocks sets the block count the one-pass plan prefers (0: the default, onePassPreferBlocks):
-// its tiles grow until the grid has at most that many blocks. For tuning; the plan is the same.
-func (d *Device) SetPlanBlocks(n int) { d.planBlocks = n }
 
 // One-pass plan limits: warps per block at most onePassMaxWarps (fewer when E is large), tiles of 32 *
 // rounds slots with rounds <= onePassMaxRounds (ONEPASS_MAX_ROUNDS in plan.cu), preferably at most
@@ -252,8 +235,8 @@ func (d *Device) onePassPlan(n, E int) (launchCfg, int, bool, error) {
 		return 0, 0
 	}
 	prefer := onePassPreferBlocks
-	if d.planBlocks > 0 {
-		prefer = d.planBlocks
+	if d.opts.PlanBlocks > 0 {
+		prefer = d.opts.PlanBlocks
 	}
 	g, r := pick(prefer)
 	if g == 0 {
@@ -301,7 +284,7 @@ type occKey struct {
 // Dispatch writes out[rowOf[t*K+j]] = scale * x[t] (x [T,H], out [T*K,H]); scale = w[t,j] or 1 (w == 0).
 // kept points at the plan's offsets[E]: slots with rowOf >= *kept (a capacity plan's dropped slots) get
 // a zero row. The output rows are written with plain stores (they stay in L2 for the next kernel) unless
-// SetStreamingDispatchStores(true).
+// the handle's option StreamingDispatchStores.
 func (d *Device) Dispatch(dt tensor.Dtype, x, w, rowOf, kept, out cu.DevicePtr, T, K, H int) error {
 	if err := checkDims("dispatch", T, K, H); err != nil {
 		return err
@@ -310,13 +293,8 @@ func (d *Device) Dispatch(dt tensor.Dtype, x, w, rowOf, kept, out cu.DevicePtr, 
 	if err != nil {
 		return err
 	}
-	return d.launch(name, d.warpGrid(T), ptrArg(x), ptrArg(w), ptrArg(rowOf), ptrArg(kept), ptrArg(out), i32(T), i32(K), i32(nv), i32(b2i(!d.streamDispatch)))
+	return d.launch(name, d.warpGrid(T), ptrArg(x), ptrArg(w), ptrArg(rowOf), ptrArg(kept), ptrArg(out), i32(T), i32(K), i32(nv), i32(b2i(!d.opts.StreamingDispatchStores)))
 }
-
-// SetStreamingDispatchStores makes Dispatch write its output with streaming (evict-first) stores
-// instead of plain ones (for comparisons: plain stores let the consumer of the packed rows find part of
-// them in L2).
-func (d *Device) SetStreamingDispatchStores(on bool) { d.streamDispatch = on }
 
 // Combine writes out[t] = sum_j scale * ye[rowOf[t*K+j]] in increasing j over the kept slots
 // (rowOf < *kept) (ye [T*K,H], out [T,H]).

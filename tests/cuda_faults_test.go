@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/expertrt/expertrt-go/cudaops"
@@ -20,19 +21,21 @@ import (
 // outside [0,E) is ErrExpertIndex. Without sync checks the fault surfaces at the next synchronisation;
 // with them, from RunAll itself (through ops.MachineError).
 func TestCUDAFaultSentinels(t *testing.T) {
-	b := cudaBackend(t)
 	const T, E, K, H = 64, 8, 2, 16
 	inf := math.Inf(1)
-	dev := func(h *tensor.Dense) *tensor.Dense {
-		d, err := b.FromHost(h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
-	xD := dev(tensor.New(tensor.WithShape(T, H), tensor.WithBacking(make([]float64, T*H))))
 	for _, sync := range []bool{false, true} {
-		b.SetSyncChecks(sync)
+		b := cudaBackend(t)
+		if sync {
+			b = cudaSyncRegistered(t)
+		}
+		dev := func(h *tensor.Dense) *tensor.Dense {
+			d, err := b.FromHost(h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}
+		xD := dev(tensor.New(tensor.WithShape(T, H), tensor.WithBacking(make([]float64, T*H))))
 		for _, c := range []struct {
 			name string
 			row  []float64
@@ -101,7 +104,33 @@ func TestCUDAFaultSentinels(t *testing.T) {
 		}
 		faultKernelsHave(t, err, "plan_")
 	}
-	b.SetSyncChecks(false)
+}
+
+// syncDevice is a device of its own on GPU 0 with the option SyncChecks, registered with ops (as
+// "cuda:0{sync checks}") once per test binary, so that graphs on its tensors run with sync checks.
+var syncDevice struct {
+	sync.Mutex
+	b *cudaops.Backend
+}
+
+// cudaSyncRegistered returns the registered sync-checking device's backend.
+func cudaSyncRegistered(t testing.TB) *cudaops.Backend {
+	t.Helper()
+	cudaBackend(t)
+	syncDevice.Lock()
+	defer syncDevice.Unlock()
+	if syncDevice.b == nil {
+		d, err := cudaops.Open(0, cudaops.WithSyncChecks(true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := cudaops.NewBackend(d)
+		if err := ops.Register(b); err != nil {
+			t.Fatal(err)
+		}
+		syncDevice.b = b
+	}
+	return syncDevice.b
 }
 
 // faultKernelsHave checks that err is a device fault naming the kernels that raised it, every one of

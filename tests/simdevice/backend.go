@@ -42,7 +42,9 @@ func Registered() (*Backend, error) {
 		var d *Device
 		if d, registeredErr = Open("sim", RegisteredSize); registeredErr == nil {
 			registered = NewBackend(d)
-			ops.Register(registered)
+			if registeredErr = ops.Register(registered); registeredErr != nil {
+				registered = nil
+			}
 		}
 	})
 	return registered, registeredErr
