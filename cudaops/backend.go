@@ -219,6 +219,14 @@ func (b *Backend) View(t *tensor.Dense, offset int, shape ...int) (*tensor.Dense
 	return b.eng.View(t, offset, shape...)
 }
 
+// ViewAs returns a tensor of dtype dt over t's memory from byteOffset on (ops.Reinterpreter; no copy).
+func (b *Backend) ViewAs(t *tensor.Dense, dt tensor.Dtype, byteOffset int, shape ...int) (*tensor.Dense, error) {
+	if err := b.open(); err != nil {
+		return nil, err
+	}
+	return b.eng.ViewAs(t, dt, byteOffset, shape...)
+}
+
 // FromHost copies a contiguous host tensor to a new device tensor (synchronous).
 func (b *Backend) FromHost(t *tensor.Dense) (*tensor.Dense, error) {
 	if err := b.open(); err != nil {

@@ -97,6 +97,11 @@ func (b *Backend) View(t *tensor.Dense, offset int, shape ...int) (*tensor.Dense
 	return b.d.eng.View(t, offset, shape...)
 }
 
+// ViewAs returns a tensor of dtype dt over t's memory from byteOffset on (ops.Reinterpreter).
+func (b *Backend) ViewAs(t *tensor.Dense, dt tensor.Dtype, byteOffset int, shape ...int) (*tensor.Dense, error) {
+	return b.d.eng.ViewAs(t, dt, byteOffset, shape...)
+}
+
 // Free returns a tensor's memory to the pool now.
 func (b *Backend) Free(t *tensor.Dense) error { return b.d.eng.FreeTensor(t) }
 
