@@ -267,23 +267,6 @@ func (b *Backend) buf(what, name string, t *tensor.Dense, dt tensor.Dtype, shape
 	return cu.DevicePtr(p), nil
 }
 
-func floatDtype(what string, t *tensor.Dense) (tensor.Dtype, error) {
-	if t == nil {
-		return tensor.Dtype{}, fmt.Errorf("cudaops: %s: nil tensor: %w", what, ops.ErrShape)
-	}
-	if dt := t.Dtype(); dt == tensor.Float32 || dt == tensor.Float64 {
-		return dt, nil
-	}
-	return tensor.Dtype{}, fmt.Errorf("cudaops: %s: dtype %v, want float32 or float64: %w", what, t.Dtype(), ops.ErrDtype)
-}
-
-func dims2(what, name string, t *tensor.Dense) (int, int, error) {
-	if t == nil || t.Shape().Dims() != 2 {
-		return 0, 0, fmt.Errorf("cudaops: %s: %s must be a matrix: %w", what, name, ops.ErrShape)
-	}
-	return t.Shape()[0], t.Shape()[1], nil
-}
-
 func (b *Backend) faultCheck() error {
 	if b.dev.opts.SyncChecks {
 		return b.dev.Synchronize()

@@ -61,12 +61,9 @@ func floatSuffix(dt tensor.Dtype) (string, error) {
 	return s, nil
 }
 
-// vecGrid sizes an elementwise launch over n elements moved w at a time.
+// vecGrid sizes an elementwise launch over n elements moved 16 bytes at a time when vec.
 func (d *Device) vecGrid(n int64, vec bool, dt tensor.Dtype) launchCfg {
-	if vec {
-		n = (n + int64(16/dt.Size()) - 1) / int64(16/dt.Size())
-	}
-	return d.flatGrid(n)
+	return d.flatGrid(vecItems(n, vec, dt))
 }
 
 func (k cudaKernels) Fill(p uintptr, n, width int64, bits uint64) error {

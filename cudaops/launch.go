@@ -15,11 +15,6 @@ import (
 // names the right memory.
 func ptrArg(p cu.DevicePtr) arg { return rawPtrArg(uint64(devengine.Untag(uintptr(p)))) }
 
-// launchCfg is a 1-D launch.
-type launchCfg struct {
-	grid, block, smem int
-}
-
 // launch issues kernel name on the device's stream. The typed launchers (kernels.go, ...) validate
 // sizes and addresses; launch checks the arguments against the kernel's declaration (kernel_sigs.go).
 func (d *Device) launch(name string, cfg launchCfg, args ...arg) error {
@@ -69,29 +64,8 @@ func (d *Device) launchLocked(name string, gx, gy, bx, by, smem int, args ...arg
 	return nil
 }
 
-// warpGrid sizes a grid-striding launch of one warp per item: blocks of 256 threads (8 warps), enough
-// blocks for every item up to 8 resident blocks per multiprocessor.
-func (d *Device) warpGrid(items int) launchCfg {
-	const block = 256
-	blocks := (items + 7) / 8
-	if maxBlocks := d.sms * 8; blocks > maxBlocks {
-		blocks = maxBlocks
-	}
-	if blocks < 1 {
-		blocks = 1
-	}
-	return launchCfg{grid: blocks, block: block}
-}
+// warpGrid sizes a grid-striding launch of one warp per item (warpGridFor).
+func (d *Device) warpGrid(items int) launchCfg { return warpGridFor(d.sms, items) }
 
-// flatGrid sizes a grid-striding elementwise launch over n items.
-func (d *Device) flatGrid(n int64) launchCfg {
-	const block = 256
-	blocks := (n + block - 1) / block
-	if maxBlocks := int64(d.sms * 8); blocks > maxBlocks {
-		blocks = maxBlocks
-	}
-	if blocks < 1 {
-		blocks = 1
-	}
-	return launchCfg{grid: int(blocks), block: block}
-}
+// flatGrid sizes a grid-striding elementwise launch over n items (flatGridFor).
+func (d *Device) flatGrid(n int64) launchCfg { return flatGridFor(d.sms, n) }

@@ -30,13 +30,10 @@ func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 	if err := checkDims("plan", T, K, E); err != nil {
 		return err
 	}
+	if err := checkPlanSize(T, K, E); err != nil {
+		return err
+	}
 	n := T * K
-	if int64(T)*int64(K) > 1<<30 {
-		return fmt.Errorf("cudaops: plan: T*K=%d too large (at most 2^30 on the GPU): %w", int64(T)*int64(K), ops.ErrShape)
-	}
-	if E*4 > 48*1024 {
-		return fmt.Errorf("cudaops: plan: E=%d experts exceed the shared-memory counters (max %d): %w", E, 48*1024/4, ops.ErrUnsupported)
-	}
 	counts, offsets, rowOf, slotOf := PlanSections(plan, T, K, E)
 	if d.opts.PlanMode != PlanMultiLaunch {
 		cfg, rounds, ok, err := d.onePassPlan(n, E)
@@ -53,22 +50,12 @@ func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 				ptrArg(counts), ptrArg(offsets), ptrArg(rowOf), ptrArg(slotOf), ptrArg(d.fault), ptrArg(d.barrier()))
 		}
 	}
-	wpb := 8
-	for wpb > 1 && wpb*E*4 > 48*1024 {
-		wpb /= 2
-	}
-	// Chunks of whole rounds (32 lanes * 8 slots, see plan.cu), at most ~128 of them so that the scan
-	// over chunks stays short.
-	const round = 32 * 8
-	rounds := (n + round - 1) / round
-	chunk := (rounds + 127) / 128 * round
-	chunks := (n + chunk - 1) / chunk
+	grid, chunk, chunks := multiPassShape(n, E)
 	scratch, err := d.scratch(int64(chunks) * int64(E) * 4)
 	if err != nil {
 		return fmt.Errorf("cudaops: plan scratch: %w", err)
 	}
 	defer d.putScratch(scratch)
-	grid := launchCfg{grid: (chunks + wpb - 1) / wpb, block: wpb * 32, smem: wpb * E * 4}
 	if err := d.launch("plan_count", grid, ptrArg(idx), i32(n), i32(E), i32(chunk), i32(chunks), ptrArg(scratch), ptrArg(d.fault)); err != nil {
 		return err
 	}
@@ -78,57 +65,12 @@ func (d *Device) Plan(idx, plan cu.DevicePtr, T, K, E int) error {
 	return d.launch("plan_scatter", grid, ptrArg(idx), i32(n), i32(E), i32(chunk), i32(chunks), ptrArg(scratch), ptrArg(rowOf), ptrArg(slotOf))
 }
 
-// One-pass plan limits: warps per block at most onePassMaxWarps (fewer when E is large), tiles of 32 *
-// rounds slots with rounds <= onePassMaxRounds (ONEPASS_MAX_ROUNDS in plan.cu), preferably at most
-// onePassPreferBlocks blocks (fewer arrivals at the barrier, less to read after it), never more blocks
-// than are resident at once, and at most onePassMaxCells per-block counts to read after the barrier.
-const (
-	onePassMaxWarps     = 16
-	onePassMaxRounds    = 8
-	onePassPreferBlocks = 64
-	onePassMaxCells     = 8192
-)
-
-// onePassPlan sizes the one-pass plan for n slots and E experts: the launch, the rounds per warp tile,
-// and whether it applies (every block of the grid must be resident at once for its grid barrier: the
-// grid is at most the multiprocessors times the blocks the occupancy calculator allows per
-// multiprocessor).
+// onePassPlan sizes the one-pass plan for n slots and E experts on this device (onePassShape, with the
+// occupancy calculator's blocks per multiprocessor).
 func (d *Device) onePassPlan(n, E int) (launchCfg, int, bool, error) {
-	const static = 128 // plan_onepass's own shared memory (block_exclusive_scan)
-	w := onePassMaxWarps
-	for w > 4 && (w+2)*E*4+static > 48*1024 {
-		w /= 2
-	}
-	smem := (w + 2) * E * 4
-	if smem+static > 48*1024 || smem+static > d.maxSmem {
-		return launchCfg{}, 0, false, nil
-	}
-	perSM, err := d.occupancy("plan_onepass", w*32, smem)
-	if err != nil {
-		return launchCfg{}, 0, false, err
-	}
-	maxBlocks := perSM * d.sms
-	pick := func(limit int) (int, int) {
-		for r := 1; r <= onePassMaxRounds; r++ {
-			g := (n + w*32*r - 1) / (w * 32 * r)
-			if g <= limit && g <= maxBlocks && int64(g)*int64(E) <= onePassMaxCells {
-				return g, r
-			}
-		}
-		return 0, 0
-	}
-	prefer := onePassPreferBlocks
-	if d.opts.PlanBlocks > 0 {
-		prefer = d.opts.PlanBlocks
-	}
-	g, r := pick(prefer)
-	if g == 0 {
-		g, r = pick(maxBlocks)
-	}
-	if g == 0 {
-		return launchCfg{}, 0, false, nil
-	}
-	return launchCfg{grid: g, block: w * 32, smem: smem}, r, true, nil
+	return onePassShape(n, E, d.sms, d.maxSmem, d.opts.PlanBlocks, func(block, smem int) (int, error) {
+		return d.occupancy("plan_onepass", block, smem)
+	})
 }
 
 // occupancy returns how many blocks of kernel name (block threads, smem dynamic shared bytes) fit on
@@ -162,18 +104,6 @@ func (d *Device) occupancy(name string, block, smem int) (int, error) {
 type occKey struct {
 	name        string
 	block, smem int
-}
-
-// planExperts returns E from the plan length for T tokens and K experts per token.
-func planExperts(what string, plan *tensor.Dense, T, K int) (int, error) {
-	if plan == nil || plan.Shape().Dims() != 1 {
-		return 0, fmt.Errorf("cudaops: %s: plan must be a vector: %w", what, ops.ErrShape)
-	}
-	rest := plan.Shape()[0] - 1 - 2*T*K
-	if rest < 2 || rest%2 != 0 {
-		return 0, fmt.Errorf("cudaops: %s: plan has %d elements, not 2E+1+2TK for T=%d, K=%d: %w", what, plan.Shape()[0], T, K, ops.ErrShape)
-	}
-	return rest / 2, nil
 }
 
 func (b *Backend) Plan(idx *tensor.Dense, numExperts int, plan *tensor.Dense) error {

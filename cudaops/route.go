@@ -32,27 +32,6 @@ func (d *Device) Route(dt tensor.Dtype, logits, idx, w cu.DevicePtr, T, E, K int
 	return d.launch("route_"+suf, d.warpGrid(T), ptrArg(logits), ptrArg(idx), ptrArg(w), i32(T), i32(E), i32(K), i32(b2i(full)), f64(scale), ptrArg(d.fault))
 }
 
-// Weight modes of the route_weights kernels (route.cu).
-const (
-	modeFullSoftmax = 0 // SoftmaxTopK without renormalisation
-	modeKSoftmax    = 1 // renormalised SoftmaxTopK, TopKSoftmax
-	modeSigmoid     = 2
-	modeSigmoidNorm = 3
-)
-
-// weightMode is the route_weights mode of cfg.
-func weightMode(cfg ops.RouteConfig) int {
-	switch {
-	case cfg.Scoring == ops.Sigmoid && cfg.Renormalize:
-		return modeSigmoidNorm
-	case cfg.Scoring == ops.Sigmoid:
-		return modeSigmoid
-	case cfg.EffectiveRenormalize():
-		return modeKSoftmax
-	}
-	return modeFullSoftmax
-}
-
 // RouteWeights writes w [T,K] for given experts idx [T,K] (validated on the device: see Synchronize),
 // mode as weightMode, times scale.
 func (d *Device) RouteWeights(dt tensor.Dtype, logits, idx, w cu.DevicePtr, T, E, K, mode int, scale float64) error {
@@ -64,7 +43,7 @@ func (d *Device) RouteWeights(dt tensor.Dtype, logits, idx, w cu.DevicePtr, T, E
 		return err
 	}
 	cfg := d.warpGrid(T)
-	cfg.smem = cfg.block / 32 * K * 4
+	cfg.smem = routeWeightsSmem(cfg.block, K)
 	return d.launch("route_weights_"+suf, cfg, ptrArg(logits), ptrArg(idx), ptrArg(w), i32(T), i32(E), i32(K), i32(mode), f64(scale), ptrArg(d.fault))
 }
 
@@ -78,30 +57,13 @@ func (d *Device) RouteWeightsGrad(dt tensor.Dtype, logits, idx, dw, dlogits cu.D
 		return err
 	}
 	cfg := d.warpGrid(T)
-	warps := cfg.block / 32
-	cfg.smem = (warps*K+1)&^1*4 + warps*K*int(dt.Size())
+	cfg.smem = routeWeightsGradSmem(cfg.block, K, dt)
 	return d.launch("route_weights_grad_"+suf, cfg, ptrArg(logits), ptrArg(idx), ptrArg(dw), ptrArg(dlogits), i32(T), i32(E), i32(K), i32(mode), f64(scale), ptrArg(d.fault))
 }
 
-// sigmoidLaunch sizes route_sigmoid: warps per block (at most 8) such that each warp's selection values
-// and group scores ((E + G) values of dt, G kept flags; G = 0 without groups) fit 48 KiB per block.
+// sigmoidLaunch sizes route_sigmoid on this device (sigmoidLaunchFor).
 func (d *Device) sigmoidLaunch(dt tensor.Dtype, T, E, G int) (launchCfg, error) {
-	if G <= 1 {
-		G = 0
-	}
-	per := (E+G)*int(dt.Size()) + G*4
-	w := 8
-	for w > 1 && w*per > 48*1024 {
-		w /= 2
-	}
-	if w*per > 48*1024 || w*per > d.maxSmem {
-		return launchCfg{}, fmt.Errorf("cudaops: sigmoid route: E=%d experts need %d bytes of shared memory per token, more than a block has: %w", E, per, ops.ErrUnsupported)
-	}
-	blocks := (T + w - 1) / w
-	if maxBlocks := d.sms * 16; blocks > maxBlocks {
-		blocks = maxBlocks
-	}
-	return launchCfg{grid: max(blocks, 1), block: 32 * w, smem: w * per}, nil
+	return sigmoidLaunchFor(dt, T, E, G, d.sms, d.maxSmem)
 }
 
 // RouteSigmoid runs DeepSeek-V3's router (ops.Sigmoid; see route.cu) on logits [T,E] with an optional
