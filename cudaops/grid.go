@@ -69,17 +69,18 @@ func reductionParts(n int64, perPart int64, maxParts int64) int {
 
 // sigmoidLaunchFor sizes route_sigmoid: warps per block (at most 8) such that each warp's selection
 // values and group scores ((E + G) values of dt, G kept flags; G = 0 without groups) fit 48 KiB per
-// block (and the device's maxSmem), grid capped at 16 blocks per multiprocessor.
+// block and the device's maxSmem, grid capped at 16 blocks per multiprocessor.
 func sigmoidLaunchFor(dt tensor.Dtype, T, E, G, sms, maxSmem int) (launchCfg, error) {
 	if G <= 1 {
 		G = 0
 	}
 	per := (E+G)*int(dt.Size()) + G*4
+	limit := min(48*1024, maxSmem)
 	w := 8
-	for w > 1 && w*per > 48*1024 {
+	for w > 1 && w*per > limit {
 		w /= 2
 	}
-	if w*per > 48*1024 || w*per > maxSmem {
+	if w*per > limit {
 		return launchCfg{}, fmt.Errorf("cudaops: sigmoid route: E=%d experts need %d bytes of shared memory per token, more than a block has: %w", E, per, ops.ErrUnsupported)
 	}
 	blocks := (T + w - 1) / w

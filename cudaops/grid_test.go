@@ -55,7 +55,7 @@ func TestSigmoidLaunch(t *testing.T) {
 	for _, dt := range []tensor.Dtype{tensor.Float32, tensor.Float64} {
 		for _, E := range []int{1, 8, 256, 1024, 3000, 6000, 12000} {
 			for _, G := range []int{0, 1, 8} {
-				for _, maxSmem := range []int{48 << 10} {
+				for _, maxSmem := range []int{16 << 10, 48 << 10} {
 					g, err := sigmoidLaunchFor(dt, 1000, E, G, 132, maxSmem)
 					GG := G
 					if GG <= 1 {
