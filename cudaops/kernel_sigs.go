@@ -6,7 +6,8 @@ package cudaops
 // refuses to open on any difference (a kernel in the PTX that is not declared, a declared kernel that
 // is missing, a parameter count, order or width that differs); the untagged unit test does the same
 // over the committed PTX, so CPU CI sees it. Every launch passes its arguments through the declaration
-// (Device.launch): count, order and kind are checked before the driver sees them.
+// (Device.launch): count, order and kind are checked before the driver sees them; an untagged test
+// (launchsites_test.go) reads every launch site of the source and checks the same without a GPU.
 //
 // Syntax: name(param kind, ...). A name part {a,b,...} expands to one kernel per alternative
 // (route_{f32,f64} is route_f32 and route_f64); param[N] kind is N parameters param0..param{N-1}.
