@@ -226,12 +226,14 @@ PY
       } > "$OUT/seam-bench.jsonl" 2> "$OUT/seam-bench.err" || echo "seam bench failed: $(tail -3 "$OUT/seam-bench.err")"
       python3 - "$OUT/seam-bench.jsonl" <<'PY'
 import json, sys
-for line in open(sys.argv[1]):
-    line = line.strip()
-    if not line.startswith(("{", "[")):
-        continue
-    rs = json.loads(line)
-    for r in (rs if isinstance(rs, list) else [rs]):
+s, dec, i = open(sys.argv[1]).read(), json.JSONDecoder(), 0
+while True:
+    while i < len(s) and s[i].isspace():
+        i += 1
+    if i >= len(s):
+        break
+    obj, i = dec.raw_decode(s, i)
+    for r in obj.get("results", [obj]):
         print(f"  {r.get('op','?'):10s} {r.get('gemm_variant') or '':22s} {r.get('median_ms', 0)*1000:9.1f} us  {r.get('device_desc','')[-70:]}")
 PY
       ;;
