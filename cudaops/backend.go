@@ -286,3 +286,19 @@ func (b *Backend) scalarArg(what, name string, t *tensor.Dense, dt tensor.Dtype,
 }
 
 var _ ops.Backend = (*Backend)(nil)
+
+// numel is the element count of a tensor (1 for a scalar shape).
+func numel(t *tensor.Dense) int {
+	if t.Shape().IsScalar() {
+		return 1
+	}
+	return t.Shape().TotalSize()
+}
+
+// shapeOf is t's shape, nil for a nil tensor (for messages).
+func shapeOf(t *tensor.Dense) tensor.Shape {
+	if t == nil {
+		return nil
+	}
+	return t.Shape()
+}

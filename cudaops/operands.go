@@ -40,19 +40,3 @@ func planExperts(what string, plan *tensor.Dense, T, K int) (int, error) {
 	}
 	return rest / 2, nil
 }
-
-// numel is the element count of a tensor (1 for a scalar shape).
-func numel(t *tensor.Dense) int {
-	if t.Shape().IsScalar() {
-		return 1
-	}
-	return t.Shape().TotalSize()
-}
-
-// shapeOf is t's shape, nil for a nil tensor (for messages).
-func shapeOf(t *tensor.Dense) tensor.Shape {
-	if t == nil {
-		return nil
-	}
-	return t.Shape()
-}
