@@ -36,7 +36,7 @@ func (d *Device) launchLocked(name string, gx, gy, bx, by, smem int, args ...arg
 	if smem > d.maxSmem {
 		return fmt.Errorf("cudaops: kernel %s needs %d bytes of shared memory, the device allows %d per block", name, smem, d.maxSmem)
 	}
-	slots, err := sig.bind(args, uint64(d.fault), uint64(d.faultWord(name)), d.slots)
+	slots, err := sig.bind(args, uint64(devengine.Untag(uintptr(d.fault))), uint64(d.faultWord(name)), d.slots)
 	if err != nil {
 		return err
 	}
