@@ -8,9 +8,11 @@
 //
 //	go build -tags expertrt_cuda ./...
 //
-// Without the tag this package holds only logic that needs no driver (the mapping of device faults to
-// the ops sentinel errors), so `go vet ./...`, `go test ./...` and binaries built without the tag need no
-// CUDA driver. Building with the tag needs cuda.h and libcuda.so (install-toolchain.sh);
+// Without the tag this package holds only logic that needs no driver, tested by CPU CI: the kernel
+// declarations and their check against the PTX (kernel_sigs.go, kernelsig.go), device options, the
+// fault block and the mapping of device faults to the ops sentinel errors, launch shapes and kernel
+// names (grid.go, kernel_args.go); so `go vet ./...`, `go test ./...` and binaries built without the tag
+// need no CUDA driver. Building with the tag needs cuda.h and libcuda.so (install-toolchain.sh);
 // running needs an NVIDIA driver and GPU; nvcc is needed only to regenerate the PTX (go generate).
 //
 // Devices and options: Open(ordinal, opts...) opens a device whose Options (sync checks, plan mode,
