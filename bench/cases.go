@@ -166,6 +166,10 @@ func newEnv(dev device, s shape) (*env, error) {
 		tensors: map[string]*tensor.Dense{}}, nil
 }
 
+// useDevice makes the env's ops run on dev, a handle on the same device memory as the env's (the
+// CUDA device with another GEMM configuration): the tensors made so far stay valid.
+func (e *env) useDevice(dev device) { e.dev, e.b = dev, dev.Backend() }
+
 // es is the element size of the float dtype in bytes.
 func (e *env) es() int64 { return int64(e.s.Dtype.Size()) }
 
@@ -312,24 +316,11 @@ func (e *env) makePlan(idx, w, plan *tensor.Dense) error {
 	return e.b.CapacityPlan(idx, w, e.s.Experts, c, e.s.DropPolicy, plan)
 }
 
-// fusedRouter is implemented by backends that compute indices and weights in one kernel (the CUDA
-// backend's RouteBiased). The route workloads use it when present, RouteIndicesBias + RouteWeights
-// otherwise.
-type fusedRouter interface {
-	RouteBiased(logits, bias *tensor.Dense, cfg ops.RouteConfig, idx, w *tensor.Dense) error
-}
-
-// route writes indices and weights of logits with the backend's fastest path (with the env's bias
-// under sigmoid scoring).
+// route writes indices and weights of logits (with the env's bias under sigmoid scoring) exactly as a
+// graph's route node computes them (ops.RouteInto: the fused kernel on the CUDA backend), so the route
+// and e2e figures time what graphs run.
 func (e *env) route(logits, idx, w *tensor.Dense) error {
-	cfg := e.s.route()
-	if f, ok := e.b.(fusedRouter); ok {
-		return f.RouteBiased(logits, e.bias, cfg, idx, w)
-	}
-	if err := e.b.RouteIndicesBias(logits, e.bias, cfg, idx); err != nil {
-		return err
-	}
-	return e.b.RouteWeights(logits, idx, cfg, w)
+	return ops.RouteInto(e.b, logits, e.bias, e.s.route(), idx, w)
 }
 
 // diagnostics returns the routing diagnostics of the env's routing (computed on the device, read on

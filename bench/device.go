@@ -73,14 +73,5 @@ func openDevice(name string) (device, error) {
 	return mk()
 }
 
-// backendNamed returns the registered ops backend called name (ops.Backends lists CPU first).
-func backendNamed(name string) (ops.Backend, error) {
-	var have []string
-	for _, b := range ops.Backends() {
-		if b.Name() == name {
-			return b, nil
-		}
-		have = append(have, b.Name())
-	}
-	return nil, fmt.Errorf("no ops backend named %q is registered (have %s)", name, strings.Join(have, ", "))
-}
+// backendNamed returns the ops backend called name (ops.LookupBackend: "cpu", a registered name or alias).
+func backendNamed(name string) (ops.Backend, error) { return ops.LookupBackend(name) }

@@ -5,7 +5,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/expertrt/expertrt-go/cudaops"
@@ -26,49 +25,41 @@ func init() {
 const timingSpin = 200 * time.Microsecond
 
 type cudaDevice struct {
-	b     *cudaops.Backend
-	d     *cudaops.Device
-	notes []string // comparison switches in effect
+	b *cudaops.Backend
+	d *cudaops.Device
 }
 
-// Comparison switches (environment, default off): EXPERTRT_CUDA_PLAN=multi forces the three-launch
-// plan; EXPERTRT_CUDA_STREAM_DISPATCH=1 makes dispatch write with streaming (evict-first) stores;
-// EXPERTRT_GEMM_CONFIG=<variant> runs the matrix products of that variant's class on that tile
-// configuration (cudaops gemm.variants; the sweep of gpu-check.sh gemm); EXPERTRT_GEMM_TF32=1 runs
-// float32 products on the TF32 tensor-core kernels.
+// Comparison switches (environment, default off), options of the registered device opened here:
+// EXPERTRT_CUDA_PLAN=multi forces the three-launch plan; EXPERTRT_CUDA_STREAM_DISPATCH=1 makes
+// dispatch write with streaming (evict-first) stores; EXPERTRT_GEMM_CONFIG=<variant> runs the matrix
+// products of that variant's class on that tile configuration (cudaops gemm.variants; the sweep of
+// gpu-check.sh gemm); EXPERTRT_GEMM_TF32=1 runs float32 products on the TF32 tensor-core kernels. The
+// registered device is opened with them, so the whole-layer graphs (which ops run on the registered
+// backend) use them too.
 func newCUDADevice() (device, error) {
-	b := cudaops.Registered()
-	d, err := b.Device()
+	var opts []cudaops.Option
+	if os.Getenv("EXPERTRT_CUDA_PLAN") == "multi" {
+		opts = append(opts, cudaops.WithPlanMode(cudaops.PlanMultiLaunch))
+	}
+	if os.Getenv("EXPERTRT_CUDA_STREAM_DISPATCH") == "1" {
+		opts = append(opts, cudaops.WithStreamingDispatchStores(true))
+	}
+	if v := os.Getenv("EXPERTRT_GEMM_CONFIG"); v != "" {
+		opts = append(opts, cudaops.WithGemmVariant(v))
+	}
+	if os.Getenv("EXPERTRT_GEMM_TF32") == "1" {
+		opts = append(opts, cudaops.WithTF32(true))
+	}
+	d, err := cudaops.OpenRegistered(0, opts...)
 	if err != nil {
 		return nil, err
 	}
-	c := cudaDevice{b: b, d: d}
-	if os.Getenv("EXPERTRT_CUDA_PLAN") == "multi" {
-		d.SetPlanMode(cudaops.PlanMultiLaunch)
-		c.notes = append(c.notes, "three-launch plan")
-	}
-	if os.Getenv("EXPERTRT_CUDA_STREAM_DISPATCH") == "1" {
-		d.SetStreamingDispatchStores(true)
-		c.notes = append(c.notes, "streaming dispatch stores")
-	}
-	if v := os.Getenv("EXPERTRT_GEMM_CONFIG"); v != "" {
-		if err := d.SetGemmVariant(v); err != nil {
-			return nil, err
-		}
-		c.notes = append(c.notes, "gemm "+v)
-	}
-	if os.Getenv("EXPERTRT_GEMM_TF32") == "1" {
-		if err := d.SetTF32(true); err != nil {
-			return nil, err
-		}
-		c.notes = append(c.notes, "tf32")
-	}
-	return c, nil
+	return cudaDevice{b: cudaops.Registered(), d: d}, nil
 }
 
 func (cudaDevice) Name() string { return "cuda" }
 
-// GemmVariantNames lists the GEMM tile configurations that run dt in the current mode (SetTF32).
+// GemmVariantNames lists the GEMM tile configurations that run dt in the device's mode (TF32 or not).
 func (c cudaDevice) GemmVariantNames(dt tensor.Dtype) ([]string, error) {
 	vs, err := c.d.GemmVariants()
 	if err != nil {
@@ -84,15 +75,22 @@ func (c cudaDevice) GemmVariantNames(dt tensor.Dtype) ([]string, error) {
 	return names, nil
 }
 
-// SetGemmVariant forces a GEMM tile configuration ("" restores the planner's choice).
-func (c cudaDevice) SetGemmVariant(name string) error { return c.d.SetGemmVariant(name) }
+// WithGemmVariant returns the device as a handle whose products run on the named tile configuration
+// (a backend of its own over the same memory and stream: the kernel-level ops use it).
+func (c cudaDevice) WithGemmVariant(name string) (device, error) {
+	h, err := c.d.With(cudaops.WithGemmVariant(name))
+	if err != nil {
+		return nil, err
+	}
+	return cudaDevice{b: cudaops.NewBackend(h), d: h}, nil
+}
 
 func (c cudaDevice) Describe() string {
 	maj, min := c.d.ComputeCapability()
 	s := fmt.Sprintf("%s (%d SMs, compute capability %d.%d, %.0f GiB), CUDA driver %d",
 		c.d.Name(), c.d.Multiprocessors(), maj, min, float64(c.d.TotalMemory())/(1<<30), cu.Version())
-	if len(c.notes) > 0 {
-		s += " [" + strings.Join(c.notes, ", ") + "]"
+	if o := c.d.Options(); o != (cudaops.Options{}) {
+		s += " [" + o.String() + "]"
 	}
 	return s
 }

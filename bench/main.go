@@ -144,15 +144,16 @@ func run(c *config, stdout io.Writer) error {
 		if variants, err = gemmVariantList(gd, c.gemmVariants, c.shape.Dtype); err != nil {
 			return err
 		}
-		defer gd.SetGemmVariant("")
 	}
 	var results []result
 	for _, v := range variants {
+		vdev := dev
 		if v != "" {
-			if err := gd.SetGemmVariant(v); err != nil {
+			if vdev, err = gd.WithGemmVariant(v); err != nil {
 				return err
 			}
 		}
+		e.useDevice(vdev)
 		for _, spec := range specs {
 			wl, err := spec.prepare(e)
 			if err != nil {
@@ -163,7 +164,7 @@ func run(c *config, stdout io.Writer) error {
 			if err != nil {
 				return err
 			}
-			t, err := measure(dev, wl, c.warmup, c.reps, c.rowCopy)
+			t, err := measure(vdev, wl, c.warmup, c.reps, c.rowCopy)
 			stop()
 			if err != nil {
 				return fmt.Errorf("%s (gemm variant %q): %w", spec.name, v, err)
@@ -192,11 +193,12 @@ func run(c *config, stdout io.Writer) error {
 // gemmVariantDevice is implemented by devices whose matrix products have selectable tile
 // configurations (the CUDA device).
 type gemmVariantDevice interface {
-	// GemmVariantNames lists the configurations that run products of dtype dt in the device's current
+	// GemmVariantNames lists the configurations that run products of dtype dt in the device's
 	// precision mode (e.g. TF32).
 	GemmVariantNames(dt tensor.Dtype) ([]string, error)
-	// SetGemmVariant forces a configuration ("" restores the automatic choice).
-	SetGemmVariant(name string) error
+	// WithGemmVariant returns the device with its products forced onto a configuration (the same
+	// memory: the env's tensors stay valid).
+	WithGemmVariant(name string) (device, error)
 }
 
 // gemmVariantList resolves -gemm-variants.

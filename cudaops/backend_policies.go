@@ -11,12 +11,7 @@ import (
 )
 
 // The ops.RoutingBackend methods: operands validated as in backend.go, kernels launched on the stream
-// without waiting (SetSyncChecks makes the data-validating ones report at once).
-
-// RouteIndicesBias: idx [T,K] int32 with a selection bias [E] (Sigmoid; nil: none).
-func (b *Backend) RouteIndicesBias(logits, bias *tensor.Dense, cfg ops.RouteConfig, idx *tensor.Dense) error {
-	return b.RouteBiased(logits, bias, cfg, idx, nil)
-}
+// without waiting (the option SyncChecks makes the data-validating ones report at once).
 
 func (b *Backend) CapacityPlan(idx, w *tensor.Dense, numExperts, capacity int, policy ops.DropPolicy, plan *tensor.Dense) error {
 	const what = "capacity plan"

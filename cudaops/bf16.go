@@ -222,7 +222,7 @@ func (d *Device) DispatchBF16(src tensor.Dtype, x, w, rowOf, kept, out cu.Device
 		return err
 	}
 	name := bf16RowKernel("dispatch_bf16_from_", src, H, x, out)
-	return d.launch(name, d.warpGrid(T), ptrArg(x), ptrArg(w), ptrArg(rowOf), ptrArg(kept), ptrArg(out), i32(T), i32(K), i32(H), i32(b2i(!d.streamDispatch)))
+	return d.launch(name, d.warpGrid(T), ptrArg(x), ptrArg(w), ptrArg(rowOf), ptrArg(kept), ptrArg(out), i32(T), i32(K), i32(H), i32(b2i(!d.opts.StreamingDispatchStores)))
 }
 
 // CombineBF16 writes out[t] (dtype dst: bfloat16 or float32) = sum_j scale * ye[rowOf[t*K+j]] (ye

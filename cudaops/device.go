@@ -12,15 +12,22 @@ import (
 	"gorgonia.org/cu"
 )
 
-// Device is one CUDA device with its primary context, one stream, the loaded kernel modules and a
-// caching allocator. All driver calls go through do, which serialises them (one mutex) and runs them on
-// a thread with the context current (runtime.LockOSThread + cuCtxSetCurrent), so a Device may be used
-// from any goroutine.
+// Device is a handle on one opened CUDA device: its primary context, one stream, the loaded kernel
+// modules and a caching allocator (shared by every handle of the device), and the handle's Options
+// (fixed: Open, or With for another handle on the same device). All driver calls go through do, which
+// serialises them (one mutex per device) and runs them on a thread with the context current
+// (runtime.LockOSThread + cuCtxSetCurrent), so a Device may be used from any goroutine.
 //
 // Every kernel and every copy is issued on the one stream, in call order: a kernel sees the results of
 // the kernels issued before it, and memory returned to the allocator can be reused by the next kernel
 // without waiting. Only copies to the host (and Synchronize) wait for the device.
 type Device struct {
+	*deviceCore
+	opts Options
+}
+
+// deviceCore is the state every handle of one opened device shares.
+type deviceCore struct {
 	mu     sync.Mutex
 	ord    int
 	dev    cu.Device
@@ -35,15 +42,15 @@ type Device struct {
 	totalBytes int64
 
 	fns   map[string]cu.Function
+	sigs  sigTable // kernel declarations (kernel_sigs.go), checked against the PTX at Open
 	pool  *devengine.Pool
-	fault cu.DevicePtr // 256 bytes: the uint32 fault word the kernels OR fault codes into, then barrier state
-	slots []uint64     // kernel parameter scratch (under mu)
+	fault cu.DevicePtr // the fault block (faultLayout): a fault word per kernel, then the grid-barrier state
+	flay  faultLayout
+	fbuf  []uint32 // host copy of the fault words (under mu)
+	slots []uint64 // kernel parameter scratch (under mu)
 
-	occ            map[occKey]int // occupancy per kernel configuration (under mu)
-	planMode       PlanMode
-	planBlocks     int
-	streamDispatch bool
-	gemm           *gemmState // GEMM configuration and loaded modules (gemm.go)
+	occ  map[occKey]int // occupancy per kernel configuration (under mu)
+	gemm *gemmState     // GEMM configuration and loaded modules (gemm.go)
 
 	waits   hostWaits    // host synchronisation counters (hostwaits.go)
 	ktimer  *kernelTimer // kernel timing session, nil when off (kerneltime.go; under mu)
@@ -52,21 +59,19 @@ type Device struct {
 	closed bool
 }
 
-var (
-	defaultOnce sync.Once
-	defaultDev  *Device
-	defaultErr  error
-)
+// Default returns the device of the registered backend of device 0 (Registered), opening it with
+// default options when nothing opened it yet (see OpenRegistered).
+func Default() (*Device, error) { return registeredBackend(0).Device() }
 
-// Default opens device 0 once per process and returns it.
-func Default() (*Device, error) {
-	defaultOnce.Do(func() { defaultDev, defaultErr = Open(0) })
-	return defaultDev, defaultErr
-}
-
-// Open retains the primary context of device ordinal, creates the stream, loads the embedded PTX
-// modules and sets up the allocator.
-func Open(ordinal int) (*Device, error) {
+// Open opens device ordinal with the given options: it retains the primary context, creates a stream,
+// loads the embedded PTX modules (after checking them against the kernel declarations) and sets up an
+// allocator of its own. The device is not registered with ops (see NewBackend and OpenRegistered).
+// Invalid options are an error wrapping ops.ErrConfig.
+func Open(ordinal int, opts ...Option) (*Device, error) {
+	o, err := Options{}.apply(gemmVariantNames(), opts...)
+	if err != nil {
+		return nil, err
+	}
 	n, err := cu.NumDevices()
 	if err != nil {
 		return nil, fmt.Errorf("cudaops: counting devices: %w", err)
@@ -74,7 +79,11 @@ func Open(ordinal int) (*Device, error) {
 	if ordinal < 0 || ordinal >= n {
 		return nil, fmt.Errorf("cudaops: device %d requested, %d present", ordinal, n)
 	}
-	d := &Device{ord: ordinal}
+	sigs, err := parseKernelSigs(kernelSigs)
+	if err != nil {
+		return nil, err
+	}
+	d := &Device{deviceCore: &deviceCore{ord: ordinal, sigs: sigs, flay: newFaultLayout(sigs)}, opts: o}
 	if d.dev, err = cu.GetDevice(ordinal); err != nil {
 		return nil, fmt.Errorf("cudaops: device %d: %w", ordinal, err)
 	}
@@ -107,7 +116,7 @@ func Open(ordinal int) (*Device, error) {
 		if d.stream, err = cu.MakeStream(cu.DefaultStream); err != nil {
 			return fmt.Errorf("creating stream: %w", err)
 		}
-		if d.fns, err = loadModules(); err != nil {
+		if d.fns, err = loadModules(d.sigs); err != nil {
 			return err
 		}
 		return nil
@@ -115,14 +124,29 @@ func Open(ordinal int) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cudaops: opening device %d: %w", ordinal, err)
 	}
-	if d.fault, err = d.scratch(256); err != nil {
-		return nil, fmt.Errorf("cudaops: opening device %d: fault word: %w", ordinal, err)
+	if d.fault, err = d.scratch(d.flay.bytes()); err != nil {
+		return nil, fmt.Errorf("cudaops: opening device %d: fault block: %w", ordinal, err)
 	}
-	if err := d.do(func() error { return cu.MemsetD32Async(d.fault, 0, 64, d.stream) }); err != nil {
-		return nil, fmt.Errorf("cudaops: opening device %d: clearing fault word: %w", ordinal, err)
+	if err := d.do(func() error { return cu.MemsetD32Async(d.fault, 0, d.flay.bytes()/4, d.stream) }); err != nil {
+		return nil, fmt.Errorf("cudaops: opening device %d: clearing fault block: %w", ordinal, err)
 	}
 	return d, nil
 }
+
+// With returns another handle on the same device (context, stream, memory, kernels, counters) whose
+// options are d's with opts applied: tensors and addresses of either handle are valid in the other,
+// and the work of both runs on the one stream in call order. Invalid options are an error wrapping
+// ops.ErrConfig.
+func (d *Device) With(opts ...Option) (*Device, error) {
+	o, err := d.opts.apply(gemmVariantNames(), opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &Device{deviceCore: d.deviceCore, opts: o}, nil
+}
+
+// Options returns the handle's options.
+func (d *Device) Options() Options { return d.opts }
 
 // do runs fn with the device's context current on a locked OS thread, one call at a time.
 func (d *Device) do(fn func() error) error {
@@ -166,28 +190,37 @@ func (d *Device) Synchronize() error {
 	})
 }
 
-// checkFaultLocked reads and clears the fault word; the caller holds the context and has synchronised.
+// checkFaultLocked reads and clears the fault words; the caller holds the context and has synchronised.
 func (d *Device) checkFaultLocked() error {
-	var f uint32
-	d.waits.reads.Add(1)
-	if err := cu.MemcpyDtoH(unsafe.Pointer(&f), d.fault, 4); err != nil {
-		return fmt.Errorf("cudaops: reading fault word: %w", err)
+	n := d.flay.words()
+	if len(d.fbuf) != n {
+		d.fbuf = make([]uint32, n)
 	}
-	if f == 0 {
+	d.waits.reads.Add(1)
+	if err := cu.MemcpyDtoH(unsafe.Pointer(&d.fbuf[0]), d.fault, int64(n)*4); err != nil {
+		return fmt.Errorf("cudaops: reading the fault block: %w", err)
+	}
+	err := d.flay.decode(d.fbuf)
+	if err == nil {
 		return nil
 	}
-	if err := cu.MemsetD32(d.fault, 0, 1); err != nil {
-		return fmt.Errorf("cudaops: clearing fault word: %w", err)
+	if cerr := cu.MemsetD32(d.fault, 0, int64(n)); cerr != nil {
+		return fmt.Errorf("cudaops: clearing the fault block: %w", cerr)
 	}
-	return newFaultError(f)
+	return err
 }
 
-// barrier returns the grid-barrier state of the one-pass kernels (two uint32, count and generation),
-// 128 bytes into the fault block, zeroed at Open and left zeroed by every completed launch.
-func (d *Device) barrier() cu.DevicePtr { return offsetPtr(d.fault, 128) }
+// faultWord is the address of kernel's own fault word (launchLocked passes it as the fault parameter).
+func (d *Device) faultWord(kernel string) cu.DevicePtr {
+	return offsetPtr(d.fault, d.flay.wordOffset(kernel))
+}
 
-// Close frees every cached and live block, destroys the stream and releases the primary context.
-// Tensors of this device must not be used afterwards (their checks report devengine.ErrReleased).
+// barrier returns the grid-barrier state of the one-pass kernels (two uint32, count and generation)
+// in the fault block, zeroed at Open and left zeroed by every completed launch.
+func (d *Device) barrier() cu.DevicePtr { return offsetPtr(d.fault, d.flay.barrierOffset()) }
+
+// Close frees every cached and live block, destroys the stream and releases the primary context: it
+// closes the device for every handle. Tensors of this device must not be used afterwards (their checks report devengine.ErrReleased).
 func (d *Device) Close() error {
 	perr := d.pool.ReleaseAll() // takes d.mu itself, through the driver calls
 	d.mu.Lock()

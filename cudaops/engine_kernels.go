@@ -29,11 +29,11 @@ const (
 func operandArgs(o devengine.Operand) (arg, arg, arg) {
 	switch {
 	case o.Ptr == 0:
-		return 0, i32(modeImm), f64(o.Imm)
+		return ptrArg(0), i32(modeImm), f64(o.Imm)
 	case o.Scalar:
-		return ptrArg(cu.DevicePtr(o.Ptr)), i32(modeDev), 0
+		return ptrArg(cu.DevicePtr(o.Ptr)), i32(modeDev), f64(0)
 	}
-	return ptrArg(cu.DevicePtr(o.Ptr)), i32(modeVec), 0
+	return ptrArg(cu.DevicePtr(o.Ptr)), i32(modeVec), f64(0)
 }
 
 // vecOK reports whether the 16-byte path applies: every vector operand 16-byte aligned.
@@ -61,12 +61,9 @@ func floatSuffix(dt tensor.Dtype) (string, error) {
 	return s, nil
 }
 
-// vecGrid sizes an elementwise launch over n elements moved w at a time.
+// vecGrid sizes an elementwise launch over n elements moved 16 bytes at a time when vec.
 func (d *Device) vecGrid(n int64, vec bool, dt tensor.Dtype) launchCfg {
-	if vec {
-		n = (n + int64(16/dt.Size()) - 1) / int64(16/dt.Size())
-	}
-	return d.flatGrid(n)
+	return d.flatGrid(vecItems(n, vec, dt))
 }
 
 func (k cudaKernels) Fill(p uintptr, n, width int64, bits uint64) error {
@@ -193,7 +190,7 @@ func (k cudaKernels) Permute(elemSize int, dst, src uintptr, shape, strides []in
 		return fmt.Errorf("cudaops: permute of %d dims (at most %d): %w", len(shape), devengine.MaxDims, ops.ErrShape)
 	}
 	n := int64(1)
-	args := []arg{ptrArg(cu.DevicePtr(dst)), ptrArg(cu.DevicePtr(src)), 0, i32(len(shape))}
+	args := []arg{ptrArg(cu.DevicePtr(dst)), ptrArg(cu.DevicePtr(src)), i64(0), i32(len(shape))}
 	for i := 0; i < devengine.MaxDims; i++ {
 		v := int64(1)
 		if i < len(shape) {

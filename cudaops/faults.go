@@ -9,8 +9,9 @@ import (
 	"gorgonia.org/tensor"
 )
 
-// Device faults: kernels OR fault codes into a device word that the host reads at the next
-// synchronisation. This file has no build tag (no driver calls), so its logic is tested on any machine.
+// Device faults: kernels OR fault codes into their own word of the device's fault block, which the host
+// reads at the next synchronisation. This file has no build tag (no driver calls), so its logic is
+// tested on any machine.
 
 // Fault codes, mirroring FAULT_* in common.cuh.
 const (
@@ -24,18 +25,45 @@ const (
 	faultWeightNaN   = 128
 )
 
-// faultError is a device fault: its message lists every fault code raised, and it unwraps to the ops
-// sentinel of each (errors.Is(err, ops.ErrExpertIndex), ops.ErrNaN), the same sentinels the CPU
-// backend returns for the same inputs.
-type faultError struct {
-	msg  string
-	errs []error
+// FaultError is a device fault: the kernels that raised it (one per kernel; every code it raised) in
+// its message, unwrapping to the ops sentinel of each code (errors.Is(err, ops.ErrExpertIndex),
+// ops.ErrNaN, ...), the same sentinels the CPU backend returns for the same inputs.
+type FaultError struct {
+	faults []KernelFault
+	msg    string
+	errs   []error
 }
 
-func (e *faultError) Error() string   { return e.msg }
-func (e *faultError) Unwrap() []error { return e.errs }
+// KernelFault is the fault word one kernel raised: its name and the FAULT_* bits it set.
+type KernelFault struct {
+	Kernel string // the kernel's name ("route_weights_f32"); gemmKernels for the GEMM kernels
+	Code   uint32
+}
 
-func newFaultError(f uint32) error {
+// gemmKernels names the fault word of the GEMM kernels (gemm.cu), which take the fault block's address.
+const gemmKernels = "the GEMM kernels (grouped matmul)"
+
+func (e *FaultError) Error() string   { return e.msg }
+func (e *FaultError) Unwrap() []error { return e.errs }
+
+// Faults returns the kernels that raised the fault with their codes, in slot order.
+func (e *FaultError) Faults() []KernelFault { return append([]KernelFault(nil), e.faults...) }
+
+// newFaultError describes the faults of one or more kernels (codes != 0).
+func newFaultError(faults []KernelFault) *FaultError {
+	e := &FaultError{faults: faults}
+	var parts []string
+	for _, f := range faults {
+		msgs, errs := faultMessages(f.Code)
+		parts = append(parts, "in "+f.Kernel+": "+strings.Join(msgs, "; "))
+		e.errs = append(e.errs, errs...)
+	}
+	e.msg = "cudaops: device fault " + strings.Join(parts, "; ")
+	return e
+}
+
+// faultMessages explains every bit of a fault word and returns the sentinel of each.
+func faultMessages(f uint32) ([]string, []error) {
 	var msgs []string
 	var errs []error
 	if f&faultExpertRange != 0 {
@@ -67,12 +95,63 @@ func newFaultError(f uint32) error {
 		errs = append(errs, ops.ErrNaN)
 	}
 	if f&faultGridBarrier != 0 {
-		msgs = append(msgs, "a grid barrier of the one-pass plan timed out (its blocks were not all resident); the plan is invalid (SetPlanMode(PlanMultiLaunch) avoids it)")
+		msgs = append(msgs, "a grid barrier of the one-pass plan timed out (its blocks were not all resident); the plan is invalid (the three-launch plan, PlanMultiLaunch, avoids it)")
 	}
 	if rest := f &^ (faultExpertRange | faultNonFinite | faultGridBarrier | faultLabelRange | faultGradNaN | faultPlanOffsets | faultBiasNaN | faultWeightNaN); rest != 0 {
 		msgs = append(msgs, fmt.Sprintf("unknown fault code %#x", rest))
 	}
-	return &faultError{msg: "cudaops: device fault: " + strings.Join(msgs, "; "), errs: errs}
+	return msgs, errs
+}
+
+// faultLayout is the device's fault block: one uint32 fault word per kernel that takes a fault
+// parameter (the kernel's slot, which the launch passes as its fault pointer, so a raised code names
+// its kernel), word 0 for the GEMM kernels, then the grid-barrier state of the one-pass plan (two
+// uint32: count and generation) on its own 128-byte line.
+type faultLayout struct {
+	kernels []string // slot -> kernel; slot 0 is gemmKernels
+	slot    map[string]int
+}
+
+func newFaultLayout(sigs sigTable) faultLayout {
+	l := faultLayout{kernels: []string{gemmKernels}, slot: map[string]int{}}
+	for _, n := range sigs.names() {
+		if sigs[n].fault >= 0 {
+			l.slot[n] = len(l.kernels)
+			l.kernels = append(l.kernels, n)
+		}
+	}
+	return l
+}
+
+// words is the number of fault words.
+func (l faultLayout) words() int { return len(l.kernels) }
+
+// wordOffset is the byte offset of a kernel's fault word (0, the GEMM word, for kernels without a slot).
+func (l faultLayout) wordOffset(kernel string) int64 { return int64(l.slot[kernel]) * 4 }
+
+// barrierOffset is the byte offset of the grid-barrier state.
+func (l faultLayout) barrierOffset() int64 { return (int64(l.words())*4 + 127) / 128 * 128 }
+
+// bytes is the size of the block.
+func (l faultLayout) bytes() int64 { return l.barrierOffset() + 128 }
+
+// decode returns the fault of the words read from the block (nil when none is set).
+func (l faultLayout) decode(ws []uint32) error {
+	var faults []KernelFault
+	for i, w := range ws {
+		if w == 0 {
+			continue
+		}
+		name := fmt.Sprintf("fault word %d", i)
+		if i < len(l.kernels) {
+			name = l.kernels[i]
+		}
+		faults = append(faults, KernelFault{Kernel: name, Code: w})
+	}
+	if len(faults) == 0 {
+		return nil
+	}
+	return newFaultError(faults)
 }
 
 // checkBytes refuses shapes with a negative dimension or whose byte count overflows an int64

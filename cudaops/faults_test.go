@@ -30,7 +30,7 @@ func TestFaultErrorSentinels(t *testing.T) {
 		{256, nil, []error{ops.ErrNaN}, []string{"unknown fault code 0x100"}},
 	}
 	for _, c := range cases {
-		err := newFaultError(c.code)
+		err := newFaultError([]KernelFault{{Kernel: "k", Code: c.code}})
 		for _, s := range c.is {
 			if !errors.Is(err, s) {
 				t.Errorf("fault %#x: errors.Is(%v) = false, want true", c.code, s)
@@ -46,6 +46,74 @@ func TestFaultErrorSentinels(t *testing.T) {
 				t.Errorf("fault %#x: message %q does not mention %q", c.code, err, s)
 			}
 		}
+	}
+}
+
+// TestFaultNamesKernel: every kernel with a fault parameter has its own fault word, distinct from the
+// GEMM word and the barrier state; a fault read back from the block names the kernels that raised it,
+// with every sentinel of every code.
+func TestFaultNamesKernel(t *testing.T) {
+	sigs, err := parseKernelSigs(kernelSigs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newFaultLayout(sigs)
+	seen := map[int64]string{0: gemmKernels}
+	withFault := 0
+	for _, n := range sigs.names() {
+		if sigs[n].fault < 0 {
+			if l.wordOffset(n) != 0 {
+				t.Errorf("%s has no fault parameter but a fault word at %d", n, l.wordOffset(n))
+			}
+			continue
+		}
+		withFault++
+		off := l.wordOffset(n)
+		if prev, dup := seen[off]; dup {
+			t.Errorf("%s and %s share the fault word at %d", n, prev, off)
+		}
+		seen[off] = n
+		if off <= 0 || off+4 > l.barrierOffset() || off%4 != 0 {
+			t.Errorf("%s: fault word at %d, barrier at %d", n, off, l.barrierOffset())
+		}
+	}
+	if withFault < 20 || l.words() != withFault+1 {
+		t.Errorf("%d kernels with a fault parameter, %d words", withFault, l.words())
+	}
+	if l.barrierOffset()%128 != 0 || l.bytes() != l.barrierOffset()+128 {
+		t.Errorf("barrier at %d, block of %d bytes", l.barrierOffset(), l.bytes())
+	}
+
+	ws := make([]uint32, l.words())
+	if err := l.decode(ws); err != nil {
+		t.Fatalf("clear block: %v", err)
+	}
+	ws[l.wordOffset("route_weights_f32")/4] = faultExpertRange
+	ws[l.wordOffset("plan_onepass")/4] = faultExpertRange | faultGridBarrier
+	ws[l.wordOffset("zloss_rows_f64")/4] = faultNonFinite
+	ws[0] = faultPlanOffsets
+	err = l.decode(ws)
+	var fe *FaultError
+	if !errors.As(err, &fe) {
+		t.Fatalf("decode: %v", err)
+	}
+	for _, s := range []error{ops.ErrExpertIndex, ops.ErrNaN, ops.ErrShape} {
+		if !errors.Is(err, s) {
+			t.Errorf("errors.Is(%v) = false", s)
+		}
+	}
+	if errors.Is(err, ops.ErrLabel) {
+		t.Errorf("errors.Is(ErrLabel) = true")
+	}
+	for _, w := range []string{"in route_weights_f32: an expert index", "in plan_onepass: an expert index", "grid barrier",
+		"in zloss_rows_f64: a router logits row", "in " + gemmKernels + ": a grouped matmul got plan offsets"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("message does not say %q:\n%v", w, err)
+		}
+	}
+	got := fe.Faults()
+	if len(got) != 4 || got[0] != (KernelFault{gemmKernels, faultPlanOffsets}) {
+		t.Errorf("faults %v", got)
 	}
 }
 

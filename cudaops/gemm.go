@@ -20,7 +20,7 @@ import (
 // The GEMM kernel family (gemm.cu, tile core gemm.cuh): one PTX module per tile configuration of
 // gemm.variants, loaded (JIT-compiled by the driver) the first time a product uses it, so a process
 // compiles only the configurations it runs. internal/gemmplan picks the configuration and the grid of
-// every product from its shape (and SetGemmVariant / SetTF32), with no host synchronisation: grouped
+// every product from its shape (and the options TF32 and GemmVariant), with no host synchronisation: grouped
 // products find their expert segments on the device, from the plan's offsets.
 
 // The PTX of every configuration, gzip-compressed (gen-ptx.sh): about 1 MB each uncompressed.
@@ -35,7 +35,6 @@ var gemmVariantsText string
 type gemmState struct {
 	variants []gemmplan.Variant
 	target   gemmplan.Target
-	opts     gemmplan.Options
 	mods     map[string]*gemmModule
 }
 
@@ -87,46 +86,6 @@ func (d *Device) GemmVariants() ([]GemmVariant, error) {
 	return out, err
 }
 
-// SetGemmVariant makes every later product of the variant's class (float32 SIMT, float64, or TF32) run
-// on the named tile configuration (GemmVariants) instead of the planner's choice; "" restores the
-// automatic choice. For benchmarks and tests: every configuration computes the same products (bitwise
-// equal within a class only when the reduction split is equal too).
-func (d *Device) SetGemmVariant(name string) error {
-	return d.do(func() error {
-		st, err := d.gemmLocked()
-		if err != nil {
-			return err
-		}
-		if name != "" {
-			found := false
-			for _, v := range st.variants {
-				found = found || v.Name == name
-			}
-			if !found {
-				return fmt.Errorf("cudaops: no GEMM variant %q: %w", name, ops.ErrConfig)
-			}
-		}
-		st.opts.Force = name
-		return nil
-	})
-}
-
-// SetTF32 selects the TF32 tensor-core kernels (mma.sync m16n8k8, inputs rounded to 10 mantissa bits,
-// float32 accumulation) for float32 products: MatMul, GroupedMatMul and GroupedMatMulGradW. Off by
-// default: results are then full float32 (FFMA). With TF32 each product's error grows to about 2^-11
-// relative to the sum of the magnitudes of its terms (docs/gemm.md has the measured accuracy). float64
-// products are not affected.
-func (d *Device) SetTF32(on bool) error {
-	return d.do(func() error {
-		st, err := d.gemmLocked()
-		if err != nil {
-			return err
-		}
-		st.opts.TF32 = on
-		return nil
-	})
-}
-
 // GemmModuleLoadTimes returns, per GEMM tile configuration loaded so far, how long loading its module
 // took (the driver's JIT compilation of the PTX on first use in a process, or a read of the driver's
 // compute cache).
@@ -143,16 +102,21 @@ func (d *Device) GemmModuleLoadTimes() map[string]time.Duration {
 	return out
 }
 
-// TF32 reports whether float32 products use the TF32 kernels (SetTF32).
-func (d *Device) TF32() bool {
-	on := false
-	_ = d.do(func() error {
-		if d.gemm != nil {
-			on = d.gemm.opts.TF32
-		}
+// TF32 reports whether float32 products of this handle use the TF32 kernels (Options.TF32).
+func (d *Device) TF32() bool { return d.opts.TF32 }
+
+// gemmVariantNames lists the tile configurations of gemm.variants (nil when the embedded file does not
+// parse: Open then reports it on first use).
+func gemmVariantNames() []string {
+	vs, err := gemmplan.ParseVariants(gemmVariantsText)
+	if err != nil {
 		return nil
-	})
-	return on
+	}
+	names := make([]string, len(vs))
+	for i, v := range vs {
+		names[i] = v.Name
+	}
+	return names
 }
 
 // gemmModuleLocked loads the PTX module of a variant on first use and checks that the module was compiled
@@ -224,7 +188,7 @@ func (d *Device) runGemm(what string, p gemmplan.Problem) error {
 		if err != nil {
 			return err
 		}
-		if plan, err = gemmplan.Make(p, st.target, st.opts, st.variants); err != nil {
+		if plan, err = gemmplan.Make(p, st.target, gemmplan.Options{TF32: d.opts.TF32, Force: d.opts.GemmVariant}, st.variants); err != nil {
 			return err
 		}
 		v = plan.Variant

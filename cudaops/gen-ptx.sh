@@ -4,6 +4,8 @@
 # A family with a <name>.variants file (one configuration per line: name, a number for the Go side, nvcc
 # flags; # comments) is compiled once per line into <outdir>/<name>/<variant>.ptx.gz instead (gzip -n:
 # reproducible; its modules are large, and the Go binaries embed them compressed).
+# <outdir>/sources.sha256 records the inputs (every .cu, .cuh and .variants file, and this script with
+# its flags), so ci-check.sh can tell stale PTX from PTX that another nvcc release compiled differently.
 set -euo pipefail
 cd "$(dirname "$0")"
 out="${1:-ptx}"
@@ -23,3 +25,5 @@ for f in *.cu; do
     nvcc -ptx -arch=compute_80 -std=c++14 -O3 -o "$out/$base.ptx" "$f"
   fi
 done
+# shellcheck disable=SC2012
+ls *.cu *.cuh *.variants gen-ptx.sh | LC_ALL=C sort | xargs sha256sum >"$out/sources.sha256"

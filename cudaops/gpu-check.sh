@@ -4,7 +4,9 @@
 #   go build -tags expertrt_cuda -o .devbin/bench ./bench
 #   go build -tags expertrt_cuda -o .devbin/mixtral-layer ./examples/mixtral-layer   (stages train and bf16: HF parity)
 # Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck engine train layer policies
-# bench torch ncu gemm gemm-full bf16 (gemm: the GEMM kernels' tests, sanitizers, bench with a sweep of every
+# bench torch ncu gemm gemm-full bf16 seam ptx-nvcc (seam: the kernel declarations, per-kernel faults, device
+# options and the graph's fused route, about 2 minutes; ptx-nvcc: which PTX modules the host's nvcc
+# compiles to other code; gemm: the GEMM kernels' tests, sanitizers, bench with a sweep of every
 # tile configuration and the PyTorch baseline, about 4 minutes; gemm-full: every GEMM test case on every
 # configuration; train and layer: the whole-layer training acceptance tests and the whole-layer benchmarks
 # against PyTorch, about 3 minutes together; policies: the routing policies' tests, sanitizers and GPU
@@ -259,6 +261,40 @@ PY
     gemm-full)
       timeout 400 $T -test.run 'TestCUDAGemm' -test.v -test.count=1 > "$OUT/gemm-full.log" 2>&1
       echo "gemm full tests: exit $?"; grep -E '^(--- FAIL|FAIL|ok|PASS)|gemm-accuracy|panic' "$OUT/gemm-full.log" | head -20
+      ;;
+    seam)
+      # The CUDA seam (issue 9): every test opens the device, which checks the kernel declarations
+      # against the PTX; device faults naming their kernel; option handles (plan modes, sync checks,
+      # TF32); the graph's route as one fused launch; no host waits in a training step. Then memcheck
+      # on the per-kernel fault words, the fused route and the plan handles, and the bench with options
+      # of the registered device (environment) and a GEMM sweep on handles. About 2 minutes.
+      timeout 240 $T -test.run 'TestCUDAFaultSentinels|TestCUDAGraphRouteIsFused|TestCUDAPolicies|TestCUDAPlanPaths|TestCUDAConformance$|TestCUDAGemmTF32|TestCUDAKernelTiming|TestCUDATrainStepHostSyncs' -test.short -test.v -test.count=1 2>&1 | tee "$OUT/seam.log" | grep -E '^(--- |ok|PASS|FAIL)|^    --- FAIL|panic|_test.go:[0-9]+:' | tail -40
+      timeout 240 compute-sanitizer --tool memcheck --leak-check no $T -test.run 'TestCUDAGraphRouteIsFused|TestCUDAFaultSentinels|TestCUDAPlanPaths' -test.short 2>&1 | tee "$OUT/seam-memcheck.log" | grep -E 'ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -5
+      {
+        timeout 60 $B -device cuda -op route,e2e -tokens 4096 -hidden 4096 -experts 16 -top-k 2 -reps 50 -warmup 5 -json
+        EXPERTRT_CUDA_PLAN=multi EXPERTRT_CUDA_STREAM_DISPATCH=1 timeout 60 $B -device cuda -op plan,e2e -tokens 4096 -hidden 4096 -experts 16 -top-k 2 -reps 20 -warmup 3 -json
+        timeout 120 $B -device cuda -gemm-variants all -op groupedmm -tokens 4096 -hidden 1024 -ffn 1024 -experts 8 -top-k 2 -reps 5 -warmup 1 -json
+      } > "$OUT/seam-bench.jsonl" 2> "$OUT/seam-bench.err" || echo "seam bench failed: $(tail -3 "$OUT/seam-bench.err")"
+      python3 - "$OUT/seam-bench.jsonl" <<'PY'
+import json, sys
+s, dec, i = open(sys.argv[1]).read(), json.JSONDecoder(), 0
+while True:
+    while i < len(s) and s[i].isspace():
+        i += 1
+    if i >= len(s):
+        break
+    obj, i = dec.raw_decode(s, i)
+    for r in obj.get("results", [obj]):
+        print(f"  {r.get('op','?'):10s} {r.get('gemm_variant') or '':22s} {r.get('median_ms', 0)*1000:9.1f} us  {r.get('device_desc','')[-70:]}")
+PY
+      ;;
+    ptx-nvcc)
+      # The PTX this host's nvcc (CUDA 13) compiles from the same sources, against the committed PTX
+      # (nvcc 11.8), by code (ptx-diff.sh): which modules another nvcc generates differently. CPU only.
+      case $OUT in /*) P="$OUT/ptx-nvcc" ;; *) P="$(pwd)/$OUT/ptx-nvcc" ;; esac
+      rm -rf "$P" && timeout 300 bash cudaops/gen-ptx.sh "$P" > "$OUT/ptx-nvcc.log" 2>&1 || echo "gen-ptx failed: $(tail -3 "$OUT/ptx-nvcc.log")"
+      bash cudaops/ptx-diff.sh cudaops/ptx "$OUT/ptx-nvcc" | tee -a "$OUT/ptx-nvcc.log" | head -30
+      echo "ptx-nvcc: $(bash cudaops/ptx-diff.sh cudaops/ptx "$OUT/ptx-nvcc" | grep -vc sources.sha256) files with other code"
       ;;
     ncu)
       timeout 300 ncu --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,dram__bytes_write.sum \

@@ -4,37 +4,28 @@ package cudaops
 
 import (
 	"fmt"
-	"math"
 	"unsafe"
 
 	"github.com/expertrt/expertrt-go/cudaops/devengine"
 	"gorgonia.org/cu"
 )
 
-// arg is one kernel parameter, stored in an 8-byte slot (pointers, int64 and double use all of it;
-// int32, uint32 and float use the low 4 bytes, which is where a little-endian device reads them).
-type arg uint64
-
 // ptrArg passes a device address to a kernel without its generation tag (devengine): the typed
 // launchers get validated real addresses, and a tagged address that reached a raw launcher still
 // names the right memory.
-func ptrArg(p cu.DevicePtr) arg { return arg(devengine.Untag(uintptr(p))) }
-func i32(v int) arg             { return arg(uint64(uint32(int32(v)))) }
-func i64(v int64) arg           { return arg(uint64(v)) }
-func f64(v float64) arg         { return arg(math.Float64bits(v)) }
+func ptrArg(p cu.DevicePtr) arg { return rawPtrArg(uint64(devengine.Untag(uintptr(p)))) }
 
-// launchCfg is a 1-D launch.
-type launchCfg struct {
-	grid, block, smem int
-}
-
-// launch issues kernel name on the device's stream. Argument validation happens in the typed launchers
-// (kernels.go) before this is called.
+// launch issues kernel name on the device's stream. The typed launchers (kernels.go, ...) validate
+// sizes and addresses; launch checks the arguments against the kernel's declaration (kernel_sigs.go).
 func (d *Device) launch(name string, cfg launchCfg, args ...arg) error {
 	return d.do(func() error { return d.launchLocked(name, cfg.grid, 1, cfg.block, 1, cfg.smem, args...) })
 }
 
 func (d *Device) launchLocked(name string, gx, gy, bx, by, smem int, args ...arg) error {
+	sig, ok := d.sigs[name]
+	if !ok {
+		return fmt.Errorf("cudaops: kernel %s is not declared (kernel_sigs.go)", name)
+	}
 	fn, ok := d.fns[name]
 	if !ok {
 		return fmt.Errorf("cudaops: kernel %s is not in the embedded PTX", name)
@@ -45,13 +36,13 @@ func (d *Device) launchLocked(name string, gx, gy, bx, by, smem int, args ...arg
 	if smem > d.maxSmem {
 		return fmt.Errorf("cudaops: kernel %s needs %d bytes of shared memory, the device allows %d per block", name, smem, d.maxSmem)
 	}
-	if cap(d.slots) < len(args) {
-		d.slots = make([]uint64, len(args))
+	slots, err := sig.bind(args, uint64(devengine.Untag(uintptr(d.fault))), uint64(d.faultWord(name)), d.slots)
+	if err != nil {
+		return err
 	}
-	slots := d.slots[:len(args)]
-	params := make([]unsafe.Pointer, len(args))
-	for i, a := range args {
-		slots[i] = uint64(a)
+	d.slots = slots
+	params := make([]unsafe.Pointer, len(slots))
+	for i := range slots {
 		params[i] = unsafe.Pointer(&slots[i])
 	}
 	mark := -1
@@ -61,7 +52,7 @@ func (d *Device) launchLocked(name string, gx, gy, bx, by, smem int, args ...arg
 			return err
 		}
 	}
-	err := fn.Launch(gx, gy, 1, bx, by, 1, smem, d.stream, params)
+	err = fn.Launch(gx, gy, 1, bx, by, 1, smem, d.stream, params)
 	if mark >= 0 {
 		if e := d.timedEndLocked(mark); err == nil {
 			err = e
@@ -73,29 +64,8 @@ func (d *Device) launchLocked(name string, gx, gy, bx, by, smem int, args ...arg
 	return nil
 }
 
-// warpGrid sizes a grid-striding launch of one warp per item: blocks of 256 threads (8 warps), enough
-// blocks for every item up to 8 resident blocks per multiprocessor.
-func (d *Device) warpGrid(items int) launchCfg {
-	const block = 256
-	blocks := (items + 7) / 8
-	if maxBlocks := d.sms * 8; blocks > maxBlocks {
-		blocks = maxBlocks
-	}
-	if blocks < 1 {
-		blocks = 1
-	}
-	return launchCfg{grid: blocks, block: block}
-}
+// warpGrid sizes a grid-striding launch of one warp per item (warpGridFor).
+func (d *Device) warpGrid(items int) launchCfg { return warpGridFor(d.sms, items) }
 
-// flatGrid sizes a grid-striding elementwise launch over n items.
-func (d *Device) flatGrid(n int64) launchCfg {
-	const block = 256
-	blocks := (n + block - 1) / block
-	if maxBlocks := int64(d.sms * 8); blocks > maxBlocks {
-		blocks = maxBlocks
-	}
-	if blocks < 1 {
-		blocks = 1
-	}
-	return launchCfg{grid: int(blocks), block: block}
-}
+// flatGrid sizes a grid-striding elementwise launch over n items (flatGridFor).
+func (d *Device) flatGrid(n int64) launchCfg { return flatGridFor(d.sms, n) }

@@ -12,7 +12,7 @@ import (
 // MatMul writes out = op(a)·op(b) (ops.TrainingBackend): a [M,K] ([K,M] when transA), b [K,N] ([N,K]
 // when transB), out [M,N], one float dtype, contiguous device tensors of this backend; out must not
 // overlap a or b. K = 0 gives zeros. Runs on the GEMM kernels (gemm.go): FFMA/DFMA, or TF32 tensor cores
-// for float32 after Device.SetTF32(true); deterministic.
+// for float32 on a device with the option TF32; deterministic.
 func (b *Backend) MatMul(a, bm *tensor.Dense, transA, transB bool, out *tensor.Dense) error {
 	const what = "matmul"
 	if hasBF16(a, bm, out) {

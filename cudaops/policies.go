@@ -10,55 +10,9 @@ import (
 	"gorgonia.org/tensor"
 )
 
-// Typed launchers of the routing-policy kernels (route.cu's route_sigmoid, policies.cu). As in
-// kernels.go they check sizes and launch without waiting.
-
-// sigmoidLaunch sizes route_sigmoid: warps per block (at most 8) such that each warp's selection values
-// and group scores ((E + G) values of dt, G kept flags; G = 0 without groups) fit 48 KiB per block.
-func (d *Device) sigmoidLaunch(dt tensor.Dtype, T, E, G int) (launchCfg, error) {
-	if G <= 1 {
-		G = 0
-	}
-	per := (E+G)*int(dt.Size()) + G*4
-	w := 8
-	for w > 1 && w*per > 48*1024 {
-		w /= 2
-	}
-	if w*per > 48*1024 || w*per > d.maxSmem {
-		return launchCfg{}, fmt.Errorf("cudaops: sigmoid route: E=%d experts need %d bytes of shared memory per token, more than a block has: %w", E, per, ops.ErrUnsupported)
-	}
-	blocks := (T + w - 1) / w
-	if maxBlocks := d.sms * 16; blocks > maxBlocks {
-		blocks = maxBlocks
-	}
-	return launchCfg{grid: max(blocks, 1), block: 32 * w, smem: w * per}, nil
-}
-
-// RouteSigmoid runs DeepSeek-V3's router (ops.Sigmoid; see route.cu) on logits [T,E] with an optional
-// selection bias [E] (0: none): idx [T,K] and, when w != 0, the weights w [T,K]. cfg was validated.
-// NaN logits and non-finite bias entries raise device faults (ops.ErrNaN).
-func (d *Device) RouteSigmoid(dt tensor.Dtype, logits, bias, idx, w cu.DevicePtr, T, E int, cfg ops.RouteConfig) error {
-	if err := checkDims("sigmoid route", T, E, cfg.K); err != nil {
-		return err
-	}
-	if err := cfg.Validate(E); err != nil {
-		return err
-	}
-	suf, err := suffix(dt)
-	if err != nil {
-		return err
-	}
-	G, TG := cfg.Groups, cfg.TopKGroups
-	if !cfg.Grouped() {
-		G, TG = 0, 0
-	}
-	lc, err := d.sigmoidLaunch(dt, T, E, G)
-	if err != nil {
-		return err
-	}
-	return d.launch("route_sigmoid_"+suf, lc, ptrArg(logits), ptrArg(bias), ptrArg(idx), ptrArg(w), i32(T), i32(E), i32(cfg.K),
-		i32(b2i(cfg.Renormalize)), f64(cfg.EffectiveScale()), i32(G), i32(TG), i32(b2i(cfg.GroupMask == ops.GroupMaskExclude)), ptrArg(d.fault))
-}
+// Typed launchers of the routing-policy kernels (policies.cu: capacity plans, dropped rows, the
+// balancing bias, routing statistics; the sigmoid router is route.go's). As in kernels.go they check
+// sizes and launch without waiting.
 
 // CapacityPlan builds the capacity plan (ops.RoutingBackend.CapacityPlan) of idx [T,K] over E experts
 // into plan, keeping at most capacity slots per expert: a dropless plan into scratch (Plan), then

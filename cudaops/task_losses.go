@@ -15,27 +15,6 @@ import (
 // device tensor of that dtype, or nil for 1. Out-of-range labels are reported at the next
 // synchronisation (ops.ErrLabel).
 
-// numel is the element count of a tensor (1 for a scalar shape).
-func numel(t *tensor.Dense) int {
-	if t.Shape().IsScalar() {
-		return 1
-	}
-	return t.Shape().TotalSize()
-}
-
-// reductionParts is the number of partial sums of a reduction over n elements: fixed by n alone, so the
-// summation order does not depend on the GPU.
-func reductionParts(n int64, perPart int64, maxParts int64) int {
-	p := (n + perPart - 1) / perPart
-	if p < 1 {
-		p = 1
-	}
-	if p > maxParts {
-		p = maxParts
-	}
-	return int(p)
-}
-
 // predTarget validates pred and target: float tensors of one dtype and shape on this device.
 func (b *Backend) predTarget(what string, pred, target *tensor.Dense) (tensor.Dtype, cu.DevicePtr, cu.DevicePtr, int64, error) {
 	dt, err := floatDtype(what, pred)
@@ -54,13 +33,6 @@ func (b *Backend) predTarget(what string, pred, target *tensor.Dense) (tensor.Dt
 		return dt, 0, 0, 0, err
 	}
 	return dt, pp, pt, int64(numel(pred)), nil
-}
-
-func shapeOf(t *tensor.Dense) tensor.Shape {
-	if t == nil {
-		return nil
-	}
-	return t.Shape()
 }
 
 // MSELoss writes loss = mean over all elements of (pred - target)^2 (0 for no elements).

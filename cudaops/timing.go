@@ -34,7 +34,7 @@ func (d *Device) Time(spin time.Duration, fn func() error) (time.Duration, error
 		return nil
 	})
 	if spin > 0 {
-		if err := d.launch("spin_ns", launchCfg{grid: 1, block: 1}, i64(int64(spin))); err != nil {
+		if err := d.launch("spin_ns", launchCfg{grid: 1, block: 1}, u64(uint64(spin))); err != nil {
 			return 0, err
 		}
 	}

@@ -45,7 +45,7 @@ type Config struct {
 	// expert rows in float32 or wider, never rounded to bfloat16). The zero value means float32.
 	Dtype tensor.Dtype
 	// Backend holds the layer's parameters: nil or ops.CPU() keeps them in host memory; a device backend
-	// (e.g. the one named "cuda" in ops.Backends()) gets copies of the host weights (FromHost) when the
+	// (e.g. ops.LookupBackend("cuda")) gets copies of the host weights (FromHost) when the
 	// layer is created. The layer's ops run on the backend that owns their inputs, so feed the layer
 	// inputs of the same backend (ops.Runner and ops.Trainer copy host feeds there).
 	Backend ops.Backend

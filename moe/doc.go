@@ -27,7 +27,7 @@
 // any backend with ops.Trainer and ops.Adam (or ops.SGD), a loss such as ops.MSELoss or
 // ops.SoftmaxCrossEntropy, and the layer's router losses:
 //
-//	cfg.Backend = dev                      // e.g. the backend named "cuda" in ops.Backends()
+//	cfg.Backend = dev                      // e.g. ops.LookupBackend("cuda")
 //	layer, _ := moe.NewLayer(g, cfg)       // weights made on the host, copied to dev
 //	out, _ := layer.Forward(x)
 //	mse, _ := ops.MSELoss(out.Y, target)

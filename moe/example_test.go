@@ -85,11 +85,9 @@ func Example_train() {
 // to the device and releases each step's device memory. In the default build the only backend is the
 // CPU. (The README shows this code.)
 func Example_trainOnDevice() {
-	dev := ops.CPU() // or a device: the ops.Backend named "cuda" in ops.Backends() (binary built with -tags expertrt_cuda)
-	for _, b := range ops.Backends() {
-		if b.Name() == "cuda" {
-			dev = b
-		}
+	dev := ops.CPU() // or a device: the backend "cuda" (GPU 0; "cuda:N" for GPU N) in a binary built with -tags expertrt_cuda
+	if b, err := ops.LookupBackend("cuda"); err == nil {
+		dev = b
 	}
 	g := G.NewGraph()
 	x := G.NewMatrix(g, tensor.Float32, G.WithShape(64, 8), G.WithName("x"))

@@ -1,6 +1,7 @@
 package ops
 
 import (
+	"strings"
 	"sync"
 
 	"gorgonia.org/tensor"
@@ -22,7 +23,7 @@ import (
 //   - T, K and E are implied by shapes: x/y [T,H], packed [T*K,H], w [T,K], idx [T,K], plan [PlanLen(T,K,E)].
 //   - Results are deterministic: no atomics on floats, fixed summation orders.
 type Backend interface {
-	// Name is a short identifier ("cpu", "cuda").
+	// Name is a short identifier, unique among registered backends ("cpu", "cuda:0").
 	Name() string
 	// Owns reports whether t's memory belongs to this backend. It must not rely on t.Engine() alone:
 	// Gorgonia's TapeMachine relabels every op result with the machine's engine (setEngine in
@@ -112,16 +113,47 @@ var registry struct {
 	backends []Backend
 }
 
+// Aliased is implemented by backends known under more names than Name (the CUDA backend of device 0 is
+// "cuda:0" and "cuda").
+type Aliased interface {
+	Aliases() []string
+}
+
+// names returns a backend's name and aliases.
+func names(b Backend) []string {
+	out := []string{b.Name()}
+	if a, ok := b.(Aliased); ok {
+		out = append(out, a.Aliases()...)
+	}
+	return out
+}
+
 // Register adds a non-CPU backend. Ops use the first registered backend that owns all their inputs.
-func Register(b Backend) {
+// A backend whose name or alias is taken (by a registered backend or "cpu"), or that is nil or
+// unnamed, is refused with an error wrapping ErrConfig.
+func Register(b Backend) error {
+	if b == nil {
+		return failf(ErrConfig, "register: nil backend")
+	}
 	registry.mu.Lock()
 	defer registry.mu.Unlock()
-	for _, have := range registry.backends {
-		if have.Name() == b.Name() {
-			return
+	taken := map[string]bool{CPU().Name(): true}
+	for _, have := range registry.backends { // (no == on backends: a backend type may not be comparable)
+		for _, n := range names(have) {
+			taken[n] = true
 		}
 	}
+	for _, n := range names(b) {
+		if n == "" {
+			return failf(ErrConfig, "register: a backend needs a name")
+		}
+		if taken[n] {
+			return failf(ErrConfig, "register: a backend named %q is registered already (names: %s)", n, strings.Join(backendNames(), ", "))
+		}
+		taken[n] = true
+	}
 	registry.backends = append(registry.backends, b)
+	return nil
 }
 
 // Backends lists the registered backends, CPU first.
@@ -129,6 +161,33 @@ func Backends() []Backend {
 	registry.mu.RLock()
 	defer registry.mu.RUnlock()
 	return append([]Backend{CPU()}, registry.backends...)
+}
+
+// LookupBackend returns the backend called name ("cpu", or a registered backend's name or alias, such
+// as "cuda:0" or "cuda"). An unknown name is an error wrapping ErrConfig that lists the known ones.
+func LookupBackend(name string) (Backend, error) {
+	if name == CPU().Name() {
+		return CPU(), nil
+	}
+	registry.mu.RLock()
+	defer registry.mu.RUnlock()
+	for _, b := range registry.backends {
+		for _, n := range names(b) {
+			if n == name {
+				return b, nil
+			}
+		}
+	}
+	return nil, failf(ErrConfig, "no backend named %q (registered: %s)", name, strings.Join(backendNames(), ", "))
+}
+
+// backendNames lists "cpu" and every registered name and alias; the caller holds the registry lock.
+func backendNames() []string {
+	out := []string{CPU().Name()}
+	for _, b := range registry.backends {
+		out = append(out, names(b)...)
+	}
+	return out
 }
 
 // BackendFor returns the backend that owns every tensor in ts. Host tensors belong to the CPU backend.

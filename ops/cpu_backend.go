@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"gorgonia.org/tensor"
 )
@@ -74,6 +75,55 @@ func (cpuBackend) View(t *tensor.Dense, offset int, shape ...int) (*tensor.Dense
 		return nil, failf(ErrDtype, "cpu: view of %v tensors is not supported", t.Dtype())
 	}
 	return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(backing)), nil
+}
+
+// ViewAs returns a float32, float64 or int32 tensor over t's bytes from byteOffset on (Reinterpreter; no
+// copy: the view shares t's memory and keeps it alive).
+func (cpuBackend) ViewAs(t *tensor.Dense, dt tensor.Dtype, byteOffset int, shape ...int) (*tensor.Dense, error) {
+	if t == nil {
+		return nil, failf(ErrShape, "cpu: ViewAs of a nil tensor")
+	}
+	if t.IsView() {
+		return nil, failf(ErrUnsupported, "cpu: ViewAs of a strided view")
+	}
+	n := 1
+	for _, s := range shape {
+		var ok bool
+		if n, ok = mulInt(n, s); s < 0 || !ok {
+			return nil, failf(ErrShape, "cpu: ViewAs: shape %v is negative or overflows", shape)
+		}
+	}
+	raw := t.Raw
+	size := int(dt.Size())
+	if size == 0 || byteOffset < 0 || byteOffset > len(raw) || n > (len(raw)-byteOffset)/size {
+		return nil, failf(ErrShape, "cpu: ViewAs: %v %v from byte %d is out of range of %v %v", dt, shape, byteOffset, t.Dtype(), t.Shape())
+	}
+	var p unsafe.Pointer
+	if n > 0 {
+		if p = unsafe.Pointer(&raw[byteOffset]); uintptr(p)%uintptr(size) != 0 {
+			return nil, failf(ErrShape, "cpu: ViewAs: byte %d of the tensor is not aligned for %v", byteOffset, dt)
+		}
+	}
+	var backing any
+	switch dt {
+	case tensor.Float32:
+		backing = viewSlice[float32](p, n)
+	case tensor.Float64:
+		backing = viewSlice[float64](p, n)
+	case tensor.Int32:
+		backing = viewSlice[int32](p, n)
+	default:
+		return nil, failf(ErrDtype, "cpu: ViewAs as %v is not supported (float32, float64, int32)", dt)
+	}
+	return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(backing)), nil
+}
+
+// viewSlice is the n elements of type E at p (an empty slice for n = 0).
+func viewSlice[E any](p unsafe.Pointer, n int) []E {
+	if n == 0 {
+		return []E{}
+	}
+	return unsafe.Slice((*E)(p), n)
 }
 
 func shapeOrNil(t *tensor.Dense) tensor.Shape {

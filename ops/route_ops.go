@@ -10,8 +10,10 @@ import (
 )
 
 // Routing groups the nodes of one routing decision. Gorgonia ops have one output each, so routing is
-// several nodes with data dependencies: Logits (and Bias) -> Indices -> Plan, and (Logits, Indices) ->
-// Weights; under a DropProbs capacity the plan also reads the weights.
+// several nodes with data dependencies: Logits (and Bias) -> a route node that computes indices and
+// weights together (one kernel on the GPU: route_fused.go) -> Indices and Weights, views of its buffer
+// (Weights differentiable w.r.t. Logits); Indices -> Plan; under a DropProbs capacity the plan also
+// reads the weights.
 type Routing struct {
 	Logits  *G.Node // [T,E] float router logits (nil when built by NewRouting)
 	Bias    *G.Node // [E] selection bias of Sigmoid scoring (nil: none)
@@ -86,11 +88,16 @@ func RouteBiased(logits, bias *G.Node, cfg RouteConfig) (*Routing, error) {
 		}
 		in = append(in, bias)
 	}
-	idx, err := G.ApplyOp(&routeIndicesOp{cfg: cfg, e: nE, biased: bias != nil}, in...)
+	dt := logits.Dtype()
+	buf, err := G.ApplyOp(&routeOp{cfg: cfg, e: nE, dt: dt, biased: bias != nil}, in...)
+	if err != nil {
+		return nil, errorf("route: %w", err)
+	}
+	idx, err := G.ApplyOp(&routeIndicesOp{cfg: cfg, e: nE, t: nT, dt: dt}, buf)
 	if err != nil {
 		return nil, errorf("route: indices: %w", err)
 	}
-	w, err := G.ApplyOp(&routeWeightsOp{cfg: cfg, e: nE}, logits, idx)
+	w, err := G.ApplyOp(&routeWeightsOp{cfg: cfg, e: nE, dt: dt}, buf, logits, idx)
 	if err != nil {
 		return nil, errorf("route: weights: %w", err)
 	}
@@ -157,161 +164,6 @@ func (r *Routing) WithCapacity(capacity int, policy DropPolicy) (*Routing, error
 	c.Plan, c.Capacity = plan, capacity
 	c.Config.Capacity, c.Config.CapacityFactor, c.Config.DropPolicy = capacity, 0, policy
 	return &c, nil
-}
-
-// routeIndicesOp: logits [T,E] (and bias [E] when biased) -> indices [T,K] int32. Not differentiable.
-type routeIndicesOp struct {
-	opBase
-	cfg    RouteConfig
-	e      int
-	biased bool
-}
-
-func (op *routeIndicesOp) Arity() int {
-	if op.biased {
-		return 2
-	}
-	return 1
-}
-func (op *routeIndicesOp) Type() hm.Type {
-	if op.biased {
-		return hm.NewFnType(floatT(2), floatT(1), int32T(2))
-	}
-	return hm.NewFnType(floatT(2), int32T(2))
-}
-func (op *routeIndicesOp) String() string {
-	return fmt.Sprintf("RouteIndices{%v,E=%d,biased=%t}", op.cfg, op.e, op.biased)
-}
-func (op *routeIndicesOp) WriteHash(h hash.Hash) { writeHash(op, h) }
-func (op *routeIndicesOp) Hashcode() uint32      { return hashOf(op) }
-func (op *routeIndicesOp) DiffWRT(n int) []bool  { return make([]bool, n) }
-func (op *routeIndicesOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
-	return nil, failf(ErrUnsupported, "%v is not differentiable", op)
-}
-
-// DoDiff: indices carry no gradient.
-func (op *routeIndicesOp) DoDiff(G.ExecutionContext, G.Nodes, *G.Node) error { return noDiff() }
-
-func (op *routeIndicesOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
-	s, err := shapeArg(ds, 0)
-	if err != nil {
-		return nil, err
-	}
-	if len(s) != 2 || s[1] != op.e {
-		return nil, failf(ErrShape, "route: logits shape %v, want [T,%d]", s, op.e)
-	}
-	if op.biased {
-		b, err := shapeArg(ds, 1)
-		if err != nil {
-			return nil, err
-		}
-		if len(b) != 1 || b[0] != op.e {
-			return nil, failf(ErrShape, "route: bias shape %v, want [%d]", b, op.e)
-		}
-	}
-	return tensor.Shape{s[0], op.cfg.K}, nil
-}
-
-func (op *routeIndicesOp) Do(vs ...G.Value) (G.Value, error) { return op.UsePreallocDo(nil, vs...) }
-
-func (op *routeIndicesOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error) {
-	if err := arity(op, op.Arity(), vs); err != nil {
-		return nil, err
-	}
-	logits, err := arg("route", "logits", vs[0], anyFloat, -1, op.e)
-	if err != nil {
-		return nil, err
-	}
-	var bias *tensor.Dense
-	if op.biased {
-		if bias, err = arg("route", "bias", vs[1], logits.Dtype(), op.e); err != nil {
-			return nil, err
-		}
-	}
-	b, err := backendOf(op.String(), logits, bias)
-	if err != nil {
-		return nil, err
-	}
-	out, err := output(b, prealloc, tensor.Int32, logits.Shape()[0], op.cfg.K)
-	if err != nil {
-		return nil, err
-	}
-	if bias == nil {
-		return out, b.RouteIndices(logits, op.cfg, out)
-	}
-	return out, b.RouteIndicesBias(logits, bias, op.cfg, out)
-}
-
-// routeWeightsOp: (logits [T,E], indices [T,K]) -> weights [T,K]; differentiable w.r.t. logits.
-type routeWeightsOp struct {
-	opBase
-	cfg RouteConfig
-	e   int
-}
-
-func (op *routeWeightsOp) Arity() int { return 2 }
-func (op *routeWeightsOp) Type() hm.Type {
-	return hm.NewFnType(floatT(2), int32T(2), floatT(2))
-}
-func (op *routeWeightsOp) String() string        { return fmt.Sprintf("RouteWeights{%v,E=%d}", op.cfg, op.e) }
-func (op *routeWeightsOp) WriteHash(h hash.Hash) { writeHash(op, h) }
-func (op *routeWeightsOp) Hashcode() uint32      { return hashOf(op) }
-func (op *routeWeightsOp) DiffWRT(int) []bool    { return []bool{true, false} }
-
-func (op *routeWeightsOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
-	if len(in) != 2 {
-		return nil, failf(ErrShape, "%v: want 2 inputs, got %d", op, len(in))
-	}
-	d, err := G.ApplyOp(&routeWeightsGradOp{cfg: op.cfg, e: op.e}, in[0], in[1], grad)
-	return G.Nodes{d, nil}, err
-}
-
-// DoDiff (LispMachine) runs the same gradient kernel as SymDiff's node.
-func (op *routeWeightsOp) DoDiff(_ G.ExecutionContext, inputs G.Nodes, output *G.Node) error {
-	return lispDiff(op, inputs, output, func(in []G.Value, g G.Value) ([]G.Value, error) {
-		d, err := (&routeWeightsGradOp{cfg: op.cfg, e: op.e}).Do(in[0], in[1], g)
-		return []G.Value{d, nil}, err
-	})
-}
-
-func (op *routeWeightsOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
-	l, err := shapeArg(ds, 0)
-	if err != nil {
-		return nil, err
-	}
-	i, err := shapeArg(ds, 1)
-	if err != nil {
-		return nil, err
-	}
-	if len(l) != 2 || len(i) != 2 || l[1] != op.e || i[0] != l[0] || i[1] != op.cfg.K {
-		return nil, failf(ErrShape, "route weights: logits %v and indices %v, want [T,%d] and [T,%d]", l, i, op.e, op.cfg.K)
-	}
-	return i.Clone(), nil
-}
-
-func (op *routeWeightsOp) Do(vs ...G.Value) (G.Value, error) { return op.UsePreallocDo(nil, vs...) }
-
-func (op *routeWeightsOp) UsePreallocDo(prealloc G.Value, vs ...G.Value) (G.Value, error) {
-	if err := arity(op, 2, vs); err != nil {
-		return nil, err
-	}
-	logits, err := arg("route weights", "logits", vs[0], anyFloat, -1, op.e)
-	if err != nil {
-		return nil, err
-	}
-	idx, err := arg("route weights", "indices", vs[1], tensor.Int32, logits.Shape()[0], op.cfg.K)
-	if err != nil {
-		return nil, err
-	}
-	b, err := backendOf(op.String(), logits, idx)
-	if err != nil {
-		return nil, err
-	}
-	out, err := output(b, prealloc, logits.Dtype(), idx.Shape()...)
-	if err != nil {
-		return nil, err
-	}
-	return out, b.RouteWeights(logits, idx, op.cfg, out)
 }
 
 // routeWeightsGradOp: (logits [T,E], indices [T,K], dweights [T,K]) -> dlogits [T,E].

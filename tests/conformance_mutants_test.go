@@ -39,6 +39,8 @@ var mutants = []string{
 	// bfloat16 kernels (conformance_mutants_bf16_test.go)
 	"bf16-cast-truncates", "bf16-dispatch-double-rounds", "bf16-combine-rounds-terms", "bf16-cgw-accumulates-bf16",
 	"bf16-gradw-rounds-to-bf16", "bf16-swiglu-truncates", "bf16-add-ignores-incr",
+	// the fused route of graphs' route nodes
+	"fused-route-weights-off", "fused-route-ignores-bias", "viewas-copies",
 }
 
 func TestConformanceCatchesMutants(t *testing.T) {
@@ -178,6 +180,41 @@ func (m *mutant) RouteWeights(logits, idx *tensor.Dense, cfg ops.RouteConfig, w 
 		idx = clampIdx(idx, logits.Shape()[1])
 	}
 	return m.Backend.RouteWeights(logits, idx, cfg, w)
+}
+
+// RouteBiased makes every mutant a fused router (ops.FusedRouter): the mutant's own RouteIndices(Bias)
+// and RouteWeights, so that their bugs show through it too.
+func (m *mutant) RouteBiased(logits, bias *tensor.Dense, cfg ops.RouteConfig, idx, w *tensor.Dense) error {
+	if m.kind == "fused-route-ignores-bias" {
+		bias = nil
+	}
+	var err error
+	if bias == nil && cfg.Scoring != ops.Sigmoid {
+		err = m.RouteIndices(logits, cfg, idx)
+	} else {
+		err = m.RouteIndicesBias(logits, bias, cfg, idx)
+	}
+	if err != nil || w == nil {
+		return err
+	}
+	if err := m.RouteWeights(logits, idx, cfg, w); err != nil {
+		return err
+	}
+	if m.kind == "fused-route-weights-off" { // the fused kernel's weights drift from RouteWeights'
+		for i, v := range toF64(w) {
+			setF64(w, i, v*(1+1e-3))
+		}
+	}
+	return nil
+}
+
+// ViewAs makes every mutant an ops.Reinterpreter (the CPU's).
+func (m *mutant) ViewAs(t *tensor.Dense, dt tensor.Dtype, byteOffset int, shape ...int) (*tensor.Dense, error) {
+	v, err := ops.CPU().(ops.Reinterpreter).ViewAs(t, dt, byteOffset, shape...)
+	if err == nil && m.kind == "viewas-copies" { // a view that does not share the memory
+		v = v.Clone().(*tensor.Dense)
+	}
+	return v, err
 }
 
 func (m *mutant) RouteWeightsGrad(logits, idx, dw *tensor.Dense, cfg ops.RouteConfig, dlogits *tensor.Dense) error {

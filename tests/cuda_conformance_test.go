@@ -24,6 +24,22 @@ func cudaBackend(t testing.TB) *cudaops.Backend {
 	return b
 }
 
+// cudaSyncBackend returns a backend over another handle of the registered device with the option
+// SyncChecks on: the same memory and stream, but device faults are reported by the call that met them.
+// Graphs keep running on the registered backend; call its kernel methods directly.
+func cudaSyncBackend(t testing.TB) *cudaops.Backend {
+	t.Helper()
+	d, err := cudaBackend(t).Device()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := d.With(cudaops.WithSyncChecks(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cudaops.NewBackend(h)
+}
+
 // deviceGuard is a conformance.GuardFunc for the CUDA backend (engineGuard over its engine).
 func deviceGuard(b *cudaops.Backend) conformance.GuardFunc {
 	eng, err := b.Engine()
@@ -39,9 +55,7 @@ func deviceGuard(b *cudaops.Backend) conformance.GuardFunc {
 // faults (out-of-range expert indices, non-finite logit rows) are reported by the call that met them
 // (BadInputs asserts the same sentinels as on the CPU); the kernels are the same either way.
 func TestCUDAConformance(t *testing.T) {
-	b := cudaBackend(t)
-	b.SetSyncChecks(true)
-	defer b.SetSyncChecks(false)
+	b := cudaSyncBackend(t)
 	conformance.Run(t, b, conformance.Options{
 		Short:        testing.Short(),
 		Guard:        deviceGuard(b),
@@ -54,8 +68,6 @@ func TestCUDAConformanceSentinel(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short")
 	}
-	b := cudaBackend(t)
-	b.SetSyncChecks(true)
-	defer b.SetSyncChecks(false)
+	b := cudaSyncBackend(t)
 	conformance.Run(t, b, conformance.Options{NoGOMAXPROCS: true})
 }

@@ -5,8 +5,11 @@ package tests
 import (
 	"errors"
 	"math"
+	"strings"
+	"sync"
 	"testing"
 
+	"github.com/expertrt/expertrt-go/cudaops"
 	"github.com/expertrt/expertrt-go/ops"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -18,19 +21,21 @@ import (
 // outside [0,E) is ErrExpertIndex. Without sync checks the fault surfaces at the next synchronisation;
 // with them, from RunAll itself (through ops.MachineError).
 func TestCUDAFaultSentinels(t *testing.T) {
-	b := cudaBackend(t)
 	const T, E, K, H = 64, 8, 2, 16
 	inf := math.Inf(1)
-	dev := func(h *tensor.Dense) *tensor.Dense {
-		d, err := b.FromHost(h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
-	xD := dev(tensor.New(tensor.WithShape(T, H), tensor.WithBacking(make([]float64, T*H))))
 	for _, sync := range []bool{false, true} {
-		b.SetSyncChecks(sync)
+		b := cudaBackend(t)
+		if sync {
+			b = cudaSyncRegistered(t)
+		}
+		dev := func(h *tensor.Dense) *tensor.Dense {
+			d, err := b.FromHost(h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}
+		xD := dev(tensor.New(tensor.WithShape(T, H), tensor.WithBacking(make([]float64, T*H))))
 		for _, c := range []struct {
 			name string
 			row  []float64
@@ -64,6 +69,7 @@ func TestCUDAFaultSentinels(t *testing.T) {
 			if !errors.Is(err, ops.ErrNaN) {
 				t.Errorf("sync checks %t, %s logits: %v, want an error wrapping ErrNaN", sync, c.name, err)
 			}
+			faultKernelsHave(t, err, "route")
 			if err := b.Synchronize(); err != nil {
 				t.Errorf("the fault was reported twice: %v", err)
 			}
@@ -96,6 +102,49 @@ func TestCUDAFaultSentinels(t *testing.T) {
 		if !errors.Is(err, ops.ErrExpertIndex) || errors.Is(err, ops.ErrNaN) {
 			t.Errorf("sync checks %t, expert index %d: %v, want an error wrapping ErrExpertIndex only", sync, E, err)
 		}
+		faultKernelsHave(t, err, "plan_")
 	}
-	b.SetSyncChecks(false)
+}
+
+// syncDevice is a device of its own on GPU 0 with the option SyncChecks, registered with ops (as
+// "cuda:0{sync checks}") once per test binary, so that graphs on its tensors run with sync checks.
+var syncDevice struct {
+	sync.Mutex
+	b *cudaops.Backend
+}
+
+// cudaSyncRegistered returns the registered sync-checking device's backend.
+func cudaSyncRegistered(t testing.TB) *cudaops.Backend {
+	t.Helper()
+	cudaBackend(t)
+	syncDevice.Lock()
+	defer syncDevice.Unlock()
+	if syncDevice.b == nil {
+		d, err := cudaops.Open(0, cudaops.WithSyncChecks(true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := cudaops.NewBackend(d)
+		if err := ops.Register(b); err != nil {
+			t.Fatal(err)
+		}
+		syncDevice.b = b
+	}
+	return syncDevice.b
+}
+
+// faultKernelsHave checks that err is a device fault naming the kernels that raised it, every one of
+// them starting with prefix.
+func faultKernelsHave(t *testing.T, err error, prefix string) {
+	t.Helper()
+	var fe *cudaops.FaultError
+	if !errors.As(err, &fe) || len(fe.Faults()) == 0 {
+		t.Errorf("%v: not a device fault naming its kernel", err)
+		return
+	}
+	for _, f := range fe.Faults() {
+		if !strings.HasPrefix(f.Kernel, prefix) || !strings.Contains(err.Error(), "in "+f.Kernel+": ") {
+			t.Errorf("fault raised by %q (want a kernel named %s...): %v", f.Kernel, prefix, err)
+		}
+	}
 }

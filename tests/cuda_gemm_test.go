@@ -389,24 +389,24 @@ func gemmVariants(t testing.TB, d *cudaops.Device, double, tf32 bool) []string {
 }
 
 // forEachVariant runs f as subtest "auto" (the planner's choice) and then once per variant of the class
-// forced (subtests named after the variants; -test.short shortens the case lists, not this), then
-// restores the automatic choice.
-func forEachVariant(t *testing.T, d *cudaops.Device, double, tf32 bool, f func(t *testing.T)) {
-	names := append([]string{""}, gemmVariants(t, d, double, tf32)...)
-	if err := d.SetTF32(tf32); err != nil {
+// forced (subtests named after the variants; -test.short shortens the case lists, not this), each with
+// a backend over a handle of b's device with those options (TF32 as given).
+func forEachVariant(t *testing.T, b *cudaops.Backend, double, tf32 bool, f func(t *testing.T, b *cudaops.Backend)) {
+	d, err := b.Device()
+	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.SetTF32(false)
-	defer d.SetGemmVariant("")
+	names := append([]string{""}, gemmVariants(t, d, double, tf32)...)
 	for _, n := range names {
-		if err := d.SetGemmVariant(n); err != nil {
+		h, err := d.With(cudaops.WithTF32(tf32), cudaops.WithGemmVariant(n))
+		if err != nil {
 			t.Fatal(err)
 		}
 		label := n
 		if label == "" {
 			label = "auto"
 		}
-		t.Run(label, f)
+		t.Run(label, func(t *testing.T) { f(t, cudaops.NewBackend(h)) })
 	}
 }
 
@@ -431,10 +431,9 @@ func groupedCases() []groupedCase {
 // fp64, every tile configuration.
 func TestCUDAGemmGrouped(t *testing.T) {
 	b := cudaBackend(t)
-	d, _ := b.Device()
 	for _, dt := range []tensor.Dtype{tensor.Float32, tensor.Float64} {
 		t.Run(dt.String(), func(t *testing.T) {
-			forEachVariant(t, d, dt == tensor.Float64, false, func(t *testing.T) {
+			forEachVariant(t, b, dt == tensor.Float64, false, func(t *testing.T, b *cudaops.Backend) {
 				for i, c := range groupedCases() {
 					runGrouped(t, b, dt, false, c, int64(i))
 				}
@@ -498,10 +497,9 @@ func runDense(t *testing.T, b *cudaops.Backend, dt tensor.Dtype, tf32 bool, c de
 // router's shapes (skinny N, long reductions split over K, K = E), M = 1, K = 0 and misaligned inputs.
 func TestCUDAGemmDense(t *testing.T) {
 	b := cudaBackend(t)
-	d, _ := b.Device()
 	for _, dt := range []tensor.Dtype{tensor.Float32, tensor.Float64} {
 		t.Run(dt.String(), func(t *testing.T) {
-			forEachVariant(t, d, dt == tensor.Float64, false, func(t *testing.T) {
+			forEachVariant(t, b, dt == tensor.Float64, false, func(t *testing.T, b *cudaops.Backend) {
 				for i, c := range denseCases() {
 					for _, tr := range [][2]bool{{false, false}, {false, true}, {true, false}, {true, true}} {
 						runDense(t, b, dt, false, c, tr[0], tr[1], int64(i))
@@ -517,7 +515,7 @@ func TestCUDAGemmDense(t *testing.T) {
 func TestCUDAGemmTF32(t *testing.T) {
 	b := cudaBackend(t)
 	d, _ := b.Device()
-	forEachVariant(t, d, false, true, func(t *testing.T) {
+	forEachVariant(t, b, false, true, func(t *testing.T, b *cudaops.Backend) {
 		for i, c := range groupedCases() {
 			runGrouped(t, b, tensor.Float32, true, c, int64(i))
 		}
@@ -539,9 +537,11 @@ func TestCUDAGemmTF32(t *testing.T) {
 		}
 	}
 	for _, tf := range []bool{false, true} {
-		if err := d.SetTF32(tf); err != nil {
+		h, err := d.With(cudaops.WithTF32(tf))
+		if err != nil {
 			t.Fatal(err)
 		}
+		b := cudaops.NewBackend(h)
 		got := guarded(t, b, "accuracy", tensor.Float32, []int{M, N}, func(out *tensor.Dense) error { return b.MatMul(a.dev, bm.dev, false, false, out) })
 		rel := gemmCheck(t, fmt.Sprintf("accuracy tf32=%t", tf), tensor.Float32, tf, got, ref)
 		maxRel := 0.0
@@ -550,7 +550,6 @@ func TestCUDAGemmTF32(t *testing.T) {
 		}
 		t.Logf("gemm-accuracy tf32=%t M=N=%d K=%d: ||C-C64||/||C64|| = %.3g, max |err|/sum|ab| = %.3g", tf, M, K, rel, maxRel)
 	}
-	d.SetTF32(false)
 }
 
 // TestCUDAGemmBadOffsets: offsets that do not tile the rows raise a device fault at the next

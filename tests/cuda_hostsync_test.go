@@ -20,7 +20,6 @@ import (
 // fault word); each host feed is one synchronising upload.
 func TestCUDATrainStepHostSyncs(t *testing.T) {
 	b := cudaBackend(t)
-	b.SetSyncChecks(false) // the default; a failed fault test could have left it on
 	d, err := b.Device()
 	if err != nil {
 		t.Fatal(err)

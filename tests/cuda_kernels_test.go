@@ -362,7 +362,15 @@ func TestCUDAPlanPaths(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { d.SetPlanMode(cudaops.PlanAuto); d.SetPlanBlocks(0) }()
+	// One-pass (default tiles), one-pass (4 blocks), three-launch: backends over handles of the device.
+	var modes []*cudaops.Backend
+	for _, o := range [][]cudaops.Option{nil, {cudaops.WithPlanBlocks(4)}, {cudaops.WithPlanMode(cudaops.PlanMultiLaunch)}} {
+		h, err := d.With(o...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		modes = append(modes, cudaops.NewBackend(h))
+	}
 	cases := []struct {
 		T, K, E int
 		pattern string
@@ -405,15 +413,7 @@ func TestCUDAPlanPaths(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for mode := 0; mode < 3; mode++ { // one-pass (default tiles), one-pass (4 blocks), three-launch
-			d.SetPlanMode(cudaops.PlanAuto)
-			d.SetPlanBlocks(0)
-			switch mode {
-			case 1:
-				d.SetPlanBlocks(4)
-			case 2:
-				d.SetPlanMode(cudaops.PlanMultiLaunch)
-			}
+		for mode, b := range modes {
 			for rep := 0; rep < reps; rep++ {
 				plan, err := b.New(tensor.Int32, ops.PlanLen(c.T, c.K, c.E))
 				if err != nil {
@@ -448,7 +448,14 @@ func TestCUDAPlanTiming(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.SetPlanMode(cudaops.PlanAuto)
+	withOpts := func(o ...cudaops.Option) *cudaops.Backend {
+		h, err := d.With(o...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cudaops.NewBackend(h)
+	}
+	multiB := withOpts(cudaops.WithPlanMode(cudaops.PlanMultiLaunch))
 	for _, c := range []struct{ T, K, E int }{{4096, 2, 16}, {4096, 2, 64}, {8192, 2, 32}, {16384, 2, 16}, {16384, 2, 64}, {65536, 2, 64}} {
 		p := newPipeline(1, c.T, c.E, c.K, 8, tensor.Float32)
 		p.cfg = ops.RouteConfig{K: c.K, Scoring: ops.SoftmaxTopK, Renormalize: true}
@@ -474,13 +481,11 @@ func TestCUDAPlanTiming(t *testing.T) {
 			return ds[len(ds)/2]
 		}
 		route := median(func() error { return b.Route(logits, p.cfg, idx, w) })
-		d.SetPlanMode(cudaops.PlanAuto)
 		var byBlocks string
 		for _, nb := range []int{4, 8, 32} {
-			d.SetPlanBlocks(nb)
-			byBlocks += fmt.Sprintf(" %d:%.1f", nb, us(median(func() error { return b.Plan(idx, c.E, plan) })))
+			bb := withOpts(cudaops.WithPlanBlocks(nb))
+			byBlocks += fmt.Sprintf(" %d:%.1f", nb, us(median(func() error { return bb.Plan(idx, c.E, plan) })))
 		}
-		d.SetPlanBlocks(0)
 		auto := median(func() error { return b.Plan(idx, c.E, plan) })
 		both := median(func() error {
 			if err := b.Route(logits, p.cfg, idx, w); err != nil {
@@ -488,8 +493,7 @@ func TestCUDAPlanTiming(t *testing.T) {
 			}
 			return b.Plan(idx, c.E, plan)
 		})
-		d.SetPlanMode(cudaops.PlanMultiLaunch)
-		multi := median(func() error { return b.Plan(idx, c.E, plan) })
+		multi := median(func() error { return multiB.Plan(idx, c.E, plan) })
 		t.Logf("plan-timing T=%d K=%d E=%d: route %.1f us, plan auto %.1f us, multi-launch %.1f us, route+plan %.1f us, one-pass by preferred blocks%s us",
 			c.T, c.K, c.E, us(route), us(auto), us(multi), us(both), byBlocks)
 		for _, x := range []*tensor.Dense{logits, idx, w, plan} {

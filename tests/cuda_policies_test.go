@@ -13,9 +13,7 @@ import (
 // (DeepSeek-V3: E=256 in 8 groups, 4 kept, k=8): indices and plans exactly, floats within tolerance;
 // the fused router's weights are bitwise those of RouteWeights.
 func TestCUDAPolicies(t *testing.T) {
-	b := cudaBackend(t)
-	b.SetSyncChecks(true)
-	defer b.SetSyncChecks(false)
+	b := cudaSyncBackend(t)
 	for _, dt := range []tensor.Dtype{tensor.Float32, tensor.Float64} {
 		for _, cfg := range []ops.RouteConfig{
 			{K: 8, Scoring: ops.Sigmoid, Renormalize: true, Groups: 8, TopKGroups: 4, Scale: 2.5},
@@ -45,8 +43,6 @@ func TestCUDAPolicies(t *testing.T) {
 
 // TestCUDADeepSeekV3Fixtures: the GPU's sigmoid router on transformers' DeepSeek-V3 fixtures.
 func TestCUDADeepSeekV3Fixtures(t *testing.T) {
-	b := cudaBackend(t)
-	b.SetSyncChecks(true)
-	defer b.SetSyncChecks(false)
+	b := cudaSyncBackend(t)
 	runDeepSeekFixtures(t, b)
 }

@@ -23,8 +23,8 @@ func simBackend(t testing.TB) *simdevice.Backend {
 	return b
 }
 
-// simDevices holds the extra simulated devices the tests register (ops.Register keeps the first backend
-// of a name, so each is opened and registered once per test binary).
+// simDevices holds the extra simulated devices the tests register (ops.Register refuses a second
+// backend of a name, so each is opened and registered once per test binary).
 var simDevices struct {
 	sync.Mutex
 	m map[string]ops.Backend
@@ -48,7 +48,9 @@ func registeredSim(t testing.TB, name string, size int64, wrap func(*simdevice.B
 	if wrap != nil {
 		b = wrap(simdevice.NewBackend(d))
 	}
-	ops.Register(b)
+	if err := ops.Register(b); err != nil {
+		t.Fatal(err)
+	}
 	if simDevices.m == nil {
 		simDevices.m = map[string]ops.Backend{}
 	}

@@ -263,6 +263,36 @@ func (e *Engine) View(base *tensor.Dense, offset int, shape ...int) (*tensor.Den
 	return v, nil
 }
 
+// ViewAs returns a tensor of dtype dt and the given shape over base's memory from byteOffset on (no
+// copy; the view keeps base alive): base's bytes read as another type (ops.Reinterpreter). The view
+// must lie inside base and start aligned to dt's size.
+func (e *Engine) ViewAs(base *tensor.Dense, dt tensor.Dtype, byteOffset int, shape ...int) (*tensor.Dense, error) {
+	if base == nil {
+		return nil, e.errorf("ViewAs of a nil tensor: %w", ops.ErrShape)
+	}
+	n := int64(tensor.Shape(shape).TotalSize())
+	for _, s := range shape {
+		if s < 0 {
+			return nil, e.errorf("ViewAs: negative dimension in shape %v: %w", shape, ops.ErrShape)
+		}
+	}
+	sz := int64(dt.Size())
+	if sz == 0 || byteOffset < 0 || int64(byteOffset) > bytesOf(base) || n > (bytesOf(base)-int64(byteOffset))/sz {
+		return nil, e.errorf("ViewAs: %v %v from byte %d is out of range of %v %v: %w", dt, shape, byteOffset, base.Dtype(), base.Shape(), ops.ErrShape)
+	}
+	p := addrOf(base) + uintptr(byteOffset)
+	if p%uintptr(sz) != 0 {
+		return nil, e.errorf("ViewAs: byte %d of the tensor is not aligned for %v: %w", byteOffset, dt, ops.ErrShape)
+	}
+	if _, err := e.pool.Resolve(addrOf(base), bytesOf(base)); err != nil {
+		return nil, e.errorf("ViewAs: %w", err)
+	}
+	v := e.wrap(dt, shape, p, uintptr(n*sz))
+	// The pending cleanup holds base, so base (and the memory it owns) lives as long as the view.
+	runtime.AddCleanup(v, func(*tensor.Dense) {}, base)
+	return v, nil
+}
+
 // FromHost copies a host tensor into a new device tensor (shape () becomes [1]).
 func (e *Engine) FromHost(h *tensor.Dense) (*tensor.Dense, error) {
 	if h == nil {

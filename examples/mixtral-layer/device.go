@@ -10,19 +10,17 @@ import (
 // cudaTag is the build tag that links the CUDA backend (package cudaops) into this command.
 const cudaTag = "expertrt_cuda"
 
-// backendNamed returns the ops backend a -device flag names ("cpu", "cuda"). Device backends register
-// themselves with ops when their package is linked (device_cuda.go, behind the build tag).
+// backendNamed returns the ops backend a -device flag names ("cpu", "cuda" or "cuda:N" for GPU N).
+// Device backends register themselves with ops when their package is linked (device_cuda.go, behind
+// the build tag).
 func backendNamed(name string) (ops.Backend, error) {
-	var names []string
-	for _, b := range ops.Backends() {
-		if b.Name() == name {
-			return b, nil
-		}
-		names = append(names, b.Name())
+	b, err := ops.LookupBackend(name)
+	if err == nil {
+		return b, nil
 	}
-	if name == "cuda" {
-		return nil, fmt.Errorf("-device cuda: this binary has no CUDA backend; build it with -tags %s "+
-			"(go run -tags %s ./examples/mixtral-layer -device cuda)", cudaTag, cudaTag)
+	if name == "cuda" || strings.HasPrefix(name, "cuda:") {
+		return nil, fmt.Errorf("-device %s: this binary has no CUDA backend; build it with -tags %s "+
+			"(go run -tags %s ./examples/mixtral-layer -device cuda)", name, cudaTag, cudaTag)
 	}
-	return nil, fmt.Errorf("unknown -device %q (this binary has: %s)", name, strings.Join(names, ", "))
+	return nil, fmt.Errorf("unknown -device %q: %w", name, err)
 }

@@ -2,5 +2,6 @@
 
 package main
 
-// Linking cudaops registers the "cuda" backend (device 0) with ops, so -device cuda finds it.
+// Linking cudaops registers a backend per GPU with ops ("cuda:N"; GPU 0's also "cuda"), so -device cuda
+// finds it.
 import _ "github.com/expertrt/expertrt-go/cudaops"

@@ -93,6 +93,7 @@ func Run(t *testing.T, b ops.Backend, opts Options) {
 	t.Run("FiniteDifferences", e.testFiniteDifferences)
 	t.Run("BadInputs", e.testBadInputs)
 	t.Run("Views", e.testViews)
+	t.Run("FusedRoute", e.testFusedRoute)
 	t.Run("Training", e.testTraining)
 	t.Run("Policies", e.testPolicies)
 	t.Run("BF16", e.testBF16)

@@ -42,7 +42,9 @@ func Registered() (*Backend, error) {
 		var d *Device
 		if d, registeredErr = Open("sim", RegisteredSize); registeredErr == nil {
 			registered = NewBackend(d)
-			ops.Register(registered)
+			if registeredErr = ops.Register(registered); registeredErr != nil {
+				registered = nil
+			}
 		}
 	})
 	return registered, registeredErr
@@ -93,6 +95,11 @@ func (b *Backend) ToHost(t *tensor.Dense) (*tensor.Dense, error) { return b.d.en
 // View returns a tensor of the given shape over t's memory from element offset on.
 func (b *Backend) View(t *tensor.Dense, offset int, shape ...int) (*tensor.Dense, error) {
 	return b.d.eng.View(t, offset, shape...)
+}
+
+// ViewAs returns a tensor of dtype dt over t's memory from byteOffset on (ops.Reinterpreter).
+func (b *Backend) ViewAs(t *tensor.Dense, dt tensor.Dtype, byteOffset int, shape ...int) (*tensor.Dense, error) {
+	return b.d.eng.ViewAs(t, dt, byteOffset, shape...)
 }
 
 // Free returns a tensor's memory to the pool now.
