@@ -32,7 +32,7 @@
 
 enum GemmMode { GEMM_DENSE = 0, GEMM_GROUP_ROWS = 1, GEMM_GROUP_RED = 2 };
 enum GemmFlags { GEMM_VEC_C = 4, GEMM_SORT = 8 };
-#define GEMM_FAULT_OFFSETS 32u // FAULT_* code (see common.cuh): the plan's offsets do not tile [0, rows)
+#define GEMM_FAULT_OFFSETS 32u // FAULT_* code (see common.cuh): the plan's offsets are not segments of [0, rows)
 #define GEMM_SORT_MAX 256      // grouped reductions order at most this many experts by segment length
 
 // Everything a launch needs. The kernels take these as separate parameters (gemm.cu) in this order.
@@ -432,7 +432,9 @@ template <int NT> GEMM_DEV int block_scan(int v, int* buf, int tid, int* total) 
 GEMM_DEV int clamp_off(int v, int rows) { return v < 0 ? 0 : (v > rows ? rows : v); }
 
 // Segment of expert e: [lo, lo+len), clamped into [0, rows) so that a corrupt plan cannot move a tile
-// outside its buffers (CTA 0 reports it: gemm_check_offsets).
+// outside its buffers (CTA 0 reports it: gemm_check_offsets). Valid offsets start at 0, never decrease
+// and end at offsets[E] <= rows: rows from offsets[E] on (dropped by a capacity limit) belong to no
+// segment, so no tile reads or writes them.
 GEMM_DEV void segment(const GemmArgs& p, int e, int* lo, int* len) {
     const int a = clamp_off(p.offsets[e], p.rows), b = clamp_off(p.offsets[e + 1], p.rows);
     *lo = a;
@@ -444,8 +446,7 @@ template <int NT> GEMM_DEV void gemm_check_offsets(const GemmArgs& p, int tid) {
         const int v = p.offsets[e];
         bool bad = v < 0 || v > p.rows;
         if (e == 0) bad = bad || v != 0;
-        if (e == p.E) bad = bad || v != p.rows;
-        else bad = bad || p.offsets[e + 1] < v;
+        if (e < p.E) bad = bad || p.offsets[e + 1] < v;
         if (bad) gemm_fault(p.fault, GEMM_FAULT_OFFSETS);
     }
 }

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "35b53709ddf14b0b6350d4c16de38f478c66fcff333e9ace7a24a6a00b575cd9"
+const sourceHash = "c62e531554c94f2f2adc67930b39581792c72ef38fd8762aa2c53b52f149d328"
