@@ -4,7 +4,8 @@
 #   go build -tags expertrt_cuda -o .devbin/bench ./bench
 # Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck engine bench torch ncu gemm
 # gemm-full (gemm: the GEMM kernels' tests, sanitizers, bench with a sweep of every tile configuration and
-# the PyTorch baseline, about 4 minutes; gemm-full: every GEMM test case on every configuration).
+# the PyTorch baseline, about 2-3 minutes, GEMM_SWEEP=name,... limits the sweep; gemm-full: every GEMM
+# test case on every configuration).
 # Logs go to $OUT (default ./gpu-out), at most one file per stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -97,10 +98,13 @@ PY
           EXPERTRT_GEMM_TF32=1 timeout 90 $B -device cuda -op $ops -tokens $1 -hidden $2 -ffn $3 -experts $4 -top-k $5 -reps 20 -warmup 3 -json >> "$G/bench.jsonl" || echo "tf32 bench failed: $shp"
         fi
       done
+      # The sweep: every configuration of the class (GEMM_SWEEP=name,name,... to time only those).
+      SW="${GEMM_SWEEP:-all}"
       : > "$G/sweep.jsonl"
-      timeout 120 $B -device cuda -gemm-variants all -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "sweep failed"
-      timeout 120 $B -device cuda -gemm-variants all -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w -tokens 4096 -hidden 2048 -ffn 1408 -experts 64 -top-k 6 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "sweep failed (small experts)"
-      EXPERTRT_GEMM_TF32=1 timeout 120 $B -device cuda -gemm-variants all -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "tf32 sweep failed"
+      timeout 120 $B -device cuda -gemm-variants "$SW" -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w,matmul-dense -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "sweep failed"
+      timeout 120 $B -device cuda -gemm-variants "$SW" -op groupedmm-bwd-x,matmul-dense -tokens 16384 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "sweep failed (T=16384)"
+      timeout 120 $B -device cuda -gemm-variants "$SW" -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w -tokens 4096 -hidden 2048 -ffn 1408 -experts 64 -top-k 6 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "sweep failed (small experts)"
+      EXPERTRT_GEMM_TF32=1 timeout 120 $B -device cuda -gemm-variants "$SW" -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w,matmul-dense -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "tf32 sweep failed"
       timeout 150 python3 bench/pytorch_gemm.py --reps 20 --warmup 3 --json "$G/torch.json" > "$G/torch.log" 2>&1 || echo "torch baseline failed: $(tail -2 "$G/torch.log")"
       python3 - "$G" <<'PY'
 import json, sys, os
@@ -131,10 +135,21 @@ if sw:
     print("sweep (TFLOP/s per tile configuration; the planner's default should be the best of its class):")
     groups = {}
     for r in sw:
-        groups.setdefault((r["op"], r["hidden"], r["experts"], "tf32" in r.get("device_desc", "")), []).append(r)
+        groups.setdefault((r["op"], r["hidden"], r["experts"], "tf32" in r.get("device_desc", ""), r["tokens"]), []).append(r)
     for k, rs in sorted(groups.items()):
         rs.sort(key=lambda r: -r.get("tflop_per_s", 0))
-        print(f"  {k[0]:16s} H={k[1]} E={k[2]} {'tf32' if k[3] else 'fp32'}: " + "  ".join(f"{r['gemm_variant']}={r.get('tflop_per_s',0):.1f}" for r in rs))
+        print(f"  {k[0]:16s} T={k[4]} H={k[1]} E={k[2]} {'tf32' if k[3] else 'fp32'}: " + "  ".join(f"{r['gemm_variant']}={r.get('tflop_per_s',0):.1f}" for r in rs))
+    # eff for gemm.variants: each configuration's TFLOP/s over the best of its class, averaged over the
+    # Mixtral-shape (T=4096, H=1024, E=8) sweeps of the class.
+    eff = {}
+    for k, rs in groups.items():
+        if k[1] != 1024 or k[4] != 4096:
+            continue
+        best = max(r.get("tflop_per_s", 0) for r in rs) or 1
+        for r in rs:
+            eff.setdefault(r["gemm_variant"], []).append(r.get("tflop_per_s", 0) / best)
+    print("suggested eff (mean TFLOP/s relative to the best of the class, Mixtral-shape sweeps): " +
+          "  ".join(f"{v}={sum(x)/len(x):.2f}" for v, x in sorted(eff.items(), key=lambda kv: -sum(kv[1])/len(kv[1]))))
 PY
       ;;
     gemm-full)

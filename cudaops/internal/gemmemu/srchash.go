@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "c62e531554c94f2f2adc67930b39581792c72ef38fd8762aa2c53b52f149d328"
+const sourceHash = "257cf34bd4090c436a2ee1b1f271f7f74ac43690d326d3bde095d74d654d5f44"
