@@ -85,6 +85,14 @@ GEMM_DEV void mma_tf32(float* d, const unsigned* a, const unsigned* b) {
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+// ldmatrix.x4: lane 8j+r names row r (16 bytes) of matrix j; lane l receives word l%4 of row l/4 of
+// matrix j in d[j] (for 32-bit elements: row l/4, column l%4 of an 8x4 block).
+GEMM_DEV void ldsm_x4(unsigned* d, const float* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(smem_u32(row)));
+}
+GEMM_DEV unsigned tf32_bits(unsigned u) { return to_tf32(__uint_as_float(u)); }
 GEMM_DEV void gemm_fault(unsigned* f, unsigned code) { atomicOr(f, code); }
 #endif
 
@@ -371,22 +379,19 @@ struct SimtTile {
 // (WM/16) x (WN/8) m16n8k8 instructions per 8 k.
 //
 // Shared layouts: every operand keeps its global layout (no transposing copies): A stored [M,K] gives
-// As[m][k] ("K tile", rows BK+8 words), A stored [K,M] gives As[k][m] ("MN tile", rows BM+4 words);
-// likewise Bs[n][k] for B stored [N,K] and Bs[k][n] for B stored [K,N]. Fragments are read with 8-byte
-// shared loads, which needs pairs of a thread's fragment elements to be adjacent in shared memory. The
-// instruction's operands are indices, not addresses, so they are relabelled (both operands alike, and
-// the output accordingly):
-//   k: the instruction's k = t and t+4 (t = lane % 4) are the tile's k = 2t and 2t+1 of each group of 8,
-//      adjacent in a K tile: A(g, 2t..2t+1) and A(g+8, 2t..2t+1), B(2t..2t+1, g) are one load each;
-//   m in an MN tile of A: the instruction's rows g and g+8 (g = lane / 4) of a 16-row block are its rows
-//      2g and 2g+1: A(2g..2g+1, 2t) and A(2g..2g+1, 2t+1) are one load each;
-//   n in an MN tile of B: column g of the instruction's 8-column blocks 2p and 2p+1 is column 2g and 2g+1
-//      of the 16-column pair p: B(2t, 2g..2g+1) and B(2t+1, 2g..2g+1) feed both blocks in two loads,
-//      and the output element (row, 2t+h) of block 2p+c is column 4t+2h+c of the pair, so a thread holds
-//      4 consecutive columns (one 16-byte store).
-// Bank conflicts: a half-warp's 8-byte loads touch 4 rows (or 4 k) x 4 word pairs; K rows of BK+8 words
-// (8 or 24 mod 32) and MN rows of BM+4 words (4 mod 16, so 2 rows are 8 mod 32) put them in 32 distinct
-// banks.
+// As[m][k] ("K tile", rows of BK+4 words), A stored [K,M] gives As[k][m] ("MN tile", rows of BM+8
+// words); likewise Bs[n][k] for B stored [N,K] and Bs[k][n] for B stored [K,N]. A module's stages hold
+// the larger of the two layouts, so every kernel of it has the same shared memory size.
+// Fragment reads, each straight into the instruction's registers (no register moves):
+//   K tiles: ldmatrix.x4, whose 8x4 blocks of 32-bit words are exactly the fragments: one instruction
+//     gives A's a0..a3 (rows g and g+8, k t and t+4; g = lane/4, t = lane%4) and B's b0, b1 for two
+//     8-column blocks. A row is an odd number of 16-byte words, so the 8 rows of a block fall in
+//     distinct bank groups.
+//   MN tile of A: 8-byte loads of (a0, a1) and (a2, a3): the instruction's rows g and g+8 of each 16-row
+//     block are relabelled as the tile's rows 2g and 2g+1, adjacent in As[k][m] (the epilogue maps the
+//     accumulator rows back). Rows of BM+8 words (8 mod 32) put a half-warp's 16 loads in 32 banks.
+//   MN tile of B: b0 and b1 one 4-byte load each (8 lanes of a k row read 8 consecutive words, the 4 k
+//     rows of a warp are 8 words apart mod 32: 32 banks).
 // Pipeline: STAGES tiles in flight; the fragments of the next 8 k are read while the instructions of the
 // current 8 k run, across the stage boundary too: the last 8 k of a stage first wait for the next stage
 // (one barrier per stage), then read its first fragments.
@@ -399,7 +404,7 @@ struct Tf32Tile {
         NT = WARPS_M * WARPS_N * 32,
         A_K = !AT,  // As[m][k], else As[k][m]
         B_K = BT,   // Bs[n][k], else Bs[k][n]
-        PADK = 8, PADMN = 4,
+        PADK = 4, PADMN = 8,
         LDA_S = A_K ? BK + PADK : BM + PADMN,
         LDB_S = B_K ? BK + PADK : BN + PADMN,
         A_STAGE = BM * (BK + PADK) > BK * (BM + PADMN) ? BM * (BK + PADK) : BK * (BM + PADMN),
@@ -409,7 +414,7 @@ struct Tf32Tile {
         MI = WM / 16, NI = WN / 8, KS = BK / 8,
     };
     static_assert(WM % 16 == 0 && WN % 16 == 0 && BK % 16 == 0 && STAGES >= 2, "bad TF32 tile");
-    static_assert(BM % 16 == 0 && BN % 16 == 0, "MN rows must be 4 words mod 16");
+    static_assert(BM % 32 == 0 && BN % 32 == 0, "MN rows must be 8 words mod 32");
 
     template <bool CHECK> static GEMM_DEV void load_stage(float* sA, float* sB, const TileJob<float>& j, int k0, int tid) {
         if (A_K) load_tile<float, BM, BK, LDA_S, NT, true, VEC, CHECK>(sA, j.a + k0, j.lda, j.mLim, j.kLen - k0, tid);
@@ -423,46 +428,54 @@ struct Tf32Tile {
         else load_stage<true>(sA, sB, j, k0, tid);
     }
 
+    // The lane's fragment addresses in a stage (see frags).
+    static GEMM_DEV int a_offset(int wm, int lane) {
+        return A_K ? (wm * WM + (lane & 7) + ((lane >> 3) & 1) * 8) * LDA_S + (lane >> 4) * 4  // ldmatrix rows
+                   : (lane & 3) * LDA_S + wm * WM + 2 * (lane >> 2);                          // A(2g, t)
+    }
+    static GEMM_DEV int b_offset(int wn, int lane) {
+        return B_K ? (wn * WN + (lane & 7) + (lane >> 4) * 8) * LDB_S + ((lane >> 3) & 1) * 4  // ldmatrix rows
+                   : (lane & 3) * LDB_S + wn * WN + (lane >> 2);                              // B(t, g)
+    }
+
     // The fragments of k-step ks (k = 8ks .. 8ks+7) of one stage, rounded to tf32. a, b: the stage's tile
-    // plus the lane's offset (run).
+    // plus the lane's offset.
     static GEMM_DEV void frags(unsigned (&fa)[MI][4], unsigned (&fb)[NI][2], const float* a, const float* b, int ks) {
 #pragma unroll
         for (int i = 0; i < MI; i++) {
-            float2 u, v;
-            if (A_K) {  // u = A(g, 2t..2t+1), v = A(g+8, 2t..2t+1)
-                const float* p = a + i * 16 * LDA_S + ks * 8;
-                u = lds2(p);
-                v = lds2(p + 8 * LDA_S);
-                fa[i][0] = to_tf32(u.x);
-                fa[i][1] = to_tf32(v.x);
-                fa[i][2] = to_tf32(u.y);
-                fa[i][3] = to_tf32(v.y);
-            } else {  // u = A(2g..2g+1, 2t), v = A(2g..2g+1, 2t+1)
+            if (A_K) {  // matrices: rows 0-7 / 8-15 of the 16-row block, k 0-3 / 4-7
+                ldsm_x4(fa[i], a + i * 16 * LDA_S + ks * 8);
+            } else {  // (a0, a1) = A(2g..2g+1, t), (a2, a3) = A(2g..2g+1, t+4)
                 const float* p = a + ks * 8 * LDA_S + i * 16;
-                u = lds2(p);
-                v = lds2(p + LDA_S);
-                fa[i][0] = to_tf32(u.x);
-                fa[i][1] = to_tf32(u.y);
-                fa[i][2] = to_tf32(v.x);
-                fa[i][3] = to_tf32(v.y);
+                const float2 u = lds2(p), v = lds2(p + 4 * LDA_S);
+                fa[i][0] = __float_as_uint(u.x);
+                fa[i][1] = __float_as_uint(u.y);
+                fa[i][2] = __float_as_uint(v.x);
+                fa[i][3] = __float_as_uint(v.y);
             }
+#pragma unroll
+            for (int r = 0; r < 4; r++) fa[i][r] = tf32_bits(fa[i][r]);
         }
-        if (B_K) {
 #pragma unroll
-            for (int q = 0; q < NI; q++) {  // B(2t..2t+1, g)
-                const float2 u = lds2(b + q * 8 * LDB_S + ks * 8);
-                fb[q][0] = to_tf32(u.x);
-                fb[q][1] = to_tf32(u.y);
+        for (int q = 0; q < NI; q += 2) {
+            if (B_K) {  // matrices: b0, b1 of block q (its columns 0-7, k 0-3 / 4-7), then of block q+1
+                unsigned r[4];
+                ldsm_x4(r, b + q * 8 * LDB_S + ks * 8);
+                fb[q][0] = r[0];
+                fb[q][1] = r[1];
+                fb[q + 1][0] = r[2];
+                fb[q + 1][1] = r[3];
+            } else {  // b0 = B(t, g), b1 = B(t+4, g) of blocks q and q+1
+                const float* p = b + ks * 8 * LDB_S + q * 8;
+                fb[q][0] = __float_as_uint(p[0]);
+                fb[q][1] = __float_as_uint(p[4 * LDB_S]);
+                fb[q + 1][0] = __float_as_uint(p[8]);
+                fb[q + 1][1] = __float_as_uint(p[4 * LDB_S + 8]);
             }
-        } else {
 #pragma unroll
-            for (int q = 0; q < NI / 2; q++) {  // u = B(2t, 2g..2g+1), v = B(2t+1, 2g..2g+1) of pair q
-                const float* p = b + ks * 8 * LDB_S + q * 16;
-                const float2 u = lds2(p), v = lds2(p + LDB_S);
-                fb[2 * q][0] = to_tf32(u.x);
-                fb[2 * q + 1][0] = to_tf32(u.y);
-                fb[2 * q][1] = to_tf32(v.x);
-                fb[2 * q + 1][1] = to_tf32(v.y);
+            for (int r = 0; r < 2; r++) {
+                fb[q][r] = tf32_bits(fb[q][r]);
+                fb[q + 1][r] = tf32_bits(fb[q + 1][r]);
             }
         }
     }
@@ -473,8 +486,7 @@ struct Tf32Tile {
         const int warp = tid >> 5, lane = tid & 31;
         const int wm = warp / WARPS_N, wn = warp % WARPS_N;
         const int g = lane >> 2, t = lane & 3;
-        const int aOff = A_K ? (wm * WM + g) * LDA_S + 2 * t : 2 * t * LDA_S + wm * WM + 2 * g;
-        const int bOff = B_K ? (wn * WN + g) * LDB_S + 2 * t : 2 * t * LDB_S + wn * WN + 2 * g;
+        const int aOff = a_offset(wm, lane), bOff = b_offset(wn, lane);
 
         float acc[MI][NI][4];
 #pragma unroll
@@ -522,8 +534,8 @@ struct Tf32Tile {
         }
         cp_async_wait<0>();
 
-        // Epilogue. Element r of instruction (i, q): row g + 8*(r/2), column 2t + r%2 of the
-        // instruction's tile, mapped back through the relabelling above.
+        // Epilogue. Element r of instruction (i, q): row g + 8*(r/2) of the instruction's tile (the tile's
+        // row 2g + r/2 with an MN tile of A), column 2t + r%2.
 #pragma unroll
         for (int i = 0; i < MI; i++)
 #pragma unroll
@@ -531,30 +543,15 @@ struct Tf32Tile {
                 const int m = wm * WM + i * 16 + (A_K ? g + 8 * h : 2 * g + h);
                 if (m >= j.mLim) continue;
                 float* crow = j.c + (long long)m * j.ldcR;
-                if (B_K) {
 #pragma unroll
-                    for (int q = 0; q < NI; q++) {
-                        const int n = wn * WN + q * 8 + 2 * t;
-                        const float v0 = acc[i][q][2 * h], v1 = acc[i][q][2 * h + 1];
-                        if (j.vecC) {  // ldcC == 1, rows of a multiple of 4 floats, 16-byte aligned
-                            if (n < j.nLim) *reinterpret_cast<float2*>(crow + n) = make_float2(v0, v1);
-                        } else {
-                            if (n < j.nLim) crow[(long long)n * j.ldcC] = v0;
-                            if (n + 1 < j.nLim) crow[(long long)(n + 1) * j.ldcC] = v1;
-                        }
-                    }
-                } else {
-#pragma unroll
-                    for (int q = 0; q < NI / 2; q++) {
-                        const int n = wn * WN + q * 16 + 4 * t;
-                        const float v[4] = {acc[i][2 * q][2 * h], acc[i][2 * q + 1][2 * h], acc[i][2 * q][2 * h + 1], acc[i][2 * q + 1][2 * h + 1]};
-                        if (j.vecC) {
-                            if (n < j.nLim) *reinterpret_cast<float4*>(crow + n) = make_float4(v[0], v[1], v[2], v[3]);
-                        } else {
-#pragma unroll
-                            for (int c = 0; c < 4; c++)
-                                if (n + c < j.nLim) crow[(long long)(n + c) * j.ldcC] = v[c];
-                        }
+                for (int q = 0; q < NI; q++) {
+                    const int n = wn * WN + q * 8 + 2 * t;
+                    const float v0 = acc[i][q][2 * h], v1 = acc[i][q][2 * h + 1];
+                    if (j.vecC) {  // ldcC == 1, rows of a multiple of 4 floats, 16-byte aligned
+                        if (n < j.nLim) *reinterpret_cast<float2*>(crow + n) = make_float2(v0, v1);
+                    } else {
+                        if (n < j.nLim) crow[(long long)n * j.ldcC] = v0;
+                        if (n + 1 < j.nLim) crow[(long long)(n + 1) * j.ldcC] = v1;
                     }
                 }
             }

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "257cf34bd4090c436a2ee1b1f271f7f74ac43690d326d3bde095d74d654d5f44"
+const sourceHash = "e22b644a7f40da6c6dd3f01e8e8de1b110a0f929cf1e5ec1745b678e1a0722a3"

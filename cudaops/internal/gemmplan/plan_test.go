@@ -51,13 +51,13 @@ func TestParseVariants(t *testing.T) {
 	if got := v.Smem(); got != 3*2*128*20*4 {
 		t.Errorf("SIMT KC smem %d", got)
 	}
-	v.KC, v.TF32 = false, true // k-contiguous rows of BK+8
-	if got := v.Smem(); got != 3*2*128*24*4 {
+	v.KC, v.TF32 = false, true // k-contiguous rows of BK+4: 128*20 > 16*136
+	if got := v.Smem(); got != 3*2*128*20*4 {
 		t.Errorf("TF32 smem %d", got)
 	}
-	v.BK = 32 // still the k-contiguous layout: 128*40 > 32*132
-	if got := v.Smem(); got != 3*2*128*40*4 {
-		t.Errorf("TF32 BK=32 smem %d", got)
+	v.BN = 32 // B: k-major rows of BN+8 are the larger: 16*40 > 32*20
+	if got := v.Smem(); got != 3*(128*20+16*40)*4 {
+		t.Errorf("TF32 BN=32 smem %d", got)
 	}
 	for _, bad := range []string{
 		"x 1 -DGEMM_T=float",

@@ -54,7 +54,7 @@ func (v Variant) Smem() int {
 	stage := func(mn int) int {
 		switch {
 		case v.TF32:
-			return max(mn*(v.BK+8), v.BK*(mn+4))
+			return max(mn*(v.BK+4), v.BK*(mn+8))
 		case v.KC:
 			pad := 16 / v.ElemBytes()
 			return max(mn*(v.BK+pad), v.BK*(mn+pad))
@@ -173,8 +173,8 @@ func (v Variant) check() error {
 		return fmt.Errorf("block tile %dx%dx%d does not split over %dx%d warps (BK multiple of 8, stages >= 2)", v.BM, v.BN, v.BK, v.WarpsM, v.WarpsN)
 	}
 	if v.TF32 {
-		if v.Double || v.KC || wm%16 != 0 || wn%16 != 0 || v.BK%16 != 0 {
-			return fmt.Errorf("TF32 needs float, BK a multiple of 16 and warp tiles of 16x16 multiples, got %dx%dx%d", wm, wn, v.BK)
+		if v.Double || v.KC || wm%16 != 0 || wn%16 != 0 || v.BK%16 != 0 || v.BM%32 != 0 || v.BN%32 != 0 {
+			return fmt.Errorf("TF32 needs float, BM and BN multiples of 32, BK of 16 and warp tiles of 16x16 multiples, got %dx%dx%d warps %dx%d", v.BM, v.BN, v.BK, wm, wn)
 		}
 		return nil
 	}
