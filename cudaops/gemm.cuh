@@ -209,8 +209,8 @@ template <typename T> struct TileJob {
 // in global memory, so every copy is direct (16-byte cp.async when aligned) and none transposes:
 //   A stored [K,M] (layout t): As[k][m]; A stored [M,K] (layout n): As[m][k], rows BK+PAD long.
 //   B stored [K,N] (layout n): Bs[k][n]; B stored [N,K] (layout t): Bs[n][k], rows BK+PAD long.
-// Without KC (the float64 variants) the tiles are always k-major (As[k][m], Bs[k][n]) and an operand
-// stored k-contiguous is transposed on the way by element copies.
+// Without KC (the float64 variants, the _mn baseline) tiles are always k-major (As[k][m], Bs[k][n])
+// and an operand stored k-contiguous is transposed on the way by element copies.
 // Fragment reads are 16-byte shared loads either way:
 //   k-major tile: at one k, 4 consecutive rows (columns); the thread's rows (columns) are 4x4 blocks
 //     spaced by the lane grid, so a warp reads LM (LN) consecutive 16-byte words, broadcast to the

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "e22b644a7f40da6c6dd3f01e8e8de1b110a0f929cf1e5ec1745b678e1a0722a3"
+const sourceHash = "718773d78abef60d5c08c0e6208675c0eeffb1e438307d4d6cdb30cde90c3953"
