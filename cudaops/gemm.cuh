@@ -101,23 +101,39 @@ template <typename T> struct Vec16;
 template <> struct Vec16<float> { typedef float4 type; enum { n = 4 }; };
 template <> struct Vec16<double> { typedef double2 type; enum { n = 2 }; };
 
+// Shared-memory fragment reads. The emulator checks each (alignment, inside the CTA's dynamic shared
+// memory) through GEMM_SMEM_READ; on the GPU a misaligned read would fault.
+#ifndef GEMM_EMU
+#define GEMM_SMEM_READ(p, bytes)
+#endif
+GEMM_DEV float lds1(const float* s) {
+    GEMM_SMEM_READ(s, 4);
+    return *s;
+}
 // Reads s[0..3] (16-byte aligned shared memory) into r[0..3].
 GEMM_DEV void lds4(float* r, const float* s) {
+    GEMM_SMEM_READ(s, 16);
     const float4 v = *reinterpret_cast<const float4*>(s);
     r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
 }
 GEMM_DEV void lds4(double* r, const double* s) {
+    GEMM_SMEM_READ(s, 16);
+    GEMM_SMEM_READ(s + 2, 16);
     const double2 u = *reinterpret_cast<const double2*>(s);
     const double2 v = *reinterpret_cast<const double2*>(s + 2);
     r[0] = u.x; r[1] = u.y; r[2] = v.x; r[3] = v.y;
 }
 // Reads s[0..1] (8-byte aligned shared memory).
-GEMM_DEV float2 lds2(const float* s) { return *reinterpret_cast<const float2*>(s); }
+GEMM_DEV float2 lds2(const float* s) {
+    GEMM_SMEM_READ(s, 8);
+    return *reinterpret_cast<const float2*>(s);
+}
 GEMM_DEV void lds2(float* r, const float* s) {
     const float2 v = lds2(s);
     r[0] = v.x; r[1] = v.y;
 }
 GEMM_DEV void lds2(double* r, const double* s) {
+    GEMM_SMEM_READ(s, 16);
     const double2 v = *reinterpret_cast<const double2*>(s);
     r[0] = v.x; r[1] = v.y;
 }
@@ -467,10 +483,10 @@ struct Tf32Tile {
                 fb[q + 1][1] = r[3];
             } else {  // b0 = B(t, g), b1 = B(t+4, g) of blocks q and q+1
                 const float* p = b + ks * 8 * LDB_S + q * 8;
-                fb[q][0] = __float_as_uint(p[0]);
-                fb[q][1] = __float_as_uint(p[4 * LDB_S]);
-                fb[q + 1][0] = __float_as_uint(p[8]);
-                fb[q + 1][1] = __float_as_uint(p[4 * LDB_S + 8]);
+                fb[q][0] = __float_as_uint(lds1(p));
+                fb[q][1] = __float_as_uint(lds1(p + 4 * LDB_S));
+                fb[q + 1][0] = __float_as_uint(lds1(p + 8));
+                fb[q + 1][1] = __float_as_uint(lds1(p + 4 * LDB_S + 8));
             }
 #pragma unroll
             for (int r = 0; r < 2; r++) {

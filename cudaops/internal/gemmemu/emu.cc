@@ -288,6 +288,17 @@ void emu_ldmatrix_x4(unsigned* d, const void* row) {
     yield_to_scheduler(AT_LDSM);
 }
 
+void emu_smem_read(const void* p, int bytes) {
+    const Run& r = *run_;
+    const uintptr_t a = (uintptr_t)p, s0 = (uintptr_t)r.smem;
+    if (a % bytes != 0 || a < s0 || a + bytes > s0 + (uintptr_t)r.k->smem) {
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "thread %d: %d-byte shared read at offset %lld: misaligned or outside the CTA's dynamic shared memory",
+                      r.cur, bytes, (long long)(a - s0));
+        fail(buf);
+    }
+}
+
 void emu_fault(unsigned* f, unsigned code) { *f |= code; }
 
 // ---------------------------------------------------------------- C API (emu_api.h)

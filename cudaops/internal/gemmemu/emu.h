@@ -37,6 +37,8 @@ void emu_cp_async_commit();
 void emu_cp_async_wait(int n);
 void emu_mma_tf32(float* d, const unsigned* a, const unsigned* b);
 void emu_ldmatrix_x4(unsigned* d, const void* row);
+void emu_smem_read(const void* p, int bytes);  // fails the run unless aligned and inside shared memory
+#define GEMM_SMEM_READ(p, bytes) emu_smem_read(p, bytes)
 void emu_fault(unsigned* f, unsigned code);
 int emu_thread();  // thread index in the CTA of the running coroutine
 

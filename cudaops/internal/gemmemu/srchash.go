@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "718773d78abef60d5c08c0e6208675c0eeffb1e438307d4d6cdb30cde90c3953"
+const sourceHash = "9819724009fbab37aa0961c04694028a7bc891970898920910af7c098c9f8e58"
