@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 
 	"github.com/expertrt/expertrt-go/ops"
@@ -201,16 +202,29 @@ type gemmVariantDevice interface {
 	WithGemmVariant(name string) (device, error)
 }
 
-// gemmVariantList resolves -gemm-variants.
+// gemmVariantList resolves -gemm-variants: "all", or the listed names that run dt in the device's
+// current mode (a list may name configurations of several classes, e.g. one fp32 and one TF32 list for
+// the sweeps of gpu-check.sh; the others are skipped, since forcing them would time the planner's
+// choice under their name). Unknown names are an error.
 func gemmVariantList(gd gemmVariantDevice, list string, dt tensor.Dtype) ([]string, error) {
-	if list == "all" {
-		return gd.GemmVariantNames(dt)
+	class, err := gd.GemmVariantNames(dt)
+	if err != nil || list == "all" {
+		return class, err
 	}
 	var vs []string
 	for _, v := range strings.Split(list, ",") {
-		if v = strings.TrimSpace(v); v != "" {
+		if v = strings.TrimSpace(v); v == "" {
+			continue
+		}
+		if _, err := gd.WithGemmVariant(v); err != nil { // unknown name
+			return nil, err
+		}
+		if slices.Contains(class, v) {
 			vs = append(vs, v)
 		}
+	}
+	if len(vs) == 0 {
+		return nil, fmt.Errorf("-gemm-variants %q: none of these configurations runs %v in this mode (have %v)", list, dt, class)
 	}
 	return vs, nil
 }

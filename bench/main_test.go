@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"runtime"
 	"strings"
@@ -180,5 +181,49 @@ func TestSkewedRouting(t *testing.T) {
 	counts := e.plan.Data().([]int32)[:s.Experts]
 	if counts[0] != 50 {
 		t.Errorf("expert 0 has %d of 100 tokens, want 50 (counts %v)", counts[0], counts)
+	}
+}
+
+// fakeGemmDevice has fp32 configurations a, b and TF32 configurations t1, t2 (TF32 mode on or off).
+type fakeGemmDevice struct {
+	tf32 bool
+}
+
+func (f *fakeGemmDevice) GemmVariantNames(dt tensor.Dtype) ([]string, error) {
+	if f.tf32 {
+		return []string{"t1", "t2"}, nil
+	}
+	return []string{"a", "b"}, nil
+}
+
+func (f *fakeGemmDevice) WithGemmVariant(name string) (device, error) {
+	switch name {
+	case "", "a", "b", "t1", "t2":
+		return nil, nil
+	}
+	return nil, fmt.Errorf("no variant %q", name)
+}
+
+// TestGemmVariantList: -gemm-variants keeps the listed configurations of the current class, skips the
+// other class's (a list shared by the fp32 and TF32 sweeps), rejects unknown names and lists that leave
+// nothing.
+func TestGemmVariantList(t *testing.T) {
+	f := &fakeGemmDevice{}
+	for _, c := range []struct {
+		list string
+		tf32 bool
+		want string
+	}{{"all", false, "a,b"}, {"all", true, "t1,t2"}, {"b, t2", false, "b"}, {"b,t2", true, "t2"}, {"a,", false, "a"}} {
+		f.tf32 = c.tf32
+		got, err := gemmVariantList(f, c.list, tensor.Float32)
+		if err != nil || strings.Join(got, ",") != c.want {
+			t.Errorf("%q tf32=%t: %v, %v, want %s", c.list, c.tf32, got, err, c.want)
+		}
+	}
+	f.tf32 = false
+	for _, bad := range []string{"a,zz", "t1", ""} {
+		if got, err := gemmVariantList(f, bad, tensor.Float32); err == nil {
+			t.Errorf("%q: accepted, %v", bad, got)
+		}
 	}
 }

@@ -83,7 +83,7 @@ func faultMessages(f uint32) ([]string, []error) {
 		errs = append(errs, ops.ErrNaN)
 	}
 	if f&faultPlanOffsets != 0 {
-		msgs = append(msgs, "a grouped matmul got plan offsets that do not tile its rows (offsets[0] = 0, non-decreasing, offsets[E] = rows); its output is invalid")
+		msgs = append(msgs, "a grouped matmul got plan offsets that are not segments of its rows (offsets[0] = 0, non-decreasing, offsets[E] <= rows); its output is invalid")
 		errs = append(errs, ops.ErrShape)
 	}
 	if f&faultBiasNaN != 0 {

@@ -7,8 +7,9 @@
 //                                        stored [M,K] / B stored [K,N]; t: A stored [K,M] / B stored
 //                                        [N,K]); parameters = the fields of GemmArgs in order; one CTA
 //                                        per output tile (grid: see gemm_entry and internal/gemmplan)
-//   gemm_xx_v16                          the same with 16-byte copies for the operands whose rows are
-//                                        contiguous in shared memory (all such operands aligned)
+//   gemm_xx_v16                          the same with 16-byte copies for the operands copied without
+//                                        transposition (every operand in the TF32 and KC variants; all
+//                                        such operands 16-byte aligned with rows of whole vectors)
 //   gemm_reduce                          split-K: C = sum of the partial products, in split order
 // and gemm_config[8] = {threads, dynamic shared bytes, BM, BN, BK, stages, element bytes, tf32}, which
 // the loader compares with its own reading of gemm.variants before launching anything.
@@ -18,12 +19,19 @@
     !defined(GEMM_WARPS_N) || !defined(GEMM_STAGES) || !defined(GEMM_MINB) || !defined(GEMM_TF32)
 #error "gemm.cu is compiled once per configuration of gemm.variants (gen-ptx.sh)"
 #endif
+#ifndef GEMM_KC  // SIMT: k-contiguous shared tiles for operands stored k-contiguous (see SimtTile)
+#define GEMM_KC 0
+#endif
+// SIMT k-contiguous fragments: 4 k per read when the register budget of MINB blocks of this size allows
+// (acc TM*TN plus 4*TM and 4*TN fragments), else 2.
+#define GEMM_REGS (65536 / (GEMM_WARPS_M * GEMM_WARPS_N * 32 * GEMM_MINB))
+#define GEMM_KD (!GEMM_KC ? 0 : GEMM_REGS >= 160 ? 4 : 2)
 
 template <bool AT, bool BT, bool VEC> struct GemmCfg {
 #if GEMM_TF32
     typedef Tf32Tile<GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_STAGES, AT, BT, VEC> type;
 #else
-    typedef SimtTile<GEMM_T, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_TM, GEMM_TN, GEMM_STAGES, AT, BT, VEC> type;
+    typedef SimtTile<GEMM_T, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_TM, GEMM_TN, GEMM_STAGES, AT, BT, VEC, GEMM_KD> type;
 #endif
 };
 typedef GemmCfg<false, false, false>::type GemmNN;

@@ -10,17 +10,19 @@
 // tensor core's fixed order), so results are bitwise reproducible whatever the launch order of the tiles.
 //
 // Two main loops share the scheduling, the shared-memory staging and the epilogue:
-//   SimtTile: FFMA/DFMA outer products; shared tiles are k-major (As[k][m], Bs[k][n]) so every thread
-//             reads its register fragments with 16-byte loads.
-//   Tf32Tile: mma.sync.m16n8k8 tf32 (float only); shared tiles are k-contiguous (As[m][k], Bs[n][k]), the
-//             layout of the instruction's "row.col" operands. A bf16 m16n8k16 main loop would be a third
-//             tile type over the same loaders (2-byte elements), scheduler and epilogue.
+//   SimtTile: FFMA/DFMA outer products from 16-byte shared fragment loads. In the KC (float) variants
+//             every operand tile keeps its global layout (k-major or k-contiguous); otherwise tiles are
+//             k-major (As[k][m], Bs[k][n]) and k-contiguous operands are transposed by the copy.
+//   Tf32Tile: mma.sync.m16n8k8 tf32 (float only) from 8-byte shared fragment loads, every operand tile
+//             in its global layout, fragments of the next 8 k read while the current ones multiply. A
+//             bf16 m16n8k16 main loop would be a third tile type over the same loaders (2-byte
+//             elements), scheduler and epilogue.
 // Global→shared copies are cp.async (compute_80+), STAGES deep. A copy whose global side is contiguous
 // along the shared row is 16 bytes wide in the kernels built with VEC (the host launches them only when
 // every such operand is 16-byte aligned with a row length that is a multiple of the vector), else one
-// element wide; a copy that transposes is one element wide, with lanes arranged so that a warp reads
-// whole 32-byte sectors and writes 32 distinct shared banks. Elements outside the problem are zero-filled
-// (cp.async src-size 0), so odd M, N, K need no special paths.
+// element wide; a copy that transposes (SIMT without KC) is one element wide, with lanes arranged so that
+// a warp reads whole 32-byte sectors and writes 32 distinct shared banks. Elements outside the problem
+// are zero-filled (cp.async src-size 0), so odd M, N, K need no special paths.
 //
 // The same source compiles as host C++ for the CPU emulator (internal/gemmemu) when GEMM_EMU is defined:
 // the few device primitives below are then provided by emu.h.
@@ -32,7 +34,7 @@
 
 enum GemmMode { GEMM_DENSE = 0, GEMM_GROUP_ROWS = 1, GEMM_GROUP_RED = 2 };
 enum GemmFlags { GEMM_VEC_C = 4, GEMM_SORT = 8 };
-#define GEMM_FAULT_OFFSETS 32u // FAULT_* code (see common.cuh): the plan's offsets do not tile [0, rows)
+#define GEMM_FAULT_OFFSETS 32u // FAULT_* code (see common.cuh): the plan's offsets are not segments of [0, rows)
 #define GEMM_SORT_MAX 256      // grouped reductions order at most this many experts by segment length
 
 // Everything a launch needs. The kernels take these as separate parameters (gemm.cu) in this order.
@@ -83,6 +85,14 @@ GEMM_DEV void mma_tf32(float* d, const unsigned* a, const unsigned* b) {
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+// ldmatrix.x4: lane 8j+r names row r (16 bytes) of matrix j; lane l receives word l%4 of row l/4 of
+// matrix j in d[j] (for 32-bit elements: row l/4, column l%4 of an 8x4 block).
+GEMM_DEV void ldsm_x4(unsigned* d, const float* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(smem_u32(row)));
+}
+GEMM_DEV unsigned tf32_bits(unsigned u) { return to_tf32(__uint_as_float(u)); }
 GEMM_DEV void gemm_fault(unsigned* f, unsigned code) { atomicOr(f, code); }
 #endif
 
@@ -91,15 +101,41 @@ template <typename T> struct Vec16;
 template <> struct Vec16<float> { typedef float4 type; enum { n = 4 }; };
 template <> struct Vec16<double> { typedef double2 type; enum { n = 2 }; };
 
+// Shared-memory fragment reads. The emulator checks each (alignment, inside the CTA's dynamic shared
+// memory) through GEMM_SMEM_READ; on the GPU a misaligned read would fault.
+#ifndef GEMM_EMU
+#define GEMM_SMEM_READ(p, bytes)
+#endif
+GEMM_DEV float lds1(const float* s) {
+    GEMM_SMEM_READ(s, 4);
+    return *s;
+}
 // Reads s[0..3] (16-byte aligned shared memory) into r[0..3].
 GEMM_DEV void lds4(float* r, const float* s) {
+    GEMM_SMEM_READ(s, 16);
     const float4 v = *reinterpret_cast<const float4*>(s);
     r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
 }
 GEMM_DEV void lds4(double* r, const double* s) {
+    GEMM_SMEM_READ(s, 16);
+    GEMM_SMEM_READ(s + 2, 16);
     const double2 u = *reinterpret_cast<const double2*>(s);
     const double2 v = *reinterpret_cast<const double2*>(s + 2);
     r[0] = u.x; r[1] = u.y; r[2] = v.x; r[3] = v.y;
+}
+// Reads s[0..1] (8-byte aligned shared memory).
+GEMM_DEV float2 lds2(const float* s) {
+    GEMM_SMEM_READ(s, 8);
+    return *reinterpret_cast<const float2*>(s);
+}
+GEMM_DEV void lds2(float* r, const float* s) {
+    const float2 v = lds2(s);
+    r[0] = v.x; r[1] = v.y;
+}
+GEMM_DEV void lds2(double* r, const double* s) {
+    GEMM_SMEM_READ(s, 16);
+    const double2 v = *reinterpret_cast<const double2*>(s);
+    r[0] = v.x; r[1] = v.y;
 }
 GEMM_DEV float fma_t(float a, float b, float c) { return fmaf(a, b, c); }
 GEMM_DEV double fma_t(double a, double b, double c) { return fma(a, b, c); }
@@ -183,18 +219,37 @@ template <typename T> struct TileJob {
 
 // ---------------------------------------------------------------- SIMT main loop
 // BM x BN block tile, BK deep, STAGES-deep pipeline; WARPS_M x WARPS_N warps, each a (BM/WARPS_M) x
-// (BN/WARPS_N) warp tile; each thread a TM x TN register tile made of 4x4 blocks spaced by the warp's
-// lane grid (LM x LN lanes), so that a warp's fragment loads are broadcast 16-byte reads of LM (LN)
-// consecutive 16-byte words.
-template <typename T, int BM_, int BN_, int BK_, int WARPS_M, int WARPS_N, int TM, int TN, int STAGES, bool AT, bool BT, bool VEC>
+// (BN/WARPS_N) warp tile; each thread a TM x TN register tile over the warp's LM x LN lane grid.
+//
+// Shared layouts. With KC (k-contiguous tiles, the float variants), every operand keeps the layout it has
+// in global memory, so every copy is direct (16-byte cp.async when aligned) and none transposes:
+//   A stored [K,M] (layout t): As[k][m]; A stored [M,K] (layout n): As[m][k], rows BK+PAD long.
+//   B stored [K,N] (layout n): Bs[k][n]; B stored [N,K] (layout t): Bs[n][k], rows BK+PAD long.
+// Without KC (the float64 variants, the _mn baseline) tiles are always k-major (As[k][m], Bs[k][n])
+// and an operand stored k-contiguous is transposed on the way by element copies.
+// Fragment reads are 16-byte shared loads either way:
+//   k-major tile: at one k, 4 consecutive rows (columns); the thread's rows (columns) are 4x4 blocks
+//     spaced by the lane grid, so a warp reads LM (LN) consecutive 16-byte words, broadcast to the
+//     lanes that share them;
+//   k-contiguous tile: 4 consecutive k of one row (column); the thread's rows (columns) are lm + LM*i
+//     (ln + LN*q), so a warp reads LM (LN) <= 8 consecutive rows, whose 16-byte words fall in distinct
+//     bank groups because a row is an odd number of 16-byte words (BK+PAD with BK a multiple of 8).
+// Either way one shared load feeds 4 rows x 1 k or 1 row x 4 k: the same load count per FMA.
+template <typename T, int BM_, int BN_, int BK_, int WARPS_M, int WARPS_N, int TM, int TN, int STAGES, bool AT, bool BT, bool VEC, int KD>
 struct SimtTile {
     typedef T elem;
     enum {
+        KC = KD > 0,  // KD: k per fragment read of a k-contiguous tile (4, or 2 where registers are short)
         BM = BM_, BN = BN_, BK = BK_,
         NT = WARPS_M * WARPS_N * 32,
         PAD = 16 / (int)sizeof(T),
-        LDA_S = BM + PAD, LDB_S = BN + PAD,
-        A_STAGE = BK * LDA_S, B_STAGE = BK * LDB_S,
+        A_K = KC && !AT,  // As[m][k]
+        B_K = KC && BT,   // Bs[n][k]
+        LDA_S = A_K ? BK + PAD : BM + PAD,
+        LDB_S = B_K ? BK + PAD : BN + PAD,
+        // Every kernel of a module has the same shared memory size: the larger of the two layouts.
+        A_STAGE = KC && BM * (BK + PAD) > BK * (BM + PAD) ? BM * (BK + PAD) : BK * (BM + PAD),
+        B_STAGE = KC && BN * (BK + PAD) > BK * (BN + PAD) ? BN * (BK + PAD) : BK * (BN + PAD),
         SMEM = STAGES * (A_STAGE + B_STAGE) * (int)sizeof(T),
         WM = BM / WARPS_M, WN = BN / WARPS_N,
         LM = WM / TM, LN = WN / TN,
@@ -203,14 +258,16 @@ struct SimtTile {
     static_assert(TM % 4 == 0 && TN % 4 == 0, "thread tiles are made of 4x4 blocks");
     static_assert(BK % 8 == 0 && STAGES >= 2, "BK must be a multiple of 8, STAGES >= 2");
     // Transposing copies write 8 rows x 4 columns per warp: distinct banks when rows are 4 words mod 32.
-    static_assert(sizeof(T) == 8 || ((LDA_S % 32) == 4 && (LDB_S % 32) == 4), "shared rows must be 4 words mod 32");
+    static_assert(sizeof(T) == 8 || KC || ((LDA_S % 32) == 4 && (LDB_S % 32) == 4), "shared rows must be 4 words mod 32");
+    static_assert((!A_K || LM <= 8) && (!B_K || LN <= 8), "k-contiguous fragment reads need at most 8 lanes per row group");
+    static_assert(!KC || KD == 2 || KD == 4, "KD is 2 or 4");
 
     template <bool CHECK> static GEMM_DEV void load_stage(T* sA, T* sB, const TileJob<T>& j, int k0, int tid) {
-        // As[k][m]: layout t (A stored [K,M]) is contiguous along m; layout n transposes.
-        if (AT) load_tile<T, BK, BM, LDA_S, NT, true, VEC, CHECK>(sA, j.a + (long long)k0 * j.lda, j.lda, j.kLen - k0, j.mLim, tid);
+        if (A_K) load_tile<T, BM, BK, LDA_S, NT, true, VEC, CHECK>(sA, j.a + k0, j.lda, j.mLim, j.kLen - k0, tid);
+        else if (AT) load_tile<T, BK, BM, LDA_S, NT, true, VEC, CHECK>(sA, j.a + (long long)k0 * j.lda, j.lda, j.kLen - k0, j.mLim, tid);
         else load_tile<T, BK, BM, LDA_S, NT, false, false, CHECK>(sA, j.a + k0, j.lda, j.kLen - k0, j.mLim, tid);
-        // Bs[k][n]: layout n (B stored [K,N]) is contiguous along n; layout t transposes.
-        if (!BT) load_tile<T, BK, BN, LDB_S, NT, true, VEC, CHECK>(sB, j.b + (long long)k0 * j.ldb, j.ldb, j.kLen - k0, j.nLim, tid);
+        if (B_K) load_tile<T, BN, BK, LDB_S, NT, true, VEC, CHECK>(sB, j.b + k0, j.ldb, j.nLim, j.kLen - k0, tid);
+        else if (!BT) load_tile<T, BK, BN, LDB_S, NT, true, VEC, CHECK>(sB, j.b + (long long)k0 * j.ldb, j.ldb, j.kLen - k0, j.nLim, tid);
         else load_tile<T, BK, BN, LDB_S, NT, false, false, CHECK>(sB, j.b + k0, j.ldb, j.kLen - k0, j.nLim, tid);
     }
     // Stage t of the pipeline: interior stages (the whole BM x BN x BK block inside the problem) copy
@@ -221,14 +278,38 @@ struct SimtTile {
         else load_stage<true>(sA, sB, j, k0, tid);
     }
 
+    // Row of the warp tile holding the thread's i-th row (lm: the lane's row in the lane grid), and
+    // likewise the column of its q-th column.
+    static GEMM_DEV int row_of(int i, int lm) { return A_K ? lm + LM * i : lm * 4 + (i / 4) * LM * 4 + i % 4; }
+    static GEMM_DEV int col_of(int q, int ln) { return B_K ? ln + LN * q : ln * 4 + (q / 4) * LN * 4 + q % 4; }
+
+    // Fragments of one stage. K layout (s: the lane's first row): f[kk][i] = element (row_of(i), k0+kk)
+    // for the KD k from k0, one 16- or 8-byte load per row. k-major layout (s: the lane's first 4-block
+    // at k = 0): f[0][i] = element (row_of(i), k), 16-byte loads of 4-blocks.
+    template <int R, int L, int LD, int KK> static GEMM_DEV void frag_k(T (&f)[KK][R], const T* s, int k0) {
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            T v[4];
+            if (KD == 4) lds4(v, s + i * L * LD + k0);
+            else lds2(v, s + i * L * LD + k0);
+#pragma unroll
+            for (int kk = 0; kk < KD && kk < KK; kk++) f[kk][i] = v[kk];
+        }
+    }
+    template <int R, int L, int LD, int KK> static GEMM_DEV void frag_mn(T (&f)[KK][R], const T* s, int k) {
+#pragma unroll
+        for (int i = 0; i < R / 4; i++) lds4(&f[0][4 * i], s + k * LD + i * L * 4);
+    }
+
     static GEMM_DEV void run(const TileJob<T>& j, unsigned char* smem, int tid) {
         T* sA = reinterpret_cast<T*>(smem);
         T* sB = sA + STAGES * A_STAGE;
         const int warp = tid >> 5, lane = tid & 31;
         const int wm = warp / WARPS_N, wn = warp % WARPS_N;
         const int lm = lane / LN, ln = lane % LN;
-        const int am = wm * WM + lm * 4;  // first row of the thread's first 4x4 block
-        const int bn = wn * WN + ln * 4;
+        // The lane's first fragment element in a stage.
+        const int aOff = A_K ? (wm * WM + lm) * LDA_S : wm * WM + lm * 4;
+        const int bOff = B_K ? (wn * WN + ln) * LDB_S : wn * WN + ln * 4;
 
         T acc[TM][TN];
 #pragma unroll
@@ -248,37 +329,48 @@ struct SimtTile {
             const int pf = kt + STAGES - 1;
             if (pf < kTiles) load(sA + (pf % STAGES) * A_STAGE, sB + (pf % STAGES) * B_STAGE, j, pf, tid);
             cp_async_commit();
-            const T* a = sA + (kt % STAGES) * A_STAGE + am;
-            const T* b = sB + (kt % STAGES) * B_STAGE + bn;
+            const T* a = sA + (kt % STAGES) * A_STAGE + aOff;
+            const T* b = sB + (kt % STAGES) * B_STAGE + bOff;
+            // A k-contiguous operand is read KD k at a time, a k-major one k by k (fewer live registers).
+            const int KG = KC ? KD : 4;
 #pragma unroll
-            for (int k = 0; k < BK; k++) {
-                T fa[TM], fb[TN];
+            for (int k0 = 0; k0 < BK; k0 += KG) {
+                T fa[A_K ? KG : 1][TM], fb[B_K ? KG : 1][TN];
+                if (A_K) frag_k<TM, LM, LDA_S>(fa, a, k0);
+                if (B_K) frag_k<TN, LN, LDB_S>(fb, b, k0);
 #pragma unroll
-                for (int i = 0; i < TM / 4; i++) lds4(fa + 4 * i, a + k * LDA_S + i * LM * 4);
+                for (int kk = 0; kk < KG; kk++) {
+                    if (!A_K) frag_mn<TM, LM, LDA_S>(fa, a, k0 + kk);
+                    if (!B_K) frag_mn<TN, LN, LDB_S>(fb, b, k0 + kk);
+                    const T* ra = fa[A_K ? kk : 0];
+                    const T* rb = fb[B_K ? kk : 0];
 #pragma unroll
-                for (int q = 0; q < TN / 4; q++) lds4(fb + 4 * q, b + k * LDB_S + q * LN * 4);
+                    for (int i = 0; i < TM; i++)
 #pragma unroll
-                for (int i = 0; i < TM; i++)
-#pragma unroll
-                    for (int q = 0; q < TN; q++) acc[i][q] = fma_t(fa[i], fb[q], acc[i][q]);
+                        for (int q = 0; q < TN; q++) acc[i][q] = fma_t(ra[i], rb[q], acc[i][q]);
+                }
             }
         }
         cp_async_wait<0>();
 
-        // Epilogue: row m, four consecutive columns per 4x4 block row.
+        // Epilogue: with a k-major B tile the thread's columns come in runs of 4 (vector stores);
+        // with a k-contiguous one they are LN apart (a warp still writes LN consecutive columns per row).
 #pragma unroll
-        for (int i = 0; i < TM / 4; i++)
+        for (int i = 0; i < TM; i++) {
+            const int m = wm * WM + row_of(i, lm);
+            if (m >= j.mLim) continue;
+            T* crow = j.c + (long long)m * j.ldcR;
+            if (B_K) {
 #pragma unroll
-            for (int ii = 0; ii < 4; ii++) {
-                const int m = am + i * LM * 4 + ii;
-                if (m >= j.mLim) continue;
-                T* crow = j.c + (long long)m * j.ldcR;
-#pragma unroll
-                for (int q = 0; q < TN / 4; q++) {
-                    const int n = bn + q * LN * 4;
-                    store4(crow, n, j, &acc[i * 4 + ii][q * 4]);
+                for (int q = 0; q < TN; q++) {
+                    const int n = wn * WN + col_of(q, ln);
+                    if (n < j.nLim) crow[(long long)n * j.ldcC] = acc[i][q];
                 }
+            } else {
+#pragma unroll
+                for (int q = 0; q < TN / 4; q++) store4(crow, wn * WN + ln * 4 + q * LN * 4, j, &acc[i][q * 4]);
             }
+        }
     }
 
     // Writes v[0..3] to columns n..n+3 of a C row, as 16-byte vectors when allowed.
@@ -299,33 +391,52 @@ struct SimtTile {
 };
 
 // ---------------------------------------------------------------- TF32 tensor-core main loop
-// BM x BN block tile, BK deep (multiple of 8); WARPS_M x WARPS_N warps, each a WM x WN warp tile of
-// (WM/16) x (WN/8) m16n8k8 instructions. Shared tiles As[m][k], Bs[n][k] with rows of BK+4 words: the
-// fragment reads (8 rows x 4 columns per instruction operand) then hit 32 distinct banks.
+// BM x BN block tile, BK deep (multiple of 16); WARPS_M x WARPS_N warps, each a WM x WN warp tile of
+// (WM/16) x (WN/8) m16n8k8 instructions per 8 k.
+//
+// Shared layouts: every operand keeps its global layout (no transposing copies): A stored [M,K] gives
+// As[m][k] ("K tile", rows of BK+4 words), A stored [K,M] gives As[k][m] ("MN tile", rows of BM+8
+// words); likewise Bs[n][k] for B stored [N,K] and Bs[k][n] for B stored [K,N]. A module's stages hold
+// the larger of the two layouts, so every kernel of it has the same shared memory size.
+// Fragment reads, each straight into the instruction's registers (no register moves):
+//   K tiles: ldmatrix.x4, whose 8x4 blocks of 32-bit words are exactly the fragments: one instruction
+//     gives A's a0..a3 (rows g and g+8, k t and t+4; g = lane/4, t = lane%4) and B's b0, b1 for two
+//     8-column blocks. A row is an odd number of 16-byte words, so the 8 rows of a block fall in
+//     distinct bank groups.
+//   MN tile of A: 8-byte loads of (a0, a1) and (a2, a3): the instruction's rows g and g+8 of each 16-row
+//     block are relabelled as the tile's rows 2g and 2g+1, adjacent in As[k][m] (the epilogue maps the
+//     accumulator rows back). Rows of BM+8 words (8 mod 32) put a half-warp's 16 loads in 32 banks.
+//   MN tile of B: b0 and b1 one 4-byte load each (8 lanes of a k row read 8 consecutive words, the 4 k
+//     rows of a warp are 8 words apart mod 32: 32 banks).
+// Pipeline: STAGES tiles in flight; the fragments of the next 8 k are read while the instructions of the
+// current 8 k run, across the stage boundary too: the last 8 k of a stage first wait for the next stage
+// (one barrier per stage), then read its first fragments.
+// Inputs are rounded to tf32 (cvt.rna) as they are read.
 template <int BM_, int BN_, int BK_, int WARPS_M, int WARPS_N, int STAGES, bool AT, bool BT, bool VEC>
 struct Tf32Tile {
     typedef float elem;
     enum {
         BM = BM_, BN = BN_, BK = BK_,
         NT = WARPS_M * WARPS_N * 32,
-        LDS = BK + 4,
-        A_STAGE = BM * LDS, B_STAGE = BN * LDS,
+        A_K = !AT,  // As[m][k], else As[k][m]
+        B_K = BT,   // Bs[n][k], else Bs[k][n]
+        PADK = 4, PADMN = 8,
+        LDA_S = A_K ? BK + PADK : BM + PADMN,
+        LDB_S = B_K ? BK + PADK : BN + PADMN,
+        A_STAGE = BM * (BK + PADK) > BK * (BM + PADMN) ? BM * (BK + PADK) : BK * (BM + PADMN),
+        B_STAGE = BN * (BK + PADK) > BK * (BN + PADMN) ? BN * (BK + PADK) : BK * (BN + PADMN),
         SMEM = STAGES * (A_STAGE + B_STAGE) * 4,
         WM = BM / WARPS_M, WN = BN / WARPS_N,
-        MI = WM / 16, NI = WN / 8,
+        MI = WM / 16, NI = WN / 8, KS = BK / 8,
     };
-    static_assert(WM % 16 == 0 && WN % 8 == 0 && BK % 8 == 0 && STAGES >= 2, "bad TF32 tile");
-    // Fragment reads (and transposing copies) touch 8 rows x 4 columns: distinct banks when a row is an odd
-    // multiple of 4 words.
-    static_assert(LDS % 4 == 0 && (LDS / 4) % 2 == 1, "shared rows must be an odd multiple of 4 words");
+    static_assert(WM % 16 == 0 && WN % 16 == 0 && BK % 16 == 0 && STAGES >= 2, "bad TF32 tile");
+    static_assert(BM % 32 == 0 && BN % 32 == 0, "MN rows must be 8 words mod 32");
 
     template <bool CHECK> static GEMM_DEV void load_stage(float* sA, float* sB, const TileJob<float>& j, int k0, int tid) {
-        // As[m][k]: layout n (A stored [M,K]) is contiguous along k; layout t transposes.
-        if (!AT) load_tile<float, BM, BK, LDS, NT, true, VEC, CHECK>(sA, j.a + k0, j.lda, j.mLim, j.kLen - k0, tid);
-        else load_tile<float, BM, BK, LDS, NT, false, false, CHECK>(sA, j.a + (long long)k0 * j.lda, j.lda, j.mLim, j.kLen - k0, tid);
-        // Bs[n][k]: layout t (B stored [N,K]) is contiguous along k; layout n transposes.
-        if (BT) load_tile<float, BN, BK, LDS, NT, true, VEC, CHECK>(sB, j.b + k0, j.ldb, j.nLim, j.kLen - k0, tid);
-        else load_tile<float, BN, BK, LDS, NT, false, false, CHECK>(sB, j.b + (long long)k0 * j.ldb, j.ldb, j.nLim, j.kLen - k0, tid);
+        if (A_K) load_tile<float, BM, BK, LDA_S, NT, true, VEC, CHECK>(sA, j.a + k0, j.lda, j.mLim, j.kLen - k0, tid);
+        else load_tile<float, BK, BM, LDA_S, NT, true, VEC, CHECK>(sA, j.a + (long long)k0 * j.lda, j.lda, j.kLen - k0, j.mLim, tid);
+        if (B_K) load_tile<float, BN, BK, LDB_S, NT, true, VEC, CHECK>(sB, j.b + k0, j.ldb, j.nLim, j.kLen - k0, tid);
+        else load_tile<float, BK, BN, LDB_S, NT, true, VEC, CHECK>(sB, j.b + (long long)k0 * j.ldb, j.ldb, j.kLen - k0, j.nLim, tid);
     }
     static GEMM_DEV void load(float* sA, float* sB, const TileJob<float>& j, int t, int tid) {
         const int k0 = t * BK;
@@ -333,12 +444,65 @@ struct Tf32Tile {
         else load_stage<true>(sA, sB, j, k0, tid);
     }
 
+    // The lane's fragment addresses in a stage (see frags).
+    static GEMM_DEV int a_offset(int wm, int lane) {
+        return A_K ? (wm * WM + (lane & 7) + ((lane >> 3) & 1) * 8) * LDA_S + (lane >> 4) * 4  // ldmatrix rows
+                   : (lane & 3) * LDA_S + wm * WM + 2 * (lane >> 2);                          // A(2g, t)
+    }
+    static GEMM_DEV int b_offset(int wn, int lane) {
+        return B_K ? (wn * WN + (lane & 7) + (lane >> 4) * 8) * LDB_S + ((lane >> 3) & 1) * 4  // ldmatrix rows
+                   : (lane & 3) * LDB_S + wn * WN + (lane >> 2);                              // B(t, g)
+    }
+
+    // The fragments of k-step ks (k = 8ks .. 8ks+7) of one stage, rounded to tf32. a, b: the stage's tile
+    // plus the lane's offset.
+    static GEMM_DEV void frags(unsigned (&fa)[MI][4], unsigned (&fb)[NI][2], const float* a, const float* b, int ks) {
+#pragma unroll
+        for (int i = 0; i < MI; i++) {
+            if (A_K) {  // matrices: rows 0-7 / 8-15 of the 16-row block, k 0-3 / 4-7
+                ldsm_x4(fa[i], a + i * 16 * LDA_S + ks * 8);
+            } else {  // (a0, a1) = A(2g..2g+1, t), (a2, a3) = A(2g..2g+1, t+4)
+                const float* p = a + ks * 8 * LDA_S + i * 16;
+                const float2 u = lds2(p), v = lds2(p + 4 * LDA_S);
+                fa[i][0] = __float_as_uint(u.x);
+                fa[i][1] = __float_as_uint(u.y);
+                fa[i][2] = __float_as_uint(v.x);
+                fa[i][3] = __float_as_uint(v.y);
+            }
+#pragma unroll
+            for (int r = 0; r < 4; r++) fa[i][r] = tf32_bits(fa[i][r]);
+        }
+#pragma unroll
+        for (int q = 0; q < NI; q += 2) {
+            if (B_K) {  // matrices: b0, b1 of block q (its columns 0-7, k 0-3 / 4-7), then of block q+1
+                unsigned r[4];
+                ldsm_x4(r, b + q * 8 * LDB_S + ks * 8);
+                fb[q][0] = r[0];
+                fb[q][1] = r[1];
+                fb[q + 1][0] = r[2];
+                fb[q + 1][1] = r[3];
+            } else {  // b0 = B(t, g), b1 = B(t+4, g) of blocks q and q+1
+                const float* p = b + ks * 8 * LDB_S + q * 8;
+                fb[q][0] = __float_as_uint(lds1(p));
+                fb[q][1] = __float_as_uint(lds1(p + 4 * LDB_S));
+                fb[q + 1][0] = __float_as_uint(lds1(p + 8));
+                fb[q + 1][1] = __float_as_uint(lds1(p + 4 * LDB_S + 8));
+            }
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                fb[q][r] = tf32_bits(fb[q][r]);
+                fb[q + 1][r] = tf32_bits(fb[q + 1][r]);
+            }
+        }
+    }
+
     static GEMM_DEV void run(const TileJob<float>& j, unsigned char* smem, int tid) {
         float* sA = reinterpret_cast<float*>(smem);
         float* sB = sA + STAGES * A_STAGE;
         const int warp = tid >> 5, lane = tid & 31;
         const int wm = warp / WARPS_N, wn = warp % WARPS_N;
-        const int gid = lane >> 2, tig = lane & 3;
+        const int g = lane >> 2, t = lane & 3;
+        const int aOff = a_offset(wm, lane), bOff = b_offset(wn, lane);
 
         float acc[MI][NI][4];
 #pragma unroll
@@ -348,58 +512,58 @@ struct Tf32Tile {
 #pragma unroll
                 for (int r = 0; r < 4; r++) acc[i][q][r] = 0.f;
 
+        // Stage s holds tile s, s + STAGES, ...; all STAGES are in flight before the first is used.
         const int kTiles = (j.kLen + BK - 1) / BK;
 #pragma unroll
-        for (int s = 0; s < STAGES - 1; s++) {
+        for (int s = 0; s < STAGES; s++) {
             if (s < kTiles) load(sA + s * A_STAGE, sB + s * B_STAGE, j, s, tid);
             cp_async_commit();
         }
+        cp_async_wait<STAGES - 1>();  // tile 0 has landed (this thread's copies) ...
+        __syncthreads();              // ... everyone's
+        unsigned fa[2][MI][4], fb[2][NI][2];
+        if (kTiles > 0) frags(fa[0], fb[0], sA + aOff, sB + bOff, 0);
         for (int kt = 0; kt < kTiles; kt++) {
-            cp_async_wait<STAGES - 2>();
-            __syncthreads();
-            const int pf = kt + STAGES - 1;
-            if (pf < kTiles) load(sA + (pf % STAGES) * A_STAGE, sB + (pf % STAGES) * B_STAGE, j, pf, tid);
-            cp_async_commit();
-            const float* a = sA + (kt % STAGES) * A_STAGE + (wm * WM + gid) * LDS + tig;
-            const float* b = sB + (kt % STAGES) * B_STAGE + (wn * WN + gid) * LDS + tig;
+            const int st = kt % STAGES;
 #pragma unroll
-            for (int kk = 0; kk < BK; kk += 8) {
-                unsigned fa[MI][4], fb[NI][2];
-#pragma unroll
-                for (int i = 0; i < MI; i++) {
-                    const float* p = a + i * 16 * LDS + kk;
-                    fa[i][0] = to_tf32(p[0]);
-                    fa[i][1] = to_tf32(p[8 * LDS]);
-                    fa[i][2] = to_tf32(p[4]);
-                    fa[i][3] = to_tf32(p[8 * LDS + 4]);
-                }
-#pragma unroll
-                for (int q = 0; q < NI; q++) {
-                    const float* p = b + q * 8 * LDS + kk;
-                    fb[q][0] = to_tf32(p[0]);
-                    fb[q][1] = to_tf32(p[4]);
-                }
+            for (int ks = 0; ks < KS; ks++) {
+                const int cur = ks & 1;  // KS is even: the buffer of step 0 is always 0
+                if (ks + 1 < KS) frags(fa[cur ^ 1], fb[cur ^ 1], sA + st * A_STAGE + aOff, sB + st * B_STAGE + bOff, ks + 1);
 #pragma unroll
                 for (int i = 0; i < MI; i++)
 #pragma unroll
-                    for (int q = 0; q < NI; q++) mma_tf32(acc[i][q], fa[i], fb[q]);
+                    for (int q = 0; q < NI; q++) mma_tf32(acc[i][q], fa[cur][i], fb[cur][q]);
+                if (ks + 1 == KS) {
+                    // Every fragment of tile kt has been read (by this thread; by all after the barrier),
+                    // so its stage takes tile kt + STAGES; tile kt + 1 has landed (commits so far: tiles
+                    // up to kt + STAGES - 1, of which at most STAGES - 2 may be pending).
+                    cp_async_wait<STAGES - 2>();
+                    __syncthreads();
+                    if (kt + STAGES < kTiles) load(sA + st * A_STAGE, sB + st * B_STAGE, j, kt + STAGES, tid);
+                    cp_async_commit();
+                    if (kt + 1 < kTiles) {
+                        const int nx = (kt + 1) % STAGES;
+                        frags(fa[0], fb[0], sA + nx * A_STAGE + aOff, sB + nx * B_STAGE + bOff, 0);
+                    }
+                }
             }
         }
         cp_async_wait<0>();
 
-        // Epilogue: c0,c1 at (row, col..col+1), c2,c3 at (row+8, col..col+1).
+        // Epilogue. Element r of instruction (i, q): row g + 8*(r/2) of the instruction's tile (the tile's
+        // row 2g + r/2 with an MN tile of A), column 2t + r%2.
 #pragma unroll
         for (int i = 0; i < MI; i++)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                const int m = wm * WM + i * 16 + gid + 8 * h;
+                const int m = wm * WM + i * 16 + (A_K ? g + 8 * h : 2 * g + h);
                 if (m >= j.mLim) continue;
                 float* crow = j.c + (long long)m * j.ldcR;
 #pragma unroll
                 for (int q = 0; q < NI; q++) {
-                    const int n = wn * WN + q * 8 + 2 * tig;
+                    const int n = wn * WN + q * 8 + 2 * t;
                     const float v0 = acc[i][q][2 * h], v1 = acc[i][q][2 * h + 1];
-                    if (j.vecC) {  // ldcC == 1, even row length, 16-byte aligned rows
+                    if (j.vecC) {  // ldcC == 1, rows of a multiple of 4 floats, 16-byte aligned
                         if (n < j.nLim) *reinterpret_cast<float2*>(crow + n) = make_float2(v0, v1);
                     } else {
                         if (n < j.nLim) crow[(long long)n * j.ldcC] = v0;
@@ -432,7 +596,9 @@ template <int NT> GEMM_DEV int block_scan(int v, int* buf, int tid, int* total) 
 GEMM_DEV int clamp_off(int v, int rows) { return v < 0 ? 0 : (v > rows ? rows : v); }
 
 // Segment of expert e: [lo, lo+len), clamped into [0, rows) so that a corrupt plan cannot move a tile
-// outside its buffers (CTA 0 reports it: gemm_check_offsets).
+// outside its buffers (CTA 0 reports it: gemm_check_offsets). Valid offsets start at 0, never decrease
+// and end at offsets[E] <= rows: rows from offsets[E] on (dropped by a capacity limit) belong to no
+// segment, so no tile reads or writes them.
 GEMM_DEV void segment(const GemmArgs& p, int e, int* lo, int* len) {
     const int a = clamp_off(p.offsets[e], p.rows), b = clamp_off(p.offsets[e + 1], p.rows);
     *lo = a;
@@ -444,8 +610,7 @@ template <int NT> GEMM_DEV void gemm_check_offsets(const GemmArgs& p, int tid) {
         const int v = p.offsets[e];
         bool bad = v < 0 || v > p.rows;
         if (e == 0) bad = bad || v != 0;
-        if (e == p.E) bad = bad || v != p.rows;
-        else bad = bad || p.offsets[e + 1] < v;
+        if (e < p.E) bad = bad || p.offsets[e + 1] < v;
         if (bad) gemm_fault(p.fault, GEMM_FAULT_OFFSETS);
     }
 }

@@ -253,9 +253,11 @@ func (d *Device) gemmLaunchLocked(l gemmplan.Launch) error {
 
 // GroupedMatMul writes out[r] = x[r]·W[e] for the rows r of every expert e's segment
 // [offsets[e], offsets[e+1]) (x [N,In], W [E,In,Out], or [E,Out,In] read transposed when transposeW;
-// out [N,Out]; offsets: E+1 int32 on the device, never read by the host). Offsets that do not tile
-// [0, N) raise a device fault (reported at the next synchronisation); rows outside every segment are
-// then left unwritten, and no tile reads or writes outside the buffers.
+// out [N,Out]; offsets: E+1 int32 on the device, never read by the host). Valid offsets start at 0,
+// never decrease and end at offsets[E] <= N: the rows from offsets[E] on (rows a capacity limit
+// dropped) are neither read nor written. Other offsets raise a device fault (reported at the next
+// synchronisation); rows outside every segment are then left unwritten, and no tile reads or writes
+// outside the buffers.
 func (d *Device) GroupedMatMul(dt tensor.Dtype, x, w, offsets, out cu.DevicePtr, E, N, In, Out int, transposeW bool) error {
 	if err := groupedDims("grouped matmul", E, N, In, Out); err != nil {
 		return err
@@ -269,8 +271,9 @@ func (d *Device) GroupedMatMul(dt tensor.Dtype, x, w, offsets, out cu.DevicePtr,
 }
 
 // GroupedMatMulGradW writes dW[e] = x_eᵀ·dy_e, the reduction over the rows of expert e's segment (x
-// [N,In], dy [N,Out], dW [E,In,Out]; an empty segment gives zeros). Each element is one thread's sum
-// in row order: deterministic, no atomics.
+// [N,In], dy [N,Out], dW [E,In,Out]; an empty segment gives zeros; rows from offsets[E] on take no
+// part, offsets as for GroupedMatMul). Each element is one thread's sum in row order: deterministic, no
+// atomics.
 func (d *Device) GroupedMatMulGradW(dt tensor.Dtype, x, dy, offsets, dW cu.DevicePtr, E, N, In, Out int) error {
 	if err := groupedDims("grouped matmul grad W", E, N, In, Out); err != nil {
 		return err

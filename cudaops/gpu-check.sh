@@ -4,13 +4,14 @@
 #   go build -tags expertrt_cuda -o .devbin/bench ./bench
 #   go build -tags expertrt_cuda -o .devbin/mixtral-layer ./examples/mixtral-layer   (stages train and bf16: HF parity)
 # Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck engine train layer policies
-# bench torch ncu gemm gemm-full bf16 seam ptx-nvcc (seam: the kernel declarations, per-kernel faults, device
-# options and the graph's fused route, about 2 minutes; ptx-nvcc: which PTX modules the host's nvcc
-# compiles to other code; gemm: the GEMM kernels' tests, sanitizers, bench with a sweep of every
-# tile configuration and the PyTorch baseline, about 4 minutes; gemm-full: every GEMM test case on every
-# configuration; train and layer: the whole-layer training acceptance tests and the whole-layer benchmarks
-# against PyTorch, about 3 minutes together; policies: the routing policies' tests, sanitizers and GPU
-# target, about 3 minutes; bf16: mixed precision, about 2.5 minutes, see the stage).
+# bench torch ncu gemm gemm-sweep gemm-full bf16 seam ptx-nvcc (seam: the kernel declarations, per-kernel
+# faults, device options and the graph's fused route, about 2 minutes; ptx-nvcc: which PTX modules the
+# host's nvcc compiles to other code; gemm: the GEMM kernels' tests, sanitizers, bench and the PyTorch
+# baseline, under 3 minutes; gemm-sweep: every tile configuration timed, GEMM_SWEEP=name,... limits it,
+# about 1-2 minutes; gemm-full: every GEMM test case on every configuration; train and layer: the
+# whole-layer training acceptance tests and the whole-layer benchmarks against PyTorch, about 3 minutes
+# together; policies: the routing policies' tests, sanitizers and GPU target, about 3 minutes; bf16: mixed
+# precision, about 2.5 minutes, see the stage).
 # Logs go to $OUT (default ./gpu-out), at most one file per stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,54 @@ export PATH=/usr/local/cuda/bin:$PATH
 # GPU tests fail instead of skipping when no device opens (a broken driver must not look like a pass).
 export EXPERTRT_REQUIRE_GPU=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+# gemm_table prints ours vs PyTorch and the sweep from the JSON of the gemm and gemm-sweep stages in $G.
+gemm_table() {
+  python3 - "$G" <<'PY'
+import json, sys, os
+g = sys.argv[1]
+def rows(path):
+    if not os.path.exists(path): return []
+    txt = open(path).read(); dec = json.JSONDecoder(); i = 0; out = []
+    while i < len(txt):
+        while i < len(txt) and txt[i].isspace(): i += 1
+        if i >= len(txt): break
+        o, i = dec.raw_decode(txt, i)
+        out += o if isinstance(o, list) else o.get("results", [o])
+    return out
+def key(r, tf32):
+    return (r["op"], r["tokens"], r["hidden"], r.get("ffn", 0), r["experts"], bool(r.get("skew")), tf32)
+ours = {key(r, "tf32" in r.get("device_desc", "")): r for r in rows(g + "/bench.jsonl")}
+torch = {}
+for r in rows(g + "/torch.json"):
+    torch[(r["op"], r["tokens"], r["hidden"], r["ffn"], r["experts"], bool(r["skew"]), r["tf32"])] = r
+print("GEMM: ours (planner's choice) vs PyTorch per-expert cuBLAS, same FLOPs; ratio = torch ms / ours ms (target fp32 >= 0.9, skewed/small experts >= 0.7; tf32 >= 0.7)")
+print(f"{'op':16s} {'T':>6s} {'H':>5s} {'F':>5s} {'E':>3s} skew prec   ours ms  TFLOP/s %peak  torch ms  TFLOP/s  ratio")
+for k in sorted(ours, key=lambda k: (k[6], k[1], k[2], k[5], k[0])):
+    r = ours[k]; t = torch.get(k)
+    tm = f"{t['median_ms']:9.4f} {t['tflop_per_s']:8.2f} {t['median_ms']/r['median_ms']:6.2f}" if t else "        -        -      -"
+    print(f"{k[0]:16s} {k[1]:6d} {k[2]:5d} {k[3]:5d} {k[4]:3d} {'yes ' if k[5] else 'no  '} {'tf32' if k[6] else 'fp32'} {r['median_ms']:9.4f} {r.get('tflop_per_s',0):8.2f} {r.get('pct_fp32_peak',0):5.1f} {tm}")
+sw = rows(g + "/sweep.jsonl")
+if sw:
+    print("sweep (TFLOP/s per tile configuration; the planner's default should be the best of its class):")
+    groups = {}
+    for r in sw:
+        groups.setdefault((r["op"], r["hidden"], r["experts"], "tf32" in r.get("device_desc", ""), r["tokens"]), []).append(r)
+    for k, rs in sorted(groups.items()):
+        rs.sort(key=lambda r: -r.get("tflop_per_s", 0))
+        print(f"  {k[0]:16s} T={k[4]} H={k[1]} E={k[2]} {'tf32' if k[3] else 'fp32'}: " + "  ".join(f"{r['gemm_variant']}={r.get('tflop_per_s',0):.1f}" for r in rs))
+    # eff for gemm.variants: each configuration's TFLOP/s over the best of its class, averaged over the
+    # Mixtral-shape (T=4096, H=1024, E=8) sweeps of the class.
+    eff = {}
+    for k, rs in groups.items():
+        if k[1] != 1024 or k[4] != 4096:
+            continue
+        best = max(r.get("tflop_per_s", 0) for r in rs) or 1
+        for r in rs:
+            eff.setdefault(r["gemm_variant"], []).append(r.get("tflop_per_s", 0) / best)
+    print("suggested eff (mean TFLOP/s relative to the best of the class, Mixtral-shape sweeps): " +
+          "  ".join(f"{v}={sum(x)/len(x):.2f}" for v, x in sorted(eff.items(), key=lambda kv: -sum(kv[1])/len(kv[1]))))
+PY
+}
 for stage in "$@"; do
   echo "=== $stage"
   case $stage in
@@ -145,13 +194,16 @@ PY
       ;;
     gemm)
       # GEMM kernels (cudaops/gemm.cu): tests on every tile configuration (-test.short cases), the
-      # sanitizers on the planner's choices, our bench at the issue-8 shapes, a sweep of every
-      # configuration, the PyTorch baseline; a table last. Logs and JSON under $OUT/gemm/.
+      # sanitizers, our bench at the issue-8 shapes, the PyTorch baseline; a table last (with the sweep
+      # when gemm-sweep ran before in the same $OUT). Logs and JSON under $OUT/gemm/.
       G="$OUT/gemm"; mkdir -p "$G"
       timeout 150 $T -test.run 'TestCUDAGemm' -test.short -test.v -test.count=1 > "$G/tests.log" 2>&1
       echo "gemm tests: exit $? ($(grep -c '^--- FAIL' "$G/tests.log") failed subtests)"
       grep -E '^(--- FAIL|FAIL|ok|PASS)|gemm-accuracy|panic' "$G/tests.log" | head -12; grep -o 'gemm-jit.*' "$G/tests.log" | tr '\n' ';'; echo
-      SAN='TestCUDAGemm(Grouped|Dense)/.*/auto$|TestCUDAGemmBadOffsets'
+      # Sanitizers: the planner's choices on the test shapes (auto), the large-problem defaults forced
+      # (fp32 f32_128x64x16_s3, TF32 tf32_128x256x32_s3), the bad-offsets faults. (-test.run splits the
+      # pattern at every slash into one pattern per subtest level, so alternatives go inside each level.)
+      SAN='^TestCUDAGemm(Grouped|Dense|TF32|BadOffsets)$/^(float32|float64|auto|tf32_128x256x32_s3)$/^(auto|f32_128x64x16_s3)$'
       for tool in memcheck racecheck synccheck; do
         extra=""; [ $tool = memcheck ] && extra="--leak-check no"
         timeout 100 compute-sanitizer --tool $tool $extra $T -test.run "$SAN" -test.short > "$G/$tool.log" 2>&1
@@ -167,45 +219,20 @@ PY
           EXPERTRT_GEMM_TF32=1 timeout 90 $B -device cuda -op $ops -tokens $1 -hidden $2 -ffn $3 -experts $4 -top-k $5 -reps 20 -warmup 3 -json >> "$G/bench.jsonl" || echo "tf32 bench failed: $shp"
         fi
       done
-      : > "$G/sweep.jsonl"
-      timeout 120 $B -device cuda -gemm-variants all -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "sweep failed"
-      timeout 120 $B -device cuda -gemm-variants all -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w -tokens 4096 -hidden 2048 -ffn 1408 -experts 64 -top-k 6 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "sweep failed (small experts)"
-      EXPERTRT_GEMM_TF32=1 timeout 120 $B -device cuda -gemm-variants all -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "tf32 sweep failed"
       timeout 150 python3 bench/pytorch_gemm.py --reps 20 --warmup 3 --json "$G/torch.json" > "$G/torch.log" 2>&1 || echo "torch baseline failed: $(tail -2 "$G/torch.log")"
-      python3 - "$G" <<'PY'
-import json, sys, os
-g = sys.argv[1]
-def rows(path):
-    if not os.path.exists(path): return []
-    txt = open(path).read(); dec = json.JSONDecoder(); i = 0; out = []
-    while i < len(txt):
-        while i < len(txt) and txt[i].isspace(): i += 1
-        if i >= len(txt): break
-        o, i = dec.raw_decode(txt, i)
-        out += o if isinstance(o, list) else o.get("results", [o])
-    return out
-def key(r, tf32):
-    return (r["op"], r["tokens"], r["hidden"], r.get("ffn", 0), r["experts"], bool(r.get("skew")), tf32)
-ours = {key(r, "tf32" in r.get("device_desc", "")): r for r in rows(g + "/bench.jsonl")}
-torch = {}
-for r in rows(g + "/torch.json"):
-    torch[(r["op"], r["tokens"], r["hidden"], r["ffn"], r["experts"], bool(r["skew"]), r["tf32"])] = r
-print("GEMM: ours (planner's choice) vs PyTorch per-expert cuBLAS, same FLOPs; ratio = torch ms / ours ms (target fp32 >= 0.9, skewed/small experts >= 0.7; tf32 >= 0.7)")
-print(f"{'op':16s} {'T':>6s} {'H':>5s} {'F':>5s} {'E':>3s} skew prec   ours ms  TFLOP/s %peak  torch ms  TFLOP/s  ratio")
-for k in sorted(ours, key=lambda k: (k[6], k[1], k[2], k[5], k[0])):
-    r = ours[k]; t = torch.get(k)
-    tm = f"{t['median_ms']:9.4f} {t['tflop_per_s']:8.2f} {t['median_ms']/r['median_ms']:6.2f}" if t else "        -        -      -"
-    print(f"{k[0]:16s} {k[1]:6d} {k[2]:5d} {k[3]:5d} {k[4]:3d} {'yes ' if k[5] else 'no  '} {'tf32' if k[6] else 'fp32'} {r['median_ms']:9.4f} {r.get('tflop_per_s',0):8.2f} {r.get('pct_fp32_peak',0):5.1f} {tm}")
-sw = rows(g + "/sweep.jsonl")
-if sw:
-    print("sweep (TFLOP/s per tile configuration; the planner's default should be the best of its class):")
-    groups = {}
-    for r in sw:
-        groups.setdefault((r["op"], r["hidden"], r["experts"], "tf32" in r.get("device_desc", "")), []).append(r)
-    for k, rs in sorted(groups.items()):
-        rs.sort(key=lambda r: -r.get("tflop_per_s", 0))
-        print(f"  {k[0]:16s} H={k[1]} E={k[2]} {'tf32' if k[3] else 'fp32'}: " + "  ".join(f"{r['gemm_variant']}={r.get('tflop_per_s',0):.1f}" for r in rs))
-PY
+      gemm_table
+      ;;
+    gemm-sweep)
+      # Every GEMM tile configuration timed at the issue-8 shapes (GEMM_SWEEP=name,name,... times only
+      # those), with the eff each configuration would get in gemm.variants. A second call after gemm.
+      G="$OUT/gemm"; mkdir -p "$G"
+      SW="${GEMM_SWEEP:-all}"
+      : > "$G/sweep.jsonl"
+      timeout 120 $B -device cuda -gemm-variants "$SW" -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w,matmul-dense -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "sweep failed"
+      timeout 120 $B -device cuda -gemm-variants "$SW" -op groupedmm-bwd-x,matmul-dense -tokens 16384 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "sweep failed (T=16384)"
+      timeout 120 $B -device cuda -gemm-variants "$SW" -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w -tokens 4096 -hidden 2048 -ffn 1408 -experts 64 -top-k 6 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "sweep failed (small experts)"
+      EXPERTRT_GEMM_TF32=1 timeout 120 $B -device cuda -gemm-variants "$SW" -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w,matmul-dense -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "tf32 sweep failed"
+      gemm_table
       ;;
     bf16)
       # Mixed precision (issue 11), logs under $OUT/bf16/: the conformance suite's bfloat16 cases and the

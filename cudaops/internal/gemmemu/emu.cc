@@ -38,7 +38,7 @@ struct Copy {
     bool in;
 };
 
-enum Wait { RUNNING, AT_BARRIER, AT_MMA, DONE };
+enum Wait { RUNNING, AT_BARRIER, AT_MMA, AT_LDSM, DONE };
 
 struct Thread {
     ucontext_t ctx;
@@ -50,6 +50,9 @@ struct Thread {
     float* d = nullptr;
     const unsigned* a = nullptr;
     const unsigned* b = nullptr;
+    // ldmatrix row address and destination registers while waiting at AT_LDSM
+    const unsigned char* row = nullptr;
+    unsigned* regs = nullptr;
 };
 
 struct Run {
@@ -136,8 +139,27 @@ void warp_mma(Run& r, int w) {
         for (int q = 0; q < 4; q++) r.threads[w * 32 + lane].d[q] = out[lane][q];
 }
 
-// Runs one CTA: coroutines until all are done; between rounds releases warps waiting at mma, or the
-// whole CTA at __syncthreads.
+// Performs the warp's ldmatrix.m8n8.x4.b16 once all its 32 lanes wait at it: lane 8j+r names row r of
+// matrix j (16 bytes of shared memory); every lane l receives in register j the 32-bit word l%4 of row
+// l/4 of matrix j. All rows are read before any register is written.
+void warp_ldsm(Run& r, int w) {
+    unsigned out[32][4];
+    const uintptr_t s0 = (uintptr_t)r.smem;
+    for (int l = 0; l < 32; l++) {
+        const uintptr_t a = (uintptr_t)r.threads[w * 32 + l].row;
+        if (a % 16 != 0 || a < s0 || a + 16 > s0 + (uintptr_t)r.k->smem) {
+            fail("ldmatrix: lane " + std::to_string(l) + " names a row outside the CTA's dynamic shared memory or not 16-byte aligned");
+            return;
+        }
+    }
+    for (int l = 0; l < 32; l++)
+        for (int j = 0; j < 4; j++)
+            std::memcpy(&out[l][j], r.threads[w * 32 + 8 * j + l / 4].row + 4 * (l % 4), 4);
+    for (int l = 0; l < 32; l++) std::memcpy(r.threads[w * 32 + l].regs, out[l], sizeof out[l]);
+}
+
+// Runs one CTA: coroutines until all are done; between rounds releases warps waiting at a warp-wide
+// instruction (mma, ldmatrix), or the whole CTA at __syncthreads.
 void run_cta(Run& r, int nthreads, std::mt19937& rng) {
     const size_t stackBytes = 256 << 10;
     r.threads.assign(nthreads, Thread());
@@ -163,20 +185,25 @@ void run_cta(Run& r, int nthreads, std::mt19937& rng) {
         for (const Thread& t : r.threads) {
             done += t.state == DONE;
             barrier += t.state == AT_BARRIER;
-            mma += t.state == AT_MMA;
+            mma += t.state == AT_MMA || t.state == AT_LDSM;
         }
         if (done == nthreads) return;
         bool released = false;
         for (int w = 0; w * 32 < nthreads; w++) {
-            int n = 0;
-            for (int l = 0; l < 32; l++) n += r.threads[w * 32 + l].state == AT_MMA;
-            if (n == 32) {
-                warp_mma(r, w);
-                for (int l = 0; l < 32; l++) r.threads[w * 32 + l].state = RUNNING;
-                released = true;
-            } else if (n > 0) {  // the other lanes wait elsewhere or have exited: they never arrive
-                fail("warp " + std::to_string(w) + ": mma.sync reached by only " + std::to_string(n) + " lanes");
-                return;
+            for (Wait op : {AT_MMA, AT_LDSM}) {
+                int n = 0;
+                for (int l = 0; l < 32; l++) n += r.threads[w * 32 + l].state == op;
+                if (n == 32) {
+                    if (op == AT_MMA) warp_mma(r, w);
+                    else warp_ldsm(r, w);
+                    if (!r.err.empty()) return;
+                    for (int l = 0; l < 32; l++) r.threads[w * 32 + l].state = RUNNING;
+                    released = true;
+                } else if (n > 0) {  // the other lanes wait elsewhere or have exited: they never arrive
+                    fail("warp " + std::to_string(w) + ": " + (op == AT_MMA ? "mma.sync" : "ldmatrix") + " reached by only " +
+                         std::to_string(n) + " lanes");
+                    return;
+                }
             }
         }
         if (released) continue;
@@ -185,7 +212,7 @@ void run_cta(Run& r, int nthreads, std::mt19937& rng) {
             continue;
         }
         fail("CTA " + std::to_string(r.bid) + ": deadlock or divergent barrier (" + std::to_string(done) + " done, " +
-             std::to_string(barrier) + " at __syncthreads, " + std::to_string(mma) + " at mma)");
+             std::to_string(barrier) + " at __syncthreads, " + std::to_string(mma) + " at mma or ldmatrix)");
         return;
     }
 }
@@ -252,6 +279,24 @@ void emu_mma_tf32(float* d, const unsigned* a, const unsigned* b) {
     t.a = a;
     t.b = b;
     yield_to_scheduler(AT_MMA);
+}
+
+void emu_ldmatrix_x4(unsigned* d, const void* row) {
+    Thread& t = run_->threads[run_->cur];
+    t.row = static_cast<const unsigned char*>(row);
+    t.regs = d;
+    yield_to_scheduler(AT_LDSM);
+}
+
+void emu_smem_read(const void* p, int bytes) {
+    const Run& r = *run_;
+    const uintptr_t a = (uintptr_t)p, s0 = (uintptr_t)r.smem;
+    if (a % bytes != 0 || a < s0 || a + bytes > s0 + (uintptr_t)r.k->smem) {
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "thread %d: %d-byte shared read at offset %lld: misaligned or outside the CTA's dynamic shared memory",
+                      r.cur, bytes, (long long)(a - s0));
+        fail(buf);
+    }
 }
 
 void emu_fault(unsigned* f, unsigned code) { *f |= code; }

@@ -1,10 +1,11 @@
 // CPU emulation of the CUDA features the GEMM family (cudaops/gemm.cuh, gemm.cu) uses, so that the very
 // same kernel source runs on the build host: every CTA is run by one coroutine per CUDA thread
-// (ucontext), switched at __syncthreads and at the warp-wide mma.sync; cp.async copies complete late (at
-// the cp.async.wait_group that must cover them, the latest point the PTX memory model allows), so a read
-// of a stage before its wait sees stale data; threads resume in a shuffled order after each barrier.
-// Shared memory is poisoned (NaN) before each CTA, and every cp.async source must lie in a registered
-// allocation. None of this is compiled into the library: see gemmemu.go (build tag expertrt_gemmemu).
+// (ucontext), switched at __syncthreads and at the warp-wide mma.sync and ldmatrix; cp.async copies
+// complete late (at the cp.async.wait_group that must cover them, the latest point the PTX memory model
+// allows), so a read of a stage before its wait sees stale data; threads resume in a shuffled order
+// after each barrier. Shared memory is poisoned (NaN) before each CTA, and every cp.async source must lie
+// in a registered allocation. None of this is compiled into the library: see gemmemu.go (build tag
+// expertrt_gemmemu).
 #pragma once
 
 #include <cmath>
@@ -35,6 +36,9 @@ void emu_cp_async(void* dst, const void* src, int bytes, bool in);
 void emu_cp_async_commit();
 void emu_cp_async_wait(int n);
 void emu_mma_tf32(float* d, const unsigned* a, const unsigned* b);
+void emu_ldmatrix_x4(unsigned* d, const void* row);
+void emu_smem_read(const void* p, int bytes);  // fails the run unless aligned and inside shared memory
+#define GEMM_SMEM_READ(p, bytes) emu_smem_read(p, bytes)
 void emu_fault(unsigned* f, unsigned code);
 int emu_thread();  // thread index in the CTA of the running coroutine
 
@@ -44,6 +48,11 @@ inline void cp_async_elem(float* s, const float* g, bool in) { emu_cp_async(s, g
 inline void cp_async_elem(double* s, const double* g, bool in) { emu_cp_async(s, g, 8, in); }
 inline void cp_async_commit() { emu_cp_async_commit(); }
 template <int N> inline void cp_async_wait() { emu_cp_async_wait(N); }
+inline unsigned __float_as_uint(float x) {
+    unsigned u;
+    std::memcpy(&u, &x, 4);
+    return u;
+}
 inline unsigned to_tf32(float x) {  // cvt.rna.tf32.f32
     unsigned u;
     std::memcpy(&u, &x, 4);
@@ -51,6 +60,12 @@ inline unsigned to_tf32(float x) {  // cvt.rna.tf32.f32
     return u;
 }
 inline void mma_tf32(float* d, const unsigned* a, const unsigned* b) { emu_mma_tf32(d, a, b); }
+inline void ldsm_x4(unsigned* d, const float* row) { emu_ldmatrix_x4(d, row); }
+inline unsigned tf32_bits(unsigned u) {  // cvt.rna.tf32.f32 of the float with bits u
+    float x;
+    std::memcpy(&x, &u, 4);
+    return to_tf32(x);
+}
 inline void gemm_fault(unsigned* f, unsigned code) { emu_fault(f, code); }
 
 // Registration of a variant's kernels (one translation unit per variant, see gen.go).

@@ -7,9 +7,9 @@
 //
 //	go test -tags expertrt_gemmemu ./cudaops/internal/gemmemu
 //
-// Each CTA runs as one coroutine per CUDA thread, switched at __syncthreads and mma.sync; cp.async
-// copies land only at the cp.async.wait_group that must cover them; threads resume in a shuffled order
-// after every barrier; shared memory starts as NaN; cp.async sources must lie in memory from Alloc.
+// Each CTA runs as one coroutine per CUDA thread, switched at __syncthreads, mma.sync and ldmatrix;
+// cp.async copies land only at the cp.async.wait_group that must cover them; threads resume in a
+// shuffled order after every barrier; shared memory starts as NaN; cp.async sources must lie in memory from Alloc.
 // What it cannot show: timing, bank conflicts, hardware faults, and races that need true parallelism
 // beyond barrier ordering (compute-sanitizer racecheck covers those on the GPU). The emulator is one
 // device: launches must not run concurrently (its tests are serial).

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "35b53709ddf14b0b6350d4c16de38f478c66fcff333e9ace7a24a6a00b575cd9"
+const sourceHash = "9819724009fbab37aa0961c04694028a7bc891970898920910af7c098c9f8e58"

@@ -307,9 +307,9 @@ func build(p Problem, t Target, v Variant, swap bool) (*Plan, error) {
 	pl.CTAs = k.grid
 
 	// Operands copied without transposition use 16-byte copies when all of them allow it.
-	directA, directB := p.TransA, !p.TransB // SIMT: shared tiles are k-major
-	if v.TF32 {
-		directA, directB = !p.TransA, p.TransB // TF32: shared tiles are k-contiguous
+	directA, directB := p.TransA, !p.TransB // SIMT without KC: shared tiles are k-major
+	if v.Direct() {
+		directA, directB = true, true // every tile in its operand's layout
 	}
 	vec := (directA || directB) &&
 		(!directA || aligned(p.A, lda, elem)) &&

@@ -47,9 +47,17 @@ func TestParseVariants(t *testing.T) {
 	if got := v.Smem(); got != 3*16*(132+132)*4 {
 		t.Errorf("SIMT smem %d", got)
 	}
-	v.TF32 = true
-	if got := v.Smem(); got != 3*256*20*4 {
+	v.KC = true // k-contiguous rows of BK+4 are the larger layout here
+	if got := v.Smem(); got != 3*2*128*20*4 {
+		t.Errorf("SIMT KC smem %d", got)
+	}
+	v.KC, v.TF32 = false, true // k-contiguous rows of BK+4: 128*20 > 16*136
+	if got := v.Smem(); got != 3*2*128*20*4 {
 		t.Errorf("TF32 smem %d", got)
+	}
+	v.BN = 32 // B: k-major rows of BN+8 are the larger: 16*40 > 32*20
+	if got := v.Smem(); got != 3*(128*20+16*40)*4 {
+		t.Errorf("TF32 BN=32 smem %d", got)
 	}
 	for _, bad := range []string{
 		"x 1 -DGEMM_T=float",
@@ -57,6 +65,10 @@ func TestParseVariants(t *testing.T) {
 		"x 1 -DGEMM_T=half -DGEMM_TF32=0 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=8 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=4 -DGEMM_TM=8 -DGEMM_TN=8 -DGEMM_STAGES=3 -DGEMM_MINB=2",
 		"x 1 -DGEMM_T=float -DGEMM_TF32=0 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=8 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=4 -DGEMM_TM=8 -DGEMM_TN=4 -DGEMM_STAGES=3 -DGEMM_MINB=2",
 		"x 1 -DGEMM_T=float -DGEMM_TF32=0 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=12 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=4 -DGEMM_TM=8 -DGEMM_TN=8 -DGEMM_STAGES=3 -DGEMM_MINB=2",
+		"x 1 -DGEMM_T=float -DGEMM_TF32=0 -DGEMM_KC=2 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=8 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=4 -DGEMM_TM=8 -DGEMM_TN=8 -DGEMM_STAGES=3 -DGEMM_MINB=2",
+		"x 1 -DGEMM_T=float -DGEMM_TF32=0 -DGEMM_KC=1 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=8 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=4 -DGEMM_TM=4 -DGEMM_TN=16 -DGEMM_STAGES=3 -DGEMM_MINB=2",
+		"x 1 -DGEMM_T=float -DGEMM_TF32=1 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=8 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=2 -DGEMM_STAGES=3 -DGEMM_MINB=2",
+		"x 1 -DGEMM_T=float -DGEMM_TF32=1 -DGEMM_BM=128 -DGEMM_BN=64 -DGEMM_BK=16 -DGEMM_WARPS_M=1 -DGEMM_WARPS_N=8 -DGEMM_STAGES=3 -DGEMM_MINB=2",
 		"",
 	} {
 		if _, err := ParseVariants(bad); err == nil {

@@ -27,8 +27,10 @@ type Variant struct {
 	Name string
 	// Eff is the assumed relative speed per FLOP of full tiles (the cost model's weight).
 	Eff float64
-	// Double: float64 elements (else float32). TF32: mma.sync tensor-core tiles (float32 only).
-	Double, TF32 bool
+	// Double: float64 elements (else float32). TF32: mma.sync tensor-core tiles (float32 only). KC
+	// (SIMT): operand tiles keep their global layout in shared memory (k-contiguous for an operand stored
+	// k-contiguous), so no copy transposes; TF32 tiles always do.
+	Double, TF32, KC bool
 	// Block tile, warps, thread tile (SIMT), pipeline depth, and the blocks per multiprocessor the
 	// register budget was sized for.
 	BM, BN, BK, WarpsM, WarpsN, TM, TN, Stages, MinBlocks int
@@ -45,14 +47,26 @@ func (v Variant) ElemBytes() int {
 // Threads per CTA.
 func (v Variant) Threads() int { return v.WarpsM * v.WarpsN * 32 }
 
-// Smem is the dynamic shared memory of one CTA in bytes (SimtTile::SMEM / Tf32Tile::SMEM).
+// Smem is the dynamic shared memory of one CTA in bytes (SimtTile::SMEM / Tf32Tile::SMEM): per stage
+// and operand the larger of the two tile layouts (k-major rows of BM or BN + padMN elements,
+// k-contiguous rows of BK + padK) when both occur.
 func (v Variant) Smem() int {
-	if v.TF32 {
-		return v.Stages * (v.BM + v.BN) * (v.BK + 4) * 4
+	stage := func(mn int) int {
+		switch {
+		case v.TF32:
+			return max(mn*(v.BK+4), v.BK*(mn+8))
+		case v.KC:
+			pad := 16 / v.ElemBytes()
+			return max(mn*(v.BK+pad), v.BK*(mn+pad))
+		}
+		return v.BK * (mn + 16/v.ElemBytes())
 	}
-	pad := 16 / v.ElemBytes()
-	return v.Stages * v.BK * (v.BM + pad + v.BN + pad) * v.ElemBytes()
+	return v.Stages * (stage(v.BM) + stage(v.BN)) * v.ElemBytes()
 }
+
+// Direct reports whether the variant copies every operand without transposing it (TF32 and KC
+// variants): then any operand may take 16-byte copies; otherwise only those stored k-major.
+func (v Variant) Direct() bool { return v.TF32 || v.KC }
 
 // Config is the kernel module's gemm_config[8] for this variant: threads, dynamic shared bytes, BM, BN,
 // BK, stages, element bytes, TF32 (0/1). The loader checks the PTX against it.
@@ -101,6 +115,13 @@ func ParseVariants(text string) ([]Variant, error) {
 				return nil, fmt.Errorf("gemm.variants:%d: flag %q is not -DGEMM_KEY=value", ln+1, fl)
 			}
 			got[k] = val
+		}
+		switch got["KC"] {
+		case "", "0":
+		case "1":
+			v.KC = true
+		default:
+			return nil, fmt.Errorf("gemm.variants:%d: GEMM_KC=%q, want 0 or 1", ln+1, got["KC"])
 		}
 		ints := map[string]*int{"BM": &v.BM, "BN": &v.BN, "BK": &v.BK, "WARPS_M": &v.WarpsM, "WARPS_N": &v.WarpsN,
 			"STAGES": &v.Stages, "MINB": &v.MinBlocks, "TM": &v.TM, "TN": &v.TN}
@@ -152,13 +173,16 @@ func (v Variant) check() error {
 		return fmt.Errorf("block tile %dx%dx%d does not split over %dx%d warps (BK multiple of 8, stages >= 2)", v.BM, v.BN, v.BK, v.WarpsM, v.WarpsN)
 	}
 	if v.TF32 {
-		if v.Double || wm%16 != 0 || wn%8 != 0 {
-			return fmt.Errorf("TF32 needs float and warp tiles of 16x8 multiples, got %dx%d", wm, wn)
+		if v.Double || v.KC || wm%16 != 0 || wn%16 != 0 || v.BK%16 != 0 || v.BM%32 != 0 || v.BN%32 != 0 {
+			return fmt.Errorf("TF32 needs float, BM and BN multiples of 32, BK of 16 and warp tiles of 16x16 multiples, got %dx%dx%d warps %dx%d", v.BM, v.BN, v.BK, wm, wn)
 		}
 		return nil
 	}
 	if v.TM%4 != 0 || v.TN%4 != 0 || wm%v.TM != 0 || wn%v.TN != 0 || (wm/v.TM)*(wn/v.TN) != 32 {
 		return fmt.Errorf("warp tile %dx%d is not 32 thread tiles of %dx%d", wm, wn, v.TM, v.TN)
+	}
+	if v.KC && (wm/v.TM > 8 || wn/v.TN > 8) {
+		return fmt.Errorf("k-contiguous tiles need lane grids of at most 8x8, got %dx%d", wm/v.TM, wn/v.TN)
 	}
 	return nil
 }
