@@ -5,4 +5,4 @@
 package bf16emu
 
 // sourceHash is the hash of the kernel sources the emulator was last generated for.
-const sourceHash = "b5325bc5a13f58a25afb41cf2e55c6a5b3da9c143413d5cc4bc7deb43eef6023"
+const sourceHash = "b83ff2b7904ba8541c92337a5b832f6a2699de5bf3b33454fd5d22aa6f4525f7"
