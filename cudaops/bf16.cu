@@ -236,23 +236,33 @@ __device__ __forceinline__ unsigned int word_at(uint4 c, int i) { return i == 0 
 // bf16(s * v) for a float32 s and a bfloat16 v (given as its float), rounded once, as
 // d2bf((double)s * v): the exact product has at most 32 significant bits, so its float32 truncation p
 // and the remainder fmaf(s, v, -p) (exact when |p| >= 2^-118) give its round-to-odd float32 (p with
-// the remainder's stickiness in the last bit), which rounds to the bfloat16 nearest the product. Zero,
-// tiny and non-finite products take the double path.
-__device__ __forceinline__ bf16_t mul_bf(float s, float v) {
+// the remainder's stickiness in the last bit), which rounds to the bfloat16 nearest the product. ok
+// turns false for zero, tiny and non-finite products, whose result this is not (the caller redoes the
+// chunk on the double path, so that the common case has no branch per element).
+__device__ __forceinline__ unsigned int mul_bf_fast(float s, float v, bool& ok) {
     const float p = __fmul_rz(s, v);
     const float e = __fmaf_rn(s, v, -p);
     const unsigned int u = __float_as_uint(p) | (__float_as_uint(e) != 0u ? 1u : 0u);
-    if ((u & 0x7fffffffu) - 0x04800000u < 0x7f800000u - 0x04800000u) return (bf16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-    return d2bf_slow((double)s * (double)v);
+    ok &= (u & 0x7fffffffu) - 0x04800000u < 0x7f800000u - 0x04800000u;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }
 
 // The chunk c with every element multiplied by s and rounded once to bfloat16.
 __device__ __forceinline__ uint4 scale_chunk(float s, uint4 c) {
     unsigned int r[4];
+    bool ok = true;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         const unsigned int w = word_at(c, i);
-        r[i] = (unsigned int)mul_bf(s, pair_f(w, 0)) | (unsigned int)mul_bf(s, pair_f(w, 1)) << 16;
+        r[i] = (mul_bf_fast(s, pair_f(w, 0), ok) & 0xffffu) | mul_bf_fast(s, pair_f(w, 1), ok) << 16;
+    }
+    if (!ok) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const unsigned int w = word_at(c, i);
+            r[i] = (unsigned int)d2bf_slow((double)s * (double)pair_f(w, 0)) |
+                   (unsigned int)d2bf_slow((double)s * (double)pair_f(w, 1)) << 16;
+        }
     }
     uint4 o;
     o.x = r[0], o.y = r[1], o.z = r[2], o.w = r[3];
@@ -472,12 +482,28 @@ __device__ __forceinline__ void acc_chunk(double* acc, float sc, double sc896, u
     }
 }
 
+// d2bf's integer path for one of the 8 sums of a chunk (bits 0..15 of the result); ok turns false when
+// the sum is outside its range.
+__device__ __forceinline__ unsigned int d2bf_fast(double d, bool& ok) {
+    const unsigned int hi = (unsigned int)__double2hiint(d), lo = (unsigned int)__double2loint(d);
+    const unsigned int mag = (hi & 0x7fffffffu) | (lo != 0u ? 1u : 0u);
+    ok &= mag - 0x38100000u < 0x47f00000u - 0x38100000u;
+    const unsigned int r = mag + 0xfffu + ((hi >> 13) & 1u) - 0x38000000u;
+    return ((r >> 13) & 0x7fffu) | ((hi >> 16) & 0x8000u);
+}
+
+// Stores the 8 sums of a chunk rounded to bfloat16 (d2bf, one branch per chunk).
 __device__ __forceinline__ void store_acc(bf16_t* p, const double* acc) {
+    unsigned int r[4];
+    bool ok = true;
+#pragma unroll
+    for (int i = 0; i < 4; i++) r[i] = d2bf_fast(acc[2 * i], ok) | d2bf_fast(acc[2 * i + 1], ok) << 16;
+    if (!ok) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) r[i] = (unsigned int)d2bf_slow(acc[2 * i]) | (unsigned int)d2bf_slow(acc[2 * i + 1]) << 16;
+    }
     uint4 o;
-    o.x = (unsigned int)d2bf(acc[0]) | (unsigned int)d2bf(acc[1]) << 16;
-    o.y = (unsigned int)d2bf(acc[2]) | (unsigned int)d2bf(acc[3]) << 16;
-    o.z = (unsigned int)d2bf(acc[4]) | (unsigned int)d2bf(acc[5]) << 16;
-    o.w = (unsigned int)d2bf(acc[6]) | (unsigned int)d2bf(acc[7]) << 16;
+    o.x = r[0], o.y = r[1], o.z = r[2], o.w = r[3];
     __stcs(reinterpret_cast<uint4*>(p), o);
 }
 __device__ __forceinline__ void store_acc(float* p, const double* acc) {

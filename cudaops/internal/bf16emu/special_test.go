@@ -87,6 +87,16 @@ func TestPermuteSpecials(t *testing.T) {
 				x[tk*s.H+h] = ops.BF16([]uint16{0x3f81, 0xbf81}[(h/2)%2])
 			}
 		}
+		// Every fourth token: weight 1 is the subnormal 32264 * 2^-149 and x holds 1 + 2^-6 in its odd
+		// columns: the product is 2^-134 (the tie between 0 and the least bfloat16 subnormal) plus 2^-152,
+		// a remainder float32 cannot hold, so only the double path rounds it up.
+		tiny := math.Float32frombits(32264)
+		for tk := 3; tk < s.T && s.K >= 2; tk += 4 {
+			w[tk*s.K+1] = tiny
+			for h := 1; h < s.H; h += 2 {
+				x[tk*s.H+h] = 0x3f82
+			}
+		}
 		rowOf, kept := bufOf(r.rowOf), bufOf(r.kept)
 		xb, yb, wb := bufOf(x), bufOf(ye), bufOf(w)
 		l := Launch{2, 96}

@@ -5,4 +5,4 @@
 package bf16emu
 
 // sourceHash is the hash of the kernel sources the emulator was last generated for.
-const sourceHash = "b83ff2b7904ba8541c92337a5b832f6a2699de5bf3b33454fd5d22aa6f4525f7"
+const sourceHash = "68fffe268eb0f1a105af7fdc6b833342f3d000b9830f244d51e4d8d9329e25f6"
