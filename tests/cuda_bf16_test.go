@@ -93,6 +93,18 @@ func TestCUDABF16PermuteSpecials(t *testing.T) {
 						x[tk*c.H+h] = bits(0x3f82)
 					}
 				}
+			case tk%4 == 2 && c.K >= 2:
+				// dy = x: zeros and negative subnormals against rows of 2^97 (the weight gradient's fast
+				// path takes normal numbers only).
+				for h := 0; h < c.H; h++ {
+					x[tk*c.H+h] = bits([]uint16{0x0000, 0x8001}[h%2])
+				}
+				for j := 0; j < c.K; j++ {
+					row := int(rowOf[tk*c.K+j])
+					for h := 0; h < c.H; h++ {
+						ye[row*c.H+h] = bits(0x7000)
+					}
+				}
 			case c.K >= 2:
 				w[tk*c.K] = 1 + 1.0/256
 				r0, r1 := int(rowOf[tk*c.K]), int(rowOf[tk*c.K+1])
