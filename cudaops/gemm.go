@@ -40,7 +40,7 @@ type gemmState struct {
 
 type gemmModule struct {
 	fns      map[string]cu.Function
-	smemOpen map[string]bool // kernels whose dynamic shared memory limit was raised
+	smemOpen map[string]bool // kernels whose shared memory was checked against the device (and the opt-in limit raised where needed)
 	load     time.Duration   // cuModuleLoadData (the driver's JIT of the PTX, or its cache)
 }
 
@@ -227,12 +227,21 @@ func (d *Device) gemmLaunchLocked(l gemmplan.Launch) error {
 	if !ok {
 		return fmt.Errorf("GEMM module %s has no kernel %s", l.Variant, l.Kernel)
 	}
-	if l.Smem > d.gemm.target.MaxSmem {
-		return fmt.Errorf("kernel %s/%s needs %d bytes of shared memory, the device allows %d", l.Variant, l.Kernel, l.Smem, d.gemm.target.MaxSmem)
-	}
-	if l.Smem > 48<<10 && !m.smemOpen[l.Kernel] {
-		if err := setMaxDynamicSmem(fn, l.Smem); err != nil {
-			return fmt.Errorf("kernel %s/%s: %w", l.Variant, l.Kernel, err)
+	if !m.smemOpen[l.Kernel] {
+		// The 48 KiB default bounds static plus dynamic shared memory together: a kernel whose dynamic
+		// part is exactly 48 KiB (f32_128x128x8_w4_s4) still needs the opt-in for its static scheduler
+		// buffer, else the launch fails with InvalidValue.
+		static, err := fn.Attribute(cu.SharedSizeBytes)
+		if err != nil {
+			return fmt.Errorf("kernel %s/%s: static shared memory: %w", l.Variant, l.Kernel, err)
+		}
+		if l.Smem+static > d.gemm.target.MaxSmem {
+			return fmt.Errorf("kernel %s/%s needs %d bytes of shared memory (%d dynamic), the device allows %d", l.Variant, l.Kernel, l.Smem+static, l.Smem, d.gemm.target.MaxSmem)
+		}
+		if l.Smem+static > 48<<10 {
+			if err := setMaxDynamicSmem(fn, l.Smem); err != nil {
+				return fmt.Errorf("kernel %s/%s: %w", l.Variant, l.Kernel, err)
+			}
 		}
 		m.smemOpen[l.Kernel] = true
 	}

@@ -32,12 +32,6 @@ func loadDeepSeekFixtures(t *testing.T) []dsfixture.Case {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range cases {
-		if c.Recovered {
-			t.Logf("%s: the file's indices are unusable (an old generator stored transformers' router_logits there); rebuilt from transformers' weights, %d tokens needed its selection rule between equal scores; %s",
-				c.Name, c.Ambiguous, dsfixture.HowTo)
-		}
-	}
 	return cases
 }
 

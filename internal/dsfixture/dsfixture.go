@@ -42,13 +42,6 @@ type Case struct {
 	Indices    []int64   // [T,K] as transformers returns them (its top-k is unsorted)
 	Weights    []float32 // [T,K] in the order of Indices
 
-	// Recovered is set when the file's indices were unusable (written by the generator before its fix,
-	// which stored transformers 5's router_logits in their place) and Indices were rebuilt from
-	// Weights by RecoverIndices; Ambiguous counts the tokens whose rebuilding needed transformers'
-	// selection rule to choose between experts of (nearly) equal score.
-	Recovered bool
-	Ambiguous int
-
 	Transformers string        // the transformers version that wrote the file
 	Mask         ops.GroupMask // what transformers' source fills dropped groups with
 	MaskLine     string        // the masked_fill line of that source
@@ -116,15 +109,13 @@ func Load(dir string) ([]Case, error) {
 		if c.Indices, shape, err = f.ReadInt64(name + ".indices"); err != nil {
 			return nil, fmt.Errorf("case %s: indices: %w", name, err)
 		}
-		if len(shape) != 2 || shape[0] != c.T || shape[1] != c.K || validIndices(c) != nil {
-			// The generator before its fix stored transformers 5's router_logits (cast to int64) as
-			// the indices: rebuild them from transformers' weights.
-			c.Indices, c.Recovered = nil, true
-			if c.Ambiguous, err = c.RecoverIndices(); err != nil {
-				return nil, fmt.Errorf("case %s: the indices tensor has shape %v (want [%d %d] experts in [0,%d), "+
-					"distinct per token) and cannot be rebuilt from the weights: %w; regenerate the fixtures: %s",
-					name, shape, c.T, c.K, c.E, err, HowTo)
-			}
+		if len(shape) != 2 || shape[0] != c.T || shape[1] != c.K {
+			// A generator before its fix stored transformers 5's router_logits ([T,E]) there.
+			return nil, fmt.Errorf("case %s: the indices tensor has shape %v, want [%d %d]; regenerate the fixtures: %s",
+				name, shape, c.T, c.K, HowTo)
+		}
+		if err := validIndices(c); err != nil {
+			return nil, fmt.Errorf("case %s: %w; regenerate the fixtures: %s", name, err, HowTo)
 		}
 		cases = append(cases, c)
 	}
@@ -291,4 +282,21 @@ func sortedKeys(m map[int]float64) []int {
 	}
 	sort.Ints(k)
 	return k
+}
+
+// validIndices checks that c.Indices holds K distinct experts in [0, E) per token.
+func validIndices(c Case) error {
+	if len(c.Indices) != c.T*c.K {
+		return fmt.Errorf("%d indices, want %d", len(c.Indices), c.T*c.K)
+	}
+	for tok := 0; tok < c.T; tok++ {
+		seen := map[int64]bool{}
+		for _, e := range c.Indices[tok*c.K : (tok+1)*c.K] {
+			if e < 0 || e >= int64(c.E) || seen[e] {
+				return fmt.Errorf("token %d: indices %v are not %d distinct experts in [0,%d)", tok, c.Indices[tok*c.K:(tok+1)*c.K], c.K, c.E)
+			}
+			seen[e] = true
+		}
+	}
+	return nil
 }
