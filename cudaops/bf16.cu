@@ -30,11 +30,25 @@ __device__ __forceinline__ bf16_t f2bf(float f) {
 // Round a double once to the nearest bfloat16: truncate to float toward zero, set the lowest bit when
 // that was inexact (round-to-odd keeps the sticky information), then round to nearest even. NaN becomes
 // the quiet NaN of its sign.
-__device__ __forceinline__ bf16_t d2bf(double d) {
+__device__ __forceinline__ bf16_t d2bf_slow(double d) {
     if (d != d) return (bf16_t)((((unsigned long long)__double_as_longlong(d)) >> 48) & 0x8000u) | 0x7fc0u;
     float r = __double2float_rz(d);
     if ((double)r != d) r = __uint_as_float(__float_as_uint(r) | 1u);
     return f2bf(r);
+}
+
+// d2bf_slow's result with integer operations where the result is a normal bfloat16 or rounds up to
+// infinity (|d| in [2^-126, 2^128), exponent fields 897..1150): the double's top word keeps sign,
+// exponent and the 7 leading fraction bits above bit 13; the bits below, with the low word as a sticky
+// bit, round to nearest even (one rounding of d, which is what the round-to-odd float does); the
+// exponent is rebiased by 1023 - 127 = 896. The conversion instructions of d2bf_slow run at a quarter of
+// the integer rate, and the permutations convert every element.
+__device__ __forceinline__ bf16_t d2bf(double d) {
+    const unsigned int hi = (unsigned int)__double2hiint(d), lo = (unsigned int)__double2loint(d);
+    const unsigned int mag = (hi & 0x7fffffffu) | (lo != 0u ? 1u : 0u);
+    if (mag - 0x38100000u >= 0x47f00000u - 0x38100000u) return d2bf_slow(d);
+    const unsigned int r = mag + 0xfffu + ((hi >> 13) & 1u) - 0x38000000u;
+    return (bf16_t)((r >> 13) | ((hi >> 16) & 0x8000u));
 }
 
 // ---- 8-element chunks ----
@@ -169,6 +183,96 @@ extern "C" __global__ void ew_add_bf16(const bf16_t* a, const bf16_t* b, bf16_t*
         const bf16_t s = f2bf(bf2f(a[i]) + bf2f(b[i]));
         out[i] = incr ? f2bf(bf2f(out[i]) + bf2f(s)) : s;
     }
+}
+
+// ---- bfloat16 pairs: the fast paths of the permutations ----
+//
+// The vector paths of the bfloat16 permutations keep each 16-byte chunk as the uint4 it was loaded as
+// (8 elements, element 2i in the low half of word i) and convert elements with integer and float32
+// operations instead of the float <-> double conversion instructions (a quarter of the integer rate on
+// sm_80/sm_90, and they were the bound of these kernels). Every fast path gives the bits of the slow one.
+
+// 2^896 = 2^(1023-127): the exponent bias difference of double and bfloat16.
+__device__ __forceinline__ double two896() { return __hiloint2double(0x77f00000, 0); }
+
+// Element h (0: low half, 1: high half) of word w as a float (exact).
+__device__ __forceinline__ float pair_f(unsigned int w, int h) { return __uint_as_float(h ? (w & 0xffff0000u) : (w << 16)); }
+
+// The top word of a double holding element h of w's sign, exponent field (zero-extended to 11 bits) and
+// fraction: the arithmetic shift copies the sign into the three new exponent bits, the mask clears them.
+__device__ __forceinline__ unsigned int pair_hi(unsigned int w, int h) {
+    const int f = (int)(h ? (w & 0xffff0000u) : (w << 16));
+    return (unsigned int)(f >> 3) & 0x8fffe000u;
+}
+
+// Element h of w times 2^-896, exactly, for every finite element: a bfloat16 exponent field e in 1..254
+// becomes the double exponent field e (value scaled by 2^(127-1023)); a zero or subnormal becomes the
+// double zero or subnormal of the same fraction (m * 2^-133 * 2^-896 = (m << 45) * 2^-1074). Not for
+// infinities and NaNs (chunk_nonfinite).
+__device__ __forceinline__ double pair_d896(unsigned int w, int h) { return __hiloint2double((int)pair_hi(w, h), 0); }
+
+// Element h of w as a double, exactly, when it is normal (exponent field 1..254, rebiased by adding 896);
+// not for zeros, subnormals, infinities and NaNs (chunk_special).
+__device__ __forceinline__ double pair_d(unsigned int w, int h) { return __hiloint2double((int)(pair_hi(w, h) + (896u << 20)), 0); }
+
+// Whether some 16-bit half of each word's exponent bits (mask 0x7f80) is zero, for the four words:
+// (y - 0x00010001) sets bit 15 or 31 exactly when the half below it is zero (halves of y < 0x8000).
+__device__ __forceinline__ unsigned int halfzero(unsigned int y) { return (y - 0x00010001u) & 0x80008000u; }
+
+// True when some element of the chunk is an infinity or a NaN (exponent field all ones).
+__device__ __forceinline__ bool chunk_nonfinite(uint4 c) {
+    const unsigned int m = 0x7f807f80u;
+    return (halfzero(~c.x & m) | halfzero(~c.y & m) | halfzero(~c.z & m) | halfzero(~c.w & m)) != 0u;
+}
+
+// True when some element of the chunk is zero, subnormal, infinite or NaN (exponent field 0 or all ones).
+__device__ __forceinline__ bool chunk_special(uint4 c) {
+    const unsigned int m = 0x7f807f80u;
+    return (halfzero(c.x & m) | halfzero(c.y & m) | halfzero(c.z & m) | halfzero(c.w & m) | chunk_nonfinite(c)) != 0u;
+}
+
+__device__ __forceinline__ unsigned int word_at(uint4 c, int i) { return i == 0 ? c.x : i == 1 ? c.y : i == 2 ? c.z : c.w; }
+
+// bf16(s * v) for a float32 s and a bfloat16 v (given as its float), rounded once, as
+// d2bf((double)s * v): the exact product has at most 32 significant bits, so its float32 truncation p
+// and the remainder fmaf(s, v, -p) (exact when |p| >= 2^-118) give its round-to-odd float32 (p with
+// the remainder's stickiness in the last bit), which rounds to the bfloat16 nearest the product. ok
+// turns false for zero, tiny and non-finite products, whose result this is not (the caller redoes the
+// chunk on the double path, so that the common case has no branch per element).
+__device__ __forceinline__ unsigned int mul_bf_fast(float s, float v, bool& ok) {
+    const float p = __fmul_rz(s, v);
+    const float e = __fmaf_rn(s, v, -p);
+    const unsigned int u = __float_as_uint(p) | (__float_as_uint(e) != 0u ? 1u : 0u);
+    ok &= (u & 0x7fffffffu) - 0x04800000u < 0x7f800000u - 0x04800000u;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+// The chunk c with every element multiplied by s and rounded once to bfloat16.
+__device__ __forceinline__ uint4 scale_chunk(float s, uint4 c) {
+    unsigned int r[4];
+    bool ok = true;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const unsigned int w = word_at(c, i);
+        r[i] = (mul_bf_fast(s, pair_f(w, 0), ok) & 0xffffu) | mul_bf_fast(s, pair_f(w, 1), ok) << 16;
+    }
+    if (!ok) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const unsigned int w = word_at(c, i);
+            r[i] = (unsigned int)d2bf_slow((double)s * (double)pair_f(w, 0)) |
+                   (unsigned int)d2bf_slow((double)s * (double)pair_f(w, 1)) << 16;
+        }
+    }
+    uint4 o;
+    o.x = r[0], o.y = r[1], o.z = r[2], o.w = r[3];
+    return o;
+}
+
+__device__ __forceinline__ uint4 zero_chunk() {
+    uint4 z;
+    z.x = 0u, z.y = 0u, z.z = 0u, z.w = 0u;
+    return z;
 }
 
 // ---- permutations around the plan (one warp per token; see permute.cu) ----
@@ -314,6 +418,244 @@ __device__ void combine_gradw_bf16_body(const Dy* __restrict__ dy, const bf16_t*
     }
 }
 
+// ---- vector paths with bfloat16 rows (uint4 chunks; see "bfloat16 pairs") ----
+
+// Chunks in flight per lane: a bfloat16 chunk holds half the bytes of permute.cu's float32 one, so the
+// copies keep twice as many (DV, GV) and combine loads several slots' rows before it accumulates.
+#define DV 8
+#define GV 4
+
+// dispatch_bf16_body's result for bfloat16 x with H % 8 == 0 and 16-byte aligned rows.
+__device__ void dispatch_bf16_v8_body(const bf16_t* __restrict__ x, const float* __restrict__ w, const int* __restrict__ rowOf,
+                                      const int* __restrict__ kept, bf16_t* __restrict__ out, int numTokens, int K, int H,
+                                      bool keep) {
+    const int lane = lane_id();
+    const int nc = H / 8;
+    const int lim = *kept;
+    for (long long t = global_warp(); t < numTokens; t += num_warps()) {
+        const uint4* src = reinterpret_cast<const uint4*>(x + t * H);
+        for (int c0 = lane; c0 < nc; c0 += 32 * DV) {
+            uint4 v[DV];
+#pragma unroll
+            for (int u = 0; u < DV; u++) {
+                const int c = c0 + 32 * u;
+                v[u] = c < nc ? __ldcs(src + c) : zero_chunk();
+            }
+            for (int j = 0; j < K; j++) {
+                const long long s = t * K + j;
+                const int r = rowOf[s];
+                const bool drop = r >= lim;
+                uint4* dst = reinterpret_cast<uint4*>(out + (long long)r * H);
+                const float sc = w ? w[s] : 1.0f;
+#pragma unroll
+                for (int u = 0; u < DV; u++) {
+                    const int c = c0 + 32 * u;
+                    if (c >= nc) continue;
+                    const uint4 o = drop ? zero_chunk() : (w ? scale_chunk(sc, v[u]) : v[u]);
+                    if (keep)
+                        dst[c] = o;
+                    else
+                        __stcs(dst + c, o);
+                }
+            }
+        }
+    }
+}
+
+// acc[k] += sc * element k of chunk c (k = 0..7), each an exact product added with one rounding as
+// fma(sc, wide(v), acc) does: sc896 = sc * 2^896 times the element scaled by 2^-896 is the same product.
+__device__ __forceinline__ void acc_chunk(double* acc, float sc, double sc896, uint4 c) {
+    if (!chunk_nonfinite(c)) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const unsigned int w = word_at(c, i);
+            acc[2 * i] = fma(sc896, pair_d896(w, 0), acc[2 * i]);
+            acc[2 * i + 1] = fma(sc896, pair_d896(w, 1), acc[2 * i + 1]);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const unsigned int w = word_at(c, i);
+            acc[2 * i] = fma((double)sc, (double)pair_f(w, 0), acc[2 * i]);
+            acc[2 * i + 1] = fma((double)sc, (double)pair_f(w, 1), acc[2 * i + 1]);
+        }
+    }
+}
+
+// d2bf's integer path for one of the 8 sums of a chunk (bits 0..15 of the result); ok turns false when
+// the sum is outside its range.
+__device__ __forceinline__ unsigned int d2bf_fast(double d, bool& ok) {
+    const unsigned int hi = (unsigned int)__double2hiint(d), lo = (unsigned int)__double2loint(d);
+    const unsigned int mag = (hi & 0x7fffffffu) | (lo != 0u ? 1u : 0u);
+    ok &= mag - 0x38100000u < 0x47f00000u - 0x38100000u;
+    const unsigned int r = mag + 0xfffu + ((hi >> 13) & 1u) - 0x38000000u;
+    return ((r >> 13) & 0x7fffu) | ((hi >> 16) & 0x8000u);
+}
+
+// Stores the 8 sums of a chunk rounded to bfloat16 (d2bf, one branch per chunk).
+__device__ __forceinline__ void store_acc(bf16_t* p, const double* acc) {
+    unsigned int r[4];
+    bool ok = true;
+#pragma unroll
+    for (int i = 0; i < 4; i++) r[i] = d2bf_fast(acc[2 * i], ok) | d2bf_fast(acc[2 * i + 1], ok) << 16;
+    if (!ok) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) r[i] = (unsigned int)d2bf_slow(acc[2 * i]) | (unsigned int)d2bf_slow(acc[2 * i + 1]) << 16;
+    }
+    uint4 o;
+    o.x = r[0], o.y = r[1], o.z = r[2], o.w = r[3];
+    __stcs(reinterpret_cast<uint4*>(p), o);
+}
+__device__ __forceinline__ void store_acc(float* p, const double* acc) {
+    float o[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) o[k] = (float)acc[k];
+    store8(p, o, false);
+}
+
+// Loads chunks c0 + 32u (u < NV) of the rows of slots j0..j0+NJ-1 of token t into v; use[jj] tells
+// whether slot j0+jj exists and is kept (the same for every lane of the warp), sc its weight.
+template <int NV, int NJ>
+__device__ __forceinline__ void load_slots(const bf16_t* __restrict__ ye, const float* __restrict__ w, const int* __restrict__ rowOf,
+                                           int lim, long long t, int K, int H, int j0, int c0, uint4 (&v)[NJ][NV],
+                                           bool (&use)[NJ], float (&sc)[NJ]) {
+    const int nc = H / 8;
+#pragma unroll
+    for (int jj = 0; jj < NJ; jj++) {
+        const int j = j0 + jj;
+        const long long s = t * K + (j < K ? j : 0);
+        const int r = rowOf[s];
+        use[jj] = j < K && r < lim;
+        sc[jj] = w ? w[s] : 1.0f;
+        const uint4* src = reinterpret_cast<const uint4*>(ye + (long long)r * H);
+#pragma unroll
+        for (int u = 0; u < NV; u++) {
+            const int c = c0 + 32 * u;
+            v[jj][u] = use[jj] && c < nc ? __ldcs(src + c) : zero_chunk();
+        }
+    }
+}
+
+// combine_bf16_body's result with H % 8 == 0 and 16-byte aligned rows. The rows of NJ slots are loaded
+// before any is added; the kept ones are added in increasing j, so the sums are formed in the same
+// order. ONE (K <= NJ): every slot is in flight at once and each chunk is summed and stored in turn, so
+// only one chunk's accumulators are live and NV chunks per row fit; otherwise the accumulators of the
+// NV chunks persist across the groups of NJ slots.
+template <typename Out, int NV, int NJ, bool ONE>
+__device__ void combine_bf16_v8_rows(const bf16_t* __restrict__ ye, const float* __restrict__ w, const int* __restrict__ rowOf,
+                                     const int* __restrict__ kept, Out* __restrict__ out, int numTokens, int K, int H) {
+    const int lane = lane_id();
+    const int nc = H / 8;
+    const int lim = *kept;
+    for (long long t = global_warp(); t < numTokens; t += num_warps()) {
+        for (int c0 = lane; c0 < nc; c0 += 32 * NV) {
+            uint4 v[NJ][NV];
+            bool use[NJ];
+            float sc[NJ];
+            if (ONE) {
+                load_slots<NV, NJ>(ye, w, rowOf, lim, t, K, H, 0, c0, v, use, sc);
+#pragma unroll
+                for (int u = 0; u < NV; u++) {
+                    double acc[8];
+#pragma unroll
+                    for (int k = 0; k < 8; k++) acc[k] = 0.0;
+#pragma unroll
+                    for (int jj = 0; jj < NJ; jj++)
+                        if (use[jj]) acc_chunk(acc, sc[jj], (double)sc[jj] * two896(), v[jj][u]);
+                    const int c = c0 + 32 * u;
+                    if (c < nc) store_acc(out + t * H + (long long)c * 8, acc);
+                }
+            } else {
+                double acc[NV][8];
+#pragma unroll
+                for (int u = 0; u < NV; u++)
+#pragma unroll
+                    for (int k = 0; k < 8; k++) acc[u][k] = 0.0;
+                for (int j0 = 0; j0 < K; j0 += NJ) {
+                    load_slots<NV, NJ>(ye, w, rowOf, lim, t, K, H, j0, c0, v, use, sc);
+#pragma unroll
+                    for (int jj = 0; jj < NJ; jj++) {
+                        if (!use[jj]) continue;
+                        const double sc896 = (double)sc[jj] * two896();
+#pragma unroll
+                        for (int u = 0; u < NV; u++) acc_chunk(acc[u], sc[jj], sc896, v[jj][u]);
+                    }
+                }
+#pragma unroll
+                for (int u = 0; u < NV; u++) {
+                    const int c = c0 + 32 * u;
+                    if (c < nc) store_acc(out + t * H + (long long)c * 8, acc[u]);
+                }
+            }
+        }
+    }
+}
+
+template <typename Out>
+__device__ void combine_bf16_v8_body(const bf16_t* __restrict__ ye, const float* __restrict__ w, const int* __restrict__ rowOf,
+                                     const int* __restrict__ kept, Out* __restrict__ out, int numTokens, int K, int H) {
+    if (K <= 2)
+        combine_bf16_v8_rows<Out, 4, 2, true>(ye, w, rowOf, kept, out, numTokens, K, H);
+    else
+        combine_bf16_v8_rows<Out, 1, 4, false>(ye, w, rowOf, kept, out, numTokens, K, H);
+}
+
+// acc += <chunk g, chunk y> in increasing element order, as the scalar fma(wide(g), wide(y), acc).
+__device__ __forceinline__ double dot_chunk(double acc, uint4 g, uint4 y) {
+    if (!chunk_special(g) && !chunk_special(y)) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const unsigned int a = word_at(g, i), b = word_at(y, i);
+            acc = fma(pair_d(a, 0), pair_d(b, 0), acc);
+            acc = fma(pair_d(a, 1), pair_d(b, 1), acc);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const unsigned int a = word_at(g, i), b = word_at(y, i);
+            acc = fma((double)pair_f(a, 0), (double)pair_f(b, 0), acc);
+            acc = fma((double)pair_f(a, 1), (double)pair_f(b, 1), acc);
+        }
+    }
+    return acc;
+}
+
+// combine_gradw_bf16_body's result for bfloat16 dy with H % 8 == 0 and 16-byte aligned rows.
+__device__ void combine_gradw_bf16_v8_body(const bf16_t* __restrict__ dy, const bf16_t* __restrict__ ye, const int* __restrict__ rowOf,
+                                           const int* __restrict__ kept, float* __restrict__ dw, int numTokens, int K, int H) {
+    const int lane = lane_id();
+    const int nc = H / 8;
+    const int lim = *kept;
+    for (long long t = global_warp(); t < numTokens; t += num_warps()) {
+        const uint4* g = reinterpret_cast<const uint4*>(dy + t * H);
+        for (int j = 0; j < K; j++) {
+            const int r = rowOf[t * K + j];
+            if (r >= lim) {  // the same for every lane: no shuffle is skipped by part of the warp
+                if (lane == 0) dw[t * K + j] = 0.0f;
+                continue;
+            }
+            const uint4* src = reinterpret_cast<const uint4*>(ye + (long long)r * H);
+            double acc = 0.0;
+            for (int c0 = lane; c0 < nc; c0 += 32 * GV) {
+                uint4 gv[GV], yv[GV];
+#pragma unroll
+                for (int u = 0; u < GV; u++) {
+                    const int c = c0 + 32 * u;
+                    // dy is read once per slot: its later reads hit L1/L2 (ye is streamed).
+                    gv[u] = c < nc ? g[c] : zero_chunk();
+                    yv[u] = c < nc ? __ldcs(src + c) : zero_chunk();
+                }
+#pragma unroll
+                for (int u = 0; u < GV; u++) {
+                    if (c0 + 32 * u < nc) acc = dot_chunk(acc, gv[u], yv[u]);
+                }
+            }
+            acc = warp_sum(acc);
+            if (lane == 0) dw[t * K + j] = (float)acc;
+        }
+    }
+}
+
 #define DEFINE_PERMUTE_BF16(SUF, N, In, Out, Dy)                                                                \
     extern "C" __global__ void dispatch_bf16_from_##SUF(const In* x, const float* w, const int* rowOf,          \
                                                          const int* kept, bf16_t* out, int numTokens, int K,    \
@@ -333,9 +675,36 @@ __device__ void combine_gradw_bf16_body(const Dy* __restrict__ dy, const bf16_t*
 // SUF names the float-side dtype of each kernel: the dispatch source, the combine result, the
 // gradient dy.
 DEFINE_PERMUTE_BF16(bf16, 1, bf16_t, bf16_t, bf16_t)
-DEFINE_PERMUTE_BF16(bf16_v8, 8, bf16_t, bf16_t, bf16_t)
 DEFINE_PERMUTE_BF16(f32, 1, float, float, float)
-DEFINE_PERMUTE_BF16(f32_v8, 8, float, float, float)
+
+// The vector kernels run in blocks of 256 threads (warpGridFor); at most 64 registers let 4 blocks share
+// an SM, so that T=4096 tokens (512 blocks) fit in one wave on 132 SMs rather than leaving a tail.
+#define PERMUTE_BOUNDS __launch_bounds__(256, 4)
+
+extern "C" __global__ void PERMUTE_BOUNDS dispatch_bf16_from_bf16_v8(const bf16_t* x, const float* w, const int* rowOf, const int* kept,
+                                                      bf16_t* out, int numTokens, int K, int H, int keep) {
+    dispatch_bf16_v8_body(x, w, rowOf, kept, out, numTokens, K, H, keep != 0);
+}
+extern "C" __global__ void PERMUTE_BOUNDS combine_bf16_to_bf16_v8(const bf16_t* ye, const float* w, const int* rowOf, const int* kept,
+                                                   bf16_t* out, int numTokens, int K, int H) {
+    combine_bf16_v8_body<bf16_t>(ye, w, rowOf, kept, out, numTokens, K, H);
+}
+extern "C" __global__ void PERMUTE_BOUNDS combine_gradw_bf16_dy_bf16_v8(const bf16_t* dy, const bf16_t* ye, const int* rowOf, const int* kept,
+                                                         float* dw, int numTokens, int K, int H) {
+    combine_gradw_bf16_v8_body(dy, ye, rowOf, kept, dw, numTokens, K, H);
+}
+extern "C" __global__ void PERMUTE_BOUNDS dispatch_bf16_from_f32_v8(const float* x, const float* w, const int* rowOf, const int* kept,
+                                                     bf16_t* out, int numTokens, int K, int H, int keep) {
+    dispatch_bf16_body<float, 8>(x, w, rowOf, kept, out, numTokens, K, H, keep != 0);
+}
+extern "C" __global__ void PERMUTE_BOUNDS combine_bf16_to_f32_v8(const bf16_t* ye, const float* w, const int* rowOf, const int* kept,
+                                                  float* out, int numTokens, int K, int H) {
+    combine_bf16_v8_body<float>(ye, w, rowOf, kept, out, numTokens, K, H);
+}
+extern "C" __global__ void PERMUTE_BOUNDS combine_gradw_bf16_dy_f32_v8(const float* dy, const bf16_t* ye, const int* rowOf, const int* kept,
+                                                        float* dw, int numTokens, int K, int H) {
+    combine_gradw_bf16_body<float, 8>(dy, ye, rowOf, kept, dw, numTokens, K, H);
+}
 
 // ---- SwiGLU (float32 arithmetic, one rounding per output) ----
 

@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"testing"
 )
@@ -20,9 +21,10 @@ const bf16FixtureDir = "fixtures/mixtral_bf16_e8k2"
 // transformers' own, up to a factor 2 plus 2^-8 (one bfloat16 rounding) in relative norm: it
 // accumulates in float32 like cuBLAS, keeps router logits and routing weights in float32 where
 // transformers rounds them to bfloat16, and rounds differently in the expert products. The fixture
-// separates every token's top-k probabilities by more than the bfloat16 error of the logits, so both
-// runs route identically. On the CUDA backend (EXPERTRT_PARITY_DEVICE=cuda) this needs the bfloat16
-// GEMM kernels.
+// separates every token's k-th and (k+1)-th router logits a > b by more than 2^-8 (|a|+|b|), the
+// bfloat16 rounding error of the pair, so all runs route identically; the test checks that of the
+// fixture and that our router picks the exact function's experts. On the CUDA backend
+// (EXPERTRT_PARITY_DEVICE=cuda) this needs the bfloat16 GEMM kernels.
 func TestHFParityBF16(t *testing.T) {
 	metaPath := filepath.Join(bf16FixtureDir, "meta.json")
 	raw, err := os.ReadFile(metaPath)
@@ -31,6 +33,7 @@ func TestHFParityBF16(t *testing.T) {
 	}
 	var meta struct {
 		TopK int                `json:"top_k"`
+		E    int                `json:"E"`
 		Errs map[string]float64 `json:"hf_bf16_normrel_vs_exact"`
 		GPU  string             `json:"gpu"`
 	}
@@ -50,6 +53,9 @@ func TestHFParityBF16(t *testing.T) {
 			t.Fatalf("%s: %v\n%s", cmd, err, stderr)
 		}
 		got := readAll(t, path)
+		if cmd == "forward" {
+			checkSameRouting(t, got["router_logits"], exact["router_logits"], meta.E, meta.TopK)
+		}
 		for name, want := range exact {
 			if cmd == "forward" && name != "output" && name != "router_logits" {
 				continue
@@ -80,4 +86,42 @@ func normRelErr(got, want []float64) float64 {
 		return math.Sqrt(num)
 	}
 	return math.Sqrt(num / den)
+}
+
+// checkSameRouting fails unless every token's k-th and (k+1)-th exact router logits a > b differ by
+// more than 2^-8 (|a|+|b|) (else bfloat16 rounding may legitimately change the experts and the fixture
+// must be regenerated) and our logits select the same top-k experts as the exact ones.
+func checkSameRouting(t *testing.T, got, exact []float64, nE, k int) {
+	t.Helper()
+	if nE <= k || len(exact)%nE != 0 || len(got) != len(exact) {
+		t.Fatalf("router_logits: %d ours, %d exact values for E=%d, k=%d", len(got), len(exact), nE, k)
+	}
+	topk := func(row []float64) (map[int]bool, []int) {
+		idx := make([]int, len(row))
+		for i := range idx {
+			idx[i] = i
+		}
+		sort.SliceStable(idx, func(a, b int) bool { return row[idx[a]] > row[idx[b]] })
+		set := map[int]bool{}
+		for _, e := range idx[:k] {
+			set[e] = true
+		}
+		return set, idx
+	}
+	for tok := 0; tok < len(exact)/nE; tok++ {
+		er := exact[tok*nE : (tok+1)*nE]
+		want, order := topk(er)
+		a, b := er[order[k-1]], er[order[k]]
+		if !(a-b > (math.Abs(a)+math.Abs(b))/256) {
+			t.Errorf("token %d: exact top-k logit gap %.3g is within bfloat16 rounding (2^-8 (|a|+|b|) = %.3g): regenerate the fixture", tok, a-b, (math.Abs(a)+math.Abs(b))/256)
+			continue
+		}
+		have, _ := topk(got[tok*nE : (tok+1)*nE])
+		for e := range want {
+			if !have[e] {
+				t.Errorf("token %d: our router picks %v, the exact function %v", tok, have, want)
+				break
+			}
+		}
+	}
 }

@@ -67,6 +67,14 @@ inline float __uint_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); retu
 inline unsigned __float_as_uint(float f) { unsigned i; std::memcpy(&i, &f, 4); return i; }
 inline double __longlong_as_double(long long i) { double d; std::memcpy(&d, &i, 8); return d; }
 inline long long __double_as_longlong(double d) { long long i; std::memcpy(&i, &d, 8); return i; }
+inline double __hiloint2double(int hi, int lo) {
+    const uint64_t u = (uint64_t)(uint32_t)hi << 32 | (uint32_t)lo;
+    double d;
+    std::memcpy(&d, &u, 8);
+    return d;
+}
+inline int __double2hiint(double d) { uint64_t u; std::memcpy(&u, &d, 8); return (int)(uint32_t)(u >> 32); }
+inline int __double2loint(double d) { uint64_t u; std::memcpy(&u, &d, 8); return (int)(uint32_t)u; }
 inline float __double2float_rn(double d) { return (float)d; }
 // cvt.rz.f32.f64: the float nearest d toward zero (the largest finite float for finite d beyond it).
 inline float __double2float_rz(double d) {
@@ -74,6 +82,9 @@ inline float __double2float_rz(double d) {
     if (d == d && (double)f != d && std::fabs((double)f) > std::fabs(d)) f = std::nextafter(f, 0.0f);
     return f;
 }
+// mul.rz.f32: the product of two floats (exact in double) truncated toward zero.
+inline float __fmul_rz(float a, float b) { return __double2float_rz((double)a * (double)b); }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 using std::exp;
 using std::fma;
 using std::log;

@@ -92,7 +92,12 @@ func isNaN[T any](v T) bool {
 func TestCast(t *testing.T) {
 	rng := rand.New(rand.NewSource(1))
 	vals := []float64{0, math.Copysign(0, -1), 1, math.Inf(1), math.Inf(-1), math.NaN(), math.MaxFloat32, 3.4e38, 1e300, 1e-300, 1e-40,
-		1 + 3.0/256, math.Nextafter(1+3.0/256, 0), math.Nextafter(1+3.0/256, 2), float64(math.Float32frombits(0x3f808000))}
+		1 + 3.0/256, math.Nextafter(1+3.0/256, 0), math.Nextafter(1+3.0/256, 2), float64(math.Float32frombits(0x3f808000)),
+		// Doubles whose rounding the low word's sticky bit decides (bf16.cu's integer d2bf), and the ends of
+		// its range: the smallest normal bfloat16 and below, the largest and what rounds to infinity.
+		1 + 0x1p-8, 1 + 0x1p-8 + 0x1p-40, -(1 + 0x1p-8 + 0x1p-52), 1 + 0x1p-8 - 0x1p-52, 1 + 3*0x1p-8 + 0x1p-45,
+		0x1p-126, -0x1p-126, 0x1p-126 - 0x1p-180, 0x1p-127 + 0x1p-140, 0x1.fep127, 0x1.ffp127, 0x1.ffp127 - 0x1p80, -0x1.ffp127,
+		0x1p128, 0x1p-133, 0x1p-134, 0x1p-134 + 0x1p-200}
 	for len(vals) < 1027 {
 		vals = append(vals, rng.NormFloat64()*math.Ldexp(1, rng.Intn(80)-40))
 	}

@@ -5,4 +5,4 @@
 package bf16emu
 
 // sourceHash is the hash of the kernel sources the emulator was last generated for.
-const sourceHash = "b5325bc5a13f58a25afb41cf2e55c6a5b3da9c143413d5cc4bc7deb43eef6023"
+const sourceHash = "68fffe268eb0f1a105af7fdc6b833342f3d000b9830f244d51e4d8d9329e25f6"
