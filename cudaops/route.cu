@@ -23,6 +23,8 @@
 // (ties to the lower group); dropped groups' c becomes 0 (or -inf when exclude); the k largest c are
 // chosen (ties to the lower expert). Weights and gradients use the unbiased s in double. A NaN logit
 // raises FAULT_NONFINITE; a NaN or infinite bias raises FAULT_BIAS_NONFINITE (both ops.ErrNaN).
+// route_sigmoid has a register path (route_sigmoid_regs, the common shapes) and a shared-memory path
+// (route_sigmoid_shared, any shape); both give the same indices and weights, bit for bit.
 #include "common.cuh"
 
 __device__ __forceinline__ double sigmoid_d(double x) { return 1.0 / (1.0 + exp(-x)); }
@@ -280,10 +282,10 @@ __device__ __forceinline__ void lane_best(const K_t (&key)[NV], int base, K_t& b
 }
 
 // route_sigmoid_regs: route_sigmoid_shared's results (bitwise: the same selection values, group scores,
-// kept groups, order and weights) with every value in registers, for K <= 32 (lane j holds choice j). Lane L holds the nv consecutive
-// experts L*nv .. L*nv+nv-1 (those below E; nv <= NV <= 8, nv*32 >= E). With groups, nv divides the group
-// size gs, so each lane's experts lie in one group and group g is lanes g*P .. g*P+P-1 (P = gs/nv,
-// G*P = E/nv <= 32 lanes). Why this gives the same answer:
+// kept groups, order and weights) with every value in registers, for K <= 32 (lane j holds choice j).
+// Lane L holds the nv consecutive experts L*nv .. L*nv+nv-1 (those below E; nv <= NV <= 8, nv*32 >= E).
+// With groups, nv divides the group size gs, so each lane's experts lie in one group and group g is
+// lanes g*P .. g*P+P-1 (P = gs/nv, G*P = E/nv <= 32 lanes). Why this gives the same answer:
 //   - a group's score is the sum of its two largest values; the two largest of a multiset do not depend
 //     on the order they are found in (the values are never NaN, and never -0: c = s + bias with s >= +0,
 //     a fill of +0, or -inf), so a tree over lanes gives the sequential scan's t1 + t2 bit for bit;
@@ -524,9 +526,9 @@ __device__ void route_weights_grad_body(const T* __restrict__ logits, const int*
                                            int fullSoftmax, double scale, unsigned int* fault) {              \
         route_body<T>(logits, idx, w, numTokens, E, K, fullSoftmax != 0, scale, fault);                       \
     }                                                                                                         \
-    extern "C" __global__ void __launch_bounds__(256, MINB) route_sigmoid_##SUF(const T* logits, const T* bias, int* idx, T* w, int numTokens, \
-                                                   int E, int K, int renorm, double scale, int G, int TG,     \
-                                                   int exclude, unsigned int* fault) {                        \
+    extern "C" __global__ void __launch_bounds__(256, MINB)                                                   \
+        route_sigmoid_##SUF(const T* logits, const T* bias, int* idx, T* w, int numTokens, int E, int K,      \
+                            int renorm, double scale, int G, int TG, int exclude, unsigned int* fault) {      \
         route_sigmoid_body<T>(logits, bias, idx, w, numTokens, E, K, renorm != 0, scale, G, TG, exclude != 0,  \
                               fault);                                                                         \
     }                                                                                                         \
