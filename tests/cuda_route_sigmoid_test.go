@@ -44,41 +44,47 @@ func sigmoidRouteCases(rng *rand.Rand) []sigmoidRouteCase {
 	}
 	// Edges, each with every pattern.
 	for p := 0; p < 4; p++ {
-		add(64, 256, 8, 8, 4, true, 2.5, false, true, p)    // DeepSeek-V3
-		add(64, 256, 8, 8, 4, false, 1, true, false, p)     // exclude mask
-		add(64, 256, 32, 8, 8, true, 1, false, true, p)     // TG = G, K = 32 (register path's largest K)
-		add(64, 256, 33, 8, 8, true, 1, false, true, p)     // K > 32: shared-memory path
-		add(64, 256, 256, 1, 0, true, 1, false, true, p)    // K = E, shared-memory path
-		add(64, 32, 32, 1, 0, true, 1, false, true, p)      // K = E = 32, register path
-		add(64, 16, 16, 8, 8, true, 1, true, true, p)       // groups of 2, K = E
-		add(64, 16, 2, 8, 1, false, 1, false, true, p)      // TG = 1
-		add(64, 64, 16, 32, 8, true, 1, false, true, p)     // 32 groups of 2: one lane per group
-		add(64, 100, 7, 1, 0, true, 1.5, false, true, p)    // E not a multiple of 32, no groups
-		add(64, 100, 7, 4, 2, true, 1, false, true, p)      // group size 25: no nv <= 8 divides it
-		add(64, 160, 6, 8, 3, true, 16, false, true, p)     // group size 20, nv = 5, P = 4
-		add(64, 96, 6, 3, 2, false, 1, true, true, p)       // group size 32, nv = 4, P = 8
-		add(64, 200, 8, 8, 4, true, 1, false, true, p)      // group size 25, nv = 25 > 8: shared path
-		add(64, 255, 5, 5, 2, true, 1, false, true, p)      // group size 51, nv = 17 > 8: shared path
-		add(64, 384, 8, 1, 0, true, 2.5, false, true, p)    // Kimi-K2's E: shared path
-		add(64, 512, 8, 8, 4, true, 2.5, false, true, p)    // shared path
-		add(64, 2, 1, 1, 0, false, 1, false, false, p)      // E = 2
-		add(64, 3, 3, 1, 0, true, 1, false, true, p)        // E = 3, K = E
-		add(64, 240, 8, 120, 60, true, 1, false, true, p)   // groups of 2, nv = 8, P = 1... 8 does not divide 2: shared
-		add(64, 30, 4, 15, 7, true, 1, true, true, p)       // groups of 2, nv = 1 (E <= 32), P = 2, 30 lanes
-		add(20000, 256, 8, 8, 4, true, 2.5, false, true, p) // more tokens than warps: the grid-stride loop
-		add(3, 256, 8, 8, 4, true, 2.5, false, true, p)     // fewer tokens than a block's warps
-		add(64, 128, 8, 1, 0, true, 1, false, false, p)     // Qwen3-MoE
-		add(64, 64, 6, 1, 0, true, 1, false, true, p)       // nv = 2
-		add(64, 256, 8, 2, 1, true, 1, false, true, p)      // group size 128, P = 16
-		add(64, 256, 8, 4, 3, true, 1, true, true, p)       // group size 64, P = 8
-		add(64, 256, 8, 16, 5, true, 1, false, true, p)     // group size 16, P = 2
-		add(64, 256, 8, 32, 9, true, 1, false, true, p)     // group size 8, P = 1
-		add(64, 192, 8, 12, 5, true, 1, false, true, p)     // group size 16, nv = 8, P = 2, 24 lanes
-		add(64, 224, 8, 7, 3, true, 1, false, true, p)      // group size 32, nv = 8, P = 4, 28 lanes
+		add(64, 256, 8, 8, 4, true, 2.5, false, true, p)  // DeepSeek-V3
+		add(64, 256, 8, 8, 4, false, 1, true, false, p)   // exclude mask
+		add(64, 256, 32, 8, 8, true, 1, false, true, p)   // TG = G, K = 32 (register path's largest K)
+		add(64, 256, 33, 8, 8, true, 1, false, true, p)   // K > 32: shared-memory path
+		add(64, 256, 256, 1, 0, true, 1, false, true, p)  // K = E, shared-memory path
+		add(64, 32, 32, 1, 0, true, 1, false, true, p)    // K = E = 32, register path
+		add(64, 16, 16, 8, 8, true, 1, true, true, p)     // groups of 2, K = E
+		add(64, 16, 2, 8, 1, false, 1, false, true, p)    // TG = 1
+		add(64, 64, 16, 32, 8, true, 1, false, true, p)   // 32 groups of 2: one lane per group
+		add(64, 100, 7, 1, 0, true, 1.5, false, true, p)  // E not a multiple of 32, no groups
+		add(64, 100, 7, 4, 2, true, 1, false, true, p)    // group size 25: no nv <= 8 divides it
+		add(64, 160, 6, 8, 3, true, 16, false, true, p)   // group size 20, nv = 5, P = 4
+		add(64, 96, 6, 3, 2, false, 1, true, true, p)     // group size 32, nv = 4, P = 8
+		add(64, 200, 8, 8, 4, true, 1, false, true, p)    // group size 25, nv = 25 > 8: shared path
+		add(64, 255, 5, 5, 2, true, 1, false, true, p)    // group size 51, nv = 17 > 8: shared path
+		add(64, 384, 8, 1, 0, true, 2.5, false, true, p)  // Kimi-K2's E: shared path
+		add(64, 512, 8, 8, 4, true, 2.5, false, true, p)  // shared path
+		add(64, 2, 1, 1, 0, false, 1, false, false, p)    // E = 2
+		add(64, 3, 3, 1, 0, true, 1, false, true, p)      // E = 3, K = E
+		add(64, 240, 8, 120, 60, true, 1, false, true, p) // groups of 2, nv = 8, P = 1... 8 does not divide 2: shared
+		add(64, 30, 4, 15, 7, true, 1, true, true, p)     // groups of 2, nv = 1 (E <= 32), P = 2, 30 lanes
+		if !testing.Short() {
+			add(20000, 256, 8, 8, 4, true, 2.5, false, true, p) // more tokens than warps: the grid-stride loop
+		}
+		add(3, 256, 8, 8, 4, true, 2.5, false, true, p) // fewer tokens than a block's warps
+		add(64, 128, 8, 1, 0, true, 1, false, false, p) // Qwen3-MoE
+		add(64, 64, 6, 1, 0, true, 1, false, true, p)   // nv = 2
+		add(64, 256, 8, 2, 1, true, 1, false, true, p)  // group size 128, P = 16
+		add(64, 256, 8, 4, 3, true, 1, true, true, p)   // group size 64, P = 8
+		add(64, 256, 8, 16, 5, true, 1, false, true, p) // group size 16, P = 2
+		add(64, 256, 8, 32, 9, true, 1, false, true, p) // group size 8, P = 1
+		add(64, 192, 8, 12, 5, true, 1, false, true, p) // group size 16, nv = 8, P = 2, 24 lanes
+		add(64, 224, 8, 7, 3, true, 1, false, true, p)  // group size 32, nv = 8, P = 4, 28 lanes
 	}
 	// Random shapes.
 	experts := []int{2, 4, 6, 8, 12, 16, 20, 24, 31, 32, 33, 40, 48, 60, 63, 64, 72, 96, 100, 120, 128, 144, 160, 192, 200, 224, 240, 250, 256, 300}
-	for n := 0; n < 160; n++ {
+	random := 160
+	if testing.Short() {
+		random = 40
+	}
+	for n := 0; n < random; n++ {
 		E := experts[rng.Intn(len(experts))]
 		var divs []int
 		for d := 2; d <= E/2; d++ {
@@ -138,7 +144,8 @@ func sigmoidRouteInputs(rng *rand.Rand, dt tensor.Dtype, c sigmoidRouteCase) (lo
 // TestCUDASigmoidRouteShapes compares the GPU's sigmoid router (route_sigmoid: its register path and
 // its shared-memory path) with the CPU's on many shapes and configurations, with ties: the indices
 // exactly (the fused router and RouteIndicesBias), the fused weights bitwise equal to RouteWeights'
-// (route_weights), and within rounding of the CPU's weights (both compute them in double).
+// (route_weights), and within rounding of the CPU's weights (both compute them in double). -test.short
+// runs the edge cases and 40 random ones (for the sanitizers).
 func TestCUDASigmoidRouteShapes(t *testing.T) {
 	b := cudaSyncBackend(t)
 	cpu := ops.CPU()
