@@ -281,6 +281,44 @@ __device__ __forceinline__ void lane_best(const K_t (&key)[NV], int base, K_t& b
         }
 }
 
+// 16-byte vectors of T, for the register path's row loads.
+template <typename T> struct vec16;
+template <> struct vec16<float> {
+    typedef float4 type;
+    static const int n = 4;
+};
+template <> struct vec16<double> {
+    typedef double2 type;
+    static const int n = 2;
+};
+__device__ __forceinline__ void unpack(float4 u, float* x) {
+    x[0] = u.x;
+    x[1] = u.y;
+    x[2] = u.z;
+    x[3] = u.w;
+}
+__device__ __forceinline__ void unpack(double2 u, double* x) {
+    x[0] = u.x;
+    x[1] = u.y;
+}
+
+// load_lane: x[i] = p[i] for i < cnt (i < NV; the rest untouched), by 16-byte loads when vec (then p is
+// 16-byte aligned and cnt a multiple of vec16<T>::n): a lane's consecutive experts in NV/n loads rather
+// than NV, fewer cache wavefronts per warp.
+template <typename T, int NV>
+__device__ __forceinline__ void load_lane(const T* __restrict__ p, int cnt, bool vec, T (&x)[NV]) {
+    const int n = vec16<T>::n;
+    if (vec) {
+#pragma unroll
+        for (int q = 0; q < NV; q += n)
+            if (q < cnt) unpack(*reinterpret_cast<const typename vec16<T>::type*>(p + q), x + q);
+    } else {
+#pragma unroll
+        for (int i = 0; i < NV; i++)
+            if (i < cnt) x[i] = p[i];
+    }
+}
+
 // route_sigmoid_regs: route_sigmoid_shared's results (bitwise: the same selection values, group scores,
 // kept groups, order and weights) with every value in registers, for K <= 32 (lane j holds choice j).
 // Lane L holds the nv consecutive experts L*nv .. L*nv+nv-1 (those below E; nv <= NV <= 8, nv*32 >= E).
@@ -302,24 +340,30 @@ __device__ void route_sigmoid_regs(const T* __restrict__ logits, const T* __rest
     typedef typename order_key_t<T>::type K_t;
     const int lane = lane_id(), base = lane * nv, cnt = min(nv, E - base);  // cnt: this lane's experts
     const int P = G > 1 ? E / G / nv : 1, g = lane / P, r = lane - g * P;
+    // The logits by 16-byte loads when every lane's run starts aligned (nv and E multiples of the vector
+    // length, logits aligned): a warp's loads touch the row's cache lines 4 (float) or 2 times fewer.
+    const int n = vec16<T>::n;
+    const bool vecL = nv % n == 0 && E % n == 0 && ((uintptr_t)logits & 15) == 0;
     for (long long t = global_warp(); t < numTokens; t += num_warps()) {
         const T* l = logits + t * E;
         int* it = idx + t * K;
         T c[NV];
         bool bad = false, badBias = false;
+        load_lane(l + base, cnt, vecL, c);
 #pragma unroll
         for (int i = 0; i < NV; i++) {
-            c[i] = neg_inf<T>();
             if (i < cnt) {
-                const T v = l[base + i];
+                const T v = c[i];
                 bad |= v != v;
                 T s = (T)sigmoid_d((double)v);
                 if (bias) {
-                    const T bv = bias[base + i];
-                    badBias |= bv != bv || bv == pos_inf<T>() || bv == neg_inf<T>();
-                    s += bv;
+                    const T b = bias[base + i];
+                    badBias |= b != b || b == pos_inf<T>() || b == neg_inf<T>();
+                    s += b;
                 }
                 c[i] = sanitize(s);  // NaN ranks as -inf: indices stay in range on a faulty row
+            } else {
+                c[i] = neg_inf<T>();
             }
         }
         if (__any_sync(FULL_MASK, bad) && lane == 0 && fault) atomicOr(fault, FAULT_NONFINITE);
