@@ -71,6 +71,9 @@ func sigmoidRouteCases(rng *rand.Rand) []sigmoidRouteCase {
 		add(3, 256, 8, 8, 4, true, 2.5, false, true, p) // fewer tokens than a block's warps
 		add(64, 128, 8, 1, 0, true, 1, false, false, p) // Qwen3-MoE
 		add(64, 64, 6, 1, 0, true, 1, false, true, p)   // nv = 2
+		add(64, 250, 8, 1, 0, true, 1, false, true, p)  // nv = 8, E not a multiple of 4: scalar loads
+		add(64, 252, 8, 1, 0, true, 1, false, true, p)  // nv = 8, last lane 4 experts: vector loads
+		add(64, 36, 8, 1, 0, true, 1, false, true, p)   // nv = 2, lanes 18.. empty
 		add(64, 256, 8, 2, 1, true, 1, false, true, p)  // group size 128, P = 16
 		add(64, 256, 8, 4, 3, true, 1, true, true, p)   // group size 64, P = 8
 		add(64, 256, 8, 16, 5, true, 1, false, true, p) // group size 16, P = 2
