@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "9819724009fbab37aa0961c04694028a7bc891970898920910af7c098c9f8e58"
+const sourceHash = "e050e035de71dae08e4c77d5effcb731f97163dfaf5378b015c91128dfdb07e2"
