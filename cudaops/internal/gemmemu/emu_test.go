@@ -463,12 +463,31 @@ func cases(rng *rand.Rand, double, short bool) []problem {
 	return ps
 }
 
-// TestKernels runs every variant on every case against the float64 reference, with guards, in both
-// cp.async completion modes and two thread orders, and requires bitwise identical results across them.
+// selected reports whether EXPERTRT_GEMMEMU_VARIANTS (comma-separated names or name prefixes; unset:
+// every variant) names the variant.
+func selected(name string) bool {
+	list := os.Getenv("EXPERTRT_GEMMEMU_VARIANTS")
+	if list == "" {
+		return true
+	}
+	for _, p := range strings.Split(list, ",") {
+		if p = strings.TrimSpace(p); p != "" && strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestKernels runs every variant (or those EXPERTRT_GEMMEMU_VARIANTS selects) on every case against the
+// float64 reference, with guards, in both cp.async completion modes and two thread orders, and requires
+// bitwise identical results across them.
 func TestKernels(t *testing.T) {
 	short := testing.Short()
 	for _, v := range variants(t) {
 		v := v
+		if !selected(v.Name) {
+			continue
+		}
 		t.Run(v.Name, func(t *testing.T) {
 			rng := rand.New(rand.NewSource(7))
 			for i, p := range casesFor(rng, v, short) {
