@@ -413,7 +413,8 @@ func gemmVariants(t testing.TB, d *cudaops.Device, double, tf32 bool) []string {
 // TestCUDAGemmBF16: the bfloat16 products (grouped forward, transposed, weight gradient, router matmul;
 // bfloat16 and float32 outputs) against the CPU on every bf16 tile configuration forced, at odd shapes
 // (H, F not multiples of 8: the element-copy kernels; 4 experts: multi-tile segments) and aligned ones
-// (16-byte copies, split-K router product). The layer-size shapes are TestCUDABF16GEMM's.
+// (16-byte copies; 70 experts with the split-K router product). -test.short: the first two shapes. The
+// layer-size shapes are TestCUDABF16GEMM's.
 func TestCUDAGemmBF16(t *testing.T) {
 	b := cudaBackend(t)
 	d, err := b.Device()
@@ -434,6 +435,9 @@ func TestCUDAGemmBF16(t *testing.T) {
 		t.Fatal("no bf16 GEMM configurations in gemm.variants")
 	}
 	shapes := []gemmShape{{T: 97, H: 33, F: 45, E: 4, K: 2}, {T: 200, H: 136, F: 72, E: 8, K: 2}, {T: 64, H: 256, F: 96, E: 70, K: 6}}
+	if testing.Short() {
+		shapes = shapes[:2]
+	}
 	for _, n := range names {
 		h, err := d.With(cudaops.WithGemmVariant(n))
 		if err != nil {
