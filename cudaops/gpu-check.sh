@@ -280,11 +280,11 @@ def rows(path):
     return out
 key = lambda r: (r["op"], r["tokens"], r["hidden"], r.get("ffn", 0), r["experts"], bool(r.get("skew")))
 torch = {key(r): r for r in rows(x + "/torch.json")}
-print("bf16 GEMM: ours (planner's choice) vs PyTorch bf16 per-expert cuBLAS; ratio = torch ms / ours ms (target >= 0.7)")
+print("bf16 GEMM: ours (planner's choice) vs PyTorch bf16 per-expert cuBLAS; ratio = torch ms / ours ms (target >= 0.7); % of the 989 TFLOP/s bf16 dense peak")
 for r in rows(x + "/bench.jsonl"):
     t = torch.get(key(r))
     tt = f"torch {t['median_ms']:8.4f} ms {t['tflop_per_s']:7.1f} TFLOP/s  ratio {t['median_ms']/r['median_ms']:.2f}" if t else "torch -"
-    print(f"  {r['op']:16s} T={r['tokens']} H={r['hidden']} F={r.get('ffn',0)} E={r['experts']:3d}  ours {r['median_ms']:8.4f} ms {r.get('tflop_per_s',0):7.1f} TFLOP/s  {tt}")
+    print(f"  {r['op']:16s} T={r['tokens']} H={r['hidden']} F={r.get('ffn',0)} E={r['experts']:3d}  ours {r['median_ms']:8.4f} ms {r.get('tflop_per_s',0):7.1f} TFLOP/s ({100*r.get('tflop_per_s',0)/989:4.1f}% of 989)  {tt}")
 groups = {}
 for r in rows(x + "/sweep.jsonl"):
     groups.setdefault((r["op"], r["hidden"], r["experts"]), []).append(r)
