@@ -59,16 +59,18 @@ func newCUDADevice() (device, error) {
 
 func (cudaDevice) Name() string { return "cuda" }
 
-// GemmVariantNames lists the GEMM tile configurations that run dt in the device's mode (TF32 or not).
+// GemmVariantNames lists the GEMM tile configurations that run dt in the device's mode (TF32 or not;
+// bfloat16 products always run on the bf16 configurations).
 func (c cudaDevice) GemmVariantNames(dt tensor.Dtype) ([]string, error) {
 	vs, err := c.d.GemmVariants()
 	if err != nil {
 		return nil, err
 	}
 	tf32 := c.d.TF32() && dt == tensor.Float32
+	bf := dt == ops.BFloat16
 	var names []string
 	for _, v := range vs {
-		if v.Double == (dt == tensor.Float64) && v.TF32 == tf32 {
+		if v.BF16 == bf && v.Double == (dt == tensor.Float64) && v.TF32 == tf32 {
 			names = append(names, v.Name)
 		}
 	}

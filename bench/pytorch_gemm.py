@@ -14,10 +14,12 @@ Routing: random logits, top-k per token, rows grouped by expert (bincount gives 
 --skew (as the Go bench's -skew): even tokens rank expert 0 first, odd tokens never choose it, so expert
 0 gets exactly half the tokens.
 Precision: float32 with torch.backends.cuda.matmul.allow_tf32 = False (FFMA), and True (TF32 tensor
-cores) for the TF32 rows. Timing: CUDA events around each op, median of --reps after --warmup.
-TFLOP/s counts 2*M*N*K per product; "% peak" is against the fp32 FFMA peak of 66.9 TFLOP/s.
+cores) for the TF32 rows; with --bf16 bfloat16 rows instead (every tensor bfloat16, cuBLAS's bf16
+tensor cores with float32 accumulation; dW is bfloat16 there, float32 in ours). Timing: CUDA events
+around each op, median of --reps after --warmup. TFLOP/s counts 2*M*N*K per product; "% peak" is
+against the fp32 FFMA peak of 66.9 TFLOP/s.
 
-Usage: pytorch_gemm.py [--json out.json] [--reps 30] [--warmup 5] [--quick] [--no-tf32]
+Usage: pytorch_gemm.py [--json out.json] [--reps 30] [--warmup 5] [--quick] [--no-tf32] [--bf16]
 """
 import argparse
 import json
@@ -57,16 +59,16 @@ def segments(T, E, k, skew, dev, gen):
     return offs
 
 
-def grouped_rows(T, H, F, E, k, skew, reps, warmup, dev):
+def grouped_rows(T, H, F, E, k, skew, reps, warmup, dev, dt=torch.float32):
     g = torch.Generator(device=dev).manual_seed(1)
     offs = segments(T, E, k, skew, dev, g)
     n = T * k
-    x = torch.rand(n, H, device=dev, generator=g) * 2 - 1
-    W = torch.rand(E, H, F, device=dev, generator=g) * 2 - 1
-    dy = torch.rand(n, F, device=dev, generator=g) * 2 - 1
-    out = torch.empty(n, F, device=dev)
-    dx = torch.empty(n, H, device=dev)
-    dW = torch.empty(E, H, F, device=dev)
+    x = (torch.rand(n, H, device=dev, generator=g) * 2 - 1).to(dt)
+    W = (torch.rand(E, H, F, device=dev, generator=g) * 2 - 1).to(dt)
+    dy = (torch.rand(n, F, device=dev, generator=g) * 2 - 1).to(dt)
+    out = torch.empty(n, F, device=dev, dtype=dt)
+    dx = torch.empty(n, H, device=dev, dtype=dt)
+    dW = torch.empty(E, H, F, device=dev, dtype=dt)
     segs = [(e, offs[e], offs[e + 1]) for e in range(E)]
 
     def fwd():
@@ -96,16 +98,16 @@ def grouped_rows(T, H, F, E, k, skew, reps, warmup, dev):
             ("groupedmm-bwd", bwd, 2 * f, shape)]
 
 
-def dense(T, H, F, E, dev):
+def dense(T, H, F, E, dev, dt=torch.float32):
     g = torch.Generator(device=dev).manual_seed(2)
-    x = torch.rand(T, H, device=dev, generator=g) * 2 - 1
-    wg = torch.rand(E, H, device=dev, generator=g) * 2 - 1
-    dl = torch.rand(T, E, device=dev, generator=g) * 2 - 1
-    w = torch.rand(H, F, device=dev, generator=g) * 2 - 1
-    logits = torch.empty(T, E, device=dev)
-    dx = torch.empty(T, H, device=dev)
-    dwg = torch.empty(E, H, device=dev)
-    y = torch.empty(T, F, device=dev)
+    x = (torch.rand(T, H, device=dev, generator=g) * 2 - 1).to(dt)
+    wg = (torch.rand(E, H, device=dev, generator=g) * 2 - 1).to(dt)
+    dl = (torch.rand(T, E, device=dev, generator=g) * 2 - 1).to(dt)
+    w = (torch.rand(H, F, device=dev, generator=g) * 2 - 1).to(dt)
+    logits = torch.empty(T, E, device=dev, dtype=dt)
+    dx = torch.empty(T, H, device=dev, dtype=dt)
+    dwg = torch.empty(E, H, device=dev, dtype=dt)
+    y = torch.empty(T, F, device=dev, dtype=dt)
 
     def mm():
         torch.mm(x, wg.t(), out=logits)
@@ -129,29 +131,31 @@ def main():
     ap.add_argument("--json", default="")
     ap.add_argument("--quick", action="store_true", help="only the T=4096 Mixtral shapes")
     ap.add_argument("--no-tf32", action="store_true", help="skip the TF32 rows")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 rows only (no fp32/TF32 rows)")
     a = ap.parse_args()
     dev = "cuda"
     name = torch.cuda.get_device_name(0)
-    print(f"PyTorch {torch.__version__}, float32, {name}; median of {a.reps} (CUDA events)")
+    dt = torch.bfloat16 if a.bf16 else torch.float32
+    print(f"PyTorch {torch.__version__}, {'bfloat16' if a.bf16 else 'float32'}, {name}; median of {a.reps} (CUDA events)")
     cases = []
-    cases += grouped_rows(4096, 1024, 3584, 8, 2, False, a.reps, a.warmup, dev)
-    cases += grouped_rows(4096, 1024, 3584, 8, 2, True, a.reps, a.warmup, dev)
-    cases += dense(4096, 1024, 3584, 8, dev)
+    cases += grouped_rows(4096, 1024, 3584, 8, 2, False, a.reps, a.warmup, dev, dt)
+    cases += grouped_rows(4096, 1024, 3584, 8, 2, True, a.reps, a.warmup, dev, dt)
+    cases += dense(4096, 1024, 3584, 8, dev, dt)
     if not a.quick:
-        cases += grouped_rows(16384, 1024, 3584, 8, 2, False, a.reps, a.warmup, dev)
-        cases += grouped_rows(4096, 2048, 1408, 64, 6, False, a.reps, a.warmup, dev)
-        cases += grouped_rows(4096, 2048, 1408, 64, 6, True, a.reps, a.warmup, dev)
-        cases += dense(16384, 1024, 3584, 8, dev)
+        cases += grouped_rows(16384, 1024, 3584, 8, 2, False, a.reps, a.warmup, dev, dt)
+        cases += grouped_rows(4096, 2048, 1408, 64, 6, False, a.reps, a.warmup, dev, dt)
+        cases += grouped_rows(4096, 2048, 1408, 64, 6, True, a.reps, a.warmup, dev, dt)
+        cases += dense(16384, 1024, 3584, 8, dev, dt)
     rows = []
-    for tf32 in ([False] if a.no_tf32 else [False, True]):
+    for tf32 in ([False] if a.no_tf32 or a.bf16 else [False, True]):
         torch.backends.cuda.matmul.allow_tf32 = tf32
         for op, fn, flops, shape in cases:
             ms = timeit(fn, a.reps, a.warmup)
             tflops = flops / (ms * 1e-3) / 1e12
-            r = dict(op=op, tf32=tf32, median_ms=ms, tflop_per_s=tflops, pct_fp32_peak=100 * tflops * 1e12 / PEAK_FP32,
+            r = dict(op=op, tf32=tf32, dtype="bfloat16" if a.bf16 else "float32", median_ms=ms, tflop_per_s=tflops, pct_fp32_peak=100 * tflops * 1e12 / PEAK_FP32,
                      device=name, **shape)
             rows.append(r)
-            print(f"torch {'tf32' if tf32 else 'fp32'} {op:16s} T={shape['tokens']:6d} H={shape['hidden']} F={shape['ffn']} "
+            print(f"torch {'bf16' if a.bf16 else 'tf32' if tf32 else 'fp32'} {op:16s} T={shape['tokens']:6d} H={shape['hidden']} F={shape['ffn']} "
                   f"E={shape['experts']:3d} k={shape['top_k']}{' skew' if shape['skew'] else '     '} "
                   f"{ms:9.4f} ms  {tflops:7.2f} TFLOP/s  {r['pct_fp32_peak']:5.1f}% of fp32 peak")
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -12,8 +12,8 @@ import (
 
 // Mixed precision (bfloat16) on the CUDA backend, following ops.MixedPrecisionBackend: Cast, the
 // permutations with bfloat16 rows (bf16.cu), the fused SwiGLU and the engine's Add. The GEMMs on
-// bfloat16 operands are the GEMM family's (gemm.cu): until its bfloat16 tensor-core kernels exist they
-// return ops.ErrUnsupported (bf16GemmUnsupported).
+// bfloat16 operands are the GEMM family's (gemm.cu, Bf16Tile: mma.sync m16n8k16, float32 accumulation,
+// bfloat16 or float32 output; gemm_backend.go, matmul.go).
 
 // hasBF16 reports whether any of ts is a bfloat16 tensor.
 func hasBF16(ts ...*tensor.Dense) bool {
@@ -23,13 +23,6 @@ func hasBF16(ts ...*tensor.Dense) bool {
 		}
 	}
 	return false
-}
-
-// bf16GemmUnsupported is the error of the matrix products on bfloat16 operands until the GEMM family
-// has its bfloat16 kernels (mma.sync m16n8k16, float32 accumulation; contract in
-// ops.MixedPrecisionBackend).
-func bf16GemmUnsupported(what string) error {
-	return fmt.Errorf("cudaops: %s: bfloat16 operands need the bfloat16 tensor-core GEMM kernels, which this build does not have yet (cast the operands to float32 meanwhile): %w", what, ops.ErrUnsupported)
 }
 
 // castSuffix names the kernel converting from to to (bf16.cu).

@@ -8,10 +8,14 @@
 //                                        [N,K]); parameters = the fields of GemmArgs in order; one CTA
 //                                        per output tile (grid: see gemm_entry and internal/gemmplan)
 //   gemm_xx_v16                          the same with 16-byte copies for the operands copied without
-//                                        transposition (every operand in the TF32 and KC variants; all
-//                                        such operands 16-byte aligned with rows of whole vectors)
+//                                        transposition (every operand in the TF32, bfloat16 and KC
+//                                        variants; all such operands 16-byte aligned with rows of whole
+//                                        vectors)
 //   gemm_reduce                          split-K: C = sum of the partial products, in split order
-// and gemm_config[8] = {threads, dynamic shared bytes, BM, BN, BK, stages, element bytes, tf32}, which
+// bfloat16 modules (GEMM_BF16): the kernels above write C in bfloat16 (rounded once); gemm_xx_f32 and
+// gemm_xx_v16_f32 write C in float32 (also the split-K partials), and gemm_reduce_f32 sums float32
+// partials into a float32 C (gemm_reduce: into bfloat16).
+// And gemm_config[8] = {threads, dynamic shared bytes, BM, BN, BK, stages, element bytes, tf32}, which
 // the loader compares with its own reading of gemm.variants before launching anything.
 #include "gemm.cuh"
 
@@ -22,13 +26,19 @@
 #ifndef GEMM_KC  // SIMT: k-contiguous shared tiles for operands stored k-contiguous (see SimtTile)
 #define GEMM_KC 0
 #endif
+#ifndef GEMM_BF16  // bfloat16 operands on the m16n8k16 tensor-core tile (GEMM_T is bf16)
+#define GEMM_BF16 0
+#endif
 // SIMT k-contiguous fragments: 4 k per read when the register budget of MINB blocks of this size allows
 // (acc TM*TN plus 4*TM and 4*TN fragments), else 2.
 #define GEMM_REGS (65536 / (GEMM_WARPS_M * GEMM_WARPS_N * 32 * GEMM_MINB))
 #define GEMM_KD (!GEMM_KC ? 0 : GEMM_REGS >= 160 ? 4 : 2)
 
-template <bool AT, bool BT, bool VEC> struct GemmCfg {
-#if GEMM_TF32
+// TC: C's element type (bfloat16 modules: bf16 or float; else GEMM_T).
+template <bool AT, bool BT, bool VEC, typename TC = GEMM_T> struct GemmCfg {
+#if GEMM_BF16
+    typedef Bf16Tile<GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_STAGES, AT, BT, VEC, TC> type;
+#elif GEMM_TF32
     typedef Tf32Tile<GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_STAGES, AT, BT, VEC> type;
 #else
     typedef SimtTile<GEMM_T, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_TM, GEMM_TN, GEMM_STAGES, AT, BT, VEC, GEMM_KD> type;
@@ -37,6 +47,9 @@ template <bool AT, bool BT, bool VEC> struct GemmCfg {
 typedef GemmCfg<false, false, false>::type GemmNN;
 #if GEMM_TF32
 static_assert(sizeof(GEMM_T) == 4, "TF32 tiles take float operands");
+#endif
+#if GEMM_BF16
+static_assert(sizeof(GEMM_T) == 2 && !GEMM_TF32, "bfloat16 modules take bf16 operands");
 #endif
 
 #define GEMM_PARAMS                                                                                              \
@@ -51,28 +64,44 @@ extern "C" __device__ int gemm_config[8] = {GemmNN::NT, GemmNN::SMEM, GEMM_BM, G
 
 extern __shared__ __align__(16) unsigned char gemm_smem[];
 
-#define GEMM_KERNEL(NAME, AT, BT, VEC)                                                           \
+#define GEMM_KERNEL(NAME, AT, BT, VEC, TC)                                                       \
     extern "C" __global__ void __launch_bounds__(GemmNN::NT, GEMM_MINB) NAME(GEMM_PARAMS) {       \
         const GemmArgs p = GEMM_ARGS;                                                                \
-        gemm_entry<GemmCfg<AT, BT, VEC>::type, AT, BT>(p, gemm_smem, blockIdx.x, threadIdx.x);      \
+        gemm_entry<GemmCfg<AT, BT, VEC, TC>::type, AT, BT>(p, gemm_smem, blockIdx.x, threadIdx.x);  \
     }
 
-extern "C" __global__ void gemm_reduce(const void* W, void* C, int splits, int M, int N, long long ldcR, long long ldcC, int vec) {
-    gemm_reduce_body<GEMM_T>(static_cast<const GEMM_T*>(W), static_cast<GEMM_T*>(C), splits, M, N, ldcR, ldcC, vec,
-                             (long long)blockIdx.x * blockDim.x + threadIdx.x, (long long)gridDim.x * blockDim.x);
-}
+#define GEMM_REDUCE(NAME, TW, TC)                                                                                      \
+    extern "C" __global__ void NAME(const void* W, void* C, int splits, int M, int N, long long ldcR, long long ldcC, \
+                                    int vec) {                                                                         \
+        gemm_reduce_body<TW, TC>(static_cast<const TW*>(W), static_cast<TC*>(C), splits, M, N, ldcR, ldcC, vec,        \
+                                 (long long)blockIdx.x * blockDim.x + threadIdx.x, (long long)gridDim.x * blockDim.x); \
+    }
 #else
 // CPU emulation (internal/gemmemu): the same entries as host functions, registered by name.
-#define GEMM_KERNEL(NAME, AT, BT, VEC) GEMM_EMU_KERNEL(NAME, AT, BT, VEC)
+#define GEMM_KERNEL(NAME, AT, BT, VEC, TC) GEMM_EMU_KERNEL(NAME, AT, BT, VEC, TC)
+#define GEMM_REDUCE(NAME, TW, TC) GEMM_EMU_REDUCE(NAME, TW, TC)
 GEMM_EMU_CONFIG(GemmNN::NT, GemmNN::SMEM, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES, (int)sizeof(GEMM_T), GEMM_TF32)
-GEMM_EMU_REDUCE()
 #endif
 
-GEMM_KERNEL(gemm_nn, false, false, false)
-GEMM_KERNEL(gemm_nt, false, true, false)
-GEMM_KERNEL(gemm_tn, true, false, false)
-GEMM_KERNEL(gemm_tt, true, true, false)
-GEMM_KERNEL(gemm_nn_v16, false, false, true)
-GEMM_KERNEL(gemm_nt_v16, false, true, true)
-GEMM_KERNEL(gemm_tn_v16, true, false, true)
-GEMM_KERNEL(gemm_tt_v16, true, true, true)
+GEMM_KERNEL(gemm_nn, false, false, false, GEMM_T)
+GEMM_KERNEL(gemm_nt, false, true, false, GEMM_T)
+GEMM_KERNEL(gemm_tn, true, false, false, GEMM_T)
+GEMM_KERNEL(gemm_tt, true, true, false, GEMM_T)
+GEMM_KERNEL(gemm_nn_v16, false, false, true, GEMM_T)
+GEMM_KERNEL(gemm_nt_v16, false, true, true, GEMM_T)
+GEMM_KERNEL(gemm_tn_v16, true, false, true, GEMM_T)
+GEMM_KERNEL(gemm_tt_v16, true, true, true, GEMM_T)
+#if GEMM_BF16
+GEMM_KERNEL(gemm_nn_f32, false, false, false, float)
+GEMM_KERNEL(gemm_nt_f32, false, true, false, float)
+GEMM_KERNEL(gemm_tn_f32, true, false, false, float)
+GEMM_KERNEL(gemm_tt_f32, true, true, false, float)
+GEMM_KERNEL(gemm_nn_v16_f32, false, false, true, float)
+GEMM_KERNEL(gemm_nt_v16_f32, false, true, true, float)
+GEMM_KERNEL(gemm_tn_v16_f32, true, false, true, float)
+GEMM_KERNEL(gemm_tt_v16_f32, true, true, true, float)
+GEMM_REDUCE(gemm_reduce, float, bf16)
+GEMM_REDUCE(gemm_reduce_f32, float, float)
+#else
+GEMM_REDUCE(gemm_reduce, GEMM_T, GEMM_T)
+#endif

@@ -13,16 +13,19 @@
 //   SimtTile: FFMA/DFMA outer products from 16-byte shared fragment loads. In the KC (float) variants
 //             every operand tile keeps its global layout (k-major or k-contiguous); otherwise tiles are
 //             k-major (As[k][m], Bs[k][n]) and k-contiguous operands are transposed by the copy.
-//   Tf32Tile: mma.sync.m16n8k8 tf32 (float only) from 8-byte shared fragment loads, every operand tile
-//             in its global layout, fragments of the next 8 k read while the current ones multiply. A
-//             bf16 m16n8k16 main loop would be a third tile type over the same loaders (2-byte
-//             elements), scheduler and epilogue.
+//   Tf32Tile: mma.sync.m16n8k8 tf32 (float only) from ldmatrix and 8-/4-byte shared fragment loads,
+//             every operand tile in its global layout, fragments of the next 8 k read while the current
+//             ones multiply.
+//   Bf16Tile: mma.sync.m16n8k16 bf16 with float32 accumulation, the same pipeline over 2-byte elements,
+//             every fragment one ldmatrix (.trans for k-major tiles); C float32 or bfloat16 (rounded
+//             once, to nearest even).
 // Global→shared copies are cp.async (compute_80+), STAGES deep. A copy whose global side is contiguous
 // along the shared row is 16 bytes wide in the kernels built with VEC (the host launches them only when
 // every such operand is 16-byte aligned with a row length that is a multiple of the vector), else one
 // element wide; a copy that transposes (SIMT without KC) is one element wide, with lanes arranged so that
 // a warp reads whole 32-byte sectors and writes 32 distinct shared banks. Elements outside the problem
-// are zero-filled (cp.async src-size 0), so odd M, N, K need no special paths.
+// are zero-filled (cp.async src-size 0), so odd M, N, K need no special paths. cp.async has no 2-byte
+// form: the one-element copies of bfloat16 tiles (misaligned operands only) are plain loads and stores.
 //
 // The same source compiles as host C++ for the CPU emulator (internal/gemmemu) when GEMM_EMU is defined:
 // the few device primitives below are then provided by emu.h.
@@ -31,6 +34,12 @@
 #ifndef GEMM_EMU
 #define GEMM_DEV __device__ __forceinline__
 #endif
+
+// A bfloat16 element: its bit pattern. The tiles only move it; arithmetic is the tensor core's (products
+// exact, float32 accumulation) and the epilogue's one rounding of the float32 result.
+struct bf16 {
+    unsigned short bits;
+};
 
 enum GemmMode { GEMM_DENSE = 0, GEMM_GROUP_ROWS = 1, GEMM_GROUP_RED = 2 };
 enum GemmFlags { GEMM_VEC_C = 4, GEMM_SORT = 8 };
@@ -69,6 +78,9 @@ GEMM_DEV void cp_async_elem(float* s, const float* g, bool in) {
 GEMM_DEV void cp_async_elem(double* s, const double* g, bool in) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(smem_u32(s)), "l"(g), "r"(in ? 8 : 0));
 }
+// bfloat16: no 2-byte cp.async exists; a synchronous copy (the stage it writes is free already, as for
+// cp.async, and nothing waits for it).
+GEMM_DEV void cp_async_elem(bf16* s, const bf16* g, bool in) { s->bits = in ? g->bits : (unsigned short)0; }
 GEMM_DEV void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> GEMM_DEV void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
@@ -92,6 +104,29 @@ GEMM_DEV void ldsm_x4(unsigned* d, const float* row) {
                  : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
                  : "r"(smem_u32(row)));
 }
+// d += a · b for one m16n8k16 bf16 tile, float32 accumulation (fragment layouts: PTX ISA, "Matrix
+// Fragments for mma.m16n8k16 with floating point type"): a0..a3 = A(g, 2t..2t+1), A(g+8, 2t..2t+1),
+// A(g, 2t+8..2t+9), A(g+8, 2t+8..2t+9); b0, b1 = B(2t..2t+1, g), B(2t+8..2t+9, g); the lower k or
+// column in the low half of each register; d as for m16n8k8.
+GEMM_DEV void mma_bf16(float* d, const unsigned* a, const unsigned* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+// ldmatrix.x4 of 8x8 bfloat16 matrices: lane 8j+r names row r (16 bytes) of matrix j; lane l receives in
+// d[j] the elements (l/4, 2(l%4)) and (l/4, 2(l%4)+1) of matrix j; with .trans (ldsm_x4_t) the elements
+// (2(l%4), l/4) and (2(l%4)+1, l/4) (row, column of the matrix as stored; the first in the low half).
+GEMM_DEV void ldsm_x4(unsigned* d, const bf16* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(smem_u32(row)));
+}
+GEMM_DEV void ldsm_x4_t(unsigned* d, const bf16* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(smem_u32(row)));
+}
 GEMM_DEV unsigned tf32_bits(unsigned u) { return to_tf32(__uint_as_float(u)); }
 GEMM_DEV void gemm_fault(unsigned* f, unsigned code) { atomicOr(f, code); }
 #endif
@@ -100,6 +135,25 @@ GEMM_DEV void gemm_fault(unsigned* f, unsigned code) { atomicOr(f, code); }
 template <typename T> struct Vec16;
 template <> struct Vec16<float> { typedef float4 type; enum { n = 4 }; };
 template <> struct Vec16<double> { typedef double2 type; enum { n = 2 }; };
+template <> struct Vec16<bf16> { enum { n = 8 }; };
+
+// float32 to bfloat16 bits: nearest, ties to even; NaN keeps sign and payload and gets the quiet bit
+// (bit for bit internal/bf16 and bf16.cu).
+GEMM_DEV unsigned short f2bf_bits(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+// Output stores: one element, or a pair of adjacent ones (8-byte aligned float2 / 4-byte aligned bf16
+// pair), converting the float32 accumulator to the output type.
+GEMM_DEV void put1(float* p, float v) { *p = v; }
+GEMM_DEV void put1(double* p, double v) { *p = v; }
+GEMM_DEV void put1(bf16* p, float v) { p->bits = f2bf_bits(v); }
+GEMM_DEV void put2(float* p, float v0, float v1) { *reinterpret_cast<float2*>(p) = make_float2(v0, v1); }
+GEMM_DEV void put2(bf16* p, float v0, float v1) {
+    *reinterpret_cast<unsigned*>(p) = (unsigned)f2bf_bits(v0) | (unsigned)f2bf_bits(v1) << 16;
+}
 
 // Shared-memory fragment reads. The emulator checks each (alignment, inside the CTA's dynamic shared
 // memory) through GEMM_SMEM_READ; on the GPU a misaligned read would fault.
@@ -205,11 +259,12 @@ GEMM_DEV void load_tile(T* s, const T* g, int ld, int rLim, int cLim, int tid) {
     }
 }
 
-// One output tile's problem view, filled by the scheduler.
-template <typename T> struct TileJob {
+// One output tile's problem view, filled by the scheduler. TC: the element type of C (bf16 tiles:
+// float32 or bfloat16; else T).
+template <typename T, typename TC = T> struct TileJob {
     const T* a;     // A(m0, kBegin)
     const T* b;     // B(kBegin, n0)
-    T* c;           // C(m0, n0)
+    TC* c;          // C(m0, n0)
     int lda, ldb;          // < 2^31 / tile extent (see load_tile)
     long long ldcR, ldcC;
     int mLim, nLim;  // rows and columns of the problem from (m0, n0) on
@@ -238,6 +293,7 @@ template <typename T> struct TileJob {
 template <typename T, int BM_, int BN_, int BK_, int WARPS_M, int WARPS_N, int TM, int TN, int STAGES, bool AT, bool BT, bool VEC, int KD>
 struct SimtTile {
     typedef T elem;
+    typedef T out;
     enum {
         KC = KD > 0,  // KD: k per fragment read of a k-contiguous tile (4, or 2 where registers are short)
         BM = BM_, BN = BN_, BK = BK_,
@@ -415,6 +471,7 @@ struct SimtTile {
 template <int BM_, int BN_, int BK_, int WARPS_M, int WARPS_N, int STAGES, bool AT, bool BT, bool VEC>
 struct Tf32Tile {
     typedef float elem;
+    typedef float out;
     enum {
         BM = BM_, BN = BN_, BK = BK_,
         NT = WARPS_M * WARPS_N * 32,
@@ -574,6 +631,165 @@ struct Tf32Tile {
     }
 };
 
+// ---------------------------------------------------------------- bfloat16 tensor-core main loop
+// The Tf32Tile pipeline over bfloat16 elements: BM x BN block tile, BK deep (multiple of 32); WARPS_M x
+// WARPS_N warps, each a WM x WN warp tile of (WM/16) x (WN/8) m16n8k16 instructions per 16 k, float32
+// accumulators; C is TC (float32, or bfloat16 rounded once from the accumulator).
+//
+// Shared layouts: every operand keeps its global layout, as in Tf32Tile: As[m][k] (A stored [M,K]) or
+// As[k][m] (stored [K,M]), Bs[n][k] (B stored [N,K]) or Bs[k][n] (stored [K,N]); rows are padded by 8
+// elements (16 bytes), so that a row is an odd number of 16-byte words and the 8 rows of an 8x8 matrix
+// fall in distinct bank groups. Every fragment is one ldmatrix.x4 (four 8x8 matrices of 16-byte rows), straight into
+// the instruction's registers:
+//   A, K tile: matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15) of the 16-row block, plain: a0..a3.
+//   A, MN tile: the same four blocks read with .trans from As[k][m] (stored rows are k): a0..a3.
+//   B, K tile: (n block q | q+1) x (k 0-7 | 8-15), plain: b0, b1 of block q, then of block q+1.
+//   B, MN tile: the same blocks read with .trans from Bs[k][n].
+// Pipeline and barriers as Tf32Tile (fragments of the next 16 k read during the current mma, also across
+// the stage boundary).
+template <int BM_, int BN_, int BK_, int WARPS_M, int WARPS_N, int STAGES, bool AT, bool BT, bool VEC, typename TC>
+struct Bf16Tile {
+    typedef bf16 elem;
+    typedef TC out;
+    enum {
+        BM = BM_, BN = BN_, BK = BK_,
+        NT = WARPS_M * WARPS_N * 32,
+        A_K = !AT,  // As[m][k], else As[k][m]
+        B_K = BT,   // Bs[n][k], else Bs[k][n]
+        PAD = 8,    // elements: 16 bytes
+        LDA_S = A_K ? BK + PAD : BM + PAD,
+        LDB_S = B_K ? BK + PAD : BN + PAD,
+        A_STAGE = BM * (BK + PAD) > BK * (BM + PAD) ? BM * (BK + PAD) : BK * (BM + PAD),
+        B_STAGE = BN * (BK + PAD) > BK * (BN + PAD) ? BN * (BK + PAD) : BK * (BN + PAD),
+        SMEM = STAGES * (A_STAGE + B_STAGE) * 2,
+        WM = BM / WARPS_M, WN = BN / WARPS_N,
+        MI = WM / 16, NI = WN / 8, KS = BK / 16,
+    };
+    // WN % 16: B fragments come in pairs of 8-column blocks; BK % 32: an even number of k-steps per stage
+    // (the next stage's first fragments go to buffer 0); rows of 16-byte multiples with an odd count of
+    // 16-byte words: BK % 8 == 0 (K tiles, BK + 8) and BM, BN % 16 == 0 (MN tiles, BM + 8).
+    static_assert(WM % 16 == 0 && WN % 16 == 0 && BK % 32 == 0 && BM % 16 == 0 && BN % 16 == 0 && STAGES >= 2, "bad bf16 tile");
+    static_assert(((LDA_S * 2 / 16) & 1) && ((LDB_S * 2 / 16) & 1) && (LDA_S * 2) % 16 == 0 && (LDB_S * 2) % 16 == 0,
+                  "shared rows must be an odd number of 16-byte words");
+
+    template <bool CHECK> static GEMM_DEV void load_stage(bf16* sA, bf16* sB, const TileJob<bf16, TC>& j, int k0, int tid) {
+        if (A_K) load_tile<bf16, BM, BK, LDA_S, NT, true, VEC, CHECK>(sA, j.a + k0, j.lda, j.mLim, j.kLen - k0, tid);
+        else load_tile<bf16, BK, BM, LDA_S, NT, true, VEC, CHECK>(sA, j.a + (long long)k0 * j.lda, j.lda, j.kLen - k0, j.mLim, tid);
+        if (B_K) load_tile<bf16, BN, BK, LDB_S, NT, true, VEC, CHECK>(sB, j.b + k0, j.ldb, j.nLim, j.kLen - k0, tid);
+        else load_tile<bf16, BK, BN, LDB_S, NT, true, VEC, CHECK>(sB, j.b + (long long)k0 * j.ldb, j.ldb, j.kLen - k0, j.nLim, tid);
+    }
+    static GEMM_DEV void load(bf16* sA, bf16* sB, const TileJob<bf16, TC>& j, int t, int tid) {
+        const int k0 = t * BK;
+        if (j.mLim >= BM && j.nLim >= BN && j.kLen - k0 >= BK) load_stage<false>(sA, sB, j, k0, tid);
+        else load_stage<true>(sA, sB, j, k0, tid);
+    }
+
+    // The row the lane names for ldmatrix in the warp's first fragment of a stage (lane 8j+r: row r of
+    // matrix j; see the layouts above).
+    static GEMM_DEV int a_offset(int wm, int lane) {
+        return A_K ? (wm * WM + (lane & 7) + ((lane >> 3) & 1) * 8) * LDA_S + (lane >> 4) * 8   // m row, k half
+                   : ((lane & 7) + (lane >> 4) * 8) * LDA_S + wm * WM + ((lane >> 3) & 1) * 8;  // k row, m half
+    }
+    static GEMM_DEV int b_offset(int wn, int lane) {
+        return B_K ? (wn * WN + (lane & 7) + (lane >> 4) * 8) * LDB_S + ((lane >> 3) & 1) * 8   // n row, k half
+                   : ((lane & 7) + ((lane >> 3) & 1) * 8) * LDB_S + wn * WN + (lane >> 4) * 8;  // k row, n block
+    }
+
+    // The fragments of k-step ks (k = 16ks .. 16ks+15) of one stage; a, b: the stage's tile plus the
+    // lane's offset.
+    static GEMM_DEV void frags(unsigned (&fa)[MI][4], unsigned (&fb)[NI][2], const bf16* a, const bf16* b, int ks) {
+#pragma unroll
+        for (int i = 0; i < MI; i++) {
+            if (A_K) ldsm_x4(fa[i], a + i * 16 * LDA_S + ks * 16);
+            else ldsm_x4_t(fa[i], a + ks * 16 * LDA_S + i * 16);
+        }
+#pragma unroll
+        for (int q = 0; q < NI; q += 2) {
+            unsigned r[4];
+            if (B_K) ldsm_x4(r, b + q * 8 * LDB_S + ks * 16);
+            else ldsm_x4_t(r, b + ks * 16 * LDB_S + q * 8);
+            fb[q][0] = r[0];
+            fb[q][1] = r[1];
+            fb[q + 1][0] = r[2];
+            fb[q + 1][1] = r[3];
+        }
+    }
+
+    static GEMM_DEV void run(const TileJob<bf16, TC>& j, unsigned char* smem, int tid) {
+        bf16* sA = reinterpret_cast<bf16*>(smem);
+        bf16* sB = sA + STAGES * A_STAGE;
+        const int warp = tid >> 5, lane = tid & 31;
+        const int wm = warp / WARPS_N, wn = warp % WARPS_N;
+        const int g = lane >> 2, t = lane & 3;
+        const int aOff = a_offset(wm, lane), bOff = b_offset(wn, lane);
+
+        float acc[MI][NI][4];
+#pragma unroll
+        for (int i = 0; i < MI; i++)
+#pragma unroll
+            for (int q = 0; q < NI; q++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) acc[i][q][r] = 0.f;
+
+        // Stage s holds tile s, s + STAGES, ...; all STAGES are in flight before the first is used.
+        const int kTiles = (j.kLen + BK - 1) / BK;
+#pragma unroll
+        for (int s = 0; s < STAGES; s++) {
+            if (s < kTiles) load(sA + s * A_STAGE, sB + s * B_STAGE, j, s, tid);
+            cp_async_commit();
+        }
+        cp_async_wait<STAGES - 1>();  // tile 0 has landed (this thread's copies) ...
+        __syncthreads();              // ... everyone's
+        unsigned fa[2][MI][4], fb[2][NI][2];
+        if (kTiles > 0) frags(fa[0], fb[0], sA + aOff, sB + bOff, 0);
+        for (int kt = 0; kt < kTiles; kt++) {
+            const int st = kt % STAGES;
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                const int cur = ks & 1;  // KS is even: the buffer of step 0 is always 0
+                if (ks + 1 < KS) frags(fa[cur ^ 1], fb[cur ^ 1], sA + st * A_STAGE + aOff, sB + st * B_STAGE + bOff, ks + 1);
+#pragma unroll
+                for (int i = 0; i < MI; i++)
+#pragma unroll
+                    for (int q = 0; q < NI; q++) mma_bf16(acc[i][q], fa[cur][i], fb[cur][q]);
+                if (ks + 1 == KS) {
+                    // As Tf32Tile: every fragment of tile kt has been read, tile kt + 1 has landed.
+                    cp_async_wait<STAGES - 2>();
+                    __syncthreads();
+                    if (kt + STAGES < kTiles) load(sA + st * A_STAGE, sB + st * B_STAGE, j, kt + STAGES, tid);
+                    cp_async_commit();
+                    if (kt + 1 < kTiles) {
+                        const int nx = (kt + 1) % STAGES;
+                        frags(fa[0], fb[0], sA + nx * A_STAGE + aOff, sB + nx * B_STAGE + bOff, 0);
+                    }
+                }
+            }
+        }
+        cp_async_wait<0>();
+
+        // Epilogue. Element r of instruction (i, q): row g + 8*(r/2), column 2t + r%2 of its 16x8 tile.
+#pragma unroll
+        for (int i = 0; i < MI; i++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int m = wm * WM + i * 16 + g + 8 * h;
+                if (m >= j.mLim) continue;
+                TC* crow = j.c + (long long)m * j.ldcR;
+#pragma unroll
+                for (int q = 0; q < NI; q++) {
+                    const int n = wn * WN + q * 8 + 2 * t;
+                    const float v0 = acc[i][q][2 * h], v1 = acc[i][q][2 * h + 1];
+                    if (j.vecC) {  // ldcC == 1, even row length, C aligned for pairs
+                        if (n < j.nLim) put2(crow + n, v0, v1);
+                    } else {
+                        if (n < j.nLim) put1(crow + (long long)n * j.ldcC, v0);
+                        if (n + 1 < j.nLim) put1(crow + (long long)(n + 1) * j.ldcC, v1);
+                    }
+                }
+            }
+    }
+};
+
 // ---------------------------------------------------------------- tile scheduling
 // Inclusive prefix sum over the NT threads of a block (Hillis-Steele in shared memory: short, and the
 // same on every run). buf holds NT ints; *total gets the block sum.
@@ -673,24 +889,25 @@ template <int NT> GEMM_DEV int expert_by_rank(const GemmArgs& p, int rank, int* 
     return found[0];
 }
 
-// Runs the output tile of this CTA. Tile is SimtTile<...> or Tf32Tile<...>.
+// Runs the output tile of this CTA. Tile is SimtTile<...>, Tf32Tile<...> or Bf16Tile<...>.
 template <class Tile, bool AT, bool BT>
 GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int tid) {
     typedef typename Tile::elem T;
-    const int V = Vec16<T>::n;
+    typedef typename Tile::out TC;  // split-K partials are TC too: bf16 modules split only into float32
+    const int V = Vec16<TC>::n;
     const int BUF = Tile::NT > GEMM_SORT_MAX ? Tile::NT : GEMM_SORT_MAX;
     __shared__ int sched[BUF + 4];
     int* found = sched + BUF;
 
     const T* A = static_cast<const T*>(p.A);
     const T* B = static_cast<const T*>(p.B);
-    TileJob<T> j;
+    TileJob<T, TC> j;
     j.lda = (int)p.lda;
     j.ldb = (int)p.ldb;
     j.ldcR = p.ldcR;
     j.ldcC = p.ldcC;
     j.vecC = (p.flags & GEMM_VEC_C) != 0;
-    T* C = static_cast<T*>(p.C);
+    TC* C = static_cast<TC*>(p.C);
     long long aRow = 0, bRow = 0;  // offsets (elements) of the tile's problem in A, B, C
     long long cOff = 0;
     int mt, nt, kBegin = 0, M = p.M;
@@ -704,7 +921,7 @@ GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int ti
         kBegin = split * p.kChunk;
         j.kLen = (p.K - kBegin < p.kChunk ? p.K - kBegin : p.kChunk);
         if (p.splits > 1) {  // partial sums of this split, row-major [M][N]
-            C = static_cast<T*>(p.W) + (long long)split * p.M * p.N;
+            C = static_cast<TC*>(p.W) + (long long)split * p.M * p.N;
             j.ldcR = p.N;
             j.ldcC = 1;
             j.vecC = p.N % V == 0;
@@ -744,27 +961,34 @@ GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int ti
 
 GEMM_DEV float4 vadd(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
 GEMM_DEV double2 vadd(double2 a, double2 b) { return make_double2(a.x + b.x, a.y + b.y); }
+GEMM_DEV void put_vec(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+GEMM_DEV void put_vec(double* p, double2 v) { *reinterpret_cast<double2*>(p) = v; }
+GEMM_DEV void put_vec(bf16* p, float4 v) {  // 4 elements, 8-byte aligned
+    put2(p, v.x, v.y);
+    put2(p + 2, v.z, v.w);
+}
 
-// out[m*ldcR + n*ldcC] = sum over s of W[s][m][n], in increasing s (the split-K reduction).
-template <typename T>
-GEMM_DEV void gemm_reduce_body(const T* W, T* C, int splits, int M, int N, long long ldcR, long long ldcC, int vec,
+// out[m*ldcR + n*ldcC] = sum over s of W[s][m][n], in increasing s (the split-K reduction); partials TW,
+// output TC (bfloat16 modules: float32 partials, output rounded once).
+template <typename TW, typename TC>
+GEMM_DEV void gemm_reduce_body(const TW* W, TC* C, int splits, int M, int N, long long ldcR, long long ldcC, int vec,
                                long long first, long long stride) {
     const long long MN = (long long)M * N;
     if (vec) {  // ldcC == 1, N and ldcR multiples of the vector, C aligned: whole vectors per row
-        typedef typename Vec16<T>::type VT;
-        const int V = Vec16<T>::n;
+        typedef typename Vec16<TW>::type VT;
+        const int V = Vec16<TW>::n;
         for (long long i = first * V; i < MN; i += stride * V) {
             const long long m = i / N, n = i % N;
             VT acc = *reinterpret_cast<const VT*>(W + i);
             for (int s = 1; s < splits; s++) acc = vadd(acc, *reinterpret_cast<const VT*>(W + (long long)s * MN + i));
-            *reinterpret_cast<VT*>(C + m * ldcR + n) = acc;
+            put_vec(C + m * ldcR + n, acc);
         }
     } else {
         for (long long i = first; i < MN; i += stride) {
             const long long m = i / N, n = i % N;
-            T acc = W[i];
+            TW acc = W[i];
             for (int s = 1; s < splits; s++) acc += W[(long long)s * MN + i];
-            C[m * ldcR + n * ldcC] = acc;
+            put1(C + m * ldcR + n * ldcC, acc);
         }
     }
 }

@@ -63,10 +63,12 @@ func (d *Device) gemmLocked() (*gemmState, error) {
 
 // GemmVariant describes one tile configuration of the GEMM kernels.
 type GemmVariant struct {
-	Name         string
-	Double, TF32 bool // float64 SIMT, float32 TF32 tensor cores, or (neither) float32 SIMT
-	BM, BN, BK   int  // block tile
-	Threads      int
+	Name string
+	// float64 SIMT, float32 TF32 tensor cores, bfloat16 tensor cores (float32 accumulation), or (none)
+	// float32 SIMT
+	Double, TF32, BF16 bool
+	BM, BN, BK         int // block tile
+	Threads            int
 }
 
 // GemmVariants lists the tile configurations of the GEMM kernels (gemm.variants), in preference order
@@ -79,7 +81,7 @@ func (d *Device) GemmVariants() ([]GemmVariant, error) {
 			return err
 		}
 		for _, v := range st.variants {
-			out = append(out, GemmVariant{Name: v.Name, Double: v.Double, TF32: v.TF32, BM: v.BM, BN: v.BN, BK: v.BK, Threads: v.Threads()})
+			out = append(out, GemmVariant{Name: v.Name, Double: v.Double, TF32: v.TF32, BF16: v.BF16, BM: v.BM, BN: v.BN, BK: v.BK, Threads: v.Threads()})
 		}
 		return nil
 	})
@@ -131,6 +133,9 @@ func (d *Device) gemmModuleLocked(st *gemmState, v gemmplan.Variant) (*gemmModul
 	}
 	if err := checkGemmConfig(string(src), v); err != nil {
 		return nil, err
+	}
+	if err := checkGemmModule(v.Name, v.BF16, string(src)); err != nil {
+		return nil, fmt.Errorf("cudaops: GEMM module %s: %w", v.Name, err)
 	}
 	start := time.Now()
 	mod, err := cu.LoadData(string(src))
@@ -260,21 +265,38 @@ func (d *Device) gemmLaunchLocked(l gemmplan.Launch) error {
 	return nil
 }
 
+// gemmKinds returns the Problem fields of operand dtype in and output dtype out (validated by the
+// Backend: float32 or float64 for both, or bfloat16 operands with a bfloat16 or float32 output).
+func gemmKinds(in, out tensor.Dtype) (double, bf16, outF32 bool, err error) {
+	switch {
+	case in == ops.BFloat16 && (out == ops.BFloat16 || out == tensor.Float32):
+		return false, true, out == tensor.Float32, nil
+	case in == out:
+		if _, err := suffix(in); err != nil {
+			return false, false, false, err
+		}
+		return in == tensor.Float64, false, false, nil
+	}
+	return false, false, false, fmt.Errorf("cudaops: GEMM of %v operands into %v: %w", in, out, ops.ErrDtype)
+}
+
 // GroupedMatMul writes out[r] = x[r]·W[e] for the rows r of every expert e's segment
 // [offsets[e], offsets[e+1]) (x [N,In], W [E,In,Out], or [E,Out,In] read transposed when transposeW;
 // out [N,Out]; offsets: E+1 int32 on the device, never read by the host). Valid offsets start at 0,
 // never decrease and end at offsets[E] <= N: the rows from offsets[E] on (rows a capacity limit
 // dropped) are neither read nor written. Other offsets raise a device fault (reported at the next
 // synchronisation); rows outside every segment are then left unwritten, and no tile reads or writes
-// outside the buffers.
-func (d *Device) GroupedMatMul(dt tensor.Dtype, x, w, offsets, out cu.DevicePtr, E, N, In, Out int, transposeW bool) error {
+// outside the buffers. dt is the dtype of x and W, odt that of out: equal float32 or float64, or
+// bfloat16 operands with out bfloat16 or float32.
+func (d *Device) GroupedMatMul(dt, odt tensor.Dtype, x, w, offsets, out cu.DevicePtr, E, N, In, Out int, transposeW bool) error {
 	if err := groupedDims("grouped matmul", E, N, In, Out); err != nil {
 		return err
 	}
-	if _, err := suffix(dt); err != nil {
+	double, bf, outF32, err := gemmKinds(dt, odt)
+	if err != nil {
 		return err
 	}
-	return d.runGemm(FamilyGroupedMatMul, gemmplan.Problem{Mode: gemmplan.GroupRows, Double: dt == tensor.Float64,
+	return d.runGemm(FamilyGroupedMatMul, gemmplan.Problem{Mode: gemmplan.GroupRows, Double: double, BF16: bf, OutF32: outF32,
 		TransB: transposeW, N: Out, K: In, E: E, Rows: N, A: uint64(x), B: uint64(w), C: uint64(out),
 		Offsets: uint64(offsets), Fault: uint64(d.fault)})
 }
@@ -282,33 +304,37 @@ func (d *Device) GroupedMatMul(dt tensor.Dtype, x, w, offsets, out cu.DevicePtr,
 // GroupedMatMulGradW writes dW[e] = x_eᵀ·dy_e, the reduction over the rows of expert e's segment (x
 // [N,In], dy [N,Out], dW [E,In,Out]; an empty segment gives zeros; rows from offsets[E] on take no
 // part, offsets as for GroupedMatMul). Each element is one thread's sum in row order: deterministic, no
-// atomics.
-func (d *Device) GroupedMatMulGradW(dt tensor.Dtype, x, dy, offsets, dW cu.DevicePtr, E, N, In, Out int) error {
+// atomics. Dtypes as for GroupedMatMul (bfloat16 x and dy: dW float32, the master weight's gradient,
+// or bfloat16).
+func (d *Device) GroupedMatMulGradW(dt, odt tensor.Dtype, x, dy, offsets, dW cu.DevicePtr, E, N, In, Out int) error {
 	if err := groupedDims("grouped matmul grad W", E, N, In, Out); err != nil {
 		return err
 	}
-	if _, err := suffix(dt); err != nil {
+	double, bf, outF32, err := gemmKinds(dt, odt)
+	if err != nil {
 		return err
 	}
-	return d.runGemm(FamilyGroupedGradW, gemmplan.Problem{Mode: gemmplan.GroupRed, Double: dt == tensor.Float64,
+	return d.runGemm(FamilyGroupedGradW, gemmplan.Problem{Mode: gemmplan.GroupRed, Double: double, BF16: bf, OutF32: outF32,
 		TransA: true, M: In, N: Out, E: E, Rows: N, A: uint64(x), B: uint64(dy), C: uint64(dW),
 		Offsets: uint64(offsets), Fault: uint64(d.fault)})
 }
 
 // MatMul writes out [M,N] = op(a)·op(b), a [M,K] (or [K,M] when transA), b [K,N] (or [N,K] when transB),
 // all packed row-major. K = 0 writes zeros. Small grids split the reduction over K into parts summed in
-// a fixed order afterwards (deterministic).
-func (d *Device) MatMul(dt tensor.Dtype, a, b, out cu.DevicePtr, M, N, K int, transA, transB bool) error {
+// a fixed order afterwards (deterministic; bfloat16 outputs: float32 partial sums, rounded once). Dtypes
+// as for GroupedMatMul.
+func (d *Device) MatMul(dt, odt tensor.Dtype, a, b, out cu.DevicePtr, M, N, K int, transA, transB bool) error {
 	if M < 0 || N < 0 || K < 0 {
 		return fmt.Errorf("cudaops: matmul: negative dimension in M=%d N=%d K=%d: %w", M, N, K, ops.ErrShape)
 	}
-	if _, err := suffix(dt); err != nil {
+	double, bf, outF32, err := gemmKinds(dt, odt)
+	if err != nil {
 		return err
 	}
 	if M == 0 || N == 0 {
 		return nil
 	}
-	return d.runGemm(FamilyMatMul, gemmplan.Problem{Mode: gemmplan.Dense, Double: dt == tensor.Float64,
+	return d.runGemm(FamilyMatMul, gemmplan.Problem{Mode: gemmplan.Dense, Double: double, BF16: bf, OutF32: outF32,
 		TransA: transA, TransB: transB, M: M, N: N, K: K, A: uint64(a), B: uint64(b), C: uint64(out)})
 }
 

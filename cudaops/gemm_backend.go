@@ -32,6 +32,31 @@ func gemmFloat(what string, names []string, ts ...*tensor.Dense) (tensor.Dtype, 
 	return dt, nil
 }
 
+// gemmDtypes returns the operand and output dtypes of a product with inputs ins (named names[0..]) and
+// output out (named names[len(ins)]): one float dtype for all (float32 or float64), or bfloat16 inputs
+// with a bfloat16 or float32 output (ops.MixedPrecisionBackend); ops.ErrDtype otherwise.
+func gemmDtypes(what string, names []string, out *tensor.Dense, ins ...*tensor.Dense) (in, outDt tensor.Dtype, err error) {
+	if !hasBF16(append([]*tensor.Dense{out}, ins...)...) {
+		dt, err := gemmFloat(what, names, append(ins, out)...)
+		return dt, dt, err
+	}
+	for i, t := range ins {
+		if t == nil {
+			return in, outDt, fmt.Errorf("cudaops: %s: %s is nil: %w", what, names[i], ops.ErrShape)
+		}
+		if t.Dtype() != ops.BFloat16 {
+			return in, outDt, fmt.Errorf("cudaops: %s: %s has dtype %v: a bfloat16 product needs bfloat16 operands (cast it): %w", what, names[i], t.Dtype(), ops.ErrDtype)
+		}
+	}
+	if out == nil {
+		return in, outDt, fmt.Errorf("cudaops: %s: %s is nil: %w", what, names[len(ins)], ops.ErrShape)
+	}
+	if out.Dtype() != ops.BFloat16 && out.Dtype() != tensor.Float32 {
+		return in, outDt, fmt.Errorf("cudaops: %s: %s has dtype %v, a product of bfloat16 operands writes bfloat16 or float32: %w", what, names[len(ins)], out.Dtype(), ops.ErrDtype)
+	}
+	return ops.BFloat16, out.Dtype(), nil
+}
+
 // gemmShape checks that t has exactly the given shape (ops.ErrShape otherwise).
 func gemmShape(what, name string, t *tensor.Dense, shape ...int) error {
 	if !t.Shape().Eq(tensor.Shape(shape)) {
@@ -62,10 +87,7 @@ func noOverlap(what string, out *tensor.Dense, ins ...*tensor.Dense) error {
 
 func (b *Backend) GroupedMatMul(x, w, plan *tensor.Dense, transposeW bool, out *tensor.Dense) error {
 	const what = "grouped matmul"
-	if hasBF16(x, w, out) {
-		return bf16GemmUnsupported(what)
-	}
-	dt, err := gemmFloat(what, []string{"x", "W", "out"}, x, w, out)
+	dt, odt, err := gemmDtypes(what, []string{"x", "W", "out"}, out, x, w)
 	if err != nil {
 		return err
 	}
@@ -91,7 +113,7 @@ func (b *Backend) GroupedMatMul(x, w, plan *tensor.Dense, transposeW bool, out *
 	if err != nil {
 		return err
 	}
-	pout, err := b.buf(what, "out", out, dt)
+	pout, err := b.buf(what, "out", out, odt)
 	if err != nil {
 		return err
 	}
@@ -102,7 +124,7 @@ func (b *Backend) GroupedMatMul(x, w, plan *tensor.Dense, transposeW bool, out *
 	if err := noOverlap(what, out, x, w, plan); err != nil {
 		return err
 	}
-	return b.dev.GroupedMatMul(dt, px, pw, offsets, pout, E, N, In, Out, transposeW)
+	return b.dev.GroupedMatMul(dt, odt, px, pw, offsets, pout, E, N, In, Out, transposeW)
 }
 
 // planOffsets validates a plan of N = T*K rows over E experts and returns its offsets section. The
@@ -126,10 +148,7 @@ func (b *Backend) planOffsets(what string, plan *tensor.Dense, N, E int) (cu.Dev
 
 func (b *Backend) GroupedMatMulGradW(x, dy, plan *tensor.Dense, dW *tensor.Dense) error {
 	const what = "grouped matmul grad W"
-	if hasBF16(x, dy, dW) {
-		return bf16GemmUnsupported(what)
-	}
-	dt, err := gemmFloat(what, []string{"x", "dy", "dW"}, x, dy, dW)
+	dt, odt, err := gemmDtypes(what, []string{"x", "dy", "dW"}, dW, x, dy)
 	if err != nil {
 		return err
 	}
@@ -153,7 +172,7 @@ func (b *Backend) GroupedMatMulGradW(x, dy, plan *tensor.Dense, dW *tensor.Dense
 	if err != nil {
 		return err
 	}
-	pdW, err := b.buf(what, "dW", dW, dt)
+	pdW, err := b.buf(what, "dW", dW, odt)
 	if err != nil {
 		return err
 	}
@@ -164,5 +183,5 @@ func (b *Backend) GroupedMatMulGradW(x, dy, plan *tensor.Dense, dW *tensor.Dense
 	if err := noOverlap(what, dW, x, dy, plan); err != nil {
 		return err
 	}
-	return b.dev.GroupedMatMulGradW(dt, px, pdy, offsets, pdW, E, N, In, Out)
+	return b.dev.GroupedMatMulGradW(dt, odt, px, pdy, offsets, pdW, E, N, In, Out)
 }

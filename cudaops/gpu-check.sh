@@ -4,11 +4,13 @@
 #   go build -tags expertrt_cuda -o .devbin/bench ./bench
 #   go build -tags expertrt_cuda -o .devbin/mixtral-layer ./examples/mixtral-layer   (stages train and bf16: HF parity)
 # Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck engine train layer policies
-# bench torch ncu gemm gemm-sweep gemm-full bf16 seam ptx-nvcc (seam: the kernel declarations, per-kernel
+# bench torch ncu gemm gemm-sweep gemm-full gemm-bf16 gemm-bf16-bench bf16 seam ptx-nvcc (seam: the kernel declarations, per-kernel
 # faults, device options and the graph's fused route, about 2 minutes; ptx-nvcc: which PTX modules the
 # host's nvcc compiles to other code; gemm: the GEMM kernels' tests, sanitizers, bench and the PyTorch
 # baseline, under 3 minutes; gemm-sweep: every tile configuration timed, GEMM_SWEEP=name,... limits it,
-# about 1-2 minutes; gemm-full: every GEMM test case on every configuration; train and layer: the
+# about 1-2 minutes; gemm-full: every GEMM test case on every configuration; gemm-bf16: the bfloat16
+# GEMM tiles' tests and sanitizers, about 2 minutes; gemm-bf16-bench: their sweep and bench against
+# PyTorch bfloat16, about 1.5 minutes; train and layer: the
 # whole-layer training acceptance tests and the whole-layer benchmarks against PyTorch, about 3 minutes
 # together; policies: the routing policies' tests, sanitizers and GPU target, about 3 minutes; bf16: mixed
 # precision, about 2.5 minutes, see the stage).
@@ -234,10 +236,73 @@ PY
       EXPERTRT_GEMM_TF32=1 timeout 120 $B -device cuda -gemm-variants "$SW" -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w,matmul-dense -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "tf32 sweep failed"
       gemm_table
       ;;
+    gemm-bf16)
+      # bfloat16 GEMM tiles (Bf16Tile, issue 11), correctness, about 2 minutes; logs under
+      # $OUT/gemm-bf16/: every bf16 configuration forced on odd and aligned shapes (TestCUDAGemmBF16),
+      # the conformance suite's bfloat16 products, the layer-size parity (TestCUDABF16GEMM) and
+      # mixed-precision training (TestCUDABF16Training); memcheck and racecheck on the planner's choice
+      # (auto) of TestCUDAGemmBF16's shapes (-test.short: the first two). Speed: gemm-bf16-bench.
+      X="$OUT/gemm-bf16"; mkdir -p "$X"
+      timeout 150 $T -test.run 'TestCUDAGemmBF16|TestCUDABF16GEMM|TestCUDABF16Training|TestCUDAConformance$/BF16$/GEMM$' -test.v -test.count=1 > "$X/tests.log" 2>&1
+      echo "bf16 gemm tests: exit $? ($(grep -c -- '--- FAIL' "$X/tests.log") failed (sub)tests)"
+      grep -E -- '--- (FAIL|PASS)|^(ok|FAIL|PASS)|cost .* -> |panic|gemm-jit' "$X/tests.log" | head -24
+      grep -E '_test.go:[0-9]+|bf16.go:[0-9]+' "$X/tests.log" | head -12
+      for tool in memcheck racecheck; do
+        extra=""; [ $tool = memcheck ] && extra="--leak-check no"
+        timeout 60 compute-sanitizer --tool $tool $extra $T -test.run 'TestCUDAGemmBF16$/^auto$' -test.short > "$X/$tool.log" 2>&1
+        echo "$tool: exit $? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$X/$tool.log" | sort | uniq -c | tr '\n' ' ')"
+      done
+      ;;
+    gemm-bf16-bench)
+      # bfloat16 GEMM speed, about 1.5 minutes (JSON under $OUT/gemm-bf16/): the planner's choice at the
+      # Mixtral shape (T=4096 H=1024 F=3584 E=8 k=2) and the small-expert one (H=2048 F=1408 E=64 k=6),
+      # every bf16 configuration swept there (GEMM_SWEEP=name,... limits it), PyTorch bfloat16 per-expert
+      # matmuls (cuBLAS bf16 tensor cores), and a table.
+      X="$OUT/gemm-bf16"; mkdir -p "$X"
+      : > "$X/bench.jsonl"; : > "$X/sweep.jsonl"
+      for shp in "4096 1024 3584 8 2" "4096 2048 1408 64 6"; do
+        set -- $shp
+        timeout 40 $B -device cuda -dtype bfloat16 -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w,matmul-dense -tokens $1 -hidden $2 -ffn $3 -experts $4 -top-k $5 -reps 20 -warmup 3 -json >> "$X/bench.jsonl" || echo "bf16 bench failed: $shp"
+        timeout 60 $B -device cuda -dtype bfloat16 -gemm-variants "${GEMM_SWEEP:-all}" -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w -tokens $1 -hidden $2 -ffn $3 -experts $4 -top-k $5 -reps 10 -warmup 2 -json >> "$X/sweep.jsonl" || echo "bf16 sweep failed: $shp"
+      done
+      timeout 60 python3 bench/pytorch_gemm.py --bf16 --reps 20 --warmup 3 --json "$X/torch.json" > "$X/torch.log" 2>&1 || echo "torch bf16 baseline failed: $(tail -2 "$X/torch.log")"
+      python3 - "$X" <<'PY'
+import json, os, sys
+x = sys.argv[1]
+def rows(path):
+    if not os.path.exists(path): return []
+    txt = open(path).read(); dec = json.JSONDecoder(); i = 0; out = []
+    while i < len(txt):
+        while i < len(txt) and txt[i].isspace(): i += 1
+        if i >= len(txt): break
+        o, i = dec.raw_decode(txt, i)
+        out += o if isinstance(o, list) else o.get("results", [o])
+    return out
+key = lambda r: (r["op"], r["tokens"], r["hidden"], r.get("ffn", 0), r["experts"], bool(r.get("skew")))
+torch = {key(r): r for r in rows(x + "/torch.json")}
+print("bf16 GEMM: ours (planner's choice) vs PyTorch bf16 per-expert cuBLAS; ratio = torch ms / ours ms (target >= 0.7); % of the 989 TFLOP/s bf16 dense peak")
+for r in rows(x + "/bench.jsonl"):
+    t = torch.get(key(r))
+    tt = f"torch {t['median_ms']:8.4f} ms {t['tflop_per_s']:7.1f} TFLOP/s  ratio {t['median_ms']/r['median_ms']:.2f}" if t else "torch -"
+    print(f"  {r['op']:16s} T={r['tokens']} H={r['hidden']} F={r.get('ffn',0)} E={r['experts']:3d}  ours {r['median_ms']:8.4f} ms {r.get('tflop_per_s',0):7.1f} TFLOP/s ({100*r.get('tflop_per_s',0)/989:4.1f}% of 989)  {tt}")
+groups = {}
+for r in rows(x + "/sweep.jsonl"):
+    groups.setdefault((r["op"], r["hidden"], r["experts"]), []).append(r)
+print("bf16 sweep (TFLOP/s per configuration; set eff in gemm.variants so that the planner picks the best at H=1024 E=8):")
+eff = {}
+for k, rs in sorted(groups.items()):
+    rs.sort(key=lambda r: -r.get("tflop_per_s", 0))
+    print(f"  {k[0]:16s} H={k[1]} E={k[2]}: " + "  ".join(f"{r.get('gemm_variant', '?')}={r.get('tflop_per_s',0):.1f}" for r in rs))
+    if k[1] == 1024:
+        best = rs[0].get("tflop_per_s", 0) or 1
+        for r in rs:
+            eff.setdefault(r.get("gemm_variant", "?"), []).append(r.get("tflop_per_s", 0) / best)
+print("suggested bf16 eff: " + "  ".join(f"{v}={sum(e)/len(e):.2f}" for v, e in sorted(eff.items(), key=lambda kv: -sum(kv[1])/len(kv[1]))))
+PY
+      ;;
     bf16)
       # Mixed precision (issue 11), logs under $OUT/bf16/: the conformance suite's bfloat16 cases and the
-      # parity tests at layer sizes (TestCUDABF16GEMM and TestCUDABF16Training fail with ErrUnsupported
-      # until the GEMM family has bfloat16 kernels), the sanitizers on bf16.cu, our bfloat16
+      # parity tests at layer sizes (the GEMMs' own stage is gemm-bf16), the sanitizers on bf16.cu, our bfloat16
       # dispatch/combine bench against a device copy and PyTorch bfloat16, and the Hugging Face parity
       # fixture (transformers in bfloat16 on this GPU) with the CPU parity test run on it.
       X="$OUT/bf16"; mkdir -p "$X"

@@ -12,13 +12,11 @@ import (
 // MatMul writes out = op(a)·op(b) (ops.TrainingBackend): a [M,K] ([K,M] when transA), b [K,N] ([N,K]
 // when transB), out [M,N], one float dtype, contiguous device tensors of this backend; out must not
 // overlap a or b. K = 0 gives zeros. Runs on the GEMM kernels (gemm.go): FFMA/DFMA, or TF32 tensor cores
-// for float32 on a device with the option TF32; deterministic.
+// for float32 on a device with the option TF32; bfloat16 a and b (out bfloat16 or float32) on the bf16
+// tensor cores with float32 accumulation; deterministic.
 func (b *Backend) MatMul(a, bm *tensor.Dense, transA, transB bool, out *tensor.Dense) error {
 	const what = "matmul"
-	if hasBF16(a, bm, out) {
-		return bf16GemmUnsupported(what)
-	}
-	dt, err := gemmFloat(what, []string{"a", "b", "out"}, a, bm, out)
+	dt, odt, err := gemmDtypes(what, []string{"a", "b", "out"}, out, a, bm)
 	if err != nil {
 		return err
 	}
@@ -47,12 +45,12 @@ func (b *Backend) MatMul(a, bm *tensor.Dense, transA, transB bool, out *tensor.D
 	if err != nil {
 		return err
 	}
-	pout, err := b.buf(what, "out", out, dt)
+	pout, err := b.buf(what, "out", out, odt)
 	if err != nil {
 		return err
 	}
 	if err := noOverlap(what, out, a, bm); err != nil {
 		return err
 	}
-	return b.dev.MatMul(dt, pa, pb, pout, M, N, K, transA, transB)
+	return b.dev.MatMul(dt, odt, pa, pb, pout, M, N, K, transA, transB)
 }

@@ -263,8 +263,7 @@ type gemmShape struct{ T, H, F, E, K int }
 // reference. Both are float32 sums of the same exact products in different orders,
 // so they agree within 2(n+1)·2^-24·Σ|terms| (n the summed length; Σ|terms| bounded by the product of
 // the row and column norms, Cauchy–Schwarz) plus one unit of the final rounding (2^-8 relative into
-// bfloat16, 2^-23 into float32). On the CUDA backend, until the GEMM family has its bfloat16 kernels, this
-// fails with the backend's ErrUnsupported message.
+// bfloat16, 2^-23 into float32).
 func checkBF16GEMM(t *testing.T, b ops.Backend, shapes []gemmShape) {
 	bf := ops.BFloat16
 	for _, c := range shapes {
@@ -388,8 +387,7 @@ func unitRoundOf(dt tensor.Dtype) float64 {
 // checkBF16Training: the mixed-precision layer task (bf16_test.go) trained with Adam on b and on the
 // CPU from the same float32 master weights and data: the first step's cost agrees within bfloat16
 // accuracy (1/16 relative, the derived bound of TestBF16LayerGradients), b's run reduces the cost as
-// the CPU run does, and two runs on b are bitwise identical. On the GPU this needs the bfloat16 GEMM
-// kernels.
+// the CPU run does, and two runs on b are bitwise identical.
 func checkBF16Training(t *testing.T, b ops.Backend) {
 	const steps = 40
 	cpu, _ := trainMixed(t, ops.CPU(), steps)

@@ -23,14 +23,13 @@ func TestCUDABF16Kernels(t *testing.T) {
 }
 
 // TestCUDABF16GEMM: the bfloat16 grouped and dense products at the Mixtral-like shape (H=1024, F=3584,
-// E=8, K=2; T=2048 keeps the CPU reference short) and a small-expert one. Fails with ErrUnsupported until
-// the GEMM family has its bfloat16 tensor-core kernels.
+// E=8, K=2; T=2048 keeps the CPU reference short) and a small-expert one, on the GEMM family's bf16
+// tensor-core kernels (Bf16Tile).
 func TestCUDABF16GEMM(t *testing.T) {
 	checkBF16GEMM(t, cudaBackend(t), []gemmShape{{2048, 1024, 3584, 8, 2}, {512, 2048, 1408, 64, 6}})
 }
 
 // TestCUDABF16Training: mixed-precision Adam training of the layer task on the GPU against the CPU.
-// Needs the bfloat16 GEMM kernels.
 func TestCUDABF16Training(t *testing.T) { checkBF16Training(t, cudaBackend(t)) }
 
 // TestCUDABF16PermuteSpecials: the vector permutations' fast paths (bf16.cu, "bfloat16 pairs") hand

@@ -403,11 +403,52 @@ func gemmVariants(t testing.TB, d *cudaops.Device, double, tf32 bool) []string {
 	}
 	var names []string
 	for _, v := range vs {
-		if v.Double == double && v.TF32 == tf32 {
+		if v.Double == double && v.TF32 == tf32 && !v.BF16 {
 			names = append(names, v.Name)
 		}
 	}
 	return names
+}
+
+// TestCUDAGemmBF16: the bfloat16 products (grouped forward, transposed, weight gradient, router matmul;
+// bfloat16 and float32 outputs) against the CPU on every bf16 tile configuration forced, at odd shapes
+// (H, F not multiples of 8: the element-copy kernels; 4 experts: multi-tile segments) and aligned ones
+// (16-byte copies; 70 experts with the split-K router product). -test.short: the first two shapes. The
+// layer-size shapes are TestCUDABF16GEMM's.
+func TestCUDAGemmBF16(t *testing.T) {
+	b := cudaBackend(t)
+	d, err := b.Device()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs, err := d.GemmVariants()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{""}
+	for _, v := range vs {
+		if v.BF16 {
+			names = append(names, v.Name)
+		}
+	}
+	if len(names) == 1 {
+		t.Fatal("no bf16 GEMM configurations in gemm.variants")
+	}
+	shapes := []gemmShape{{T: 97, H: 33, F: 45, E: 4, K: 2}, {T: 200, H: 136, F: 72, E: 8, K: 2}, {T: 64, H: 256, F: 96, E: 70, K: 6}}
+	if testing.Short() {
+		shapes = shapes[:2]
+	}
+	for _, n := range names {
+		h, err := d.With(cudaops.WithGemmVariant(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		label := n
+		if label == "" {
+			label = "auto"
+		}
+		t.Run(label, func(t *testing.T) { checkBF16GEMM(t, cudaops.NewBackend(h), shapes) })
+	}
 }
 
 // forEachVariant runs f as subtest "auto" (the planner's choice) and then once per variant of the class

@@ -46,13 +46,15 @@ struct Thread {
     Wait state = RUNNING;
     std::vector<std::vector<Copy>> groups;  // committed, not yet complete
     std::vector<Copy> open;                 // issued since the last commit
-    // mma operands while waiting at AT_MMA
+    // mma operands while waiting at AT_MMA (mmaK: 8 for tf32 m16n8k8, 16 for bf16 m16n8k16)
+    int mmaK = 0;
     float* d = nullptr;
     const unsigned* a = nullptr;
     const unsigned* b = nullptr;
-    // ldmatrix row address and destination registers while waiting at AT_LDSM
+    // ldmatrix row address, destination registers and .trans while waiting at AT_LDSM
     const unsigned char* row = nullptr;
     unsigned* regs = nullptr;
+    bool trans = false;
 };
 
 struct Run {
@@ -110,10 +112,54 @@ void trampoline() {
     swapcontext(&t.ctx, &r->sched);
 }
 
+// bfloat16 bits (low or high half of a 32-bit register) as a float: exact.
+float bf16_half(unsigned reg, int hi) {
+    const unsigned u = (hi ? reg >> 16 : reg & 0xffffu) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// The m16n8k16 bf16 mma (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"): lane
+// 4g+t holds A(g, 2t..2t+1), A(g+8, 2t..2t+1), A(g, 2t+8..2t+9), A(g+8, 2t+8..2t+9) in a0..a3 and
+// B(2t..2t+1, g), B(2t+8..2t+9, g) in b0, b1 (lower k in the low half); C/D as for m16n8k8. The products
+// of two bfloat16 are exact in float32; the sum is taken in increasing k with one rounding per term
+// (the hardware's order differs, within the same error bound).
+void warp_mma_bf16(Run& r, int w) {
+    float out[32][4];
+    for (int lane = 0; lane < 32; lane++) {
+        const int gid = lane >> 2, tig = lane & 3;
+        for (int q = 0; q < 4; q++) {
+            const int row = gid + 8 * (q >> 1), col = 2 * tig + (q & 1);
+            float acc = r.threads[w * 32 + lane].d[q];
+            for (int k = 0; k < 16; k++) {
+                const int kk = k % 8;  // k within its half
+                const Thread& ta = r.threads[w * 32 + (row % 8) * 4 + kk / 2];
+                const float av = bf16_half(ta.a[(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], kk & 1);
+                const Thread& tb = r.threads[w * 32 + col * 4 + kk / 2];
+                const float bv = bf16_half(tb.b[k >= 8 ? 1 : 0], kk & 1);
+                acc = std::fma(av, bv, acc);
+            }
+            out[lane][q] = acc;
+        }
+    }
+    for (int lane = 0; lane < 32; lane++)
+        for (int q = 0; q < 4; q++) r.threads[w * 32 + lane].d[q] = out[lane][q];
+}
+
 // Performs the warp's mma once all its 32 lanes wait at it: D = A·B + C for the m16n8k8 tf32 tile, from
 // the fragments every lane holds (layouts of the PTX ISA), all lanes' results computed before any is
 // written back.
 void warp_mma(Run& r, int w) {
+    for (int l = 0; l < 32; l++)
+        if (r.threads[w * 32 + l].mmaK != r.threads[w * 32].mmaK) {
+            fail("warp " + std::to_string(w) + ": lanes wait at different mma instructions");
+            return;
+        }
+    if (r.threads[w * 32].mmaK == 16) {
+        warp_mma_bf16(r, w);
+        return;
+    }
     float out[32][4];
     auto tf = [](unsigned u) {
         float f;
@@ -140,8 +186,10 @@ void warp_mma(Run& r, int w) {
 }
 
 // Performs the warp's ldmatrix.m8n8.x4.b16 once all its 32 lanes wait at it: lane 8j+r names row r of
-// matrix j (16 bytes of shared memory); every lane l receives in register j the 32-bit word l%4 of row
-// l/4 of matrix j. All rows are read before any register is written.
+// matrix j (16 bytes of shared memory: 8 16-bit elements); every lane l receives in register j the
+// 32-bit word l%4 of row l/4 of matrix j, i.e. elements (l/4, 2(l%4)) and (l/4, 2(l%4)+1), the first in
+// the low half; with .trans the elements (2(l%4), l/4) and (2(l%4)+1, l/4). All rows are read before any
+// register is written.
 void warp_ldsm(Run& r, int w) {
     unsigned out[32][4];
     const uintptr_t s0 = (uintptr_t)r.smem;
@@ -152,9 +200,23 @@ void warp_ldsm(Run& r, int w) {
             return;
         }
     }
+    const bool trans = r.threads[w * 32].trans;
     for (int l = 0; l < 32; l++)
-        for (int j = 0; j < 4; j++)
-            std::memcpy(&out[l][j], r.threads[w * 32 + 8 * j + l / 4].row + 4 * (l % 4), 4);
+        if (r.threads[w * 32 + l].trans != trans) {
+            fail("warp " + std::to_string(w) + ": lanes mix ldmatrix and ldmatrix.trans");
+            return;
+        }
+    for (int l = 0; l < 32; l++)
+        for (int j = 0; j < 4; j++) {
+            if (!trans) {
+                std::memcpy(&out[l][j], r.threads[w * 32 + 8 * j + l / 4].row + 4 * (l % 4), 4);
+                continue;
+            }
+            uint16_t lo, hi;
+            std::memcpy(&lo, r.threads[w * 32 + 8 * j + 2 * (l % 4)].row + 2 * (l / 4), 2);
+            std::memcpy(&hi, r.threads[w * 32 + 8 * j + 2 * (l % 4) + 1].row + 2 * (l / 4), 2);
+            out[l][j] = (unsigned)lo | (unsigned)hi << 16;
+        }
     for (int l = 0; l < 32; l++) std::memcpy(r.threads[w * 32 + l].regs, out[l], sizeof out[l]);
 }
 
@@ -225,7 +287,7 @@ EmuRegistrar::EmuRegistrar(const char* variant, const char* kernel, EmuThreadFn 
     k.threads = threads;
     k.smem = smem;
 }
-EmuRegistrar::EmuRegistrar(const char* variant, EmuReduceFn fn) { registry()[variant].kernels["gemm_reduce"].reduce = fn; }
+EmuRegistrar::EmuRegistrar(const char* variant, const char* kernel, EmuReduceFn fn) { registry()[variant].kernels[kernel].reduce = fn; }
 EmuRegistrar::EmuRegistrar(const char* variant, const int* config) {
     VariantInfo& v = registry()[variant];
     std::memcpy(v.config, config, sizeof v.config);
@@ -259,6 +321,20 @@ void emu_cp_async(void* dst, const void* src, int bytes, bool in) {
     else r.threads[r.cur].open.push_back(c);
 }
 
+void emu_copy_now(void* dst, const void* src, int bytes, bool in) {
+    Run& r = *run_;
+    const uintptr_t d = (uintptr_t)dst, s0 = (uintptr_t)r.smem;
+    if (d < s0 || d + bytes > s0 + r.k->smem || d % bytes != 0 || (uintptr_t)src % bytes != 0) {
+        fail("element copy to shared memory: destination outside the CTA's dynamic shared memory or misaligned");
+        return;
+    }
+    if (!readable(src, in ? bytes : 1)) {
+        fail("element copy: source outside every allocation");
+        return;
+    }
+    complete(Copy{dst, src, bytes, in});
+}
+
 void emu_cp_async_commit() {
     Thread& t = run_->threads[run_->cur];
     t.groups.push_back(t.open);
@@ -275,14 +351,25 @@ void emu_cp_async_wait(int n) {
 
 void emu_mma_tf32(float* d, const unsigned* a, const unsigned* b) {
     Thread& t = run_->threads[run_->cur];
+    t.mmaK = 8;
     t.d = d;
     t.a = a;
     t.b = b;
     yield_to_scheduler(AT_MMA);
 }
 
-void emu_ldmatrix_x4(unsigned* d, const void* row) {
+void emu_mma_bf16(float* d, const unsigned* a, const unsigned* b) {
     Thread& t = run_->threads[run_->cur];
+    t.mmaK = 16;
+    t.d = d;
+    t.a = a;
+    t.b = b;
+    yield_to_scheduler(AT_MMA);
+}
+
+void emu_ldmatrix_x4(unsigned* d, const void* row, bool trans) {
+    Thread& t = run_->threads[run_->cur];
+    t.trans = trans;
     t.row = static_cast<const unsigned char*>(row);
     t.regs = d;
     yield_to_scheduler(AT_LDSM);

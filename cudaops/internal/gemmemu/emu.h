@@ -1,6 +1,7 @@
 // CPU emulation of the CUDA features the GEMM family (cudaops/gemm.cuh, gemm.cu) uses, so that the very
 // same kernel source runs on the build host: every CTA is run by one coroutine per CUDA thread
-// (ucontext), switched at __syncthreads and at the warp-wide mma.sync and ldmatrix; cp.async copies
+// (ucontext), switched at __syncthreads and at the warp-wide mma.sync (tf32 m16n8k8, bf16 m16n8k16) and
+// ldmatrix (plain and .trans); cp.async copies
 // complete late (at the cp.async.wait_group that must cover them, the latest point the PTX memory model
 // allows), so a read of a stage before its wait sees stale data; threads resume in a shuffled order
 // after each barrier. Shared memory is poisoned (NaN) before each CTA, and every cp.async source must lie
@@ -35,8 +36,10 @@ void emu_syncthreads();
 void emu_cp_async(void* dst, const void* src, int bytes, bool in);
 void emu_cp_async_commit();
 void emu_cp_async_wait(int n);
+void emu_copy_now(void* dst, const void* src, int bytes, bool in);  // a synchronous global->shared copy
 void emu_mma_tf32(float* d, const unsigned* a, const unsigned* b);
-void emu_ldmatrix_x4(unsigned* d, const void* row);
+void emu_mma_bf16(float* d, const unsigned* a, const unsigned* b);
+void emu_ldmatrix_x4(unsigned* d, const void* row, bool trans);
 void emu_smem_read(const void* p, int bytes);  // fails the run unless aligned and inside shared memory
 #define GEMM_SMEM_READ(p, bytes) emu_smem_read(p, bytes)
 void emu_fault(unsigned* f, unsigned code);
@@ -46,6 +49,9 @@ inline void __syncthreads() { emu_syncthreads(); }
 inline void cp_async16(void* s, const void* g, bool in) { emu_cp_async(s, g, 16, in); }
 inline void cp_async_elem(float* s, const float* g, bool in) { emu_cp_async(s, g, 4, in); }
 inline void cp_async_elem(double* s, const double* g, bool in) { emu_cp_async(s, g, 8, in); }
+struct bf16;  // gemm.cuh
+// No 2-byte cp.async exists: gemm.cuh copies single bfloat16 elements synchronously.
+inline void cp_async_elem(bf16* s, const bf16* g, bool in) { emu_copy_now(s, g, 2, in); }
 inline void cp_async_commit() { emu_cp_async_commit(); }
 template <int N> inline void cp_async_wait() { emu_cp_async_wait(N); }
 inline unsigned __float_as_uint(float x) {
@@ -60,7 +66,10 @@ inline unsigned to_tf32(float x) {  // cvt.rna.tf32.f32
     return u;
 }
 inline void mma_tf32(float* d, const unsigned* a, const unsigned* b) { emu_mma_tf32(d, a, b); }
-inline void ldsm_x4(unsigned* d, const float* row) { emu_ldmatrix_x4(d, row); }
+inline void mma_bf16(float* d, const unsigned* a, const unsigned* b) { emu_mma_bf16(d, a, b); }
+inline void ldsm_x4(unsigned* d, const float* row) { emu_ldmatrix_x4(d, row, false); }
+inline void ldsm_x4(unsigned* d, const bf16* row) { emu_ldmatrix_x4(d, row, false); }
+inline void ldsm_x4_t(unsigned* d, const bf16* row) { emu_ldmatrix_x4(d, row, true); }
 inline unsigned tf32_bits(unsigned u) {  // cvt.rna.tf32.f32 of the float with bits u
     float x;
     std::memcpy(&x, &u, 4);
@@ -73,20 +82,20 @@ typedef void (*EmuThreadFn)(const uint64_t* args, int bid, int tid, unsigned cha
 typedef void (*EmuReduceFn)(const uint64_t* args, long long first, long long stride);
 struct EmuRegistrar {
     EmuRegistrar(const char* variant, const char* kernel, EmuThreadFn fn, int threads, int smem);
-    EmuRegistrar(const char* variant, EmuReduceFn fn);
+    EmuRegistrar(const char* variant, const char* kernel, EmuReduceFn fn);
     EmuRegistrar(const char* variant, const int* config);
 };
 
 inline int emu_i32(uint64_t v) { return (int)(int32_t)(uint32_t)v; }
 
-#define GEMM_EMU_KERNEL(NAME, AT, BT, VEC)                                                                        \
+#define GEMM_EMU_KERNEL(NAME, AT, BT, VEC, TC)                                                                      \
     static void NAME##_thread(const uint64_t* a, int bid, int tid, unsigned char* smem) {                       \
         const GemmArgs p = {(const void*)a[0], (const void*)a[1], (void*)a[2], (void*)a[3], (const int*)a[4],   \
                             (unsigned*)a[5], (long long)a[6], (long long)a[7], (long long)a[8], (long long)a[9], \
                             (long long)a[10], (long long)a[11], emu_i32(a[12]), emu_i32(a[13]), emu_i32(a[14]),  \
                             emu_i32(a[15]), emu_i32(a[16]), emu_i32(a[17]), emu_i32(a[18]), emu_i32(a[19]),      \
                             emu_i32(a[20]), emu_i32(a[21]), emu_i32(a[22])};                                     \
-        gemm_entry<GemmCfg<AT, BT, VEC>::type, AT, BT>(p, smem, bid, tid);                                      \
+        gemm_entry<GemmCfg<AT, BT, VEC, TC>::type, AT, BT>(p, smem, bid, tid);                                  \
     }                                                                                                            \
     static EmuRegistrar NAME##_reg(GEMM_EMU_VARIANT, #NAME, NAME##_thread, GemmNN::NT, GemmNN::SMEM);
 
@@ -94,9 +103,9 @@ inline int emu_i32(uint64_t v) { return (int)(int32_t)(uint32_t)v; }
     static const int emu_config[8] = {__VA_ARGS__};           \
     static EmuRegistrar emu_config_reg(GEMM_EMU_VARIANT, emu_config);
 
-#define GEMM_EMU_REDUCE()                                                                                          \
-    static void gemm_reduce_all(const uint64_t* a, long long first, long long stride) {                          \
-        gemm_reduce_body<GEMM_T>((const GEMM_T*)a[0], (GEMM_T*)a[1], emu_i32(a[2]), emu_i32(a[3]), emu_i32(a[4]), \
-                                 (long long)a[5], (long long)a[6], emu_i32(a[7]), first, stride);                  \
-    }                                                                                                              \
-    static EmuRegistrar emu_reduce_reg(GEMM_EMU_VARIANT, gemm_reduce_all);
+#define GEMM_EMU_REDUCE(NAME, TW, TC)                                                                         \
+    static void NAME##_all(const uint64_t* a, long long first, long long stride) {                              \
+        gemm_reduce_body<TW, TC>((const TW*)a[0], (TC*)a[1], emu_i32(a[2]), emu_i32(a[3]), emu_i32(a[4]),     \
+                                 (long long)a[5], (long long)a[6], emu_i32(a[7]), first, stride);              \
+    }                                                                                                          \
+    static EmuRegistrar NAME##_reg(GEMM_EMU_VARIANT, #NAME, NAME##_all);

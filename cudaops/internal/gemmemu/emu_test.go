@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/expertrt/expertrt-go/cudaops/internal/gemmplan"
+	"github.com/expertrt/expertrt-go/internal/bf16"
 )
 
 func variants(t testing.TB) []gemmplan.Variant {
@@ -58,6 +59,9 @@ type problem struct {
 
 func (p problem) String() string {
 	s := fmt.Sprintf("%v tA=%t tB=%t M=%d N=%d K=%d", p.Mode, p.TransA, p.TransB, p.M, p.N, p.K)
+	if p.BF16 {
+		s += fmt.Sprintf(" bf16 outF32=%t", p.OutF32)
+	}
 	if p.Mode != gemmplan.Dense {
 		s += fmt.Sprintf(" E=%d rows=%d", p.E, p.Rows)
 	}
@@ -156,6 +160,13 @@ func newOperand(t testing.TB, n, misalign, elem int) *operand {
 func (o *operand) addr() uint64 { return o.buf.Addr(o.off * o.elemSize) }
 
 func (o *operand) fillAll(v float64) {
+	if o.elemSize == 2 {
+		s := o.buf.Uint16s()
+		for i := range s {
+			s[i] = uint16(bf16.FromFloat64(v))
+		}
+		return
+	}
 	if o.elemSize == 4 {
 		s := o.buf.Float32s()
 		for i := range s {
@@ -171,7 +182,9 @@ func (o *operand) fillAll(v float64) {
 
 func (o *operand) set(vals []float64) {
 	for i, v := range vals {
-		if o.elemSize == 4 {
+		if o.elemSize == 2 {
+			o.buf.Uint16s()[o.off+i] = uint16(bf16.FromFloat64(v))
+		} else if o.elemSize == 4 {
 			o.buf.Float32s()[o.off+i] = float32(v)
 		} else {
 			o.buf.Float64s()[o.off+i] = v
@@ -182,7 +195,11 @@ func (o *operand) set(vals []float64) {
 // all returns every element of the buffer (guards included).
 func (o *operand) all() []float64 {
 	var r []float64
-	if o.elemSize == 4 {
+	if o.elemSize == 2 {
+		for _, v := range o.buf.Uint16s() {
+			r = append(r, bf16.BFloat16(v).Float64())
+		}
+	} else if o.elemSize == 4 {
 		for _, v := range o.buf.Float32s() {
 			r = append(r, float64(v))
 		}
@@ -202,12 +219,18 @@ type result struct {
 // run plans and executes p with the given variant (or auto when force is ""), inputs a, b.
 func run(t testing.TB, p problem, a, b []float64, opt gemmplan.Options, mode Mode) (result, *gemmplan.Plan) {
 	t.Helper()
-	elem := 4
-	if p.Double {
-		elem = 8
+	elem, cElem := 4, 4
+	switch {
+	case p.Double:
+		elem, cElem = 8, 8
+	case p.BF16:
+		elem, cElem = 2, 2
+		if p.OutF32 {
+			cElem = 4
+		}
 	}
 	na, nb, nc := p.sizes()
-	A, B, C := newOperand(t, na, p.misalign[0], elem), newOperand(t, nb, p.misalign[1], elem), newOperand(t, nc, p.misalign[2], elem)
+	A, B, C := newOperand(t, na, p.misalign[0], elem), newOperand(t, nb, p.misalign[1], elem), newOperand(t, nc, p.misalign[2], cElem)
 	defer A.buf.Free()
 	defer B.buf.Free()
 	defer C.buf.Free()
@@ -254,11 +277,15 @@ func run(t testing.TB, p problem, a, b []float64, opt gemmplan.Options, mode Mod
 	return r, pl
 }
 
-func randVals(rng *rand.Rand, n int, double bool) []float64 {
+// randVals returns n values in [-1, 1], exactly representable in the problem's operand type.
+func randVals(rng *rand.Rand, n int, p problem) []float64 {
 	v := make([]float64, n)
 	for i := range v {
 		v[i] = 2*rng.Float64() - 1
-		if !double {
+		switch {
+		case p.BF16:
+			v[i] = bf16.FromFloat64(v[i]).Float64()
+		case !p.Double:
 			v[i] = float64(float32(v[i]))
 		}
 	}
@@ -268,7 +295,9 @@ func randVals(rng *rand.Rand, n int, double bool) []float64 {
 // check compares C (with guards) with the reference: guards untouched (NaN), every element within the
 // error bound of its dot product: fp32 and fp64 |err| <= 1.01*(n+2)*u*sum|a·b| (the worst-case bound of
 // a recursive sum of n terms plus the split-K additions, u = 2^-24 or 2^-53; the float64 reference adds
-// its own n*2^-53); TF32 adds the rounding of both inputs to 10 mantissa bits, 2^-10*sum|a·b|.
+// its own n*2^-53); TF32 adds the rounding of both inputs to 10 mantissa bits, 2^-10*sum|a·b|. bfloat16
+// operands: products exact, float32 accumulation (u = 2^-24), and a bfloat16 C adds its one rounding of
+// the float32 result, 2^-8 relative.
 func check(t testing.TB, what string, p problem, r result, want, mag []float64, splits int, tf32 bool) {
 	t.Helper()
 	_, _, nc := p.sizes()
@@ -306,6 +335,9 @@ func check(t testing.TB, what string, p problem, r result, want, mag []float64, 
 		tol := 1.01*n*u*mag[j] + float64(terms(j))*math.Ldexp(1, -53)*mag[j]
 		if tf32 {
 			tol += math.Ldexp(1, -10) * mag[j]
+		}
+		if p.BF16 && !p.OutF32 {
+			tol += math.Ldexp(1, -8) * (math.Abs(want[j]) + tol)
 		}
 		if !(math.Abs(v-want[j]) <= tol) {
 			if bad < 4 {
@@ -370,6 +402,32 @@ func sortInts(a []int) {
 	}
 }
 
+// bf16Cases returns the cases with bfloat16 operands, C bfloat16 and float32 alternately (both with
+// all, in the long run).
+func bf16Cases(rng *rand.Rand, short bool) []problem {
+	var ps []problem
+	for i, p := range cases(rng, false, short) {
+		p.BF16 = true
+		if !short {
+			ps = append(ps, p)
+			p.OutF32 = true
+			ps = append(ps, p)
+			continue
+		}
+		p.OutF32 = i%2 == 1
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+// casesFor returns the test problems of a variant's class.
+func casesFor(rng *rand.Rand, v gemmplan.Variant, short bool) []problem {
+	if v.BF16 {
+		return bf16Cases(rng, short)
+	}
+	return cases(rng, v.Double, short)
+}
+
 // cases returns the test problems for one element type.
 func cases(rng *rand.Rand, double, short bool) []problem {
 	var ps []problem
@@ -405,17 +463,36 @@ func cases(rng *rand.Rand, double, short bool) []problem {
 	return ps
 }
 
-// TestKernels runs every variant on every case against the float64 reference, with guards, in both
-// cp.async completion modes and two thread orders, and requires bitwise identical results across them.
+// selected reports whether EXPERTRT_GEMMEMU_VARIANTS (comma-separated names or name prefixes; unset:
+// every variant) names the variant.
+func selected(name string) bool {
+	list := os.Getenv("EXPERTRT_GEMMEMU_VARIANTS")
+	if list == "" {
+		return true
+	}
+	for _, p := range strings.Split(list, ",") {
+		if p = strings.TrimSpace(p); p != "" && strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestKernels runs every variant (or those EXPERTRT_GEMMEMU_VARIANTS selects) on every case against the
+// float64 reference, with guards, in both cp.async completion modes and two thread orders, and requires
+// bitwise identical results across them.
 func TestKernels(t *testing.T) {
 	short := testing.Short()
 	for _, v := range variants(t) {
 		v := v
+		if !selected(v.Name) {
+			continue
+		}
 		t.Run(v.Name, func(t *testing.T) {
 			rng := rand.New(rand.NewSource(7))
-			for i, p := range cases(rng, v.Double, short) {
+			for i, p := range casesFor(rng, v, short) {
 				na, nb, _ := p.sizes()
-				a, b := randVals(rng, na, p.Double), randVals(rng, nb, p.Double)
+				a, b := randVals(rng, na, p), randVals(rng, nb, p)
 				want, mag := p.reference(a, b)
 				opt := gemmplan.Options{Force: v.Name, TF32: v.TF32}
 				r0, pl := run(t, p, a, b, opt, Mode{Seed: uint32(i)})
@@ -440,15 +517,19 @@ func TestKernels(t *testing.T) {
 // TestAuto runs the planner's own choice (no forced variant) on the cases, fp32, fp64 and TF32.
 func TestAuto(t *testing.T) {
 	for _, cl := range []struct {
-		name         string
-		double, tf32 bool
-	}{{"f32", false, false}, {"f64", true, false}, {"tf32", false, true}} {
+		name               string
+		double, tf32, bf16 bool
+	}{{"f32", false, false, false}, {"f64", true, false, false}, {"tf32", false, true, false}, {"bf16", false, false, true}} {
 		t.Run(cl.name, func(t *testing.T) {
 			rng := rand.New(rand.NewSource(11))
 			used := map[string]bool{}
-			for i, p := range cases(rng, cl.double, true) {
+			ps := cases(rng, cl.double, true)
+			if cl.bf16 {
+				ps = bf16Cases(rng, true)
+			}
+			for i, p := range ps {
 				na, nb, _ := p.sizes()
-				a, b := randVals(rng, na, p.Double), randVals(rng, nb, p.Double)
+				a, b := randVals(rng, na, p), randVals(rng, nb, p)
 				want, mag := p.reference(a, b)
 				r, pl := run(t, p, a, b, gemmplan.Options{TF32: cl.tf32}, Mode{Seed: uint32(i)})
 				check(t, "auto", p, r, want, mag, pl.Splits, cl.tf32)
@@ -469,7 +550,7 @@ func TestBadOffsets(t *testing.T) {
 		for _, mode := range []gemmplan.Mode{gemmplan.GroupRows, gemmplan.GroupRed} {
 			p := problem{Problem: gemmplan.Problem{Mode: mode, E: 3, Rows: 60, K: 12, N: 10, M: 12, TransA: mode == gemmplan.GroupRed}, offsets: off}
 			na, nb, nc := p.sizes()
-			a, b := randVals(rng, na, false), randVals(rng, nb, false)
+			a, b := randVals(rng, na, p), randVals(rng, nb, p)
 			r, _ := run(t, p, a, b, gemmplan.Options{Force: vs[0].Name}, Mode{Seed: 1})
 			if r.fault != 32 {
 				t.Errorf("%v offsets %v: fault word %d, want 32 (GEMM_FAULT_OFFSETS)", mode, off, r.fault)

@@ -60,6 +60,9 @@ func (b *Buffer) Float32s() []float32 { return unsafe.Slice((*float32)(b.p), b.b
 // Float64s views the buffer as float64s.
 func (b *Buffer) Float64s() []float64 { return unsafe.Slice((*float64)(b.p), b.bytes/8) }
 
+// Uint16s views the buffer as uint16s (bfloat16 bit patterns).
+func (b *Buffer) Uint16s() []uint16 { return unsafe.Slice((*uint16)(b.p), b.bytes/2) }
+
 // Int32s views the buffer as int32s.
 func (b *Buffer) Int32s() []int32 { return unsafe.Slice((*int32)(b.p), b.bytes/4) }
 

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "9819724009fbab37aa0961c04694028a7bc891970898920910af7c098c9f8e58"
+const sourceHash = "5b9f65047c58eb6c421c11acce2b24a15e481483350c5bcd0bfbd933af91d107"

@@ -31,8 +31,11 @@ func (m Mode) String() string {
 // when TransA; GroupRows: [Rows,K]; GroupRed: [Rows,M]), B is [K,N] (or [N,K] when TransB; GroupRows:
 // E of them; GroupRed: [Rows,N]), C is [M,N] (GroupRows: [Rows,N]; GroupRed: [E,M,N]).
 type Problem struct {
-	Mode           Mode
-	Double         bool // float64 elements
+	Mode   Mode
+	Double bool // float64 elements
+	// BF16: bfloat16 A and B (float32 accumulation on the bf16 variants, whatever Options.TF32 says);
+	// C is bfloat16, rounded once, or float32 (the accumulator unrounded) with OutF32.
+	BF16, OutF32   bool
 	TransA, TransB bool
 	M, N, K        int // GroupRows: M unused; GroupRed: K unused
 	E, Rows        int // grouped only
@@ -50,8 +53,8 @@ type Target struct {
 type Options struct {
 	// TF32 runs float32 products on the TF32 variants.
 	TF32 bool
-	// Force names a variant that runs every problem of its class (float32, float64 or TF32); problems of
-	// other classes are planned as usual.
+	// Force names a variant that runs every problem of its class (float32, float64, TF32 or bfloat16);
+	// problems of other classes are planned as usual.
 	Force string
 }
 
@@ -94,6 +97,8 @@ type kernelArgs struct {
 	reduceM, reduceN                       int
 	reduceC                                uint64
 	reduceLdcR, reduceLdcC                 int64
+	reduceKernel                           string
+	reduceCElem                            int
 }
 
 const (
@@ -120,6 +125,8 @@ func Make(p Problem, t Target, o Options, vs []Variant) (*Plan, error) {
 	switch {
 	case p.Double:
 		class = "f64"
+	case p.BF16:
+		class = "bf16"
 	case o.TF32:
 		class = "tf32"
 	}
@@ -149,6 +156,9 @@ func Make(p Problem, t Target, o Options, vs []Variant) (*Plan, error) {
 func (p Problem) validate() error {
 	if p.M < 0 || p.N < 0 || p.K < 0 || p.E < 0 || p.Rows < 0 {
 		return fmt.Errorf("gemm: negative size in %+v", p)
+	}
+	if p.BF16 && p.Double || p.OutF32 && !p.BF16 {
+		return fmt.Errorf("gemm: BF16 excludes Double, OutF32 needs BF16")
 	}
 	switch p.Mode {
 	case Dense:
@@ -213,7 +223,7 @@ func splitK(p Problem, t Target, v Variant) (splits, chunk int) {
 		return 1, p.K
 	}
 	s := min(ceilDiv(slots, tiles), p.K/minChunk)
-	if ws := int64(p.M) * int64(p.N) * int64(v.ElemBytes()); ws > 0 && int64(s)*ws > maxWorkspace {
+	if ws := int64(p.M) * int64(p.N) * int64(v.partialBytes()); ws > 0 && int64(s)*ws > maxWorkspace {
 		s = int(max(1, maxWorkspace/ws))
 	}
 	if s < 2 {
@@ -221,6 +231,15 @@ func splitK(p Problem, t Target, v Variant) (splits, chunk int) {
 	}
 	chunk = ceilDiv(ceilDiv(p.K, s), v.BK) * v.BK
 	return ceilDiv(p.K, chunk), chunk
+}
+
+// partialBytes is the size of a split-K partial sum: float32 for bfloat16 variants (the accumulator),
+// else the element.
+func (v Variant) partialBytes() int {
+	if v.BF16 {
+		return 4
+	}
+	return v.ElemBytes()
 }
 
 // cost is the planner's time estimate (arbitrary units): waves of CTAs times the tile work a
@@ -257,6 +276,10 @@ func aligned(addr uint64, ld, elem int) bool {
 
 func build(p Problem, t Target, v Variant, swap bool) (*Plan, error) {
 	elem := v.ElemBytes()
+	cElem := elem // C's element size
+	if p.OutF32 {
+		cElem = 4
+	}
 	pl := &Plan{Variant: v, p: p, Splits: 1, KChunk: p.K}
 	k := &pl.k
 	k.A, k.B, k.C, k.offsets, k.fault = p.A, p.B, p.C, p.Offsets, p.Fault
@@ -318,11 +341,21 @@ func build(p Problem, t Target, v Variant, swap bool) (*Plan, error) {
 	if vec {
 		k.kernel += "_v16"
 	}
-	if pl.Splits == 1 && k.ldcC == 1 && aligned(p.C, int(k.ldcR), elem) {
+	// bfloat16 modules: the _f32 kernels write float32 C, also the split-K partials (float32 even when
+	// C is bfloat16: the reduction rounds once).
+	if v.BF16 && (p.OutF32 || pl.Splits > 1) {
+		k.kernel += "_f32"
+	}
+	if pl.Splits == 1 && k.ldcC == 1 && aligned(p.C, int(k.ldcR), cElem) {
 		k.flags |= flagVecC
 	}
 	if pl.Splits > 1 {
-		pl.Workspace = int64(pl.Splits) * int64(p.M) * int64(p.N) * int64(elem)
+		pl.Workspace = int64(pl.Splits) * int64(p.M) * int64(p.N) * int64(v.partialBytes())
+		k.reduceKernel = "gemm_reduce"
+		if v.BF16 && p.OutF32 {
+			k.reduceKernel = "gemm_reduce_f32"
+		}
+		k.reduceCElem = cElem
 		k.reduceM, k.reduceN, k.reduceC = p.M, p.N, p.C
 		k.reduceLdcR, k.reduceLdcC = k.ldcR, k.ldcC
 	}
@@ -349,17 +382,18 @@ func (pl *Plan) Launches(workspace uint64) []Launch {
 	}
 	ls := []Launch{{Variant: v.Name, Kernel: k.kernel, Grid: k.grid, Block: v.Threads(), Smem: v.Smem(), Args: args}}
 	if pl.Splits > 1 {
-		elem := v.ElemBytes()
-		vecLen := 16 / elem
+		// Vectors of 16 bytes of partials; C written in the same number of elements (bfloat16 C: pairs,
+		// 4-byte aligned; the alignment test is that of 16-byte vectors of C's elements, which implies it).
+		vecLen := 16 / v.partialBytes()
 		mn := int64(k.reduceM) * int64(k.reduceN)
-		vec := k.reduceLdcC == 1 && k.reduceN%vecLen == 0 && aligned(k.reduceC, int(k.reduceLdcR), elem)
+		vec := k.reduceLdcC == 1 && k.reduceN%vecLen == 0 && aligned(k.reduceC, int(k.reduceLdcR), k.reduceCElem)
 		units := mn
 		if vec {
 			units = mn / int64(vecLen)
 		}
 		const block = 256
 		grid := int(min((units+block-1)/block, 8*1024))
-		ls = append(ls, Launch{Variant: v.Name, Kernel: "gemm_reduce", Grid: max(grid, 1), Block: block,
+		ls = append(ls, Launch{Variant: v.Name, Kernel: k.reduceKernel, Grid: max(grid, 1), Block: block,
 			Args: []uint64{workspace, k.reduceC, u32(k.splits), u32(int32(k.reduceM)), u32(int32(k.reduceN)),
 				uint64(k.reduceLdcR), uint64(k.reduceLdcC), u32(b2i(vec))}})
 	}

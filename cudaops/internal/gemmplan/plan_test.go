@@ -37,7 +37,7 @@ func TestParseVariants(t *testing.T) {
 			t.Errorf("%s: %d threads", v.Name, v.Threads())
 		}
 	}
-	for _, c := range []string{"f32", "f64", "tf32"} {
+	for _, c := range []string{"f32", "f64", "tf32", "bf16"} {
 		if classes[c] == 0 {
 			t.Errorf("no %s variant", c)
 		}
@@ -59,7 +59,15 @@ func TestParseVariants(t *testing.T) {
 	if got := v.Smem(); got != 3*(128*20+16*40)*4 {
 		t.Errorf("TF32 BN=32 smem %d", got)
 	}
+	v = Variant{BM: 128, BN: 64, BK: 32, Stages: 4, WarpsM: 2, WarpsN: 2, BF16: true} // Bf16Tile::SMEM
+	if got := v.Smem(); got != 4*(128*40+64*40)*2 {
+		t.Errorf("BF16 smem %d", got)
+	}
 	for _, bad := range []string{
+		"x 1 -DGEMM_T=bf16 -DGEMM_TF32=0 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=32 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=2 -DGEMM_STAGES=3 -DGEMM_MINB=2",                // no GEMM_BF16=1
+		"x 1 -DGEMM_T=float -DGEMM_TF32=0 -DGEMM_BF16=1 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=32 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=2 -DGEMM_STAGES=3 -DGEMM_MINB=2", // float with BF16
+		"x 1 -DGEMM_T=bf16 -DGEMM_TF32=0 -DGEMM_BF16=1 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=16 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=2 -DGEMM_STAGES=3 -DGEMM_MINB=2",  // BK 16
+		"x 1 -DGEMM_T=bf16 -DGEMM_TF32=1 -DGEMM_BF16=1 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=32 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=2 -DGEMM_STAGES=3 -DGEMM_MINB=2",  // TF32 and BF16
 		"x 1 -DGEMM_T=float",
 		"x 0 -DGEMM_T=float -DGEMM_TF32=0 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=8 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=4 -DGEMM_TM=8 -DGEMM_TN=8 -DGEMM_STAGES=3 -DGEMM_MINB=2",
 		"x 1 -DGEMM_T=half -DGEMM_TF32=0 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=8 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=4 -DGEMM_TM=8 -DGEMM_TN=8 -DGEMM_STAGES=3 -DGEMM_MINB=2",
@@ -164,6 +172,65 @@ func TestPlanDense(t *testing.T) {
 	}
 }
 
+// TestPlanBF16: bfloat16 operands run on the bf16 variants whatever TF32 says; C bfloat16 takes the
+// gemm_xx kernels, float32 C the _f32 ones; split-K partials are float32 (the _f32 kernel, 4-byte
+// workspace) reduced by gemm_reduce (into bfloat16) or gemm_reduce_f32; 16-byte copies need rows of 8
+// elements.
+func TestPlanBF16(t *testing.T) {
+	vs := loadVariants(t)
+	for _, tf32 := range []bool{false, true} {
+		for _, outF32 := range []bool{false, true} {
+			p := Problem{Mode: GroupRows, BF16: true, OutF32: outF32, N: 3584, K: 1024, E: 8, Rows: 8192, A: 256, B: 512, C: 1024}
+			pl, err := Make(p, h200, Options{TF32: tf32}, vs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ls := pl.Launches(0)
+			want := "gemm_nn_v16"
+			if outF32 {
+				want += "_f32"
+			}
+			if !pl.Variant.BF16 || len(ls) != 1 || ls[0].Kernel != want {
+				t.Errorf("outF32=%t tf32=%t: variant %s kernels %v, want bf16 %s", outF32, tf32, pl.Variant.Name, ls, want)
+			}
+			if a := args(t, ls[0]); a["flags"]&flagVecC == 0 {
+				t.Errorf("aligned C without vector stores")
+			}
+			// K = 1020: rows of x are not whole 16-byte vectors of bfloat16.
+			p.K = 1020
+			if pl, _ = Make(p, h200, Options{}, vs); strings.Contains(pl.Launches(0)[0].Kernel, "_v16") {
+				t.Errorf("K=1020: %s", pl.Launches(0)[0].Kernel)
+			}
+			// Router-like dense product: split-K into float32 partials.
+			d := Problem{Mode: Dense, BF16: true, OutF32: outF32, M: 4096, N: 8, K: 4096, TransB: true, A: 256, B: 512, C: 1024}
+			pl, err = Make(d, h200, Options{}, vs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pl.Splits < 2 {
+				t.Fatalf("no split: %+v", pl)
+			}
+			ls = pl.Launches(1 << 20)
+			red := "gemm_reduce"
+			if outF32 {
+				red = "gemm_reduce_f32"
+			}
+			if len(ls) != 2 || !strings.HasSuffix(ls[0].Kernel, "_f32") || ls[1].Kernel != red {
+				t.Errorf("split: kernels %s, %s", ls[0].Kernel, ls[1].Kernel)
+			}
+			if pl.Workspace != int64(pl.Splits)*4096*8*4 {
+				t.Errorf("workspace %d for %d splits", pl.Workspace, pl.Splits)
+			}
+		}
+	}
+	if _, err := Make(Problem{Mode: Dense, Double: true, BF16: true, M: 1, N: 1, K: 1}, h200, Options{}, vs); err == nil {
+		t.Error("Double and BF16 accepted")
+	}
+	if _, err := Make(Problem{Mode: Dense, OutF32: true, M: 1, N: 1, K: 1}, h200, Options{}, vs); err == nil {
+		t.Error("OutF32 without BF16 accepted")
+	}
+}
+
 func TestPlanGrouped(t *testing.T) {
 	vs := loadVariants(t)
 	p := Problem{Mode: GroupRows, N: 3584, K: 1024, E: 8, Rows: 8192}
@@ -212,7 +279,7 @@ func TestPlanOptions(t *testing.T) {
 	vs := loadVariants(t)
 	p := Problem{Mode: Dense, M: 1000, N: 1000, K: 1000}
 	for _, v := range vs {
-		p.Double = v.Double
+		p.Double, p.BF16 = v.Double, v.BF16
 		pl, err := Make(p, h200, Options{Force: v.Name, TF32: v.TF32}, vs)
 		if err != nil {
 			t.Fatal(err)
@@ -275,7 +342,11 @@ func TestCommittedPTX(t *testing.T) {
 		if err != nil || got != v.Config() {
 			t.Errorf("%s: PTX config %v (%v), planner %v", v.Name, got, err, v.Config())
 		}
-		for _, k := range []string{"gemm_nn", "gemm_nt_v16", "gemm_tn", "gemm_tt_v16", "gemm_reduce"} {
+		ks := []string{"gemm_nn", "gemm_nt_v16", "gemm_tn", "gemm_tt_v16", "gemm_reduce"}
+		if v.BF16 {
+			ks = append(ks, "gemm_nn_f32", "gemm_tt_v16_f32", "gemm_reduce_f32")
+		}
+		for _, k := range ks {
 			if !strings.Contains(string(src), ".entry "+k+"(") {
 				t.Errorf("%s: no kernel %s", v.Name, k)
 			}

@@ -27,19 +27,23 @@ type Variant struct {
 	Name string
 	// Eff is the assumed relative speed per FLOP of full tiles (the cost model's weight).
 	Eff float64
-	// Double: float64 elements (else float32). TF32: mma.sync tensor-core tiles (float32 only). KC
-	// (SIMT): operand tiles keep their global layout in shared memory (k-contiguous for an operand stored
-	// k-contiguous), so no copy transposes; TF32 tiles always do.
-	Double, TF32, KC bool
+	// Double: float64 elements (else float32). TF32: mma.sync tensor-core tiles (float32 only). BF16:
+	// bfloat16 operands on mma.sync m16n8k16 tiles with float32 accumulation (GEMM_T=bf16, GEMM_BF16=1).
+	// KC (SIMT): operand tiles keep their global layout in shared memory (k-contiguous for an operand
+	// stored k-contiguous), so no copy transposes; TF32 and BF16 tiles always do.
+	Double, TF32, BF16, KC bool
 	// Block tile, warps, thread tile (SIMT), pipeline depth, and the blocks per multiprocessor the
 	// register budget was sized for.
 	BM, BN, BK, WarpsM, WarpsN, TM, TN, Stages, MinBlocks int
 }
 
-// ElemBytes is the element size, 4 or 8.
+// ElemBytes is the operand element size: 2 (bfloat16), 4 or 8.
 func (v Variant) ElemBytes() int {
-	if v.Double {
+	switch {
+	case v.Double:
 		return 8
+	case v.BF16:
+		return 2
 	}
 	return 4
 }
@@ -47,7 +51,7 @@ func (v Variant) ElemBytes() int {
 // Threads per CTA.
 func (v Variant) Threads() int { return v.WarpsM * v.WarpsN * 32 }
 
-// Smem is the dynamic shared memory of one CTA in bytes (SimtTile::SMEM / Tf32Tile::SMEM): per stage
+// Smem is the dynamic shared memory of one CTA in bytes (SimtTile, Tf32Tile, Bf16Tile::SMEM): per stage
 // and operand the larger of the two tile layouts (k-major rows of BM or BN + padMN elements,
 // k-contiguous rows of BK + padK) when both occur.
 func (v Variant) Smem() int {
@@ -55,6 +59,8 @@ func (v Variant) Smem() int {
 		switch {
 		case v.TF32:
 			return max(mn*(v.BK+4), v.BK*(mn+8))
+		case v.BF16:
+			return max(mn*(v.BK+8), v.BK*(mn+8))
 		case v.KC:
 			pad := 16 / v.ElemBytes()
 			return max(mn*(v.BK+pad), v.BK*(mn+pad))
@@ -64,12 +70,12 @@ func (v Variant) Smem() int {
 	return v.Stages * (stage(v.BM) + stage(v.BN)) * v.ElemBytes()
 }
 
-// Direct reports whether the variant copies every operand without transposing it (TF32 and KC
+// Direct reports whether the variant copies every operand without transposing it (TF32, BF16 and KC
 // variants): then any operand may take 16-byte copies; otherwise only those stored k-major.
-func (v Variant) Direct() bool { return v.TF32 || v.KC }
+func (v Variant) Direct() bool { return v.TF32 || v.BF16 || v.KC }
 
 // Config is the kernel module's gemm_config[8] for this variant: threads, dynamic shared bytes, BM, BN,
-// BK, stages, element bytes, TF32 (0/1). The loader checks the PTX against it.
+// BK, stages, element bytes (2 for bfloat16), TF32 (0/1). The loader checks the PTX against it.
 func (v Variant) Config() [8]int32 {
 	tf := int32(0)
 	if v.TF32 {
@@ -78,9 +84,11 @@ func (v Variant) Config() [8]int32 {
 	return [8]int32{int32(v.Threads()), int32(v.Smem()), int32(v.BM), int32(v.BN), int32(v.BK), int32(v.Stages), int32(v.ElemBytes()), tf}
 }
 
-// class names the problems a variant can run: "f32", "f64" or "tf32".
+// class names the problems a variant can run: "f32", "f64", "tf32" or "bf16".
 func (v Variant) class() string {
 	switch {
+	case v.BF16:
+		return "bf16"
 	case v.TF32:
 		return "tf32"
 	case v.Double:
@@ -128,7 +136,7 @@ func ParseVariants(text string) ([]Variant, error) {
 		for k, dst := range ints {
 			s, ok := got[k]
 			if !ok {
-				if (k == "TM" || k == "TN") && got["TF32"] == "1" {
+				if (k == "TM" || k == "TN") && (got["TF32"] == "1" || got["BF16"] == "1") {
 					continue
 				}
 				return nil, fmt.Errorf("gemm.variants:%d: %s lacks -DGEMM_%s", ln+1, v.Name, k)
@@ -141,8 +149,13 @@ func ParseVariants(text string) ([]Variant, error) {
 		case "float":
 		case "double":
 			v.Double = true
+		case "bf16":
+			v.BF16 = true
 		default:
-			return nil, fmt.Errorf("gemm.variants:%d: GEMM_T=%q, want float or double", ln+1, got["T"])
+			return nil, fmt.Errorf("gemm.variants:%d: GEMM_T=%q, want float, double or bf16", ln+1, got["T"])
+		}
+		if bf := got["BF16"] == "1"; bf != v.BF16 || (got["BF16"] != "" && got["BF16"] != "0" && got["BF16"] != "1") {
+			return nil, fmt.Errorf("gemm.variants:%d: GEMM_BF16=%q with GEMM_T=%s: bf16 elements need GEMM_BF16=1 and nothing else does", ln+1, got["BF16"], got["T"])
 		}
 		switch got["TF32"] {
 		case "0":
@@ -171,6 +184,12 @@ func (v Variant) check() error {
 	wm, wn := v.BM/v.WarpsM, v.BN/v.WarpsN
 	if v.BM%v.WarpsM != 0 || v.BN%v.WarpsN != 0 || v.BK%8 != 0 || v.Stages < 2 {
 		return fmt.Errorf("block tile %dx%dx%d does not split over %dx%d warps (BK multiple of 8, stages >= 2)", v.BM, v.BN, v.BK, v.WarpsM, v.WarpsN)
+	}
+	if v.BF16 {
+		if v.TF32 || v.KC || wm%16 != 0 || wn%16 != 0 || v.BK%32 != 0 || v.BM%16 != 0 || v.BN%16 != 0 {
+			return fmt.Errorf("BF16 needs GEMM_TF32=0, no KC, BK a multiple of 32 and warp tiles of 16x16 multiples, got %dx%dx%d warps %dx%d", v.BM, v.BN, v.BK, wm, wn)
+		}
+		return nil
 	}
 	if v.TF32 {
 		if v.Double || v.KC || wm%16 != 0 || wn%16 != 0 || v.BK%16 != 0 || v.BM%32 != 0 || v.BN%32 != 0 {
