@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "5b9f65047c58eb6c421c11acce2b24a15e481483350c5bcd0bfbd933af91d107"
+const sourceHash = "72a597a871aaa1e173b651f6d1d8d7acfd12be8f0be12b8d7f63661261b3f478"
