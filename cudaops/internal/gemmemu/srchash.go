@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "72a597a871aaa1e173b651f6d1d8d7acfd12be8f0be12b8d7f63661261b3f478"
+const sourceHash = "29e4a10991df0d72f4aa7b34e0b1f62e3403e08d137ccf3f2a51482a4938e451"
