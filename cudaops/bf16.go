@@ -93,46 +93,10 @@ func (d *Device) Cast(from, to tensor.Dtype, src, dst cu.DevicePtr, n int64) err
 	return d.launch("cast_"+suf, d.flatGrid((n+7)/8), ptrArg(src), ptrArg(dst), i64(n), i32(b2i(vec)))
 }
 
-// bf16PermuteArgs validates the operands of a bfloat16 permutation: token rows [T,H] of dtype tokDt,
-// expert-major rows [T*K,H] bfloat16, optional float32 weights [T,K], the plan. It returns the
-// addresses (the rowOf section of the plan, and kept = &offsets[E]: slots of rows >= *kept were dropped
-// by a capacity), T, K and H.
+// bf16PermuteArgs validates the operands of a bfloat16 permutation (permuteOperands): token rows of
+// dtype tokDt, bfloat16 expert-major rows, optional float32 weights.
 func (b *Backend) bf16PermuteArgs(what string, tokens, packed, w, plan *tensor.Dense, tokDt tensor.Dtype) (pt, pp, pw, rowOf, kept cu.DevicePtr, T, K, H int, err error) {
-	if T, H, err = dims2(what, "token rows", tokens); err != nil {
-		return
-	}
-	var N, H2 int
-	if N, H2, err = dims2(what, "expert-major rows", packed); err != nil {
-		return
-	}
-	if H2 != H || T == 0 || N%T != 0 {
-		err = fmt.Errorf("cudaops: %s: shapes %v and %v are not [T,H] and [T*K,H]: %w", what, tokens.Shape(), packed.Shape(), ops.ErrShape)
-		return
-	}
-	K = N / T
-	var E int
-	if E, err = planExperts(what, plan, T, K); err != nil {
-		return
-	}
-	if pt, err = b.buf(what, "token rows", tokens, tokDt, T, H); err != nil {
-		return
-	}
-	if pp, err = b.buf(what, "expert-major rows", packed, ops.BFloat16, N, H); err != nil {
-		return
-	}
-	if w != nil {
-		if pw, err = b.buf(what, "w (float32 with bfloat16 rows)", w, tensor.Float32, T, K); err != nil {
-			return
-		}
-	}
-	var pplan cu.DevicePtr
-	if pplan, err = b.buf(what, "plan", plan, tensor.Int32, ops.PlanLen(T, K, E)); err != nil {
-		return
-	}
-	var offsets cu.DevicePtr
-	_, offsets, rowOf, _ = PlanSections(pplan, T, K, E)
-	kept = offsetPtr(offsets, int64(E)*4)
-	return
+	return b.permuteOperands(what, tokens, packed, w, plan, tokDt, ops.BFloat16, tensor.Float32, "w (float32 with bfloat16 rows)")
 }
 
 // bf16FloatSide returns the dtype of the float side of a bfloat16 permutation (float32 or bfloat16).

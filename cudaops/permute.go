@@ -64,6 +64,15 @@ func (b *Backend) permuteArgs(what string, tokens, packed, w, plan *tensor.Dense
 	if dt, err = floatDtype(what, tokens); err != nil {
 		return
 	}
+	pt, pp, pw, rowOf, kept, T, K, H, err = b.permuteOperands(what, tokens, packed, w, plan, dt, dt, dt, "w")
+	return
+}
+
+// permuteOperands validates token rows [T,H] of dtype tokDt, expert-major rows [T*K,H] of packedDt,
+// optional weights [T,K] of wDt (named wName in errors) and the plan, and returns their addresses (the
+// rowOf section of the plan, and kept = &offsets[E]: slots of rows >= *kept were dropped by a capacity),
+// T, K and H.
+func (b *Backend) permuteOperands(what string, tokens, packed, w, plan *tensor.Dense, tokDt, packedDt, wDt tensor.Dtype, wName string) (pt, pp, pw, rowOf, kept cu.DevicePtr, T, K, H int, err error) {
 	if T, H, err = dims2(what, "token rows", tokens); err != nil {
 		return
 	}
@@ -80,14 +89,14 @@ func (b *Backend) permuteArgs(what string, tokens, packed, w, plan *tensor.Dense
 	if E, err = planExperts(what, plan, T, K); err != nil {
 		return
 	}
-	if pt, err = b.buf(what, "token rows", tokens, dt, T, H); err != nil {
+	if pt, err = b.buf(what, "token rows", tokens, tokDt, T, H); err != nil {
 		return
 	}
-	if pp, err = b.buf(what, "expert-major rows", packed, dt, N, H); err != nil {
+	if pp, err = b.buf(what, "expert-major rows", packed, packedDt, N, H); err != nil {
 		return
 	}
 	if w != nil {
-		if pw, err = b.buf(what, "w", w, dt, T, K); err != nil {
+		if pw, err = b.buf(what, wName, w, wDt, T, K); err != nil {
 			return
 		}
 	}
