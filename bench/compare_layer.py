@@ -8,28 +8,14 @@ Our files may hold several JSON objects one after the other (the -json output of
 each is a result or {"results": [...]}. The torch file is the list pytorch_layer.py writes.
 """
 import argparse
-import json
 import sys
+
+from jsonrows import rows
 
 
 def objects(path):
     """Every result in a file of concatenated JSON values (objects, {"results": [...]}, or lists)."""
-    txt = open(path).read()
-    dec = json.JSONDecoder()
-    i, out = 0, []
-    while i < len(txt):
-        while i < len(txt) and txt[i].isspace():
-            i += 1
-        if i >= len(txt):
-            break
-        o, i = dec.raw_decode(txt, i)
-        if isinstance(o, list):
-            out += o
-        elif "results" in o:
-            out += o["results"]
-        else:
-            out.append(o)
-    return out
+    return rows(path, required=True)
 
 
 def key(r, tf32):

@@ -30,15 +30,8 @@ gemm_table() {
   python3 - "$G" <<'PY'
 import json, sys, os
 g = sys.argv[1]
-def rows(path):
-    if not os.path.exists(path): return []
-    txt = open(path).read(); dec = json.JSONDecoder(); i = 0; out = []
-    while i < len(txt):
-        while i < len(txt) and txt[i].isspace(): i += 1
-        if i >= len(txt): break
-        o, i = dec.raw_decode(txt, i)
-        out += o if isinstance(o, list) else o.get("results", [o])
-    return out
+sys.path.insert(0, "bench")  # bench/jsonrows.py (this script runs from the repository root)
+from jsonrows import rows
 def key(r, tf32):
     return (r["op"], r["tokens"], r["hidden"], r.get("ffn", 0), r["experts"], bool(r.get("skew")), tf32)
 ours = {key(r, "tf32" in r.get("device_desc", "")): r for r in rows(g + "/bench.jsonl")}
@@ -147,14 +140,10 @@ for stage in "$@"; do
       done
       python3 - "$OUT/policies-bench.jsonl" <<'PY'
 import json, sys
-txt = open(sys.argv[1]).read(); dec = json.JSONDecoder(); i = 0; rows = []
-while i < len(txt):
-    while i < len(txt) and txt[i].isspace(): i += 1
-    if i >= len(txt): break
-    o, i = dec.raw_decode(txt, i)
-    rows += o if isinstance(o, list) else o.get("results", [o])
+sys.path.insert(0, "bench")  # bench/jsonrows.py (this script runs from the repository root)
+from jsonrows import rows
 base = {}
-for r in rows:
+for r in rows(sys.argv[1]):
     print(f"{r['op']:6s} {r['dtype']:8s} T={r['tokens']} E={r['experts']} k={r['top_k']} {r['scoring']:13s} {r['median_ms']*1e3:9.1f} us  {r.get('routing','')}  max/mean {r.get('max_over_mean_load',0):.2f} dropped {r.get('dropped_slots',0)}")
     if r['op'] == 'route' and r['experts'] == 256:
         base.setdefault(r['dtype'], {})[r['scoring']] = r['median_ms']
@@ -178,14 +167,9 @@ PY
       EXPERTRT_CUDA_STREAM_DISPATCH=1 timeout 60 $B -device cuda -op dispatch,e2e -tokens 4096 -hidden 4096 -experts 16 -top-k 2 -reps 50 -warmup 5 -json >> "$OUT/bench-variants.jsonl"
       python3 - "$OUT/bench.jsonl" "$OUT/bench-variants.jsonl" <<'PY'
 import json, sys
-txt = open(sys.argv[1]).read() + open(sys.argv[2]).read()
-dec = json.JSONDecoder(); i = 0; rows = []
-while i < len(txt):
-    while i < len(txt) and txt[i].isspace(): i += 1
-    if i >= len(txt): break
-    o, i = dec.raw_decode(txt, i)
-    rows += o if isinstance(o, list) else o.get("results", [o])
-for r in rows:
+sys.path.insert(0, "bench")  # bench/jsonrows.py (this script runs from the repository root)
+from jsonrows import rows
+for r in rows(sys.argv[1], sys.argv[2], required=True):
     tag = "variant" if "[" in r.get("device_desc", "") else "ours"
     note = r.get("device_desc", "").partition("[")[2].rstrip("]")
     print(f"{tag} {r['op']:18s} T={r['tokens']:6d} E={r['experts']:3d}  {r['median_ms']*1e3:9.1f} us  {r['gb_per_s']:7.1f} GB/s  copy {r['copy_gb_per_s']:7.1f} GB/s  ratio {r['ratio_to_copy']:.3f}  {note}")
@@ -269,15 +253,8 @@ PY
       python3 - "$X" <<'PY'
 import json, os, sys
 x = sys.argv[1]
-def rows(path):
-    if not os.path.exists(path): return []
-    txt = open(path).read(); dec = json.JSONDecoder(); i = 0; out = []
-    while i < len(txt):
-        while i < len(txt) and txt[i].isspace(): i += 1
-        if i >= len(txt): break
-        o, i = dec.raw_decode(txt, i)
-        out += o if isinstance(o, list) else o.get("results", [o])
-    return out
+sys.path.insert(0, "bench")  # bench/jsonrows.py (this script runs from the repository root)
+from jsonrows import rows
 key = lambda r: (r["op"], r["tokens"], r["hidden"], r.get("ffn", 0), r["experts"], bool(r.get("skew")))
 torch = {key(r): r for r in rows(x + "/torch.json")}
 print("bf16 GEMM: ours (planner's choice) vs PyTorch bf16 per-expert cuBLAS; ratio = torch ms / ours ms (target >= 0.7); % of the 989 TFLOP/s bf16 dense peak")
@@ -324,15 +301,8 @@ PY
       python3 - "$X" <<'PY'
 import json, os, sys
 x = sys.argv[1]
-def rows(path):
-    if not os.path.exists(path): return []
-    txt = open(path).read(); dec = json.JSONDecoder(); i = 0; out = []
-    while i < len(txt):
-        while i < len(txt) and txt[i].isspace(): i += 1
-        if i >= len(txt): break
-        o, i = dec.raw_decode(txt, i)
-        out += o if isinstance(o, list) else o.get("results", [o])
-    return out
+sys.path.insert(0, "bench")  # bench/jsonrows.py (this script runs from the repository root)
+from jsonrows import rows
 torch = {(r["op"], r["tokens"]): r for r in rows(x + "/torch.json")}
 print("bf16 permutations (H=4096, E=16, k=2): ours vs a device copy (target >= 0.9) and vs PyTorch bfloat16")
 for r in rows(x + "/bench.jsonl"):
@@ -369,14 +339,9 @@ PY
       } > "$OUT/seam-bench.jsonl" 2> "$OUT/seam-bench.err" || echo "seam bench failed: $(tail -3 "$OUT/seam-bench.err")"
       python3 - "$OUT/seam-bench.jsonl" <<'PY'
 import json, sys
-s, dec, i = open(sys.argv[1]).read(), json.JSONDecoder(), 0
-while True:
-    while i < len(s) and s[i].isspace():
-        i += 1
-    if i >= len(s):
-        break
-    obj, i = dec.raw_decode(s, i)
-    for r in obj.get("results", [obj]):
+sys.path.insert(0, "bench")  # bench/jsonrows.py (this script runs from the repository root)
+from jsonrows import rows
+for r in rows(sys.argv[1], required=True):
         print(f"  {r.get('op','?'):10s} {r.get('gemm_variant') or '':22s} {r.get('median_ms', 0)*1000:9.1f} us  {r.get('device_desc','')[-70:]}")
 PY
       ;;
