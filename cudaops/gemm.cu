@@ -12,6 +12,10 @@
 //                                        variants; all such operands 16-byte aligned with rows of whole
 //                                        vectors)
 //   gemm_reduce                          split-K: C = sum of the partial products, in split order
+//   gemm_swiglu_nn, gemm_swiglu_nn_v16   grouped rows only: C = silu(A·B[e]) ⊙ (A·B2[e]) (the SwiGLU of an
+//                                        expert's gate and up projections, B and B2 stored [E,K,N]), and
+//                                        the two products into G and U where those are not null;
+//                                        parameters: GemmArgs's, then B2, G, U; C, G, U of GEMM_T
 // bfloat16 modules (GEMM_BF16): the kernels above write C in bfloat16 (rounded once); gemm_xx_f32 and
 // gemm_xx_v16_f32 write C in float32 (also the split-K partials), and gemm_reduce_f32 sums float32
 // partials into a float32 C (gemm_reduce: into bfloat16).
@@ -70,6 +74,15 @@ extern __shared__ __align__(16) unsigned char gemm_smem[];
         gemm_entry<GemmCfg<AT, BT, VEC, TC>::type, AT, BT>(p, gemm_smem, blockIdx.x, threadIdx.x);  \
     }
 
+#define GEMM_SWIGLU_KERNEL(NAME, VEC)                                                                                \
+    extern "C" __global__ void __launch_bounds__(GemmNN::NT, GEMM_MINB) NAME(GEMM_PARAMS, const void* B2, void* G, void* U) { \
+        GemmArgs p = GEMM_ARGS;                                                                                        \
+        p.B2 = B2;                                                                                                     \
+        p.G = G;                                                                                                       \
+        p.U = U;                                                                                                       \
+        gemm_entry<GemmCfg<false, false, VEC, GEMM_T>::type, false, false, true>(p, gemm_smem, blockIdx.x, threadIdx.x); \
+    }
+
 #define GEMM_REDUCE(NAME, TW, TC)                                                                                      \
     extern "C" __global__ void NAME(const void* W, void* C, int splits, int M, int N, long long ldcR, long long ldcC, \
                                     int vec) {                                                                         \
@@ -79,6 +92,7 @@ extern __shared__ __align__(16) unsigned char gemm_smem[];
 #else
 // CPU emulation (internal/gemmemu): the same entries as host functions, registered by name.
 #define GEMM_KERNEL(NAME, AT, BT, VEC, TC) GEMM_EMU_KERNEL(NAME, AT, BT, VEC, TC)
+#define GEMM_SWIGLU_KERNEL(NAME, VEC) GEMM_EMU_SWIGLU_KERNEL(NAME, VEC)
 #define GEMM_REDUCE(NAME, TW, TC) GEMM_EMU_REDUCE(NAME, TW, TC)
 GEMM_EMU_CONFIG(GemmNN::NT, GemmNN::SMEM, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES, (int)sizeof(GEMM_T), GEMM_TF32)
 #endif
@@ -91,6 +105,8 @@ GEMM_KERNEL(gemm_nn_v16, false, false, true, GEMM_T)
 GEMM_KERNEL(gemm_nt_v16, false, true, true, GEMM_T)
 GEMM_KERNEL(gemm_tn_v16, true, false, true, GEMM_T)
 GEMM_KERNEL(gemm_tt_v16, true, true, true, GEMM_T)
+GEMM_SWIGLU_KERNEL(gemm_swiglu_nn, false)
+GEMM_SWIGLU_KERNEL(gemm_swiglu_nn_v16, true)
 #if GEMM_BF16
 GEMM_KERNEL(gemm_nn_f32, false, false, false, float)
 GEMM_KERNEL(gemm_nt_f32, false, true, false, float)

@@ -62,6 +62,11 @@ struct GemmArgs {
     int mode, splits, kChunk;
     int mTiles, nTiles;  // tiles of one problem (GROUP_ROWS: m-tile slots)
     int flags;
+    // SwiGLU products (gemm_swiglu_*, GROUP_ROWS): B is the gate projection W1, B2 the up projection W3
+    // (both [E,K,N]); C gets h = silu(A·W1)·(A·W3), G and U (either may be null) the two products.
+    const void* B2;
+    void* G;
+    void* U;
 };
 
 // ---------------------------------------------------------------- device primitives
@@ -270,7 +275,70 @@ template <typename T, typename TC = T> struct TileJob {
     int mLim, nLim;  // rows and columns of the problem from (m0, n0) on
     int kLen;        // reduction length of this tile
     bool vecC;
+    // SwiGLU tiles: b2 = W3(kBegin, n0) beside b = W1(kBegin, n0); g, u: the products' rows (or null);
+    // n0, nLim count features (columns of h).
+    const T* b2;
+    TC* g;
+    TC* u;
 };
+
+// ---------------------------------------------------------------- SwiGLU epilogue (gemm_swiglu_*)
+// One launch computes h = silu(A·W1) ⊙ (A·W3) over the expert segments: the tile's BN columns are, per
+// warp tile of WN columns, WN/2 features of W1 followed by the same WN/2 features of W3, so every thread
+// holds the gate and the up value of each of its features (its column q of the first half pairs with
+// column q + (its columns)/2, in every tile kind) and the epilogue writes h (and, for the backward, the
+// two products) without another pass over memory. A CTA covers BN/2 features.
+//
+// B stage of a SwiGLU tile (B stored [K,F] for both, k-major Bs[k][n]): 2·BN/WN copies of WN/2 columns.
+// Zero-filled copies name the row's first element of the tile (inside the operand: f0 < F, k0 < K).
+template <typename T, int BK, int BN, int WN, int LDB_S, int NT, bool VEC, bool CHECK, typename TC>
+GEMM_DEV void load_b_swiglu(T* sB, const TileJob<T, TC>& j, int k0, int tid) {
+    const int HW = WN / 2;
+#pragma unroll
+    for (int w = 0; w < BN / WN; w++)
+#pragma unroll
+        for (int s = 0; s < 2; s++) {
+            const T* base = (s ? j.b2 : j.b) + (long long)k0 * j.ldb;
+            const int cLim = j.nLim - w * HW;
+            load_tile<T, BK, HW, LDB_S, NT, true, VEC, CHECK>(sB + w * WN + s * HW, cLim > 0 ? base + w * HW : base, j.ldb,
+                                                              j.kLen - k0, cLim, tid);
+        }
+}
+// silu(g)·u with the arithmetic of the unfused SwiGLU kernels (elementwise.cu, bf16.cu), so that a fused
+// h equals the unfused one bit for bit where the products do.
+GEMM_DEV float swiglu_h(float g, float u) { return g * (1.0f / (1.0f + expf(-g))) * u; }
+GEMM_DEV double swiglu_h(double g, double u) { return g * (1.0 / (1.0 + exp(-g))) * u; }
+// The value an accumulator has once stored as TC: bfloat16 products are rounded before the activation,
+// as the unfused graph stores them.
+GEMM_DEV float as_stored(float v, const float*) { return v; }
+GEMM_DEV double as_stored(double v, const double*) { return v; }
+GEMM_DEV float as_stored(float v, const bf16*) { return __uint_as_float((unsigned)f2bf_bits(v) << 16); }
+// Writes features n, n+1 of one row (pair: ldcC == 1 and a pair-aligned row) from the gate and up
+// accumulators g0, g1, u0, u1.
+template <typename TC, typename J>
+GEMM_DEV void swiglu_put2(const J& j, long long rowOff, int n, float g0, float g1, float u0, float u1) {
+    const TC* tag = nullptr;
+    g0 = as_stored(g0, tag), g1 = as_stored(g1, tag), u0 = as_stored(u0, tag), u1 = as_stored(u1, tag);
+    const float h0 = swiglu_h(g0, u0), h1 = swiglu_h(g1, u1);
+    if (j.vecC) {
+        if (n < j.nLim) {
+            put2(j.c + rowOff + n, h0, h1);
+            if (j.g) put2(j.g + rowOff + n, g0, g1);
+            if (j.u) put2(j.u + rowOff + n, u0, u1);
+        }
+    } else {
+        if (n < j.nLim) {
+            put1(j.c + rowOff + n, h0);
+            if (j.g) put1(j.g + rowOff + n, g0);
+            if (j.u) put1(j.u + rowOff + n, u0);
+        }
+        if (n + 1 < j.nLim) {
+            put1(j.c + rowOff + n + 1, h1);
+            if (j.g) put1(j.g + rowOff + n + 1, g1);
+            if (j.u) put1(j.u + rowOff + n + 1, u1);
+        }
+    }
+}
 
 // ---------------------------------------------------------------- SIMT main loop
 // BM x BN block tile, BK deep, STAGES-deep pipeline; WARPS_M x WARPS_N warps, each a (BM/WARPS_M) x
@@ -318,20 +386,21 @@ struct SimtTile {
     static_assert((!A_K || LM <= 8) && (!B_K || LN <= 8), "k-contiguous fragment reads need at most 8 lanes per row group");
     static_assert(!KC || KD == 2 || KD == 4, "KD is 2 or 4");
 
-    template <bool CHECK> static GEMM_DEV void load_stage(T* sA, T* sB, const TileJob<T>& j, int k0, int tid) {
+    template <bool CHECK, bool SW> static GEMM_DEV void load_stage(T* sA, T* sB, const TileJob<T>& j, int k0, int tid) {
         if (A_K) load_tile<T, BM, BK, LDA_S, NT, true, VEC, CHECK>(sA, j.a + k0, j.lda, j.mLim, j.kLen - k0, tid);
         else if (AT) load_tile<T, BK, BM, LDA_S, NT, true, VEC, CHECK>(sA, j.a + (long long)k0 * j.lda, j.lda, j.kLen - k0, j.mLim, tid);
         else load_tile<T, BK, BM, LDA_S, NT, false, false, CHECK>(sA, j.a + k0, j.lda, j.kLen - k0, j.mLim, tid);
-        if (B_K) load_tile<T, BN, BK, LDB_S, NT, true, VEC, CHECK>(sB, j.b + k0, j.ldb, j.nLim, j.kLen - k0, tid);
+        if (SW) load_b_swiglu<T, BK, BN, WN, LDB_S, NT, VEC, CHECK>(sB, j, k0, tid);
+        else if (B_K) load_tile<T, BN, BK, LDB_S, NT, true, VEC, CHECK>(sB, j.b + k0, j.ldb, j.nLim, j.kLen - k0, tid);
         else if (!BT) load_tile<T, BK, BN, LDB_S, NT, true, VEC, CHECK>(sB, j.b + (long long)k0 * j.ldb, j.ldb, j.kLen - k0, j.nLim, tid);
         else load_tile<T, BK, BN, LDB_S, NT, false, false, CHECK>(sB, j.b + k0, j.ldb, j.kLen - k0, j.nLim, tid);
     }
     // Stage t of the pipeline: interior stages (the whole BM x BN x BK block inside the problem) copy
-    // without bounds checks.
-    static GEMM_DEV void load(T* sA, T* sB, const TileJob<T>& j, int t, int tid) {
+    // without bounds checks. SW: a SwiGLU tile (B from W1 and W3, BN/2 features).
+    template <bool SW> static GEMM_DEV void load(T* sA, T* sB, const TileJob<T>& j, int t, int tid) {
         const int k0 = t * BK;
-        if (j.mLim >= BM && j.nLim >= BN && j.kLen - k0 >= BK) load_stage<false>(sA, sB, j, k0, tid);
-        else load_stage<true>(sA, sB, j, k0, tid);
+        if (j.mLim >= BM && j.nLim >= (SW ? BN / 2 : BN) && j.kLen - k0 >= BK) load_stage<false, SW>(sA, sB, j, k0, tid);
+        else load_stage<true, SW>(sA, sB, j, k0, tid);
     }
 
     // Row of the warp tile holding the thread's i-th row (lm: the lane's row in the lane grid), and
@@ -357,7 +426,8 @@ struct SimtTile {
         for (int i = 0; i < R / 4; i++) lds4(&f[0][4 * i], s + k * LD + i * L * 4);
     }
 
-    static GEMM_DEV void run(const TileJob<T>& j, unsigned char* smem, int tid) {
+    template <bool SW> static GEMM_DEV void run(const TileJob<T>& j, unsigned char* smem, int tid) {
+        static_assert(!SW || (!B_K && TN % 8 == 0), "SwiGLU tiles: B stored [K,N], thread columns in pairs of 4-runs");
         T* sA = reinterpret_cast<T*>(smem);
         T* sB = sA + STAGES * A_STAGE;
         const int warp = tid >> 5, lane = tid & 31;
@@ -376,14 +446,14 @@ struct SimtTile {
         const int kTiles = (j.kLen + BK - 1) / BK;
 #pragma unroll
         for (int s = 0; s < STAGES - 1; s++) {
-            if (s < kTiles) load(sA + s * A_STAGE, sB + s * B_STAGE, j, s, tid);
+            if (s < kTiles) load<SW>(sA + s * A_STAGE, sB + s * B_STAGE, j, s, tid);
             cp_async_commit();
         }
         for (int kt = 0; kt < kTiles; kt++) {
             cp_async_wait<STAGES - 2>();  // tile kt has landed (for this thread's copies) ...
             __syncthreads();              // ... for everyone's, and stage (kt-1) % STAGES is free
             const int pf = kt + STAGES - 1;
-            if (pf < kTiles) load(sA + (pf % STAGES) * A_STAGE, sB + (pf % STAGES) * B_STAGE, j, pf, tid);
+            if (pf < kTiles) load<SW>(sA + (pf % STAGES) * A_STAGE, sB + (pf % STAGES) * B_STAGE, j, pf, tid);
             cp_async_commit();
             const T* a = sA + (kt % STAGES) * A_STAGE + aOff;
             const T* b = sB + (kt % STAGES) * B_STAGE + bOff;
@@ -408,6 +478,10 @@ struct SimtTile {
             }
         }
         cp_async_wait<0>();
+        if (SW) {
+            swiglu_epilogue(j, acc, wm, wn, lm, ln);
+            return;
+        }
 
         // Epilogue: with a k-major B tile the thread's columns come in runs of 4 (vector stores);
         // with a k-contiguous one they are LN apart (a warp still writes LN consecutive columns per row).
@@ -425,6 +499,27 @@ struct SimtTile {
             } else {
 #pragma unroll
                 for (int q = 0; q < TN / 4; q++) store4(crow, wn * WN + ln * 4 + q * LN * 4, j, &acc[i][q * 4]);
+            }
+        }
+    }
+
+    // SwiGLU epilogue: the thread's columns q < TN/2 are gate features (runs of 4, the run q/4 at
+    // ln*4 + (q/4)*LN*4 of the warp tile's first half), q + TN/2 the up values of the same features.
+    static GEMM_DEV void swiglu_epilogue(const TileJob<T>& j, const T (&acc)[TM][TN], int wm, int wn, int lm, int ln) {
+#pragma unroll
+        for (int i = 0; i < TM; i++) {
+            const int m = wm * WM + row_of(i, lm);
+            if (m >= j.mLim) continue;
+            const long long off = (long long)m * j.ldcR;
+#pragma unroll
+            for (int q = 0; q < TN / 2; q += 4) {
+                const int n = wn * (WN / 2) + ln * 4 + (q / 4) * LN * 4;
+                T h[4];
+#pragma unroll
+                for (int r = 0; r < 4; r++) h[r] = swiglu_h(acc[i][q + r], acc[i][q + r + TN / 2]);
+                store4(j.c + off, n, j, h);
+                if (j.g) store4(j.g + off, n, j, &acc[i][q]);
+                if (j.u) store4(j.u + off, n, j, &acc[i][q + TN / 2]);
             }
         }
     }
@@ -489,16 +584,17 @@ struct Tf32Tile {
     static_assert(WM % 16 == 0 && WN % 16 == 0 && BK % 16 == 0 && STAGES >= 2, "bad TF32 tile");
     static_assert(BM % 32 == 0 && BN % 32 == 0, "MN rows must be 8 words mod 32");
 
-    template <bool CHECK> static GEMM_DEV void load_stage(float* sA, float* sB, const TileJob<float>& j, int k0, int tid) {
+    template <bool CHECK, bool SW> static GEMM_DEV void load_stage(float* sA, float* sB, const TileJob<float>& j, int k0, int tid) {
         if (A_K) load_tile<float, BM, BK, LDA_S, NT, true, VEC, CHECK>(sA, j.a + k0, j.lda, j.mLim, j.kLen - k0, tid);
         else load_tile<float, BK, BM, LDA_S, NT, true, VEC, CHECK>(sA, j.a + (long long)k0 * j.lda, j.lda, j.kLen - k0, j.mLim, tid);
-        if (B_K) load_tile<float, BN, BK, LDB_S, NT, true, VEC, CHECK>(sB, j.b + k0, j.ldb, j.nLim, j.kLen - k0, tid);
+        if (SW) load_b_swiglu<float, BK, BN, WN, LDB_S, NT, VEC, CHECK>(sB, j, k0, tid);
+        else if (B_K) load_tile<float, BN, BK, LDB_S, NT, true, VEC, CHECK>(sB, j.b + k0, j.ldb, j.nLim, j.kLen - k0, tid);
         else load_tile<float, BK, BN, LDB_S, NT, true, VEC, CHECK>(sB, j.b + (long long)k0 * j.ldb, j.ldb, j.kLen - k0, j.nLim, tid);
     }
-    static GEMM_DEV void load(float* sA, float* sB, const TileJob<float>& j, int t, int tid) {
+    template <bool SW> static GEMM_DEV void load(float* sA, float* sB, const TileJob<float>& j, int t, int tid) {
         const int k0 = t * BK;
-        if (j.mLim >= BM && j.nLim >= BN && j.kLen - k0 >= BK) load_stage<false>(sA, sB, j, k0, tid);
-        else load_stage<true>(sA, sB, j, k0, tid);
+        if (j.mLim >= BM && j.nLim >= (SW ? BN / 2 : BN) && j.kLen - k0 >= BK) load_stage<false, SW>(sA, sB, j, k0, tid);
+        else load_stage<true, SW>(sA, sB, j, k0, tid);
     }
 
     // The lane's fragment addresses in a stage (see frags).
@@ -553,7 +649,8 @@ struct Tf32Tile {
         }
     }
 
-    static GEMM_DEV void run(const TileJob<float>& j, unsigned char* smem, int tid) {
+    template <bool SW> static GEMM_DEV void run(const TileJob<float>& j, unsigned char* smem, int tid) {
+        static_assert(!SW || !B_K, "SwiGLU tiles: B stored [K,N]");
         float* sA = reinterpret_cast<float*>(smem);
         float* sB = sA + STAGES * A_STAGE;
         const int warp = tid >> 5, lane = tid & 31;
@@ -573,7 +670,7 @@ struct Tf32Tile {
         const int kTiles = (j.kLen + BK - 1) / BK;
 #pragma unroll
         for (int s = 0; s < STAGES; s++) {
-            if (s < kTiles) load(sA + s * A_STAGE, sB + s * B_STAGE, j, s, tid);
+            if (s < kTiles) load<SW>(sA + s * A_STAGE, sB + s * B_STAGE, j, s, tid);
             cp_async_commit();
         }
         cp_async_wait<STAGES - 1>();  // tile 0 has landed (this thread's copies) ...
@@ -596,7 +693,7 @@ struct Tf32Tile {
                     // up to kt + STAGES - 1, of which at most STAGES - 2 may be pending).
                     cp_async_wait<STAGES - 2>();
                     __syncthreads();
-                    if (kt + STAGES < kTiles) load(sA + st * A_STAGE, sB + st * B_STAGE, j, kt + STAGES, tid);
+                    if (kt + STAGES < kTiles) load<SW>(sA + st * A_STAGE, sB + st * B_STAGE, j, kt + STAGES, tid);
                     cp_async_commit();
                     if (kt + 1 < kTiles) {
                         const int nx = (kt + 1) % STAGES;
@@ -609,6 +706,20 @@ struct Tf32Tile {
 
         // Epilogue. Element r of instruction (i, q): row g + 8*(r/2) of the instruction's tile (the tile's
         // row 2g + r/2 with an MN tile of A), column 2t + r%2.
+        if (SW) {  // instruction q < NI/2: gate features; q + NI/2: their up values
+#pragma unroll
+            for (int i = 0; i < MI; i++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int m = wm * WM + i * 16 + (A_K ? g + 8 * h : 2 * g + h);
+                    if (m >= j.mLim) continue;
+#pragma unroll
+                    for (int q = 0; q < NI / 2; q++)
+                        swiglu_put2<float>(j, (long long)m * j.ldcR, wn * (WN / 2) + q * 8 + 2 * t, acc[i][q][2 * h],
+                                           acc[i][q][2 * h + 1], acc[i][q + NI / 2][2 * h], acc[i][q + NI / 2][2 * h + 1]);
+                }
+            return;
+        }
 #pragma unroll
         for (int i = 0; i < MI; i++)
 #pragma unroll
@@ -672,16 +783,17 @@ struct Bf16Tile {
     static_assert(((LDA_S * 2 / 16) & 1) && ((LDB_S * 2 / 16) & 1) && (LDA_S * 2) % 16 == 0 && (LDB_S * 2) % 16 == 0,
                   "shared rows must be an odd number of 16-byte words");
 
-    template <bool CHECK> static GEMM_DEV void load_stage(bf16* sA, bf16* sB, const TileJob<bf16, TC>& j, int k0, int tid) {
+    template <bool CHECK, bool SW> static GEMM_DEV void load_stage(bf16* sA, bf16* sB, const TileJob<bf16, TC>& j, int k0, int tid) {
         if (A_K) load_tile<bf16, BM, BK, LDA_S, NT, true, VEC, CHECK>(sA, j.a + k0, j.lda, j.mLim, j.kLen - k0, tid);
         else load_tile<bf16, BK, BM, LDA_S, NT, true, VEC, CHECK>(sA, j.a + (long long)k0 * j.lda, j.lda, j.kLen - k0, j.mLim, tid);
-        if (B_K) load_tile<bf16, BN, BK, LDB_S, NT, true, VEC, CHECK>(sB, j.b + k0, j.ldb, j.nLim, j.kLen - k0, tid);
+        if (SW) load_b_swiglu<bf16, BK, BN, WN, LDB_S, NT, VEC, CHECK>(sB, j, k0, tid);
+        else if (B_K) load_tile<bf16, BN, BK, LDB_S, NT, true, VEC, CHECK>(sB, j.b + k0, j.ldb, j.nLim, j.kLen - k0, tid);
         else load_tile<bf16, BK, BN, LDB_S, NT, true, VEC, CHECK>(sB, j.b + (long long)k0 * j.ldb, j.ldb, j.kLen - k0, j.nLim, tid);
     }
-    static GEMM_DEV void load(bf16* sA, bf16* sB, const TileJob<bf16, TC>& j, int t, int tid) {
+    template <bool SW> static GEMM_DEV void load(bf16* sA, bf16* sB, const TileJob<bf16, TC>& j, int t, int tid) {
         const int k0 = t * BK;
-        if (j.mLim >= BM && j.nLim >= BN && j.kLen - k0 >= BK) load_stage<false>(sA, sB, j, k0, tid);
-        else load_stage<true>(sA, sB, j, k0, tid);
+        if (j.mLim >= BM && j.nLim >= (SW ? BN / 2 : BN) && j.kLen - k0 >= BK) load_stage<false, SW>(sA, sB, j, k0, tid);
+        else load_stage<true, SW>(sA, sB, j, k0, tid);
     }
 
     // The row the lane names for ldmatrix in the warp's first fragment of a stage (lane 8j+r: row r of
@@ -715,7 +827,8 @@ struct Bf16Tile {
         }
     }
 
-    static GEMM_DEV void run(const TileJob<bf16, TC>& j, unsigned char* smem, int tid) {
+    template <bool SW> static GEMM_DEV void run(const TileJob<bf16, TC>& j, unsigned char* smem, int tid) {
+        static_assert(!SW || !B_K, "SwiGLU tiles: B stored [K,N]");
         bf16* sA = reinterpret_cast<bf16*>(smem);
         bf16* sB = sA + STAGES * A_STAGE;
         const int warp = tid >> 5, lane = tid & 31;
@@ -735,7 +848,7 @@ struct Bf16Tile {
         const int kTiles = (j.kLen + BK - 1) / BK;
 #pragma unroll
         for (int s = 0; s < STAGES; s++) {
-            if (s < kTiles) load(sA + s * A_STAGE, sB + s * B_STAGE, j, s, tid);
+            if (s < kTiles) load<SW>(sA + s * A_STAGE, sB + s * B_STAGE, j, s, tid);
             cp_async_commit();
         }
         cp_async_wait<STAGES - 1>();  // tile 0 has landed (this thread's copies) ...
@@ -756,7 +869,7 @@ struct Bf16Tile {
                     // As Tf32Tile: every fragment of tile kt has been read, tile kt + 1 has landed.
                     cp_async_wait<STAGES - 2>();
                     __syncthreads();
-                    if (kt + STAGES < kTiles) load(sA + st * A_STAGE, sB + st * B_STAGE, j, kt + STAGES, tid);
+                    if (kt + STAGES < kTiles) load<SW>(sA + st * A_STAGE, sB + st * B_STAGE, j, kt + STAGES, tid);
                     cp_async_commit();
                     if (kt + 1 < kTiles) {
                         const int nx = (kt + 1) % STAGES;
@@ -768,6 +881,20 @@ struct Bf16Tile {
         cp_async_wait<0>();
 
         // Epilogue. Element r of instruction (i, q): row g + 8*(r/2), column 2t + r%2 of its 16x8 tile.
+        if (SW) {  // instruction q < NI/2: gate features; q + NI/2: their up values
+#pragma unroll
+            for (int i = 0; i < MI; i++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int m = wm * WM + i * 16 + g + 8 * h;
+                    if (m >= j.mLim) continue;
+#pragma unroll
+                    for (int q = 0; q < NI / 2; q++)
+                        swiglu_put2<TC>(j, (long long)m * j.ldcR, wn * (WN / 2) + q * 8 + 2 * t, acc[i][q][2 * h],
+                                        acc[i][q][2 * h + 1], acc[i][q + NI / 2][2 * h], acc[i][q + NI / 2][2 * h + 1]);
+                }
+            return;
+        }
 #pragma unroll
         for (int i = 0; i < MI; i++)
 #pragma unroll
@@ -889,8 +1016,9 @@ template <int NT> GEMM_DEV int expert_by_rank(const GemmArgs& p, int rank, int* 
     return found[0];
 }
 
-// Runs the output tile of this CTA. Tile is SimtTile<...>, Tf32Tile<...> or Bf16Tile<...>.
-template <class Tile, bool AT, bool BT>
+// Runs the output tile of this CTA. Tile is SimtTile<...>, Tf32Tile<...> or Bf16Tile<...>. SW: a SwiGLU
+// product (GROUP_ROWS, A stored [Rows,K], W1 and W3 stored [E,K,N]; N counts features, BN/2 per tile).
+template <class Tile, bool AT, bool BT, bool SW = false>
 GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int tid) {
     typedef typename Tile::elem T;
     typedef typename Tile::out TC;  // split-K partials are TC too: bf16 modules split only into float32
@@ -949,14 +1077,22 @@ GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int ti
         bRow = (long long)lo * p.ldb;
         cOff = (long long)e * p.strideC;
     }
-    const int m0 = mt * Tile::BM, n0 = nt * Tile::BN;
+    const int m0 = mt * Tile::BM, n0 = nt * (SW ? Tile::BN / 2 : Tile::BN);
     j.mLim = M - m0;
     j.nLim = p.N - n0;
     j.a = A + aRow + (AT ? (long long)kBegin * p.lda + m0 : (long long)m0 * p.lda + kBegin);
     j.b = B + bRow + (BT ? (long long)n0 * p.ldb + kBegin : (long long)kBegin * p.ldb + n0);
     j.c = C + cOff + (long long)m0 * j.ldcR + (long long)n0 * j.ldcC;
+    j.b2 = nullptr;
+    j.g = j.u = nullptr;
+    if (SW) {  // GROUP_ROWS, B layout n, ldcC == 1 (the host's SwiGLU plans)
+        const long long off = cOff + (long long)m0 * j.ldcR + n0;
+        j.b2 = static_cast<const T*>(p.B2) + bRow + (long long)kBegin * p.ldb + n0;
+        if (p.G) j.g = static_cast<TC*>(p.G) + off;
+        if (p.U) j.u = static_cast<TC*>(p.U) + off;
+    }
     if (j.kLen < 0) j.kLen = 0;
-    Tile::run(j, smem, tid);
+    Tile::template run<SW>(j, smem, tid);
 }
 
 GEMM_DEV float4 vadd(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }

@@ -345,3 +345,22 @@ func groupedDims(what string, E, N, In, Out int) error {
 	}
 	return nil
 }
+
+// GroupedSwiGLU writes h[r] = silu(x[r]·W1[e]) ⊙ (x[r]·W3[e]) for the rows r of every expert e's segment,
+// in one launch whose epilogue applies the activation (x [N,In], W1 and W3 [E,In,F], h [N,F]); g and u,
+// when not 0, receive the two products ([N,F] each: the SwiGLU backward reads them). Offsets as for
+// GroupedMatMul. dt is the dtype of every operand: float32, float64 or bfloat16 (float32 accumulation;
+// the products are rounded to bfloat16 before the activation, as the unfused graph stores them, and h
+// once). Each product equals GroupedMatMul's bit for bit (the same per-element accumulation order).
+func (d *Device) GroupedSwiGLU(dt tensor.Dtype, x, w1, w3, offsets, h, g, u cu.DevicePtr, E, N, In, F int) error {
+	if err := groupedDims("grouped swiglu", E, N, In, F); err != nil {
+		return err
+	}
+	double, bf, _, err := gemmKinds(dt, dt)
+	if err != nil {
+		return err
+	}
+	return d.runGemm(FamilyGroupedSwiGLU, gemmplan.Problem{Mode: gemmplan.GroupRows, Double: double, BF16: bf,
+		N: F, K: In, E: E, Rows: N, A: uint64(x), B: uint64(w1), C: uint64(h), Offsets: uint64(offsets), Fault: uint64(d.fault),
+		SwiGLU: true, B2: uint64(w3), G: uint64(g), U: uint64(u)})
+}

@@ -185,3 +185,64 @@ func (b *Backend) GroupedMatMulGradW(x, dy, plan *tensor.Dense, dW *tensor.Dense
 	}
 	return b.dev.GroupedMatMulGradW(dt, odt, px, pdy, offsets, pdW, E, N, In, Out)
 }
+
+// GroupedSwiGLU implements ops.GroupedSwiGLUBackend: h = silu(x·W1[e]) ⊙ (x·W3[e]) over the plan's
+// segments in one GEMM launch (Device.GroupedSwiGLU); gate and up (nil: not kept) receive the products.
+// Rows from offsets[E] on are not written.
+func (b *Backend) GroupedSwiGLU(x, w1, w3, plan *tensor.Dense, h, gate, up *tensor.Dense) error {
+	const what = "grouped swiglu"
+	if x == nil || w1 == nil || w3 == nil || h == nil {
+		return fmt.Errorf("cudaops: %s: x, W1, W3 and h must not be nil: %w", what, ops.ErrShape)
+	}
+	dt := x.Dtype()
+	if dt != tensor.Float32 && dt != tensor.Float64 && dt != ops.BFloat16 {
+		return fmt.Errorf("cudaops: %s: x has dtype %v, want float32, float64 or bfloat16: %w", what, dt, ops.ErrDtype)
+	}
+	if x.Shape().Dims() != 2 || w1.Shape().Dims() != 3 {
+		return fmt.Errorf("cudaops: %s: x %v and W1 %v, want [N,In] and [E,In,F]: %w", what, x.Shape(), w1.Shape(), ops.ErrShape)
+	}
+	N, In := x.Shape()[0], x.Shape()[1]
+	E, F := w1.Shape()[0], w1.Shape()[2]
+	if w1.Shape()[1] != In {
+		return fmt.Errorf("cudaops: %s: x %v and W1 %v disagree on In: %w", what, x.Shape(), w1.Shape(), ops.ErrShape)
+	}
+	px, err := b.buf(what, "x", x, dt)
+	if err != nil {
+		return err
+	}
+	pw1, err := b.buf(what, "W1", w1, dt)
+	if err != nil {
+		return err
+	}
+	pw3, err := b.buf(what, "W3", w3, dt, E, In, F)
+	if err != nil {
+		return err
+	}
+	ph, err := b.buf(what, "h", h, dt, N, F)
+	if err != nil {
+		return err
+	}
+	ins := []*tensor.Dense{x, w1, w3, plan}
+	outs := []*tensor.Dense{h}
+	ptrs := [2]cu.DevicePtr{}
+	for i, t := range []*tensor.Dense{gate, up} {
+		if t == nil {
+			continue
+		}
+		if ptrs[i], err = b.buf(what, [2]string{"gate", "up"}[i], t, dt, N, F); err != nil {
+			return err
+		}
+		outs = append(outs, t)
+	}
+	offsets, err := b.planOffsets(what, plan, N, E)
+	if err != nil {
+		return err
+	}
+	for i, o := range outs {
+		others := append(append([]*tensor.Dense{}, ins...), outs[i+1:]...)
+		if err := noOverlap(what, o, others...); err != nil {
+			return err
+		}
+	}
+	return b.dev.GroupedSwiGLU(dt, px, pw1, pw3, offsets, ph, ptrs[0], ptrs[1], E, N, In, F)
+}

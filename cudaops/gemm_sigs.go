@@ -9,6 +9,8 @@ const gemmKernelSigs = `
 gemm_{nn,nt,tn,tt}(A ptr, B ptr, C ptr, W ptr, offsets ptr, fault fault, lda i64, ldb i64, ldcR i64, ldcC i64, strideB i64, strideC i64, M i32, N i32, K i32, E i32, rows i32, mode i32, splits i32, kChunk i32, mTiles i32, nTiles i32, flags i32)
 gemm_{nn,nt,tn,tt}_v16(A ptr, B ptr, C ptr, W ptr, offsets ptr, fault fault, lda i64, ldb i64, ldcR i64, ldcC i64, strideB i64, strideC i64, M i32, N i32, K i32, E i32, rows i32, mode i32, splits i32, kChunk i32, mTiles i32, nTiles i32, flags i32)
 gemm_reduce(W ptr, C ptr, splits i32, M i32, N i32, ldcR i64, ldcC i64, vec i32)
+gemm_swiglu_nn(A ptr, B ptr, C ptr, W ptr, offsets ptr, fault fault, lda i64, ldb i64, ldcR i64, ldcC i64, strideB i64, strideC i64, M i32, N i32, K i32, E i32, rows i32, mode i32, splits i32, kChunk i32, mTiles i32, nTiles i32, flags i32, B2 ptr, G ptr, U ptr)
+gemm_swiglu_nn_v16(A ptr, B ptr, C ptr, W ptr, offsets ptr, fault fault, lda i64, ldb i64, ldcR i64, ldcC i64, strideB i64, strideC i64, M i32, N i32, K i32, E i32, rows i32, mode i32, splits i32, kChunk i32, mTiles i32, nTiles i32, flags i32, B2 ptr, G ptr, U ptr)
 `
 
 // gemmBF16KernelSigs are the additional kernels of the bfloat16 modules (GEMM_BF16): float32 C (and

@@ -62,7 +62,12 @@ func TestGemmLaunchesMatchSigs(t *testing.T) {
 			{Mode: gemmplan.GroupRows, N: 3584, K: 1024, E: 8, Rows: 8192},
 			{Mode: gemmplan.GroupRows, N: 1024, K: 3584, E: 8, Rows: 8192, TransB: true},
 			{Mode: gemmplan.GroupRed, M: 1024, N: 3584, E: 8, Rows: 8192, TransA: true},
+			{Mode: gemmplan.GroupRows, N: 3584, K: 1024, E: 8, Rows: 8192, SwiGLU: true, B2: 8192, G: 16384},
+			{Mode: gemmplan.GroupRows, N: 35, K: 97, E: 3, Rows: 50, SwiGLU: true, B2: 8192, U: 16384}, // element copies
 		} {
+			if p.SwiGLU && base.OutF32 {
+				continue // SwiGLU products write the operands' type
+			}
 			p.Double, p.BF16, p.OutF32 = base.Double, base.BF16, base.OutF32
 			p.A, p.B, p.C, p.Offsets, p.Fault = base.A, base.B, base.C, base.Offsets, base.Fault
 			probs = append(probs, p)

@@ -10,6 +10,7 @@ const (
 	FamilyMatMul        = "matmul"                // ops' dense MatMul (GEMM modules, split-K reduction included)
 	FamilyGroupedMatMul = "grouped matmul"        // GroupedMatMul (forward and the transposed product of its backward)
 	FamilyGroupedGradW  = "grouped matmul grad W" // GroupedMatMulGradW
+	FamilyGroupedSwiGLU = "grouped swiglu"        // GroupedSwiGLU (gate and up products with the SwiGLU epilogue)
 	FamilyMemset        = "memset"                // cuMemsetD8/16/32 (zero fills of new tensors)
 	FamilyCopyDtoD      = "memcpy DtoD"           // device-to-device copies (the tensor engine's Memcpy, clones)
 	FamilyCopyHtoD      = "memcpy HtoD"           // copies from host memory
@@ -34,5 +35,5 @@ func kernelFamily(name string) string {
 
 // IsMatMulFamily reports whether a family is one of the matrix products (the GEMM kernels).
 func IsMatMulFamily(family string) bool {
-	return family == FamilyMatMul || family == FamilyGroupedMatMul || family == FamilyGroupedGradW
+	return family == FamilyMatMul || family == FamilyGroupedMatMul || family == FamilyGroupedGradW || family == FamilyGroupedSwiGLU
 }

@@ -433,7 +433,8 @@ int emu_launch(const char* variant, const char* kernel, int grid, int block, int
         for (long long t = 0; t < (long long)grid * block; t++) k.reduce(args, t, (long long)grid * block);
         return 0;
     }
-    if (nargs != 23) return report("gemm kernels take 23 arguments, got " + std::to_string(nargs));
+    const int want = std::string(kernel).rfind("gemm_swiglu", 0) == 0 ? 26 : 23;  // SwiGLU: + B2, G, U
+    if (nargs != want) return report(std::string(kernel) + " takes " + std::to_string(want) + " arguments, got " + std::to_string(nargs));
     if (block != k.threads) return report("block of " + std::to_string(block) + " threads, kernel needs " + std::to_string(k.threads));
     if (smem < k.smem) return report("dynamic shared memory " + std::to_string(smem) + " < " + std::to_string(k.smem));
     std::vector<unsigned char> sm((size_t)smem + 64);

@@ -41,6 +41,11 @@ type Problem struct {
 	E, Rows        int // grouped only
 	// Device addresses. Offsets (grouped): E+1 int32 segment offsets; Fault: the device fault word.
 	A, B, C, Offsets, Fault uint64
+	// SwiGLU (GroupRows, B stored [E,K,N], no TransB, C of the operands' type): C = silu(A·B[e]) ⊙
+	// (A·B2[e]) in one launch (the gemm_swiglu kernels), N the features; G and U, when not 0, receive
+	// the two products ([Rows,N] each). Planned as a product of 2N columns.
+	SwiGLU   bool
+	B2, G, U uint64
 }
 
 // Target describes the device.
@@ -145,8 +150,12 @@ func Make(p Problem, t Target, o Options, vs []Variant) (*Plan, error) {
 		return nil, fmt.Errorf("gemm: no %s variant fits %d bytes of shared memory", class, t.MaxSmem)
 	}
 	best, bestCost := -1, math.Inf(1)
+	cp := p
+	if p.SwiGLU {
+		cp.N = 2 * p.N // the tiles cover gate and up columns
+	}
 	for i, v := range cands {
-		if c := cost(p, t, v); c < bestCost {
+		if c := cost(cp, t, v); c < bestCost {
 			best, bestCost = i, c
 		}
 	}
@@ -178,6 +187,9 @@ func (p Problem) validate() error {
 		}
 	default:
 		return fmt.Errorf("gemm: unknown mode %v", p.Mode)
+	}
+	if p.SwiGLU && (p.Mode != GroupRows || p.TransB || p.OutF32) {
+		return fmt.Errorf("gemm: a SwiGLU product is grouped rows with B stored [E,K,N] and C of the operands' type")
 	}
 	const lim = math.MaxInt32
 	if p.M > lim || p.N > lim || p.K > lim || p.Rows > lim || p.E > lim-1 {
@@ -288,6 +300,9 @@ func build(p Problem, t Target, v Variant, swap bool) (*Plan, error) {
 	k.M, k.N, k.K, k.E, k.rows = int32(p.M), int32(p.N), int32(p.K), int32(p.E), int32(p.Rows)
 	k.mode = int32(p.Mode)
 	k.nTiles = int32(ceilDiv(p.N, v.BN))
+	if p.SwiGLU {
+		k.nTiles = int32(ceilDiv(p.N, v.BN/2)) // BN/2 features per tile
+	}
 	// The kernels address a tile's copies with 32-bit offsets: tile extent times ld must stay below 2^31.
 	ext := max(v.BM, v.BN, v.BK)
 	if int64(ext)*int64(max(lda, ldb)) >= math.MaxInt32 {
@@ -336,8 +351,12 @@ func build(p Problem, t Target, v Variant, swap bool) (*Plan, error) {
 	}
 	vec := (directA || directB) &&
 		(!directA || aligned(p.A, lda, elem)) &&
-		(!directB || aligned(p.B, ldb, elem))
+		(!directB || aligned(p.B, ldb, elem)) &&
+		(!p.SwiGLU || aligned(p.B2, ldb, elem))
 	k.kernel = "gemm_" + map[bool]string{false: "n", true: "t"}[p.TransA] + map[bool]string{false: "n", true: "t"}[p.TransB]
+	if p.SwiGLU {
+		k.kernel = "gemm_swiglu_nn"
+	}
 	if vec {
 		k.kernel += "_v16"
 	}
@@ -346,7 +365,8 @@ func build(p Problem, t Target, v Variant, swap bool) (*Plan, error) {
 	if v.BF16 && (p.OutF32 || pl.Splits > 1) {
 		k.kernel += "_f32"
 	}
-	if pl.Splits == 1 && k.ldcC == 1 && aligned(p.C, int(k.ldcR), cElem) {
+	if pl.Splits == 1 && k.ldcC == 1 && aligned(p.C, int(k.ldcR), cElem) &&
+		(!p.SwiGLU || (p.G == 0 || aligned(p.G, int(k.ldcR), cElem)) && (p.U == 0 || aligned(p.U, int(k.ldcR), cElem))) {
 		k.flags |= flagVecC
 	}
 	if pl.Splits > 1 {
@@ -379,6 +399,9 @@ func (pl *Plan) Launches(workspace uint64) []Launch {
 		uint64(k.lda), uint64(k.ldb), uint64(ldcR), uint64(ldcC), uint64(k.strideB), uint64(k.strideC),
 		u32(k.M), u32(k.N), u32(k.K), u32(k.E), u32(k.rows), u32(k.mode), u32(k.splits), u32(k.kChunk),
 		u32(k.mTiles), u32(k.nTiles), u32(flags),
+	}
+	if pl.p.SwiGLU {
+		args = append(args, pl.p.B2, pl.p.G, pl.p.U)
 	}
 	ls := []Launch{{Variant: v.Name, Kernel: k.kernel, Grid: k.grid, Block: v.Threads(), Smem: v.Smem(), Args: args}}
 	if pl.Splits > 1 {
