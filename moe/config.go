@@ -44,6 +44,12 @@ type Config struct {
 	// bfloat16 inputs and returns outputs of the input's dtype (float32 outputs are summed from the
 	// expert rows in float32 or wider, never rounded to bfloat16). The zero value means float32.
 	Dtype tensor.Dtype
+	// FusedSwiGLU computes the experts' gate and up products and their SwiGLU as one ops.GroupedSwiGLU
+	// (cudaops: one grouped GEMM launch with the activation in its epilogue, instead of two launches
+	// and an elementwise pass) instead of two ops.GroupedMatMul and ops.SwiGLU. Values and gradients
+	// are the same bit for bit; only the speed differs (measure it: bench -op layer with
+	// EXPERTRT_FUSED_SWIGLU=1).
+	FusedSwiGLU bool
 	// Backend holds the layer's parameters: nil or ops.CPU() keeps them in host memory; a device backend
 	// (e.g. ops.LookupBackend("cuda")) gets copies of the host weights (FromHost) when the
 	// layer is created. The layer's ops run on the backend that owns their inputs, so feed the layer

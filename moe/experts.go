@@ -83,3 +83,14 @@ func ExpertFFN(x, w1, w3, w2 *G.Node, mm GroupedMatMulFunc) (*G.Node, error) {
 	}
 	return mm(hidden, w2)
 }
+
+// ExpertFFNFused is ExpertFFN with the gate and up products and their SwiGLU in one ops.GroupedSwiGLU
+// over the routing r (Config.FusedSwiGLU): the same values and gradients, one GEMM launch instead of
+// two and an elementwise pass on backends with the fused kernel. mm multiplies by w2.
+func ExpertFFNFused(x, w1, w3, w2 *G.Node, r *ops.Routing, mm GroupedMatMulFunc) (*G.Node, error) {
+	hidden, err := ops.GroupedSwiGLU(x, w1, w3, r)
+	if err != nil {
+		return nil, fmt.Errorf("moe: grouped swiglu: %w", err)
+	}
+	return mm(hidden, w2)
+}

@@ -292,7 +292,13 @@ func (l *Layer) ForwardMasked(x, mask *G.Node) (*Output, error) {
 	if err != nil {
 		return nil, err
 	}
-	down, err := ExpertFFN(packed, l.W1, l.W3, l.W2, func(x, w *G.Node) (*G.Node, error) { return ops.GroupedMatMul(x, w, r) })
+	mm := func(x, w *G.Node) (*G.Node, error) { return ops.GroupedMatMul(x, w, r) }
+	var down *G.Node
+	if c.FusedSwiGLU {
+		down, err = ExpertFFNFused(packed, l.W1, l.W3, l.W2, r, mm)
+	} else {
+		down, err = ExpertFFN(packed, l.W1, l.W3, l.W2, mm)
+	}
 	if err != nil {
 		return nil, err
 	}

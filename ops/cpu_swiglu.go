@@ -111,3 +111,20 @@ func swigluGradCPU[T float](gate, up, dout, dgate, dup *tensor.Dense) error {
 	})
 	return nil
 }
+
+// GroupedSwiGLU on the CPU is the unfused reference: the two grouped products, then SwiGLU (gate and
+// up nil: temporaries).
+func (c cpuBackend) GroupedSwiGLU(x, w1, w3, plan *tensor.Dense, h, gate, up *tensor.Dense) error {
+	if x == nil || h == nil {
+		return failf(ErrShape, "grouped swiglu: x and h must not be nil")
+	}
+	var err error
+	for _, p := range []**tensor.Dense{&gate, &up} {
+		if *p == nil {
+			if *p, err = c.New(h.Dtype(), h.Shape()...); err != nil {
+				return err
+			}
+		}
+	}
+	return groupedSwiGLUComposed(c, x, w1, w3, plan, h, gate, up)
+}
