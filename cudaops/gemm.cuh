@@ -478,13 +478,13 @@ struct SimtTile {
             }
         }
         cp_async_wait<0>();
-        if (SW) {
-            swiglu_epilogue(j, acc, wm, wn, lm, ln);
-            return;
-        }
+        if (SW) swiglu_epilogue(j, acc, wm, wn, lm, ln);
+        else epilogue(j, acc, wm, wn, lm, ln);
+    }
 
-        // Epilogue: with a k-major B tile the thread's columns come in runs of 4 (vector stores);
-        // with a k-contiguous one they are LN apart (a warp still writes LN consecutive columns per row).
+    // Epilogue: with a k-major B tile the thread's columns come in runs of 4 (vector stores);
+    // with a k-contiguous one they are LN apart (a warp still writes LN consecutive columns per row).
+    static GEMM_DEV void epilogue(const TileJob<T>& j, const T (&acc)[TM][TN], int wm, int wn, int lm, int ln) {
 #pragma unroll
         for (int i = 0; i < TM; i++) {
             const int m = wm * WM + row_of(i, lm);
@@ -718,27 +718,27 @@ struct Tf32Tile {
                         swiglu_put2<float>(j, (long long)m * j.ldcR, wn * (WN / 2) + q * 8 + 2 * t, acc[i][q][2 * h],
                                            acc[i][q][2 * h + 1], acc[i][q + NI / 2][2 * h], acc[i][q + NI / 2][2 * h + 1]);
                 }
-            return;
-        }
+        } else {
 #pragma unroll
-        for (int i = 0; i < MI; i++)
+            for (int i = 0; i < MI; i++)
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int m = wm * WM + i * 16 + (A_K ? g + 8 * h : 2 * g + h);
-                if (m >= j.mLim) continue;
-                float* crow = j.c + (long long)m * j.ldcR;
+                for (int h = 0; h < 2; h++) {
+                    const int m = wm * WM + i * 16 + (A_K ? g + 8 * h : 2 * g + h);
+                    if (m >= j.mLim) continue;
+                    float* crow = j.c + (long long)m * j.ldcR;
 #pragma unroll
-                for (int q = 0; q < NI; q++) {
-                    const int n = wn * WN + q * 8 + 2 * t;
-                    const float v0 = acc[i][q][2 * h], v1 = acc[i][q][2 * h + 1];
-                    if (j.vecC) {  // ldcC == 1, rows of a multiple of 4 floats, 16-byte aligned
-                        if (n < j.nLim) *reinterpret_cast<float2*>(crow + n) = make_float2(v0, v1);
-                    } else {
-                        if (n < j.nLim) crow[(long long)n * j.ldcC] = v0;
-                        if (n + 1 < j.nLim) crow[(long long)(n + 1) * j.ldcC] = v1;
+                    for (int q = 0; q < NI; q++) {
+                        const int n = wn * WN + q * 8 + 2 * t;
+                        const float v0 = acc[i][q][2 * h], v1 = acc[i][q][2 * h + 1];
+                        if (j.vecC) {  // ldcC == 1, rows of a multiple of 4 floats, 16-byte aligned
+                            if (n < j.nLim) *reinterpret_cast<float2*>(crow + n) = make_float2(v0, v1);
+                        } else {
+                            if (n < j.nLim) crow[(long long)n * j.ldcC] = v0;
+                            if (n + 1 < j.nLim) crow[(long long)(n + 1) * j.ldcC] = v1;
+                        }
                     }
                 }
-            }
+        }
     }
 };
 
@@ -893,27 +893,27 @@ struct Bf16Tile {
                         swiglu_put2<TC>(j, (long long)m * j.ldcR, wn * (WN / 2) + q * 8 + 2 * t, acc[i][q][2 * h],
                                         acc[i][q][2 * h + 1], acc[i][q + NI / 2][2 * h], acc[i][q + NI / 2][2 * h + 1]);
                 }
-            return;
-        }
+        } else {
 #pragma unroll
-        for (int i = 0; i < MI; i++)
+            for (int i = 0; i < MI; i++)
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int m = wm * WM + i * 16 + g + 8 * h;
-                if (m >= j.mLim) continue;
-                TC* crow = j.c + (long long)m * j.ldcR;
+                for (int h = 0; h < 2; h++) {
+                    const int m = wm * WM + i * 16 + g + 8 * h;
+                    if (m >= j.mLim) continue;
+                    TC* crow = j.c + (long long)m * j.ldcR;
 #pragma unroll
-                for (int q = 0; q < NI; q++) {
-                    const int n = wn * WN + q * 8 + 2 * t;
-                    const float v0 = acc[i][q][2 * h], v1 = acc[i][q][2 * h + 1];
-                    if (j.vecC) {  // ldcC == 1, even row length, C aligned for pairs
-                        if (n < j.nLim) put2(crow + n, v0, v1);
-                    } else {
-                        if (n < j.nLim) put1(crow + (long long)n * j.ldcC, v0);
-                        if (n + 1 < j.nLim) put1(crow + (long long)(n + 1) * j.ldcC, v1);
+                    for (int q = 0; q < NI; q++) {
+                        const int n = wn * WN + q * 8 + 2 * t;
+                        const float v0 = acc[i][q][2 * h], v1 = acc[i][q][2 * h + 1];
+                        if (j.vecC) {  // ldcC == 1, even row length, C aligned for pairs
+                            if (n < j.nLim) put2(crow + n, v0, v1);
+                        } else {
+                            if (n < j.nLim) put1(crow + (long long)n * j.ldcC, v0);
+                            if (n + 1 < j.nLim) put1(crow + (long long)(n + 1) * j.ldcC, v1);
+                        }
                     }
                 }
-            }
+        }
     }
 };
 

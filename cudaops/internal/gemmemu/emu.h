@@ -59,6 +59,11 @@ inline unsigned __float_as_uint(float x) {
     std::memcpy(&u, &x, 4);
     return u;
 }
+inline float __uint_as_float(unsigned u) {
+    float x;
+    std::memcpy(&x, &u, 4);
+    return x;
+}
 inline unsigned to_tf32(float x) {  // cvt.rna.tf32.f32
     unsigned u;
     std::memcpy(&u, &x, 4);
