@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"runtime"
 	"sort"
 	"strings"
@@ -140,10 +141,12 @@ type layerBench struct {
 	owned []*tensor.Dense // device tensors made here (inputs, weights), freed by Close
 }
 
-// layerConfig is the benchmarked layer: the shape's sizes and routing, no auxiliary losses.
+// layerConfig is the benchmarked layer: the shape's sizes and routing, no auxiliary losses;
+// EXPERTRT_FUSED_SWIGLU=1 sets moe.Config.FusedSwiGLU (the gate/up products and SwiGLU as one op).
 func layerConfig(s shape, b ops.Backend) moe.Config {
 	return moe.Config{Hidden: s.Hidden, FFN: s.ffn(), Experts: s.Experts, TopK: s.TopK, Scoring: s.Scoring,
-		Renormalize: s.Renormalize, Seed: max(s.Seed, 1), Dtype: s.Dtype, Backend: b}
+		Renormalize: s.Renormalize, Seed: max(s.Seed, 1), Dtype: s.Dtype, Backend: b,
+		FusedSwiGLU: os.Getenv("EXPERTRT_FUSED_SWIGLU") == "1"}
 }
 
 // newLayerBench builds op's graph on dev's backend: the layer's weights from moe.NewLayer (seeded), and

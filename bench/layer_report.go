@@ -22,6 +22,8 @@ type layerResult struct {
 	TopK       int    `json:"top_k"`
 	Reps       int    `json:"reps"`
 	Warmup     int    `json:"warmup"`
+	// FusedSwiGLU: the layer ran with moe.Config.FusedSwiGLU (EXPERTRT_FUSED_SWIGLU=1).
+	FusedSwiGLU bool `json:"fused_swiglu,omitempty"`
 
 	// Device time of one step: CUDA events around the step on a GPU, the wall clock on the CPU.
 	MedianMs float64 `json:"median_ms"`
@@ -67,7 +69,7 @@ func newLayerResult(lb *layerBench, reps, warmup int) *layerResult {
 	s := lb.s
 	return &layerResult{Op: lb.op, Impl: "expertrt moe.Layer graph", Device: lb.dev.Name(), DeviceDesc: lb.dev.Describe(),
 		Dtype: dtypeName(s.Dtype), Tokens: s.Tokens, Hidden: s.Hidden, FFN: s.ffn(), Experts: s.Experts, TopK: s.TopK,
-		Reps: reps, Warmup: warmup, ModelFlops: modelFlops(lb.op, s)}
+		Reps: reps, Warmup: warmup, ModelFlops: modelFlops(lb.op, s), FusedSwiGLU: layerConfig(s, nil).FusedSwiGLU}
 }
 
 // printLayerText writes one whole-layer result for people.

@@ -4,7 +4,7 @@
 #   go build -tags expertrt_cuda -o .devbin/bench ./bench
 #   go build -tags expertrt_cuda -o .devbin/mixtral-layer ./examples/mixtral-layer   (stages train and bf16: HF parity)
 # Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck engine train layer policies
-# bench torch ncu gemm gemm-sweep gemm-full gemm-bf16 gemm-bf16-bench bf16 seam ptx-nvcc (seam: the kernel declarations, per-kernel
+# bench torch ncu gemm gemm-sweep gemm-full gemm-bf16 gemm-bf16-bench bf16 seam ptx-nvcc swiglu (seam: the kernel declarations, per-kernel
 # faults, device options and the graph's fused route, about 2 minutes; ptx-nvcc: which PTX modules the
 # host's nvcc compiles to other code; gemm: the GEMM kernels' tests, sanitizers, bench and the PyTorch
 # baseline, under 3 minutes; gemm-sweep: every tile configuration timed, GEMM_SWEEP=name,... limits it,
@@ -105,6 +105,53 @@ for stage in "$@"; do
       else
         echo "HF parity with -device cuda NOT run: build .devbin/mixtral-layer with -tags expertrt_cuda"
       fi
+      ;;
+    swiglu)
+      # The SwiGLU epilogue fused into the gate/up grouped GEMM (gemm_swiglu, issue 8 item 5): its tests on
+      # every configuration (fp32 SIMT, TF32, fp64) and the layer with Config.FusedSwiGLU against the
+      # unfused layer (fp32, fp64, mixed bf16), memcheck and racecheck on the short kernel tests, then the
+      # measurement that decides the default: the unfused ops (two grouped products + SwiGLU) against the
+      # fused launch, and layer, layer-bwd, train-step with the switch off and on, at T=4096 and 16384
+      # (H=1024, F=3584, E=8, k=2), fp32 and bf16. About 2.5 minutes.
+      W="$OUT/swiglu"; mkdir -p "$W"; : > "$W/ops.jsonl"; : > "$W/layer.jsonl"
+      timeout 240 $T -test.run 'TestCUDAGroupedSwiGLU|TestCUDASwiGLUFusedLayer' -test.v -test.count=1 2>&1 | tee "$W/tests.log" | grep -E '^(--- |ok|PASS|FAIL)|^    --- FAIL|panic|_test.go:[0-9]+: .*(differ|want|fault)' | grep -v 'h differs from the unfused SwiGLU in 0 of' | tail -30
+      timeout 200 compute-sanitizer --tool memcheck --leak-check no $T -test.run 'TestCUDAGroupedSwiGLU$/float32/tf32=(false|true)/auto|TestCUDAGroupedSwiGLU$/float64/tf32=false/auto|TestCUDAGroupedSwiGLUValidation' -test.short 2>&1 | tee "$W/memcheck.log" | grep -E 'ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -5
+      timeout 200 compute-sanitizer --tool racecheck $T -test.run 'TestCUDAGroupedSwiGLU$/float32/tf32=(false|true)/auto' -test.short 2>&1 | tee "$W/racecheck.log" | grep -E 'RACECHECK SUMMARY|ERROR SUMMARY|^(ok|PASS|FAIL)|--- FAIL' | tail -5
+      SW="-hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json"
+      for dt in float32 bfloat16; do
+        for tok in 4096 16384; do
+          timeout 60 $B -device cuda -op swiglu-ffn,swiglu-ffn-fused -dtype $dt -tokens $tok $SW >> "$W/ops.jsonl" 2>> "$W/bench.err" || echo "swiglu ops bench failed ($dt, T=$tok): $(tail -2 "$W/bench.err")"
+          for fused in 0 1; do
+            EXPERTRT_FUSED_SWIGLU=$fused timeout 90 $B -device cuda -op layer,layer-bwd,train-step -dtype $dt -tokens $tok -kernel-reps 2 $SW >> "$W/layer.jsonl" 2>> "$W/bench.err" || echo "layer bench failed ($dt, T=$tok, fused=$fused): $(tail -2 "$W/bench.err")"
+          done
+        done
+      done
+      python3 - "$W" <<'PY' 2>&1 | tee "$W/summary.txt"
+import sys, os
+sys.path.insert(0, "bench")
+from jsonrows import rows
+w = sys.argv[1]
+ops = {}
+for r in rows(os.path.join(w, "ops.jsonl")):
+    ops[(r.get("dtype"), r.get("tokens"), r.get("op"))] = r
+print("gate+up+SwiGLU, ms (median): unfused (2 grouped GEMMs + swiglu) vs fused (1 launch)")
+for (dt, tok, op), r in sorted(ops.items()):
+    if op != "swiglu-ffn":
+        continue
+    f = ops.get((dt, tok, "swiglu-ffn-fused"))
+    a = r.get("median_ms"); b = f.get("median_ms") if f else None
+    print(f"  {dt:9s} T={tok:6d}  unfused {a:8.3f}  fused {b if b is None else round(b, 3)!s:>8s}  speedup {a / b if b else float('nan'):.3f}")
+lay = {}
+for r in rows(os.path.join(w, "layer.jsonl")):
+    lay[(r.get("dtype"), r.get("tokens"), r.get("op"), bool(r.get("fused_swiglu")))] = r
+print("layer ops, ms (median): switch off vs on")
+for (dt, tok, op, fused), r in sorted(lay.items()):
+    if fused:
+        continue
+    f = lay.get((dt, tok, op, True))
+    a = r.get("median_ms"); b = f.get("median_ms") if f else None
+    print(f"  {dt:9s} T={tok:6d} {op:10s}  off {a:8.3f}  on {b if b is None else round(b, 3)!s:>8s}  speedup {a / b if b else float('nan'):.3f}")
+PY
       ;;
     layer)
       # Whole-layer benchmarks (issue 7): layer, layer-bwd, train-step of the moe layer graph at T=4096 and

@@ -110,10 +110,11 @@ func fusedLayerValues(t *testing.T, b ops.Backend, c fusedCase, fused bool) (flo
 var fusedValueNames = []string{"output", "d/dx", "d/dRouter", "d/dW1", "d/dW3", "d/dW2"}
 
 // checkFusedSwiGLULayer: the layer with Config.FusedSwiGLU gives the unfused layer's cost, output and
-// every gradient on b; bitwise (tol 0) or within a normwise relative tol.
-func checkFusedSwiGLULayer(t *testing.T, b ops.Backend, tol float64, cases []fusedCase) {
+// every gradient on b; bitwise (tol 0) or within a normwise relative tol(dtype).
+func checkFusedSwiGLULayer(t *testing.T, b ops.Backend, tolOf func(tensor.Dtype) float64, cases []fusedCase) {
 	for _, c := range cases {
 		t.Run(c.String(), func(t *testing.T) {
+			tol := tolOf(c.dt)
 			c0, v0 := fusedLayerValues(t, b, c, false)
 			c1, v1 := fusedLayerValues(t, b, c, true)
 			if len(v0) != len(fusedValueNames) || len(v1) != len(v0) {
@@ -161,11 +162,13 @@ var fusedCPUCases = []fusedCase{
 // layer's values and gradients are the unfused layer's bit for bit: the op's graph plumbing (the kept
 // products, the gradient built from the unfused ops, dropped rows, bfloat16 weight casts) is exact.
 func TestFusedSwiGLULayerCPU(t *testing.T) {
-	checkFusedSwiGLULayer(t, ops.CPU(), 0, fusedCPUCases)
+	checkFusedSwiGLULayer(t, ops.CPU(), bitwise, fusedCPUCases)
 }
 
 // TestFusedSwiGLULayerSim: the same on the simulated device, which has no fused kernel (the op's
 // fallback: GroupedMatMul twice and SwiGLU through the device boundary).
 func TestFusedSwiGLULayerSim(t *testing.T) {
-	checkFusedSwiGLULayer(t, simBackend(t), 0, fusedCPUCases[:3])
+	checkFusedSwiGLULayer(t, simBackend(t), bitwise, fusedCPUCases[:3])
 }
+
+func bitwise(tensor.Dtype) float64 { return 0 }
