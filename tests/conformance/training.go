@@ -18,6 +18,7 @@ func (e *env) testTraining(t *testing.T) {
 	t.Run("MSELoss", e.testMSE)
 	t.Run("SoftmaxCrossEntropy", e.testCrossEntropy)
 	t.Run("SwiGLU", e.testSwiGLU)
+	t.Run("GroupedSwiGLU", e.testGroupedSwiGLU)
 	t.Run("GradNormScale", e.testGradNormScale)
 	t.Run("AdamStep", e.testAdam)
 	t.Run("SGDStep", e.testSGD)
