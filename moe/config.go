@@ -48,7 +48,8 @@ type Config struct {
 	// (cudaops: one grouped GEMM launch with the activation in its epilogue, instead of two launches
 	// and an elementwise pass) instead of two ops.GroupedMatMul and ops.SwiGLU. Values and gradients
 	// are the same bit for bit; only the speed differs (measure it: bench -op layer with
-	// EXPERTRT_FUSED_SWIGLU=1).
+	// EXPERTRT_FUSED_SWIGLU=1). The expert-parallel layer (package moe/ep) runs its local experts
+	// unfused whatever this says.
 	FusedSwiGLU bool
 	// Backend holds the layer's parameters: nil or ops.CPU() keeps them in host memory; a device backend
 	// (e.g. ops.LookupBackend("cuda")) gets copies of the host weights (FromHost) when the
