@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -172,3 +173,43 @@ func TestFusedSwiGLULayerSim(t *testing.T) {
 }
 
 func bitwise(tensor.Dtype) float64 { return 0 }
+
+// TestGroupedSwiGLUBuilderValidation: the builder's errors wrap the sentinels and never panic.
+func TestGroupedSwiGLUBuilderValidation(t *testing.T) {
+	const T, E, K, H, F = 4, 5, 2, 3, 6
+	g := G.NewGraph()
+	f64, f32 := tensor.Float64, tensor.Float32
+	r, err := ops.Route(mat(g, f64, "logits", T, E), ops.RouteConfig{K: K, Scoring: ops.SoftmaxTopK})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := mat(g, f64, "x", T*K, H)
+	w := mat(g, f64, "w1", E, H, F)
+	for _, c := range []struct {
+		name      string
+		x, w1, w3 *G.Node
+		r         *ops.Routing
+		want      error
+	}{
+		{"no routing", x, w, w, nil, ops.ErrConfig},
+		{"nil x", nil, w, w, r, ops.ErrShape},
+		{"x rank", mat(g, f64, "x1", T*K), w, w, r, ops.ErrShape},
+		{"x rows", mat(g, f64, "x2", T, H), w, w, r, ops.ErrShape},
+		{"w1 experts", x, mat(g, f64, "w1b", E+1, H, F), mat(g, f64, "w3b", E+1, H, F), r, ops.ErrShape},
+		{"w1 in", x, mat(g, f64, "w1c", E, H+1, F), mat(g, f64, "w3c", E, H+1, F), r, ops.ErrShape},
+		{"w3 shape", x, w, mat(g, f64, "w3d", E, H, F+1), r, ops.ErrShape},
+		{"w3 dtype", x, w, mat(g, f32, "w3e", E, H, F), r, ops.ErrDtype},
+		{"int x", mat(g, tensor.Int32, "x3", T*K, H), w, w, r, ops.ErrDtype},
+	} {
+		err := noPanic(t, c.name, func() error {
+			_, err := ops.GroupedSwiGLU(c.x, c.w1, c.w3, c.r)
+			return err
+		})
+		if !errors.Is(err, c.want) {
+			t.Errorf("%s: got %v, want %v", c.name, err, c.want)
+		}
+	}
+	if _, err := ops.GroupedSwiGLU(x, w, mat(g, f64, "w3", E, H, F), r); err != nil {
+		t.Errorf("valid operands: %v", err)
+	}
+}
