@@ -304,8 +304,8 @@ GEMM_DEV void load_b_swiglu(T* sB, const TileJob<T, TC>& j, int k0, int tid) {
                                                               j.kLen - k0, cLim, tid);
         }
 }
-// silu(g)·u with the arithmetic of the unfused SwiGLU kernels (elementwise.cu, bf16.cu), so that a fused
-// h equals the unfused one bit for bit where the products do.
+// silu(g)·u, the expression of the unfused SwiGLU kernels (elementwise.cu, bf16.cu): a fused h is the
+// unfused one to the last bit (the GPU tests count the elements that differ in it).
 GEMM_DEV float swiglu_h(float g, float u) { return g * (1.0f / (1.0f + expf(-g))) * u; }
 GEMM_DEV double swiglu_h(double g, double u) { return g * (1.0 / (1.0 + exp(-g))) * u; }
 // The value an accumulator has once stored as TC: bfloat16 products are rounded before the activation,

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "9147c3d465587d07c1561816efef621ee210fea8fb1a575b52d2138352404ebe"
+const sourceHash = "a660d0c8fa1cfbd4fd559d9dc84a1f01349fb772f8d17c183c96647eb1eaaef2"
