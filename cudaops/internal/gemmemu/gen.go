@@ -1,6 +1,7 @@
 //go:build ignore
 
-// gen writes one C++ translation unit per line of ../../gemm.variants (v_<name>.cc): the line's -D
+// gen writes one C++ translation unit per line of ../../gemm.variants (v_<name>.cc), except the Hopper
+// wgmma lines (-DGEMM_WGMMA=1, GPU-only), with the line's -D
 // flags as #defines, then ../../gemm.cu inside a namespace of its own, so that every configuration is
 // compiled for the emulator exactly as gen-ptx.sh compiles it for the GPU. Run: go generate (in this
 // directory, build tag expertrt_gemmemu) after editing gemm.variants.
@@ -13,6 +14,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -50,6 +52,9 @@ func main() {
 			continue
 		}
 		f := strings.Fields(line)
+		if slices.Contains(f[2:], "-DGEMM_WGMMA=1") {
+			continue // Hopper wgmma tiles: GPU-only (no emulation of warpgroup MMA; see emu_test.go)
+		}
 		if err := os.WriteFile("v_"+f[0]+".cc", []byte(unit(f[0], f[2:], sum)), 0o644); err != nil {
 			log.Fatal(err)
 		}

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "29e4a10991df0d72f4aa7b34e0b1f62e3403e08d137ccf3f2a51482a4938e451"
+const sourceHash = "d8ec29aea94f61a4e764aaf88ea7b86f7cb773e3763402c92c3050565c4cc589"
