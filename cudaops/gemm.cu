@@ -95,21 +95,22 @@ extern __shared__ __align__(16) unsigned char gemm_smem[];
 // CPU emulation (internal/gemmemu): the same entries as host functions, registered by name.
 #define GEMM_KERNEL(NAME, AT, BT, VEC, TC) GEMM_EMU_KERNEL(NAME, AT, BT, VEC, TC)
 #define GEMM_REDUCE(NAME, TW, TC) GEMM_EMU_REDUCE(NAME, TW, TC)
-GEMM_EMU_CONFIG(GemmNN::NT, GemmNN::SMEM, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES, (int)sizeof(GEMM_T), GEMM_TF32)
+GEMM_EMU_CONFIG(GemmNN::NT, GemmNN::SMEM, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES, (int)sizeof(GEMM_T), GEMM_TF32 + GEMM_WGMMA)
 #endif
 
 #if GEMM_WGMMA
-#ifdef GEMM_EMU
-#error "wgmma modules run on the GPU only (internal/gemmemu skips GEMM_WGMMA lines)"
-#endif
 GEMM_KERNEL(gemm_nt_v16, false, true, true, GEMM_T)
 GEMM_REDUCE(gemm_reduce, GEMM_T, GEMM_T)
+#ifndef GEMM_EMU
 extern "C" __global__ void __launch_bounds__(256) gemm_transpose(const void* in, void* out, int R, int C, long long ldo,
                                                                  long long strideIn, long long strideOut) {
     __shared__ float t[32][33];
     gemm_transpose_body(static_cast<const float*>(in), static_cast<float*>(out), R, C, ldo, strideIn, strideOut,
                         blockIdx.x, threadIdx.x, t);
 }
+#else
+GEMM_EMU_TRANSPOSE(gemm_transpose)
+#endif
 #else
 
 GEMM_KERNEL(gemm_nn, false, false, false, GEMM_T)

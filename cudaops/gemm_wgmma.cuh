@@ -19,6 +19,10 @@
 // overwrites the stage of tile kt-2, whose wgmma groups every warpgroup has waited for (wait_group 1
 // after issuing tile kt-1) before the barrier.
 //
+// CPU emulation (internal/gemmemu): wgmma groups execute when waited for (the latest point the PTX
+// allows), reading shared memory through the descriptors with the 128-byte swizzle of the shared-window
+// address; the dynamic shared memory starts at an address that is not 1024-aligned there too.
+//
 // Segment starts that are not 4-aligned (grouped reductions over transposed operands, where a segment is
 // a k-range starting anywhere): the tile reads from the aligned-down address, lead = 0..3 elements
 // early, and zeroes those leading elements of A and B in shared memory (tile 0 only) before the fence;
@@ -26,12 +30,15 @@
 // src-size. Deterministic: each output element is the tensor core's fixed-order accumulation over k.
 #pragma once
 
-#ifndef GEMM_EMU
 GEMM_DEV unsigned long long wg_desc(unsigned saddr) {
     // start address >> 4 (bits 0-13), LBO 1 (16 bytes; unused by swizzled K-major layouts), SBO 1024
     // bytes >> 4 = 64 (bits 32-45: 8-row groups), layout 1 = 128-byte swizzle (bits 62-63).
     return (unsigned long long)((saddr >> 4) & 0x3FFF) | (1ull << 16) | (64ull << 32) | (1ull << 62);
 }
+
+// Device primitives (the emulator's are in internal/gemmemu/emu.h: wgmma there reads shared memory
+// through the same descriptors and swizzle when the group is waited for).
+#ifndef GEMM_EMU
 GEMM_DEV void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 GEMM_DEV void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N> GEMM_DEV void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }

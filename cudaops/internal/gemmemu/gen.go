@@ -1,7 +1,6 @@
 //go:build ignore
 
-// gen writes one C++ translation unit per line of ../../gemm.variants (v_<name>.cc), except the Hopper
-// wgmma lines (-DGEMM_WGMMA=1, GPU-only), with the line's -D
+// gen writes one C++ translation unit per line of ../../gemm.variants (v_<name>.cc): the line's -D
 // flags as #defines, then ../../gemm.cu inside a namespace of its own, so that every configuration is
 // compiled for the emulator exactly as gen-ptx.sh compiles it for the GPU. Run: go generate (in this
 // directory, build tag expertrt_gemmemu) after editing gemm.variants.
@@ -14,14 +13,13 @@ import (
 	"log"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 )
 
 // sources are the files the emulated kernels are compiled from. Go's build cache does not see them
 // (they are outside this package), so their hash goes into the generated files: editing a kernel then
 // changes what go generate writes, and the tests fail until it has been run.
-var sources = []string{"../../gemm.cu", "../../gemm.cuh", "../../gemm.variants", "emu.h", "emu.cc"}
+var sources = []string{"../../gemm.cu", "../../gemm.cuh", "../../gemm_wgmma.cuh", "../../gemm.variants", "emu.h", "emu.cc"}
 
 func main() {
 	src, err := os.ReadFile("../../gemm.variants")
@@ -52,9 +50,6 @@ func main() {
 			continue
 		}
 		f := strings.Fields(line)
-		if slices.Contains(f[2:], "-DGEMM_WGMMA=1") {
-			continue // Hopper wgmma tiles: GPU-only (no emulation of warpgroup MMA; see emu_test.go)
-		}
 		if err := os.WriteFile("v_"+f[0]+".cc", []byte(unit(f[0], f[2:], sum)), 0o644); err != nil {
 			log.Fatal(err)
 		}

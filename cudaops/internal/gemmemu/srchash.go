@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "d8ec29aea94f61a4e764aaf88ea7b86f7cb773e3763402c92c3050565c4cc589"
+const sourceHash = "506daa11d32bb7c1b1cd33370e2aac29f7722903fd52f9aa8c057f0528fad8d7"

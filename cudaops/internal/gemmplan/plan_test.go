@@ -398,6 +398,20 @@ func TestPlanWGMMA(t *testing.T) {
 	if pl, _ := Make(Problem{Mode: GroupRows, N: 3584, K: 1024, E: 8, Rows: 8192, A: A, B: B, C: C}, sm90, Options{}, vs); pl.Variant.WG {
 		t.Errorf("float32 without TF32 planned on %s", pl.Variant.Name)
 	}
+	// At the Mixtral expert shape the planner's own TF32 choice on sm_90a is a wgmma tile for all three
+	// grouped products and the dense one (their eff outweighs the copies).
+	for _, p := range []Problem{
+		{Mode: GroupRows, N: 3584, K: 1024, E: 8, Rows: 8192},
+		{Mode: GroupRows, N: 1024, K: 3584, E: 8, Rows: 8192, TransB: true},
+		{Mode: GroupRed, M: 1024, N: 3584, E: 8, Rows: 8192, TransA: true},
+		{Mode: Dense, M: 4096, N: 3584, K: 1024},
+	} {
+		p.A, p.B, p.C = A, B, C
+		pl, err := Make(p, sm90, Options{TF32: true}, vs)
+		if err != nil || !pl.Variant.WG {
+			t.Errorf("%+v: planned %s (%v), want a wgmma tile", p, pl.Variant.Name, err)
+		}
+	}
 	cases := []struct {
 		p      Problem
 		wg     bool
