@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "506daa11d32bb7c1b1cd33370e2aac29f7722903fd52f9aa8c057f0528fad8d7"
+const sourceHash = "549079381a50e9a08eec0c9c89f18b931c62fde437277c74d3001b00c3fb2368"
