@@ -251,20 +251,20 @@ PY
         timeout 60 ptxas -arch=sm_90a -O3 -v -o "$X/$n.cubin" "$X/$n.ptx" > "$X/$n.ptxas.log" 2>&1
         echo "ptxas $n: exit $?"; grep -Ei 'registers|spill|warn|error' "$X/$n.ptxas.log" | head -12
       done
-      timeout 150 $T -test.run 'TestCUDAGemmWGMMA|TestCUDAGemmTF32' -test.short -test.v -test.count=1 > "$X/tests.log" 2>&1
+      timeout 120 $T -test.run 'TestCUDAGemmWGMMA|TestCUDAGemmTF32' -test.short -test.v -test.count=1 > "$X/tests.log" 2>&1
       echo "wgmma tests: exit $? ($(grep -c -- '--- FAIL' "$X/tests.log") failed (sub)tests)"
       grep -E -- '--- (FAIL|PASS|SKIP)|^(ok|FAIL|PASS)|gemm-accuracy|panic' "$X/tests.log" | head -24
       grep -E '_test.go:[0-9]+' "$X/tests.log" | head -12
       WG1=$(grep -o '^wg_[^ ]*' cudaops/gemm.variants | head -1)
       for tool in memcheck racecheck synccheck; do
         extra=""; [ $tool = memcheck ] && extra="--leak-check no"
-        timeout 60 compute-sanitizer --tool $tool $extra $T -test.run "TestCUDAGemmWGMMA\$/^$WG1\$" -test.short > "$X/$tool.log" 2>&1
+        timeout 40 compute-sanitizer --tool $tool $extra $T -test.run "TestCUDAGemmWGMMA\$/^$WG1\$" -test.short > "$X/$tool.log" 2>&1
         echo "$tool: exit $? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$X/$tool.log" | sort | uniq -c | tr '\n' ' ')"
       done
       WGS=$(grep -o '^wg_[^ ]*' cudaops/gemm.variants | tr '\n' ',')tf32_128x128x16_w4_s4
       EXPERTRT_GEMM_TF32=1 timeout 60 $B -device cuda -gemm-variants "$WGS" -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w,matmul-dense -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json > "$X/sweep.jsonl" || echo "wgmma sweep failed"
       EXPERTRT_GEMM_TF32=1 timeout 40 $B -device cuda -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w,matmul-dense -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json > "$X/auto.jsonl" || echo "wgmma auto bench failed"
-      timeout 90 python3 bench/pytorch_gemm.py --quick --reps 10 --warmup 2 --json "$X/torch.json" > "$X/torch.log" 2>&1 || echo "torch baseline failed: $(tail -2 "$X/torch.log")"
+      timeout 60 python3 bench/pytorch_gemm.py --quick --reps 10 --warmup 2 --json "$X/torch.json" > "$X/torch.log" 2>&1 || echo "torch baseline failed: $(tail -2 "$X/torch.log")"
       python3 - "$X" <<'PY'
 import sys
 x = sys.argv[1]
