@@ -559,21 +559,30 @@ func TestAuto(t *testing.T) {
 // offsets[E] < rows is valid (the "capacity" cases of TestKernels).
 func TestBadOffsets(t *testing.T) {
 	vs := variants(t)
+	opts := []gemmplan.Options{{Force: vs[0].Name}}
+	for _, v := range vs {
+		if v.WG { // a wgmma tile too (its grouped reductions read transposed copies, segments as k-ranges)
+			opts = append(opts, gemmplan.Options{Force: v.Name, TF32: true})
+			break
+		}
+	}
 	rng := rand.New(rand.NewSource(3))
 	for _, off := range [][]int32{{0, 50, 20, 60}, {0, 10, 30, 70}, {5, 10, 20, 60}, {-3, 10, 20, 60}, {0, 10, 20, 1 << 30}} {
 		for _, mode := range []gemmplan.Mode{gemmplan.GroupRows, gemmplan.GroupRed} {
 			p := problem{Problem: gemmplan.Problem{Mode: mode, E: 3, Rows: 60, K: 12, N: 10, M: 12, TransA: mode == gemmplan.GroupRed}, offsets: off}
 			na, nb, nc := p.sizes()
 			a, b := randVals(rng, na, p), randVals(rng, nb, p)
-			r, _ := run(t, p, a, b, gemmplan.Options{Force: vs[0].Name}, Mode{Seed: 1})
-			if r.fault != 32 {
-				t.Errorf("%v offsets %v: fault word %d, want 32 (GEMM_FAULT_OFFSETS)", mode, off, r.fault)
-			}
-			for i, v := range r.c {
-				inside := i >= guard && i < guard+nc
-				if !inside && !math.IsNaN(v) {
-					t.Errorf("%v offsets %v: guard %d written", mode, off, i)
-					break
+			for _, opt := range opts {
+				r, pl := run(t, p, a, b, opt, Mode{Seed: 1})
+				if r.fault != 32 {
+					t.Errorf("%s %v offsets %v: fault word %d, want 32 (GEMM_FAULT_OFFSETS)", pl.Variant.Name, mode, off, r.fault)
+				}
+				for i, v := range r.c {
+					inside := i >= guard && i < guard+nc
+					if !inside && !math.IsNaN(v) {
+						t.Errorf("%s %v offsets %v: guard %d written", pl.Variant.Name, mode, off, i)
+						break
+					}
 				}
 			}
 		}
@@ -584,7 +593,7 @@ func TestBadOffsets(t *testing.T) {
 // into the translation units, which is what makes Go rebuild them) and matches gemm.variants.
 func TestGenerated(t *testing.T) {
 	h := sha256.New()
-	for _, f := range []string{"../../gemm.cu", "../../gemm.cuh", "../../gemm.variants", "emu.h", "emu.cc"} {
+	for _, f := range []string{"../../gemm.cu", "../../gemm.cuh", "../../gemm_wgmma.cuh", "../../gemm.variants", "emu.h", "emu.cc"} {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
