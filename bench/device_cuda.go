@@ -70,7 +70,9 @@ func (c cudaDevice) GemmVariantNames(dt tensor.Dtype) ([]string, error) {
 	bf := dt == ops.BFloat16
 	var names []string
 	for _, v := range vs {
-		if v.BF16 == bf && v.Double == (dt == tensor.Float64) && v.TF32 == tf32 {
+		// wgmma configurations run only on compute capability 9.0; elsewhere forcing one would time the
+		// planner's choice under its name.
+		if v.BF16 == bf && v.Double == (dt == tensor.Float64) && v.TF32 == tf32 && (!v.WGMMA || c.d.GemmWGMMA()) {
 			names = append(names, v.Name)
 		}
 	}

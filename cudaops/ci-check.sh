@@ -18,6 +18,11 @@ go test -c -tags expertrt_cuda -o "$tmp/tests.test" ./tests
 go test -c -tags expertrt_cuda -o "$tmp/bench.test" ./bench
 echo "== bf16.cu emulated on the CPU against the CPU reference (go test -tags expertrt_bf16emu)"
 go test -tags expertrt_bf16emu ./cudaops/internal/bf16emu
+echo "== Hopper wgmma GEMM variants ($(grep -c -- '-DGEMM_WGMMA=1' cudaops/gemm.variants) lines of gemm.variants): sm_90a PTX that nothing on this host"
+echo "   assembles or runs; their PTX header, kernel declarations and planned launches are checked by go test"
+echo "   ./cudaops/... (above), their sources by the hash and regeneration below; the GEMM emulator"
+echo "   (expertrt_gemmemu, not part of CI) runs them on a model of wgmma that shares the kernel's reading of"
+echo "   the descriptors; the hardware's by TestCUDAGemmWGMMA on a compute capability 9.0 GPU (gpu-check.sh gemm-wgmma)"
 echo "== PTX is up to date (nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'))"
 # The committed PTX must come from the current sources (sources.sha256, whatever nvcc compiled it) and
 # hold the code this nvcc generates from them; nvcc's banner comment is not compared (ptx-diff.sh). A

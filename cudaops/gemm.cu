@@ -19,9 +19,19 @@
 // bfloat16 modules (GEMM_BF16): the kernels above write C in bfloat16 (rounded once); gemm_xx_f32 and
 // gemm_xx_v16_f32 write C in float32 (also the split-K partials), and gemm_reduce_f32 sums float32
 // partials into a float32 C (gemm_reduce: into bfloat16).
+// Hopper wgmma modules (GEMM_WGMMA, TF32 only, sm_90a PTX: gemm_wgmma.cuh) have only gemm_nt_v16 (both
+// operands K-major, 16-byte aligned rows), gemm_reduce, and gemm_transpose(in, out, R, C, ldo, strideIn,
+// strideOut), which makes the K-major copies of other layouts (grid: see gemm_transpose_body).
 // And gemm_config[8] = {threads, dynamic shared bytes, BM, BN, BK, stages, element bytes, tf32}, which
-// the loader compares with its own reading of gemm.variants before launching anything.
+// the loader compares with its own reading of gemm.variants before launching anything (tf32: 0, 1 for
+// mma.sync, 2 for wgmma).
 #include "gemm.cuh"
+#ifndef GEMM_WGMMA  // Hopper warpgroup MMA tile (TF32; sm_90a PTX, see gen-ptx.sh)
+#define GEMM_WGMMA 0
+#endif
+#if GEMM_WGMMA
+#include "gemm_wgmma.cuh"
+#endif
 
 #if !defined(GEMM_T) || !defined(GEMM_BM) || !defined(GEMM_BN) || !defined(GEMM_BK) || !defined(GEMM_WARPS_M) || \
     !defined(GEMM_WARPS_N) || !defined(GEMM_STAGES) || !defined(GEMM_MINB) || !defined(GEMM_TF32)
@@ -40,7 +50,9 @@
 
 // TC: C's element type (bfloat16 modules: bf16 or float; else GEMM_T).
 template <bool AT, bool BT, bool VEC, typename TC = GEMM_T> struct GemmCfg {
-#if GEMM_BF16
+#if GEMM_WGMMA
+    typedef WgTile<GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_STAGES> type;
+#elif GEMM_BF16
     typedef Bf16Tile<GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_STAGES, AT, BT, VEC, TC> type;
 #elif GEMM_TF32
     typedef Tf32Tile<GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_STAGES, AT, BT, VEC> type;
@@ -51,6 +63,9 @@ template <bool AT, bool BT, bool VEC, typename TC = GEMM_T> struct GemmCfg {
 typedef GemmCfg<false, false, false>::type GemmNN;
 #if GEMM_TF32
 static_assert(sizeof(GEMM_T) == 4, "TF32 tiles take float operands");
+#endif
+#if GEMM_WGMMA
+static_assert(GEMM_TF32 && !GEMM_BF16 && !GEMM_KC, "wgmma modules are TF32 modules");
 #endif
 #if GEMM_BF16
 static_assert(sizeof(GEMM_T) == 2 && !GEMM_TF32, "bfloat16 modules take bf16 operands");
@@ -64,7 +79,7 @@ static_assert(sizeof(GEMM_T) == 2 && !GEMM_TF32, "bfloat16 modules take bf16 ope
     { A, B, C, W, offsets, fault, lda, ldb, ldcR, ldcC, strideB, strideC, M, N, K, E, rows, mode, splits, kChunk, mTiles, nTiles, flags }
 
 #ifndef GEMM_EMU
-extern "C" __device__ int gemm_config[8] = {GemmNN::NT, GemmNN::SMEM, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES, (int)sizeof(GEMM_T), GEMM_TF32};
+extern "C" __device__ int gemm_config[8] = {GemmNN::NT, GemmNN::SMEM, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES, (int)sizeof(GEMM_T), GEMM_TF32 + GEMM_WGMMA};
 
 extern __shared__ __align__(16) unsigned char gemm_smem[];
 
@@ -94,8 +109,23 @@ extern __shared__ __align__(16) unsigned char gemm_smem[];
 #define GEMM_KERNEL(NAME, AT, BT, VEC, TC) GEMM_EMU_KERNEL(NAME, AT, BT, VEC, TC)
 #define GEMM_SWIGLU_KERNEL(NAME, VEC) GEMM_EMU_SWIGLU_KERNEL(NAME, VEC)
 #define GEMM_REDUCE(NAME, TW, TC) GEMM_EMU_REDUCE(NAME, TW, TC)
-GEMM_EMU_CONFIG(GemmNN::NT, GemmNN::SMEM, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES, (int)sizeof(GEMM_T), GEMM_TF32)
+GEMM_EMU_CONFIG(GemmNN::NT, GemmNN::SMEM, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES, (int)sizeof(GEMM_T), GEMM_TF32 + GEMM_WGMMA)
 #endif
+
+#if GEMM_WGMMA
+GEMM_KERNEL(gemm_nt_v16, false, true, true, GEMM_T)
+GEMM_REDUCE(gemm_reduce, GEMM_T, GEMM_T)
+#ifndef GEMM_EMU
+extern "C" __global__ void __launch_bounds__(256) gemm_transpose(const void* in, void* out, int R, int C, long long ldo,
+                                                                 long long strideIn, long long strideOut) {
+    __shared__ float t[32][33];
+    gemm_transpose_body(static_cast<const float*>(in), static_cast<float*>(out), R, C, ldo, strideIn, strideOut,
+                        blockIdx.x, threadIdx.x, t);
+}
+#else
+GEMM_EMU_TRANSPOSE(gemm_transpose)
+#endif
+#else
 
 GEMM_KERNEL(gemm_nn, false, false, false, GEMM_T)
 GEMM_KERNEL(gemm_nt, false, true, false, GEMM_T)
@@ -121,3 +151,4 @@ GEMM_REDUCE(gemm_reduce_f32, float, float)
 #else
 GEMM_REDUCE(gemm_reduce, GEMM_T, GEMM_T)
 #endif
+#endif  // GEMM_WGMMA

@@ -1016,8 +1016,9 @@ template <int NT> GEMM_DEV int expert_by_rank(const GemmArgs& p, int rank, int* 
     return found[0];
 }
 
-// Runs the output tile of this CTA. Tile is SimtTile<...>, Tf32Tile<...> or Bf16Tile<...>. SW: a SwiGLU
-// product (GROUP_ROWS, A stored [Rows,K], W1 and W3 stored [E,K,N]; N counts features, BN/2 per tile).
+// Runs the output tile of this CTA. Tile is SimtTile<...>, Tf32Tile<...>, Bf16Tile<...> or WgTile<...>
+// (gemm_wgmma.cuh). SW: a SwiGLU product (GROUP_ROWS, A stored [Rows,K], W1 and W3 stored [E,K,N]; N
+// counts features, BN/2 per tile).
 template <class Tile, bool AT, bool BT, bool SW = false>
 GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int tid) {
     typedef typename Tile::elem T;
@@ -1063,18 +1064,17 @@ GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int ti
         aRow = (long long)lo * p.lda;
         cOff = (long long)lo * p.ldcR;
         bRow = (long long)e * p.strideB;
-    } else {  // GEMM_GROUP_RED: A layout t and B layout n over the segment's rows; C per expert
+    } else {  // GEMM_GROUP_RED: the reduction over the segment's rows (k = row); C per expert. A layout t
+              // and B layout n (x, dY), or, for the wgmma tile, their transposed copies (layouts n, t)
         if (bid == 0) gemm_check_offsets<Tile::NT>(p, tid);
         const int per = p.mTiles * p.nTiles;
         const int e = expert_by_rank<Tile::NT>(p, bid / per, sched, found, tid);
         const int r = bid % per;
         mt = r / p.nTiles;
         nt = r % p.nTiles;
-        int lo, len;
-        segment(p, e, &lo, &len);
+        int len;
+        segment(p, e, &kBegin, &len);
         j.kLen = len;
-        aRow = (long long)lo * p.lda;
-        bRow = (long long)lo * p.ldb;
         cOff = (long long)e * p.strideC;
     }
     const int m0 = mt * Tile::BM, n0 = nt * (SW ? Tile::BN / 2 : Tile::BN);

@@ -57,7 +57,10 @@ func (d *Device) gemmLocked() (*gemmState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cudaops: reading the opt-in shared memory limit: %w", err)
 	}
-	d.gemm = &gemmState{variants: vs, target: gemmplan.Target{SMs: d.sms, MaxSmem: max(optin, d.maxSmem)}, mods: map[string]*gemmModule{}}
+	// The wgmma modules are sm_90a PTX: the driver compiles them for compute capability 9.0 only, so
+	// the planner considers them only there (elsewhere the mma.sync TF32 tiles run).
+	sm90a := d.ccMajor == 9 && d.ccMinor == 0
+	d.gemm = &gemmState{variants: vs, target: gemmplan.Target{SMs: d.sms, MaxSmem: max(optin, d.maxSmem), SM90a: sm90a}, mods: map[string]*gemmModule{}}
 	return d.gemm, nil
 }
 
@@ -65,10 +68,11 @@ func (d *Device) gemmLocked() (*gemmState, error) {
 type GemmVariant struct {
 	Name string
 	// float64 SIMT, float32 TF32 tensor cores, bfloat16 tensor cores (float32 accumulation), or (none)
-	// float32 SIMT
-	Double, TF32, BF16 bool
-	BM, BN, BK         int // block tile
-	Threads            int
+	// float32 SIMT. WGMMA (with TF32): a Hopper warpgroup-MMA tile, planned only on compute capability
+	// 9.0 devices (GemmWGMMA).
+	Double, TF32, BF16, WGMMA bool
+	BM, BN, BK                int // block tile
+	Threads                   int
 }
 
 // GemmVariants lists the tile configurations of the GEMM kernels (gemm.variants), in preference order
@@ -81,7 +85,7 @@ func (d *Device) GemmVariants() ([]GemmVariant, error) {
 			return err
 		}
 		for _, v := range st.variants {
-			out = append(out, GemmVariant{Name: v.Name, Double: v.Double, TF32: v.TF32, BF16: v.BF16, BM: v.BM, BN: v.BN, BK: v.BK, Threads: v.Threads()})
+			out = append(out, GemmVariant{Name: v.Name, Double: v.Double, TF32: v.TF32, BF16: v.BF16, WGMMA: v.WG, BM: v.BM, BN: v.BN, BK: v.BK, Threads: v.Threads()})
 		}
 		return nil
 	})
@@ -103,6 +107,9 @@ func (d *Device) GemmModuleLoadTimes() map[string]time.Duration {
 	})
 	return out
 }
+
+// GemmWGMMA reports whether this device runs the wgmma GEMM variants (compute capability 9.0, sm_90a).
+func (d *Device) GemmWGMMA() bool { return d.ccMajor == 9 && d.ccMinor == 0 }
 
 // TF32 reports whether float32 products of this handle use the TF32 kernels (Options.TF32).
 func (d *Device) TF32() bool { return d.opts.TF32 }
@@ -134,7 +141,7 @@ func (d *Device) gemmModuleLocked(st *gemmState, v gemmplan.Variant) (*gemmModul
 	if err := checkGemmConfig(string(src), v); err != nil {
 		return nil, err
 	}
-	if err := checkGemmModule(v.Name, v.BF16, string(src)); err != nil {
+	if err := checkGemmModule(v, string(src)); err != nil {
 		return nil, fmt.Errorf("cudaops: GEMM module %s: %w", v.Name, err)
 	}
 	start := time.Now()

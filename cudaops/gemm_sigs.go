@@ -1,5 +1,7 @@
 package cudaops
 
+import "github.com/expertrt/expertrt-go/cudaops/internal/gemmplan"
+
 // gemmKernelSigs declares the kernels of every GEMM module (ptx/gemm/<variant>.ptx.gz, compiled from
 // gemm.cu once per line of gemm.variants), in the syntax of kernelSigs: the fields of GemmArgs
 // (gemm.cuh) in order, and the split-K reduction. The modules are loaded by their own loader (gemm.go),
@@ -21,20 +23,31 @@ gemm_{nn,nt,tn,tt}_v16_f32(A ptr, B ptr, C ptr, W ptr, offsets ptr, fault fault,
 gemm_reduce_f32(W ptr, C ptr, splits i32, M i32, N i32, ldcR i64, ldcC i64, vec i32)
 `
 
-// gemmSigs returns the declarations of a GEMM module's kernels (bf16: a bfloat16 module).
-func gemmSigs(bf16 bool) (sigTable, error) {
+// gemmWGKernelSigs are the kernels of the Hopper wgmma modules (GEMM_WGMMA, gemm_wgmma.cuh): the "nt"
+// product with 16-byte copies, the split-K reduction, and the K-major copies of the other layouts.
+const gemmWGKernelSigs = `
+gemm_nt_v16(A ptr, B ptr, C ptr, W ptr, offsets ptr, fault fault, lda i64, ldb i64, ldcR i64, ldcC i64, strideB i64, strideC i64, M i32, N i32, K i32, E i32, rows i32, mode i32, splits i32, kChunk i32, mTiles i32, nTiles i32, flags i32)
+gemm_reduce(W ptr, C ptr, splits i32, M i32, N i32, ldcR i64, ldcC i64, vec i32)
+gemm_transpose(in ptr, out ptr, R i32, C i32, ldo i64, strideIn i64, strideOut i64)
+`
+
+// gemmSigs returns the declarations of the kernels of variant v's module.
+func gemmSigs(v gemmplan.Variant) (sigTable, error) {
 	text := gemmKernelSigs
-	if bf16 {
+	switch {
+	case v.WG:
+		text = gemmWGKernelSigs
+	case v.BF16:
 		text += gemmBF16KernelSigs
 	}
 	return parseKernelSigs(text)
 }
 
 // checkGemmModule compares the .entry lists of a GEMM module's PTX with the declarations.
-func checkGemmModule(name string, bf16 bool, ptx string) error {
-	sigs, err := gemmSigs(bf16)
+func checkGemmModule(v gemmplan.Variant, ptx string) error {
+	sigs, err := gemmSigs(v)
 	if err != nil {
 		return err
 	}
-	return checkKernelPTX(sigs, map[string]string{"ptx/gemm/" + name + ".ptx.gz": ptx})
+	return checkKernelPTX(sigs, map[string]string{"ptx/gemm/" + v.Name + ".ptx.gz": ptx})
 }

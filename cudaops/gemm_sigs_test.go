@@ -39,7 +39,7 @@ func TestGemmSigsMatchCommittedPTX(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := checkGemmModule(v.Name, v.BF16, string(src)); err != nil {
+		if err := checkGemmModule(v, string(src)); err != nil {
 			t.Errorf("%s: %v", v.Name, err)
 		}
 	}
@@ -50,7 +50,7 @@ func TestGemmSigsMatchCommittedPTX(t *testing.T) {
 // declared parameter.
 func TestGemmLaunchesMatchSigs(t *testing.T) {
 	vs := gemmVariantsFile(t)
-	target := gemmplan.Target{SMs: 132, MaxSmem: 227 << 10}
+	target := gemmplan.Target{SMs: 132, MaxSmem: 227 << 10, SM90a: true} // every variant, wgmma included
 	var probs []gemmplan.Problem
 	for _, kind := range []struct{ double, bf16, outF32 bool }{{false, false, false}, {true, false, false}, {false, true, false}, {false, true, true}} {
 		base := gemmplan.Problem{Double: kind.double, BF16: kind.bf16, OutF32: kind.outF32, A: 256, B: 512, C: 1024, Offsets: 2048, Fault: 4096}
@@ -74,7 +74,7 @@ func TestGemmLaunchesMatchSigs(t *testing.T) {
 		}
 	}
 	for _, v := range vs {
-		sigs, err := gemmSigs(v.BF16)
+		sigs, err := gemmSigs(v)
 		if err != nil {
 			t.Fatal(err)
 		}

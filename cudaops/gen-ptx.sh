@@ -16,8 +16,18 @@ for f in *.cu; do
     rm -rf "${out:?}/$base"
     mkdir -p "$out/$base"
     # One nvcc per configuration, as many at a time as there are CPUs.
+    # Lines with -DGEMM_WGMMA=1 (Hopper warpgroup MMA) are compiled for compute_90 and their PTX header
+    # rewritten to ISA 8.0 / sm_90a, the only target that has wgmma: nvcc 11.8 writes inline asm through
+    # unchecked, so the text step is all it takes (the driver JIT-compiles sm_90a PTX on sm_90 devices
+    # only; the loader loads these modules nowhere else); ptx-sm90a.sh fails the run if nvcc wrote
+    # another header than the one it rewrites.
     grep -v '^[[:space:]]*\(#\|$\)' "$base.variants" | while read -r name _ flags; do
-      echo "nvcc -ptx -arch=compute_80 -std=c++14 -O3 $flags -o '$out/$base/$name.ptx' '$f' && gzip -n -9 -f '$out/$base/$name.ptx'"
+      case " $flags " in
+      *" -DGEMM_WGMMA=1 "*)
+        echo "nvcc -ptx -arch=compute_90 -std=c++14 -O3 $flags -o '$out/$base/$name.ptx' '$f' && bash ptx-sm90a.sh '$out/$base/$name.ptx' && gzip -n -9 -f '$out/$base/$name.ptx'" ;;
+      *)
+        echo "nvcc -ptx -arch=compute_80 -std=c++14 -O3 $flags -o '$out/$base/$name.ptx' '$f' && gzip -n -9 -f '$out/$base/$name.ptx'" ;;
+      esac
     done | xargs -P "$(nproc)" -I{} sh -c '{}'
     n=$(grep -cv '^[[:space:]]*\(#\|$\)' "$base.variants")
     [ "$(ls "$out/$base" | wc -l)" -eq "$n" ] || { echo "gen-ptx: $base: not every variant compiled" >&2; exit 1; }
@@ -26,4 +36,4 @@ for f in *.cu; do
   fi
 done
 # shellcheck disable=SC2012
-ls *.cu *.cuh *.variants gen-ptx.sh | LC_ALL=C sort | xargs sha256sum >"$out/sources.sha256"
+ls *.cu *.cuh *.variants gen-ptx.sh ptx-sm90a.sh | LC_ALL=C sort | xargs sha256sum >"$out/sources.sha256"

@@ -4,13 +4,14 @@
 #   go build -tags expertrt_cuda -o .devbin/bench ./bench
 #   go build -tags expertrt_cuda -o .devbin/mixtral-layer ./examples/mixtral-layer   (stages train and bf16: HF parity)
 # Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck engine train layer policies
-# bench torch ncu gemm gemm-sweep gemm-full gemm-bf16 gemm-bf16-bench bf16 seam ptx-nvcc swiglu (seam: the kernel declarations, per-kernel
+# bench torch ncu gemm gemm-sweep gemm-full gemm-bf16 gemm-bf16-bench gemm-wgmma bf16 seam ptx-nvcc swiglu (seam: the kernel declarations, per-kernel
 # faults, device options and the graph's fused route, about 2 minutes; ptx-nvcc: which PTX modules the
 # host's nvcc compiles to other code; gemm: the GEMM kernels' tests, sanitizers, bench and the PyTorch
 # baseline, under 3 minutes; gemm-sweep: every tile configuration timed, GEMM_SWEEP=name,... limits it,
 # about 1-2 minutes; gemm-full: every GEMM test case on every configuration; gemm-bf16: the bfloat16
 # GEMM tiles' tests and sanitizers, about 2 minutes; gemm-bf16-bench: their sweep and bench against
-# PyTorch bfloat16, about 1.5 minutes; train and layer: the
+# PyTorch bfloat16, about 1.5 minutes; gemm-wgmma: the Hopper wgmma TF32 tiles (ptxas sm_90a, tests,
+# sanitizers, sweep against mma.sync and PyTorch TF32), about 3 minutes; train and layer: the
 # whole-layer training acceptance tests and the whole-layer benchmarks against PyTorch, about 3 minutes
 # together; policies: the routing policies' tests, sanitizers and GPU target, about 3 minutes; bf16: mixed
 # precision, about 2.5 minutes, see the stage).
@@ -286,6 +287,48 @@ PY
         timeout 60 compute-sanitizer --tool $tool $extra $T -test.run 'TestCUDAGemmBF16$/^auto$' -test.short > "$X/$tool.log" 2>&1
         echo "$tool: exit $? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$X/$tool.log" | sort | uniq -c | tr '\n' ' ')"
       done
+      ;;
+    gemm-wgmma)
+      # Hopper wgmma TF32 tiles (gemm_wgmma.cuh; sm_90a PTX, compute capability 9.0 only), about 3
+      # minutes; logs under $OUT/gemm-wgmma/: CUDA's ptxas -arch=sm_90a -v on each wgmma module
+      # (registers, spills, and any warning, e.g. wgmma serialisation), the forced-variant tests
+      # (TestCUDAGemmWGMMA) and TF32 tests (TestCUDAGemmTF32: every TF32 variant, auto included),
+      # memcheck/racecheck/synccheck on the first wgmma variant (short cases), and a TF32 sweep of the
+      # wgmma variants against the best mma.sync tile and PyTorch TF32 at the Mixtral shape.
+      X="$OUT/gemm-wgmma"; mkdir -p "$X"
+      for f in cudaops/ptx/gemm/wg_*.ptx.gz; do
+        n=$(basename "$f" .ptx.gz); zcat "$f" > "$X/$n.ptx"
+        timeout 60 ptxas -arch=sm_90a -O3 -v -o "$X/$n.cubin" "$X/$n.ptx" > "$X/$n.ptxas.log" 2>&1
+        echo "ptxas $n: exit $?"; grep -Ei 'registers|spill|warn|error' "$X/$n.ptxas.log" | head -12
+      done
+      timeout 120 $T -test.run 'TestCUDAGemmWGMMA|TestCUDAGemmTF32' -test.short -test.v -test.count=1 > "$X/tests.log" 2>&1
+      echo "wgmma tests: exit $? ($(grep -c -- '--- FAIL' "$X/tests.log") failed (sub)tests)"
+      grep -E -- '--- (FAIL|PASS|SKIP)|^(ok|FAIL|PASS)|gemm-accuracy|panic' "$X/tests.log" | head -24
+      grep -E '_test.go:[0-9]+' "$X/tests.log" | head -12
+      WG1=$(grep -o '^wg_[^ ]*' cudaops/gemm.variants | head -1)
+      for tool in memcheck racecheck synccheck; do
+        extra=""; [ $tool = memcheck ] && extra="--leak-check no"
+        timeout 40 compute-sanitizer --tool $tool $extra $T -test.run "TestCUDAGemmWGMMA\$/^$WG1\$" -test.short > "$X/$tool.log" 2>&1
+        echo "$tool: exit $? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$X/$tool.log" | sort | uniq -c | tr '\n' ' ')"
+      done
+      WGS=$(grep -o '^wg_[^ ]*' cudaops/gemm.variants | tr '\n' ',')tf32_128x128x16_w4_s4
+      EXPERTRT_GEMM_TF32=1 timeout 60 $B -device cuda -gemm-variants "$WGS" -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w,matmul-dense -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json > "$X/sweep.jsonl" || echo "wgmma sweep failed"
+      EXPERTRT_GEMM_TF32=1 timeout 40 $B -device cuda -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w,matmul-dense -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json > "$X/auto.jsonl" || echo "wgmma auto bench failed"
+      timeout 60 python3 bench/pytorch_gemm.py --quick --reps 10 --warmup 2 --json "$X/torch.json" > "$X/torch.log" 2>&1 || echo "torch baseline failed: $(tail -2 "$X/torch.log")"
+      python3 - "$X" <<'PY'
+import sys
+x = sys.argv[1]
+sys.path.insert(0, "bench")  # bench/jsonrows.py (this script runs from the repository root)
+from jsonrows import rows
+key = lambda r: (r["op"], r["tokens"], r["hidden"], r.get("ffn", 0), r["experts"])
+torch = {key(r): r for r in rows(x + "/torch.json") if r.get("tf32") and not r.get("skew")}
+print("TF32 at T=4096 H=1024 F=3584 E=8 k=2: TFLOP/s per configuration (auto = the planner's choice); ratio = torch ms / ours ms (target >= 0.7)")
+for name, rs in (("sweep", rows(x + "/sweep.jsonl")), ("auto", rows(x + "/auto.jsonl"))):
+    for r in rs:
+        t = torch.get(key(r))
+        ratio = f"{t['median_ms'] / r['median_ms']:.2f} (torch {t['tflop_per_s']:.1f})" if t else "-"
+        print(f"  {r['op']:16s} {r.get('gemm_variant') or 'auto':24s} {r['median_ms']:8.4f} ms {r.get('tflop_per_s', 0):7.1f} TFLOP/s  ratio {ratio}")
+PY
       ;;
     gemm-bf16-bench)
       # bfloat16 GEMM speed, about 1.5 minutes (JSON under $OUT/gemm-bf16/): the planner's choice at the

@@ -23,7 +23,9 @@ import (
 // FMA, so |got - exact| <= gamma_{n+s} * sum|a_i b_i| with gamma_k = k u / (1 - k u), u = 2^-24
 // (float32) or 2^-53 (float64), s <= 64 the additions of a split reduction; the float64 reference adds
 // n 2^-53 sum|a_i b_i|. For float64 and the sizes here this is below 1e-12 relative to sum|a_i b_i|.
-// TF32 rounds both inputs to 10 mantissa bits first: + 2^-10 sum|a_i b_i|.
+// TF32 rounds both inputs to 10 mantissa bits first: + 2^-10 sum|a_i b_i|. The Hopper wgmma tiles give
+// the tensor core the float32 bits, of which it uses the tf32 part (truncation: below 2^-10 relative per
+// input): + (2^-9 + 2^-19) sum|a_i b_i| on handles that may run them (gemmTF32Bound).
 
 const gemmSplitBound = 64
 
@@ -117,6 +119,47 @@ func newRef(n int) *gemmRef {
 // gemmCheck compares got with the reference within the derived bound; returns the norm-relative error.
 func gemmCheck(t testing.TB, what string, dt tensor.Dtype, tf32 bool, got []float64, r *gemmRef) float64 {
 	t.Helper()
+	tb := 0.0
+	if tf32 {
+		tb = math.Ldexp(1, -10)
+	}
+	return gemmCheckTF32(t, what, dt, tb, got, r)
+}
+
+// gemmTF32Bound is the TF32 input term of the bound for products on backend b (0: TF32 off): the
+// rounding bound 2^-10, or the truncation bound of the wgmma tiles where the planner may choose them
+// (a compute capability 9.0 device, TF32 on, a wgmma variant forced or none).
+func gemmTF32Bound(t testing.TB, b *cudaops.Backend, tf32 bool) float64 {
+	t.Helper()
+	if !tf32 {
+		return 0
+	}
+	d, err := b.Device()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.GemmWGMMA() {
+		return math.Ldexp(1, -10)
+	}
+	force := d.Options().GemmVariant
+	if force == "" {
+		return math.Ldexp(1, -9) + math.Ldexp(1, -19)
+	}
+	vs, err := d.GemmVariants()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vs {
+		if v.Name == force && v.WGMMA {
+			return math.Ldexp(1, -9) + math.Ldexp(1, -19)
+		}
+	}
+	return math.Ldexp(1, -10)
+}
+
+// gemmCheckTF32 is gemmCheck with tf32Term sum|a_i b_i| added to the bound (see gemmTF32Bound).
+func gemmCheckTF32(t testing.TB, what string, dt tensor.Dtype, tf32Term float64, got []float64, r *gemmRef) float64 {
+	t.Helper()
 	u := math.Ldexp(1, -24)
 	if dt == tensor.Float64 {
 		u = math.Ldexp(1, -53)
@@ -126,9 +169,7 @@ func gemmCheck(t testing.TB, what string, dt tensor.Dtype, tf32 bool, got []floa
 	for i, g := range got {
 		n := float64(r.terms[i] + gemmSplitBound + 2)
 		tol := 1.01*n*u*r.mag[i] + float64(r.terms[i])*math.Ldexp(1, -53)*r.mag[i]
-		if tf32 {
-			tol += math.Ldexp(1, -10) * r.mag[i]
-		}
+		tol += tf32Term * r.mag[i]
 		d := g - r.want[i]
 		num += d * d
 		den += r.want[i] * r.want[i]
@@ -296,7 +337,7 @@ func runGrouped(t *testing.T, b *cudaops.Backend, dt tensor.Dtype, tf32 bool, c 
 		what := fmt.Sprintf("%v GroupedMatMul(transposeW=%t) %v", dt, tr, c)
 		got := guarded(t, b, what, dt, []int{c.N, c.Out}, func(out *tensor.Dense) error { return b.GroupedMatMul(x.dev, w.dev, plan, tr, out) })
 		got, ref = droppedRows(t, what, got, ref, c.Out, int(off[c.E]))
-		gemmCheck(t, what, dt, tf32, got, ref)
+		gemmCheckTF32(t, what, dt, gemmTF32Bound(t, b, tf32), got, ref)
 		if !tf32 && int(off[c.E]) == c.N {
 			cpuCompare(t, what, dt, got, ref, func() (*tensor.Dense, error) {
 				out := tensor.New(tensor.Of(dt), tensor.WithShape(c.N, c.Out))
@@ -317,7 +358,7 @@ func runGrouped(t *testing.T, b *cudaops.Backend, dt tensor.Dtype, tf32 bool, c 
 		what = fmt.Sprintf("%v GroupedMatMul dX (W stored transposed=%t) %v", dt, tr, c)
 		got = guarded(t, b, what, dt, []int{c.N, c.In}, func(out *tensor.Dense) error { return b.GroupedMatMul(dy.dev, w.dev, plan, !tr, out) })
 		got, ref = droppedRows(t, what, got, ref, c.In, int(off[c.E]))
-		gemmCheck(t, what, dt, tf32, got, ref)
+		gemmCheckTF32(t, what, dt, gemmTF32Bound(t, b, tf32), got, ref)
 	}
 	// dW[e] = x_eᵀ · dY_e (and the transposed storage's dW = dY_eᵀ · x_e).
 	for _, swap := range []bool{false, true} {
@@ -337,7 +378,7 @@ func runGrouped(t *testing.T, b *cudaops.Backend, dt tensor.Dtype, tf32 bool, c 
 		}
 		what := fmt.Sprintf("%v GroupedMatMulGradW(swap=%t) %v", dt, swap, c)
 		got := guarded(t, b, what, dt, []int{c.E, P, Q}, func(out *tensor.Dense) error { return b.GroupedMatMulGradW(a.dev, bb.dev, plan, out) })
-		gemmCheck(t, what, dt, tf32, got, ref)
+		gemmCheckTF32(t, what, dt, gemmTF32Bound(t, b, tf32), got, ref)
 		if !tf32 && int(off[c.E]) == c.N {
 			cpuCompare(t, what, dt, got, ref, func() (*tensor.Dense, error) {
 				out := tensor.New(tensor.Of(dt), tensor.WithShape(c.E, P, Q))
@@ -556,7 +597,7 @@ func runDense(t *testing.T, b *cudaops.Backend, dt tensor.Dtype, tf32 bool, c de
 	}
 	what := fmt.Sprintf("%v MatMul(transA=%t, transB=%t) M=%d N=%d K=%d misaligned=%t", dt, tA, tB, c.M, c.N, c.K, c.misaligned)
 	got := guarded(t, b, what, dt, []int{c.M, c.N}, func(out *tensor.Dense) error { return b.MatMul(a.dev, bm.dev, tA, tB, out) })
-	gemmCheck(t, what, dt, tf32, got, ref)
+	gemmCheckTF32(t, what, dt, gemmTF32Bound(t, b, tf32), got, ref)
 }
 
 // TestCUDAGemmDense: MatMul in all four transpose combinations against float64 loops, including the
@@ -609,7 +650,7 @@ func TestCUDAGemmTF32(t *testing.T) {
 		}
 		b := cudaops.NewBackend(h)
 		got := guarded(t, b, "accuracy", tensor.Float32, []int{M, N}, func(out *tensor.Dense) error { return b.MatMul(a.dev, bm.dev, false, false, out) })
-		rel := gemmCheck(t, fmt.Sprintf("accuracy tf32=%t", tf), tensor.Float32, tf, got, ref)
+		rel := gemmCheckTF32(t, fmt.Sprintf("accuracy tf32=%t", tf), tensor.Float32, gemmTF32Bound(t, b, tf), got, ref)
 		maxRel := 0.0
 		for i, g := range got {
 			maxRel = math.Max(maxRel, math.Abs(g-ref.want[i])/ref.mag[i])

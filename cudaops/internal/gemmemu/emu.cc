@@ -19,7 +19,7 @@ namespace {
 struct Kernel {
     EmuThreadFn fn = nullptr;
     EmuReduceFn reduce = nullptr;
-    int threads = 0, smem = 0;
+    int threads = 0, smem = 0, nargs = 23;
 };
 struct VariantInfo {
     std::map<std::string, Kernel> kernels;
@@ -36,7 +36,16 @@ struct Copy {
     const void* src;
     int bytes;
     bool in;
+    int fill = 0;  // zero bytes after the copied ones (cp.async with src-size < cp-size)
 };
+
+// A recorded wgmma.mma_async (n: the instruction's N) of one thread.
+struct WgOp {
+    float* d;
+    int n;
+    unsigned long long da, db;
+};
+const unsigned EMU_SMEM_BASE = 1056;
 
 enum Wait { RUNNING, AT_BARRIER, AT_MMA, AT_LDSM, DONE };
 
@@ -46,6 +55,8 @@ struct Thread {
     Wait state = RUNNING;
     std::vector<std::vector<Copy>> groups;  // committed, not yet complete
     std::vector<Copy> open;                 // issued since the last commit
+    std::vector<std::vector<WgOp>> wgGroups;  // committed wgmma groups, not yet waited for
+    std::vector<WgOp> wgOpen;                 // wgmma issued since the last commit
     // mma operands while waiting at AT_MMA (mmaK: 8 for tf32 m16n8k8, 16 for bf16 m16n8k16)
     int mmaK = 0;
     float* d = nullptr;
@@ -92,6 +103,7 @@ bool readable(const void* p, int bytes) {
 void complete(const Copy& c) {
     if (c.in) std::memcpy(c.dst, c.src, c.bytes);
     else std::memset(c.dst, 0, c.bytes);
+    if (c.fill) std::memset((char*)c.dst + c.bytes, 0, c.fill);
 }
 
 void yield_to_scheduler(Wait w) {
@@ -108,6 +120,7 @@ void trampoline() {
         // Copies still in flight when a CTA exits would land in the next CTA's shared memory.
         fail("thread " + std::to_string(r->cur) + " exited with cp.async copies not waited for");
     }
+    if (!t.wgOpen.empty() || !t.wgGroups.empty()) fail("thread " + std::to_string(r->cur) + " exited with wgmma not waited for");
     t.state = DONE;
     swapcontext(&t.ctx, &r->sched);
 }
@@ -281,11 +294,12 @@ void run_cta(Run& r, int nthreads, std::mt19937& rng) {
 
 }  // namespace
 
-EmuRegistrar::EmuRegistrar(const char* variant, const char* kernel, EmuThreadFn fn, int threads, int smem) {
+EmuRegistrar::EmuRegistrar(const char* variant, const char* kernel, EmuThreadFn fn, int threads, int smem, int nargs) {
     Kernel& k = registry()[variant].kernels[kernel];
     k.fn = fn;
     k.threads = threads;
     k.smem = smem;
+    k.nargs = nargs;
 }
 EmuRegistrar::EmuRegistrar(const char* variant, const char* kernel, EmuReduceFn fn) { registry()[variant].kernels[kernel].reduce = fn; }
 EmuRegistrar::EmuRegistrar(const char* variant, const int* config) {
@@ -346,6 +360,104 @@ void emu_cp_async_wait(int n) {
     while ((int)t.groups.size() > n) {
         for (const Copy& c : t.groups.front()) complete(c);
         t.groups.erase(t.groups.begin());
+    }
+}
+
+unsigned emu_smem_addr(const void* p) {
+    Run& r = *run_;
+    const uintptr_t a = (uintptr_t)p, s0 = (uintptr_t)r.smem;
+    if (a < s0 || a > s0 + (uintptr_t)r.k->smem) {
+        fail("shared address of a pointer outside the CTA's dynamic shared memory");
+        return 0;
+    }
+    return EMU_SMEM_BASE + (unsigned)(a - s0);
+}
+
+// The host pointer of `bytes` bytes at shared-window address s (nullptr and a failed run when outside).
+static unsigned char* smem_at(unsigned s, int bytes) {
+    Run& r = *run_;
+    if (s < EMU_SMEM_BASE || s - EMU_SMEM_BASE + bytes > (unsigned)r.k->smem) {
+        fail("shared-window address " + std::to_string(s) + " outside the CTA's dynamic shared memory");
+        return nullptr;
+    }
+    return r.smem + (s - EMU_SMEM_BASE);
+}
+
+void emu_cp_async_part(unsigned saddr, const void* src, int bytes) {
+    Run& r = *run_;
+    unsigned char* dst = smem_at(saddr, 16);
+    if (!dst) return;
+    if (saddr % 16 != 0 || (uintptr_t)src % 16 != 0 || bytes < 0 || bytes > 16) {
+        fail("cp.async of 16 bytes: misaligned address or src-size " + std::to_string(bytes));
+        return;
+    }
+    if (!readable(src, bytes ? bytes : 1)) {
+        fail("cp.async source outside every allocation");
+        return;
+    }
+    Copy c{dst, src, bytes, bytes > 0, 16 - bytes};
+    if (r.eager) complete(c);
+    else r.threads[r.cur].open.push_back(c);
+}
+
+void emu_wgmma(float* d, int n, unsigned long long da, unsigned long long db) {
+    run_->threads[run_->cur].wgOpen.push_back(WgOp{d, n, da, db});
+}
+
+void emu_wgmma_commit() {
+    Thread& t = run_->threads[run_->cur];
+    t.wgGroups.push_back(t.wgOpen);
+    t.wgOpen.clear();
+}
+
+// Element (row, k) of a K-major 128-byte-swizzled operand (32-bit elements) at descriptor desc, as a
+// tf32 value (low 13 mantissa bits dropped).
+static float wg_elem(unsigned long long desc, int row, int k) {
+    const unsigned start = (unsigned)(desc & 0x3FFF) << 4;
+    const unsigned lbo = (unsigned)(desc >> 16) & 0x3FFF, sbo = (unsigned)(desc >> 32) & 0x3FFF;
+    const unsigned base = (unsigned)(desc >> 49) & 7, layout = (unsigned)(desc >> 62);
+    const unsigned long long fields = 0x3FFFull | 0x3FFFull << 16 | 0x3FFFull << 32 | 7ull << 49 | 3ull << 62;
+    if (lbo != 1 || sbo != 64 || base != 0 || layout != 1 || (desc & ~fields) != 0) {
+        fail("wgmma descriptor is not the K-major 128-byte swizzle with LBO 1, SBO 1024 the emulator models");
+        return 0;
+    }
+    unsigned a = start + (unsigned)(row / 8) * sbo * 16 + (unsigned)(row % 8) * 128 + (unsigned)k * 4;
+    a ^= ((a >> 7) & 7) << 4;  // Swizzle<3,4,3>: 16-byte chunk index ^= 128-byte row index mod 8
+    const unsigned char* p = smem_at(a, 4);
+    if (!p) return 0;
+    unsigned u;
+    std::memcpy(&u, p, 4);
+    u &= 0xffffe000u;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// Executes one wgmma.mma_async.m64nNk8.f32.tf32.tf32 for thread tid's accumulators: warp w = (tid/32)%4
+// of the warpgroup holds rows 16w + lane/4 (+8); d[4j..4j+3] = columns 8j + 2(lane%4) + {0,1} of those
+// rows. D += A·Bᵀ with A 64 x 8 and B N x 8, both K-major; the 8 products summed exactly, one rounding.
+static void wg_exec(const WgOp& op, int tid) {
+    const int w = (tid / 32) % 4, lane = tid % 32;
+    for (int j = 0; j < op.n / 8; j++)
+        for (int h = 0; h < 2; h++)
+            for (int c = 0; c < 2; c++) {
+                const int row = 16 * w + lane / 4 + 8 * h, col = 8 * j + 2 * (lane % 4) + c;
+                double s = 0;
+                for (int k = 0; k < 8; k++) s += (double)wg_elem(op.da, row, k) * (double)wg_elem(op.db, col, k);
+                float& d = op.d[4 * j + 2 * h + c];
+                d = (float)((double)d + s);
+            }
+}
+
+void emu_wgmma_wait(int n) {
+    Thread& t = run_->threads[run_->cur];
+    if (!t.wgOpen.empty()) {
+        fail("wgmma.wait_group with uncommitted wgmma");
+        return;
+    }
+    while ((int)t.wgGroups.size() > n) {
+        for (const WgOp& op : t.wgGroups.front()) wg_exec(op, run_->cur);
+        t.wgGroups.erase(t.wgGroups.begin());
     }
 }
 
@@ -433,8 +545,7 @@ int emu_launch(const char* variant, const char* kernel, int grid, int block, int
         for (long long t = 0; t < (long long)grid * block; t++) k.reduce(args, t, (long long)grid * block);
         return 0;
     }
-    const int want = std::string(kernel).rfind("gemm_swiglu", 0) == 0 ? 26 : 23;  // SwiGLU: + B2, G, U
-    if (nargs != want) return report(std::string(kernel) + " takes " + std::to_string(want) + " arguments, got " + std::to_string(nargs));
+    if (nargs != k.nargs) return report(std::string(kernel) + " takes " + std::to_string(k.nargs) + " arguments, got " + std::to_string(nargs));
     if (block != k.threads) return report("block of " + std::to_string(block) + " threads, kernel needs " + std::to_string(k.threads));
     if (smem < k.smem) return report("dynamic shared memory " + std::to_string(smem) + " < " + std::to_string(k.smem));
     std::vector<unsigned char> sm((size_t)smem + 64);

@@ -82,11 +82,34 @@ inline unsigned tf32_bits(unsigned u) {  // cvt.rna.tf32.f32 of the float with b
 }
 inline void gemm_fault(unsigned* f, unsigned code) { emu_fault(f, code); }
 
+// Hopper wgmma tile (gemm_wgmma.cuh). Shared-window addresses: the dynamic shared memory starts at
+// address EMU_SMEM_BASE, which like the GPU's (after the static scheduler buffer) is 16- but not
+// 1024-aligned. wgmma.mma_async is recorded at issue and executed by each thread for its own
+// accumulators when a wgmma.wait_group covers it (the latest point the PTX allows), reading shared
+// memory through the descriptors (K-major, 128-byte swizzle on the address bits; other layouts fail the
+// run) with the inputs truncated to tf32.
+unsigned emu_smem_addr(const void* p);
+void emu_cp_async_part(unsigned saddr, const void* src, int bytes);  // 16-byte unit, the first `bytes` read
+void emu_wgmma(float* d, int n, unsigned long long da, unsigned long long db);
+void emu_wgmma_commit();
+void emu_wgmma_wait(int n);
+inline unsigned smem_u32(const void* p) { return emu_smem_addr(p); }
+inline void wg_fence() {}
+inline void wg_commit() { emu_wgmma_commit(); }
+template <int N> inline void wg_wait() { emu_wgmma_wait(N); }
+inline void fence_proxy_async() {}
+inline void cp_async16_part(unsigned s, const void* g, int bytes) { emu_cp_async_part(s, g, bytes); }
+inline void wg_reg_fence(float&) {}
+template <int N> struct WgMma {
+    static void mma(float (&d)[N / 2], unsigned long long da, unsigned long long db) { emu_wgmma(d, N, da, db); }
+};
+
 // Registration of a variant's kernels (one translation unit per variant, see gen.go).
 typedef void (*EmuThreadFn)(const uint64_t* args, int bid, int tid, unsigned char* smem);
 typedef void (*EmuReduceFn)(const uint64_t* args, long long first, long long stride);
 struct EmuRegistrar {
-    EmuRegistrar(const char* variant, const char* kernel, EmuThreadFn fn, int threads, int smem);
+    // nargs: the kernel's parameters (23: GemmArgs; 26: GemmArgs of a SwiGLU product; 7: gemm_transpose)
+    EmuRegistrar(const char* variant, const char* kernel, EmuThreadFn fn, int threads, int smem, int nargs = 23);
     EmuRegistrar(const char* variant, const char* kernel, EmuReduceFn fn);
     EmuRegistrar(const char* variant, const int* config);
 };
@@ -114,7 +137,7 @@ inline int emu_i32(uint64_t v) { return (int)(int32_t)(uint32_t)v; }
                             (void*)a[25]};                                                                       \
         gemm_entry<GemmCfg<false, false, VEC, GEMM_T>::type, false, false, true>(p, smem, bid, tid);            \
     }                                                                                                            \
-    static EmuRegistrar NAME##_reg(GEMM_EMU_VARIANT, #NAME, NAME##_thread, GemmNN::NT, GemmNN::SMEM);
+    static EmuRegistrar NAME##_reg(GEMM_EMU_VARIANT, #NAME, NAME##_thread, GemmNN::NT, GemmNN::SMEM, 26);
 
 #define GEMM_EMU_CONFIG(...)                                    \
     static const int emu_config[8] = {__VA_ARGS__};           \
@@ -126,3 +149,12 @@ inline int emu_i32(uint64_t v) { return (int)(int32_t)(uint32_t)v; }
                                  (long long)a[5], (long long)a[6], emu_i32(a[7]), first, stride);              \
     }                                                                                                          \
     static EmuRegistrar NAME##_reg(GEMM_EMU_VARIANT, #NAME, NAME##_all);
+
+// gemm_transpose(in, out, R, C, ldo, strideIn, strideOut) of the wgmma modules.
+#define GEMM_EMU_TRANSPOSE(NAME)                                                                                  \
+    static void NAME##_thread(const uint64_t* a, int bid, int tid, unsigned char*) {                             \
+        __shared__ float t[32][33];                                                                              \
+        gemm_transpose_body((const float*)a[0], (float*)a[1], emu_i32(a[2]), emu_i32(a[3]), (long long)a[4],   \
+                            (long long)a[5], (long long)a[6], bid, tid, t);                                      \
+    }                                                                                                            \
+    static EmuRegistrar NAME##_reg(GEMM_EMU_VARIANT, #NAME, NAME##_thread, 256, 0, 7);

@@ -30,7 +30,8 @@ func variants(t testing.TB) []gemmplan.Variant {
 }
 
 // target is a small fake device, so that split-K and multi-wave grids happen at small sizes.
-var target = gemmplan.Target{SMs: 4, MaxSmem: 227 << 10}
+// SM90a: the wgmma variants are planned too (emulated: emu.h).
+var target = gemmplan.Target{SMs: 4, MaxSmem: 227 << 10, SM90a: true}
 
 // TestConfigMatches: every variant is compiled into the emulator with the configuration the planner
 // computes (threads, shared memory, tile): the emulator and the PTX come from the same flags.
@@ -295,10 +296,11 @@ func randVals(rng *rand.Rand, n int, p problem) []float64 {
 // check compares C (with guards) with the reference: guards untouched (NaN), every element within the
 // error bound of its dot product: fp32 and fp64 |err| <= 1.01*(n+2)*u*sum|a·b| (the worst-case bound of
 // a recursive sum of n terms plus the split-K additions, u = 2^-24 or 2^-53; the float64 reference adds
-// its own n*2^-53); TF32 adds the rounding of both inputs to 10 mantissa bits, 2^-10*sum|a·b|. bfloat16
+// its own n*2^-53); TF32 adds tf32*sum|a·b| (tf32Term: the rounding of both inputs to 10 mantissa bits,
+// 2^-10, or their truncation on the wgmma tiles, 2^-9 + 2^-19). bfloat16
 // operands: products exact, float32 accumulation (u = 2^-24), and a bfloat16 C adds its one rounding of
 // the float32 result, 2^-8 relative.
-func check(t testing.TB, what string, p problem, r result, want, mag []float64, splits int, tf32 bool) {
+func check(t testing.TB, what string, p problem, r result, want, mag []float64, splits int, tf32 float64) {
 	t.Helper()
 	_, _, nc := p.sizes()
 	u := math.Ldexp(1, -24)
@@ -333,9 +335,7 @@ func check(t testing.TB, what string, p problem, r result, want, mag []float64, 
 		}
 		n := float64(terms(j) + splits + 2)
 		tol := 1.01*n*u*mag[j] + float64(terms(j))*math.Ldexp(1, -53)*mag[j]
-		if tf32 {
-			tol += math.Ldexp(1, -10) * mag[j]
-		}
+		tol += tf32 * mag[j]
 		if p.BF16 && !p.OutF32 {
 			tol += math.Ldexp(1, -8) * (math.Abs(want[j]) + tol)
 		}
@@ -496,10 +496,13 @@ func TestKernels(t *testing.T) {
 				want, mag := p.reference(a, b)
 				opt := gemmplan.Options{Force: v.Name, TF32: v.TF32}
 				r0, pl := run(t, p, a, b, opt, Mode{Seed: uint32(i)})
+				if pl.Variant.Name != v.Name && v.WG {
+					continue // an operand the wgmma tile reads in place has rows of other than 4k elements
+				}
 				if pl.Variant.Name != v.Name {
 					t.Fatalf("%v: planned %s, forced %s", p, pl.Variant.Name, v.Name)
 				}
-				check(t, v.Name, p, r0, want, mag, pl.Splits, v.TF32)
+				check(t, v.Name, p, r0, want, mag, pl.Splits, tf32Term(pl.Variant))
 				if r0.fault != 0 {
 					t.Errorf("%v: fault %d on valid offsets", p, r0.fault)
 				}
@@ -512,6 +515,17 @@ func TestKernels(t *testing.T) {
 			}
 		})
 	}
+}
+
+// tf32Term is the TF32 input term of check's bound for variant v (0 unless TF32).
+func tf32Term(v gemmplan.Variant) float64 {
+	switch {
+	case v.WG:
+		return math.Ldexp(1, -9) + math.Ldexp(1, -19)
+	case v.TF32:
+		return math.Ldexp(1, -10)
+	}
+	return 0
 }
 
 // TestAuto runs the planner's own choice (no forced variant) on the cases, fp32, fp64 and TF32.
@@ -532,7 +546,7 @@ func TestAuto(t *testing.T) {
 				a, b := randVals(rng, na, p), randVals(rng, nb, p)
 				want, mag := p.reference(a, b)
 				r, pl := run(t, p, a, b, gemmplan.Options{TF32: cl.tf32}, Mode{Seed: uint32(i)})
-				check(t, "auto", p, r, want, mag, pl.Splits, cl.tf32)
+				check(t, "auto", p, r, want, mag, pl.Splits, tf32Term(pl.Variant))
 				used[pl.Variant.Name] = true
 			}
 			t.Logf("variants chosen: %v", used)
@@ -545,21 +559,30 @@ func TestAuto(t *testing.T) {
 // offsets[E] < rows is valid (the "capacity" cases of TestKernels).
 func TestBadOffsets(t *testing.T) {
 	vs := variants(t)
+	opts := []gemmplan.Options{{Force: vs[0].Name}}
+	for _, v := range vs {
+		if v.WG { // a wgmma tile too (its grouped reductions read transposed copies, segments as k-ranges)
+			opts = append(opts, gemmplan.Options{Force: v.Name, TF32: true})
+			break
+		}
+	}
 	rng := rand.New(rand.NewSource(3))
 	for _, off := range [][]int32{{0, 50, 20, 60}, {0, 10, 30, 70}, {5, 10, 20, 60}, {-3, 10, 20, 60}, {0, 10, 20, 1 << 30}} {
 		for _, mode := range []gemmplan.Mode{gemmplan.GroupRows, gemmplan.GroupRed} {
 			p := problem{Problem: gemmplan.Problem{Mode: mode, E: 3, Rows: 60, K: 12, N: 10, M: 12, TransA: mode == gemmplan.GroupRed}, offsets: off}
 			na, nb, nc := p.sizes()
 			a, b := randVals(rng, na, p), randVals(rng, nb, p)
-			r, _ := run(t, p, a, b, gemmplan.Options{Force: vs[0].Name}, Mode{Seed: 1})
-			if r.fault != 32 {
-				t.Errorf("%v offsets %v: fault word %d, want 32 (GEMM_FAULT_OFFSETS)", mode, off, r.fault)
-			}
-			for i, v := range r.c {
-				inside := i >= guard && i < guard+nc
-				if !inside && !math.IsNaN(v) {
-					t.Errorf("%v offsets %v: guard %d written", mode, off, i)
-					break
+			for _, opt := range opts {
+				r, pl := run(t, p, a, b, opt, Mode{Seed: 1})
+				if r.fault != 32 {
+					t.Errorf("%s %v offsets %v: fault word %d, want 32 (GEMM_FAULT_OFFSETS)", pl.Variant.Name, mode, off, r.fault)
+				}
+				for i, v := range r.c {
+					inside := i >= guard && i < guard+nc
+					if !inside && !math.IsNaN(v) {
+						t.Errorf("%s %v offsets %v: guard %d written", pl.Variant.Name, mode, off, i)
+						break
+					}
 				}
 			}
 		}
@@ -570,7 +593,7 @@ func TestBadOffsets(t *testing.T) {
 // into the translation units, which is what makes Go rebuild them) and matches gemm.variants.
 func TestGenerated(t *testing.T) {
 	h := sha256.New()
-	for _, f := range []string{"../../gemm.cu", "../../gemm.cuh", "../../gemm.variants", "emu.h", "emu.cc"} {
+	for _, f := range []string{"../../gemm.cu", "../../gemm.cuh", "../../gemm_wgmma.cuh", "../../gemm.variants", "emu.h", "emu.cc"} {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)

@@ -19,7 +19,7 @@ import (
 // sources are the files the emulated kernels are compiled from. Go's build cache does not see them
 // (they are outside this package), so their hash goes into the generated files: editing a kernel then
 // changes what go generate writes, and the tests fail until it has been run.
-var sources = []string{"../../gemm.cu", "../../gemm.cuh", "../../gemm.variants", "emu.h", "emu.cc"}
+var sources = []string{"../../gemm.cu", "../../gemm.cuh", "../../gemm_wgmma.cuh", "../../gemm.variants", "emu.h", "emu.cc"}
 
 func main() {
 	src, err := os.ReadFile("../../gemm.variants")

@@ -52,6 +52,9 @@ type Problem struct {
 type Target struct {
 	SMs     int // multiprocessors
 	MaxSmem int // dynamic shared memory a CTA may opt into, bytes
+	// SM90a: the device runs sm_90a PTX (compute capability 9.0), so the wgmma variants (Variant.WG)
+	// are candidates; elsewhere they are never planned.
+	SM90a bool
 }
 
 // Options select variants.
@@ -59,7 +62,8 @@ type Options struct {
 	// TF32 runs float32 products on the TF32 variants.
 	TF32 bool
 	// Force names a variant that runs every problem of its class (float32, float64, TF32 or bfloat16);
-	// problems of other classes are planned as usual.
+	// problems of other classes are planned as usual. A wgmma variant is forced only where it can run
+	// (Target.SM90a, operands it takes: see wgReady); elsewhere the planner chooses.
 	Force string
 }
 
@@ -77,14 +81,29 @@ type Launch struct {
 // Plan is a planned product. Workspace bytes of device scratch must be passed to Launches (split-K
 // partial sums); it is zero when the reduction is not split.
 type Plan struct {
-	Variant   Variant
+	Variant Variant
+	// Copies: K-major copies of operands the wgmma tile cannot read in place, made by gemm_transpose
+	// into the workspace before the main launch (nil otherwise).
+	Copies    []Copy
 	Splits    int   // dense reduction split in this many parts (1: not split)
 	KChunk    int   // reduction length per split
 	Swapped   bool  // dense: computed as Cᵀ = op(B)ᵀ·op(A)ᵀ (small M)
 	CTAs      int   // CTAs of the main launch
-	Workspace int64 // bytes of split-K scratch
+	Workspace int64 // bytes of scratch: split-K partials, then the Copies
 	p         Problem
 	k         kernelArgs
+	// indices in Copies of A's and B's copies (-1: read in place)
+	copyA, copyB int
+}
+
+// Copy is one gemm_transpose launch: out[b][c][r] = in[b][r][c] for b < Batch, r < R, c < C, the input
+// packed (R x C per batch, StrideIn elements apart), the output at byte Offset of the workspace with rows
+// of Ldo elements (a multiple of 4: 16-byte rows) and StrideOut elements per batch.
+type Copy struct {
+	In                       uint64
+	Offset                   int64
+	R, C, Batch              int
+	Ldo, StrideIn, StrideOut int64
 }
 
 // ErrTooLarge: a dimension or leading dimension beyond what the kernels' 32-bit tile offsets and grid
@@ -137,7 +156,7 @@ func Make(p Problem, t Target, o Options, vs []Variant) (*Plan, error) {
 	}
 	var cands []Variant
 	for _, v := range vs {
-		if v.class() != class || v.Smem() > t.MaxSmem {
+		if v.class() != class || v.Smem() > t.MaxSmem || v.WG && (!t.SM90a || !p.wgReady()) {
 			continue
 		}
 		if o.Force != "" && v.Name == o.Force {
@@ -222,6 +241,19 @@ func (p Problem) ldb() int {
 	return p.N
 }
 
+// wgReady reports whether the wgmma tile can run p: the operands it reads in place (A stored [M,K], B
+// stored [N,K]; grouped reductions read both from transposed copies) must be 16-byte aligned with rows
+// of a multiple of 4 elements. The wgmma modules have no SwiGLU kernels.
+func (p Problem) wgReady() bool {
+	if p.Double || p.BF16 || p.SwiGLU {
+		return false
+	}
+	if p.Mode == GroupRed {
+		return true
+	}
+	return (p.TransA || aligned(p.A, p.lda(), 4)) && (!p.TransB || aligned(p.B, p.ldb(), 4))
+}
+
 // splitK picks the dense reduction split for variant v: enough CTAs to fill the device when the output
 // tiles alone do not, each split at least minChunk long.
 func splitK(p Problem, t Target, v Variant) (splits, chunk int) {
@@ -275,11 +307,49 @@ func cost(p Problem, t Target, v Variant) float64 {
 	if ctas == 0 {
 		return 0
 	}
+	extra := 0.0
+	if v.WG {
+		// The K-major copies read and write the copied operands once. In the cost's units (one
+		// multiprocessor's multiply-adds at eff 1, about 3.8e11/s on the H200's TF32 mma.sync tiles)
+		// a byte moved at about 4 TB/s (read and write: 2 bytes of traffic) costs about 0.19.
+		cs, _, _ := p.wgCopies()
+		for _, c := range cs {
+			extra += 0.19 * 4 * float64(c.R) * float64(c.C) * float64(c.Batch)
+		}
+	}
 	slots := float64(t.SMs * v.MinBlocks)
 	waves := math.Ceil(ctas / slots)
 	conc := math.Min(float64(v.MinBlocks), math.Ceil(ctas/float64(t.SMs)))
-	return waves * conc * float64(v.BM*v.BN) * math.Max(kLen, 1) / v.Eff
+	return waves*conc*float64(v.BM*v.BN)*math.Max(kLen, 1)/v.Eff + extra
 }
+
+// wgCopies lists the K-major copies the wgmma tile needs for p (In set, Offset not yet): A stored [K,M]
+// (dense TransA; grouped reductions: x [Rows,M]) becomes [M][ldk], B stored [K,N] ([E][K][N] for
+// grouped rows; dY [Rows,N] for reductions) becomes [N][ldk] per batch, ldk the reduction length
+// rounded up to 4. ia, ib: the indices of A's and B's copies in cs (-1: read in place).
+func (p Problem) wgCopies() (cs []Copy, ia, ib int) {
+	ia, ib = -1, -1
+	ld := int64(roundUp4(p.K))
+	kA, kB, batch := p.K, p.K, 1
+	if p.Mode == GroupRed {
+		ld = int64(roundUp4(p.Rows))
+		kA, kB = p.Rows, p.Rows
+	}
+	if p.Mode == GroupRows {
+		batch = p.E
+	}
+	if p.Mode == GroupRed || p.TransA { // grouped rows take A stored [Rows,K]: never copied
+		ia = len(cs)
+		cs = append(cs, Copy{In: p.A, R: kA, C: p.M, Batch: 1, Ldo: ld, StrideIn: int64(kA) * int64(p.M), StrideOut: int64(p.M) * ld})
+	}
+	if p.Mode == GroupRed || !p.TransB {
+		ib = len(cs)
+		cs = append(cs, Copy{In: p.B, R: kB, C: p.N, Batch: batch, Ldo: ld, StrideIn: int64(kB) * int64(p.N), StrideOut: int64(p.N) * ld})
+	}
+	return cs, ia, ib
+}
+
+func roundUp4(n int) int { return (n + 3) &^ 3 }
 
 // aligned reports whether a packed operand at addr with rows of ld elements is read in 16-byte vectors.
 func aligned(addr uint64, ld, elem int) bool {
@@ -309,6 +379,30 @@ func build(p Problem, t Target, v Variant, swap bool) (*Plan, error) {
 		return nil, fmt.Errorf("%w: leading dimension %d times tile extent %d reaches 2^31", ErrTooLarge, max(lda, ldb), ext)
 	}
 
+	// wgmma: operands the tile cannot read in place are copied K-major into the workspace (after the
+	// split-K partials); the kernel then runs the "nt" product over the copies.
+	copyA, copyB := -1, -1
+	if v.WG {
+		var cs []Copy
+		cs, copyA, copyB = p.wgCopies()
+		pl.Copies = cs
+		if copyA >= 0 {
+			lda = int(cs[copyA].Ldo)
+		}
+		if copyB >= 0 {
+			ldb = int(cs[copyB].Ldo)
+		}
+		k.lda, k.ldb = int64(lda), int64(ldb)
+		if int64(ext)*int64(max(lda, ldb)) >= math.MaxInt32 {
+			return nil, fmt.Errorf("%w: leading dimension %d times tile extent %d reaches 2^31", ErrTooLarge, max(lda, ldb), ext)
+		}
+		for _, c := range cs {
+			if g := int64(ceilDiv(c.R, 32)) * int64(ceilDiv(c.C, 32)) * int64(c.Batch); g > maxGrid {
+				return nil, fmt.Errorf("%w: transposed copy of %d CTAs", ErrTooLarge, g)
+			}
+		}
+	}
+
 	var grid int64
 	switch p.Mode {
 	case Dense:
@@ -328,6 +422,9 @@ func build(p Problem, t Target, v Variant, swap bool) (*Plan, error) {
 		grid = int64(k.mTiles) * int64(k.nTiles)
 		k.ldcR, k.ldcC = int64(p.N), 1
 		k.strideB = int64(p.K) * int64(p.N)
+		if copyB >= 0 {
+			k.strideB = pl.Copies[copyB].StrideOut
+		}
 	case GroupRed:
 		k.splits, k.kChunk = 1, 0
 		k.mTiles = int32(ceilDiv(p.M, v.BM))
@@ -360,6 +457,9 @@ func build(p Problem, t Target, v Variant, swap bool) (*Plan, error) {
 	if vec {
 		k.kernel += "_v16"
 	}
+	if v.WG {
+		k.kernel = "gemm_nt_v16" // the only product of the wgmma modules; every operand ready (wgReady, copies)
+	}
 	// bfloat16 modules: the _f32 kernels write float32 C, also the split-K partials (float32 even when
 	// C is bfloat16: the reduction rounds once).
 	if v.BF16 && (p.OutF32 || pl.Splits > 1) {
@@ -379,6 +479,13 @@ func build(p Problem, t Target, v Variant, swap bool) (*Plan, error) {
 		k.reduceM, k.reduceN, k.reduceC = p.M, p.N, p.C
 		k.reduceLdcR, k.reduceLdcC = k.ldcR, k.ldcC
 	}
+	for i := range pl.Copies { // after the partials, 256-byte aligned
+		c := &pl.Copies[i]
+		pl.Workspace = (pl.Workspace + 255) &^ 255
+		c.Offset = pl.Workspace
+		pl.Workspace += 4 * c.Ldo * int64(c.C) * int64(c.Batch)
+	}
+	pl.copyA, pl.copyB = copyA, copyB
 	return pl, nil
 }
 
@@ -394,8 +501,25 @@ func (pl *Plan) Launches(workspace uint64) []Launch {
 	if pl.Splits > 1 {
 		c = workspace // the kernel writes the partials to W; C comes from the reduction
 	}
+	var ls []Launch
+	a, b := k.A, k.B
+	for i, cp := range pl.Copies {
+		const block = 256
+		grid := ceilDiv(cp.R, 32) * ceilDiv(cp.C, 32) * cp.Batch
+		out := workspace + uint64(cp.Offset)
+		if grid > 0 {
+			ls = append(ls, Launch{Variant: v.Name, Kernel: "gemm_transpose", Grid: grid, Block: block,
+				Args: []uint64{cp.In, out, u32(int32(cp.R)), u32(int32(cp.C)), uint64(cp.Ldo), uint64(cp.StrideIn), uint64(cp.StrideOut)}})
+		}
+		switch i {
+		case pl.copyA:
+			a = out
+		case pl.copyB:
+			b = out
+		}
+	}
 	args := []uint64{
-		k.A, k.B, c, workspace, k.offsets, k.fault,
+		a, b, c, workspace, k.offsets, k.fault,
 		uint64(k.lda), uint64(k.ldb), uint64(ldcR), uint64(ldcC), uint64(k.strideB), uint64(k.strideC),
 		u32(k.M), u32(k.N), u32(k.K), u32(k.E), u32(k.rows), u32(k.mode), u32(k.splits), u32(k.kChunk),
 		u32(k.mTiles), u32(k.nTiles), u32(flags),
@@ -403,7 +527,7 @@ func (pl *Plan) Launches(workspace uint64) []Launch {
 	if pl.p.SwiGLU {
 		args = append(args, pl.p.B2, pl.p.G, pl.p.U)
 	}
-	ls := []Launch{{Variant: v.Name, Kernel: k.kernel, Grid: k.grid, Block: v.Threads(), Smem: v.Smem(), Args: args}}
+	ls = append(ls, Launch{Variant: v.Name, Kernel: k.kernel, Grid: k.grid, Block: v.Threads(), Smem: v.Smem(), Args: args})
 	if pl.Splits > 1 {
 		// Vectors of 16 bytes of partials; C written in the same number of elements (bfloat16 C: pairs,
 		// 4-byte aligned; the alignment test is that of 16-byte vectors of C's elements, which implies it).

@@ -280,7 +280,9 @@ func TestPlanOptions(t *testing.T) {
 	p := Problem{Mode: Dense, M: 1000, N: 1000, K: 1000}
 	for _, v := range vs {
 		p.Double, p.BF16 = v.Double, v.BF16
-		pl, err := Make(p, h200, Options{Force: v.Name, TF32: v.TF32}, vs)
+		tgt := h200
+		tgt.SM90a = v.WG // wgmma variants: sm_90a targets only (TestPlanWGMMA)
+		pl, err := Make(p, tgt, Options{Force: v.Name, TF32: v.TF32}, vs)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -346,10 +348,151 @@ func TestCommittedPTX(t *testing.T) {
 		if v.BF16 {
 			ks = append(ks, "gemm_nn_f32", "gemm_tt_v16_f32", "gemm_reduce_f32")
 		}
+		// Header: compute_80 PTX, or, for the wgmma modules (GPU-only: not emulated), nvcc 11.8's
+		// compute_90 PTX rewritten to ISA 8.0 for sm_90a by gen-ptx.sh (ptx-sm90a.sh).
+		header := []string{"\n.target sm_80\n"}
+		if v.WG {
+			ks = []string{"gemm_nt_v16", "gemm_reduce", "gemm_transpose"}
+			header = []string{"\n.version 8.0\n", "\n.target sm_90a\n", "wgmma.mma_async.sync.aligned.m64n"}
+		}
+		for _, hd := range header {
+			if !strings.Contains(string(src), hd) {
+				t.Errorf("%s: PTX lacks %q", v.Name, hd)
+			}
+		}
 		for _, k := range ks {
 			if !strings.Contains(string(src), ".entry "+k+"(") {
 				t.Errorf("%s: no kernel %s", v.Name, k)
 			}
+		}
+	}
+}
+
+// TestPlanWGMMA: the wgmma variants run TF32 products only on sm_90a targets, only where the operands
+// they read in place are 16-byte aligned with rows of a multiple of 4 elements; every other layout gets
+// K-major copies (gemm_transpose launches before the main one, into the workspace after any split-K
+// partials) and the main launch is always gemm_nt_v16 over the copies.
+func TestPlanWGMMA(t *testing.T) {
+	vs := loadVariants(t)
+	var wg Variant
+	for _, v := range vs {
+		if v.WG {
+			wg = v
+			break
+		}
+	}
+	if wg.Name == "" {
+		t.Fatal("no wgmma variant in gemm.variants")
+	}
+	sm90 := h200
+	sm90.SM90a = true
+	const A, B, C = 1 << 20, 2 << 20, 3 << 20
+	force := Options{TF32: true, Force: wg.Name}
+	// Never on other targets, forced or not; never for float32 without TF32.
+	for _, tgt := range []Target{h200, {SMs: 108, MaxSmem: 163 << 10}} {
+		pl, err := Make(Problem{Mode: GroupRows, N: 3584, K: 1024, E: 8, Rows: 8192, A: A, B: B, C: C}, tgt, force, vs)
+		if err != nil || pl.Variant.WG {
+			t.Errorf("non-sm_90a target: %v, %v", pl.Variant.Name, err)
+		}
+	}
+	if pl, _ := Make(Problem{Mode: GroupRows, N: 3584, K: 1024, E: 8, Rows: 8192, A: A, B: B, C: C}, sm90, Options{}, vs); pl.Variant.WG {
+		t.Errorf("float32 without TF32 planned on %s", pl.Variant.Name)
+	}
+	// At the Mixtral expert shape the planner's own TF32 choice on sm_90a is a wgmma tile for all three
+	// grouped products and the dense one (their eff outweighs the copies).
+	for _, p := range []Problem{
+		{Mode: GroupRows, N: 3584, K: 1024, E: 8, Rows: 8192},
+		{Mode: GroupRows, N: 1024, K: 3584, E: 8, Rows: 8192, TransB: true},
+		{Mode: GroupRed, M: 1024, N: 3584, E: 8, Rows: 8192, TransA: true},
+		{Mode: Dense, M: 4096, N: 3584, K: 1024},
+	} {
+		p.A, p.B, p.C = A, B, C
+		pl, err := Make(p, sm90, Options{TF32: true}, vs)
+		if err != nil || !pl.Variant.WG {
+			t.Errorf("%+v: planned %s (%v), want a wgmma tile", p, pl.Variant.Name, err)
+		}
+	}
+	cases := []struct {
+		p      Problem
+		wg     bool
+		copies [][2]int // R, C of each copy
+		lda    int64
+		ldb    int64
+	}{
+		// forward x·W[e], W stored [E,K,N]: W copied per expert to [E][N][K]
+		{Problem{Mode: GroupRows, N: 3584, K: 1024, E: 8, Rows: 8192}, true, [][2]int{{1024, 3584}}, 1024, 1024},
+		// dX = dY·W[e]ᵀ: both in place
+		{Problem{Mode: GroupRows, N: 1024, K: 3584, E: 8, Rows: 8192, TransB: true}, true, nil, 3584, 3584},
+		// dW: x and dY copied, rows rounded up to 4
+		{Problem{Mode: GroupRed, M: 1024, N: 3584, E: 8, Rows: 8191, TransA: true}, true, [][2]int{{8191, 1024}, {8191, 3584}}, 8192, 8192},
+		// dense, both transposed storage orders
+		{Problem{Mode: Dense, M: 4096, N: 4096, K: 1027, TransA: true}, true, [][2]int{{1027, 4096}, {1027, 4096}}, 1028, 1028},
+		// rows of A not whole 16-byte vectors: not for wgmma
+		{Problem{Mode: GroupRows, N: 3584, K: 1023, E: 8, Rows: 8192}, false, nil, 0, 0},
+		{Problem{Mode: Dense, M: 4096, N: 4096, K: 1023, TransB: true}, false, nil, 0, 0},
+	}
+	for _, c := range cases {
+		c.p.A, c.p.B, c.p.C, c.p.Offsets, c.p.Fault = A, B, C, 4<<20, 5<<20
+		pl, err := Make(c.p, sm90, force, vs)
+		if err != nil {
+			t.Fatalf("%+v: %v", c.p, err)
+		}
+		if pl.Variant.WG != c.wg {
+			t.Errorf("%+v: planned on %s, want wgmma %t", c.p, pl.Variant.Name, c.wg)
+			continue
+		}
+		if !c.wg {
+			continue
+		}
+		if len(pl.Copies) != len(c.copies) {
+			t.Errorf("%+v: copies %+v, want %v", c.p, pl.Copies, c.copies)
+			continue
+		}
+		const ws = 1 << 30
+		ls := pl.Launches(ws)
+		if len(ls) < len(c.copies)+1 {
+			t.Fatalf("%+v: %d launches", c.p, len(ls))
+		}
+		main := ls[len(c.copies)]
+		if main.Kernel != "gemm_nt_v16" || main.Smem != wg.Smem() || main.Block != 256 {
+			t.Errorf("%+v: main launch %s block %d smem %d", c.p, main.Kernel, main.Block, main.Smem)
+		}
+		if int64(main.Args[6]) != c.lda || int64(main.Args[7]) != c.ldb {
+			t.Errorf("%+v: lda %d ldb %d, want %d %d", c.p, main.Args[6], main.Args[7], c.lda, c.ldb)
+		}
+		end := int64(0)
+		if pl.Splits > 1 {
+			end = int64(pl.Splits) * int64(c.p.M) * int64(c.p.N) * 4
+		}
+		for i, cp := range pl.Copies {
+			l := ls[i]
+			if l.Kernel != "gemm_transpose" || cp.R != c.copies[i][0] || cp.C != c.copies[i][1] || cp.Ldo%4 != 0 || cp.Ldo < int64(cp.R) {
+				t.Errorf("%+v: copy %d: %s %+v", c.p, i, l.Kernel, cp)
+			}
+			if cp.Offset < end || cp.Offset%256 != 0 {
+				t.Errorf("%+v: copy %d at %d overlaps or misaligned (previous end %d)", c.p, i, cp.Offset, end)
+			}
+			end = cp.Offset + 4*cp.Ldo*int64(cp.C)*int64(cp.Batch)
+			if l.Args[0] != cp.In || l.Args[1] != ws+uint64(cp.Offset) || l.Grid != ((cp.R+31)/32)*((cp.C+31)/32)*cp.Batch {
+				t.Errorf("%+v: copy %d launch %+v", c.p, i, l)
+			}
+		}
+		if end > pl.Workspace {
+			t.Errorf("%+v: copies end at %d, workspace %d", c.p, end, pl.Workspace)
+		}
+		// The main launch reads the copies, or the operands in place.
+		wantA, wantB := uint64(A), uint64(B)
+		if pl.copyA >= 0 {
+			wantA = ws + uint64(pl.Copies[pl.copyA].Offset)
+		}
+		if pl.copyB >= 0 {
+			wantB = ws + uint64(pl.Copies[pl.copyB].Offset)
+			if c.p.Mode == GroupRows && int64(main.Args[10]) != pl.Copies[pl.copyB].StrideOut {
+				t.Errorf("%+v: strideB %d", c.p, main.Args[10])
+			}
+		}
+		if main.Args[0] != wantA || main.Args[1] != wantB {
+			t.Errorf("%+v: main reads %#x %#x, want %#x %#x", c.p, main.Args[0], main.Args[1], wantA, wantB)
 		}
 	}
 }

@@ -30,8 +30,11 @@ type Variant struct {
 	// Double: float64 elements (else float32). TF32: mma.sync tensor-core tiles (float32 only). BF16:
 	// bfloat16 operands on mma.sync m16n8k16 tiles with float32 accumulation (GEMM_T=bf16, GEMM_BF16=1).
 	// KC (SIMT): operand tiles keep their global layout in shared memory (k-contiguous for an operand
-	// stored k-contiguous), so no copy transposes; TF32 and BF16 tiles always do.
-	Double, TF32, BF16, KC bool
+	// stored k-contiguous), so no copy transposes; TF32 and BF16 tiles always do. WG (with TF32): Hopper
+	// warpgroup MMA tiles (GEMM_WGMMA=1, sm_90a PTX, run only on compute capability 9.0: Target.SM90a),
+	// which take A stored [M,K] and B stored [N,K] with 16-byte aligned rows (the plan transposes other
+	// layouts into scratch first).
+	Double, TF32, BF16, KC, WG bool
 	// Block tile, warps, thread tile (SIMT), pipeline depth, and the blocks per multiprocessor the
 	// register budget was sized for.
 	BM, BN, BK, WarpsM, WarpsN, TM, TN, Stages, MinBlocks int
@@ -55,6 +58,9 @@ func (v Variant) Threads() int { return v.WarpsM * v.WarpsN * 32 }
 // and operand the larger of the two tile layouts (k-major rows of BM or BN + padMN elements,
 // k-contiguous rows of BK + padK) when both occur.
 func (v Variant) Smem() int {
+	if v.WG { // WgTile: 128-byte swizzled rows of BK floats, plus 1024 bytes to align the first stage
+		return v.Stages*(v.BM+v.BN)*v.BK*4 + 1024
+	}
 	stage := func(mn int) int {
 		switch {
 		case v.TF32:
@@ -74,14 +80,22 @@ func (v Variant) Smem() int {
 // variants): then any operand may take 16-byte copies; otherwise only those stored k-major.
 func (v Variant) Direct() bool { return v.TF32 || v.BF16 || v.KC }
 
-// Config is the kernel module's gemm_config[8] for this variant: threads, dynamic shared bytes, BM, BN,
-// BK, stages, element bytes (2 for bfloat16), TF32 (0/1). The loader checks the PTX against it.
-func (v Variant) Config() [8]int32 {
-	tf := int32(0)
-	if v.TF32 {
-		tf = 1
+// ModuleKind is 2 for wgmma (sm_90a) modules, 1 for mma.sync TF32 ones, else 0: gemm_config[7].
+func (v Variant) ModuleKind() int32 {
+	switch {
+	case v.WG:
+		return 2
+	case v.TF32:
+		return 1
 	}
-	return [8]int32{int32(v.Threads()), int32(v.Smem()), int32(v.BM), int32(v.BN), int32(v.BK), int32(v.Stages), int32(v.ElemBytes()), tf}
+	return 0
+}
+
+// Config is the kernel module's gemm_config[8] for this variant: threads, dynamic shared bytes, BM, BN,
+// BK, stages, element bytes (2 for bfloat16), ModuleKind (0, 1 TF32, 2 wgmma). The loader checks the PTX
+// against it.
+func (v Variant) Config() [8]int32 {
+	return [8]int32{int32(v.Threads()), int32(v.Smem()), int32(v.BM), int32(v.BN), int32(v.BK), int32(v.Stages), int32(v.ElemBytes()), v.ModuleKind()}
 }
 
 // class names the problems a variant can run: "f32", "f64", "tf32" or "bf16".
@@ -164,6 +178,13 @@ func ParseVariants(text string) ([]Variant, error) {
 		default:
 			return nil, fmt.Errorf("gemm.variants:%d: GEMM_TF32=%q, want 0 or 1", ln+1, got["TF32"])
 		}
+		switch got["WGMMA"] {
+		case "", "0":
+		case "1":
+			v.WG = true
+		default:
+			return nil, fmt.Errorf("gemm.variants:%d: GEMM_WGMMA=%q, want 0 or 1", ln+1, got["WGMMA"])
+		}
 		if err := v.check(); err != nil {
 			return nil, fmt.Errorf("gemm.variants:%d: %s: %w", ln+1, v.Name, err)
 		}
@@ -188,6 +209,12 @@ func (v Variant) check() error {
 	if v.BF16 {
 		if v.TF32 || v.KC || wm%16 != 0 || wn%16 != 0 || v.BK%32 != 0 || v.BM%16 != 0 || v.BN%16 != 0 {
 			return fmt.Errorf("BF16 needs GEMM_TF32=0, no KC, BK a multiple of 32 and warp tiles of 16x16 multiples, got %dx%dx%d warps %dx%d", v.BM, v.BN, v.BK, wm, wn)
+		}
+		return nil
+	}
+	if v.WG {
+		if !v.TF32 || v.Double || v.KC || v.BM != 128 || v.BK != 32 || (v.BN != 128 && v.BN != 256) || v.Threads() != 256 || v.Stages < 3 {
+			return fmt.Errorf("WGMMA needs TF32 float tiles of 128 x 128 or 128 x 256 x 32, 256 threads and at least 3 stages, got %dx%dx%d, %d threads, %d stages", v.BM, v.BN, v.BK, v.Threads(), v.Stages)
 		}
 		return nil
 	}
