@@ -10,7 +10,8 @@
 //   gemm_xx_v16                          the same with 16-byte copies for the operands copied without
 //                                        transposition (every operand in the TF32, bfloat16 and KC
 //                                        variants; all such operands 16-byte aligned with rows of whole
-//                                        vectors)
+//                                        vectors) and 16-byte register-staged loads (RS variants: every
+//                                        operand, as for KC)
 //   gemm_reduce                          split-K: C = sum of the partial products, in split order
 // bfloat16 modules (GEMM_BF16): the kernels above write C in bfloat16 (rounded once); gemm_xx_f32 and
 // gemm_xx_v16_f32 write C in float32 (also the split-K partials), and gemm_reduce_f32 sums float32
@@ -25,6 +26,9 @@
 #endif
 #ifndef GEMM_KC  // SIMT: k-contiguous shared tiles for operands stored k-contiguous (see SimtTile)
 #define GEMM_KC 0
+#endif
+#ifndef GEMM_RS  // SIMT float32: k-major tiles, k-contiguous operands transposed through registers (see SimtTile)
+#define GEMM_RS 0
 #endif
 #ifndef GEMM_BF16  // bfloat16 operands on the m16n8k16 tensor-core tile (GEMM_T is bf16)
 #define GEMM_BF16 0
@@ -41,7 +45,7 @@ template <bool AT, bool BT, bool VEC, typename TC = GEMM_T> struct GemmCfg {
 #elif GEMM_TF32
     typedef Tf32Tile<GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_STAGES, AT, BT, VEC> type;
 #else
-    typedef SimtTile<GEMM_T, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_TM, GEMM_TN, GEMM_STAGES, AT, BT, VEC, GEMM_KD> type;
+    typedef SimtTile<GEMM_T, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_TM, GEMM_TN, GEMM_STAGES, AT, BT, VEC, GEMM_KD, GEMM_RS != 0> type;
 #endif
 };
 typedef GemmCfg<false, false, false>::type GemmNN;

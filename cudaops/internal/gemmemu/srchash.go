@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "29e4a10991df0d72f4aa7b34e0b1f62e3403e08d137ccf3f2a51482a4938e451"
+const sourceHash = "61e2f442d8102bea0f2ce1aa4af62750f0189316d551dbfd7665e6cea87a6808"

@@ -196,6 +196,12 @@ func (p Problem) swapped() Problem {
 	return q
 }
 
+// layout names the kernel layout of the product: A's layout, then B's ("n" or "t"), as in gemm_nt.
+func (p Problem) layout() string {
+	l := map[bool]string{false: "n", true: "t"}
+	return l[p.TransA] + l[p.TransB]
+}
+
 // leading dimensions of the packed operands.
 func (p Problem) lda() int {
 	if p.TransA {
@@ -266,7 +272,7 @@ func cost(p Problem, t Target, v Variant) float64 {
 	slots := float64(t.SMs * v.MinBlocks)
 	waves := math.Ceil(ctas / slots)
 	conc := math.Min(float64(v.MinBlocks), math.Ceil(ctas/float64(t.SMs)))
-	return waves * conc * float64(v.BM*v.BN) * math.Max(kLen, 1) / v.Eff
+	return waves * conc * float64(v.BM*v.BN) * math.Max(kLen, 1) / v.EffFor(p.layout())
 }
 
 // aligned reports whether a packed operand at addr with rows of ld elements is read in 16-byte vectors.
@@ -337,7 +343,7 @@ func build(p Problem, t Target, v Variant, swap bool) (*Plan, error) {
 	vec := (directA || directB) &&
 		(!directA || aligned(p.A, lda, elem)) &&
 		(!directB || aligned(p.B, ldb, elem))
-	k.kernel = "gemm_" + map[bool]string{false: "n", true: "t"}[p.TransA] + map[bool]string{false: "n", true: "t"}[p.TransB]
+	k.kernel = "gemm_" + p.layout()
 	if vec {
 		k.kernel += "_v16"
 	}
