@@ -67,8 +67,11 @@ type GemmVariant struct {
 	// float64 SIMT, float32 TF32 tensor cores, bfloat16 tensor cores (float32 accumulation), or (none)
 	// float32 SIMT
 	Double, TF32, BF16 bool
-	BM, BN, BK         int // block tile
-	Threads            int
+	// RS: float32 SIMT tiles that transpose k-contiguous operands through registers (gemm.variants' _rs
+	// lines).
+	RS         bool
+	BM, BN, BK int // block tile
+	Threads    int
 }
 
 // GemmVariants lists the tile configurations of the GEMM kernels (gemm.variants), in preference order
@@ -81,7 +84,7 @@ func (d *Device) GemmVariants() ([]GemmVariant, error) {
 			return err
 		}
 		for _, v := range st.variants {
-			out = append(out, GemmVariant{Name: v.Name, Double: v.Double, TF32: v.TF32, BF16: v.BF16, BM: v.BM, BN: v.BN, BK: v.BK, Threads: v.Threads()})
+			out = append(out, GemmVariant{Name: v.Name, Double: v.Double, TF32: v.TF32, BF16: v.BF16, RS: v.RS, BM: v.BM, BN: v.BN, BK: v.BK, Threads: v.Threads()})
 		}
 		return nil
 	})

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "61e2f442d8102bea0f2ce1aa4af62750f0189316d551dbfd7665e6cea87a6808"
+const sourceHash = "8981f7f4a01f5e99eb28852f2f212e332379415fa170fe3a033aca50bde3b2d7"
