@@ -10,7 +10,8 @@
 //   gemm_xx_v16                          the same with 16-byte copies for the operands copied without
 //                                        transposition (every operand in the TF32, bfloat16 and KC
 //                                        variants; all such operands 16-byte aligned with rows of whole
-//                                        vectors)
+//                                        vectors) and 16-byte register-staged loads (RS variants: every
+//                                        operand, as for KC)
 //   gemm_reduce                          split-K: C = sum of the partial products, in split order
 //   gemm_swiglu_nn, gemm_swiglu_nn_v16   grouped rows only: C = silu(A·B[e]) ⊙ (A·B2[e]) (the SwiGLU of an
 //                                        expert's gate and up projections, B and B2 stored [E,K,N]), and
@@ -40,6 +41,9 @@
 #ifndef GEMM_KC  // SIMT: k-contiguous shared tiles for operands stored k-contiguous (see SimtTile)
 #define GEMM_KC 0
 #endif
+#ifndef GEMM_RS  // SIMT float32: k-major tiles, k-contiguous operands transposed through registers (see SimtTile)
+#define GEMM_RS 0
+#endif
 #ifndef GEMM_BF16  // bfloat16 operands on the m16n8k16 tensor-core tile (GEMM_T is bf16)
 #define GEMM_BF16 0
 #endif
@@ -57,7 +61,7 @@ template <bool AT, bool BT, bool VEC, typename TC = GEMM_T> struct GemmCfg {
 #elif GEMM_TF32
     typedef Tf32Tile<GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_STAGES, AT, BT, VEC> type;
 #else
-    typedef SimtTile<GEMM_T, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_TM, GEMM_TN, GEMM_STAGES, AT, BT, VEC, GEMM_KD> type;
+    typedef SimtTile<GEMM_T, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_WARPS_M, GEMM_WARPS_N, GEMM_TM, GEMM_TN, GEMM_STAGES, AT, BT, VEC, GEMM_KD, GEMM_RS != 0> type;
 #endif
 };
 typedef GemmCfg<false, false, false>::type GemmNN;

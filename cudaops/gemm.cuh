@@ -133,6 +133,19 @@ GEMM_DEV void ldsm_x4_t(unsigned* d, const bf16* row) {
                  : "r"(smem_u32(row)));
 }
 GEMM_DEV unsigned tf32_bits(unsigned u) { return to_tf32(__uint_as_float(u)); }
+// Register-staged copies (SimtTile with RS): global loads into registers, zero when !in (nothing read),
+// and plain shared stores.
+GEMM_DEV void ldg4(float* r, const float* g, bool in) {
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (in) v = *reinterpret_cast<const float4*>(g);
+    r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
+}
+// (SimtTile instantiates these for double too, never calling them: RS tiles are float32.)
+GEMM_DEV void ldg4(double* r, const double* g, bool in) {
+    for (int e = 0; e < 4; e++) r[e] = in ? g[e] : 0.0;
+}
+template <typename T> GEMM_DEV T ldg1(const T* g, bool in) { return in ? *g : T(0); }
+template <typename T> GEMM_DEV void sts1(T* s, T v) { *s = v; }
 GEMM_DEV void gemm_fault(unsigned* f, unsigned code) { atomicOr(f, code); }
 #endif
 
@@ -358,7 +371,18 @@ GEMM_DEV void swiglu_put2(const J& j, long long rowOff, int n, float g0, float g
 //     (ln + LN*q), so a warp reads LM (LN) <= 8 consecutive rows, whose 16-byte words fall in distinct
 //     bank groups because a row is an odd number of 16-byte words (BK+PAD with BK a multiple of 8).
 // Either way one shared load feeds 4 rows x 1 k or 1 row x 4 k: the same load count per FMA.
-template <typename T, int BM_, int BN_, int BK_, int WARPS_M, int WARPS_N, int TM, int TN, int STAGES, bool AT, bool BT, bool VEC, int KD>
+// RS (register-staged, float, no KC): every tile is k-major, so the main loop is the one of the weight
+// gradient's layout (both operands k-major, the fastest SIMT loop), and an operand stored k-contiguous
+// (A [M,K], B [N,K]) is transposed through registers instead of by element copies: while tile kt is
+// multiplied, each thread loads its units of tile kt+1 (4 consecutive k of one row, a 16-byte load with
+// VEC, else 4 element loads) into registers, and after the multiplication stores them as 4 elements of
+// the k-major stage of tile kt+1 (published by the next iteration's barrier). Unit u of a thread (u =
+// tid + NT*q) is row r = (u/2) % R, k = 4*(2*((u/2)/R) + u%2): two lanes cover the 32 bytes of 8
+// consecutive k of one row (a whole sector), a warp 16 rows; with k-major rows of BM+4 (4 words mod 32)
+// the 32 stores of a warp (one element each) fall in banks 16*(u%2) + r + const: 32 distinct banks.
+// Operands stored k-major still take cp.async copies into the same stages.
+template <typename T, int BM_, int BN_, int BK_, int WARPS_M, int WARPS_N, int TM, int TN, int STAGES, bool AT, bool BT, bool VEC, int KD,
+          bool RS = false>
 struct SimtTile {
     typedef T elem;
     typedef T out;
@@ -369,6 +393,11 @@ struct SimtTile {
         PAD = 16 / (int)sizeof(T),
         A_K = KC && !AT,  // As[m][k]
         B_K = KC && BT,   // Bs[n][k]
+        RA = RS && !AT,   // A through registers (k-contiguous in global memory)
+        RB = RS && BT,    // B through registers
+        RU = BK / 4,      // register-staged units (4 k) per row
+        RA_N = RA ? (BM * RU + NT - 1) / NT : 1,  // units per thread (arrays of at least 1)
+        RB_N = RB ? (BN * RU + NT - 1) / NT : 1,
         LDA_S = A_K ? BK + PAD : BM + PAD,
         LDB_S = B_K ? BK + PAD : BN + PAD,
         // Every kernel of a module has the same shared memory size: the larger of the two layouts.
@@ -385,13 +414,16 @@ struct SimtTile {
     static_assert(sizeof(T) == 8 || KC || ((LDA_S % 32) == 4 && (LDB_S % 32) == 4), "shared rows must be 4 words mod 32");
     static_assert((!A_K || LM <= 8) && (!B_K || LN <= 8), "k-contiguous fragment reads need at most 8 lanes per row group");
     static_assert(!KC || KD == 2 || KD == 4, "KD is 2 or 4");
+    static_assert(!RS || (!KC && sizeof(T) == 4), "register-staged tiles are float32 and k-major");
 
     template <bool CHECK, bool SW> static GEMM_DEV void load_stage(T* sA, T* sB, const TileJob<T>& j, int k0, int tid) {
-        if (A_K) load_tile<T, BM, BK, LDA_S, NT, true, VEC, CHECK>(sA, j.a + k0, j.lda, j.mLim, j.kLen - k0, tid);
+        if (RA) {  // register-staged (ldg_stage, sts_stage)
+        } else if (A_K) load_tile<T, BM, BK, LDA_S, NT, true, VEC, CHECK>(sA, j.a + k0, j.lda, j.mLim, j.kLen - k0, tid);
         else if (AT) load_tile<T, BK, BM, LDA_S, NT, true, VEC, CHECK>(sA, j.a + (long long)k0 * j.lda, j.lda, j.kLen - k0, j.mLim, tid);
         else load_tile<T, BK, BM, LDA_S, NT, false, false, CHECK>(sA, j.a + k0, j.lda, j.kLen - k0, j.mLim, tid);
-        if (SW) load_b_swiglu<T, BK, BN, WN, LDB_S, NT, VEC, CHECK>(sB, j, k0, tid);
-        else if (B_K) load_tile<T, BN, BK, LDB_S, NT, true, VEC, CHECK>(sB, j.b + k0, j.ldb, j.nLim, j.kLen - k0, tid);
+        if (SW) load_b_swiglu<T, BK, BN, WN, LDB_S, NT, VEC, CHECK>(sB, j, k0, tid);  // B stored [K,N]: never RB
+        else if (RB) {
+        } else if (B_K) load_tile<T, BN, BK, LDB_S, NT, true, VEC, CHECK>(sB, j.b + k0, j.ldb, j.nLim, j.kLen - k0, tid);
         else if (!BT) load_tile<T, BK, BN, LDB_S, NT, true, VEC, CHECK>(sB, j.b + (long long)k0 * j.ldb, j.ldb, j.kLen - k0, j.nLim, tid);
         else load_tile<T, BK, BN, LDB_S, NT, false, false, CHECK>(sB, j.b + k0, j.ldb, j.kLen - k0, j.nLim, tid);
     }
@@ -401,6 +433,53 @@ struct SimtTile {
         const int k0 = t * BK;
         if (j.mLim >= BM && j.nLim >= (SW ? BN / 2 : BN) && j.kLen - k0 >= BK) load_stage<false, SW>(sA, sB, j, k0, tid);
         else load_stage<true, SW>(sA, sB, j, k0, tid);
+    }
+
+    // Register-staged copies (RS). A unit is 4 consecutive k of one row of a k-contiguous operand (g: the
+    // stage's first element, rows ld apart); units past R*RU (thread counts that do not divide the tile)
+    // are skipped.
+    template <int R, int N, bool CHECK>
+    static GEMM_DEV void ldg_units(T (&v)[N][4], const T* g, int ld, int rLim, int kLim, int tid) {
+#pragma unroll
+        for (int q = 0; q < N; q++) {
+            const int u = tid + q * NT;
+            if ((R * RU) % NT != 0 && u >= R * RU) break;
+            const int r = (u >> 1) % R, k = 4 * (2 * ((u >> 1) / R) + (u & 1));
+            if (VEC) {  // g and ld 16-byte multiples, kLim a multiple of 4 (the planner's _v16 condition)
+                const bool in = !CHECK || (r < rLim && k < kLim);
+                ldg4(v[q], g + (in ? r * ld + k : 0), in);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const bool in = !CHECK || (r < rLim && k + e < kLim);
+                    v[q][e] = ldg1(g + (in ? r * ld + k + e : 0), in);
+                }
+            }
+        }
+    }
+    template <int R, int N, int LDS> static GEMM_DEV void sts_units(T* s, const T (&v)[N][4], int tid) {
+#pragma unroll
+        for (int q = 0; q < N; q++) {
+            const int u = tid + q * NT;
+            if ((R * RU) % NT != 0 && u >= R * RU) break;
+            const int r = (u >> 1) % R, k = 4 * (2 * ((u >> 1) / R) + (u & 1));
+#pragma unroll
+            for (int e = 0; e < 4; e++) sts1(s + (k + e) * LDS + r, v[q][e]);
+        }
+    }
+    // Loads the register-staged operands of tile t (same interior test as load).
+    template <bool CHECK> static GEMM_DEV void ldg_stage_(T (&va)[RA_N][4], T (&vb)[RB_N][4], const TileJob<T>& j, int k0, int tid) {
+        if (RA) ldg_units<BM, RA_N, CHECK>(va, j.a + k0, j.lda, j.mLim, j.kLen - k0, tid);
+        if (RB) ldg_units<BN, RB_N, CHECK>(vb, j.b + k0, j.ldb, j.nLim, j.kLen - k0, tid);
+    }
+    static GEMM_DEV void ldg_stage(T (&va)[RA_N][4], T (&vb)[RB_N][4], const TileJob<T>& j, int t, int tid) {
+        const int k0 = t * BK;
+        if (j.mLim >= BM && j.nLim >= BN && j.kLen - k0 >= BK) ldg_stage_<false>(va, vb, j, k0, tid);
+        else ldg_stage_<true>(va, vb, j, k0, tid);
+    }
+    static GEMM_DEV void sts_stage(T* sA, T* sB, const T (&va)[RA_N][4], const T (&vb)[RB_N][4], int tid) {
+        if (RA) sts_units<BM, RA_N, LDA_S>(sA, va, tid);
+        if (RB) sts_units<BN, RB_N, LDB_S>(sB, vb, tid);
     }
 
     // Row of the warp tile holding the thread's i-th row (lm: the lane's row in the lane grid), and
@@ -449,12 +528,21 @@ struct SimtTile {
             if (s < kTiles) load<SW>(sA + s * A_STAGE, sB + s * B_STAGE, j, s, tid);
             cp_async_commit();
         }
+        // RS: tile 0's register-staged part is stored before the first barrier; tile kt+1's is loaded
+        // while tile kt is multiplied and stored after it, into stage (kt+1) % STAGES, which nobody reads
+        // in iteration kt (its previous tile, kt+1-STAGES, was read before this iteration's barrier).
+        T va[RA_N][4], vb[RB_N][4];
+        if (RS && kTiles > 0) {
+            ldg_stage(va, vb, j, 0, tid);
+            sts_stage(sA, sB, va, vb, tid);
+        }
         for (int kt = 0; kt < kTiles; kt++) {
             cp_async_wait<STAGES - 2>();  // tile kt has landed (for this thread's copies) ...
             __syncthreads();              // ... for everyone's, and stage (kt-1) % STAGES is free
             const int pf = kt + STAGES - 1;
             if (pf < kTiles) load<SW>(sA + (pf % STAGES) * A_STAGE, sB + (pf % STAGES) * B_STAGE, j, pf, tid);
             cp_async_commit();
+            if (RS && kt + 1 < kTiles) ldg_stage(va, vb, j, kt + 1, tid);
             const T* a = sA + (kt % STAGES) * A_STAGE + aOff;
             const T* b = sB + (kt % STAGES) * B_STAGE + bOff;
             // A k-contiguous operand is read KD k at a time, a k-major one k by k (fewer live registers).
@@ -475,6 +563,10 @@ struct SimtTile {
 #pragma unroll
                         for (int q = 0; q < TN; q++) acc[i][q] = fma_t(ra[i], rb[q], acc[i][q]);
                 }
+            }
+            if (RS && kt + 1 < kTiles) {
+                const int nx = (kt + 1) % STAGES;
+                sts_stage(sA + nx * A_STAGE, sB + nx * B_STAGE, va, vb, tid);
             }
         }
         cp_async_wait<0>();

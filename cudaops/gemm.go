@@ -69,10 +69,11 @@ type GemmVariant struct {
 	Name string
 	// float64 SIMT, float32 TF32 tensor cores, bfloat16 tensor cores (float32 accumulation), or (none)
 	// float32 SIMT. WGMMA (with TF32): a Hopper warpgroup-MMA tile, planned only on compute capability
-	// 9.0 devices (GemmWGMMA).
-	Double, TF32, BF16, WGMMA bool
-	BM, BN, BK                int // block tile
-	Threads                   int
+	// 9.0 devices (GemmWGMMA). RS: float32 SIMT tiles that transpose k-contiguous operands through
+	// registers (gemm.variants' _rs lines).
+	Double, TF32, BF16, WGMMA, RS bool
+	BM, BN, BK                    int // block tile
+	Threads                       int
 }
 
 // GemmVariants lists the tile configurations of the GEMM kernels (gemm.variants), in preference order
@@ -85,7 +86,7 @@ func (d *Device) GemmVariants() ([]GemmVariant, error) {
 			return err
 		}
 		for _, v := range st.variants {
-			out = append(out, GemmVariant{Name: v.Name, Double: v.Double, TF32: v.TF32, BF16: v.BF16, WGMMA: v.WG, BM: v.BM, BN: v.BN, BK: v.BK, Threads: v.Threads()})
+			out = append(out, GemmVariant{Name: v.Name, Double: v.Double, TF32: v.TF32, BF16: v.BF16, WGMMA: v.WG, RS: v.RS, BM: v.BM, BN: v.BN, BK: v.BK, Threads: v.Threads()})
 		}
 		return nil
 	})

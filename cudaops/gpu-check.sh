@@ -4,11 +4,12 @@
 #   go build -tags expertrt_cuda -o .devbin/bench ./bench
 #   go build -tags expertrt_cuda -o .devbin/mixtral-layer ./examples/mixtral-layer   (stages train and bf16: HF parity)
 # Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck engine train layer policies
-# bench torch ncu gemm gemm-sweep gemm-full gemm-bf16 gemm-bf16-bench gemm-wgmma bf16 seam ptx-nvcc swiglu (seam: the kernel declarations, per-kernel
+# bench torch ncu gemm gemm-sweep gemm-rs gemm-full gemm-bf16 gemm-bf16-bench gemm-wgmma bf16 seam ptx-nvcc swiglu (seam: the kernel declarations, per-kernel
 # faults, device options and the graph's fused route, about 2 minutes; ptx-nvcc: which PTX modules the
 # host's nvcc compiles to other code; gemm: the GEMM kernels' tests, sanitizers, bench and the PyTorch
 # baseline, under 3 minutes; gemm-sweep: every tile configuration timed, GEMM_SWEEP=name,... limits it,
-# about 1-2 minutes; gemm-full: every GEMM test case on every configuration; gemm-bf16: the bfloat16
+# about 1-2 minutes; gemm-rs: the register-staged fp32 tiles' tests, sanitizers and sweep, about 2.5
+# minutes; gemm-full: every GEMM test case on every configuration; gemm-bf16: the bfloat16
 # GEMM tiles' tests and sanitizers, about 2 minutes; gemm-bf16-bench: their sweep and bench against
 # PyTorch bfloat16, about 1.5 minutes; gemm-wgmma: the Hopper wgmma TF32 tiles (ptxas sm_90a, tests,
 # sanitizers, sweep against mma.sync and PyTorch TF32), about 3 minutes; train and layer: the
@@ -270,6 +271,40 @@ PY
       timeout 120 $B -device cuda -gemm-variants "$SW" -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w -tokens 4096 -hidden 2048 -ffn 1408 -experts 64 -top-k 6 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "sweep failed (small experts)"
       EXPERTRT_GEMM_TF32=1 timeout 120 $B -device cuda -gemm-variants "$SW" -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w,matmul-dense -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json >> "$G/sweep.jsonl" || echo "tf32 sweep failed"
       gemm_table
+      ;;
+    gemm-rs)
+      # Register-staged SIMT tiles (GEMM_RS, gemm.variants' _rs lines; issue 8's dY·Wᵀ at cuBLAS speed),
+      # about 2.5 minutes: the GEMM tests forced on every _rs configuration (float32, -test.short), memcheck
+      # and racecheck on f32_128x64x16_rs_s3, then an fp32 sweep of the _rs lines against the KC lines
+      # (GEMM_SWEEP=name,... overrides the list) at T=4096 and 16384 (H=1024 F=3584 E=8 k=2) and the
+      # small-expert shape. Logs and JSON under $OUT/gemm-rs/.
+      R="$OUT/gemm-rs"; mkdir -p "$R"
+      timeout 100 $T -test.run 'TestCUDAGemm(Grouped|Dense)$/^float32$/_rs_' -test.short -test.v -test.count=1 > "$R/tests.log" 2>&1
+      echo "rs gemm tests: exit $? ($(grep -c -- '--- PASS' "$R/tests.log") passed, $(grep -c -- '--- FAIL' "$R/tests.log") failed (sub)tests)"
+      grep -E -- '--- FAIL|^(ok|FAIL|PASS)|panic' "$R/tests.log" | head -12
+      grep -E '_test.go:[0-9]+' "$R/tests.log" | head -8
+      for tool in memcheck racecheck; do
+        extra=""; [ $tool = memcheck ] && extra="--leak-check no"
+        timeout 60 compute-sanitizer --tool $tool $extra $T -test.run 'TestCUDAGemm(Grouped|Dense)$/^float32$/^f32_128x64x16_rs_s3$' -test.short > "$R/$tool.log" 2>&1
+        echo "$tool: exit $? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$R/$tool.log" | sort | uniq -c | tr '\n' ' ')"
+      done
+      SW="${GEMM_SWEEP:-f32_128x64x16_s3,f32_128x128x16_s3,f32_64x64x16_s3,f32_128x64x16_rs_s3,f32_128x128x8_w4_rs_s3,f32_128x128x16_w4_rs_s2}"
+      : > "$R/sweep.jsonl"
+      timeout 90 $B -device cuda -gemm-variants "$SW" -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w -tokens 4096 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json >> "$R/sweep.jsonl" || echo "sweep failed (T=4096)"
+      timeout 60 $B -device cuda -gemm-variants "$SW" -op groupedmm,groupedmm-bwd-x -tokens 16384 -hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json >> "$R/sweep.jsonl" || echo "sweep failed (T=16384)"
+      timeout 60 $B -device cuda -gemm-variants "$SW" -op groupedmm,groupedmm-bwd-x,groupedmm-bwd-w -tokens 4096 -hidden 2048 -ffn 1408 -experts 64 -top-k 6 -reps 10 -warmup 2 -json >> "$R/sweep.jsonl" || echo "sweep failed (small experts)"
+      python3 - "$R/sweep.jsonl" <<'PY'
+import sys
+sys.path.insert(0, "bench")
+from jsonrows import rows
+groups = {}
+for r in rows(sys.argv[1]):
+    groups.setdefault((r["op"], r["tokens"], r["hidden"], r["experts"]), []).append(r)
+print("fp32 sweep, TFLOP/s per configuration (cuBLAS per-expert on the H200, run 8: dX 42.9 at T=4096, 49.6 at T=16384):")
+for k, rs in sorted(groups.items()):
+    rs.sort(key=lambda r: -r.get("tflop_per_s", 0))
+    print(f"  {k[0]:16s} T={k[1]:5d} H={k[2]} E={k[3]}: " + "  ".join(f"{r['gemm_variant']}={r.get('tflop_per_s', 0):.1f}" for r in rs))
+PY
       ;;
     gemm-bf16)
       # bfloat16 GEMM tiles (Bf16Tile, issue 11), correctness, about 2 minutes; logs under

@@ -498,6 +498,30 @@ void emu_smem_read(const void* p, int bytes) {
     }
 }
 
+bool emu_global_read(const void* p, int bytes, bool in) {
+    if ((uintptr_t)p % bytes != 0 || !readable(p, in ? bytes : 1)) {
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "thread %d: %d-byte global load at %p (%s): misaligned or outside every allocation",
+                      run_->cur, bytes, p, in ? "read" : "zero-fill");
+        fail(buf);
+        return false;
+    }
+    return true;
+}
+
+bool emu_smem_write(const void* p, int bytes) {
+    const Run& r = *run_;
+    const uintptr_t a = (uintptr_t)p, s0 = (uintptr_t)r.smem;
+    if (a % bytes != 0 || a < s0 || a + bytes > s0 + (uintptr_t)r.k->smem) {
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "thread %d: %d-byte shared store at offset %lld: misaligned or outside the CTA's dynamic shared memory",
+                      r.cur, bytes, (long long)(a - s0));
+        fail(buf);
+        return false;
+    }
+    return true;
+}
+
 void emu_fault(unsigned* f, unsigned code) { *f |= code; }
 
 // ---------------------------------------------------------------- C API (emu_api.h)

@@ -42,6 +42,8 @@ void emu_mma_bf16(float* d, const unsigned* a, const unsigned* b);
 void emu_ldmatrix_x4(unsigned* d, const void* row, bool trans);
 void emu_smem_read(const void* p, int bytes);  // fails the run unless aligned and inside shared memory
 #define GEMM_SMEM_READ(p, bytes) emu_smem_read(p, bytes)
+bool emu_global_read(const void* p, int bytes, bool in);  // false (and fails the run) unless aligned and allocated
+bool emu_smem_write(const void* p, int bytes);            // false (and fails the run) unless aligned, in shared memory
 void emu_fault(unsigned* f, unsigned code);
 int emu_thread();  // thread index in the CTA of the running coroutine
 
@@ -81,6 +83,19 @@ inline unsigned tf32_bits(unsigned u) {  // cvt.rna.tf32.f32 of the float with b
     return to_tf32(x);
 }
 inline void gemm_fault(unsigned* f, unsigned code) { emu_fault(f, code); }
+// Register-staged copies (SimtTile with RS): checked global loads (zero when !in) and shared stores.
+// (Instantiated for double too, never called: RS tiles are float32.)
+template <typename T> inline void ldg4(T* r, const T* g, bool in) {
+    const bool ok = emu_global_read(g, 16, in);
+    for (int e = 0; e < 4; e++) r[e] = in && ok ? g[e] : T(0);
+}
+template <typename T> inline T ldg1(const T* g, bool in) {
+    const bool ok = emu_global_read(g, (int)sizeof(T), in);
+    return in && ok ? *g : T(0);
+}
+template <typename T> inline void sts1(T* s, T v) {
+    if (emu_smem_write(s, (int)sizeof(T))) *s = v;
+}
 
 // Hopper wgmma tile (gemm_wgmma.cuh). Shared-window addresses: the dynamic shared memory starts at
 // address EMU_SMEM_BASE, which like the GPU's (after the static scheduler buffer) is 16- but not

@@ -444,6 +444,12 @@ func cases(rng *rand.Rand, double, short bool) []problem {
 	for _, mis := range [][3]int{{0, 0, 0}, {1, 0, 0}, {0, 1, 1}} {
 		ps = append(ps, problem{Problem: gemmplan.Problem{Mode: gemmplan.Dense, Double: double, M: 96, N: 136, K: 72}, misalign: mis})
 		ps = append(ps, problem{Problem: gemmplan.Problem{Mode: gemmplan.Dense, Double: double, TransA: true, TransB: true, M: 96, N: 136, K: 72}, misalign: mis})
+		if !short || mis == [3]int{1, 0, 0} {
+			// The other two layouts (dY·Wᵀ, both operands k-contiguous, is what the RS tiles transpose
+			// through registers; the last k-tile is partial: 72 = 4·16 + 8).
+			ps = append(ps, problem{Problem: gemmplan.Problem{Mode: gemmplan.Dense, Double: double, TransB: true, M: 96, N: 136, K: 72}, misalign: mis})
+			ps = append(ps, problem{Problem: gemmplan.Problem{Mode: gemmplan.Dense, Double: double, TransA: true, M: 96, N: 136, K: 72}, misalign: mis})
+		}
 	}
 	type grouped struct {
 		E, rows, k, n int

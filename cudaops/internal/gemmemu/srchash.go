@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "a660d0c8fa1cfbd4fd559d9dc84a1f01349fb772f8d17c183c96647eb1eaaef2"
+const sourceHash = "ba54a71579d17fd88584b6d3b58a444ae9da56f81ff3d9dccebffa09338f86e6"

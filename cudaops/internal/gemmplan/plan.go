@@ -227,6 +227,12 @@ func (p Problem) swapped() Problem {
 	return q
 }
 
+// layout names the kernel layout of the product: A's layout, then B's ("n" or "t"), as in gemm_nt.
+func (p Problem) layout() string {
+	l := map[bool]string{false: "n", true: "t"}
+	return l[p.TransA] + l[p.TransB]
+}
+
 // leading dimensions of the packed operands.
 func (p Problem) lda() int {
 	if p.TransA {
@@ -320,7 +326,7 @@ func cost(p Problem, t Target, v Variant) float64 {
 	slots := float64(t.SMs * v.MinBlocks)
 	waves := math.Ceil(ctas / slots)
 	conc := math.Min(float64(v.MinBlocks), math.Ceil(ctas/float64(t.SMs)))
-	return waves*conc*float64(v.BM*v.BN)*math.Max(kLen, 1)/v.Eff + extra
+	return waves*conc*float64(v.BM*v.BN)*math.Max(kLen, 1)/v.EffFor(p.layout()) + extra
 }
 
 // wgCopies lists the K-major copies the wgmma tile needs for p (In set, Offset not yet): A stored [K,M]
@@ -450,7 +456,7 @@ func build(p Problem, t Target, v Variant, swap bool) (*Plan, error) {
 		(!directA || aligned(p.A, lda, elem)) &&
 		(!directB || aligned(p.B, ldb, elem)) &&
 		(!p.SwiGLU || aligned(p.B2, ldb, elem))
-	k.kernel = "gemm_" + map[bool]string{false: "n", true: "t"}[p.TransA] + map[bool]string{false: "n", true: "t"}[p.TransB]
+	k.kernel = "gemm_" + p.layout()
 	if p.SwiGLU {
 		k.kernel = "gemm_swiglu_nn"
 	}

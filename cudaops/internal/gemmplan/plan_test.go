@@ -317,6 +317,53 @@ func TestCostPrefersFullTiles(t *testing.T) {
 	}
 }
 
+// TestLayoutEff: an eff column "e,nt=x" gives the products of kernel layout nt (dY·Wᵀ) eff x and every
+// other layout e, so a variant (the RS tiles) can be the planner's choice for one layout only; RS lines
+// parse as float32 SIMT variants that read every operand in 16-byte units.
+func TestLayoutEff(t *testing.T) {
+	const flags = " -DGEMM_T=float -DGEMM_TF32=0 -DGEMM_BM=128 -DGEMM_BN=64 -DGEMM_BK=16 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=2 -DGEMM_TM=8 -DGEMM_TN=8 -DGEMM_STAGES=3 -DGEMM_MINB=3"
+	vs, err := ParseVariants("kc 1.0 -DGEMM_KC=1" + flags + "\nrs 0.5,nt=1.2,tt=0.9 -DGEMM_KC=0 -DGEMM_RS=1" + flags)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs := vs[1]; !rs.RS || rs.KC || !rs.Direct() || rs.EffFor("nt") != 1.2 || rs.EffFor("tt") != 0.9 || rs.EffFor("nn") != 0.5 || rs.EffFor("tn") != 0.5 {
+		t.Fatalf("rs variant %+v", rs)
+	}
+	if vs[0].EffFor("nt") != 1.0 || vs[0].RS {
+		t.Fatalf("kc variant %+v", vs[0])
+	}
+	for _, c := range []struct {
+		p    Problem
+		want string
+	}{
+		{Problem{Mode: GroupRows, TransB: true, N: 1024, K: 3584, E: 8, Rows: 8192, A: 256, B: 512, C: 1024}, "rs"}, // dX = dY·Wᵀ
+		{Problem{Mode: GroupRows, N: 3584, K: 1024, E: 8, Rows: 8192, A: 256, B: 512, C: 1024}, "kc"},               // forward
+		{Problem{Mode: GroupRed, TransA: true, M: 1024, N: 3584, E: 8, Rows: 8192, A: 256, B: 512, C: 1024}, "kc"},  // dW
+		{Problem{Mode: Dense, TransA: true, TransB: true, M: 4096, N: 4096, K: 4096, A: 256, B: 512, C: 1024}, "kc"},
+	} {
+		pl, err := Make(c.p, h200, Options{}, vs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pl.Variant.Name != c.want {
+			t.Errorf("%v tA=%t tB=%t: planned %s, want %s", c.p.Mode, c.p.TransA, c.p.TransB, pl.Variant.Name, c.want)
+		}
+		if c.want == "rs" && pl.Launches(0)[0].Kernel != "gemm_nt_v16" {
+			t.Errorf("dX on rs: kernel %s, want gemm_nt_v16", pl.Launches(0)[0].Kernel)
+		}
+	}
+	for _, bad := range []string{
+		"x 1,nt" + flags, "x 1,nx=2" + flags, "x 1,nt=0" + flags, "x 1,nt=1,nt=2" + flags,
+		"x 1 -DGEMM_KC=1 -DGEMM_RS=1" + flags, "x 1 -DGEMM_RS=2" + flags,
+		"x 1 -DGEMM_RS=1 -DGEMM_T=double -DGEMM_TF32=0 -DGEMM_BM=128 -DGEMM_BN=64 -DGEMM_BK=8 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=2 -DGEMM_TM=8 -DGEMM_TN=8 -DGEMM_STAGES=3 -DGEMM_MINB=2",
+		"x 1 -DGEMM_RS=1 -DGEMM_T=float -DGEMM_TF32=1 -DGEMM_BM=128 -DGEMM_BN=128 -DGEMM_BK=16 -DGEMM_WARPS_M=2 -DGEMM_WARPS_N=2 -DGEMM_STAGES=3 -DGEMM_MINB=2",
+	} {
+		if _, err := ParseVariants(bad); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+}
+
 // TestCommittedPTX: every variant has its compressed module under cudaops/ptx/gemm, compiled with the
 // configuration the planner assumes (the loader checks the same at run time), and no module is left over.
 func TestCommittedPTX(t *testing.T) {

@@ -27,14 +27,18 @@ type Variant struct {
 	Name string
 	// Eff is the assumed relative speed per FLOP of full tiles (the cost model's weight).
 	Eff float64
+	// LayoutEff overrides Eff for the products of one kernel layout ("nn", "nt", "tn", "tt": A's layout,
+	// then B's, as in the kernel names), written "eff,nt=1.05,nn=0.9" in the eff column.
+	LayoutEff map[string]float64
 	// Double: float64 elements (else float32). TF32: mma.sync tensor-core tiles (float32 only). BF16:
 	// bfloat16 operands on mma.sync m16n8k16 tiles with float32 accumulation (GEMM_T=bf16, GEMM_BF16=1).
 	// KC (SIMT): operand tiles keep their global layout in shared memory (k-contiguous for an operand
 	// stored k-contiguous), so no copy transposes; TF32 and BF16 tiles always do. WG (with TF32): Hopper
 	// warpgroup MMA tiles (GEMM_WGMMA=1, sm_90a PTX, run only on compute capability 9.0: Target.SM90a),
 	// which take A stored [M,K] and B stored [N,K] with 16-byte aligned rows (the plan transposes other
-	// layouts into scratch first).
-	Double, TF32, BF16, KC, WG bool
+	// layouts into scratch first). RS (SIMT float32, without KC): every tile k-major, operands stored
+	// k-contiguous transposed through registers from 16-byte loads (SimtTile's RS).
+	Double, TF32, BF16, KC, WG, RS bool
 	// Block tile, warps, thread tile (SIMT), pipeline depth, and the blocks per multiprocessor the
 	// register budget was sized for.
 	BM, BN, BK, WarpsM, WarpsN, TM, TN, Stages, MinBlocks int
@@ -76,9 +80,18 @@ func (v Variant) Smem() int {
 	return v.Stages * (stage(v.BM) + stage(v.BN)) * v.ElemBytes()
 }
 
-// Direct reports whether the variant copies every operand without transposing it (TF32, BF16 and KC
-// variants): then any operand may take 16-byte copies; otherwise only those stored k-major.
-func (v Variant) Direct() bool { return v.TF32 || v.BF16 || v.KC }
+// Direct reports whether the variant reads every operand in 16-byte units (TF32, BF16 and KC variants
+// copy no operand transposed; RS variants transpose through registers after 16-byte loads): then any
+// operand may take 16-byte copies; otherwise only those stored k-major.
+func (v Variant) Direct() bool { return v.TF32 || v.BF16 || v.KC || v.RS }
+
+// EffFor is the eff of the variant for products of kernel layout lay ("nn", "nt", "tn" or "tt").
+func (v Variant) EffFor(lay string) float64 {
+	if e, ok := v.LayoutEff[lay]; ok {
+		return e
+	}
+	return v.Eff
+}
 
 // ModuleKind is 2 for wgmma (sm_90a) modules, 1 for mma.sync TF32 ones, else 0: gemm_config[7].
 func (v Variant) ModuleKind() int32 {
@@ -126,8 +139,23 @@ func ParseVariants(text string) ([]Variant, error) {
 		}
 		v := Variant{Name: f[0]}
 		var err error
-		if v.Eff, err = strconv.ParseFloat(f[1], 64); err != nil || v.Eff <= 0 {
-			return nil, fmt.Errorf("gemm.variants:%d: eff %q is not a positive number", ln+1, f[1])
+		effs := strings.Split(f[1], ",")
+		if v.Eff, err = strconv.ParseFloat(effs[0], 64); err != nil || v.Eff <= 0 {
+			return nil, fmt.Errorf("gemm.variants:%d: eff %q is not a positive number", ln+1, effs[0])
+		}
+		for _, le := range effs[1:] {
+			lay, val, ok := strings.Cut(le, "=")
+			e, err := strconv.ParseFloat(val, 64)
+			if !ok || (lay != "nn" && lay != "nt" && lay != "tn" && lay != "tt") || err != nil || e <= 0 {
+				return nil, fmt.Errorf("gemm.variants:%d: layout eff %q is not nn|nt|tn|tt=positive number", ln+1, le)
+			}
+			if v.LayoutEff == nil {
+				v.LayoutEff = map[string]float64{}
+			}
+			if _, dup := v.LayoutEff[lay]; dup {
+				return nil, fmt.Errorf("gemm.variants:%d: layout eff %s given twice", ln+1, lay)
+			}
+			v.LayoutEff[lay] = e
 		}
 		got := map[string]string{}
 		for _, fl := range f[2:] {
@@ -144,6 +172,13 @@ func ParseVariants(text string) ([]Variant, error) {
 			v.KC = true
 		default:
 			return nil, fmt.Errorf("gemm.variants:%d: GEMM_KC=%q, want 0 or 1", ln+1, got["KC"])
+		}
+		switch got["RS"] {
+		case "", "0":
+		case "1":
+			v.RS = true
+		default:
+			return nil, fmt.Errorf("gemm.variants:%d: GEMM_RS=%q, want 0 or 1", ln+1, got["RS"])
 		}
 		ints := map[string]*int{"BM": &v.BM, "BN": &v.BN, "BK": &v.BK, "WARPS_M": &v.WarpsM, "WARPS_N": &v.WarpsN,
 			"STAGES": &v.Stages, "MINB": &v.MinBlocks, "TM": &v.TM, "TN": &v.TN}
@@ -207,7 +242,7 @@ func (v Variant) check() error {
 		return fmt.Errorf("block tile %dx%dx%d does not split over %dx%d warps (BK multiple of 8, stages >= 2)", v.BM, v.BN, v.BK, v.WarpsM, v.WarpsN)
 	}
 	if v.BF16 {
-		if v.TF32 || v.KC || wm%16 != 0 || wn%16 != 0 || v.BK%32 != 0 || v.BM%16 != 0 || v.BN%16 != 0 {
+		if v.TF32 || v.KC || v.RS || wm%16 != 0 || wn%16 != 0 || v.BK%32 != 0 || v.BM%16 != 0 || v.BN%16 != 0 {
 			return fmt.Errorf("BF16 needs GEMM_TF32=0, no KC, BK a multiple of 32 and warp tiles of 16x16 multiples, got %dx%dx%d warps %dx%d", v.BM, v.BN, v.BK, wm, wn)
 		}
 		return nil
@@ -219,10 +254,13 @@ func (v Variant) check() error {
 		return nil
 	}
 	if v.TF32 {
-		if v.Double || v.KC || wm%16 != 0 || wn%16 != 0 || v.BK%16 != 0 || v.BM%32 != 0 || v.BN%32 != 0 {
+		if v.Double || v.KC || v.RS || wm%16 != 0 || wn%16 != 0 || v.BK%16 != 0 || v.BM%32 != 0 || v.BN%32 != 0 {
 			return fmt.Errorf("TF32 needs float, BM and BN multiples of 32, BK of 16 and warp tiles of 16x16 multiples, got %dx%dx%d warps %dx%d", v.BM, v.BN, v.BK, wm, wn)
 		}
 		return nil
+	}
+	if v.RS && (v.Double || v.KC || v.BM%32 != 0 || v.BN%32 != 0) {
+		return fmt.Errorf("RS needs float, no KC, and BM, BN multiples of 32 (k-major rows of 4 words mod 32)")
 	}
 	if v.TM%4 != 0 || v.TN%4 != 0 || wm%v.TM != 0 || wn%v.TN != 0 || (wm/v.TM)*(wn/v.TN) != 32 {
 		return fmt.Errorf("warp tile %dx%d is not 32 thread tiles of %dx%d", wm, wn, v.TM, v.TN)
