@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "ba54a71579d17fd88584b6d3b58a444ae9da56f81ff3d9dccebffa09338f86e6"
+const sourceHash = "512e2d4a0d70ffd9595a96c65e3b7491f7c790937236b7982c5ddcce9a32ae72"
