@@ -27,7 +27,11 @@ func TestCUDAGroupedSwiGLU(t *testing.T) {
 		tf32 bool
 	}{{tensor.Float32, false}, {tensor.Float32, true}, {tensor.Float64, false}} {
 		t.Run(fmt.Sprintf("%v/tf32=%t", k.dt, k.tf32), func(t *testing.T) {
-			forEachVariant(t, b, k.dt == tensor.Float64, k.tf32, func(t *testing.T, b *cudaops.Backend) {
+			// The wgmma modules have no SwiGLU kernels: with one forced, the fused product runs on the
+			// planner's mma.sync tile while GroupedMatMul runs on the forced wgmma tile, so the bitwise
+			// comparison of the kept products does not apply (TestCUDAGemmWGMMA covers those tiles).
+			noWG := func(v cudaops.GemmVariant) bool { return !v.WGMMA }
+			forEachVariantWhere(t, b, k.dt == tensor.Float64, k.tf32, noWG, func(t *testing.T, b *cudaops.Backend) {
 				for i, c := range swigluGPUCases() {
 					runGroupedSwiGLU(t, b, k.dt, c, int64(i+1))
 				}

@@ -496,11 +496,25 @@ func TestCUDAGemmBF16(t *testing.T) {
 // forced (subtests named after the variants; -test.short shortens the case lists, not this), each with
 // a backend over a handle of b's device with those options (TF32 as given).
 func forEachVariant(t *testing.T, b *cudaops.Backend, double, tf32 bool, f func(t *testing.T, b *cudaops.Backend)) {
+	forEachVariantWhere(t, b, double, tf32, func(cudaops.GemmVariant) bool { return true }, f)
+}
+
+// forEachVariantWhere is forEachVariant over the configurations keep accepts (and the planner's choice).
+func forEachVariantWhere(t *testing.T, b *cudaops.Backend, double, tf32 bool, keep func(cudaops.GemmVariant) bool, f func(t *testing.T, b *cudaops.Backend)) {
 	d, err := b.Device()
 	if err != nil {
 		t.Fatal(err)
 	}
-	names := append([]string{""}, gemmVariants(t, d, double, tf32)...)
+	vs, err := d.GemmVariants()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{""}
+	for _, v := range vs {
+		if v.Double == double && v.TF32 == tf32 && !v.BF16 && keep(v) {
+			names = append(names, v.Name)
+		}
+	}
 	for _, n := range names {
 		h, err := d.With(cudaops.WithTF32(tf32), cudaops.WithGemmVariant(n))
 		if err != nil {
