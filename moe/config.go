@@ -48,9 +48,9 @@ type Config struct {
 	// (cudaops: one grouped GEMM launch with the activation in its epilogue, instead of two launches
 	// and an elementwise pass) instead of two ops.GroupedMatMul and ops.SwiGLU. Values and gradients
 	// are the same bit for bit; only the speed differs (measure it: bench -op layer with
-	// EXPERTRT_FUSED_SWIGLU=1). On an H200 it is slower (train-step 0.99x fp32, 0.97x bf16, and TF32 cannot use the
-	// wgmma tiles with it: see docs/gemm.md), so it is off by default. The expert-parallel layer (package moe/ep) runs its local
-	// experts unfused whatever this says.
+	// EXPERTRT_FUSED_SWIGLU=1). On an H200 it is slower (train-step 0.99x fp32, 0.97x bf16, and TF32
+	// cannot use the wgmma tiles with it: see docs/gemm.md), so it is off by default. The
+	// expert-parallel layer (package moe/ep) runs its local experts unfused whatever this says.
 	FusedSwiGLU bool
 	// Backend holds the layer's parameters: nil or ops.CPU() keeps them in host memory; a device backend
 	// (e.g. ops.LookupBackend("cuda")) gets copies of the host weights (FromHost) when the
