@@ -139,6 +139,11 @@ const (
 	// Grouped rows split K in at most maxRowSplits parts of at least minRowChunk each.
 	maxRowSplits = 4
 	minRowChunk  = 512
+	// splitMargin: a grouped-rows split must promise this fraction less time than no split. The
+	// gains come from the last wave's fill, which the cost's estimate of the m-tiles (half a tile per
+	// expert) only approximates; a split that gains less than this (the small experts' forward, 1 %)
+	// could as well lose.
+	splitMargin = 0.03
 )
 
 func ceilDiv(a, b int) int { return (a + b - 1) / b }
@@ -291,7 +296,8 @@ func splitK(p Problem, t Target, v Variant) (splits, chunk int) {
 }
 
 // splitRows picks the grouped-rows reduction split for variant v: the s in 1..maxRowSplits (each part
-// at least minRowChunk long, the partials within maxWorkspace) of least cost (rowsCost), or o.Splits.
+// at least minRowChunk long, the partials within maxWorkspace) of least cost (rowsCost; s > 1 only when
+// it is splitMargin below s = 1), or o.Splits.
 // bfloat16 and SwiGLU products are never split.
 func splitRows(p Problem, t Target, v Variant, o Options) (splits, chunk int) {
 	if p.Mode != GroupRows || p.BF16 || p.SwiGLU || v.BF16 || p.K == 0 {
@@ -305,7 +311,7 @@ func splitRows(p Problem, t Target, v Variant, o Options) (splits, chunk int) {
 		}
 		return rowChunk(p.K, v.BK, s)
 	}
-	best, bestCost := 1, rowsCost(p, t, v, 1, p.K)
+	best, bestCost := 1, (1-splitMargin)*rowsCost(p, t, v, 1, p.K)
 	for s := 2; s <= maxRowSplits && p.K/s >= minRowChunk && int64(s)*ws <= maxWorkspace; s++ {
 		s2, chunk := rowChunk(p.K, v.BK, s)
 		if s2 != s {
