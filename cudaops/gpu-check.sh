@@ -264,22 +264,22 @@ PY
     gemm-split)
       # Split-K of the grouped-rows products (issue 8's dX = dY·Wᵀ; gemm_reduce_rows), about 3 minutes: the
       # split tests (TestCUDAGemmGroupedSplit, -test.short) and the unsplit grouped tests of the auto and
-      # RS tiles, memcheck and racecheck on the split tests, then fp32 bench rows at T=4096 and 16384
+      # RS tiles, memcheck on the split tests, then fp32 bench rows at T=4096 and 16384
       # (H=1024 F=3584 E=8 k=2): the planner's choice ("auto"), unsplit (EXPERTRT_GEMM_SPLITS=1), and dX
       # forced on f32_128x64x16_s3 and f32_256x128x8_rs_s2 with 2 and 4 splits; TF32 auto and unsplit at
       # T=4096; the PyTorch fp32 baseline last, with a table. Logs and JSON under $OUT/gemm-split/.
       S="$OUT/gemm-split"; mkdir -p "$S"
-      timeout 100 $T -test.run 'TestCUDAGemmGroupedSplit|TestCUDAGemmGrouped$/^(float32|float64)$/^(auto|f32_256x128x8_rs_s2)$' -test.short -test.v -test.count=1 > "$S/tests.log" 2>&1
-      echo "split gemm tests: exit $? ($(grep -c -- '--- PASS' "$S/tests.log") passed, $(grep -c -- '--- FAIL' "$S/tests.log") failed (sub)tests)"
+      timeout 80 $T -test.run 'TestCUDAGemmGroupedSplit$' -test.short -test.v -test.count=1 > "$S/tests.log" 2>&1
+      rc=$?
+      timeout 40 $T -test.run 'TestCUDAGemmGrouped$/^(float32|float64)$/^(auto|f32_256x128x8_rs_s2)$' -test.short -test.v -test.count=1 >> "$S/tests.log" 2>&1
+      echo "split gemm tests: exit $rc, unsplit grouped tests: exit $? ($(grep -c -- '--- PASS' "$S/tests.log") passed, $(grep -c -- '--- FAIL' "$S/tests.log") failed (sub)tests)"
       grep -E -- '--- FAIL|^(ok|FAIL|PASS)|panic' "$S/tests.log" | head -12
       grep -E '_test.go:[0-9]+' "$S/tests.log" | head -8
-      for tool in memcheck racecheck; do
-        extra=""; [ $tool = memcheck ] && extra="--leak-check no"
-        timeout 45 compute-sanitizer --tool $tool $extra $T -test.run 'TestCUDAGemmGroupedSplit/^float32$/^(auto|f32_256x128x8_rs_s2)$/^splits3$' -test.short > "$S/$tool.log" 2>&1
-        echo "$tool: exit $? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$S/$tool.log" | sort | uniq -c | tr '\n' ' ')"
-      done
+      # memcheck only: the split changes no shared-memory use (racecheck: gemm-rs, gemm)
+      timeout 60 compute-sanitizer --tool memcheck --leak-check no $T -test.run 'TestCUDAGemmGroupedSplit/^float32$/^(auto|f32_256x128x8_rs_s2)$/^splits3$' -test.short > "$S/memcheck.log" 2>&1
+      echo "memcheck: exit $? $(grep -E 'ERROR SUMMARY' "$S/memcheck.log" | sort | uniq -c | tr '\n' ' ')"
       : > "$S/bench.jsonl"
-      BS="-hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 20 -warmup 3 -json"
+      BS="-hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json"
       sb() { # label, env, bench args...
         local label=$1 env=$2; shift 2
         env $env timeout 60 $B -device cuda "$@" $BS | python3 -c "import sys,json; sys.path.insert(0,'bench'); from jsonrows import rows; import io; [print(json.dumps(dict(r, label='$label'))) for r in rows('/dev/stdin')]" >> "$S/bench.jsonl" || echo "bench failed: $label $*"
