@@ -266,7 +266,7 @@ PY
       # split tests (TestCUDAGemmGroupedSplit, -test.short) and the unsplit grouped tests of the auto and
       # RS tiles, memcheck on the split tests, then fp32 bench rows at T=4096 and 16384
       # (H=1024 F=3584 E=8 k=2): the planner's choice ("auto"), unsplit (EXPERTRT_GEMM_SPLITS=1), and dX
-      # forced on f32_128x64x16_s3 and f32_256x128x8_rs_s2 with 2 and 4 splits; TF32 auto and unsplit at
+      # forced on f32_128x64x16_s3 and f32_256x128x8_rs_s2 with 2, 3 and 4 splits; TF32 auto and unsplit at
       # T=4096; the PyTorch fp32 baseline last, with a table. Logs and JSON under $OUT/gemm-split/.
       S="$OUT/gemm-split"; mkdir -p "$S"
       timeout 80 $T -test.run 'TestCUDAGemmGroupedSplit$' -test.short -test.v -test.count=1 > "$S/tests.log" 2>&1
@@ -288,7 +288,7 @@ PY
         sb auto "X=1" -op groupedmm,groupedmm-bwd,groupedmm-bwd-x -tokens $T_
         sb unsplit "EXPERTRT_GEMM_SPLITS=1" -op groupedmm-bwd,groupedmm-bwd-x -tokens $T_
       done
-      for sp in 2 4; do
+      for sp in 2 3 4; do
         sb "split$sp" "EXPERTRT_GEMM_SPLITS=$sp" -op groupedmm-bwd-x -tokens 4096 -gemm-variants f32_128x64x16_s3,f32_256x128x8_rs_s2
       done
       sb tf32-auto "EXPERTRT_GEMM_TF32=1" -op groupedmm-bwd-x -tokens 4096
