@@ -5,6 +5,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/expertrt/expertrt-go/cudaops"
@@ -33,7 +34,8 @@ type cudaDevice struct {
 // EXPERTRT_CUDA_PLAN=multi forces the three-launch plan; EXPERTRT_CUDA_STREAM_DISPATCH=1 makes
 // dispatch write with streaming (evict-first) stores; EXPERTRT_GEMM_CONFIG=<variant> runs the matrix
 // products of that variant's class on that tile configuration (cudaops gemm.variants; the sweep of
-// gpu-check.sh gemm); EXPERTRT_GEMM_TF32=1 runs float32 products on the TF32 tensor-core kernels. The
+// gpu-check.sh gemm); EXPERTRT_GEMM_TF32=1 runs float32 products on the TF32 tensor-core kernels;
+// EXPERTRT_GEMM_SPLITS=<n> splits the reduction of the grouped-rows products in n (cudaops GemmSplits). The
 // registered device is opened with them, so the whole-layer graphs (which ops run on the registered
 // backend) use them too.
 func newCUDADevice() (device, error) {
@@ -49,6 +51,13 @@ func newCUDADevice() (device, error) {
 	}
 	if os.Getenv("EXPERTRT_GEMM_TF32") == "1" {
 		opts = append(opts, cudaops.WithTF32(true))
+	}
+	if v := os.Getenv("EXPERTRT_GEMM_SPLITS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return nil, fmt.Errorf("bench: EXPERTRT_GEMM_SPLITS=%q: %w", v, err)
+		}
+		opts = append(opts, cudaops.WithGemmSplits(n))
 	}
 	d, err := cudaops.OpenRegistered(0, opts...)
 	if err != nil {

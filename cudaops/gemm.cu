@@ -13,6 +13,8 @@
 //                                        vectors) and 16-byte register-staged loads (RS variants: every
 //                                        operand, as for KC)
 //   gemm_reduce                          split-K: C = sum of the partial products, in split order
+//   gemm_reduce_rows                     grouped rows split-K: the same over C's rows [offsets[0],
+//                                        offsets[E]) only (W, C, offsets, splits, rows, N, E, ldcR, ldcC, vec)
 //   gemm_swiglu_nn, gemm_swiglu_nn_v16   grouped rows only: C = silu(A·B[e]) ⊙ (A·B2[e]) (the SwiGLU of an
 //                                        expert's gate and up projections, B and B2 stored [E,K,N]), and
 //                                        the two products into G and U where those are not null;
@@ -21,7 +23,7 @@
 // gemm_xx_v16_f32 write C in float32 (also the split-K partials), and gemm_reduce_f32 sums float32
 // partials into a float32 C (gemm_reduce: into bfloat16).
 // Hopper wgmma modules (GEMM_WGMMA, TF32 only, sm_90a PTX: gemm_wgmma.cuh) have only gemm_nt_v16 (both
-// operands K-major, 16-byte aligned rows), gemm_reduce, and gemm_transpose(in, out, R, C, ldo, strideIn,
+// operands K-major, 16-byte aligned rows), gemm_reduce, gemm_reduce_rows, and gemm_transpose(in, out, R, C, ldo, strideIn,
 // strideOut), which makes the K-major copies of other layouts (grid: see gemm_transpose_body).
 // And gemm_config[8] = {threads, dynamic shared bytes, BM, BN, BK, stages, element bytes, tf32}, which
 // the loader compares with its own reading of gemm.variants before launching anything (tf32: 0, 1 for
@@ -108,9 +110,17 @@ extern __shared__ __align__(16) unsigned char gemm_smem[];
         gemm_reduce_body<TW, TC>(static_cast<const TW*>(W), static_cast<TC*>(C), splits, M, N, ldcR, ldcC, vec,        \
                                  (long long)blockIdx.x * blockDim.x + threadIdx.x, (long long)gridDim.x * blockDim.x); \
     }
+#define GEMM_REDUCE_ROWS(NAME, TW, TC)                                                                               \
+    extern "C" __global__ void NAME(const void* W, void* C, const int* offsets, int splits, int rows, int N, int E,   \
+                                    long long ldcR, long long ldcC, int vec) {                                        \
+        gemm_reduce_rows_body<TW, TC>(static_cast<const TW*>(W), static_cast<TC*>(C), offsets, splits, rows, N, E,    \
+                                      ldcR, ldcC, vec, (long long)blockIdx.x * blockDim.x + threadIdx.x,              \
+                                      (long long)gridDim.x * blockDim.x);                                             \
+    }
 #else
 // CPU emulation (internal/gemmemu): the same entries as host functions, registered by name.
 #define GEMM_KERNEL(NAME, AT, BT, VEC, TC) GEMM_EMU_KERNEL(NAME, AT, BT, VEC, TC)
+#define GEMM_REDUCE_ROWS(NAME, TW, TC) GEMM_EMU_REDUCE_ROWS(NAME, TW, TC)
 #define GEMM_SWIGLU_KERNEL(NAME, VEC) GEMM_EMU_SWIGLU_KERNEL(NAME, VEC)
 #define GEMM_REDUCE(NAME, TW, TC) GEMM_EMU_REDUCE(NAME, TW, TC)
 GEMM_EMU_CONFIG(GemmNN::NT, GemmNN::SMEM, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES, (int)sizeof(GEMM_T), GEMM_TF32 + GEMM_WGMMA)
@@ -119,6 +129,7 @@ GEMM_EMU_CONFIG(GemmNN::NT, GemmNN::SMEM, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES
 #if GEMM_WGMMA
 GEMM_KERNEL(gemm_nt_v16, false, true, true, GEMM_T)
 GEMM_REDUCE(gemm_reduce, GEMM_T, GEMM_T)
+GEMM_REDUCE_ROWS(gemm_reduce_rows, GEMM_T, GEMM_T)
 #ifndef GEMM_EMU
 extern "C" __global__ void __launch_bounds__(256) gemm_transpose(const void* in, void* out, int R, int C, long long ldo,
                                                                  long long strideIn, long long strideOut) {
@@ -152,7 +163,9 @@ GEMM_KERNEL(gemm_tn_v16_f32, true, false, true, float)
 GEMM_KERNEL(gemm_tt_v16_f32, true, true, true, float)
 GEMM_REDUCE(gemm_reduce, float, bf16)
 GEMM_REDUCE(gemm_reduce_f32, float, float)
+GEMM_REDUCE_ROWS(gemm_reduce_rows, float, bf16)
 #else
 GEMM_REDUCE(gemm_reduce, GEMM_T, GEMM_T)
+GEMM_REDUCE_ROWS(gemm_reduce_rows, GEMM_T, GEMM_T)
 #endif
 #endif  // GEMM_WGMMA

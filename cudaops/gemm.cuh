@@ -1149,12 +1149,24 @@ GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int ti
         }
     } else if (p.mode == GEMM_GROUP_ROWS) {  // A layout n (rows of x), C rows; B per expert
         if (bid == 0) gemm_check_offsets<Tile::NT>(p, tid);
-        nt = bid % p.nTiles;
+        // split-K (splits > 1): CTAs split by split; split s sums k in [s*kChunk, (s+1)*kChunk) into the
+        // partials W[s] ([rows][N], row-major), which gemm_reduce_rows adds up.
+        const int per = p.mTiles * p.nTiles;
+        const int split = bid / per, r = bid % per;
+        nt = r % p.nTiles;
+        if (p.splits > 1) {
+            kBegin = split * p.kChunk;
+            j.kLen = (p.K - kBegin < p.kChunk ? p.K - kBegin : p.kChunk);
+            C = static_cast<TC*>(p.W) + (long long)split * p.rows * p.N;
+            j.ldcR = p.N;
+            j.ldcC = 1;
+            j.vecC = p.N % V == 0;
+        }
         int e, lo, len;
-        if (!find_row_tile<Tile::NT, Tile::BM>(p, bid / p.nTiles, sched, found, tid, &e, &mt, &lo, &len)) return;
+        if (!find_row_tile<Tile::NT, Tile::BM>(p, r / p.nTiles, sched, found, tid, &e, &mt, &lo, &len)) return;
         M = len;
         aRow = (long long)lo * p.lda;
-        cOff = (long long)lo * p.ldcR;
+        cOff = (long long)lo * j.ldcR;
         bRow = (long long)e * p.strideB;
     } else {  // GEMM_GROUP_RED: the reduction over the segment's rows (k = row); C per expert. A layout t
               // and B layout n (x, dY), or, for the wgmma tile, their transposed copies (layouts n, t)
@@ -1216,6 +1228,35 @@ GEMM_DEV void gemm_reduce_body(const TW* W, TC* C, int splits, int M, int N, lon
             const long long m = i / N, n = i % N;
             TW acc = W[i];
             for (int s = 1; s < splits; s++) acc += W[(long long)s * MN + i];
+            put1(C + m * ldcR + n * ldcC, acc);
+        }
+    }
+}
+
+// Grouped rows split-K: C rows [lo, hi) = sum over s of W[s] rows [lo, hi), in increasing s, where lo =
+// offsets[0] and hi = offsets[E] (read here, clamped to [0, rows]): the rows outside are not C's (a
+// capacity plan leaves them unwritten) and their partials were never written. W is [splits][rows][N].
+template <typename TW, typename TC>
+GEMM_DEV void gemm_reduce_rows_body(const TW* W, TC* C, const int* offsets, int splits, int rows, int N, int E,
+                                    long long ldcR, long long ldcC, int vec, long long first, long long stride) {
+    int lo = offsets[0], hi = offsets[E];
+    lo = lo < 0 ? 0 : (lo > rows ? rows : lo);
+    hi = hi < lo ? lo : (hi > rows ? rows : hi);
+    const long long RN = (long long)rows * N, end = (long long)hi * N;
+    if (vec) {  // ldcC == 1, N and ldcR multiples of the vector, C aligned: whole vectors per row
+        typedef typename Vec16<TW>::type VT;
+        const int V = Vec16<TW>::n;
+        for (long long i = (long long)lo * N + first * V; i < end; i += stride * V) {
+            const long long m = i / N, n = i % N;
+            VT acc = *reinterpret_cast<const VT*>(W + i);
+            for (int s = 1; s < splits; s++) acc = vadd(acc, *reinterpret_cast<const VT*>(W + (long long)s * RN + i));
+            put_vec(C + m * ldcR + n, acc);
+        }
+    } else {
+        for (long long i = (long long)lo * N + first; i < end; i += stride) {
+            const long long m = i / N, n = i % N;
+            TW acc = W[i];
+            for (int s = 1; s < splits; s++) acc += W[(long long)s * RN + i];
             put1(C + m * ldcR + n * ldcC, acc);
         }
     }

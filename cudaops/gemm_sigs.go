@@ -4,13 +4,15 @@ import "github.com/expertrt/expertrt-go/cudaops/internal/gemmplan"
 
 // gemmKernelSigs declares the kernels of every GEMM module (ptx/gemm/<variant>.ptx.gz, compiled from
 // gemm.cu once per line of gemm.variants), in the syntax of kernelSigs: the fields of GemmArgs
-// (gemm.cuh) in order, and the split-K reduction. The modules are loaded by their own loader (gemm.go),
+// (gemm.cuh) in order, and the split-K reductions (dense; grouped rows: over the rows the offsets
+// cover). The modules are loaded by their own loader (gemm.go),
 // which checks each module against these lines when it loads it; an untagged test checks every committed
 // module and every launch the planner (internal/gemmplan) writes, so CPU CI sees a difference.
 const gemmKernelSigs = `
 gemm_{nn,nt,tn,tt}(A ptr, B ptr, C ptr, W ptr, offsets ptr, fault fault, lda i64, ldb i64, ldcR i64, ldcC i64, strideB i64, strideC i64, M i32, N i32, K i32, E i32, rows i32, mode i32, splits i32, kChunk i32, mTiles i32, nTiles i32, flags i32)
 gemm_{nn,nt,tn,tt}_v16(A ptr, B ptr, C ptr, W ptr, offsets ptr, fault fault, lda i64, ldb i64, ldcR i64, ldcC i64, strideB i64, strideC i64, M i32, N i32, K i32, E i32, rows i32, mode i32, splits i32, kChunk i32, mTiles i32, nTiles i32, flags i32)
 gemm_reduce(W ptr, C ptr, splits i32, M i32, N i32, ldcR i64, ldcC i64, vec i32)
+gemm_reduce_rows(W ptr, C ptr, offsets ptr, splits i32, rows i32, N i32, E i32, ldcR i64, ldcC i64, vec i32)
 gemm_swiglu_nn(A ptr, B ptr, C ptr, W ptr, offsets ptr, fault fault, lda i64, ldb i64, ldcR i64, ldcC i64, strideB i64, strideC i64, M i32, N i32, K i32, E i32, rows i32, mode i32, splits i32, kChunk i32, mTiles i32, nTiles i32, flags i32, B2 ptr, G ptr, U ptr)
 gemm_swiglu_nn_v16(A ptr, B ptr, C ptr, W ptr, offsets ptr, fault fault, lda i64, ldb i64, ldcR i64, ldcC i64, strideB i64, strideC i64, M i32, N i32, K i32, E i32, rows i32, mode i32, splits i32, kChunk i32, mTiles i32, nTiles i32, flags i32, B2 ptr, G ptr, U ptr)
 `
@@ -24,10 +26,11 @@ gemm_reduce_f32(W ptr, C ptr, splits i32, M i32, N i32, ldcR i64, ldcC i64, vec 
 `
 
 // gemmWGKernelSigs are the kernels of the Hopper wgmma modules (GEMM_WGMMA, gemm_wgmma.cuh): the "nt"
-// product with 16-byte copies, the split-K reduction, and the K-major copies of the other layouts.
+// product with 16-byte copies, the split-K reductions, and the K-major copies of the other layouts.
 const gemmWGKernelSigs = `
 gemm_nt_v16(A ptr, B ptr, C ptr, W ptr, offsets ptr, fault fault, lda i64, ldb i64, ldcR i64, ldcC i64, strideB i64, strideC i64, M i32, N i32, K i32, E i32, rows i32, mode i32, splits i32, kChunk i32, mTiles i32, nTiles i32, flags i32)
 gemm_reduce(W ptr, C ptr, splits i32, M i32, N i32, ldcR i64, ldcC i64, vec i32)
+gemm_reduce_rows(W ptr, C ptr, offsets ptr, splits i32, rows i32, N i32, E i32, ldcR i64, ldcC i64, vec i32)
 gemm_transpose(in ptr, out ptr, R i32, C i32, ldo i64, strideIn i64, strideOut i64)
 `
 

@@ -4,12 +4,13 @@
 #   go build -tags expertrt_cuda -o .devbin/bench ./bench
 #   go build -tags expertrt_cuda -o .devbin/mixtral-layer ./examples/mixtral-layer   (stages train and bf16: HF parity)
 # Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck engine train layer policies
-# bench torch ncu gemm gemm-sweep gemm-rs gemm-full gemm-bf16 gemm-bf16-bench gemm-wgmma bf16 seam ptx-nvcc swiglu (seam: the kernel declarations, per-kernel
+# bench torch ncu gemm gemm-split gemm-sweep gemm-rs gemm-full gemm-bf16 gemm-bf16-bench gemm-wgmma bf16 seam ptx-nvcc swiglu (seam: the kernel declarations, per-kernel
 # faults, device options and the graph's fused route, about 2 minutes; ptx-nvcc: which PTX modules the
 # host's nvcc compiles to other code; gemm: the GEMM kernels' tests, sanitizers, bench and the PyTorch
 # baseline, under 3 minutes; gemm-sweep: every tile configuration timed, GEMM_SWEEP=name,... limits it,
 # about 1-2 minutes; gemm-rs: the register-staged fp32 tiles' tests, sanitizers and sweep, about 2.5
-# minutes; gemm-full: every GEMM test case on every configuration; gemm-bf16: the bfloat16
+# minutes; gemm-split: split-K of the grouped-rows products (tests, sanitizers, forced-split bench rows
+# and the PyTorch fp32 baseline), about 3 minutes; gemm-full: every GEMM test case on every configuration; gemm-bf16: the bfloat16
 # GEMM tiles' tests and sanitizers, about 2 minutes; gemm-bf16-bench: their sweep and bench against
 # PyTorch bfloat16, about 1.5 minutes; gemm-wgmma: the Hopper wgmma TF32 tiles (ptxas sm_90a, tests,
 # sanitizers, sweep against mma.sync and PyTorch TF32), about 3 minutes; train and layer: the
@@ -259,6 +260,54 @@ PY
       done
       timeout 150 python3 bench/pytorch_gemm.py --reps 20 --warmup 3 --json "$G/torch.json" > "$G/torch.log" 2>&1 || echo "torch baseline failed: $(tail -2 "$G/torch.log")"
       gemm_table
+      ;;
+    gemm-split)
+      # Split-K of the grouped-rows products (issue 8's dX = dY·Wᵀ; gemm_reduce_rows), about 3 minutes: the
+      # split tests (TestCUDAGemmGroupedSplit, -test.short) and the unsplit grouped tests of the auto and
+      # RS tiles, memcheck on the split tests, then fp32 bench rows at T=4096 and 16384
+      # (H=1024 F=3584 E=8 k=2): the planner's choice ("auto"), unsplit (EXPERTRT_GEMM_SPLITS=1), and dX
+      # forced on f32_128x64x16_s3 and f32_256x128x8_rs_s2 with 2, 3 and 4 splits; TF32 auto and unsplit at
+      # T=4096; the PyTorch fp32 baseline last, with a table. Logs and JSON under $OUT/gemm-split/.
+      S="$OUT/gemm-split"; mkdir -p "$S"
+      timeout 80 $T -test.run 'TestCUDAGemmGroupedSplit$' -test.short -test.v -test.count=1 > "$S/tests.log" 2>&1
+      rc=$?
+      timeout 40 $T -test.run 'TestCUDAGemmGrouped$/^(float32|float64)$/^(auto|f32_256x128x8_rs_s2)$' -test.short -test.v -test.count=1 >> "$S/tests.log" 2>&1
+      echo "split gemm tests: exit $rc, unsplit grouped tests: exit $? ($(grep -c -- '--- PASS' "$S/tests.log") passed, $(grep -c -- '--- FAIL' "$S/tests.log") failed (sub)tests)"
+      grep -E -- '--- FAIL|^(ok|FAIL|PASS)|panic' "$S/tests.log" | head -12
+      grep -E '_test.go:[0-9]+' "$S/tests.log" | head -8
+      # memcheck only: the split changes no shared-memory use (racecheck: gemm-rs, gemm)
+      timeout 60 compute-sanitizer --tool memcheck --leak-check no $T -test.run 'TestCUDAGemmGroupedSplit/^float32$/^(auto|f32_256x128x8_rs_s2)$/^splits3$' -test.short > "$S/memcheck.log" 2>&1
+      echo "memcheck: exit $? $(grep -E 'ERROR SUMMARY' "$S/memcheck.log" | sort | uniq -c | tr '\n' ' ')"
+      : > "$S/bench.jsonl"
+      BS="-hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json"
+      sb() { # label, env, bench args...
+        local label=$1 env=$2; shift 2
+        env $env timeout 60 $B -device cuda "$@" $BS | python3 -c "import sys,json; sys.path.insert(0,'bench'); from jsonrows import rows; import io; [print(json.dumps(dict(r, label='$label'))) for r in rows('/dev/stdin')]" >> "$S/bench.jsonl" || echo "bench failed: $label $*"
+      }
+      for T_ in 4096 16384; do
+        sb auto "X=1" -op groupedmm,groupedmm-bwd,groupedmm-bwd-x -tokens $T_
+        sb unsplit "EXPERTRT_GEMM_SPLITS=1" -op groupedmm-bwd,groupedmm-bwd-x -tokens $T_
+      done
+      for sp in 2 3 4; do
+        sb "split$sp" "EXPERTRT_GEMM_SPLITS=$sp" -op groupedmm-bwd-x -tokens 4096 -gemm-variants f32_128x64x16_s3,f32_256x128x8_rs_s2
+      done
+      sb tf32-auto "EXPERTRT_GEMM_TF32=1" -op groupedmm-bwd-x -tokens 4096
+      sb tf32-unsplit "EXPERTRT_GEMM_TF32=1 EXPERTRT_GEMM_SPLITS=1" -op groupedmm-bwd-x -tokens 4096
+      timeout 100 python3 bench/pytorch_gemm.py --no-tf32 --reps 20 --warmup 3 --json "$S/torch.json" > "$S/torch.log" 2>&1 || echo "torch baseline failed: $(tail -2 "$S/torch.log")"
+      python3 - "$S" <<'PY'
+import sys
+sys.path.insert(0, "bench")
+from jsonrows import rows
+s = sys.argv[1]
+torch = {(r["op"], r["tokens"], r["hidden"], r["experts"], bool(r["skew"]), r["tf32"]): r for r in rows(s + "/torch.json")}
+print("split-K (grouped rows): ours vs PyTorch per-expert cuBLAS; ratio = torch ms / ours ms (target fp32 >= 0.9)")
+print(f"{'label':13s} {'op':16s} {'T':>6s} prec {'variant':22s}  ours ms  TFLOP/s  torch ms  ratio")
+for r in rows(s + "/bench.jsonl"):
+    tf = "tf32" in r.get("device_desc", "")
+    t = torch.get((r["op"], r["tokens"], r["hidden"], r["experts"], bool(r.get("skew")), tf))
+    tm = f"{t['median_ms']:9.4f} {t['median_ms']/r['median_ms']:6.2f}" if t else "        -      -"
+    print(f"{r['label']:13s} {r['op']:16s} {r['tokens']:6d} {'tf32' if tf else 'fp32'} {r.get('gemm_variant') or 'planner':22s} {r['median_ms']:8.4f} {r.get('tflop_per_s', 0):8.2f} {tm}")
+PY
       ;;
     gemm-sweep)
       # Every GEMM tile configuration timed at the issue-8 shapes (GEMM_SWEEP=name,name,... times only

@@ -57,6 +57,11 @@ type Options struct {
 	// choice; "" is the planner's choice. For benchmarks and tests: every configuration computes the
 	// same products (bitwise equal within a class only when the reduction split is equal too).
 	GemmVariant string
+	// GemmSplits, when positive, splits the reduction of every grouped-rows product (GroupedMatMul;
+	// float32, float64 and TF32; not bfloat16, not the SwiGLU products) in this many parts (at most
+	// one per k-tile, as the workspace bound allows) instead of the planner's choice; 0 is the
+	// planner's choice. For benchmarks and tests: results are bitwise equal only between equal splits.
+	GemmSplits int
 }
 
 // Option sets one field of Options.
@@ -82,6 +87,9 @@ func WithTF32(on bool) Option { return func(o *Options) { o.TF32 = on } }
 // WithGemmVariant sets Options.GemmVariant ("" restores the planner's choice).
 func WithGemmVariant(name string) Option { return func(o *Options) { o.GemmVariant = name } }
 
+// WithGemmSplits sets Options.GemmSplits (0 restores the planner's choice).
+func WithGemmSplits(n int) Option { return func(o *Options) { o.GemmSplits = n } }
+
 // WithOptions replaces every field with those of opts.
 func WithOptions(opts Options) Option { return func(o *Options) { *o = opts } }
 
@@ -99,6 +107,9 @@ func (base Options) apply(gemmVariants []string, opts ...Option) (Options, error
 	}
 	if o.PlanBlocks < 0 {
 		return o, fmt.Errorf("cudaops: options: PlanBlocks %d must be >= 0: %w", o.PlanBlocks, ops.ErrConfig)
+	}
+	if o.GemmSplits < 0 || o.GemmSplits > 64 {
+		return o, fmt.Errorf("cudaops: options: GemmSplits %d must be in [0, 64]: %w", o.GemmSplits, ops.ErrConfig)
 	}
 	if o.GemmVariant != "" {
 		found := false
@@ -132,6 +143,9 @@ func (o Options) String() string {
 	}
 	if o.GemmVariant != "" {
 		parts = append(parts, "gemm "+o.GemmVariant)
+	}
+	if o.GemmSplits != 0 {
+		parts = append(parts, fmt.Sprintf("gemm splits %d", o.GemmSplits))
 	}
 	if len(parts) == 0 {
 		return "defaults"

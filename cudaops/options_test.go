@@ -13,15 +13,15 @@ import (
 func TestOptions(t *testing.T) {
 	variants := []string{"f32_a", "tf32_b"}
 	o, err := Options{}.apply(variants, WithPlanMode(PlanMultiLaunch), WithPlanBlocks(4), WithSyncChecks(true), WithTF32(true),
-		WithGemmVariant("tf32_b"), WithStreamingDispatchStores(true), nil)
+		WithGemmVariant("tf32_b"), WithStreamingDispatchStores(true), WithGemmSplits(3), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Options{PlanMode: PlanMultiLaunch, PlanBlocks: 4, StreamingDispatchStores: true, SyncChecks: true, TF32: true, GemmVariant: "tf32_b"}
+	want := Options{PlanMode: PlanMultiLaunch, PlanBlocks: 4, StreamingDispatchStores: true, SyncChecks: true, TF32: true, GemmVariant: "tf32_b", GemmSplits: 3}
 	if o != want {
 		t.Errorf("got %+v, want %+v", o, want)
 	}
-	if s := o.String(); s != "plan multi-launch, plan blocks 4, streaming dispatch stores, sync checks, tf32, gemm tf32_b" {
+	if s := o.String(); s != "plan multi-launch, plan blocks 4, streaming dispatch stores, sync checks, tf32, gemm tf32_b, gemm splits 3" {
 		t.Errorf("String: %q", s)
 	}
 	if s := (Options{}).String(); s != "defaults" {
@@ -41,6 +41,8 @@ func TestOptions(t *testing.T) {
 		{WithPlanMode(PlanMode(7)), "unknown plan mode 7"},
 		{WithPlanBlocks(-1), "PlanBlocks -1"},
 		{WithGemmVariant("nope"), `no GEMM variant "nope" (gemm.variants: f32_a, tf32_b)`},
+		{WithGemmSplits(-1), "GemmSplits -1"},
+		{WithGemmSplits(65), "GemmSplits 65"},
 	} {
 		if _, err := (Options{}).apply(variants, c.opt); !errors.Is(err, ops.ErrConfig) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v, want ErrConfig saying %q", err, c.want)

@@ -301,7 +301,11 @@ EmuRegistrar::EmuRegistrar(const char* variant, const char* kernel, EmuThreadFn 
     k.smem = smem;
     k.nargs = nargs;
 }
-EmuRegistrar::EmuRegistrar(const char* variant, const char* kernel, EmuReduceFn fn) { registry()[variant].kernels[kernel].reduce = fn; }
+EmuRegistrar::EmuRegistrar(const char* variant, const char* kernel, EmuReduceFn fn, int nargs) {
+    Kernel& k = registry()[variant].kernels[kernel];
+    k.reduce = fn;
+    k.nargs = nargs;
+}
 EmuRegistrar::EmuRegistrar(const char* variant, const int* config) {
     VariantInfo& v = registry()[variant];
     std::memcpy(v.config, config, sizeof v.config);
@@ -565,7 +569,7 @@ int emu_launch(const char* variant, const char* kernel, int grid, int block, int
     const Kernel& k = kit->second;
     if (grid <= 0 || block <= 0) return report("empty launch");
     if (k.reduce) {
-        if (nargs != 8) return report("gemm_reduce takes 8 arguments");
+        if (nargs != k.nargs) return report(std::string(kernel) + " takes " + std::to_string(k.nargs) + " arguments, got " + std::to_string(nargs));
         for (long long t = 0; t < (long long)grid * block; t++) k.reduce(args, t, (long long)grid * block);
         return 0;
     }

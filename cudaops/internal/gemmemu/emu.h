@@ -125,7 +125,7 @@ typedef void (*EmuReduceFn)(const uint64_t* args, long long first, long long str
 struct EmuRegistrar {
     // nargs: the kernel's parameters (23: GemmArgs; 26: GemmArgs of a SwiGLU product; 7: gemm_transpose)
     EmuRegistrar(const char* variant, const char* kernel, EmuThreadFn fn, int threads, int smem, int nargs = 23);
-    EmuRegistrar(const char* variant, const char* kernel, EmuReduceFn fn);
+    EmuRegistrar(const char* variant, const char* kernel, EmuReduceFn fn, int nargs = 8);
     EmuRegistrar(const char* variant, const int* config);
 };
 
@@ -164,6 +164,15 @@ inline int emu_i32(uint64_t v) { return (int)(int32_t)(uint32_t)v; }
                                  (long long)a[5], (long long)a[6], emu_i32(a[7]), first, stride);              \
     }                                                                                                          \
     static EmuRegistrar NAME##_reg(GEMM_EMU_VARIANT, #NAME, NAME##_all);
+
+// gemm_reduce_rows(W, C, offsets, splits, rows, N, E, ldcR, ldcC, vec).
+#define GEMM_EMU_REDUCE_ROWS(NAME, TW, TC)                                                                            \
+    static void NAME##_all(const uint64_t* a, long long first, long long stride) {                                    \
+        gemm_reduce_rows_body<TW, TC>((const TW*)a[0], (TC*)a[1], (const int*)a[2], emu_i32(a[3]), emu_i32(a[4]),    \
+                                      emu_i32(a[5]), emu_i32(a[6]), (long long)a[7], (long long)a[8], emu_i32(a[9]), \
+                                      first, stride);                                                                 \
+    }                                                                                                                 \
+    static EmuRegistrar NAME##_reg(GEMM_EMU_VARIANT, #NAME, NAME##_all, 10);
 
 // gemm_transpose(in, out, R, C, ldo, strideIn, strideOut) of the wgmma modules.
 #define GEMM_EMU_TRANSPOSE(NAME)                                                                                  \

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "512e2d4a0d70ffd9595a96c65e3b7491f7c790937236b7982c5ddcce9a32ae72"
+const sourceHash = "468a3a562bf900bd94228f912fe3047b9e8c6433166efa4f4f5afe526e39e1a5"

@@ -65,6 +65,10 @@ type Options struct {
 	// problems of other classes are planned as usual. A wgmma variant is forced only where it can run
 	// (Target.SM90a, operands it takes: see wgReady); elsewhere the planner chooses.
 	Force string
+	// Splits, when positive, forces the reduction split of grouped-rows products (float32, float64 and
+	// TF32; not bfloat16, not SwiGLU) to this many parts (at most one per BK of K, and as far as the
+	// workspace bound allows) instead of the cost model's choice. For tests and benchmarks.
+	Splits int
 }
 
 // Launch is one kernel launch: Args in the kernel's parameter order, one 8-byte slot each (32-bit
@@ -85,7 +89,7 @@ type Plan struct {
 	// Copies: K-major copies of operands the wgmma tile cannot read in place, made by gemm_transpose
 	// into the workspace before the main launch (nil otherwise).
 	Copies    []Copy
-	Splits    int   // dense reduction split in this many parts (1: not split)
+	Splits    int   // dense or grouped-rows reduction split in this many parts (1: not split)
 	KChunk    int   // reduction length per split
 	Swapped   bool  // dense: computed as Cᵀ = op(B)ᵀ·op(A)ᵀ (small M)
 	CTAs      int   // CTAs of the main launch
@@ -130,8 +134,16 @@ const (
 	flagSort = 8 // GEMM_SORT
 	sortMax  = 256
 	maxGrid  = 1<<31 - 1
-	// maxWorkspace bounds the split-K scratch.
-	maxWorkspace = 256 << 20
+	// maxWorkspace bounds the split-K scratch (grouped rows at T=16384, k=2, H=1024 split in 2: 256 MiB).
+	maxWorkspace = 512 << 20
+	// Grouped rows split K in at most maxRowSplits parts of at least minRowChunk each.
+	maxRowSplits = 4
+	minRowChunk  = 512
+	// splitMargin: a grouped-rows split must promise this fraction less time than no split. The
+	// gains come from the last wave's fill, which the cost's estimate of the m-tiles (half a tile per
+	// expert) only approximates; a split that gains less than this (the small experts' forward, 1 %)
+	// could as well lose.
+	splitMargin = 0.03
 )
 
 func ceilDiv(a, b int) int { return (a + b - 1) / b }
@@ -174,11 +186,11 @@ func Make(p Problem, t Target, o Options, vs []Variant) (*Plan, error) {
 		cp.N = 2 * p.N // the tiles cover gate and up columns
 	}
 	for i, v := range cands {
-		if c := cost(cp, t, v); c < bestCost {
+		if c := cost(cp, t, v, o); c < bestCost {
 			best, bestCost = i, c
 		}
 	}
-	return build(p, t, cands[best], swap)
+	return build(p, t, cands[best], swap, o)
 }
 
 func (p Problem) validate() error {
@@ -283,6 +295,68 @@ func splitK(p Problem, t Target, v Variant) (splits, chunk int) {
 	return ceilDiv(p.K, chunk), chunk
 }
 
+// splitRows picks the grouped-rows reduction split for variant v: the s in 1..maxRowSplits (each part
+// at least minRowChunk long, the partials within maxWorkspace) of least cost (rowsCost; s > 1 only when
+// it is splitMargin below s = 1), or o.Splits.
+// bfloat16 and SwiGLU products are never split.
+func splitRows(p Problem, t Target, v Variant, o Options) (splits, chunk int) {
+	if p.Mode != GroupRows || p.BF16 || p.SwiGLU || v.BF16 || p.K == 0 {
+		return 1, p.K
+	}
+	ws := int64(p.Rows) * int64(p.N) * int64(v.partialBytes())
+	if o.Splits > 0 {
+		s := min(o.Splits, ceilDiv(p.K, v.BK))
+		if ws > 0 {
+			s = int(min(int64(s), max(1, maxWorkspace/ws)))
+		}
+		return rowChunk(p.K, v.BK, s)
+	}
+	best, bestCost := 1, (1-splitMargin)*rowsCost(p, t, v, 1, p.K)
+	for s := 2; s <= maxRowSplits && p.K/s >= minRowChunk && int64(s)*ws <= maxWorkspace; s++ {
+		s2, chunk := rowChunk(p.K, v.BK, s)
+		if s2 != s {
+			continue
+		}
+		if c := rowsCost(p, t, v, s, chunk); c < bestCost {
+			best, bestCost = s, c
+		}
+	}
+	return rowChunk(p.K, v.BK, best)
+}
+
+// rowChunk splits k in s chunks of a multiple of bk (the last one shorter); fewer when rounding leaves
+// nothing to the last ones.
+func rowChunk(k, bk, s int) (splits, chunk int) {
+	if s <= 1 || k == 0 {
+		return 1, k
+	}
+	chunk = ceilDiv(ceilDiv(k, s), bk) * bk
+	return ceilDiv(k, chunk), chunk
+}
+
+// rowsCost is cost's estimate of a grouped-rows product split in s parts of chunk: the tiles' waves,
+// then (s > 1) the reduction, which reads the s partials and writes C (s+1 passes over [Rows,N]) and is
+// one more launch. Bytes convert to the cost's units (one multiprocessor's multiply-adds at eff 1) at
+// about 4 TB/s against the class's rate per multiprocessor: SIMT float32 about 1.6e11 per second on the
+// H200 (its cost reproduces the measured dY·Wᵀ times within 2 %: f32_128x64x16_s3 1.67 ms, unsplit
+// f32_256x128x8_rs_s2 2.09 ms at T=4096), TF32 about 3.8e11.
+func rowsCost(p Problem, t Target, v Variant, s, chunk int) float64 {
+	// Each non-empty segment ends in a partial m-tile: on average half a tile per expert.
+	mt := float64(p.Rows)/float64(v.BM) + 0.5*float64(min(p.E, p.Rows))
+	ctas := math.Ceil(mt) * float64(ceilDiv(p.N, v.BN)) * float64(s)
+	c := tileCost(p, t, v, ctas, float64(chunk))
+	if s > 1 {
+		rate := 1.6e11
+		if v.TF32 {
+			rate = 3.8e11
+		}
+		const bw, launch = 4e12, 4e-6 // bytes per second, seconds
+		bytes := float64(s+1) * float64(p.Rows) * float64(p.N) * float64(v.partialBytes())
+		c += (bytes/bw + launch) * rate
+	}
+	return c
+}
+
 // partialBytes is the size of a split-K partial sum: float32 for bfloat16 variants (the accumulator),
 // else the element.
 func (v Variant) partialBytes() int {
@@ -294,7 +368,7 @@ func (v Variant) partialBytes() int {
 
 // cost is the planner's time estimate (arbitrary units): waves of CTAs times the tile work a
 // multiprocessor shares among its resident CTAs, over the variant's efficiency.
-func cost(p Problem, t Target, v Variant) float64 {
+func cost(p Problem, t Target, v Variant, o Options) float64 {
 	var ctas, kLen float64
 	switch p.Mode {
 	case Dense:
@@ -302,14 +376,18 @@ func cost(p Problem, t Target, v Variant) float64 {
 		ctas = float64(ceilDiv(p.M, v.BM) * ceilDiv(p.N, v.BN) * s)
 		kLen = float64(chunk)
 	case GroupRows:
-		// Each non-empty segment ends in a partial m-tile: on average half a tile per expert.
-		mt := float64(p.Rows)/float64(v.BM) + 0.5*float64(min(p.E, p.Rows))
-		ctas = math.Ceil(mt) * float64(ceilDiv(p.N, v.BN))
-		kLen = float64(p.K)
+		s, chunk := splitRows(p, t, v, o)
+		return rowsCost(p, t, v, s, chunk)
 	case GroupRed:
 		ctas = float64(p.E * ceilDiv(p.M, v.BM) * ceilDiv(p.N, v.BN))
 		kLen = float64(p.Rows) / float64(p.E)
 	}
+	return tileCost(p, t, v, ctas, kLen)
+}
+
+// tileCost is the cost of ctas CTAs of variant v, each over kLen of the reduction, plus the wgmma
+// variants' K-major copies.
+func tileCost(p Problem, t Target, v Variant, ctas, kLen float64) float64 {
 	if ctas == 0 {
 		return 0
 	}
@@ -362,7 +440,7 @@ func aligned(addr uint64, ld, elem int) bool {
 	return addr%16 == 0 && (ld*elem)%16 == 0
 }
 
-func build(p Problem, t Target, v Variant, swap bool) (*Plan, error) {
+func build(p Problem, t Target, v Variant, swap bool, o Options) (*Plan, error) {
 	elem := v.ElemBytes()
 	cElem := elem // C's element size
 	if p.OutF32 {
@@ -423,9 +501,10 @@ func build(p Problem, t Target, v Variant, swap bool) (*Plan, error) {
 			pl.Swapped = true
 		}
 	case GroupRows:
-		k.splits, k.kChunk = 1, int32(p.K)
+		pl.Splits, pl.KChunk = splitRows(p, t, v, o)
+		k.splits, k.kChunk = int32(pl.Splits), int32(pl.KChunk)
 		k.mTiles = int32(ceilDiv(p.Rows, v.BM) + p.E - 1)
-		grid = int64(k.mTiles) * int64(k.nTiles)
+		grid = int64(k.mTiles) * int64(k.nTiles) * int64(pl.Splits)
 		k.ldcR, k.ldcC = int64(p.N), 1
 		k.strideB = int64(p.K) * int64(p.N)
 		if copyB >= 0 {
@@ -475,7 +554,14 @@ func build(p Problem, t Target, v Variant, swap bool) (*Plan, error) {
 		(!p.SwiGLU || (p.G == 0 || aligned(p.G, int(k.ldcR), cElem)) && (p.U == 0 || aligned(p.U, int(k.ldcR), cElem))) {
 		k.flags |= flagVecC
 	}
-	if pl.Splits > 1 {
+	if pl.Splits > 1 && p.Mode == GroupRows {
+		// partials [splits][Rows][N]; gemm_reduce_rows sums the rows the offsets cover into C.
+		pl.Workspace = int64(pl.Splits) * int64(p.Rows) * int64(p.N) * int64(v.partialBytes())
+		k.reduceKernel = "gemm_reduce_rows"
+		k.reduceCElem = cElem
+		k.reduceM, k.reduceN, k.reduceC = p.Rows, p.N, p.C
+		k.reduceLdcR, k.reduceLdcC = k.ldcR, k.ldcC
+	} else if pl.Splits > 1 {
 		pl.Workspace = int64(pl.Splits) * int64(p.M) * int64(p.N) * int64(v.partialBytes())
 		k.reduceKernel = "gemm_reduce"
 		if v.BF16 && p.OutF32 {
@@ -546,9 +632,13 @@ func (pl *Plan) Launches(workspace uint64) []Launch {
 		}
 		const block = 256
 		grid := int(min((units+block-1)/block, 8*1024))
-		ls = append(ls, Launch{Variant: v.Name, Kernel: k.reduceKernel, Grid: max(grid, 1), Block: block,
-			Args: []uint64{workspace, k.reduceC, u32(k.splits), u32(int32(k.reduceM)), u32(int32(k.reduceN)),
-				uint64(k.reduceLdcR), uint64(k.reduceLdcC), u32(b2i(vec))}})
+		args := []uint64{workspace, k.reduceC, u32(k.splits), u32(int32(k.reduceM)), u32(int32(k.reduceN)),
+			uint64(k.reduceLdcR), uint64(k.reduceLdcC), u32(b2i(vec))}
+		if k.reduceKernel == "gemm_reduce_rows" { // the grid covers every row; the kernel reads which count
+			args = []uint64{workspace, k.reduceC, k.offsets, u32(k.splits), u32(int32(k.reduceM)), u32(int32(k.reduceN)),
+				u32(k.E), uint64(k.reduceLdcR), uint64(k.reduceLdcC), u32(b2i(vec))}
+		}
+		ls = append(ls, Launch{Variant: v.Name, Kernel: k.reduceKernel, Grid: max(grid, 1), Block: block, Args: args})
 	}
 	return ls
 }

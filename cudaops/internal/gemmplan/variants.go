@@ -1,6 +1,6 @@
 // Package gemmplan plans the launches of the cudaops GEMM kernel family (cudaops/gemm.cu, gemm.cuh):
-// which tile configuration runs a product, how many CTAs, whether the reduction is split (dense products
-// only), and the kernel arguments in the order the kernels take them. It is plain Go with no driver
+// which tile configuration runs a product, how many CTAs, whether the reduction is split (dense and
+// grouped-rows products; not bfloat16 or SwiGLU grouped rows), and the kernel arguments in the order the kernels take them. It is plain Go with no driver
 // calls, so the planning is tested on any machine; package cudaops executes plans on the GPU and
 // package gemmemu (build tag expertrt_gemmemu) on a CPU emulation of the same kernel source.
 //
