@@ -435,22 +435,6 @@ func cpuCompare(t *testing.T, what string, dt tensor.Dtype, got []float64, ref *
 	gemmCheck(t, what+" vs CPU backend", dt, false, got, twice)
 }
 
-// gemmVariants returns the device's variants of one class.
-func gemmVariants(t testing.TB, d *cudaops.Device, double, tf32 bool) []string {
-	t.Helper()
-	vs, err := d.GemmVariants()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, v := range vs {
-		if v.Double == double && v.TF32 == tf32 && !v.BF16 {
-			names = append(names, v.Name)
-		}
-	}
-	return names
-}
-
 // TestCUDAGemmBF16: the bfloat16 products (grouped forward, transposed, weight gradient, router matmul;
 // bfloat16 and float32 outputs) against the CPU on every bf16 tile configuration forced, at odd shapes
 // (H, F not multiples of 8: the element-copy kernels; 4 experts: multi-tile segments) and aligned ones

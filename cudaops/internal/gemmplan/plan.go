@@ -139,11 +139,13 @@ const (
 	// Grouped rows split K in at most maxRowSplits parts of at least minRowChunk each.
 	maxRowSplits = 4
 	minRowChunk  = 512
-	// splitMargin: a grouped-rows split must promise this fraction less time than no split. The
-	// gains come from the last wave's fill, which the cost's estimate of the m-tiles (half a tile per
-	// expert) only approximates; a split that gains less than this (the small experts' forward, 1 %)
-	// could as well lose.
-	splitMargin = 0.03
+	// splitMargin: a grouped-rows split must promise this fraction less time than no split. The gains
+	// come from the last wave's fill, which the cost's estimate of the m-tiles (half a tile per expert)
+	// only approximates, and a split adds a partials pass the model prices only roughly. On the H200
+	// (bench/RESULTS.md, 2026-12-02) the 5-6 % the model promised for dY·Wᵀ at T=4096 (128x64 in 4
+	// splits) was a 1 % loss (fp32) and a 7 % loss (TF32), and no forced split gained more than 2 %; so
+	// only a grid that leaves most of the device idle (few rows, long K) is split.
+	splitMargin = 0.25
 )
 
 func ceilDiv(a, b int) int { return (a + b - 1) / b }
