@@ -55,24 +55,7 @@ func fusedLayerValues(t *testing.T, b ops.Backend, c fusedCase, fused bool) (flo
 	if err != nil {
 		t.Fatal(err)
 	}
-	x := G.NewMatrix(g, xdt, G.WithShape(c.tokens, c.hidden), G.WithName("x"))
-	y := G.NewMatrix(g, xdt, G.WithShape(c.tokens, c.hidden), G.WithName("y"))
-	out, err := layer.Forward(x)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mse, err := ops.MSELoss(out.Y, y)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cost, err := out.Cost(mse)
-	if err != nil {
-		t.Fatal(err)
-	}
-	grads, err := G.Grad(cost, append(G.Nodes{x}, layer.Params()...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	x, y, out, cost, grads := layerTrainingGraph(t, g, layer, xdt, c.tokens, c.hidden)
 	nFused := 0
 	for _, n := range g.AllNodes() {
 		if n.Op() != nil && strings.HasPrefix(n.Op().String(), "GroupedSwiGLU{") {

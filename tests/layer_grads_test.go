@@ -34,24 +34,7 @@ func (lt layerTask) gradients(t *testing.T, b ops.Backend, batch [2]*tensor.Dens
 	if err != nil {
 		t.Fatal(err)
 	}
-	x := G.NewMatrix(g, cfg.Dtype, G.WithShape(lt.tokens, cfg.Hidden), G.WithName("x"))
-	y := G.NewMatrix(g, cfg.Dtype, G.WithShape(lt.tokens, cfg.Hidden), G.WithName("y"))
-	out, err := layer.Forward(x)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mse, err := ops.MSELoss(out.Y, y)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cost, err := out.Cost(mse)
-	if err != nil {
-		t.Fatal(err)
-	}
-	grads, err := G.Grad(cost, append(G.Nodes{x}, layer.Params()...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	x, y, out, cost, grads := layerTrainingGraph(t, g, layer, cfg.Dtype, lt.tokens, cfg.Hidden)
 	// The backward pass may reuse the registers of forward values: read them through G.Read.
 	var costV, yV, logitsV G.Value
 	G.Read(cost, &costV)
@@ -194,4 +177,28 @@ func checkLayerGradients(t *testing.T, dev ops.Backend, tol32, tol64 float64, ca
 // equals the CPU's (the same kernels through the device boundary: within 1e-12).
 func TestLayerGradientsSim(t *testing.T) {
 	checkLayerGradients(t, simBackend(t), 1e-12, 1e-12, []gradCase{{48, 8, 12, 4, 0}, {96, 16, 24, 8, 0}})
+}
+
+// layerTrainingGraph adds the layer task's training graph to g: inputs x and targets y [tokens,hidden]
+// of dtype dt, cost = MSE(layer(x), y) + the layer's auxiliary losses, and the gradients of the cost
+// with respect to x and then every parameter (layer.Params order).
+func layerTrainingGraph(t *testing.T, g *G.ExprGraph, layer *moe.Layer, dt tensor.Dtype, tokens, hidden int) (x, y *G.Node, out *moe.Output, cost *G.Node, grads G.Nodes) {
+	t.Helper()
+	x = G.NewMatrix(g, dt, G.WithShape(tokens, hidden), G.WithName("x"))
+	y = G.NewMatrix(g, dt, G.WithShape(tokens, hidden), G.WithName("y"))
+	out, err := layer.Forward(x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mse, err := ops.MSELoss(out.Y, y)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cost, err = out.Cost(mse); err != nil {
+		t.Fatal(err)
+	}
+	if grads, err = G.Grad(cost, append(G.Nodes{x}, layer.Params()...)...); err != nil {
+		t.Fatal(err)
+	}
+	return x, y, out, cost, grads
 }
