@@ -15,6 +15,11 @@
 //   gemm_reduce                          split-K: C = sum of the partial products, in split order
 //   gemm_reduce_rows                     grouped rows split-K: the same over C's rows [offsets[0],
 //                                        offsets[E]) only (W, C, offsets, splits, rows, N, E, ldcR, ldcC, vec)
+//   gemm_sk_nn, gemm_sk_nt (+ _v16)      stream-K grouped rows (mode GEMM_GROUP_ROWS_SK; float32,
+//                                        float64 and TF32 mma.sync modules): p.splits CTAs share the
+//                                        tiles' k-iterations (gemm_entry)
+//   gemm_sk_fixup                        adds the partial tiles of a gemm_sk_* launch into C; the same
+//                                        parameters and grid
 //   gemm_swiglu_nn, gemm_swiglu_nn_v16   grouped rows only: C = silu(A·B[e]) ⊙ (A·B2[e]) (the SwiGLU of an
 //                                        expert's gate and up projections, B and B2 stored [E,K,N]), and
 //                                        the two products into G and U where those are not null;
@@ -95,6 +100,12 @@ extern __shared__ __align__(16) unsigned char gemm_smem[];
         gemm_entry<GemmCfg<AT, BT, VEC, TC>::type, AT, BT>(p, gemm_smem, blockIdx.x, threadIdx.x);  \
     }
 
+#define GEMM_SK_KERNEL(NAME, BT, VEC)                                                                    \
+    extern "C" __global__ void __launch_bounds__(GemmNN::NT, GEMM_MINB) NAME(GEMM_PARAMS) {               \
+        const GemmArgs p = GEMM_ARGS;                                                                        \
+        gemm_entry<GemmCfg<false, BT, VEC, GEMM_T>::type, false, BT, false, true>(p, gemm_smem, blockIdx.x, threadIdx.x); \
+    }
+
 #define GEMM_SWIGLU_KERNEL(NAME, VEC)                                                                                \
     extern "C" __global__ void __launch_bounds__(GemmNN::NT, GEMM_MINB) NAME(GEMM_PARAMS, const void* B2, void* G, void* U) { \
         GemmArgs p = GEMM_ARGS;                                                                                        \
@@ -102,6 +113,13 @@ extern __shared__ __align__(16) unsigned char gemm_smem[];
         p.G = G;                                                                                                       \
         p.U = U;                                                                                                       \
         gemm_entry<GemmCfg<false, false, VEC, GEMM_T>::type, false, false, true>(p, gemm_smem, blockIdx.x, threadIdx.x); \
+    }
+
+// Stream-K fix-up (gemm_entry's GROUP_ROWS_SK): the GEMM parameters, grid p.splits.
+#define GEMM_SK_FIXUP(NAME)                                                                     \
+    extern "C" __global__ void __launch_bounds__(GemmNN::NT) NAME(GEMM_PARAMS) {                \
+        const GemmArgs p = GEMM_ARGS;                                                           \
+        gemm_sk_fixup_body<GemmNN>(p, blockIdx.x, threadIdx.x);                                 \
     }
 
 #define GEMM_REDUCE(NAME, TW, TC)                                                                                      \
@@ -123,6 +141,8 @@ extern __shared__ __align__(16) unsigned char gemm_smem[];
 #define GEMM_REDUCE_ROWS(NAME, TW, TC) GEMM_EMU_REDUCE_ROWS(NAME, TW, TC)
 #define GEMM_SWIGLU_KERNEL(NAME, VEC) GEMM_EMU_SWIGLU_KERNEL(NAME, VEC)
 #define GEMM_REDUCE(NAME, TW, TC) GEMM_EMU_REDUCE(NAME, TW, TC)
+#define GEMM_SK_FIXUP(NAME) GEMM_EMU_SK_FIXUP(NAME)
+#define GEMM_SK_KERNEL(NAME, BT, VEC) GEMM_EMU_SK_KERNEL(NAME, BT, VEC)
 GEMM_EMU_CONFIG(GemmNN::NT, GemmNN::SMEM, GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES, (int)sizeof(GEMM_T), GEMM_TF32 + GEMM_WGMMA)
 #endif
 
@@ -167,5 +187,10 @@ GEMM_REDUCE_ROWS(gemm_reduce_rows, float, bf16)
 #else
 GEMM_REDUCE(gemm_reduce, GEMM_T, GEMM_T)
 GEMM_REDUCE_ROWS(gemm_reduce_rows, GEMM_T, GEMM_T)
+GEMM_SK_KERNEL(gemm_sk_nn, false, false)
+GEMM_SK_KERNEL(gemm_sk_nt, true, false)
+GEMM_SK_KERNEL(gemm_sk_nn_v16, false, true)
+GEMM_SK_KERNEL(gemm_sk_nt_v16, true, true)
+GEMM_SK_FIXUP(gemm_sk_fixup)
 #endif
 #endif  // GEMM_WGMMA

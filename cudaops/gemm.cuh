@@ -41,7 +41,7 @@ struct bf16 {
     unsigned short bits;
 };
 
-enum GemmMode { GEMM_DENSE = 0, GEMM_GROUP_ROWS = 1, GEMM_GROUP_RED = 2 };
+enum GemmMode { GEMM_DENSE = 0, GEMM_GROUP_ROWS = 1, GEMM_GROUP_RED = 2, GEMM_GROUP_ROWS_SK = 3 };
 enum GemmFlags { GEMM_VEC_C = 4, GEMM_SORT = 8 };
 #define GEMM_FAULT_OFFSETS 32u // FAULT_* code (see common.cuh): the plan's offsets are not segments of [0, rows)
 #define GEMM_SORT_MAX 256      // grouped reductions order at most this many experts by segment length
@@ -1108,10 +1108,49 @@ template <int NT> GEMM_DEV int expert_by_rank(const GemmArgs& p, int rank, int* 
     return found[0];
 }
 
-// Runs the output tile of this CTA. Tile is SimtTile<...>, Tf32Tile<...>, Bf16Tile<...> or WgTile<...>
+// GROUP_ROWS_SK: the m-tile slots of all experts (sum of ceil(len_e/BM)); every thread gets the total.
+template <int NT, int BM> GEMM_DEV int row_tile_total(const GemmArgs& p, int* buf, int tid) {
+    int base = 0;
+    for (int e0 = 0; e0 < p.E; e0 += NT) {
+        const int ex = e0 + tid;
+        int cnt = 0;
+        if (ex < p.E) {
+            int lo, len;
+            segment(p, ex, &lo, &len);
+            cnt = (len + BM - 1) / BM;
+        }
+        int total;
+        block_scan<NT>(cnt, buf, tid, &total);
+        base += total;
+    }
+    return base;
+}
+
+// Stream-K (GROUP_ROWS_SK): the tiles' k-iterations (tile t, k-tile i: number t*kIters + i) are split
+// into P = p.splits equal contiguous ranges, one per CTA; range c is [sk_bound(c), sk_bound(c+1)).
+GEMM_DEV long long sk_bound(long long iters, int c, int P) { return iters * c / P; }
+
+// Stream-K geometry shared by the main kernel and the fix-up: tile count and k-iterations per tile.
+struct SkGeom {
+    long long tiles, kIters, iters;
+};
+template <int NT, int BM, int BK> GEMM_DEV SkGeom sk_geom(const GemmArgs& p, int* buf, int tid) {
+    SkGeom g;
+    g.tiles = (long long)row_tile_total<NT, BM>(p, buf, tid) * p.nTiles;
+    g.kIters = p.K > 0 ? (p.K + BK - 1) / BK : 1;  // K = 0: one empty iteration writes the zero tile
+    g.iters = g.tiles * g.kIters;
+    return g;
+}
+
+// Runs the output tiles of this CTA. Tile is SimtTile<...>, Tf32Tile<...>, Bf16Tile<...> or WgTile<...>
 // (gemm_wgmma.cuh). SW: a SwiGLU product (GROUP_ROWS, A stored [Rows,K], W1 and W3 stored [E,K,N]; N
-// counts features, BN/2 per tile).
-template <class Tile, bool AT, bool BT, bool SW = false>
+// counts features, BN/2 per tile). Every mode runs one tile per CTA except GROUP_ROWS_SK, where a CTA
+// runs the pieces (tile, k-range) of its range of iterations: a piece that covers its tile's whole
+// reduction writes C, one that does not writes its partial sum to the CTA's slot in W (slot 0: the
+// CTA's first piece, slot 1: its last), which gemm_sk_fixup adds up.
+// SK: the stream-K kernels (gemm_sk_*), the only ones that run GROUP_ROWS_SK: the loop over pieces is
+// compiled out of the others, whose registers it would otherwise raise (the 128x64 KC tile spilled).
+template <class Tile, bool AT, bool BT, bool SW = false, bool SK = false>
 GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int tid) {
     typedef typename Tile::elem T;
     typedef typename Tile::out TC;  // split-K partials are TC too: bf16 modules split only into float32
@@ -1122,81 +1161,163 @@ GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int ti
 
     const T* A = static_cast<const T*>(p.A);
     const T* B = static_cast<const T*>(p.B);
-    TileJob<T, TC> j;
-    j.lda = (int)p.lda;
-    j.ldb = (int)p.ldb;
-    j.ldcR = p.ldcR;
-    j.ldcC = p.ldcC;
-    j.vecC = (p.flags & GEMM_VEC_C) != 0;
-    TC* C = static_cast<TC*>(p.C);
-    long long aRow = 0, bRow = 0;  // offsets (elements) of the tile's problem in A, B, C
-    long long cOff = 0;
-    int mt, nt, kBegin = 0, M = p.M;
-    j.kLen = p.K;
-
-    if (p.mode == GEMM_DENSE) {
-        const int per = p.mTiles * p.nTiles;
-        const int split = bid / per, r = bid % per;
-        mt = r / p.nTiles;
-        nt = r % p.nTiles;
-        kBegin = split * p.kChunk;
-        j.kLen = (p.K - kBegin < p.kChunk ? p.K - kBegin : p.kChunk);
-        if (p.splits > 1) {  // partial sums of this split, row-major [M][N]
-            C = static_cast<TC*>(p.W) + (long long)split * p.M * p.N;
-            j.ldcR = p.N;
-            j.ldcC = 1;
-            j.vecC = p.N % V == 0;
-        }
-    } else if (p.mode == GEMM_GROUP_ROWS) {  // A layout n (rows of x), C rows; B per expert
+    // Iterations of this CTA (one pass for the one-tile modes).
+    long long it = 0, itEnd = 1, kIters = 1;
+    static_assert(!(SW && SK), "SwiGLU tiles are BN/2 features wide: no stream-K");
+    if (SK != (p.mode == GEMM_GROUP_ROWS_SK)) return;  // a planner bug: GROUP_ROWS_SK runs on the gemm_sk_* kernels only
+    if (SK) {
         if (bid == 0) gemm_check_offsets<Tile::NT>(p, tid);
-        // split-K (splits > 1): CTAs split by split; split s sums k in [s*kChunk, (s+1)*kChunk) into the
-        // partials W[s] ([rows][N], row-major), which gemm_reduce_rows adds up.
-        const int per = p.mTiles * p.nTiles;
-        const int split = bid / per, r = bid % per;
-        nt = r % p.nTiles;
-        if (p.splits > 1) {
+        const SkGeom g = sk_geom<Tile::NT, Tile::BM, Tile::BK>(p, sched, tid);
+        kIters = g.kIters;
+        it = sk_bound(g.iters, bid, p.splits);
+        itEnd = sk_bound(g.iters, bid + 1, p.splits);
+    }
+    for (bool first = true; it < itEnd; first = false) {
+        TileJob<T, TC> j;
+        j.lda = (int)p.lda;
+        j.ldb = (int)p.ldb;
+        j.ldcR = p.ldcR;
+        j.ldcC = p.ldcC;
+        j.vecC = (p.flags & GEMM_VEC_C) != 0;
+        TC* C = static_cast<TC*>(p.C);
+        long long aRow = 0, bRow = 0;  // offsets (elements) of the tile's problem in A, B, C
+        long long cOff = 0;
+        int mt, nt, kBegin = 0, M = p.M;
+        j.kLen = p.K;
+
+        if (p.mode == GEMM_DENSE) {
+            const int per = p.mTiles * p.nTiles;
+            const int split = bid / per, r = bid % per;
+            mt = r / p.nTiles;
+            nt = r % p.nTiles;
             kBegin = split * p.kChunk;
             j.kLen = (p.K - kBegin < p.kChunk ? p.K - kBegin : p.kChunk);
-            C = static_cast<TC*>(p.W) + (long long)split * p.rows * p.N;
-            j.ldcR = p.N;
-            j.ldcC = 1;
-            j.vecC = p.N % V == 0;
+            if (p.splits > 1) {  // partial sums of this split, row-major [M][N]
+                C = static_cast<TC*>(p.W) + (long long)split * p.M * p.N;
+                j.ldcR = p.N;
+                j.ldcC = 1;
+                j.vecC = p.N % V == 0;
+            }
+            it = itEnd;
+        } else if (p.mode == GEMM_GROUP_ROWS || SK) {  // A layout n (rows of x), C rows; B per expert
+            int slot;
+            bool toSlot = false;
+            if (!SK) {
+                if (bid == 0) gemm_check_offsets<Tile::NT>(p, tid);
+                // split-K (splits > 1): CTAs split by split; split s sums k in [s*kChunk, (s+1)*kChunk) into the
+                // partials W[s] ([rows][N], row-major), which gemm_reduce_rows adds up.
+                const int per = p.mTiles * p.nTiles;
+                const int split = bid / per, r = bid % per;
+                nt = r % p.nTiles;
+                slot = r / p.nTiles;
+                if (p.splits > 1) {
+                    kBegin = split * p.kChunk;
+                    j.kLen = (p.K - kBegin < p.kChunk ? p.K - kBegin : p.kChunk);
+                    C = static_cast<TC*>(p.W) + (long long)split * p.rows * p.N;
+                    j.ldcR = p.N;
+                    j.ldcC = 1;
+                    j.vecC = p.N % V == 0;
+                }
+                it = itEnd;
+            } else {  // stream-K piece: tile t, k-tiles [kb, ke)
+                const long long t = it / kIters, kb = it % kIters;
+                const long long ke = kb + (itEnd - it) < kIters ? kb + (itEnd - it) : kIters;
+                it += ke - kb;
+                nt = (int)(t % p.nTiles);
+                slot = (int)(t / p.nTiles);
+                kBegin = (int)kb * Tile::BK;
+                const long long kEnd = ke * Tile::BK < p.K ? ke * Tile::BK : p.K;
+                j.kLen = (int)(kEnd - kBegin);
+                if (kb > 0 || ke < kIters) {  // partial: the CTA's slot, a row-major BM x BN tile
+                    toSlot = true;
+                    C = static_cast<TC*>(p.W) + ((long long)bid * 2 + (first ? 0 : 1)) * (Tile::BM * Tile::BN);
+                    j.ldcR = Tile::BN;
+                    j.ldcC = 1;
+                    j.vecC = true;
+                }
+            }
+            int e, lo, len;
+            if (!find_row_tile<Tile::NT, Tile::BM>(p, slot, sched, found, tid, &e, &mt, &lo, &len)) return;
+            M = len;
+            aRow = (long long)lo * p.lda;
+            cOff = (long long)lo * j.ldcR;
+            if (toSlot) cOff = -((long long)mt * Tile::BM * Tile::BN + (long long)nt * Tile::BN);  // C(m0, n0) is the slot's start
+            bRow = (long long)e * p.strideB;
+        } else {  // GEMM_GROUP_RED: the reduction over the segment's rows (k = row); C per expert. A layout t
+                  // and B layout n (x, dY), or, for the wgmma tile, their transposed copies (layouts n, t)
+            if (bid == 0) gemm_check_offsets<Tile::NT>(p, tid);
+            const int per = p.mTiles * p.nTiles;
+            const int e = expert_by_rank<Tile::NT>(p, bid / per, sched, found, tid);
+            const int r = bid % per;
+            mt = r / p.nTiles;
+            nt = r % p.nTiles;
+            int len;
+            segment(p, e, &kBegin, &len);
+            j.kLen = len;
+            cOff = (long long)e * p.strideC;
+            it = itEnd;
         }
-        int e, lo, len;
-        if (!find_row_tile<Tile::NT, Tile::BM>(p, r / p.nTiles, sched, found, tid, &e, &mt, &lo, &len)) return;
-        M = len;
-        aRow = (long long)lo * p.lda;
-        cOff = (long long)lo * j.ldcR;
-        bRow = (long long)e * p.strideB;
-    } else {  // GEMM_GROUP_RED: the reduction over the segment's rows (k = row); C per expert. A layout t
-              // and B layout n (x, dY), or, for the wgmma tile, their transposed copies (layouts n, t)
-        if (bid == 0) gemm_check_offsets<Tile::NT>(p, tid);
-        const int per = p.mTiles * p.nTiles;
-        const int e = expert_by_rank<Tile::NT>(p, bid / per, sched, found, tid);
-        const int r = bid % per;
-        mt = r / p.nTiles;
-        nt = r % p.nTiles;
-        int len;
-        segment(p, e, &kBegin, &len);
-        j.kLen = len;
-        cOff = (long long)e * p.strideC;
+        const int m0 = mt * Tile::BM, n0 = nt * (SW ? Tile::BN / 2 : Tile::BN);
+        j.mLim = M - m0;
+        j.nLim = p.N - n0;
+        j.a = A + aRow + (AT ? (long long)kBegin * p.lda + m0 : (long long)m0 * p.lda + kBegin);
+        j.b = B + bRow + (BT ? (long long)n0 * p.ldb + kBegin : (long long)kBegin * p.ldb + n0);
+        j.c = C + cOff + (long long)m0 * j.ldcR + (long long)n0 * j.ldcC;
+        j.b2 = nullptr;
+        j.g = j.u = nullptr;
+        if (SW) {  // GROUP_ROWS, B layout n, ldcC == 1 (the host's SwiGLU plans)
+            const long long off = cOff + (long long)m0 * j.ldcR + n0;
+            j.b2 = static_cast<const T*>(p.B2) + bRow + (long long)kBegin * p.ldb + n0;
+            if (p.G) j.g = static_cast<TC*>(p.G) + off;
+            if (p.U) j.u = static_cast<TC*>(p.U) + off;
+        }
+        if (j.kLen < 0) j.kLen = 0;
+        Tile::template run<SW>(j, smem, tid);
+        if (SK && it < itEnd) __syncthreads();  // the next piece reuses the shared tiles and the scheduler's buffer
     }
-    const int m0 = mt * Tile::BM, n0 = nt * (SW ? Tile::BN / 2 : Tile::BN);
-    j.mLim = M - m0;
-    j.nLim = p.N - n0;
-    j.a = A + aRow + (AT ? (long long)kBegin * p.lda + m0 : (long long)m0 * p.lda + kBegin);
-    j.b = B + bRow + (BT ? (long long)n0 * p.ldb + kBegin : (long long)kBegin * p.ldb + n0);
-    j.c = C + cOff + (long long)m0 * j.ldcR + (long long)n0 * j.ldcC;
-    j.b2 = nullptr;
-    j.g = j.u = nullptr;
-    if (SW) {  // GROUP_ROWS, B layout n, ldcC == 1 (the host's SwiGLU plans)
-        const long long off = cOff + (long long)m0 * j.ldcR + n0;
-        j.b2 = static_cast<const T*>(p.B2) + bRow + (long long)kBegin * p.ldb + n0;
-        if (p.G) j.g = static_cast<TC*>(p.G) + off;
-        if (p.U) j.u = static_cast<TC*>(p.U) + off;
+}
+
+// Stream-K fix-up (GROUP_ROWS_SK, launched after the main kernel with the same arguments and grid P =
+// p.splits): CTA r handles the tile t that boundary b_r = sk_bound(iters, r) falls strictly inside,
+// when r is the first such boundary (b_{r-1} <= t*kIters): C(tile t) = the sum, over the CTAs c whose
+// ranges meet the tile (r-1 and on), of c's partial (slot 0 when t is c's first tile, else slot 1), in
+// increasing c. A tile covered by one CTA was written to C by the main kernel.
+template <class Tile> GEMM_DEV void gemm_sk_fixup_body(const GemmArgs& p, int bid, int tid) {
+    typedef typename Tile::out TC;
+    const int BUF = Tile::NT > GEMM_SORT_MAX ? Tile::NT : GEMM_SORT_MAX;
+    __shared__ int sched[BUF + 4];
+    int* found = sched + BUF;
+    const SkGeom g = sk_geom<Tile::NT, Tile::BM, Tile::BK>(p, sched, tid);
+    const int r = bid;
+    if (r < 1 || r >= p.splits) return;
+    const long long b = sk_bound(g.iters, r, p.splits);
+    if (b >= g.iters || b % g.kIters == 0) return;
+    const long long t = b / g.kIters, t0 = t * g.kIters, t1 = t0 + g.kIters;
+    if (sk_bound(g.iters, r - 1, p.splits) > t0) return;  // an earlier boundary inside t handles it
+    int e, mt, lo, len;
+    if (!find_row_tile<Tile::NT, Tile::BM>(p, (int)(t / p.nTiles), sched, found, tid, &e, &mt, &lo, &len)) return;
+    const int nt = (int)(t % p.nTiles);
+    const int m0 = mt * Tile::BM, n0 = nt * Tile::BN;
+    const int rowsV = len - m0 < Tile::BM ? len - m0 : Tile::BM;
+    const int colsV = p.N - n0 < Tile::BN ? p.N - n0 : Tile::BN;
+    const TC* W = static_cast<const TC*>(p.W);
+    TC* C = static_cast<TC*>(p.C) + (long long)(lo + m0) * p.ldcR + (long long)n0 * p.ldcC;
+    for (int i = tid; i < rowsV * Tile::BN; i += Tile::NT) {
+        const int m = i / Tile::BN, n = i % Tile::BN;
+        if (n >= colsV) continue;
+        TC acc = TC(0);
+        bool any = false;
+        for (int c = r - 1; c < p.splits; c++) {
+            const long long bc = sk_bound(g.iters, c, p.splits), bn = sk_bound(g.iters, c + 1, p.splits);
+            if (bc >= t1) break;
+            if (bn <= bc || bn <= t0) continue;  // empty range, or ends before the tile
+            const int s = bc / g.kIters == t ? 0 : 1;
+            const TC v = W[((long long)c * 2 + s) * (Tile::BM * Tile::BN) + i];
+            acc = any ? acc + v : v;
+            any = true;
+        }
+        C[(long long)m * p.ldcR + (long long)n * p.ldcC] = acc;
     }
-    if (j.kLen < 0) j.kLen = 0;
-    Tile::template run<SW>(j, smem, tid);
 }
 
 GEMM_DEV float4 vadd(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }

@@ -201,7 +201,7 @@ func (d *Device) runGemm(what string, p gemmplan.Problem) error {
 		if err != nil {
 			return err
 		}
-		if plan, err = gemmplan.Make(p, st.target, gemmplan.Options{TF32: d.opts.TF32, Force: d.opts.GemmVariant, Splits: d.opts.GemmSplits}, st.variants); err != nil {
+		if plan, err = gemmplan.Make(p, st.target, gemmplan.Options{TF32: d.opts.TF32, Force: d.opts.GemmVariant, Splits: d.opts.GemmSplits, StreamK: d.opts.GemmStreamK}, st.variants); err != nil {
 			return err
 		}
 		v = plan.Variant

@@ -25,6 +25,14 @@ gemm_{nn,nt,tn,tt}_v16_f32(A ptr, B ptr, C ptr, W ptr, offsets ptr, fault fault,
 gemm_reduce_f32(W ptr, C ptr, splits i32, M i32, N i32, ldcR i64, ldcC i64, vec i32)
 `
 
+// gemmSKKernelSigs are the stream-K grouped-rows kernels of the float32, float64 and TF32 mma.sync
+// modules (not bfloat16, not wgmma) and their fix-up: the main kernels' parameters.
+const gemmSKKernelSigs = `
+gemm_sk_{nn,nt}(A ptr, B ptr, C ptr, W ptr, offsets ptr, fault fault, lda i64, ldb i64, ldcR i64, ldcC i64, strideB i64, strideC i64, M i32, N i32, K i32, E i32, rows i32, mode i32, splits i32, kChunk i32, mTiles i32, nTiles i32, flags i32)
+gemm_sk_{nn,nt}_v16(A ptr, B ptr, C ptr, W ptr, offsets ptr, fault fault, lda i64, ldb i64, ldcR i64, ldcC i64, strideB i64, strideC i64, M i32, N i32, K i32, E i32, rows i32, mode i32, splits i32, kChunk i32, mTiles i32, nTiles i32, flags i32)
+gemm_sk_fixup(A ptr, B ptr, C ptr, W ptr, offsets ptr, fault fault, lda i64, ldb i64, ldcR i64, ldcC i64, strideB i64, strideC i64, M i32, N i32, K i32, E i32, rows i32, mode i32, splits i32, kChunk i32, mTiles i32, nTiles i32, flags i32)
+`
+
 // gemmWGKernelSigs are the kernels of the Hopper wgmma modules (GEMM_WGMMA, gemm_wgmma.cuh): the "nt"
 // product with 16-byte copies, the split-K reductions, and the K-major copies of the other layouts.
 const gemmWGKernelSigs = `
@@ -42,6 +50,8 @@ func gemmSigs(v gemmplan.Variant) (sigTable, error) {
 		text = gemmWGKernelSigs
 	case v.BF16:
 		text += gemmBF16KernelSigs
+	default:
+		text += gemmSKKernelSigs
 	}
 	return parseKernelSigs(text)
 }

@@ -4,13 +4,14 @@
 #   go build -tags expertrt_cuda -o .devbin/bench ./bench
 #   go build -tags expertrt_cuda -o .devbin/mixtral-layer ./examples/mixtral-layer   (stages train and bf16: HF parity)
 # Usage: cudaops/gpu-check.sh STAGE... with stages: tests oracle memcheck racecheck engine train layer policies
-# bench torch ncu gemm gemm-split gemm-sweep gemm-rs gemm-full gemm-bf16 gemm-bf16-bench gemm-wgmma bf16 seam ptx-nvcc swiglu (seam: the kernel declarations, per-kernel
+# bench torch ncu gemm gemm-split gemm-sk gemm-sweep gemm-rs gemm-full gemm-bf16 gemm-bf16-bench gemm-wgmma bf16 seam ptx-nvcc swiglu (seam: the kernel declarations, per-kernel
 # faults, device options and the graph's fused route, about 2 minutes; ptx-nvcc: which PTX modules the
 # host's nvcc compiles to other code; gemm: the GEMM kernels' tests, sanitizers, bench and the PyTorch
 # baseline, under 3 minutes; gemm-sweep: every tile configuration timed, GEMM_SWEEP=name,... limits it,
 # about 1-2 minutes; gemm-rs: the register-staged fp32 tiles' tests, sanitizers and sweep, about 2.5
 # minutes; gemm-split: split-K of the grouped-rows products (tests, sanitizers, forced-split bench rows
-# and the PyTorch fp32 baseline), about 3 minutes; gemm-full: every GEMM test case on every configuration; gemm-bf16: the bfloat16
+# and the PyTorch fp32 baseline), about 3 minutes; gemm-sk: stream-K grouped rows (tests, sanitizers,
+# bench rows on and off, PyTorch fp32), about 3 minutes; gemm-full: every GEMM test case on every configuration; gemm-bf16: the bfloat16
 # GEMM tiles' tests and sanitizers, about 2 minutes; gemm-bf16-bench: their sweep and bench against
 # PyTorch bfloat16, about 1.5 minutes; gemm-wgmma: the Hopper wgmma TF32 tiles (ptxas sm_90a, tests,
 # sanitizers, sweep against mma.sync and PyTorch TF32), about 3 minutes; train and layer: the
@@ -28,6 +29,30 @@ export PATH=/usr/local/cuda/bin:$PATH
 # GPU tests fail instead of skipping when no device opens (a broken driver must not look like a pass).
 export EXPERTRT_REQUIRE_GPU=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+# sb LABEL ENV ARGS... runs the bench with ENV (VAR=value ...) and ARGS plus $BS, appending its rows,
+# labelled, to $S/bench.jsonl (stages gemm-split and gemm-sk).
+sb() {
+  local label=$1 env=$2; shift 2
+  env $env timeout 60 $B -device cuda "$@" $BS | python3 -c "import sys,json; sys.path.insert(0,'bench'); from jsonrows import rows; [print(json.dumps(dict(r, label='$label'))) for r in rows('/dev/stdin')]" >> "$S/bench.jsonl" || echo "bench failed: $label $*"
+}
+# label_table DIR TITLE prints the labelled bench rows of DIR/bench.jsonl against PyTorch's DIR/torch.json
+# (stages gemm-split and gemm-sk).
+label_table() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+sys.path.insert(0, "bench")
+from jsonrows import rows
+s = sys.argv[1]
+torch = {(r["op"], r["tokens"], r["hidden"], r["experts"], bool(r["skew"]), r["tf32"]): r for r in rows(s + "/torch.json")}
+print(sys.argv[2] + ": ours vs PyTorch per-expert cuBLAS; ratio = torch ms / ours ms (target fp32 >= 0.9)")
+print(f"{'label':13s} {'op':16s} {'T':>6s} prec {'variant':22s}  ours ms  TFLOP/s  torch ms  ratio")
+for r in rows(s + "/bench.jsonl"):
+    tf = "tf32" in r.get("device_desc", "")
+    t = torch.get((r["op"], r["tokens"], r["hidden"], r["experts"], bool(r.get("skew")), tf))
+    tm = f"{t['median_ms']:9.4f} {t['median_ms']/r['median_ms']:6.2f}" if t else "        -      -"
+    print(f"{r['label']:13s} {r['op']:16s} {r['tokens']:6d} {'tf32' if tf else 'fp32'} {r.get('gemm_variant') or 'planner':22s} {r['median_ms']:8.4f} {r.get('tflop_per_s', 0):8.2f} {tm}")
+PY
+}
 # gemm_table prints ours vs PyTorch and the sweep from the JSON of the gemm and gemm-sweep stages in $G.
 gemm_table() {
   python3 - "$G" <<'PY'
@@ -280,10 +305,6 @@ PY
       echo "memcheck: exit $? $(grep -E 'ERROR SUMMARY' "$S/memcheck.log" | sort | uniq -c | tr '\n' ' ')"
       : > "$S/bench.jsonl"
       BS="-hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json"
-      sb() { # label, env, bench args...
-        local label=$1 env=$2; shift 2
-        env $env timeout 60 $B -device cuda "$@" $BS | python3 -c "import sys,json; sys.path.insert(0,'bench'); from jsonrows import rows; import io; [print(json.dumps(dict(r, label='$label'))) for r in rows('/dev/stdin')]" >> "$S/bench.jsonl" || echo "bench failed: $label $*"
-      }
       for T_ in 4096 16384; do
         sb auto "X=1" -op groupedmm,groupedmm-bwd,groupedmm-bwd-x -tokens $T_
         sb unsplit "EXPERTRT_GEMM_SPLITS=1" -op groupedmm-bwd,groupedmm-bwd-x -tokens $T_
@@ -294,20 +315,40 @@ PY
       sb tf32-auto "EXPERTRT_GEMM_TF32=1" -op groupedmm-bwd-x -tokens 4096
       sb tf32-unsplit "EXPERTRT_GEMM_TF32=1 EXPERTRT_GEMM_SPLITS=1" -op groupedmm-bwd-x -tokens 4096
       timeout 100 python3 bench/pytorch_gemm.py --no-tf32 --reps 20 --warmup 3 --json "$S/torch.json" > "$S/torch.log" 2>&1 || echo "torch baseline failed: $(tail -2 "$S/torch.log")"
-      python3 - "$S" <<'PY'
-import sys
-sys.path.insert(0, "bench")
-from jsonrows import rows
-s = sys.argv[1]
-torch = {(r["op"], r["tokens"], r["hidden"], r["experts"], bool(r["skew"]), r["tf32"]): r for r in rows(s + "/torch.json")}
-print("split-K (grouped rows): ours vs PyTorch per-expert cuBLAS; ratio = torch ms / ours ms (target fp32 >= 0.9)")
-print(f"{'label':13s} {'op':16s} {'T':>6s} prec {'variant':22s}  ours ms  TFLOP/s  torch ms  ratio")
-for r in rows(s + "/bench.jsonl"):
-    tf = "tf32" in r.get("device_desc", "")
-    t = torch.get((r["op"], r["tokens"], r["hidden"], r["experts"], bool(r.get("skew")), tf))
-    tm = f"{t['median_ms']:9.4f} {t['median_ms']/r['median_ms']:6.2f}" if t else "        -      -"
-    print(f"{r['label']:13s} {r['op']:16s} {r['tokens']:6d} {'tf32' if tf else 'fp32'} {r.get('gemm_variant') or 'planner':22s} {r['median_ms']:8.4f} {r.get('tflop_per_s', 0):8.2f} {tm}")
-PY
+      label_table "$S" "split-K (grouped rows)"
+      ;;
+    gemm-sk)
+      # Stream-K grouped rows (issue 8's dX = dY·Wᵀ; gemm_entry's GROUP_ROWS_SK and gemm_sk_fixup), about 3
+      # minutes: TestCUDAGemmGroupedStreamK (forced on, -test.short) and the grouped tests with the
+      # planner's choice, memcheck and racecheck on the stream-K tests, then fp32 bench rows at T=4096 and
+      # 16384 (H=1024 F=3584 E=8 k=2) and the small-expert shape: the planner's choice ("auto"), stream-K
+      # off and forced on, dX forced on f32_128x64x16_s3 and f32_256x128x8_rs_s2 with stream-K on and off;
+      # the PyTorch fp32 baseline last, with a table. Logs and JSON under $OUT/gemm-sk/.
+      S="$OUT/gemm-sk"; mkdir -p "$S"
+      timeout 90 $T -test.run 'TestCUDAGemmGroupedStreamK$' -test.short -test.v -test.count=1 > "$S/tests.log" 2>&1
+      rc=$?
+      timeout 60 $T -test.run 'TestCUDAGemmGrouped$/^(float32|float64)$/^(auto|f32_256x128x8_rs_s2)$' -test.short -test.v -test.count=1 >> "$S/tests.log" 2>&1
+      echo "stream-K gemm tests: exit $rc, grouped tests (planner): exit $? ($(grep -c -- '--- PASS' "$S/tests.log") passed, $(grep -c -- '--- FAIL' "$S/tests.log") failed (sub)tests)"
+      grep -E -- '--- FAIL|^(ok|FAIL|PASS)|panic' "$S/tests.log" | head -12
+      grep -E '_test.go:[0-9]+' "$S/tests.log" | head -8
+      for tool in memcheck racecheck; do
+        timeout 90 compute-sanitizer --tool $tool $([ $tool = memcheck ] && echo --leak-check no) $T -test.run 'TestCUDAGemmGroupedStreamK/^float32/(auto|f32_256x128x8_rs_s2)$' -test.short > "$S/$tool.log" 2>&1
+        echo "$tool: exit $? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$S/$tool.log" | sort | uniq -c | tr '\n' ' ')"
+      done
+      : > "$S/bench.jsonl"
+      BS="-hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json"
+      for T_ in 4096 16384; do
+        sb auto "X=1" -op groupedmm,groupedmm-bwd,groupedmm-bwd-x -tokens $T_
+        sb sk-off "EXPERTRT_GEMM_STREAMK=-1" -op groupedmm-bwd-x -tokens $T_
+        sb sk-on "EXPERTRT_GEMM_STREAMK=1" -op groupedmm,groupedmm-bwd-x -tokens $T_
+        sb sk-on "EXPERTRT_GEMM_STREAMK=1" -op groupedmm-bwd-x -tokens $T_ -gemm-variants f32_128x64x16_s3,f32_256x128x8_rs_s2
+        sb sk-off "EXPERTRT_GEMM_STREAMK=-1" -op groupedmm-bwd-x -tokens $T_ -gemm-variants f32_128x64x16_s3,f32_256x128x8_rs_s2
+      done
+      BS="-hidden 2048 -ffn 1408 -experts 64 -top-k 6 -reps 10 -warmup 2 -json"
+      sb auto "X=1" -op groupedmm,groupedmm-bwd-x -tokens 4096
+      sb sk-off "EXPERTRT_GEMM_STREAMK=-1" -op groupedmm,groupedmm-bwd-x -tokens 4096
+      timeout 100 python3 bench/pytorch_gemm.py --no-tf32 --reps 20 --warmup 3 --json "$S/torch.json" > "$S/torch.log" 2>&1 || echo "torch baseline failed: $(tail -2 "$S/torch.log")"
+      label_table "$S" "stream-K (grouped rows)"
       ;;
     gemm-sweep)
       # Every GEMM tile configuration timed at the issue-8 shapes (GEMM_SWEEP=name,name,... times only

@@ -154,6 +154,28 @@ inline int emu_i32(uint64_t v) { return (int)(int32_t)(uint32_t)v; }
     }                                                                                                            \
     static EmuRegistrar NAME##_reg(GEMM_EMU_VARIANT, #NAME, NAME##_thread, GemmNN::NT, GemmNN::SMEM, 26);
 
+#define GEMM_EMU_SK_KERNEL(NAME, BT, VEC)                                                                             \
+    static void NAME##_thread(const uint64_t* a, int bid, int tid, unsigned char* smem) {                       \
+        const GemmArgs p = {(const void*)a[0], (const void*)a[1], (void*)a[2], (void*)a[3], (const int*)a[4],   \
+                            (unsigned*)a[5], (long long)a[6], (long long)a[7], (long long)a[8], (long long)a[9], \
+                            (long long)a[10], (long long)a[11], emu_i32(a[12]), emu_i32(a[13]), emu_i32(a[14]),  \
+                            emu_i32(a[15]), emu_i32(a[16]), emu_i32(a[17]), emu_i32(a[18]), emu_i32(a[19]),      \
+                            emu_i32(a[20]), emu_i32(a[21]), emu_i32(a[22])};                                     \
+        gemm_entry<GemmCfg<false, BT, VEC, GEMM_T>::type, false, BT, false, true>(p, smem, bid, tid);           \
+    }                                                                                                            \
+    static EmuRegistrar NAME##_reg(GEMM_EMU_VARIANT, #NAME, NAME##_thread, GemmNN::NT, GemmNN::SMEM);
+
+#define GEMM_EMU_SK_FIXUP(NAME)                                                                                     \
+    static void NAME##_thread(const uint64_t* a, int bid, int tid, unsigned char*) {                             \
+        const GemmArgs p = {(const void*)a[0], (const void*)a[1], (void*)a[2], (void*)a[3], (const int*)a[4],   \
+                            (unsigned*)a[5], (long long)a[6], (long long)a[7], (long long)a[8], (long long)a[9], \
+                            (long long)a[10], (long long)a[11], emu_i32(a[12]), emu_i32(a[13]), emu_i32(a[14]),  \
+                            emu_i32(a[15]), emu_i32(a[16]), emu_i32(a[17]), emu_i32(a[18]), emu_i32(a[19]),      \
+                            emu_i32(a[20]), emu_i32(a[21]), emu_i32(a[22])};                                     \
+        gemm_sk_fixup_body<GemmNN>(p, bid, tid);                                                                 \
+    }                                                                                                            \
+    static EmuRegistrar NAME##_reg(GEMM_EMU_VARIANT, #NAME, NAME##_thread, GemmNN::NT, 0);
+
 #define GEMM_EMU_CONFIG(...)                                    \
     static const int emu_config[8] = {__VA_ARGS__};           \
     static EmuRegistrar emu_config_reg(GEMM_EMU_VARIANT, emu_config);

@@ -220,6 +220,12 @@ type result struct {
 // run plans and executes p with the given variant (or auto when force is ""), inputs a, b.
 func run(t testing.TB, p problem, a, b []float64, opt gemmplan.Options, mode Mode) (result, *gemmplan.Plan) {
 	t.Helper()
+	return runOn(t, target, p, a, b, opt, mode)
+}
+
+// runOn is run on device tgt (stream-K's CTA count follows its multiprocessors).
+func runOn(t testing.TB, tgt gemmplan.Target, p problem, a, b []float64, opt gemmplan.Options, mode Mode) (result, *gemmplan.Plan) {
+	t.Helper()
 	elem, cElem := 4, 4
 	switch {
 	case p.Double:
@@ -252,7 +258,7 @@ func run(t testing.TB, p problem, a, b []float64, opt gemmplan.Options, mode Mod
 	q := p.Problem
 	q.A, q.B, q.C, q.Offsets, q.Fault = A.addr(), B.addr(), C.addr(), off.Addr(0), fault.Addr(0)
 	vs := variants(t)
-	pl, err := gemmplan.Make(q, target, opt, vs)
+	pl, err := gemmplan.Make(q, tgt, opt, vs)
 	if err != nil {
 		t.Fatalf("%v: plan: %v", p, err)
 	}

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "468a3a562bf900bd94228f912fe3047b9e8c6433166efa4f4f5afe526e39e1a5"
+const sourceHash = "53a2ddd803174909f3395b0fb2fa7b8438ba6bffacb0afa6ab19f73cdfd21a1e"

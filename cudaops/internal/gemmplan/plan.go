@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 )
 
 // Mode is the kind of product (see the package doc).
@@ -69,6 +70,10 @@ type Options struct {
 	// TF32; not bfloat16, not SwiGLU) to this many parts (at most one per BK of K, and as far as the
 	// workspace bound allows) instead of the cost model's choice. For tests and benchmarks.
 	Splits int
+	// StreamK selects stream-K scheduling of grouped-rows products (float32 and float64 SIMT and
+	// TF32 mma.sync variants; not bfloat16, wgmma or SwiGLU; not with Splits): 0 where the cost model
+	// prefers it, positive always, negative never.
+	StreamK int
 }
 
 // Launch is one kernel launch: Args in the kernel's parameter order, one 8-byte slot each (32-bit
@@ -88,8 +93,12 @@ type Plan struct {
 	Variant Variant
 	// Copies: K-major copies of operands the wgmma tile cannot read in place, made by gemm_transpose
 	// into the workspace before the main launch (nil otherwise).
-	Copies    []Copy
-	Splits    int   // dense or grouped-rows reduction split in this many parts (1: not split)
+	Copies []Copy
+	Splits int // dense or grouped-rows reduction split in this many parts (1: not split)
+	// StreamK: a grouped-rows product whose CTAs (CTAs of them, all resident at once) share the
+	// tiles' k-iterations equally (gemm_entry's GROUP_ROWS_SK), tiles that straddle two CTAs' ranges
+	// summed by gemm_sk_fixup from per-CTA partials; Splits is then 1.
+	StreamK   bool
 	KChunk    int   // reduction length per split
 	Swapped   bool  // dense: computed as Cᵀ = op(B)ᵀ·op(A)ᵀ (small M)
 	CTAs      int   // CTAs of the main launch
@@ -130,10 +139,11 @@ type kernelArgs struct {
 }
 
 const (
-	flagVecC = 4 // GEMM_VEC_C
-	flagSort = 8 // GEMM_SORT
-	sortMax  = 256
-	maxGrid  = 1<<31 - 1
+	modeRowsSK = 3 // GEMM_GROUP_ROWS_SK
+	flagVecC   = 4 // GEMM_VEC_C
+	flagSort   = 8 // GEMM_SORT
+	sortMax    = 256
+	maxGrid    = 1<<31 - 1
 	// maxWorkspace bounds the split-K scratch (grouped rows at T=16384, k=2, H=1024 split in 2: 256 MiB).
 	maxWorkspace = 512 << 20
 	// Grouped rows split K in at most maxRowSplits parts of at least minRowChunk each.
@@ -146,6 +156,9 @@ const (
 	// splits) was a 1 % loss (fp32) and a 7 % loss (TF32), and no forced split gained more than 2 %; so
 	// only a grid that leaves most of the device idle (few rows, long K) is split.
 	splitMargin = 0.25
+	// skMargin: stream-K must promise this fraction less time than the best split (or no split): it
+	// adds the partial tiles' pass and a launch, and its pieces each pay a pipeline fill.
+	skMargin = 0.03
 )
 
 func ceilDiv(a, b int) int { return (a + b - 1) / b }
@@ -326,6 +339,51 @@ func splitRows(p Problem, t Target, v Variant, o Options) (splits, chunk int) {
 	return rowChunk(p.K, v.BK, best)
 }
 
+// rowsPlan is the schedule of a grouped-rows product on variant v: a reduction split (splitRows), or
+// stream-K over workers CTAs (sk) where o.StreamK asks for it or its cost is skMargin below the split's;
+// c is the cost of the chosen schedule.
+func rowsPlan(p Problem, t Target, v Variant, o Options) (splits, chunk int, sk bool, c float64) {
+	splits, chunk = splitRows(p, t, v, o)
+	c = rowsCost(p, t, v, splits, chunk)
+	if !skEligible(p, v, o) {
+		return splits, chunk, false, c
+	}
+	skc := skCost(p, t, v)
+	if o.StreamK > 0 || skc < (1-skMargin)*c {
+		return 1, p.K, true, skc
+	}
+	return splits, chunk, false, c
+}
+
+// skEligible: stream-K runs grouped rows of the float32/float64 SIMT and TF32 mma.sync variants (the
+// modules with gemm_sk_fixup), never with a forced split or when o.StreamK is negative.
+func skEligible(p Problem, v Variant, o Options) bool {
+	return p.Mode == GroupRows && !p.BF16 && !p.SwiGLU && !v.BF16 && !v.WG && p.K > 0 && o.Splits <= 0 && o.StreamK >= 0
+}
+
+// skWorkers is the CTA count of a stream-K launch of v: every multiprocessor's MinBlocks, at most the
+// grid of the tile scheduler's bound on the tiles (there is no work for more).
+func skWorkers(p Problem, t Target, v Variant) int {
+	bound := (ceilDiv(p.Rows, v.BM) + p.E - 1) * ceilDiv(p.N, v.BN)
+	return max(1, min(t.SMs*v.MinBlocks, bound))
+}
+
+// skCost is rowsCost's estimate for stream-K: the same tiles' work spread evenly over the device (no
+// last wave), plus the partial tiles (about two per CTA, written and read once, their C written) and
+// the fix-up launch, in rowsCost's units.
+func skCost(p Problem, t Target, v Variant) float64 {
+	mt := float64(p.Rows)/float64(v.BM) + 0.5*float64(min(p.E, p.Rows))
+	ctas := math.Ceil(mt) * float64(ceilDiv(p.N, v.BN))
+	c := ctas / float64(t.SMs) * float64(v.BM*v.BN) * float64(p.K) / v.EffFor(p.layout())
+	rate := 1.6e11
+	if v.TF32 {
+		rate = 3.8e11
+	}
+	const bw, launch = 4e12, 4e-6
+	bytes := 5 * float64(skWorkers(p, t, v)) * float64(v.BM*v.BN) * float64(v.partialBytes())
+	return c + (bytes/bw+launch)*rate
+}
+
 // rowChunk splits k in s chunks of a multiple of bk (the last one shorter); fewer when rounding leaves
 // nothing to the last ones.
 func rowChunk(k, bk, s int) (splits, chunk int) {
@@ -378,8 +436,8 @@ func cost(p Problem, t Target, v Variant, o Options) float64 {
 		ctas = float64(ceilDiv(p.M, v.BM) * ceilDiv(p.N, v.BN) * s)
 		kLen = float64(chunk)
 	case GroupRows:
-		s, chunk := splitRows(p, t, v, o)
-		return rowsCost(p, t, v, s, chunk)
+		_, _, _, c := rowsPlan(p, t, v, o)
+		return c
 	case GroupRed:
 		ctas = float64(p.E * ceilDiv(p.M, v.BM) * ceilDiv(p.N, v.BN))
 		kLen = float64(p.Rows) / float64(p.E)
@@ -503,10 +561,17 @@ func build(p Problem, t Target, v Variant, swap bool, o Options) (*Plan, error) 
 			pl.Swapped = true
 		}
 	case GroupRows:
-		pl.Splits, pl.KChunk = splitRows(p, t, v, o)
+		pl.Splits, pl.KChunk, pl.StreamK, _ = rowsPlan(p, t, v, o)
 		k.splits, k.kChunk = int32(pl.Splits), int32(pl.KChunk)
 		k.mTiles = int32(ceilDiv(p.Rows, v.BM) + p.E - 1)
 		grid = int64(k.mTiles) * int64(k.nTiles) * int64(pl.Splits)
+		if pl.StreamK {
+			w := skWorkers(p, t, v)
+			k.mode, k.splits, k.kChunk = modeRowsSK, int32(w), 0
+			grid = int64(w)
+			// two BM x BN partial tiles per CTA (its first and its last piece)
+			pl.Workspace = int64(w) * 2 * int64(v.BM*v.BN) * int64(v.partialBytes())
+		}
 		k.ldcR, k.ldcC = int64(p.N), 1
 		k.strideB = int64(p.K) * int64(p.N)
 		if copyB >= 0 {
@@ -546,6 +611,9 @@ func build(p Problem, t Target, v Variant, swap bool, o Options) (*Plan, error) 
 	}
 	if v.WG {
 		k.kernel = "gemm_nt_v16" // the only product of the wgmma modules; every operand ready (wgReady, copies)
+	}
+	if pl.StreamK {
+		k.kernel = "gemm_sk_" + strings.TrimPrefix(k.kernel, "gemm_")
 	}
 	// bfloat16 modules: the _f32 kernels write float32 C, also the split-K partials (float32 even when
 	// C is bfloat16: the reduction rounds once).
@@ -622,6 +690,9 @@ func (pl *Plan) Launches(workspace uint64) []Launch {
 		args = append(args, pl.p.B2, pl.p.G, pl.p.U)
 	}
 	ls = append(ls, Launch{Variant: v.Name, Kernel: k.kernel, Grid: k.grid, Block: v.Threads(), Smem: v.Smem(), Args: args})
+	if pl.StreamK { // the same arguments: the fix-up recomputes the iteration ranges from the offsets
+		ls = append(ls, Launch{Variant: v.Name, Kernel: "gemm_sk_fixup", Grid: k.grid, Block: v.Threads(), Args: args})
+	}
 	if pl.Splits > 1 {
 		// Vectors of 16 bytes of partials; C written in the same number of elements (bfloat16 C: pairs,
 		// 4-byte aligned; the alignment test is that of 16-byte vectors of C's elements, which implies it).
