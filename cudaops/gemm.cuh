@@ -1126,19 +1126,29 @@ template <int NT, int BM> GEMM_DEV int row_tile_total(const GemmArgs& p, int* bu
     return base;
 }
 
-// Stream-K (GROUP_ROWS_SK): the tiles' k-iterations (tile t, k-tile i: number t*kIters + i) are split
-// into P = p.splits equal contiguous ranges, one per CTA; range c is [sk_bound(c), sk_bound(c+1)).
+// Stream-K (GROUP_ROWS_SK) over P = p.splits CTAs, all resident at once: the first D tiles (D a
+// multiple of P) run data-parallel, tile c + w*P on CTA c in wave w, as a one-tile-per-CTA launch would
+// run them (the CTAs of a wave share A's rows and k-steps in L2); the last S tiles' k-iterations
+// (tile D+u, k-tile i: number u*kIters + i) are split into P equal contiguous ranges, range c =
+// [sk_bound(c), sk_bound(c+1)), so that no CTA waits for a last partial wave. S is the tiles of that
+// partial wave (tiles mod P), plus one full wave when the partial one would give each CTA fewer than
+// GEMM_SK_MIN_ITERS k-iterations, so that no piece is mostly pipeline fill.
+#define GEMM_SK_MIN_ITERS 16
 GEMM_DEV long long sk_bound(long long iters, int c, int P) { return iters * c / P; }
 
-// Stream-K geometry shared by the main kernel and the fix-up: tile count and k-iterations per tile.
+// Stream-K geometry shared by the main kernel and the fix-up: tiles, k-iterations per tile, the
+// data-parallel tiles D and the stream-K iterations S*kIters.
 struct SkGeom {
-    long long tiles, kIters, iters;
+    long long tiles, kIters, dp, iters;
 };
 template <int NT, int BM, int BK> GEMM_DEV SkGeom sk_geom(const GemmArgs& p, int* buf, int tid) {
     SkGeom g;
     g.tiles = (long long)row_tile_total<NT, BM>(p, buf, tid) * p.nTiles;
     g.kIters = p.K > 0 ? (p.K + BK - 1) / BK : 1;  // K = 0: one empty iteration writes the zero tile
-    g.iters = g.tiles * g.kIters;
+    long long s = g.tiles % p.splits;
+    if (s * g.kIters < (long long)p.splits * GEMM_SK_MIN_ITERS && g.tiles >= s + p.splits) s += p.splits;
+    g.dp = g.tiles - s;
+    g.iters = s * g.kIters;
     return g;
 }
 
@@ -1161,18 +1171,21 @@ GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int ti
 
     const T* A = static_cast<const T*>(p.A);
     const T* B = static_cast<const T*>(p.B);
-    // Iterations of this CTA (one pass for the one-tile modes).
-    long long it = 0, itEnd = 1, kIters = 1;
+    // Work of this CTA (one pass for the one-tile modes). SK: dpNext, dpEnd: its data-parallel tiles
+    // (step P); [it, itEnd): its stream-K iterations, numbered from the first stream-K tile dpEnd0.
+    long long it = 0, itEnd = 1, kIters = 1, dpNext = 0, dpEnd = 0, dpEnd0 = 0;
     static_assert(!(SW && SK), "SwiGLU tiles are BN/2 features wide: no stream-K");
     if (SK != (p.mode == GEMM_GROUP_ROWS_SK)) return;  // a planner bug: GROUP_ROWS_SK runs on the gemm_sk_* kernels only
     if (SK) {
         if (bid == 0) gemm_check_offsets<Tile::NT>(p, tid);
         const SkGeom g = sk_geom<Tile::NT, Tile::BM, Tile::BK>(p, sched, tid);
         kIters = g.kIters;
+        dpNext = bid;
+        dpEnd = dpEnd0 = g.dp;
         it = sk_bound(g.iters, bid, p.splits);
         itEnd = sk_bound(g.iters, bid + 1, p.splits);
     }
-    for (bool first = true; it < itEnd; first = false) {
+    for (bool first = true; dpNext < dpEnd || it < itEnd;) {
         TileJob<T, TC> j;
         j.lda = (int)p.lda;
         j.ldb = (int)p.ldb;
@@ -1219,12 +1232,16 @@ GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int ti
                     j.vecC = p.N % V == 0;
                 }
                 it = itEnd;
-            } else {  // stream-K piece: tile t, k-tiles [kb, ke)
-                const long long t = it / kIters, kb = it % kIters;
+            } else if (dpNext < dpEnd) {  // data-parallel tile
+                nt = (int)(dpNext % p.nTiles);
+                slot = (int)(dpNext / p.nTiles);
+                dpNext += p.splits;
+            } else {  // stream-K piece: tile dpEnd0 + u, k-tiles [kb, ke)
+                const long long u = it / kIters, kb = it % kIters;
                 const long long ke = kb + (itEnd - it) < kIters ? kb + (itEnd - it) : kIters;
                 it += ke - kb;
-                nt = (int)(t % p.nTiles);
-                slot = (int)(t / p.nTiles);
+                nt = (int)((dpEnd0 + u) % p.nTiles);
+                slot = (int)((dpEnd0 + u) / p.nTiles);
                 kBegin = (int)kb * Tile::BK;
                 const long long kEnd = ke * Tile::BK < p.K ? ke * Tile::BK : p.K;
                 j.kLen = (int)(kEnd - kBegin);
@@ -1235,6 +1252,7 @@ GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int ti
                     j.ldcC = 1;
                     j.vecC = true;
                 }
+                first = false;
             }
             int e, lo, len;
             if (!find_row_tile<Tile::NT, Tile::BM>(p, slot, sched, found, tid, &e, &mt, &lo, &len)) return;
@@ -1273,12 +1291,12 @@ GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int ti
         }
         if (j.kLen < 0) j.kLen = 0;
         Tile::template run<SW>(j, smem, tid);
-        if (SK && it < itEnd) __syncthreads();  // the next piece reuses the shared tiles and the scheduler's buffer
+        if (SK && (dpNext < dpEnd || it < itEnd)) __syncthreads();  // the next piece reuses the shared tiles and the scheduler's buffer
     }
 }
 
 // Stream-K fix-up (GROUP_ROWS_SK, launched after the main kernel with the same arguments and grid P =
-// p.splits): CTA r handles the tile t that boundary b_r = sk_bound(iters, r) falls strictly inside,
+// p.splits): CTA r handles the stream-K tile t that boundary b_r = sk_bound(iters, r) falls strictly inside,
 // when r is the first such boundary (b_{r-1} <= t*kIters): C(tile t) = the sum, over the CTAs c whose
 // ranges meet the tile (r-1 and on), of c's partial (slot 0 when t is c's first tile, else slot 1), in
 // increasing c. A tile covered by one CTA was written to C by the main kernel.
@@ -1292,11 +1310,11 @@ template <class Tile> GEMM_DEV void gemm_sk_fixup_body(const GemmArgs& p, int bi
     if (r < 1 || r >= p.splits) return;
     const long long b = sk_bound(g.iters, r, p.splits);
     if (b >= g.iters || b % g.kIters == 0) return;
-    const long long t = b / g.kIters, t0 = t * g.kIters, t1 = t0 + g.kIters;
+    const long long t = b / g.kIters, t0 = t * g.kIters, t1 = t0 + g.kIters;  // t: stream-K tile number
     if (sk_bound(g.iters, r - 1, p.splits) > t0) return;  // an earlier boundary inside t handles it
     int e, mt, lo, len;
-    if (!find_row_tile<Tile::NT, Tile::BM>(p, (int)(t / p.nTiles), sched, found, tid, &e, &mt, &lo, &len)) return;
-    const int nt = (int)(t % p.nTiles);
+    if (!find_row_tile<Tile::NT, Tile::BM>(p, (int)((g.dp + t) / p.nTiles), sched, found, tid, &e, &mt, &lo, &len)) return;
+    const int nt = (int)((g.dp + t) % p.nTiles);
     const int m0 = mt * Tile::BM, n0 = nt * Tile::BN;
     const int rowsV = len - m0 < Tile::BM ? len - m0 : Tile::BM;
     const int colsV = p.N - n0 < Tile::BN ? p.N - n0 : Tile::BN;

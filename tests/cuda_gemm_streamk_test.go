@@ -14,8 +14,8 @@ import (
 // the tiles two or more CTAs share) against float64 loops, with guard bands, rows after offsets[E]
 // untouched and two runs bitwise equal (runGrouped): the planner's fp32 and fp64 variants, the fp32 KC
 // and RS tiles and TF32 mma.sync. With 132 multiprocessors and these small grids most CTAs get a few
-// k-iterations of one tile, some none: every tile is cut somewhere; the last case is large enough for
-// whole tiles per CTA.
+// k-iterations of one tile, some none: every tile is cut somewhere; the last two cases have enough
+// tiles for data-parallel waves before the stream-K tiles.
 func TestCUDAGemmGroupedStreamK(t *testing.T) {
 	b := cudaBackend(t)
 	d, err := b.Device()
@@ -29,7 +29,8 @@ func TestCUDAGemmGroupedStreamK(t *testing.T) {
 		{E: 70, N: 520, In: 132, Out: 68, pattern: "random"}, // many empty experts
 		{E: 3, N: 200, In: 128, Out: 133, misaligned: true, pattern: "random"},
 		{E: 5, N: 170, In: 132, Out: 132, pattern: "capacity"}, // offsets[E] < N: the last rows dropped
-		{E: 8, N: 4100, In: 520, Out: 1000, pattern: "random"},
+		{E: 8, N: 8192, In: 72, Out: 520, pattern: "random"}, // forward: data-parallel waves, then stream-K
+		{E: 8, N: 8192, In: 520, Out: 72, pattern: "random"},
 	}
 	type config struct {
 		dt      tensor.Dtype

@@ -15,7 +15,8 @@ import (
 var skVariants = []string{"f32_128x64x16_s3", "f32_256x128x8_rs_s2", "f32_128x32x8_s4", "f64_64x64x8_s3", "tf32_128x128x16_w4_s4"}
 
 // TestGroupRowsStreamK runs grouped-rows products with stream-K forced (Options.StreamK) on devices of
-// 1, 3 and 4 multiprocessors, so that the CTAs' iteration ranges cut tiles anywhere: a tile split over
+// 1, 3 and 4 multiprocessors, so that the CTAs' iteration ranges cut tiles anywhere, after data-parallel
+// waves or without them (few tiles): a tile split over
 // two or more CTAs, CTAs with no iterations (fewer iterations than CTAs), K = 1 (one iteration per
 // tile), odd N and K, empty experts, capacity plans (rows after offsets[E] stay unwritten), misaligned
 // operands. Against the float64 reference with guards intact, and bitwise identical across cp.async
@@ -37,7 +38,8 @@ func TestGroupRowsStreamK(t *testing.T) {
 		{4, 170, 100, 36, "capacity", [3]int{}},
 		{6, 190, 132, 40, "capacity", [3]int{1, 0, 0}},
 		{3, 130, 133, 33, "skew", [3]int{0, 1, 1}},
-		{2, 9, 1, 5, "", [3]int{}}, // K = 1: no tile is split
+		{2, 9, 1, 5, "", [3]int{}},      // K = 1: no tile is split
+		{8, 600, 300, 40, "", [3]int{}}, // data-parallel waves before the stream-K tiles
 	}
 	for _, name := range skVariants {
 		v, ok := vs[name]

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "53a2ddd803174909f3395b0fb2fa7b8438ba6bffacb0afa6ab19f73cdfd21a1e"
+const sourceHash = "84b4ba5f7863e036dd66b2bbaaeac060a6427dba442bad852c842b3890946e41"
