@@ -29,7 +29,7 @@ func TestCUDAGemmGroupedStreamK(t *testing.T) {
 		{E: 70, N: 520, In: 132, Out: 68, pattern: "random"}, // many empty experts
 		{E: 3, N: 200, In: 128, Out: 133, misaligned: true, pattern: "random"},
 		{E: 5, N: 170, In: 132, Out: 132, pattern: "capacity"}, // offsets[E] < N: the last rows dropped
-		{E: 8, N: 8192, In: 72, Out: 520, pattern: "random"}, // forward: data-parallel waves, then stream-K
+		{E: 8, N: 8192, In: 72, Out: 520, pattern: "random"},   // forward: data-parallel waves, then stream-K
 		{E: 8, N: 8192, In: 520, Out: 72, pattern: "random"},
 	}
 	type config struct {
