@@ -1320,21 +1320,21 @@ template <class Tile> GEMM_DEV void gemm_sk_fixup_body(const GemmArgs& p, int bi
     const int colsV = p.N - n0 < Tile::BN ? p.N - n0 : Tile::BN;
     const TC* W = static_cast<const TC*>(p.W);
     TC* C = static_cast<TC*>(p.C) + (long long)(lo + m0) * p.ldcR + (long long)n0 * p.ldcC;
-    for (int i = tid; i < rowsV * Tile::BN; i += Tile::NT) {
-        const int m = i / Tile::BN, n = i % Tile::BN;
-        if (n >= colsV) continue;
-        TC acc = TC(0);
-        bool any = false;
-        for (int c = r - 1; c < p.splits; c++) {
-            const long long bc = sk_bound(g.iters, c, p.splits), bn = sk_bound(g.iters, c + 1, p.splits);
-            if (bc >= t1) break;
-            if (bn <= bc || bn <= t0) continue;  // empty range, or ends before the tile
-            const int s = bc / g.kIters == t ? 0 : 1;
-            const TC v = W[((long long)c * 2 + s) * (Tile::BM * Tile::BN) + i];
-            acc = any ? acc + v : v;
-            any = true;
+    // Contributors outer, elements inner: each thread keeps its elements through the whole sum (no
+    // barrier), and the ranges' 64-bit divisions are computed once per contributor, not per element.
+    bool firstC = true;
+    for (int c = r - 1; c < p.splits; c++) {
+        const long long bc = sk_bound(g.iters, c, p.splits), bn = sk_bound(g.iters, c + 1, p.splits);
+        if (bc >= t1) break;
+        if (bn <= bc || bn <= t0) continue;  // empty range, or ends before the tile
+        const TC* Wc = W + ((long long)c * 2 + (bc / g.kIters == t ? 0 : 1)) * (Tile::BM * Tile::BN);
+        for (int i = tid; i < rowsV * Tile::BN; i += Tile::NT) {
+            const int m = i / Tile::BN, n = i % Tile::BN;
+            if (n >= colsV) continue;
+            TC* o = C + (long long)m * p.ldcR + (long long)n * p.ldcC;
+            *o = firstC ? Wc[i] : *o + Wc[i];
         }
-        C[(long long)m * p.ldcR + (long long)n * p.ldcC] = acc;
+        firstC = false;
     }
 }
 

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "84b4ba5f7863e036dd66b2bbaaeac060a6427dba442bad852c842b3890946e41"
+const sourceHash = "20fe2d6aa9d75dd486d26dd3c9e631a3ef5effe811ba90c6c5a78b82f788d980"
