@@ -36,8 +36,7 @@ type cudaDevice struct {
 // products of that variant's class on that tile configuration (cudaops gemm.variants; the sweep of
 // gpu-check.sh gemm); EXPERTRT_GEMM_TF32=1 runs float32 products on the TF32 tensor-core kernels;
 // EXPERTRT_GEMM_SPLITS=<n> splits the reduction of the grouped-rows products in n (cudaops GemmSplits);
-// EXPERTRT_GEMM_STREAMK=1 / -1 forces stream-K scheduling of the grouped-rows products on / off (cudaops
-// GemmStreamK). The
+// EXPERTRT_GEMM_STREAMK=1 schedules the grouped-rows products stream-K (cudaops GemmStreamK). The
 // registered device is opened with them, so the whole-layer graphs (which ops run on the registered
 // backend) use them too.
 func newCUDADevice() (device, error) {
@@ -61,12 +60,8 @@ func newCUDADevice() (device, error) {
 		}
 		opts = append(opts, cudaops.WithGemmSplits(n))
 	}
-	if v := os.Getenv("EXPERTRT_GEMM_STREAMK"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			return nil, fmt.Errorf("bench: EXPERTRT_GEMM_STREAMK=%q: %w", v, err)
-		}
-		opts = append(opts, cudaops.WithGemmStreamK(n))
+	if os.Getenv("EXPERTRT_GEMM_STREAMK") == "1" {
+		opts = append(opts, cudaops.WithGemmStreamK(true))
 	}
 	d, err := cudaops.OpenRegistered(0, opts...)
 	if err != nil {

@@ -319,10 +319,10 @@ PY
       ;;
     gemm-sk)
       # Stream-K grouped rows (issue 8's dX = dY·Wᵀ; gemm_entry's GROUP_ROWS_SK and gemm_sk_fixup), about 4
-      # minutes: TestCUDAGemmGroupedStreamK (forced on) and the grouped tests with the
+      # minutes: TestCUDAGemmGroupedStreamK (Options.GemmStreamK on) and the grouped tests with the
       # planner's choice, memcheck and racecheck on the stream-K tests, then fp32 bench rows at T=4096 and
-      # 16384 (H=1024 F=3584 E=8 k=2) and the small-expert shape: the planner's choice ("auto"), stream-K
-      # off and forced on, dX forced on f32_128x64x16_s3 and f32_256x128x8_rs_s2 with stream-K on and off;
+      # 16384 (H=1024 F=3584 E=8 k=2) and the small-expert shape: the planner's choice ("auto", never
+      # stream-K) and stream-K on, dX forced on f32_128x64x16_s3 and f32_256x128x8_rs_s2 with stream-K off and on;
       # the PyTorch fp32 baseline last, with a table. Logs and JSON under $OUT/gemm-sk/.
       S="$OUT/gemm-sk"; mkdir -p "$S"
       timeout 200 $T -test.run 'TestCUDAGemmGroupedStreamK$' -test.v -test.count=1 > "$S/tests.log" 2>&1
@@ -338,15 +338,14 @@ PY
       : > "$S/bench.jsonl"
       BS="-hidden 1024 -ffn 3584 -experts 8 -top-k 2 -reps 10 -warmup 2 -json"
       for T_ in 4096 16384; do
-        sb auto "X=1" -op groupedmm,groupedmm-bwd,groupedmm-bwd-x -tokens $T_
-        sb sk-off "EXPERTRT_GEMM_STREAMK=-1" -op groupedmm-bwd-x -tokens $T_
+        sb auto "X=1" -op groupedmm,groupedmm-bwd-x -tokens $T_
         sb sk-on "EXPERTRT_GEMM_STREAMK=1" -op groupedmm,groupedmm-bwd-x -tokens $T_
+        sb sk-off "X=1" -op groupedmm-bwd-x -tokens $T_ -gemm-variants f32_128x64x16_s3,f32_256x128x8_rs_s2
         sb sk-on "EXPERTRT_GEMM_STREAMK=1" -op groupedmm-bwd-x -tokens $T_ -gemm-variants f32_128x64x16_s3,f32_256x128x8_rs_s2
-        sb sk-off "EXPERTRT_GEMM_STREAMK=-1" -op groupedmm-bwd-x -tokens $T_ -gemm-variants f32_128x64x16_s3,f32_256x128x8_rs_s2
       done
       BS="-hidden 2048 -ffn 1408 -experts 64 -top-k 6 -reps 10 -warmup 2 -json"
       sb auto "X=1" -op groupedmm,groupedmm-bwd-x -tokens 4096
-      sb sk-off "EXPERTRT_GEMM_STREAMK=-1" -op groupedmm,groupedmm-bwd-x -tokens 4096
+      sb sk-on "EXPERTRT_GEMM_STREAMK=1" -op groupedmm,groupedmm-bwd-x -tokens 4096
       timeout 100 python3 bench/pytorch_gemm.py --no-tf32 --reps 20 --warmup 3 --json "$S/torch.json" > "$S/torch.log" 2>&1 || echo "torch baseline failed: $(tail -2 "$S/torch.log")"
       label_table "$S" "stream-K (grouped rows)"
       ;;

@@ -62,14 +62,14 @@ type Options struct {
 	// one per k-tile, as the workspace bound allows) instead of the planner's choice; 0 is the
 	// planner's choice. For benchmarks and tests: results are bitwise equal only between equal splits.
 	GemmSplits int
-	// GemmStreamK selects stream-K scheduling of grouped-rows products (float32 SIMT, float64 and TF32
-	// mma.sync; not bfloat16, wgmma or SwiGLU, not with GemmSplits): the device's resident CTAs share
-	// the tiles' k-iterations equally, and the tiles two CTAs share are summed from their partials by a
-	// second launch. 0 is the planner's choice (where its cost model promises a gain: grids whose last
-	// wave would leave the device partly idle), 1 always, -1 never. Results are deterministic on a
-	// device (the ranges depend on its multiprocessor count) and bitwise equal to the unscheduled
-	// product only for tiles one CTA covers.
-	GemmStreamK int
+	// GemmStreamK schedules the grouped-rows products (float32 SIMT, float64 and TF32 mma.sync; not
+	// bfloat16, wgmma or SwiGLU; not with GemmSplits) stream-K: the device's resident CTAs run the tiles
+	// in data-parallel waves, then share the last partial wave's k-iterations equally; a second launch
+	// sums the tiles two or more CTAs share. Off by default and never the planner's choice: on the H200
+	// it was slower than the best unscheduled tile at every measured shape (bench/RESULTS.md). Results
+	// are deterministic on a device (the ranges follow its multiprocessor count) and bitwise equal to
+	// the unscheduled product only on tiles one CTA covers.
+	GemmStreamK bool
 }
 
 // Option sets one field of Options.
@@ -98,8 +98,8 @@ func WithGemmVariant(name string) Option { return func(o *Options) { o.GemmVaria
 // WithGemmSplits sets Options.GemmSplits (0 restores the planner's choice).
 func WithGemmSplits(n int) Option { return func(o *Options) { o.GemmSplits = n } }
 
-// WithGemmStreamK sets Options.GemmStreamK (0 restores the planner's choice).
-func WithGemmStreamK(n int) Option { return func(o *Options) { o.GemmStreamK = n } }
+// WithGemmStreamK sets Options.GemmStreamK.
+func WithGemmStreamK(on bool) Option { return func(o *Options) { o.GemmStreamK = on } }
 
 // WithOptions replaces every field with those of opts.
 func WithOptions(opts Options) Option { return func(o *Options) { *o = opts } }
@@ -121,9 +121,6 @@ func (base Options) apply(gemmVariants []string, opts ...Option) (Options, error
 	}
 	if o.GemmSplits < 0 || o.GemmSplits > 64 {
 		return o, fmt.Errorf("cudaops: options: GemmSplits %d must be in [0, 64]: %w", o.GemmSplits, ops.ErrConfig)
-	}
-	if o.GemmStreamK < -1 || o.GemmStreamK > 1 {
-		return o, fmt.Errorf("cudaops: options: GemmStreamK %d must be -1, 0 or 1: %w", o.GemmStreamK, ops.ErrConfig)
 	}
 	if o.GemmVariant != "" {
 		found := false
@@ -161,11 +158,8 @@ func (o Options) String() string {
 	if o.GemmSplits != 0 {
 		parts = append(parts, fmt.Sprintf("gemm splits %d", o.GemmSplits))
 	}
-	switch o.GemmStreamK {
-	case 1:
-		parts = append(parts, "gemm stream-K on")
-	case -1:
-		parts = append(parts, "gemm stream-K off")
+	if o.GemmStreamK {
+		parts = append(parts, "gemm stream-K")
 	}
 	if len(parts) == 0 {
 		return "defaults"

@@ -13,15 +13,15 @@ import (
 func TestOptions(t *testing.T) {
 	variants := []string{"f32_a", "tf32_b"}
 	o, err := Options{}.apply(variants, WithPlanMode(PlanMultiLaunch), WithPlanBlocks(4), WithSyncChecks(true), WithTF32(true),
-		WithGemmVariant("tf32_b"), WithStreamingDispatchStores(true), WithGemmSplits(3), WithGemmStreamK(-1), nil)
+		WithGemmVariant("tf32_b"), WithStreamingDispatchStores(true), WithGemmSplits(3), WithGemmStreamK(true), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Options{PlanMode: PlanMultiLaunch, PlanBlocks: 4, StreamingDispatchStores: true, SyncChecks: true, TF32: true, GemmVariant: "tf32_b", GemmSplits: 3, GemmStreamK: -1}
+	want := Options{PlanMode: PlanMultiLaunch, PlanBlocks: 4, StreamingDispatchStores: true, SyncChecks: true, TF32: true, GemmVariant: "tf32_b", GemmSplits: 3, GemmStreamK: true}
 	if o != want {
 		t.Errorf("got %+v, want %+v", o, want)
 	}
-	if s := o.String(); s != "plan multi-launch, plan blocks 4, streaming dispatch stores, sync checks, tf32, gemm tf32_b, gemm splits 3, gemm stream-K off" {
+	if s := o.String(); s != "plan multi-launch, plan blocks 4, streaming dispatch stores, sync checks, tf32, gemm tf32_b, gemm splits 3, gemm stream-K" {
 		t.Errorf("String: %q", s)
 	}
 	if s := (Options{}).String(); s != "defaults" {
@@ -43,7 +43,6 @@ func TestOptions(t *testing.T) {
 		{WithGemmVariant("nope"), `no GEMM variant "nope" (gemm.variants: f32_a, tf32_b)`},
 		{WithGemmSplits(-1), "GemmSplits -1"},
 		{WithGemmSplits(65), "GemmSplits 65"},
-		{WithGemmStreamK(2), "GemmStreamK 2"},
 	} {
 		if _, err := (Options{}).apply(variants, c.opt); !errors.Is(err, ops.ErrConfig) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v, want ErrConfig saying %q", err, c.want)

@@ -50,7 +50,7 @@ func TestCUDAGemmGroupedStreamK(t *testing.T) {
 			label = "auto"
 		}
 		t.Run(c.dt.String()+"/"+label, func(t *testing.T) {
-			h, err := d.With(cudaops.WithTF32(c.tf32), cudaops.WithGemmVariant(c.variant), cudaops.WithGemmStreamK(1))
+			h, err := d.With(cudaops.WithTF32(c.tf32), cudaops.WithGemmVariant(c.variant), cudaops.WithGemmStreamK(true))
 			if err != nil {
 				t.Fatal(err)
 			}

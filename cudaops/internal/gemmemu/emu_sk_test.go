@@ -64,7 +64,7 @@ func TestGroupRowsStreamK(t *testing.T) {
 					for _, sms := range []int{1, 3, 4} {
 						tgt := target
 						tgt.SMs = sms
-						opt := gemmplan.Options{Force: name, TF32: v.TF32, StreamK: 1}
+						opt := gemmplan.Options{Force: name, TF32: v.TF32, StreamK: true}
 						r0, pl := runOn(t, tgt, p, a, b, opt, Mode{Seed: uint32(gi)})
 						if pl.Variant.Name != name || !pl.StreamK || pl.Splits != 1 {
 							t.Fatalf("%v on %d SMs: planned %s stream-K %t splits %d, forced %s with stream-K", p, sms, pl.Variant.Name, pl.StreamK, pl.Splits, name)
@@ -93,7 +93,7 @@ func TestGroupRowsStreamKBadOffsets(t *testing.T) {
 		p := problem{Problem: gemmplan.Problem{Mode: gemmplan.GroupRows, E: 3, Rows: 60, K: 40, N: 12}, offsets: off}
 		na, nb, nc := p.sizes()
 		a, b := randVals(rng, na, p), randVals(rng, nb, p)
-		r, pl := run(t, p, a, b, gemmplan.Options{Force: "f32_128x32x8_s4", StreamK: 1}, Mode{Seed: 1})
+		r, pl := run(t, p, a, b, gemmplan.Options{Force: "f32_128x32x8_s4", StreamK: true}, Mode{Seed: 1})
 		if !pl.StreamK {
 			t.Fatalf("stream-K forced, not planned")
 		}

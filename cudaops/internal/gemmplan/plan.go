@@ -70,10 +70,12 @@ type Options struct {
 	// TF32; not bfloat16, not SwiGLU) to this many parts (at most one per BK of K, and as far as the
 	// workspace bound allows) instead of the cost model's choice. For tests and benchmarks.
 	Splits int
-	// StreamK selects stream-K scheduling of grouped-rows products (float32 and float64 SIMT and
-	// TF32 mma.sync variants; not bfloat16, wgmma or SwiGLU; not with Splits): 0 where the cost model
-	// prefers it, positive always, negative never.
-	StreamK int
+	// StreamK schedules grouped-rows products (float32 and float64 SIMT and TF32 mma.sync variants;
+	// not bfloat16, wgmma or SwiGLU; not with Splits) stream-K: data-parallel waves of tiles, then the
+	// last partial wave's k-iterations shared equally by all CTAs. The cost model never chooses it: on
+	// the H200 (bench/RESULTS.md, 2026-12-02) it was slower than the best unscheduled tile at every
+	// measured shape. For tests and benchmarks.
+	StreamK bool
 }
 
 // Launch is one kernel launch: Args in the kernel's parameter order, one 8-byte slot each (32-bit
@@ -156,9 +158,6 @@ const (
 	// splits) was a 1 % loss (fp32) and a 7 % loss (TF32), and no forced split gained more than 2 %; so
 	// only a grid that leaves most of the device idle (few rows, long K) is split.
 	splitMargin = 0.25
-	// skMargin: stream-K must promise this fraction less time than the best split (or no split): it
-	// adds the partial tiles' pass and a launch, and its pieces each pay a pipeline fill.
-	skMargin = 0.03
 )
 
 func ceilDiv(a, b int) int { return (a + b - 1) / b }
@@ -339,26 +338,20 @@ func splitRows(p Problem, t Target, v Variant, o Options) (splits, chunk int) {
 	return rowChunk(p.K, v.BK, best)
 }
 
-// rowsPlan is the schedule of a grouped-rows product on variant v: a reduction split (splitRows), or
-// stream-K over workers CTAs (sk) where o.StreamK asks for it or its cost is skMargin below the split's;
-// c is the cost of the chosen schedule.
+// rowsPlan is the schedule of a grouped-rows product on variant v: stream-K over skWorkers CTAs (sk)
+// where o.StreamK asks for it and v runs it, else a reduction split (splitRows); c is its cost.
 func rowsPlan(p Problem, t Target, v Variant, o Options) (splits, chunk int, sk bool, c float64) {
+	if o.StreamK && skEligible(p, v, o) {
+		return 1, p.K, true, skCost(p, t, v)
+	}
 	splits, chunk = splitRows(p, t, v, o)
-	c = rowsCost(p, t, v, splits, chunk)
-	if !skEligible(p, v, o) {
-		return splits, chunk, false, c
-	}
-	skc := skCost(p, t, v)
-	if o.StreamK > 0 || skc < (1-skMargin)*c {
-		return 1, p.K, true, skc
-	}
-	return splits, chunk, false, c
+	return splits, chunk, false, rowsCost(p, t, v, splits, chunk)
 }
 
 // skEligible: stream-K runs grouped rows of the float32/float64 SIMT and TF32 mma.sync variants (the
-// modules with gemm_sk_fixup), never with a forced split or when o.StreamK is negative.
+// modules with the gemm_sk_* kernels), never with a forced split.
 func skEligible(p Problem, v Variant, o Options) bool {
-	return p.Mode == GroupRows && !p.BF16 && !p.SwiGLU && !v.BF16 && !v.WG && p.K > 0 && o.Splits <= 0 && o.StreamK >= 0
+	return p.Mode == GroupRows && !p.BF16 && !p.SwiGLU && !v.BF16 && !v.WG && p.K > 0 && o.Splits <= 0
 }
 
 // skWorkers is the CTA count of a stream-K launch of v: every multiprocessor's MinBlocks, at most the
@@ -368,9 +361,11 @@ func skWorkers(p Problem, t Target, v Variant) int {
 	return max(1, min(t.SMs*v.MinBlocks, bound))
 }
 
-// skCost is rowsCost's estimate for stream-K: the same tiles' work spread evenly over the device (no
-// last wave), plus the partial tiles (about two per CTA, written and read once, their C written) and
-// the fix-up launch, in rowsCost's units.
+// skCost is rowsCost's estimate for stream-K (it ranks the variants when stream-K is forced): the same
+// tiles' work spread evenly over the device (no last wave), plus the partial tiles (about two per CTA,
+// written and read once, their C written) and the fix-up launch, in rowsCost's units. It leaves out
+// what the H200 showed stream-K to cost: its CTAs work at staggered k offsets in the stream-K tiles
+// (less L2 reuse; the 128x64 tile read twice the DRAM bytes) and each piece pays a pipeline fill.
 func skCost(p Problem, t Target, v Variant) float64 {
 	mt := float64(p.Rows)/float64(v.BM) + 0.5*float64(min(p.E, p.Rows))
 	ctas := math.Ceil(mt) * float64(ceilDiv(p.N, v.BN))

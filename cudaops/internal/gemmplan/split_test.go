@@ -20,8 +20,7 @@ func TestPlanGroupedSplit(t *testing.T) {
 	vs := loadVariants(t)
 	sm90 := h200
 	sm90.SM90a = true
-	// Stream-K off: it would take the few-rows grid (TestPlanStreamK).
-	for _, o := range []Options{{StreamK: -1}, {TF32: true, StreamK: -1}} {
+	for _, o := range []Options{{}, {TF32: true}} {
 		for _, tgt := range []Target{h200, sm90} {
 			fwd, dx := mixtral(4096, 1024, 3584, 8, 2)
 			few := Problem{Mode: GroupRows, TransB: true, N: 1024, K: 16384, E: 1, Rows: 128, A: 256, B: 512, C: 1024}
@@ -29,14 +28,14 @@ func TestPlanGroupedSplit(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			unsplit, err := Make(few, tgt, Options{TF32: o.TF32, Splits: 1, StreamK: -1}, vs)
+			unsplit, err := Make(few, tgt, Options{TF32: o.TF32, Splits: 1}, vs)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if pl.Splits < 2 || unsplit.Splits != 1 {
 				t.Errorf("tf32=%t sm90a=%t 128 rows, K=16384: %s split %d (forced 1: %d)", o.TF32, tgt.SM90a, pl.Variant.Name, pl.Splits, unsplit.Splits)
 			}
-			c, cu := cost(few, tgt, pl.Variant, o), cost(few, tgt, unsplit.Variant, Options{TF32: o.TF32, Splits: 1, StreamK: -1})
+			c, cu := cost(few, tgt, pl.Variant, o), cost(few, tgt, unsplit.Variant, Options{TF32: o.TF32, Splits: 1})
 			if !(c < (1-splitMargin)*cu) {
 				t.Errorf("128 rows, K=16384: split cost %.4g, unsplit %.4g", c, cu)
 			}
@@ -72,7 +71,7 @@ func TestPlanGroupedSplit(t *testing.T) {
 	bf.BF16 = true
 	sw := Problem{Mode: GroupRows, SwiGLU: true, N: 3584, K: 1024, E: 8, Rows: 8192, A: 256, B: 512, B2: 768, C: 1024}
 	for _, p := range []Problem{dw, bf, sw} {
-		for _, o := range []Options{{}, {Splits: 2}, {StreamK: 1}} {
+		for _, o := range []Options{{}, {Splits: 2}, {StreamK: true}} {
 			pl, err := Make(p, h200, o, vs)
 			if err != nil {
 				t.Fatal(err)
