@@ -1134,6 +1134,7 @@ template <int NT, int BM> GEMM_DEV int row_tile_total(const GemmArgs& p, int* bu
 // partial wave (tiles mod P), plus one full wave when the partial one would give each CTA fewer than
 // GEMM_SK_MIN_ITERS k-iterations, so that no piece is mostly pipeline fill.
 #define GEMM_SK_MIN_ITERS 16
+#define GEMM_SK_FIX_PARTS 8  // CTAs per tile of gemm_sk_fixup (the planner's grid: gemmplan skFixParts)
 GEMM_DEV long long sk_bound(long long iters, int c, int P) { return iters * c / P; }
 
 // Stream-K geometry shared by the main kernel and the fix-up: tiles, k-iterations per tile, the
@@ -1295,8 +1296,10 @@ GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int ti
     }
 }
 
-// Stream-K fix-up (GROUP_ROWS_SK, launched after the main kernel with the same arguments and grid P =
-// p.splits): CTA r handles the stream-K tile t that boundary b_r = sk_bound(iters, r) falls strictly inside,
+// Stream-K fix-up (GROUP_ROWS_SK, launched after the main kernel with the same arguments and grid
+// GEMM_SK_FIX_PARTS * P, P = p.splits): CTAs r*GEMM_SK_FIX_PARTS + part (part: a slice of the tile's rows,
+// so that enough warps are in flight to hide the loads' latency; one CTA per tile took 0.2-0.6 ms on the
+// H200) handle the stream-K tile t that boundary b_r = sk_bound(iters, r) falls strictly inside,
 // when r is the first such boundary (b_{r-1} <= t*kIters): C(tile t) = the sum, over the CTAs c whose
 // ranges meet the tile (r-1 and on), of c's partial (slot 0 when t is c's first tile, else slot 1), in
 // increasing c. A tile covered by one CTA was written to C by the main kernel.
@@ -1306,7 +1309,7 @@ template <class Tile> GEMM_DEV void gemm_sk_fixup_body(const GemmArgs& p, int bi
     __shared__ int sched[BUF + 4];
     int* found = sched + BUF;
     const SkGeom g = sk_geom<Tile::NT, Tile::BM, Tile::BK>(p, sched, tid);
-    const int r = bid;
+    const int r = bid / GEMM_SK_FIX_PARTS, part = bid % GEMM_SK_FIX_PARTS;
     if (r < 1 || r >= p.splits) return;
     const long long b = sk_bound(g.iters, r, p.splits);
     if (b >= g.iters || b % g.kIters == 0) return;
@@ -1317,6 +1320,8 @@ template <class Tile> GEMM_DEV void gemm_sk_fixup_body(const GemmArgs& p, int bi
     const int nt = (int)((g.dp + t) % p.nTiles);
     const int m0 = mt * Tile::BM, n0 = nt * Tile::BN;
     const int rowsV = len - m0 < Tile::BM ? len - m0 : Tile::BM;
+    const int PR = (Tile::BM + GEMM_SK_FIX_PARTS - 1) / GEMM_SK_FIX_PARTS;  // rows of one part
+    const int i0 = part * PR * Tile::BN, i1 = (rowsV < (part + 1) * PR ? rowsV : (part + 1) * PR) * Tile::BN;
     const int colsV = p.N - n0 < Tile::BN ? p.N - n0 : Tile::BN;
     const TC* W = static_cast<const TC*>(p.W);
     TC* C = static_cast<TC*>(p.C) + (long long)(lo + m0) * p.ldcR + (long long)n0 * p.ldcC;
@@ -1328,7 +1333,7 @@ template <class Tile> GEMM_DEV void gemm_sk_fixup_body(const GemmArgs& p, int bi
         if (bc >= t1) break;
         if (bn <= bc || bn <= t0) continue;  // empty range, or ends before the tile
         const TC* Wc = W + ((long long)c * 2 + (bc / g.kIters == t ? 0 : 1)) * (Tile::BM * Tile::BN);
-        for (int i = tid; i < rowsV * Tile::BN; i += Tile::NT) {
+        for (int i = i0 + tid; i < i1; i += Tile::NT) {
             const int m = i / Tile::BN, n = i % Tile::BN;
             if (n >= colsV) continue;
             TC* o = C + (long long)m * p.ldcR + (long long)n * p.ldcC;

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "20fe2d6aa9d75dd486d26dd3c9e631a3ef5effe811ba90c6c5a78b82f788d980"
+const sourceHash = "1a6e8130c205a4a040fdd9a0e9ae3a0c127496a2df074fc142c45bdc2e568dc1"

@@ -142,6 +142,7 @@ type kernelArgs struct {
 
 const (
 	modeRowsSK = 3 // GEMM_GROUP_ROWS_SK
+	skFixParts = 8 // GEMM_SK_FIX_PARTS: gemm_sk_fixup's CTAs per stream-K CTA
 	flagVecC   = 4 // GEMM_VEC_C
 	flagSort   = 8 // GEMM_SORT
 	sortMax    = 256
@@ -686,7 +687,7 @@ func (pl *Plan) Launches(workspace uint64) []Launch {
 	}
 	ls = append(ls, Launch{Variant: v.Name, Kernel: k.kernel, Grid: k.grid, Block: v.Threads(), Smem: v.Smem(), Args: args})
 	if pl.StreamK { // the same arguments: the fix-up recomputes the iteration ranges from the offsets
-		ls = append(ls, Launch{Variant: v.Name, Kernel: "gemm_sk_fixup", Grid: k.grid, Block: v.Threads(), Args: args})
+		ls = append(ls, Launch{Variant: v.Name, Kernel: "gemm_sk_fixup", Grid: k.grid * skFixParts, Block: v.Threads(), Args: args})
 	}
 	if pl.Splits > 1 {
 		// Vectors of 16 bytes of partials; C written in the same number of elements (bfloat16 C: pairs,

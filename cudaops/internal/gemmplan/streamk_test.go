@@ -8,7 +8,8 @@ import (
 // TestPlanStreamK: stream-K only where Options.StreamK asks for it (the cost model never chooses it:
 // measured slower on the H200), only for the variants and problems that run it (never with a forced
 // split, bfloat16, SwiGLU or the wgmma variants), with its launches: gemm_sk_<layout> over the device's
-// resident CTAs (at most the tile bound), then gemm_sk_fixup with the same arguments and grid, and a
+// resident CTAs (at most the tile bound), then gemm_sk_fixup with the same arguments (grid: skFixParts
+// CTAs per stream-K CTA), and a
 // workspace of two partial tiles per CTA.
 func TestPlanStreamK(t *testing.T) {
 	vs := loadVariants(t)
@@ -72,7 +73,7 @@ func TestPlanStreamK(t *testing.T) {
 		if a["mode"] != modeRowsSK || a["splits"] != int64(w) || a["W"] != 1<<30 || a["C"] != 1024 || main.Grid != w {
 			t.Errorf("%s: main launch %s grid %d args %v", c.name, main.Kernel, main.Grid, a)
 		}
-		if fix.Kernel != "gemm_sk_fixup" || fix.Grid != w || fix.Block != v.Threads() || fix.Smem != 0 || len(fix.Args) != len(main.Args) {
+		if fix.Kernel != "gemm_sk_fixup" || fix.Grid != w*skFixParts || fix.Block != v.Threads() || fix.Smem != 0 || len(fix.Args) != len(main.Args) {
 			t.Fatalf("%s: fix-up %+v", c.name, fix)
 		}
 		for i := range main.Args {
