@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "468a3a562bf900bd94228f912fe3047b9e8c6433166efa4f4f5afe526e39e1a5"
+const sourceHash = "1ceb7f56e93adbfd43240b5a06b8b10876282fc9be9908ab2667396dc5649846"
