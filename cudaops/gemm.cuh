@@ -614,10 +614,13 @@ struct SimtTile {
             for (int q = 0; q < TN; q++) acc[i][q] = T(0);
 
         const int kTiles = (j.kLen + BK - 1) / BK;
+        // cp.async sources of the next k-tile to copy (operands stored k-major), advanced a k-tile per copy.
+        const T* ca = j.a;
+        const T* cb = j.b;
         if (CP) {
 #pragma unroll
             for (int s = 0; s < STAGES - 1; s++) {
-                if (s < kTiles) load<SW>(sA + s * A_STAGE, sB + s * B_STAGE, j, s, tid);
+                if (s < kTiles) rs_cp<SW>(sA + s * A_STAGE, sB + s * B_STAGE, ca, cb, j, s, tid);
                 cp_async_commit();
             }
         }
@@ -636,7 +639,7 @@ struct SimtTile {
             __syncthreads();                      // ... for everyone's, and stage (kt-1) % STAGES is free
             if (CP) {
                 const int pf = kt + STAGES - 1;
-                if (pf < kTiles) load<SW>(sA + (pf % STAGES) * A_STAGE, sB + (pf % STAGES) * B_STAGE, j, pf, tid);
+                if (pf < kTiles) rs_cp<SW>(sA + (pf % STAGES) * A_STAGE, sB + (pf % STAGES) * B_STAGE, ca, cb, j, pf, tid);
                 cp_async_commit();
             }
             const bool more = kt + 1 < kTiles;
@@ -668,6 +671,27 @@ struct SimtTile {
         if (CP) cp_async_wait<0>();
         if (SW) swiglu_epilogue(j, acc, wm, wn, lm, ln);
         else epilogue(j, acc, wm, wn, lm, ln);
+    }
+    // cp.async copies of k-tile t of the operands stored k-major (A [K,M], B [K,N]; SwiGLU: load), from
+    // ca, cb, which then move to tile t+1; interior tiles (the operand's rows or columns all inside, BK k
+    // left) unchecked.
+    template <bool SW>
+    static GEMM_DEV void rs_cp(T* sA, T* sB, const T*& ca, const T*& cb, const TileJob<T>& j, int t, int tid) {
+        if (SW) {
+            load<SW>(sA, sB, j, t, tid);
+            return;
+        }
+        const int kLim = j.kLen - t * BK;
+        if (!RA) {
+            if (j.mLim >= BM && kLim >= BK) load_tile<T, BK, BM, LDA_S, NT, true, VEC, false>(sA, ca, j.lda, kLim, j.mLim, tid);
+            else load_tile<T, BK, BM, LDA_S, NT, true, VEC, true>(sA, ca, j.lda, kLim, j.mLim, tid);
+            ca += BK * j.lda;
+        }
+        if (!RB) {
+            if (j.nLim >= BN && kLim >= BK) load_tile<T, BK, BN, LDB_S, NT, true, VEC, false>(sB, cb, j.ldb, kLim, j.nLim, tid);
+            else load_tile<T, BK, BN, LDB_S, NT, true, VEC, true>(sB, cb, j.ldb, kLim, j.nLim, tid);
+            cb += BK * j.ldb;
+        }
     }
     // The staged units of the k-tile at k0 (unchecked when it is interior: rowsIn and BK k left).
     template <int NA, int NB>

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "1ceb7f56e93adbfd43240b5a06b8b10876282fc9be9908ab2667396dc5649846"
+const sourceHash = "9ab657b25005ca1f579aa59c3e6162eb2b61c61cdf4deb06e2741d920b6c33fa"
