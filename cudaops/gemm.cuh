@@ -381,7 +381,12 @@ GEMM_DEV void swiglu_put2(const J& j, long long rowOff, int n, float g0, float g
 // tid + NT*q) is row r = (u/2) % R, k = 4*(2*((u/2)/R) + u%2): two lanes cover the 32 bytes of 8
 // consecutive k of one row (a whole sector), a warp 16 rows; with k-major rows of BM+4 (4 words mod 32)
 // the 32 stores of a warp (one element each) fall in banks 16*(u%2) + r + const: 32 distinct banks.
-// Operands stored k-major still take cp.async copies into the same stages.
+// Operands stored k-major still take cp.async copies into the same stages. The RS loop (run_rs) has the
+// shape of the standalone prototype that set its speed target (issue 8): fragments of k+1 read while
+// those of k multiply, per-tile unit addresses advanced by pointer increments, read-only (nc) loads,
+// no cp.async bookkeeping when both operands are register-staged (dY·Wᵀ).
+// Edge tiles: a warp whose rows (or columns) all lie past the problem's edge skips its multiplications
+// (warp_active), so e.g. an expert's last m-tile of 2 valid rows costs its copies and barriers only.
 template <typename T, int BM_, int BN_, int BK_, int WARPS_M, int WARPS_N, int TM, int TN, int STAGES, bool AT, bool BT, bool VEC, int KD,
           bool RS = false>
 struct SimtTile {

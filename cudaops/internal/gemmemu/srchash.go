@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "9ab657b25005ca1f579aa59c3e6162eb2b61c61cdf4deb06e2741d920b6c33fa"
+const sourceHash = "c19cda95b901b2f74f43d1763ee183bcaa17b34d97a23695e10ce2a0bf851c7a"
