@@ -134,17 +134,18 @@ GEMM_DEV void ldsm_x4_t(unsigned* d, const bf16* row) {
 }
 GEMM_DEV unsigned tf32_bits(unsigned u) { return to_tf32(__uint_as_float(u)); }
 // Register-staged copies (SimtTile with RS): global loads into registers, zero when !in (nothing read),
-// and plain shared stores.
+// and plain shared stores. The loads take the read-only path (ld.global.nc, as the prototype's __ldg):
+// no kernel of the family writes its operands.
 GEMM_DEV void ldg4(float* r, const float* g, bool in) {
     float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (in) v = *reinterpret_cast<const float4*>(g);
+    if (in) v = __ldg(reinterpret_cast<const float4*>(g));
     r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
 }
 // (SimtTile instantiates these for double too, never calling them: RS tiles are float32.)
 GEMM_DEV void ldg4(double* r, const double* g, bool in) {
-    for (int e = 0; e < 4; e++) r[e] = in ? g[e] : 0.0;
+    for (int e = 0; e < 4; e++) r[e] = in ? __ldg(g + e) : 0.0;
 }
-template <typename T> GEMM_DEV T ldg1(const T* g, bool in) { return in ? *g : T(0); }
+template <typename T> GEMM_DEV T ldg1(const T* g, bool in) { return in ? __ldg(g) : T(0); }
 template <typename T> GEMM_DEV void sts1(T* s, T v) { *s = v; }
 GEMM_DEV void gemm_fault(unsigned* f, unsigned code) { atomicOr(f, code); }
 #endif
@@ -380,7 +381,12 @@ GEMM_DEV void swiglu_put2(const J& j, long long rowOff, int n, float g0, float g
 // tid + NT*q) is row r = (u/2) % R, k = 4*(2*((u/2)/R) + u%2): two lanes cover the 32 bytes of 8
 // consecutive k of one row (a whole sector), a warp 16 rows; with k-major rows of BM+4 (4 words mod 32)
 // the 32 stores of a warp (one element each) fall in banks 16*(u%2) + r + const: 32 distinct banks.
-// Operands stored k-major still take cp.async copies into the same stages.
+// Operands stored k-major still take cp.async copies into the same stages. The RS loop (run_rs) has the
+// shape of the standalone prototype that set its speed target (issue 8): fragments of k+1 read while
+// those of k multiply, per-tile unit addresses advanced by pointer increments, read-only (nc) loads,
+// no cp.async bookkeeping when both operands are register-staged (dY·Wᵀ).
+// Edge tiles: a warp whose rows (or columns) all lie past the problem's edge skips its multiplications
+// (warp_active), so e.g. an expert's last m-tile of 2 valid rows costs its copies and barriers only.
 template <typename T, int BM_, int BN_, int BK_, int WARPS_M, int WARPS_N, int TM, int TN, int STAGES, bool AT, bool BT, bool VEC, int KD,
           bool RS = false>
 struct SimtTile {
@@ -417,7 +423,7 @@ struct SimtTile {
     static_assert(!RS || (!KC && sizeof(T) == 4), "register-staged tiles are float32 and k-major");
 
     template <bool CHECK, bool SW> static GEMM_DEV void load_stage(T* sA, T* sB, const TileJob<T>& j, int k0, int tid) {
-        if (RA) {  // register-staged (ldg_stage, sts_stage)
+        if (RA) {  // register-staged (run_rs)
         } else if (A_K) load_tile<T, BM, BK, LDA_S, NT, true, VEC, CHECK>(sA, j.a + k0, j.lda, j.mLim, j.kLen - k0, tid);
         else if (AT) load_tile<T, BK, BM, LDA_S, NT, true, VEC, CHECK>(sA, j.a + (long long)k0 * j.lda, j.lda, j.kLen - k0, j.mLim, tid);
         else load_tile<T, BK, BM, LDA_S, NT, false, false, CHECK>(sA, j.a + k0, j.lda, j.kLen - k0, j.mLim, tid);
@@ -435,51 +441,62 @@ struct SimtTile {
         else load_stage<true, SW>(sA, sB, j, k0, tid);
     }
 
-    // Register-staged copies (RS). A unit is 4 consecutive k of one row of a k-contiguous operand (g: the
-    // stage's first element, rows ld apart); units past R*RU (thread counts that do not divide the tile)
-    // are skipped.
-    template <int R, int N, bool CHECK>
-    static GEMM_DEV void ldg_units(T (&v)[N][4], const T* g, int ld, int rLim, int kLim, int tid) {
+    // Register-staged copies (RS). A unit is 4 consecutive k of one row of a k-contiguous operand; unit u
+    // of a thread (u = tid + NT*q) is row r = (u/2) % R, k = 4*(2*((u/2)/R) + u%2) of the stage. Units
+    // past R*RU (thread counts that do not divide the tile) are skipped. Everything about a unit that does
+    // not change along k is computed once per tile (rs_units): its global address at the first k-tile
+    // (advanced by BK per load, no per-tile index arithmetic), whether its row is inside the problem, its
+    // k in the stage, and its shared offset. Interior k-tiles of a tile whose staged rows are all inside
+    // (the common case) load without any comparison.
+    template <int R, int N> struct RsUnits {
+        const T* g[N];  // the unit's 4 elements at the next k-tile to load
+        int k[N];       // k of the unit in a stage
+        int so[N];      // shared offset in a stage: k * LDS + r
+        bool in[N];     // row inside the problem
+        int cnt;        // units of this thread (N unless the thread count does not divide the tile's)
+        T v[N][4];      // the loaded values, stored after the current k-tile's multiplication
+    };
+    template <int R, int N, int LDS>
+    static GEMM_DEV void rs_units(RsUnits<R, N>& s, const T* g, int ld, int rLim, int tid) {
+        s.cnt = 0;
 #pragma unroll
         for (int q = 0; q < N; q++) {
             const int u = tid + q * NT;
             if ((R * RU) % NT != 0 && u >= R * RU) break;
+            s.cnt = q + 1;
             const int r = (u >> 1) % R, k = 4 * (2 * ((u >> 1) / R) + (u & 1));
+            s.in[q] = r < rLim;
+            s.g[q] = g + (s.in[q] ? r * ld + k : 0);  // rows outside name the tile's first element
+            s.k[q] = k;
+            s.so[q] = k * LDS + r;
+        }
+    }
+    // Loads the units of the next k-tile (kLim: k remaining from its first k) and advances to the one after.
+    // CHECK: compare with the limits; a zero-filled unit names safe (inside the operand, nothing read).
+    template <int R, int N, bool CHECK> static GEMM_DEV void rs_ldg(RsUnits<R, N>& s, const T* safe, int kLim) {
+#pragma unroll
+        for (int q = 0; q < N; q++) {
+            if ((R * RU) % NT != 0 && q >= s.cnt) break;
             if (VEC) {  // g and ld 16-byte multiples, kLim a multiple of 4 (the planner's _v16 condition)
-                const bool in = !CHECK || (r < rLim && k < kLim);
-                ldg4(v[q], g + (in ? r * ld + k : 0), in);
+                const bool in = !CHECK || (s.in[q] && s.k[q] < kLim);
+                ldg4(s.v[q], in ? s.g[q] : safe, in);
             } else {
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const bool in = !CHECK || (r < rLim && k + e < kLim);
-                    v[q][e] = ldg1(g + (in ? r * ld + k + e : 0), in);
+                    const bool in = !CHECK || (s.in[q] && s.k[q] + e < kLim);
+                    s.v[q][e] = ldg1(in ? s.g[q] + e : safe, in);
                 }
             }
+            s.g[q] += BK;
         }
     }
-    template <int R, int N, int LDS> static GEMM_DEV void sts_units(T* s, const T (&v)[N][4], int tid) {
+    template <int R, int N, int LDS> static GEMM_DEV void rs_sts(T* st, const RsUnits<R, N>& s) {
 #pragma unroll
         for (int q = 0; q < N; q++) {
-            const int u = tid + q * NT;
-            if ((R * RU) % NT != 0 && u >= R * RU) break;
-            const int r = (u >> 1) % R, k = 4 * (2 * ((u >> 1) / R) + (u & 1));
+            if ((R * RU) % NT != 0 && q >= s.cnt) break;
 #pragma unroll
-            for (int e = 0; e < 4; e++) sts1(s + (k + e) * LDS + r, v[q][e]);
+            for (int e = 0; e < 4; e++) sts1(st + s.so[q] + e * LDS, s.v[q][e]);
         }
-    }
-    // Loads the register-staged operands of tile t (same interior test as load).
-    template <bool CHECK> static GEMM_DEV void ldg_stage_(T (&va)[RA_N][4], T (&vb)[RB_N][4], const TileJob<T>& j, int k0, int tid) {
-        if (RA) ldg_units<BM, RA_N, CHECK>(va, j.a + k0, j.lda, j.mLim, j.kLen - k0, tid);
-        if (RB) ldg_units<BN, RB_N, CHECK>(vb, j.b + k0, j.ldb, j.nLim, j.kLen - k0, tid);
-    }
-    static GEMM_DEV void ldg_stage(T (&va)[RA_N][4], T (&vb)[RB_N][4], const TileJob<T>& j, int t, int tid) {
-        const int k0 = t * BK;
-        if (j.mLim >= BM && j.nLim >= BN && j.kLen - k0 >= BK) ldg_stage_<false>(va, vb, j, k0, tid);
-        else ldg_stage_<true>(va, vb, j, k0, tid);
-    }
-    static GEMM_DEV void sts_stage(T* sA, T* sB, const T (&va)[RA_N][4], const T (&vb)[RB_N][4], int tid) {
-        if (RA) sts_units<BM, RA_N, LDA_S>(sA, va, tid);
-        if (RB) sts_units<BN, RB_N, LDB_S>(sB, vb, tid);
     }
 
     // Row of the warp tile holding the thread's i-th row (lm: the lane's row in the lane grid), and
@@ -505,13 +522,29 @@ struct SimtTile {
         for (int i = 0; i < R / 4; i++) lds4(&f[0][4 * i], s + k * LD + i * L * 4);
     }
 
+    // Whether warp (wm, wn) has anything to compute: a warp whose rows (or columns; SwiGLU: features) all
+    // lie at or past the problem's edge skips its fragment reads and multiplications (it still makes its
+    // copies and meets every barrier), so an edge tile costs about its valid rows. Its accumulators stay
+    // zero and the epilogue writes none of them: results are unchanged. Warps go by wm = warp / WARPS_N,
+    // so the warps of the first rows are consecutive warp ids: the active warps of a tile with few rows
+    // are a prefix of the warp ids, spread round-robin over the SM's 4 sub-partitions (warp % 4; e.g.
+    // 4x2 warps of 64 rows: 1-64 rows keep warps 0, 1 on two sub-partitions, 65-128 warps 0-3 on all four).
+    template <bool SW> static GEMM_DEV bool warp_active(const TileJob<T>& j, int wm, int wn) {
+        return wm * WM < j.mLim && wn * (SW ? WN / 2 : WN) < j.nLim;
+    }
+
     template <bool SW> static GEMM_DEV void run(const TileJob<T>& j, unsigned char* smem, int tid) {
         static_assert(!SW || (!B_K && TN % 8 == 0), "SwiGLU tiles: B stored [K,N], thread columns in pairs of 4-runs");
+        if (RS) {
+            run_rs<SW>(j, smem, tid);
+            return;
+        }
         T* sA = reinterpret_cast<T*>(smem);
         T* sB = sA + STAGES * A_STAGE;
         const int warp = tid >> 5, lane = tid & 31;
         const int wm = warp / WARPS_N, wn = warp % WARPS_N;
         const int lm = lane / LN, ln = lane % LN;
+        const bool active = warp_active<SW>(j, wm, wn);
         // The lane's first fragment element in a stage.
         const int aOff = A_K ? (wm * WM + lm) * LDA_S : wm * WM + lm * 4;
         const int bOff = B_K ? (wn * WN + ln) * LDB_S : wn * WN + ln * 4;
@@ -528,21 +561,13 @@ struct SimtTile {
             if (s < kTiles) load<SW>(sA + s * A_STAGE, sB + s * B_STAGE, j, s, tid);
             cp_async_commit();
         }
-        // RS: tile 0's register-staged part is stored before the first barrier; tile kt+1's is loaded
-        // while tile kt is multiplied and stored after it, into stage (kt+1) % STAGES, which nobody reads
-        // in iteration kt (its previous tile, kt+1-STAGES, was read before this iteration's barrier).
-        T va[RA_N][4], vb[RB_N][4];
-        if (RS && kTiles > 0) {
-            ldg_stage(va, vb, j, 0, tid);
-            sts_stage(sA, sB, va, vb, tid);
-        }
         for (int kt = 0; kt < kTiles; kt++) {
             cp_async_wait<STAGES - 2>();  // tile kt has landed (for this thread's copies) ...
             __syncthreads();              // ... for everyone's, and stage (kt-1) % STAGES is free
             const int pf = kt + STAGES - 1;
             if (pf < kTiles) load<SW>(sA + (pf % STAGES) * A_STAGE, sB + (pf % STAGES) * B_STAGE, j, pf, tid);
             cp_async_commit();
-            if (RS && kt + 1 < kTiles) ldg_stage(va, vb, j, kt + 1, tid);
+            if (!active) continue;
             const T* a = sA + (kt % STAGES) * A_STAGE + aOff;
             const T* b = sB + (kt % STAGES) * B_STAGE + bOff;
             // A k-contiguous operand is read KD k at a time, a k-major one k by k (fewer live registers).
@@ -564,14 +589,136 @@ struct SimtTile {
                         for (int q = 0; q < TN; q++) acc[i][q] = fma_t(ra[i], rb[q], acc[i][q]);
                 }
             }
-            if (RS && kt + 1 < kTiles) {
-                const int nx = (kt + 1) % STAGES;
-                sts_stage(sA + nx * A_STAGE, sB + nx * B_STAGE, va, vb, tid);
-            }
         }
         cp_async_wait<0>();
         if (SW) swiglu_epilogue(j, acc, wm, wn, lm, ln);
         else epilogue(j, acc, wm, wn, lm, ln);
+    }
+
+    // The RS main loop (the shape of the standalone prototype that set the speed target): per k-tile kt,
+    // one barrier (tile kt's stage complete, the stage of tile kt+1 free), the cp.async copies of the
+    // operands stored k-major (none for dY·Wᵀ), the register-staged loads of tile kt+1, the
+    // multiplication of tile kt with the fragments of k+1 read while those of k multiply, and the stores
+    // of tile kt+1's staged units into its stage, which nobody reads in iteration kt (its previous tile,
+    // kt+1-STAGES, was read before this iteration's barrier). Tile 0's staged units are stored before the
+    // first barrier.
+    template <bool SW> static GEMM_DEV void run_rs(const TileJob<T>& j, unsigned char* smem, int tid) {
+        const bool CP = SW || !RA || !RB;  // an operand copied by cp.async
+        T* sA = reinterpret_cast<T*>(smem);
+        T* sB = sA + STAGES * A_STAGE;
+        const int warp = tid >> 5, lane = tid & 31;
+        const int wm = warp / WARPS_N, wn = warp % WARPS_N;
+        const int lm = lane / LN, ln = lane % LN;
+        const bool active = warp_active<SW>(j, wm, wn);
+        const int aOff = wm * WM + lm * 4, bOff = wn * WN + ln * 4;  // the lane's first 4-blocks at k = 0
+
+        T acc[TM][TN];
+#pragma unroll
+        for (int i = 0; i < TM; i++)
+#pragma unroll
+            for (int q = 0; q < TN; q++) acc[i][q] = T(0);
+
+        const int kTiles = (j.kLen + BK - 1) / BK;
+        // cp.async sources of the next k-tile to copy (operands stored k-major), advanced a k-tile per copy.
+        const T* ca = j.a;
+        const T* cb = j.b;
+        if (CP) {
+#pragma unroll
+            for (int s = 0; s < STAGES - 1; s++) {
+                if (s < kTiles) rs_cp<SW>(sA + s * A_STAGE, sB + s * B_STAGE, ca, cb, j, s, tid);
+                cp_async_commit();
+            }
+        }
+        RsUnits<BM, RA_N> ua;
+        RsUnits<BN, RB_N> ub;
+        if (RA) rs_units<BM, RA_N, LDA_S>(ua, j.a, j.lda, j.mLim, tid);
+        if (RB) rs_units<BN, RB_N, LDB_S>(ub, j.b, j.ldb, j.nLim, tid);
+        // Every staged row inside the problem: interior k-tiles load unchecked.
+        const bool rowsIn = (!RA || j.mLim >= BM) && (!RB || j.nLim >= BN);
+        if (kTiles > 0) {
+            rs_ldg_stage(ua, ub, j, 0, rowsIn);
+            rs_sts_stage(sA, sB, ua, ub);
+        }
+        for (int kt = 0; kt < kTiles; kt++) {
+            if (CP) cp_async_wait<STAGES - 2>();  // tile kt has landed (for this thread's copies) ...
+            __syncthreads();                      // ... for everyone's, and stage (kt-1) % STAGES is free
+            if (CP) {
+                const int pf = kt + STAGES - 1;
+                if (pf < kTiles) rs_cp<SW>(sA + (pf % STAGES) * A_STAGE, sB + (pf % STAGES) * B_STAGE, ca, cb, j, pf, tid);
+                cp_async_commit();
+            }
+            const bool more = kt + 1 < kTiles;
+            if (more) rs_ldg_stage(ua, ub, j, (kt + 1) * BK, rowsIn);
+            if (active) {
+                const T* a = sA + (kt % STAGES) * A_STAGE + aOff;
+                const T* b = sB + (kt % STAGES) * B_STAGE + bOff;
+                T fa[2][TM], fb[2][TN];
+                frag_rs<TM, LM, LDA_S>(fa[0], a, 0);
+                frag_rs<TN, LN, LDB_S>(fb[0], b, 0);
+#pragma unroll
+                for (int k = 0; k < BK; k++) {
+                    const int c = k & 1;
+                    if (k + 1 < BK) {
+                        frag_rs<TM, LM, LDA_S>(fa[c ^ 1], a, k + 1);
+                        frag_rs<TN, LN, LDB_S>(fb[c ^ 1], b, k + 1);
+                    }
+#pragma unroll
+                    for (int i = 0; i < TM; i++)
+#pragma unroll
+                        for (int q = 0; q < TN; q++) acc[i][q] = fma_t(fa[c][i], fb[c][q], acc[i][q]);
+                }
+            }
+            if (more) {
+                const int nx = (kt + 1) % STAGES;
+                rs_sts_stage(sA + nx * A_STAGE, sB + nx * B_STAGE, ua, ub);
+            }
+        }
+        if (CP) cp_async_wait<0>();
+        if (SW) swiglu_epilogue(j, acc, wm, wn, lm, ln);
+        else epilogue(j, acc, wm, wn, lm, ln);
+    }
+    // cp.async copies of k-tile t of the operands stored k-major (A [K,M], B [K,N]; SwiGLU: load), from
+    // ca, cb, which then move to tile t+1; interior tiles (the operand's rows or columns all inside, BK k
+    // left) unchecked.
+    template <bool SW>
+    static GEMM_DEV void rs_cp(T* sA, T* sB, const T*& ca, const T*& cb, const TileJob<T>& j, int t, int tid) {
+        if (SW) {
+            load<SW>(sA, sB, j, t, tid);
+            return;
+        }
+        const int kLim = j.kLen - t * BK;
+        if (!RA) {
+            if (j.mLim >= BM && kLim >= BK) load_tile<T, BK, BM, LDA_S, NT, true, VEC, false>(sA, ca, j.lda, kLim, j.mLim, tid);
+            else load_tile<T, BK, BM, LDA_S, NT, true, VEC, true>(sA, ca, j.lda, kLim, j.mLim, tid);
+            ca += BK * j.lda;
+        }
+        if (!RB) {
+            if (j.nLim >= BN && kLim >= BK) load_tile<T, BK, BN, LDB_S, NT, true, VEC, false>(sB, cb, j.ldb, kLim, j.nLim, tid);
+            else load_tile<T, BK, BN, LDB_S, NT, true, VEC, true>(sB, cb, j.ldb, kLim, j.nLim, tid);
+            cb += BK * j.ldb;
+        }
+    }
+    // The staged units of the k-tile at k0 (unchecked when it is interior: rowsIn and BK k left).
+    template <int NA, int NB>
+    static GEMM_DEV void rs_ldg_stage(RsUnits<BM, NA>& ua, RsUnits<BN, NB>& ub, const TileJob<T>& j, int k0, bool rowsIn) {
+        const int kLim = j.kLen - k0;
+        if (rowsIn && kLim >= BK) {
+            if (RA) rs_ldg<BM, NA, false>(ua, j.a, kLim);
+            if (RB) rs_ldg<BN, NB, false>(ub, j.b, kLim);
+        } else {
+            if (RA) rs_ldg<BM, NA, true>(ua, j.a, kLim);
+            if (RB) rs_ldg<BN, NB, true>(ub, j.b, kLim);
+        }
+    }
+    template <int NA, int NB>
+    static GEMM_DEV void rs_sts_stage(T* sA, T* sB, const RsUnits<BM, NA>& ua, const RsUnits<BN, NB>& ub) {
+        if (RA) rs_sts<BM, NA, LDA_S>(sA, ua);
+        if (RB) rs_sts<BN, NB, LDB_S>(sB, ub);
+    }
+    // f[i] = element (row_of(i), k) of a k-major stage (s: the lane's first 4-block at k = 0).
+    template <int R, int L, int LD> static GEMM_DEV void frag_rs(T (&f)[R], const T* s, int k) {
+#pragma unroll
+        for (int i = 0; i < R / 4; i++) lds4(&f[4 * i], s + k * LD + i * L * 4);
     }
 
     // Epilogue: with a k-major B tile the thread's columns come in runs of 4 (vector stores);

@@ -224,10 +224,21 @@ func guarded(t testing.TB, b *cudaops.Backend, what string, dt tensor.Dtype, sha
 
 // segmentOffsets returns E+1 offsets over n rows: "random" cuts (some experts empty), "one" (every row
 // on one expert), "half" (expert E/3 gets half the rows), "capacity" (random cuts of the first 3/4 of
-// the rows: offsets[E] < n, the rest dropped).
+// the rows: offsets[E] < n, the rest dropped), "tails" (expert e has gemmTailRows[e%6] rows past a
+// multiple of 256, the largest m-tile, so that every configuration's last m-tiles have few valid rows;
+// the rest of the n rows on the last expert).
 func segmentOffsetsFor(rng *rand.Rand, E, n int, pattern string) []int32 {
 	off := make([]int32, E+1)
 	switch pattern {
+	case "tails":
+		for e := 0; e < E; e++ {
+			size := gemmTailRows[e%len(gemmTailRows)] + e%3*256
+			if e == E-1 || int(off[e])+size > n {
+				size = n - int(off[e])
+			}
+			off[e+1] = off[e] + int32(size)
+		}
+		return off
 	case "one":
 		for e := E/2 + 1; e <= E; e++ {
 			off[e] = int32(n)
@@ -292,6 +303,11 @@ func gemmPlan(t testing.TB, b *cudaops.Backend, off []int32, N int) *tensor.Dens
 	}
 	return d
 }
+
+// gemmTailRows: valid rows of the last m-tile in the "tails" cases (one; around the 64-row warp tiles
+// of the 4x2-warp SIMT tiles, whose warps past the last row skip their multiplications; past half and
+// one short of a 256-row tile).
+var gemmTailRows = []int{1, 63, 64, 65, 129, 255}
 
 type groupedCase struct {
 	E, N, In, Out int
@@ -523,9 +539,10 @@ func groupedCases() []groupedCase {
 		{E: 5, N: 1, In: 17, Out: 9, pattern: "random"},     // one row
 		{E: 3, N: 200, In: 128, Out: 128, misaligned: true, pattern: "random"},
 		{E: 5, N: 170, In: 40, Out: 72, pattern: "capacity"}, // offsets[E] < N: the last rows dropped
+		{E: 7, N: 2200, In: 44, Out: 136, pattern: "tails"},  // last m-tiles of 1 to 255 valid rows
 	}
 	if testing.Short() {
-		cs = []groupedCase{cs[1], cs[2], cs[3], cs[4], cs[7], cs[8]}
+		cs = []groupedCase{cs[1], cs[2], cs[3], cs[4], cs[7], cs[8], cs[9]}
 	}
 	return cs
 }

@@ -515,6 +515,7 @@ func TestKernels(t *testing.T) {
 					t.Fatalf("%v: planned %s, forced %s", p, pl.Variant.Name, v.Name)
 				}
 				check(t, v.Name, p, r0, want, mag, pl.Splits, tf32Term(pl.Variant))
+				writeDigest(t, v.Name, p, pl.Splits, r0.bits)
 				if r0.fault != 0 {
 					t.Errorf("%v: fault %d on valid offsets", p, r0.fault)
 				}

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "1a6e8130c205a4a040fdd9a0e9ae3a0c127496a2df074fc142c45bdc2e568dc1"
+const sourceHash = "c30579c565b04865207dad974a534dbfa5a46ca8c8ddaaf38b9fb37345c00ebf"
