@@ -385,8 +385,10 @@ GEMM_DEV void swiglu_put2(const J& j, long long rowOff, int n, float g0, float g
 // shape of the standalone prototype that set its speed target (issue 8): fragments of k+1 read while
 // those of k multiply, per-tile unit addresses advanced by pointer increments, read-only (nc) loads,
 // no cp.async bookkeeping when both operands are register-staged (dY·Wᵀ).
-// Edge tiles: a warp whose rows (or columns) all lie past the problem's edge skips its multiplications
-// (warp_active), so e.g. an expert's last m-tile of 2 valid rows costs its copies and barriers only.
+// Edge tiles (RS loop only): a warp whose rows (or columns) all lie past the problem's edge skips its
+// multiplications (warp_active), so e.g. an expert's last m-tile of 2 valid rows costs its copies and
+// barriers only. The KC and float64 loop (run) does not: the same skip there made the 128x64 tile 3-6 %
+// slower on the H200 (forward and dY·Wᵀ at the Mixtral shape, 2026-12-02) for no gain.
 template <typename T, int BM_, int BN_, int BK_, int WARPS_M, int WARPS_N, int TM, int TN, int STAGES, bool AT, bool BT, bool VEC, int KD,
           bool RS = false>
 struct SimtTile {
@@ -544,7 +546,6 @@ struct SimtTile {
         const int warp = tid >> 5, lane = tid & 31;
         const int wm = warp / WARPS_N, wn = warp % WARPS_N;
         const int lm = lane / LN, ln = lane % LN;
-        const bool active = warp_active<SW>(j, wm, wn);
         // The lane's first fragment element in a stage.
         const int aOff = A_K ? (wm * WM + lm) * LDA_S : wm * WM + lm * 4;
         const int bOff = B_K ? (wn * WN + ln) * LDB_S : wn * WN + ln * 4;
@@ -567,7 +568,6 @@ struct SimtTile {
             const int pf = kt + STAGES - 1;
             if (pf < kTiles) load<SW>(sA + (pf % STAGES) * A_STAGE, sB + (pf % STAGES) * B_STAGE, j, pf, tid);
             cp_async_commit();
-            if (!active) continue;
             const T* a = sA + (kt % STAGES) * A_STAGE + aOff;
             const T* b = sB + (kt % STAGES) * B_STAGE + bOff;
             // A k-contiguous operand is read KD k at a time, a k-major one k by k (fewer live registers).

@@ -62,13 +62,14 @@ type Options struct {
 	// one per k-tile, as the workspace bound allows) instead of the planner's choice; 0 is the
 	// planner's choice. For benchmarks and tests: results are bitwise equal only between equal splits.
 	GemmSplits int
-	// GemmStreamK schedules the grouped-rows products (float32 SIMT, float64 and TF32 mma.sync; not
+	// GemmStreamK schedules every grouped-rows product (float32 SIMT, float64 and TF32 mma.sync; not
 	// bfloat16, wgmma or SwiGLU; not with GemmSplits) stream-K: the device's resident CTAs run the tiles
 	// in data-parallel waves, then share the last partial wave's k-iterations equally; a second launch
-	// sums the tiles two or more CTAs share. Off by default and never the planner's choice: on the H200
-	// it was slower than the best unscheduled tile at every measured shape (bench/RESULTS.md). Results
-	// are deterministic on a device (the ranges follow its multiprocessor count) and bitwise equal to
-	// the unscheduled product only on tiles one CTA covers.
+	// sums the tiles two or more CTAs share. Without it the planner uses stream-K only for float32 tiles
+	// of one CTA per multiprocessor whose last wave would leave much of the device idle (dY·Wᵀ at the
+	// Mixtral shape, T=4096: 8.5 % faster on the H200; elsewhere it measured no gain). For benchmarks
+	// and tests. Results are deterministic on a device (the ranges follow its multiprocessor count) and
+	// bitwise equal to the unscheduled product only on tiles one CTA covers.
 	GemmStreamK bool
 }
 

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "c30579c565b04865207dad974a534dbfa5a46ca8c8ddaaf38b9fb37345c00ebf"
+const sourceHash = "e917ea397794f099536e16f13fe8351dd0bad3c7bc7d5c664d834c3c4b6f5ed5"

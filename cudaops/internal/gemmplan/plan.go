@@ -72,9 +72,8 @@ type Options struct {
 	Splits int
 	// StreamK schedules grouped-rows products (float32 and float64 SIMT and TF32 mma.sync variants;
 	// not bfloat16, wgmma or SwiGLU; not with Splits) stream-K: data-parallel waves of tiles, then the
-	// last partial wave's k-iterations shared equally by all CTAs. The cost model never chooses it: on
-	// the H200 (bench/RESULTS.md, 2026-12-02) it was slower than the best unscheduled tile at every
-	// measured shape. For tests and benchmarks.
+	// last partial wave's k-iterations shared equally by all CTAs. Without it the planner chooses
+	// stream-K only where skAuto allows it. For tests and benchmarks.
 	StreamK bool
 }
 
@@ -142,6 +141,9 @@ type kernelArgs struct {
 
 const (
 	modeRowsSK = 3 // GEMM_GROUP_ROWS_SK
+	// skAutoGain: the stream-K gain over the variant unscheduled that the cost model must promise
+	// before the planner chooses it (skAuto).
+	skAutoGain = 0.15
 	skFixParts = 8 // GEMM_SK_FIX_PARTS: gemm_sk_fixup's CTAs per stream-K CTA
 	flagVecC   = 4 // GEMM_VEC_C
 	flagSort   = 8 // GEMM_SORT
@@ -340,13 +342,28 @@ func splitRows(p Problem, t Target, v Variant, o Options) (splits, chunk int) {
 }
 
 // rowsPlan is the schedule of a grouped-rows product on variant v: stream-K over skWorkers CTAs (sk)
-// where o.StreamK asks for it and v runs it, else a reduction split (splitRows); c is its cost.
+// where o.StreamK asks for it and v runs it, or where skAuto allows it and it promises skAutoGain less
+// time than v unscheduled; else a reduction split (splitRows). c is the chosen schedule's cost.
 func rowsPlan(p Problem, t Target, v Variant, o Options) (splits, chunk int, sk bool, c float64) {
-	if o.StreamK && skEligible(p, v, o) {
-		return 1, p.K, true, skCost(p, t, v)
-	}
 	splits, chunk = splitRows(p, t, v, o)
-	return splits, chunk, false, rowsCost(p, t, v, splits, chunk)
+	c = rowsCost(p, t, v, splits, chunk)
+	if !skEligible(p, v, o) {
+		return splits, chunk, false, c
+	}
+	if skc := skCost(p, t, v); o.StreamK || skAuto(p, v) && splits == 1 && skc < (1-skAutoGain)*c {
+		return 1, p.K, true, skc
+	}
+	return splits, chunk, false, c
+}
+
+// skAuto: the planner schedules stream-K on its own only float32 SIMT tiles of one CTA per
+// multiprocessor, where a last partial wave leaves whole multiprocessors idle. On the H200 (bench/
+// RESULTS.md, 2026-12-02) that was f32_256x128x8_rs_s2's dY·Wᵀ at T=4096 (2.24 waves: 1.556 ms against
+// 1.700 unscheduled and 1.672-1.721 on 128x64; the model promised 25 %, it gained 8.5 %); tiles of several
+// CTAs per multiprocessor (128x64: the hardware fills the last wave with the other CTAs) gained nothing
+// or lost up to 15 %, and at T=16384 (8.2 waves) the RS tile lost 1 %: hence skAutoGain.
+func skAuto(p Problem, v Variant) bool {
+	return !p.Double && !v.TF32 && !v.BF16 && v.MinBlocks == 1
 }
 
 // skEligible: stream-K runs grouped rows of the float32/float64 SIMT and TF32 mma.sync variants (the

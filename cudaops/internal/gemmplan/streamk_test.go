@@ -5,9 +5,11 @@ import (
 	"testing"
 )
 
-// TestPlanStreamK: stream-K only where Options.StreamK asks for it (the cost model never chooses it:
-// measured slower on the H200), only for the variants and problems that run it (never with a forced
-// split, bfloat16, SwiGLU or the wgmma variants), with its launches: gemm_sk_<layout> over the device's
+// TestPlanStreamK: stream-K where Options.StreamK asks for it, and on its own only where skAuto allows
+// it and the gain is large (dY·Wᵀ at T=4096 on the RS tile, measured 8.5 % faster on the H200; not at
+// T=16384, not the forward, not the small experts' 128x64 tiles, not TF32 or float64); only for the
+// variants and problems that run it (never with a forced split, bfloat16, SwiGLU or the wgmma
+// variants), with its launches: gemm_sk_<layout> over the device's
 // resident CTAs (at most the tile bound), then gemm_sk_fixup with the same arguments (grid: skFixParts
 // CTAs per stream-K CTA), and a
 // workspace of two partial tiles per CTA.
@@ -18,6 +20,7 @@ func TestPlanStreamK(t *testing.T) {
 	few := Problem{Mode: GroupRows, TransB: true, N: 1024, K: 16384, E: 1, Rows: 128, A: 256, B: 512, C: 1024}
 	fwd, dx := mixtral(4096, 1024, 3584, 8, 2)
 	_, dx16 := mixtral(16384, 1024, 3584, 8, 2)
+	sfwd, sdx := mixtral(4096, 2048, 1408, 64, 6)
 	on := Options{StreamK: true}
 	for _, c := range []struct {
 		name string
@@ -27,8 +30,12 @@ func TestPlanStreamK(t *testing.T) {
 		sk   bool
 	}{
 		{"few rows", few, Options{}, h200, false},
-		{"dX T=4096", dx, Options{}, sm90, false},
+		{"dX T=4096", dx, Options{}, sm90, true},
+		{"dX T=4096 TF32", dx, Options{TF32: true}, h200, false},
 		{"dX T=16384", dx16, Options{}, h200, false},
+		{"forward T=4096", fwd, Options{}, h200, false},
+		{"small experts dX", sdx, Options{}, h200, false},
+		{"small experts forward", sfwd, Options{}, h200, false},
 		{"few rows forced", few, on, h200, true},
 		{"dX T=4096 forced", dx, on, sm90, true},
 		{"forward forced", fwd, on, h200, true},
@@ -37,12 +44,16 @@ func TestPlanStreamK(t *testing.T) {
 		{"forced split wins", dx, Options{StreamK: true, Splits: 2}, h200, false},
 		{"wgmma forced", dx, Options{StreamK: true, TF32: true, Force: "wg_tf32_128x256x32_s4"}, sm90, false},
 		{"float64", Problem{Mode: GroupRows, Double: true, TransB: true, N: 1024, K: 16384, E: 1, Rows: 128, A: 256, B: 512, C: 1024}, on, h200, true},
+		{"float64 dX T=4096", Problem{Mode: GroupRows, Double: true, TransB: true, N: 1024, K: 3584, E: 8, Rows: 8192, A: 256, B: 512, C: 1024}, Options{}, h200, false},
 		{"bfloat16", Problem{Mode: GroupRows, BF16: true, TransB: true, N: 1024, K: 3584, E: 8, Rows: 8192, A: 256, B: 512, C: 1024}, on, h200, false},
 		{"weight gradient", Problem{Mode: GroupRed, TransA: true, M: 1024, N: 3584, E: 8, Rows: 8192, A: 256, B: 512, C: 1024}, on, h200, false},
 	} {
 		pl, err := Make(c.p, c.tgt, c.o, vs)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if c.name == "dX T=4096" && pl.Variant.Name != "f32_256x128x8_rs_s2" {
+			t.Errorf("%s: %s, want the RS tile", c.name, pl.Variant.Name)
 		}
 		if pl.StreamK != c.sk {
 			t.Errorf("%s: %s stream-K %t, want %t", c.name, pl.Variant.Name, pl.StreamK, c.sk)
