@@ -22,46 +22,63 @@ func TestCUDAGemmGroupedSplit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cases := []groupedCase{
-		{E: 4, N: 129, In: 133, Out: 45, pattern: "random"},
-		{E: 8, N: 300, In: 132, Out: 100, pattern: "half"},
-		{E: 6, N: 150, In: 100, Out: 132, pattern: "one"},
-		{E: 70, N: 520, In: 132, Out: 68, pattern: "random"}, // many empty experts
-		{E: 3, N: 200, In: 128, Out: 133, misaligned: true, pattern: "random"},
-		{E: 5, N: 170, In: 132, Out: 132, pattern: "capacity"}, // offsets[E] < N: the last rows dropped
-	}
-	type config struct {
-		dt      tensor.Dtype
-		tf32    bool
-		variant string
-	}
-	configs := []config{
-		{tensor.Float32, false, ""},
-		{tensor.Float32, false, "f32_128x64x16_s3"},
-		{tensor.Float32, false, "f32_256x128x8_rs_s2"},
-		{tensor.Float64, false, ""},
-		{tensor.Float32, true, "tf32_128x128x16_w4_s4"},
-		{tensor.Float32, true, "wg_tf32_128x256x32_s4"}, // the planner's choice elsewhere than sm_90
-	}
+	configs := append(append([]gemmConfig{}, scheduleConfigs...),
+		gemmConfig{tensor.Float32, true, "wg_tf32_128x256x32_s4"}) // the planner's choice elsewhere than sm_90
 	for _, c := range configs {
 		for _, s := range []int{2, 3} {
-			label := c.variant
-			if label == "" {
-				label = "auto"
-			}
-			t.Run(fmt.Sprintf("%v/%s/splits%d", c.dt, label, s), func(t *testing.T) {
-				h, err := d.With(cudaops.WithTF32(c.tf32), cudaops.WithGemmVariant(c.variant), cudaops.WithGemmSplits(s))
-				if err != nil {
-					t.Fatal(err)
-				}
-				hb := cudaops.NewBackend(h)
-				for i, gc := range cases {
-					if testing.Short() && i%2 == 1 {
-						continue
-					}
-					runGrouped(t, hb, c.dt, c.tf32, gc, int64(100+i))
-				}
+			t.Run(fmt.Sprintf("%v/%s/splits%d", c.dt, c.label(), s), func(t *testing.T) {
+				runGroupedWith(t, d, c, scheduleCases, 100, cudaops.WithGemmSplits(s))
 			})
 		}
+	}
+}
+
+// scheduleConfigs are the configurations of the split-K and stream-K tests: the planner's fp32 and fp64
+// choices, the fp32 KC and RS tiles, TF32 mma.sync.
+var scheduleConfigs = []gemmConfig{
+	{tensor.Float32, false, ""},
+	{tensor.Float32, false, "f32_128x64x16_s3"},
+	{tensor.Float32, false, "f32_256x128x8_rs_s2"},
+	{tensor.Float64, false, ""},
+	{tensor.Float32, true, "tf32_128x128x16_w4_s4"},
+}
+
+// scheduleCases are the grouped shapes of the split-K and stream-K tests.
+var scheduleCases = []groupedCase{
+	{E: 4, N: 129, In: 133, Out: 45, pattern: "random"},
+	{E: 8, N: 300, In: 132, Out: 100, pattern: "half"},
+	{E: 6, N: 150, In: 100, Out: 132, pattern: "one"},
+	{E: 70, N: 520, In: 132, Out: 68, pattern: "random"}, // many empty experts
+	{E: 3, N: 200, In: 128, Out: 133, misaligned: true, pattern: "random"},
+	{E: 5, N: 170, In: 132, Out: 132, pattern: "capacity"}, // offsets[E] < N: the last rows dropped
+}
+
+// gemmConfig is a product class and a forced tile configuration ("": the planner's).
+type gemmConfig struct {
+	dt      tensor.Dtype
+	tf32    bool
+	variant string
+}
+
+func (c gemmConfig) label() string {
+	if c.variant == "" {
+		return "auto"
+	}
+	return c.variant
+}
+
+// runGroupedWith runs runGrouped on cases (the odd ones only without -short, seeds from seed0) on a
+// handle of d with c's options and extra.
+func runGroupedWith(t *testing.T, d *cudaops.Device, c gemmConfig, cases []groupedCase, seed0 int64, extra ...cudaops.Option) {
+	h, err := d.With(append([]cudaops.Option{cudaops.WithTF32(c.tf32), cudaops.WithGemmVariant(c.variant)}, extra...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hb := cudaops.NewBackend(h)
+	for i, gc := range cases {
+		if testing.Short() && i%2 == 1 {
+			continue
+		}
+		runGrouped(t, hb, c.dt, c.tf32, gc, seed0+int64(i))
 	}
 }

@@ -131,47 +131,40 @@ struct EmuRegistrar {
 
 inline int emu_i32(uint64_t v) { return (int)(int32_t)(uint32_t)v; }
 
+// The GemmArgs of a kernel's first 23 argument slots (gemm.cu's GEMM_PARAMS, in order).
+#define GEMM_EMU_ARGS(a)                                                                                          \
+    {(const void*)a[0], (const void*)a[1], (void*)a[2], (void*)a[3], (const int*)a[4], (unsigned*)a[5],          \
+     (long long)a[6], (long long)a[7], (long long)a[8], (long long)a[9], (long long)a[10], (long long)a[11],      \
+     emu_i32(a[12]), emu_i32(a[13]), emu_i32(a[14]), emu_i32(a[15]), emu_i32(a[16]), emu_i32(a[17]),             \
+     emu_i32(a[18]), emu_i32(a[19]), emu_i32(a[20]), emu_i32(a[21]), emu_i32(a[22])}
+
 #define GEMM_EMU_KERNEL(NAME, AT, BT, VEC, TC)                                                                      \
     static void NAME##_thread(const uint64_t* a, int bid, int tid, unsigned char* smem) {                       \
-        const GemmArgs p = {(const void*)a[0], (const void*)a[1], (void*)a[2], (void*)a[3], (const int*)a[4],   \
-                            (unsigned*)a[5], (long long)a[6], (long long)a[7], (long long)a[8], (long long)a[9], \
-                            (long long)a[10], (long long)a[11], emu_i32(a[12]), emu_i32(a[13]), emu_i32(a[14]),  \
-                            emu_i32(a[15]), emu_i32(a[16]), emu_i32(a[17]), emu_i32(a[18]), emu_i32(a[19]),      \
-                            emu_i32(a[20]), emu_i32(a[21]), emu_i32(a[22])};                                     \
+        const GemmArgs p = GEMM_EMU_ARGS(a);                                                                     \
         gemm_entry<GemmCfg<AT, BT, VEC, TC>::type, AT, BT>(p, smem, bid, tid);                                  \
     }                                                                                                            \
     static EmuRegistrar NAME##_reg(GEMM_EMU_VARIANT, #NAME, NAME##_thread, GemmNN::NT, GemmNN::SMEM);
 
 #define GEMM_EMU_SWIGLU_KERNEL(NAME, VEC)                                                                             \
     static void NAME##_thread(const uint64_t* a, int bid, int tid, unsigned char* smem) {                       \
-        const GemmArgs p = {(const void*)a[0], (const void*)a[1], (void*)a[2], (void*)a[3], (const int*)a[4],   \
-                            (unsigned*)a[5], (long long)a[6], (long long)a[7], (long long)a[8], (long long)a[9], \
-                            (long long)a[10], (long long)a[11], emu_i32(a[12]), emu_i32(a[13]), emu_i32(a[14]),  \
-                            emu_i32(a[15]), emu_i32(a[16]), emu_i32(a[17]), emu_i32(a[18]), emu_i32(a[19]),      \
-                            emu_i32(a[20]), emu_i32(a[21]), emu_i32(a[22]), (const void*)a[23], (void*)a[24],    \
-                            (void*)a[25]};                                                                       \
+        GemmArgs p = GEMM_EMU_ARGS(a);                                                                           \
+        p.B2 = (const void*)a[23];                                                                               \
+        p.G = (void*)a[24];                                                                                      \
+        p.U = (void*)a[25];                                                                                      \
         gemm_entry<GemmCfg<false, false, VEC, GEMM_T>::type, false, false, true>(p, smem, bid, tid);            \
     }                                                                                                            \
     static EmuRegistrar NAME##_reg(GEMM_EMU_VARIANT, #NAME, NAME##_thread, GemmNN::NT, GemmNN::SMEM, 26);
 
 #define GEMM_EMU_SK_KERNEL(NAME, BT, VEC)                                                                             \
     static void NAME##_thread(const uint64_t* a, int bid, int tid, unsigned char* smem) {                       \
-        const GemmArgs p = {(const void*)a[0], (const void*)a[1], (void*)a[2], (void*)a[3], (const int*)a[4],   \
-                            (unsigned*)a[5], (long long)a[6], (long long)a[7], (long long)a[8], (long long)a[9], \
-                            (long long)a[10], (long long)a[11], emu_i32(a[12]), emu_i32(a[13]), emu_i32(a[14]),  \
-                            emu_i32(a[15]), emu_i32(a[16]), emu_i32(a[17]), emu_i32(a[18]), emu_i32(a[19]),      \
-                            emu_i32(a[20]), emu_i32(a[21]), emu_i32(a[22])};                                     \
+        const GemmArgs p = GEMM_EMU_ARGS(a);                                                                     \
         gemm_entry<GemmCfg<false, BT, VEC, GEMM_T>::type, false, BT, false, true>(p, smem, bid, tid);           \
     }                                                                                                            \
     static EmuRegistrar NAME##_reg(GEMM_EMU_VARIANT, #NAME, NAME##_thread, GemmNN::NT, GemmNN::SMEM);
 
 #define GEMM_EMU_SK_FIXUP(NAME)                                                                                     \
     static void NAME##_thread(const uint64_t* a, int bid, int tid, unsigned char*) {                             \
-        const GemmArgs p = {(const void*)a[0], (const void*)a[1], (void*)a[2], (void*)a[3], (const int*)a[4],   \
-                            (unsigned*)a[5], (long long)a[6], (long long)a[7], (long long)a[8], (long long)a[9], \
-                            (long long)a[10], (long long)a[11], emu_i32(a[12]), emu_i32(a[13]), emu_i32(a[14]),  \
-                            emu_i32(a[15]), emu_i32(a[16]), emu_i32(a[17]), emu_i32(a[18]), emu_i32(a[19]),      \
-                            emu_i32(a[20]), emu_i32(a[21]), emu_i32(a[22])};                                     \
+        const GemmArgs p = GEMM_EMU_ARGS(a);                                                                     \
         gemm_sk_fixup_body<GemmNN>(p, bid, tid);                                                                 \
     }                                                                                                            \
     static EmuRegistrar NAME##_reg(GEMM_EMU_VARIANT, #NAME, NAME##_thread, GemmNN::NT, 0);

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "e917ea397794f099536e16f13fe8351dd0bad3c7bc7d5c664d834c3c4b6f5ed5"
+const sourceHash = "61c09260303cdee318a0f074dbeb27fcca664763a61c0912e24d37b89cb8ac2d"
