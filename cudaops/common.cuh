@@ -14,6 +14,7 @@
 // 32u: GEMM_FAULT_OFFSETS (gemm.cuh, which does not include this file): grouped-matmul offsets are invalid
 #define FAULT_BIAS_NONFINITE 64u  // a selection bias entry that is NaN or infinite (route_sigmoid)
 #define FAULT_WEIGHT_NAN 128u     // a NaN routing weight under the probs drop policy (capacity plans)
+// 256u: GEMM_FAULT_MODE (gemm.cuh): a GEMM launch whose mode its kernel does not run (a planner bug)
 
 __device__ __forceinline__ int lane_id() { return threadIdx.x & 31; }
 __device__ __forceinline__ long long global_warp() { return ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; }

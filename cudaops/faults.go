@@ -23,6 +23,7 @@ const (
 	faultPlanOffsets = 32 // GEMM_FAULT_OFFSETS in gemm.cuh
 	faultBiasNaN     = 64
 	faultWeightNaN   = 128
+	faultGemmMode    = 256 // GEMM_FAULT_MODE in gemm.cuh
 )
 
 // FaultError is a device fault: the kernels that raised it (one per kernel; every code it raised) in
@@ -94,10 +95,13 @@ func faultMessages(f uint32) ([]string, []error) {
 		msgs = append(msgs, "a NaN routing weight reached a capacity plan with the probs drop policy; the plan is invalid")
 		errs = append(errs, ops.ErrNaN)
 	}
+	if f&faultGemmMode != 0 {
+		msgs = append(msgs, "a GEMM kernel was launched in a mode it does not run (stream-K on a kernel without it, or the reverse: a planner bug); its output is invalid")
+	}
 	if f&faultGridBarrier != 0 {
 		msgs = append(msgs, "a grid barrier of the one-pass plan timed out (its blocks were not all resident); the plan is invalid (the three-launch plan, PlanMultiLaunch, avoids it)")
 	}
-	if rest := f &^ (faultExpertRange | faultNonFinite | faultGridBarrier | faultLabelRange | faultGradNaN | faultPlanOffsets | faultBiasNaN | faultWeightNaN); rest != 0 {
+	if rest := f &^ (faultExpertRange | faultNonFinite | faultGridBarrier | faultLabelRange | faultGradNaN | faultPlanOffsets | faultBiasNaN | faultWeightNaN | faultGemmMode); rest != 0 {
 		msgs = append(msgs, fmt.Sprintf("unknown fault code %#x", rest))
 	}
 	return msgs, errs

@@ -27,7 +27,8 @@ func TestFaultErrorSentinels(t *testing.T) {
 		{faultBiasNaN, []error{ops.ErrNaN}, []error{ops.ErrExpertIndex}, []string{"selection bias"}},
 		{faultWeightNaN, []error{ops.ErrNaN}, []error{ops.ErrExpertIndex}, []string{"routing weight"}},
 		{faultPlanOffsets, []error{ops.ErrShape}, []error{ops.ErrNaN}, []string{"plan offsets"}},
-		{256, nil, []error{ops.ErrNaN}, []string{"unknown fault code 0x100"}},
+		{faultGemmMode, nil, []error{ops.ErrNaN, ops.ErrShape}, []string{"mode it does not run"}},
+		{512, nil, []error{ops.ErrNaN}, []string{"unknown fault code 0x200"}},
 	}
 	for _, c := range cases {
 		err := newFaultError([]KernelFault{{Kernel: "k", Code: c.code}})
@@ -144,7 +145,7 @@ func TestFaultCodesMatchKernels(t *testing.T) {
 	}
 	// Codes of one kernel family, defined in its own file (gemm.cuh does not include common.cuh).
 	for file, codes := range map[string]map[string]uint32{
-		"gemm.cuh": {"GEMM_FAULT_OFFSETS": faultPlanOffsets},
+		"gemm.cuh": {"GEMM_FAULT_OFFSETS": faultPlanOffsets, "GEMM_FAULT_MODE": faultGemmMode},
 	} {
 		src, err := os.ReadFile(file)
 		if err != nil {

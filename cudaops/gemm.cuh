@@ -44,6 +44,7 @@ struct bf16 {
 enum GemmMode { GEMM_DENSE = 0, GEMM_GROUP_ROWS = 1, GEMM_GROUP_RED = 2, GEMM_GROUP_ROWS_SK = 3 };
 enum GemmFlags { GEMM_VEC_C = 4, GEMM_SORT = 8 };
 #define GEMM_FAULT_OFFSETS 32u // FAULT_* code (see common.cuh): the plan's offsets are not segments of [0, rows)
+#define GEMM_FAULT_MODE 256u   // FAULT_* code: a launch whose mode its kernel does not run (nothing written)
 #define GEMM_SORT_MAX 256      // grouped reductions order at most this many experts by segment length
 
 // Everything a launch needs. The kernels take these as separate parameters (gemm.cu) in this order.
@@ -1323,7 +1324,10 @@ GEMM_DEV void gemm_entry(const GemmArgs& p, unsigned char* smem, int bid, int ti
     // (step P); [it, itEnd): its stream-K iterations, numbered from the first stream-K tile dpEnd0.
     long long it = 0, itEnd = 1, kIters = 1, dpNext = 0, dpEnd = 0, dpEnd0 = 0;
     static_assert(!(SW && SK), "SwiGLU tiles are BN/2 features wide: no stream-K");
-    if (SK != (p.mode == GEMM_GROUP_ROWS_SK)) return;  // a planner bug: GROUP_ROWS_SK runs on the gemm_sk_* kernels only
+    if (SK != (p.mode == GEMM_GROUP_ROWS_SK)) {  // GROUP_ROWS_SK runs on the gemm_sk_* kernels only: a planner bug
+        if (bid == 0 && tid == 0 && p.fault) gemm_fault(p.fault, GEMM_FAULT_MODE);
+        return;
+    }
     if (SK) {
         if (bid == 0) gemm_check_offsets<Tile::NT>(p, tid);
         const SkGeom g = sk_geom<Tile::NT, Tile::BM, Tile::BK>(p, sched, tid);

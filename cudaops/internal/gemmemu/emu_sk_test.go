@@ -3,6 +3,9 @@
 package gemmemu
 
 import (
+	"math"
+	"math/rand"
+	"strings"
 	"testing"
 
 	"github.com/expertrt/expertrt-go/cudaops/internal/gemmplan"
@@ -50,4 +53,38 @@ func TestGroupRowsStreamK(t *testing.T) {
 // the fault word, and neither the main kernel nor gemm_sk_fixup writes outside C.
 func TestGroupRowsStreamKBadOffsets(t *testing.T) {
 	checkBadOffsets(t, gemmplan.Options{Force: "f32_128x32x8_s4", StreamK: true}, func(pl *gemmplan.Plan) bool { return pl.StreamK })
+}
+
+// TestModeMismatchFaults: a grouped-rows launch whose kernel does not run its mode (a stream-K launch on
+// the kernel without stream-K, or the reverse; the planner never makes one) raises GEMM_FAULT_MODE and
+// writes nothing, instead of leaving its output silently unwritten.
+func TestModeMismatchFaults(t *testing.T) {
+	p := problem{Problem: gemmplan.Problem{Mode: gemmplan.GroupRows, E: 3, Rows: 60, K: 12, N: 10}, offsets: []int32{0, 20, 20, 60}}
+	na, nb, _ := p.sizes()
+	rng := rand.New(rand.NewSource(5))
+	a, b := randVals(rng, na, p), randVals(rng, nb, p)
+	for _, sk := range []bool{false, true} {
+		opt := gemmplan.Options{Force: "f32_128x32x8_s4", StreamK: sk}
+		r, pl := runEdited(t, target, p, a, b, opt, Mode{Seed: 1}, func(ls []gemmplan.Launch) []gemmplan.Launch {
+			main := ls[0]
+			if sk {
+				main.Kernel = "gemm_" + strings.TrimPrefix(main.Kernel, "gemm_sk_")
+			} else {
+				main.Kernel = "gemm_sk_" + strings.TrimPrefix(main.Kernel, "gemm_")
+			}
+			return []gemmplan.Launch{main}
+		})
+		if pl.StreamK != sk {
+			t.Fatalf("stream-K %t: planned stream-K %t", sk, pl.StreamK)
+		}
+		if r.fault != 256 {
+			t.Errorf("stream-K %t on the other kernel: fault word %d, want 256 (GEMM_FAULT_MODE)", sk, r.fault)
+		}
+		for i, v := range r.c {
+			if !math.IsNaN(v) {
+				t.Errorf("stream-K %t on the other kernel: element %d written", sk, i)
+				break
+			}
+		}
+	}
 }

@@ -226,6 +226,12 @@ func run(t testing.TB, p problem, a, b []float64, opt gemmplan.Options, mode Mod
 // runOn is run on device tgt (stream-K's CTA count follows its multiprocessors).
 func runOn(t testing.TB, tgt gemmplan.Target, p problem, a, b []float64, opt gemmplan.Options, mode Mode) (result, *gemmplan.Plan) {
 	t.Helper()
+	return runEdited(t, tgt, p, a, b, opt, mode, nil)
+}
+
+// runEdited is runOn with the plan's launches passed through edit (when non-nil) before they run.
+func runEdited(t testing.TB, tgt gemmplan.Target, p problem, a, b []float64, opt gemmplan.Options, mode Mode, edit func([]gemmplan.Launch) []gemmplan.Launch) (result, *gemmplan.Plan) {
+	t.Helper()
 	elem, cElem := 4, 4
 	switch {
 	case p.Double:
@@ -274,7 +280,11 @@ func runOn(t testing.TB, tgt gemmplan.Target, p problem, a, b []float64, opt gem
 		}
 		ws = w.Addr(0)
 	}
-	for _, l := range pl.Launches(ws) {
+	ls := pl.Launches(ws)
+	if edit != nil {
+		ls = edit(ls)
+	}
+	for _, l := range ls {
 		if err := Launch(l, mode); err != nil {
 			t.Fatalf("%v (variant %s): %v", p, pl.Variant.Name, err)
 		}

@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "61c09260303cdee318a0f074dbeb27fcca664763a61c0912e24d37b89cb8ac2d"
+const sourceHash = "36b79e810058da368bfa3c16f076dc350af815b1291c28ab56078ea426d15145"
