@@ -5,4 +5,4 @@
 package bf16emu
 
 // sourceHash is the hash of the kernel sources the emulator was last generated for.
-const sourceHash = "68fffe268eb0f1a105af7fdc6b833342f3d000b9830f244d51e4d8d9329e25f6"
+const sourceHash = "ba42b383dafd3310f8f9ccff33d26ad686f7d1d8d8041f8d4bd33f6425674434"
