@@ -536,6 +536,13 @@ struct SimtTile {
         return wm * WM < j.mLim && wn * (SW ? WN / 2 : WN) < j.nLim;
     }
 
+    static GEMM_DEV void zero(T (&acc)[TM][TN]) {
+#pragma unroll
+        for (int i = 0; i < TM; i++)
+#pragma unroll
+            for (int q = 0; q < TN; q++) acc[i][q] = T(0);
+    }
+
     template <bool SW> static GEMM_DEV void run(const TileJob<T>& j, unsigned char* smem, int tid) {
         static_assert(!SW || (!B_K && TN % 8 == 0), "SwiGLU tiles: B stored [K,N], thread columns in pairs of 4-runs");
         if (RS) {
@@ -552,10 +559,7 @@ struct SimtTile {
         const int bOff = B_K ? (wn * WN + ln) * LDB_S : wn * WN + ln * 4;
 
         T acc[TM][TN];
-#pragma unroll
-        for (int i = 0; i < TM; i++)
-#pragma unroll
-            for (int q = 0; q < TN; q++) acc[i][q] = T(0);
+        zero(acc);
 
         const int kTiles = (j.kLen + BK - 1) / BK;
 #pragma unroll
@@ -614,10 +618,7 @@ struct SimtTile {
         const int aOff = wm * WM + lm * 4, bOff = wn * WN + ln * 4;  // the lane's first 4-blocks at k = 0
 
         T acc[TM][TN];
-#pragma unroll
-        for (int i = 0; i < TM; i++)
-#pragma unroll
-            for (int q = 0; q < TN; q++) acc[i][q] = T(0);
+        zero(acc);
 
         const int kTiles = (j.kLen + BK - 1) / BK;
         // cp.async sources of the next k-tile to copy (operands stored k-major), advanced a k-tile per copy.

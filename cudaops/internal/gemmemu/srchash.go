@@ -5,4 +5,4 @@
 package gemmemu
 
 // sourceHash is the hash of the kernel sources the v_*.cc files were generated from.
-const sourceHash = "36b79e810058da368bfa3c16f076dc350af815b1291c28ab56078ea426d15145"
+const sourceHash = "0261e8de8d3095368567642e10331f9040a0d7bbe8dc3a2d21f1a2cc7a38f101"
